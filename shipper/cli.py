@@ -1,0 +1,325 @@
+"""The `kong-ship` command. Thin: options → Settings → Pipeline.run(), and exit codes.
+
+Exit codes: 0 done; 1 a fatal runtime error (the vendor refused our credentials) or, for backfill, events the
+vendor permanently rejected; 2 a usage or configuration error. Errors are one line on stderr, no traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+import orjson
+
+from shipper import __version__
+from shipper.deadletter import DeadLetter
+from shipper.errors import ConfigError, FatalError
+from shipper.formats import FORMATS, ParseError, Parser
+from shipper.model import Position
+from shipper.processors import build_chain, run_chain
+from shipper.processors.identity import DEFAULT_JWT_PLACES
+from shipper.settings import Settings, default_state_dir
+from shipper.sinks import SINK_NAMES, all_options, sink_class
+from shipper.sources.checkpoints import check_state_dir
+from shipper.sources.files import FileSource, Oversize, expand
+
+log = logging.getLogger("kong-ship")
+
+
+# -- option groups -------------------------------------------------------------------------------------------
+def _apply(options: list[Callable]) -> Callable:
+    def decorate(func: Callable) -> Callable:
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+_understanding = [
+    click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True,
+                 help="Log format; auto detects it per line."),
+    click.option("--nginx-field", "nginx_field", multiple=True, metavar="FIELD=KEY",
+                 help="Map a transaction field to an Nginx log key (repeatable), e.g. client_ip=real_ip."),
+    click.option("--jwt-from", "jwt_from", multiple=True, metavar="DOTTED.PATH",
+                 help="Where to find the JWT in a record (repeatable, in order). "
+                      f"Default: {', '.join(DEFAULT_JWT_PLACES)}."),
+    click.option("--jwt-claim", default="sub", show_default=True, help="JWT claim that holds the user id."),
+    click.option("--mask-header", multiple=True, metavar="NAME", help="Also mask this header (repeatable)."),
+    click.option("--mask-query", multiple=True, metavar="NAME", help="Also mask this query argument (repeatable)."),
+    click.option("--max-line-bytes", type=click.IntRange(min=1024), default=1 << 20, show_default=True,
+                 help="Longer lines go to the dead-letter file."),
+]
+
+_shipping = [
+    click.option("--sink", "sinks", multiple=True, required=True, type=click.Choice(SINK_NAMES),
+                 help="Where to ship (repeatable: every record goes to each sink)."),
+    click.option("--endpoint", multiple=True, metavar="[SINK=]URL",
+                 help="Vendor base URL (default: the vendor's public one). With several sinks: SINK=URL."),
+    click.option("--state-dir", envvar="KONG_SHIP_STATE_DIR", type=click.Path(file_okay=False),
+                 help="Checkpoints live here [env KONG_SHIP_STATE_DIR; default $STATE_DIRECTORY, "
+                      "else $XDG_STATE_HOME/kong-ship]."),
+    click.option("--dead-letter", type=click.Path(dir_okay=False),
+                 help="Dead-letter file [default: STATE_DIR/dead-letter.jsonl]."),
+    click.option("--batch-size", type=click.IntRange(min=1), help="Events per request (default: the vendor's maximum)."),
+    click.option("--flush-interval", type=click.FloatRange(min=0.001), default=1.0, show_default=True,
+                 help="Seconds before a partial batch is sent."),
+    click.option("--queue-size", type=click.IntRange(min=1), default=10_000, show_default=True,
+                 help="Events queued per sink; when full, reading pauses (the file is the buffer)."),
+    click.option("--concurrency", type=click.IntRange(min=1, max=64), default=2, show_default=True,
+                 help="Requests in flight per sink."),
+    click.option("--shutdown-timeout", type=click.FloatRange(min=0), default=10.0, show_default=True,
+                 help="Seconds to deliver what is in flight after SIGTERM/SIGINT."),
+    click.option("--retry-initial-delay", type=click.FloatRange(min=0.001), default=0.5, show_default=True,
+                 help="First backoff step, seconds (then exponential with full jitter)."),
+    click.option("--retry-max-delay", type=click.FloatRange(min=0.001), default=60.0, show_default=True,
+                 help="Longest backoff between retries, seconds (Retry-After is honoured beyond it)."),
+    click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+                 help="HTTP request timeout, seconds."),
+    click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+                 show_default=True),
+] + [click.option(*decls, **kwargs) for decls, kwargs in all_options()]
+
+_following = [
+    click.option("--start-at", type=click.Choice(["beginning", "end"]), default="beginning", show_default=True,
+                 help="Where to start files that have no checkpoint (files appearing later always start at the beginning)."),
+    click.option("--poll-interval", type=click.FloatRange(min=0.01), default=0.25, show_default=True,
+                 help="Seconds between looks for new data and new files (inotify wakes it sooner)."),
+    click.option("--rotate-wait", type=click.FloatRange(min=0), default=5.0, show_default=True,
+                 help="Seconds a rotated-away file must stay quiet before it is let go."),
+]
+
+_SHIPPING_KEYS = {
+    "fmt", "nginx_field", "jwt_from", "jwt_claim", "mask_header", "mask_query", "max_line_bytes", "sinks",
+    "endpoint", "state_dir", "dead_letter", "batch_size", "flush_interval", "queue_size", "concurrency",
+    "shutdown_timeout", "retry_initial_delay", "retry_max_delay", "timeout", "log_level", "start_at",
+    "poll_interval", "rotate_wait",
+}
+
+
+def _nginx_map(values: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for value in values:
+        name, eq, key = value.partition("=")
+        if not eq or not name or not key:
+            raise ConfigError(f"--nginx-field {value!r}: expected FIELD=KEY, e.g. client_ip=real_ip")
+        out[name.strip()] = key.strip()
+    return out
+
+
+def _endpoints(values: tuple[str, ...], sinks: list[str]) -> dict[str, str | None]:
+    out: dict[str, str | None] = {name: None for name in sinks}
+    for value in values:
+        name, eq, url = value.partition("=")
+        if eq and name in SINK_NAMES and "://" not in name:
+            if name not in sinks:
+                raise ConfigError(f"--endpoint {value}: no --sink {name} was given")
+            out[name] = url
+        elif len(sinks) > 1:
+            raise ConfigError(f"--endpoint {value}: with several sinks, name one: --endpoint SINK=URL")
+        else:
+            out[sinks[0]] = value
+    for name, url in out.items():
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ConfigError(f"--endpoint {url}: expected an http:// or https:// URL")
+    return out
+
+
+def _settings(paths: tuple[str, ...], kw: dict[str, Any]) -> Settings:
+    sinks = list(dict.fromkeys(kw["sinks"]))
+    state_dir = kw.get("state_dir") or default_state_dir()
+    try:
+        Parser(kw["fmt"], _nginx_map(kw["nginx_field"]))
+    except ValueError as exc:
+        raise ConfigError(f"--nginx-field: {exc}") from None
+    return Settings(
+        paths=list(paths),
+        sinks=sinks,
+        state_dir=os.path.abspath(state_dir),
+        dead_letter=kw.get("dead_letter"),
+        format=kw["fmt"],
+        nginx_fields=_nginx_map(kw["nginx_field"]),
+        batch_size=kw.get("batch_size"),
+        flush_interval=kw["flush_interval"],
+        queue_size=kw["queue_size"],
+        concurrency=kw["concurrency"],
+        shutdown_timeout=kw["shutdown_timeout"],
+        start_at=kw.get("start_at") or "beginning",
+        max_line_bytes=kw["max_line_bytes"],
+        jwt_places=tuple(kw["jwt_from"]) or DEFAULT_JWT_PLACES,
+        jwt_claim=kw["jwt_claim"],
+        mask_headers=tuple(kw["mask_header"]),
+        mask_query=tuple(kw["mask_query"]),
+        poll_interval=kw.get("poll_interval") or 0.25,
+        rotate_wait=kw.get("rotate_wait", 5.0),
+        retry_initial=kw["retry_initial_delay"],
+        retry_max=kw["retry_max_delay"],
+        timeout=kw["timeout"],
+        sink_options={k: v for k, v in kw.items() if k not in _SHIPPING_KEYS},
+    )
+
+
+def _build_sinks(settings: Settings, endpoints: tuple[str, ...]) -> list:
+    urls = _endpoints(endpoints, settings.sinks)
+    return [sink_class(name).from_options(settings.sink_options, urls[name]) for name in settings.sinks]
+
+
+def _setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("kong-ship: %(levelname)s: %(message)s"))
+    root = logging.getLogger("kong-ship")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _prepare(paths: tuple[str, ...], kw: dict[str, Any]) -> tuple[Settings, list]:
+    _setup_logging(kw["log_level"])
+    settings = _settings(paths, kw)
+    sinks = _build_sinks(settings, kw["endpoint"])  # credentials first: the most common mistake
+    check_state_dir(settings.state_dir)
+    return settings, sinks
+
+
+def _run(settings: Settings, sinks: list, follow: bool):
+    from shipper.pipeline import Pipeline
+
+    pipeline = Pipeline(settings, sinks, follow=follow)
+    result = pipeline.run()
+    return pipeline, result
+
+
+# -- commands ------------------------------------------------------------------------------------------------
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="kong-ship")
+def cli() -> None:
+    """Ship Kong Gateway file-log and Nginx JSON access logs to Segment, Moesif or Runscope.
+
+    At-least-once: checkpoints move only past what the vendor acknowledged, every event carries an id derived
+    from its record, and the vendors de-duplicate on it.
+    """
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True)
+@_apply(_shipping + _understanding + _following)
+def tail(paths: tuple[str, ...], **kw: Any) -> None:
+    """Follow log files (globs allowed; new matching files are picked up) and ship every record, forever.
+
+    SIGTERM/SIGINT: deliver what is in flight (up to --shutdown-timeout), save checkpoints, exit 0.
+    SIGHUP: re-open files and re-read the patterns.
+    """
+    settings, sinks = _prepare(paths, kw)
+    log.info("tailing %s → %s (state %s)", " ".join(paths), ", ".join(settings.sinks), settings.state_dir)
+    pipeline, result = _run(settings, sinks, follow=True)
+    _summary(result, sys.stderr)
+    if pipeline.forced_by:
+        sys.exit(128 + pipeline.forced_by)
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True)
+@_apply(_shipping + _understanding)
+def backfill(paths: tuple[str, ...], **kw: Any) -> None:
+    """Ship log files (plain or gzip, oldest first) to their end, wait for every acknowledgement, and exit.
+
+    Uses the same checkpoints as `tail`: a second run ships only what is new. Exit 1 if the vendor
+    permanently rejected any event (they are in the dead-letter file).
+    """
+    if not expand(list(paths)):
+        raise ConfigError(f"no file matches {' '.join(paths)}")
+    settings, sinks = _prepare(paths, kw)
+    pipeline, result = _run(settings, sinks, follow=False)
+    _summary(result, sys.stderr)
+    if pipeline.forced_by:
+        sys.exit(128 + pipeline.forced_by)
+    if any(lane.rejected for lane in result.lanes):
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True)
+@_apply(_understanding)
+def parse(paths: tuple[str, ...], **kw: Any) -> None:
+    """Print the normalized transactions of log files as NDJSON; send nothing, write no state.
+
+    Lines that cannot be understood are reported on stderr, one line each. Masks apply, as when shipping.
+    """
+    if not expand(list(paths)):
+        raise ConfigError(f"no file matches {' '.join(paths)}")
+    try:
+        parser = Parser(kw["fmt"], _nginx_map(kw["nginx_field"]))
+    except ValueError as exc:
+        raise ConfigError(f"--nginx-field: {exc}") from None
+    chain = build_chain(tuple(kw["jwt_from"]) or DEFAULT_JWT_PLACES, kw["jwt_claim"], kw["mask_header"], kw["mask_query"])
+    source = FileSource(list(paths), resume=lambda *a: None, follow=False, max_line_bytes=kw["max_line_bytes"])
+    source.discover()
+    out = sys.stdout.buffer
+    errors = DeadLetter(None)
+    for handle in list(source.files.values()):
+        for file_id, data, offset, end in source.read_file_to_end(handle):
+            where = f"{handle.path}:{offset}"
+            if type(data) is Oversize:
+                errors.write("too_long", "")
+                click.echo(f"kong-ship: {where}: too_long: line of {data.length} bytes", err=True)
+                continue
+            if not data.strip():
+                continue
+            try:
+                txn = parser.parse(data, Position(file_id, offset, end))
+            except ParseError as exc:
+                errors.write(exc.reason, exc.detail)
+                click.echo(f"kong-ship: {where}: {exc.reason}: {exc.detail}", err=True)
+                continue
+            txn = run_chain(chain, txn)
+            if txn is not None:
+                out.write(orjson.dumps(txn.to_dict(), option=orjson.OPT_APPEND_NEWLINE))
+    source.close()
+    out.flush()
+    if errors.total:
+        click.echo(f"kong-ship: {errors.total} line(s) not understood", err=True)
+
+
+def _summary(result, stream) -> None:
+    rate = sum(lane.read for lane in result.lanes[:1]) / result.elapsed if result.elapsed > 0 else 0.0
+    lines = []
+    for lane in result.lanes:
+        lines.append(
+            f"{lane.sink:<9} read {lane.read:>9,}  shipped {lane.sent:>9,}  dead-lettered {lane.dead_lettered:>6,}  "
+            f"rejected {lane.rejected:>6,}  anonymous {lane.anonymous:>7,}  retries {lane.retries:>5,}"
+        )
+    lines.append(f"elapsed {result.elapsed:.1f} s, {rate:,.0f} records/s")
+    if result.dead_letters:
+        reasons = ", ".join(f"{n} {r}" for r, n in sorted(result.dead_letters.items()))
+        lines.append(f"dead letters: {reasons} → {result.dead_letter_path}")
+    for lane in result.lanes[:1]:
+        for path, size in lane.unterminated:
+            lines.append(f"waiting for a newline: {path} ends with {size} bytes of an unfinished line (not shipped)")
+    stream.write("\n".join(lines) + "\n")
+    stream.flush()
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        code = cli.main(args=argv, prog_name="kong-ship", standalone_mode=False)
+    except click.exceptions.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "kong-ship"
+        click.echo(f"kong-ship: error: {exc.format_message()} (see '{command} --help')", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except ConfigError as exc:
+        click.echo(f"kong-ship: error: {exc}", err=True)
+        sys.exit(2)
+    except FatalError as exc:
+        click.echo(f"kong-ship: fatal: {exc}", err=True)
+        sys.exit(1)
+    except click.exceptions.ClickException as exc:
+        click.echo(f"kong-ship: error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

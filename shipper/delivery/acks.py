@@ -1,0 +1,73 @@
+"""Acknowledgements flow back from the sink to the source: per file, the offset below which every line has
+been delivered, dead-lettered or deliberately skipped. That offset, and only that, is checkpointed."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class _FileAcks:
+    committed: int  # every byte before this offset is done
+    next_seq: int = 0  # the next sequence number the reader will hand out
+    first_open: int = 0  # the lowest sequence number not yet acknowledged
+    done: dict[int, int] = field(default_factory=dict)  # acknowledged out of order: seq -> end offset
+
+
+class AckTracker:
+    def __init__(self) -> None:
+        self._files: dict[str, _FileAcks] = {}
+        self._lock = threading.Lock()
+
+    def start(self, file_id: str, offset: int) -> None:
+        """Begin tracking a file whose bytes before `offset` are already done (its checkpoint). A file already
+        tracked (re-opened under another name) keeps its state."""
+        with self._lock:
+            if file_id not in self._files:
+                self._files[file_id] = _FileAcks(committed=offset)
+
+    def reset(self, file_id: str, offset: int) -> None:
+        """Forget pending lines (the file was truncated and is read again from `offset`)."""
+        with self._lock:
+            self._files[file_id] = _FileAcks(committed=offset)
+
+    def issue(self, file_id: str) -> int:
+        """A sequence number for the next line of the file, handed out in file order by the reader."""
+        acks = self._files[file_id]
+        seq = acks.next_seq
+        acks.next_seq = seq + 1
+        return seq
+
+    def ack(self, file_id: str, seq: int, end: int) -> None:
+        with self._lock:
+            self._ack(file_id, seq, end)
+
+    def ack_many(self, items: list[tuple[str, int, int]]) -> None:
+        with self._lock:
+            for file_id, seq, end in items:
+                self._ack(file_id, seq, end)
+
+    def _ack(self, file_id: str, seq: int, end: int) -> None:
+        acks = self._files.get(file_id)
+        if acks is None or seq < acks.first_open:
+            return  # from before a reset: that generation of the file is gone
+        acks.done[seq] = end
+        while acks.first_open in acks.done:
+            acks.committed = acks.done.pop(acks.first_open)
+            acks.first_open += 1
+
+    def committed(self) -> dict[str, int]:
+        with self._lock:
+            return {file_id: acks.committed for file_id, acks in self._files.items()}
+
+    def pending(self) -> int:
+        """Lines handed out and not yet acknowledged, over all files."""
+        with self._lock:
+            return sum(acks.next_seq - acks.first_open for acks in self._files.values())
+
+    def forget(self, file_id: str) -> None:
+        with self._lock:
+            acks = self._files.get(file_id)
+            if acks is not None and acks.first_open == acks.next_seq:
+                del self._files[file_id]

@@ -1,0 +1,143 @@
+"""Sends batches to a sink with retries (tenacity), splitting refused batches to isolate the bad event.
+
+The rules, the same for every vendor: retry network errors, timeouts, 408, 429 and 5xx for as long as it takes
+(the log file keeps the data), honouring `Retry-After`, else exponential backoff with full jitter; split a batch
+the vendor refuses as a whole (400/413) until the offending event stands alone, then dead-letter it with the
+vendor's answer; stop the shipper on a fatal answer (401/403).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import httpx
+import tenacity
+
+from shipper.deadletter import DeadLetter
+from shipper.delivery.acks import AckTracker
+from shipper.sinks.base import FATAL, OK, REJECT, RETRY, SPLIT, Sink, Verdict
+
+log = logging.getLogger("kong-ship")
+
+RETRY_AFTER_CAP = 3600.0  # a vendor asking for more than an hour is more likely wrong than right
+
+# (file_id, seq, end offset, event bytes)
+Item = tuple[str, int, int, bytes]
+
+
+class Aborted(Exception):
+    """Shutdown ran out of time: the batch stays unacknowledged and is read again after a restart."""
+
+
+class FatalDelivery(Exception):
+    pass
+
+
+class Sender:
+    def __init__(
+        self,
+        sink: Sink,
+        acks: AckTracker,
+        dead_letter: DeadLetter,
+        abort: threading.Event,
+        stats: Callable[[str, int], None],
+        *,
+        retry_initial: float = 0.5,
+        retry_max: float = 60.0,
+        timeout: float = 30.0,
+        concurrency: int = 2,
+    ):
+        self.sink = sink
+        self.acks = acks
+        self.dead_letter = dead_letter
+        self.abort = abort
+        self.count = stats
+        self.client = httpx.Client(
+            transport=sink.transport(),
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+        )
+        self._backoff = tenacity.wait_random_exponential(multiplier=retry_initial, max=retry_max)
+        self._retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_result(lambda verdict: verdict.kind == RETRY),
+            wait=self._wait,
+            stop=lambda state: self.abort.is_set(),
+            sleep=self._sleep,
+            before_sleep=self._note_retry,
+            retry_error_callback=lambda state: None,
+        )
+        self.last_success: float | None = None
+        self._retrying_since: float | None = None
+        self._lock = threading.Lock()
+
+    # -- one batch -------------------------------------------------------------------------------------------
+    def deliver(self, items: list[Item]) -> None:
+        """Deliver a batch; acknowledges what was delivered or dead-lettered. Raises FatalDelivery."""
+        verdict = self._send([item[3] for item in items])
+        if verdict is None:
+            raise Aborted()
+        if verdict.kind == OK:
+            self.acks.ack_many([(f, s, e) for f, s, e, _ in items])
+            self.count("sent", len(items))
+            self.last_success = time.time()
+            if self._retrying_since is not None:
+                log.info("%s: delivering again after %.0f s of retries", self.sink.name, time.monotonic() - self._retrying_since)
+                self._retrying_since = None
+        elif verdict.kind in (SPLIT, REJECT) and len(items) > 1:
+            half = len(items) // 2
+            self.deliver(items[:half])
+            self.deliver(items[half:])
+        elif verdict.kind in (SPLIT, REJECT):
+            file_id, seq, end, event = items[0]
+            self.dead_letter.write("rejected", verdict.reason, sink=self.sink.name, event=event)
+            self.acks.ack(file_id, seq, end)
+            self.count("rejected", 1)
+        else:
+            raise FatalDelivery(verdict.reason)
+
+    def _send(self, events: list[bytes]) -> Verdict | None:
+        try:
+            # A copy per batch: a Retrying keeps per-call state, and several batches are in flight at once.
+            return self._retrying.copy()(self._attempt, events)
+        except Aborted:
+            return None
+
+    def _attempt(self, events: list[bytes]) -> Verdict:
+        request = self.sink.request(events)
+        try:
+            response = self.client.send(request)
+            response.read()
+        except httpx.TransportError as exc:
+            return Verdict(RETRY, f"{type(exc).__name__}: {exc or 'connection failed'}")
+        finally:
+            self.count("requests", 1)
+        return self.sink.judge(response)
+
+    # -- tenacity hooks ----------------------------------------------------------------------------------------
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        verdict = state.outcome.result() if state.outcome else None
+        if verdict is not None and verdict.retry_after is not None:
+            return min(verdict.retry_after, RETRY_AFTER_CAP)
+        return self._backoff(state)
+
+    def _sleep(self, seconds: float) -> None:
+        if self.abort.wait(seconds):
+            raise Aborted()
+
+    def _note_retry(self, state: tenacity.RetryCallState) -> None:
+        self.count("retries", 1)
+        verdict = state.outcome.result() if state.outcome else None
+        reason = verdict.reason if verdict else "?"
+        wait = state.next_action.sleep if state.next_action else 0.0
+        with self._lock:
+            first = self._retrying_since is None
+            if first:
+                self._retrying_since = time.monotonic()
+        if first or state.attempt_number % 10 == 0:
+            log.warning("%s: %s; retry %d in %.1f s", self.sink.name, reason, state.attempt_number, wait)
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,49 @@
+"""Log formats: one line of bytes → one `Transaction`, or a `ParseError` saying why not.
+
+`Parser` decodes the JSON (with the repairs real logs need, see `decode`), detects the format per line unless
+told, and hands the object to the format's module.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shipper.formats.decode import ParseError, decode_line
+from shipper.formats.kong import looks_like_kong, parse_kong
+from shipper.formats.nginx import looks_like_nginx, nginx_fields, parse_nginx
+from shipper.model import Position, Transaction
+
+FORMATS = ("auto", "kong", "nginx")
+
+__all__ = ["FORMATS", "ParseError", "Parser"]
+
+
+class Parser:
+    def __init__(self, fmt: str = "auto", nginx_field_map: dict[str, str] | None = None):
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown format {fmt!r}")
+        self.format = fmt
+        self.nginx_fields = nginx_fields(nginx_field_map)
+
+    def parse(self, line: bytes, position: Position | None = None) -> Transaction:
+        record = decode_line(line)
+        fallback_id = f"{position.file_id}-{position.offset}" if position else ""
+        try:
+            return self._dispatch(record, position, fallback_id)
+        except ParseError:
+            raise
+        except (TypeError, ValueError, AttributeError, KeyError) as exc:
+            # A record of the right shape whose fields have the wrong types: never let data kill the shipper.
+            raise ParseError("bad_fields", f"{type(exc).__name__}: {exc}"[:200]) from None
+
+    def _dispatch(self, record: dict[str, Any], position: Position | None, fallback_id: str) -> Transaction:
+        fmt = self.format
+        if fmt == "kong" or (fmt == "auto" and looks_like_kong(record)):
+            if not isinstance(record.get("request"), dict):
+                raise ParseError("unknown_format", "not a Kong record: no `request` object")
+            return parse_kong(record, position, fallback_id)
+        if fmt == "nginx" or (fmt == "auto" and looks_like_nginx(record, self.nginx_fields)):
+            if not looks_like_nginx(record, self.nginx_fields):
+                raise ParseError("unknown_format", "not an Nginx record: no method or request_uri field")
+            return parse_nginx(record, position, fallback_id, self.nginx_fields)
+        raise ParseError("unknown_format", "neither a Kong file-log record nor a mapped Nginx JSON line")

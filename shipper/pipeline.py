@@ -1,0 +1,445 @@
+"""Wires the flow: source → parse → processors → sink encoding → bounded queue → batches → sender, with
+acknowledgements flowing back into checkpoints.
+
+Each sink gets its own `Lane`: its own reader over the files, queue, batches, retries and checkpoints. A sink
+that is down or slow therefore holds back only itself (its reader waits, the file is the buffer) and catches
+up later; the others keep delivering. Reading a file once per sink is the price, and it is small next to
+the independence it buys.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from shipper.deadletter import DeadLetter
+from shipper.delivery.acks import AckTracker
+from shipper.delivery.batcher import Batcher
+from shipper.delivery.queue import BoundedQueue, Closed
+from shipper.delivery.sender import Item, Sender
+from shipper.errors import FatalError
+from shipper.formats import ParseError, Parser
+from shipper.model import Position
+from shipper.processors import Processor, build_chain, run_chain
+from shipper.sinks.base import EventRejected, Sink
+from shipper.sources.checkpoints import CheckpointStore
+from shipper.sources.files import FileSource, Oversize, tail_hash
+
+log = logging.getLogger("kong-ship")
+
+
+@dataclass
+class LaneSummary:
+    sink: str
+    read: int = 0
+    parsed: int = 0
+    anonymous: int = 0
+    dead_lettered: int = 0
+    sent: int = 0
+    rejected: int = 0
+    retries: int = 0
+    bytes_read: int = 0
+    unterminated: list[tuple[str, int]] = field(default_factory=list)
+
+
+class Lane:
+    def __init__(
+        self,
+        settings,
+        sink: Sink,
+        *,
+        parser: Parser,
+        chain: list[Processor],
+        dead_letter: DeadLetter,
+        report_input_errors: bool,
+        follow: bool,
+        stop: threading.Event,
+        abort: threading.Event,
+        on_fatal,
+        on_progress,
+    ):
+        self.settings = settings
+        self.sink = sink
+        self.parser = parser
+        self.chain = chain
+        self.dead_letter = dead_letter
+        self.report_input_errors = report_input_errors
+        self.follow = follow
+        self.stop = stop
+        self.abort = abort
+        self.on_progress = on_progress
+        self.wake = threading.Event()
+        self.rescan = threading.Event()
+        self.counts: Counter[str] = Counter()  # reader thread only
+        self.out_counts: Counter[str] = Counter()  # sender threads, under the lock
+        self._out_lock = threading.Lock()
+        self.store = CheckpointStore(settings.state_dir, sink.name)
+        self.acks = AckTracker()
+        self.queue: BoundedQueue[Item] = BoundedQueue(settings.queue_size, settings.queue_bytes)
+        self.sender = Sender(
+            sink,
+            self.acks,
+            dead_letter,
+            abort,
+            self._count_out,
+            retry_initial=settings.retry_initial,
+            retry_max=settings.retry_max,
+            timeout=settings.timeout,
+            concurrency=settings.concurrency,
+        )
+        self.batcher = Batcher(
+            self.queue,
+            self.sender,
+            max_events=min(settings.batch_size or sink.max_batch_events, sink.max_batch_events),
+            max_bytes=sink.max_batch_bytes,
+            envelope_bytes=sink.envelope_bytes,
+            flush_interval=settings.flush_interval,
+            concurrency=settings.concurrency,
+            on_fatal=on_fatal,
+            on_idle=on_progress,
+        )
+        self.source = FileSource(
+            settings.paths,
+            resume=self._resume,
+            follow=follow,
+            start_at_end=settings.start_at == "end",
+            max_line_bytes=settings.max_line_bytes,
+            rotate_wait=settings.rotate_wait,
+            on_reset=lambda file_id, why: None,
+            on_opened=self.acks.start,
+        )
+        self._threads: list[threading.Thread] = []
+
+    # -- checkpoints -----------------------------------------------------------------------------------------
+    def _resume(self, file_id: str, path: str, size: int | None, read_before) -> int | None:
+        checkpoint = self.store.entries.get(file_id)
+        if checkpoint is None:
+            return None
+        if size is not None and checkpoint.offset > size:
+            log.warning(
+                "%s: checkpoint %d is beyond the end of %s (%d bytes): the file was rewritten; reading it from the start",
+                self.sink.name, checkpoint.offset, path, size,
+            )
+            return 0
+        if checkpoint.tail and read_before is not None and checkpoint.offset > 0:
+            if tail_hash(read_before(checkpoint.offset)) != checkpoint.tail:
+                log.warning(
+                    "%s: the bytes before checkpoint %d of %s changed: the file was rewritten; reading it from the start",
+                    self.sink.name, checkpoint.offset, path,
+                )
+                return 0
+        return checkpoint.offset
+
+    def save_checkpoints(self) -> None:
+        for file_id, offset in self.acks.committed().items():
+            entry = self.store.entries.get(file_id)
+            if entry is not None and entry.offset == offset:
+                continue
+            path = self.source.path_of(file_id) or (entry.path if entry else "")
+            self.store.update(file_id, offset, path, self.source.tail_hash(file_id, offset))
+        self.store.save()
+        open_ids = self.source.open_ids()
+        for file_id in list(self.acks.committed()):
+            if file_id not in open_ids:
+                self.acks.forget(file_id)
+
+    # -- threads ---------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        reader = threading.Thread(target=self._read, name=f"read-{self.sink.name}", daemon=True)
+        batcher = threading.Thread(target=self.batcher.run, name=f"batch-{self.sink.name}", daemon=True)
+        self._threads = [reader, batcher]
+        for thread in self._threads:
+            thread.start()
+
+    def drained(self) -> bool:
+        """Everything read has been handed to the vendor and answered (or the lane gave up)."""
+        return self.batcher.finished and self.batcher.wait_idle(0)
+
+    def _read(self) -> None:
+        try:
+            if self.follow:
+                self._follow()
+            else:
+                self._backfill()
+        except Closed:
+            pass
+        finally:
+            self.queue.close()
+            self.on_progress()
+
+    def _backfill(self) -> None:
+        self.source.discover()
+        for handle in list(self.source.files.values()):
+            if self.stop.is_set() or not self._pump(self.source.read_file_to_end(handle)):
+                return
+        self.source.check()
+
+    def _follow(self) -> None:
+        poll = self.settings.poll_interval
+        last_discovery = 0.0
+        while not self.stop.is_set():
+            now = time.monotonic()
+            if self.rescan.is_set():
+                self.rescan.clear()
+                self.source.reopen()
+            elif now - last_discovery >= poll:
+                self.source.discover()
+                last_discovery = now
+            before = self.counts["lines"]
+            if not self._pump(self.source.read_round()):
+                return
+            self.source.check()
+            if self.counts["lines"] == before:
+                self.wake.wait(poll)
+                self.wake.clear()
+
+    def _pump(self, lines) -> bool:
+        """Turn lines into queued events; False when shutdown interrupted it."""
+        counts = self.counts
+        issue = self.acks.issue
+        ack = self.acks.ack
+        parse = self.parser.parse
+        chain = self.chain
+        encode = self.sink.encode
+        put = self.queue.put
+        stop = self.stop
+        for file_id, data, offset, end in lines:
+            if stop.is_set():
+                return False
+            seq = issue(file_id)
+            counts["lines"] += 1
+            if type(data) is Oversize:
+                self._input_error(
+                    "too_long",
+                    f"line of {data.length} bytes is over --max-line-bytes ({self.settings.max_line_bytes})",
+                    file_id, offset, data.prefix,
+                )
+                ack(file_id, seq, end)
+                continue
+            if not data or data.isspace():
+                ack(file_id, seq, end)
+                continue
+            try:
+                txn = parse(data, Position(file_id, offset, end))
+            except ParseError as exc:
+                self._input_error(exc.reason, exc.detail, file_id, offset, data)
+                ack(file_id, seq, end)
+                continue
+            counts["parsed"] += 1
+            txn = run_chain(chain, txn)
+            if txn is None:
+                ack(file_id, seq, end)
+                continue
+            if txn.user_id is None:
+                counts["anonymous"] += 1
+            try:
+                event = encode(txn)
+            except EventRejected as exc:
+                self.dead_letter.write(
+                    "rejected", str(exc), sink=self.sink.name, file=self.source.path_of(file_id), offset=offset, line=data
+                )
+                self._count_out("rejected", 1)
+                ack(file_id, seq, end)
+                continue
+            if not put((file_id, seq, end, event), len(event), self.abort):
+                return False
+        return True
+
+    def _input_error(self, reason: str, detail: str, file_id: str, offset: int, line: bytes) -> None:
+        self.counts["dead_lettered"] += 1
+        if self.report_input_errors:
+            self.dead_letter.write(reason, detail, file=self.source.path_of(file_id), offset=offset, line=line)
+
+    def _count_out(self, key: str, n: int) -> None:
+        with self._out_lock:
+            self.out_counts[key] += n
+
+    def summary(self) -> LaneSummary:
+        with self._out_lock:
+            out = dict(self.out_counts)
+        return LaneSummary(
+            sink=self.sink.name,
+            read=self.counts["lines"],
+            parsed=self.counts["parsed"],
+            anonymous=self.counts["anonymous"],
+            dead_lettered=self.counts["dead_lettered"],
+            sent=out.get("sent", 0),
+            rejected=out.get("rejected", 0),
+            retries=out.get("retries", 0),
+            bytes_read=self.source.bytes_read,
+            unterminated=list(self.source.unterminated),
+        )
+
+    def close(self) -> None:
+        self.batcher.shutdown()
+        self.sender.close()
+        self.source.close()
+
+
+@dataclass
+class RunResult:
+    lanes: list[LaneSummary]
+    elapsed: float
+    dead_letters: dict[str, int]
+    dead_letter_path: str
+
+
+class Pipeline:
+    def __init__(self, settings, sinks: list[Sink], *, follow: bool):
+        self.settings = settings
+        self.follow = follow
+        self.stop = threading.Event()
+        self.abort = threading.Event()
+        self._tick = threading.Event()
+        self._signals = 0
+        self.forced_by: int | None = None  # the signal that cut shutdown short
+        self.fatal: str | None = None
+        self._fatal_lock = threading.Lock()
+        self.dead_letter = DeadLetter(settings.dead_letter_path)
+        parser = Parser(settings.format, settings.nginx_fields)
+        chain = build_chain(settings.jwt_places, settings.jwt_claim, settings.mask_headers, settings.mask_query)
+        self.lanes = [
+            Lane(
+                settings,
+                sink,
+                parser=parser,
+                chain=chain,
+                dead_letter=self.dead_letter,
+                report_input_errors=(i == 0),
+                follow=follow,
+                stop=self.stop,
+                abort=self.abort,
+                on_fatal=self._on_fatal,
+                on_progress=self._tick.set,
+            )
+            for i, sink in enumerate(sinks)
+        ]
+        self._observer = None
+
+    def _on_fatal(self, reason: str) -> None:
+        with self._fatal_lock:
+            if self.fatal is None:
+                self.fatal = reason
+        self.stop.set()
+        self.abort.set()
+        self._tick.set()
+
+    # -- signals ---------------------------------------------------------------------------------------------
+    def _on_signal(self, signum, frame) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info(
+                "%s: stopping; delivering what is in flight (up to %.0f s)",
+                signal.Signals(signum).name, self.settings.shutdown_timeout,
+            )
+            self.stop.set()
+        else:
+            self.forced_by = signum
+            self.abort.set()
+        self._tick.set()
+
+    def _on_hup(self, signum, frame) -> None:
+        log.info("SIGHUP: re-opening files and re-reading the patterns")
+        for lane in self.lanes:
+            lane.rescan.set()
+            lane.wake.set()
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, self._on_hup)
+
+    def _watch(self) -> None:
+        """inotify (through watchdog) wakes the readers as soon as a log grows; polling stays as the safety
+        net, so a missed or unsupported event only costs `--poll-interval`."""
+        try:
+            from watchdog.events import FileSystemEventHandler
+            from watchdog.observers import Observer
+        except ImportError:
+            return
+        lanes = self.lanes
+
+        class Wake(FileSystemEventHandler):
+            def on_any_event(self, event) -> None:
+                for lane in lanes:
+                    lane.wake.set()
+
+        directories = set()
+        for pattern in self.settings.paths:
+            directory = os.path.dirname(os.path.abspath(pattern))
+            while any(ch in directory for ch in "*?["):
+                directory = os.path.dirname(directory)
+            if os.path.isdir(directory):
+                directories.add(directory)
+        try:
+            observer = Observer()
+            for directory in directories:
+                observer.schedule(Wake(), directory, recursive=False)
+            observer.daemon = True
+            observer.start()
+            self._observer = observer
+        except OSError as exc:
+            log.warning("file notifications unavailable (%s); polling every %.2f s", exc, self.settings.poll_interval)
+
+    # -- the run ---------------------------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        started = time.monotonic()
+        for lane in self.lanes:
+            lane.store.load()
+        self._install_signals()
+        if self.follow:
+            self._watch()
+        for lane in self.lanes:
+            lane.start()
+        stop_deadline: float | None = None
+        last_save = time.monotonic()
+        try:
+            while True:
+                # While stopping, look often: the run ends as soon as the last acknowledgement arrives.
+                self._tick.wait(0.05 if self.stop.is_set() else self.settings.checkpoint_interval)
+                self._tick.clear()
+                now = time.monotonic()
+                if self.abort.is_set() or all(lane.drained() for lane in self.lanes):
+                    break
+                if self.stop.is_set():
+                    if stop_deadline is None:
+                        stop_deadline = now + self.settings.shutdown_timeout
+                        for lane in self.lanes:
+                            lane.wake.set()
+                    elif now >= stop_deadline:
+                        pending = sum(lane.acks.pending() for lane in self.lanes)
+                        log.warning(
+                            "shutdown timeout: %d events not acknowledged; they will be sent again on the next start",
+                            pending,
+                        )
+                        self.abort.set()
+                        break
+                if now - last_save >= self.settings.checkpoint_interval:
+                    for lane in self.lanes:
+                        lane.save_checkpoints()
+                    last_save = now
+        finally:
+            for lane in self.lanes:
+                lane.save_checkpoints()
+            if self._observer is not None:
+                self._observer.stop()
+            for lane in self.lanes:
+                lane.close()
+            self.dead_letter.close()
+        result = RunResult(
+            lanes=[lane.summary() for lane in self.lanes],
+            elapsed=time.monotonic() - started,
+            dead_letters=dict(self.dead_letter.counts),
+            dead_letter_path=self.dead_letter.path or "",
+        )
+        if self.fatal:
+            raise FatalError(self.fatal)
+        return result

@@ -1,0 +1,36 @@
+"""Processors: small plain functions `(Transaction) -> Transaction | None`, composed into a chain.
+
+Each may change the transaction in place and return it, or return None to drop it. `build_chain` composes the
+default chain; tests and later features (filters, sampling) compose their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+from shipper.model import Transaction
+from shipper.processors.identity import DEFAULT_JWT_PLACES, identify
+from shipper.processors.masking import DEFAULT_HEADERS, DEFAULT_QUERY, drop_raw, mask_secrets
+
+Processor = Callable[[Transaction], Transaction | None]
+
+
+def build_chain(
+    jwt_places: Sequence[str] = DEFAULT_JWT_PLACES,
+    jwt_claim: str = "sub",
+    extra_mask_headers: Iterable[str] = (),
+    extra_mask_query: Iterable[str] = (),
+) -> list[Processor]:
+    return [
+        identify(jwt_places, jwt_claim),
+        mask_secrets((*DEFAULT_HEADERS, *extra_mask_headers), (*DEFAULT_QUERY, *extra_mask_query)),
+        drop_raw,
+    ]
+
+
+def run_chain(chain: Sequence[Processor], txn: Transaction) -> Transaction | None:
+    for processor in chain:
+        txn = processor(txn)
+        if txn is None:
+            return None
+    return txn

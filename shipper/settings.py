@@ -1,0 +1,52 @@
+"""Typed settings of a run, filled by the CLI (flags > environment > defaults)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from shipper.processors.identity import DEFAULT_JWT_PLACES
+
+
+def default_state_dir() -> str:
+    """KONG_SHIP_STATE_DIR is read by the CLI; then systemd's $STATE_DIRECTORY, then the XDG state folder."""
+    systemd = os.environ.get("STATE_DIRECTORY")
+    if systemd:
+        return systemd.split(":")[0]
+    xdg = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(xdg, "kong-ship")
+
+
+@dataclass
+class Settings:
+    paths: list[str]
+    sinks: list[str] = field(default_factory=lambda: ["stdout"])
+    endpoint: str | None = None
+    state_dir: str = field(default_factory=default_state_dir)
+    dead_letter: str | None = None
+    format: str = "auto"
+    nginx_fields: dict[str, str] = field(default_factory=dict)
+    batch_size: int | None = None  # None: the sink's own maximum
+    flush_interval: float = 1.0
+    queue_size: int = 10_000
+    queue_bytes: int = 16 << 20
+    concurrency: int = 2
+    shutdown_timeout: float = 10.0
+    start_at: str = "beginning"
+    max_line_bytes: int = 1 << 20
+    jwt_places: tuple[str, ...] = DEFAULT_JWT_PLACES
+    jwt_claim: str = "sub"
+    mask_headers: tuple[str, ...] = ()
+    mask_query: tuple[str, ...] = ()
+    poll_interval: float = 0.25
+    rotate_wait: float = 5.0
+    checkpoint_interval: float = 1.0
+    retry_initial: float = 0.5
+    retry_max: float = 60.0
+    timeout: float = 30.0
+    sink_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dead_letter_path(self) -> str:
+        return self.dead_letter or os.path.join(self.state_dir, "dead-letter.jsonl")

@@ -1,0 +1,35 @@
+"""Sinks by name. Adding a vendor is one module with a class following `base.Sink`, a `from_options`
+constructor and its `OPTIONS` (click options), plus one line here."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+_MODULES = {
+    "segment": ("shipper.sinks.segment", "SegmentSink"),
+    "stdout": ("shipper.sinks.stdout", "StdoutSink"),
+}
+
+SINK_NAMES = tuple(_MODULES)
+
+
+def sink_module(name: str) -> ModuleType:
+    return importlib.import_module(_MODULES[name][0])
+
+
+def sink_class(name: str) -> type:
+    module, cls = _MODULES[name]
+    return getattr(importlib.import_module(module), cls)
+
+
+def all_options() -> list[tuple[tuple[str, ...], dict]]:
+    """Every sink's options as (declarations, click keyword arguments), once each: sinks may share one, as
+    the stdout sink shares --event-name-template with the Segment sink."""
+    seen, out = set(), []
+    for name in _MODULES:
+        for decls, kwargs in sink_module(name).OPTIONS:
+            if decls[0] not in seen:
+                seen.add(decls[0])
+                out.append((decls, kwargs))
+    return out

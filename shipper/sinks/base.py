@@ -1,0 +1,98 @@
+"""The sink seam. A sink knows its vendor's wire format and nothing about files; the delivery layer knows
+batching, retries and acknowledgements and nothing about vendors.
+
+A sink turns one Transaction into the bytes of one vendor event (`encode`), a list of those into an HTTP
+request (`request`, called afresh for every attempt so time stamps such as Segment's `sentAt` are current),
+and judges the vendor's answer (`judge`) as one of the `Verdict` kinds below.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+import httpx
+
+from shipper.model import Transaction
+
+OK = "ok"  # delivered: acknowledge every event of the batch
+RETRY = "retry"  # try the same events again later (after `retry_after` seconds if the vendor said so)
+SPLIT = "split"  # the vendor refused the batch as a whole: halve it to find the offending event
+REJECT = "reject"  # this event can never be delivered: dead-letter it with the reason, then acknowledge
+FATAL = "fatal"  # configuration is wrong (credentials, endpoint): stop the shipper with the reason
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    kind: str
+    reason: str = ""
+    retry_after: float | None = None
+
+
+class EventRejected(Exception):
+    """Raised by `Sink.encode` for a transaction that cannot become a valid event (e.g. over the size limit
+    even after shrinking). The record is dead-lettered with this reason and acknowledged."""
+
+
+class Sink(Protocol):
+    name: ClassVar[str]
+    max_batch_events: int
+    max_batch_bytes: int  # of the uncompressed body, envelope included
+    envelope_bytes: int  # bytes the body adds around the events
+
+    def encode(self, txn: Transaction) -> bytes: ...
+
+    def request(self, events: list[bytes]) -> httpx.Request: ...
+
+    def judge(self, response: httpx.Response) -> Verdict: ...
+
+    def transport(self) -> httpx.BaseTransport | None:
+        """A transport of the sink's own (the stdout sink prints instead of sending), or None for HTTP."""
+        ...
+
+
+def retry_after_seconds(response: httpx.Response, now: float | None = None) -> float | None:
+    """`Retry-After` as seconds (delta or HTTP date), else `X-RateLimit-Reset` (delta or epoch seconds)."""
+    now = time.time() if now is None else now
+    value = response.headers.get("retry-after")
+    if value:
+        value = value.strip()
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            try:
+                parsed = email.utils.parsedate_to_datetime(value)
+                return max(0.0, parsed.timestamp() - now)
+            except (TypeError, ValueError):
+                pass
+    value = response.headers.get("x-ratelimit-reset")
+    if value:
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+        return max(0.0, number - now) if number > 1_000_000_000 else max(0.0, number)
+    return None
+
+
+def snippet(response: httpx.Response, limit: int = 300) -> str:
+    text = response.text.strip().replace("\n", " ")
+    return text[:limit]
+
+
+def judge_common(response: httpx.Response, vendor: str, credential_hint: str) -> Verdict:
+    """The answer rules every HTTP vendor shares; sinks call this after their own special cases."""
+    status = response.status_code
+    if 200 <= status < 300:
+        return Verdict(OK)
+    if status in (401, 403):
+        return Verdict(FATAL, f"{vendor} refused the credentials (HTTP {status}): {credential_hint}")
+    if status == 404:
+        return Verdict(FATAL, f"{vendor} answered 404 for {response.request.url}: check --endpoint")
+    if status == 429 or status == 408 or (status >= 500 and status not in (501, 505)):
+        return Verdict(RETRY, f"{vendor} answered HTTP {status}", retry_after_seconds(response))
+    if status in (501, 505):
+        return Verdict(FATAL, f"{vendor} answered HTTP {status}: {snippet(response)}")
+    return Verdict(SPLIT, f"{vendor} answered HTTP {status}: {snippet(response)}")

@@ -1,0 +1,169 @@
+"""Checkpoints: per sink, per file identity, the offset below which every line is acknowledged.
+
+Written atomically (temporary file, fsync, rename, fsync of the directory), with the previous good copy kept
+beside it. A corrupt file is never silently replaced by nothing: the previous copy is used and the log says so,
+and with no good copy at all kong-ship refuses to start rather than resend every file unannounced.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import orjson
+
+from shipper.errors import ConfigError
+
+log = logging.getLogger("kong-ship")
+
+FORMAT_VERSION = 1
+MAX_ENTRIES = 20_000  # files remembered per sink; the oldest untouched entries go first
+
+
+@dataclass(slots=True)
+class Checkpoint:
+    offset: int
+    path: str = ""
+    tail: str | None = None  # hash of the bytes just before `offset`, to notice a rewritten file
+    updated: float = 0.0
+
+
+class CheckpointStore:
+    def __init__(self, state_dir: str, sink: str):
+        self.path = os.path.join(state_dir, f"checkpoints-{sink}.json")
+        self.previous = self.path + ".prev"
+        self.state_dir = state_dir
+        self.entries: dict[str, Checkpoint] = {}
+        self._saved_snapshot: dict[str, int] = {}
+        self._last_error: str | None = None
+
+    # -- reading ------------------------------------------------------------------------------------------
+    def load(self) -> dict[str, Checkpoint]:
+        main_error = None
+        try:
+            self.entries = self._read(self.path)
+        except FileNotFoundError:
+            main_error = "missing"
+        except (ValueError, TypeError, KeyError, OSError) as exc:
+            main_error = f"unreadable ({exc})"
+        if main_error is None:
+            self._saved_snapshot = {k: v.offset for k, v in self.entries.items()}
+            return self.entries
+        try:
+            self.entries = self._read(self.previous)
+        except FileNotFoundError:
+            if main_error == "missing":
+                self.entries = {}
+                return self.entries  # a first run
+            raise ConfigError(
+                f"checkpoint file {self.path} is {main_error} and there is no previous copy: move it aside to "
+                "start over (every file will then be shipped again from its start)"
+            ) from None
+        except (ValueError, TypeError, KeyError, OSError) as exc:
+            raise ConfigError(
+                f"checkpoint file {self.path} is {main_error} and its previous copy is unreadable too ({exc}): "
+                "move both aside to start over (every file will then be shipped again from its start)"
+            ) from None
+        age = time.time() - os.path.getmtime(self.previous)
+        log.warning(
+            "checkpoint file %s is %s; recovered the previous good copy (%s, %.0f s old): up to that much may be "
+            "shipped again, with the same event ids",
+            self.path,
+            main_error,
+            self.previous,
+            age,
+        )
+        self._saved_snapshot = {}
+        return self.entries
+
+    @staticmethod
+    def _read(path: str) -> dict[str, Checkpoint]:
+        with open(path, "rb") as handle:
+            data = orjson.loads(handle.read())
+        if not isinstance(data, dict) or data.get("version") != FORMAT_VERSION or not isinstance(data["files"], dict):
+            raise ValueError("not a kong-ship checkpoint file")
+        out = {}
+        for file_id, entry in data["files"].items():
+            offset = entry["offset"]
+            if not isinstance(offset, int) or offset < 0:
+                raise ValueError(f"bad offset for {file_id}")
+            out[file_id] = Checkpoint(offset, entry.get("path", ""), entry.get("tail"), entry.get("updated", 0.0))
+        return out
+
+    # -- writing ------------------------------------------------------------------------------------------
+    def update(self, file_id: str, offset: int, path: str, tail: str | None) -> None:
+        entry = self.entries.get(file_id)
+        if entry is not None and entry.offset == offset:
+            return
+        self.entries[file_id] = Checkpoint(offset, path, tail, time.time())
+
+    def dirty(self) -> bool:
+        return any(self._saved_snapshot.get(k) != v.offset for k, v in self.entries.items())
+
+    def save(self) -> bool:
+        """Write the entries if they changed. A failure (disk full, permissions) is logged once per kind and
+        retried on the next call: the shipper goes on, and a restart would resend only what came after the
+        last good save."""
+        if not self.dirty():
+            return True
+        if len(self.entries) > MAX_ENTRIES:
+            keep = sorted(self.entries.items(), key=lambda kv: kv[1].updated)[-MAX_ENTRIES:]
+            self.entries = dict(keep)
+        payload = orjson.dumps(
+            {
+                "version": FORMAT_VERSION,
+                "files": {
+                    k: {"offset": v.offset, "path": v.path, "tail": v.tail, "updated": round(v.updated, 3)}
+                    for k, v in self.entries.items()
+                },
+            },
+            option=orjson.OPT_INDENT_2,
+        )
+        tmp = f"{self.path}.tmp{os.getpid()}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+            try:
+                os.write(fd, payload)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if os.path.exists(self.path):
+                os.replace(self.path, self.previous)
+            os.replace(tmp, self.path)
+            dir_fd = os.open(self.state_dir, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            message = f"cannot save checkpoint {self.path}: {exc.strerror}"
+            if message != self._last_error:
+                log.error("%s; will retry (nothing is lost, a restart now would resend since the last save)", message)
+                self._last_error = message
+            return False
+        if self._last_error:
+            log.info("checkpoint %s saved again", self.path)
+            self._last_error = None
+        self._saved_snapshot = {k: v.offset for k, v in self.entries.items()}
+        return True
+
+
+def check_state_dir(state_dir: str) -> None:
+    """Fail at start, with one line, when the state directory cannot hold checkpoints."""
+    try:
+        os.makedirs(state_dir, mode=0o750, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create state directory {state_dir}: {exc.strerror} (set --state-dir)") from None
+    probe = os.path.join(state_dir, f".probe{os.getpid()}")
+    try:
+        with open(probe, "wb") as handle:
+            handle.write(b"ok")
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"state directory {state_dir} is not writable: {exc.strerror} (set --state-dir)") from None
