@@ -129,6 +129,14 @@ class Transaction:
     jwt_claims: dict[str, Any] | None = None
     """The decoded (unverified) JWT payload, if a token was found."""
 
+    # -- what kind of record this is -----------------------------------------------------------------------
+    kind: str = "api"
+    """`api` for a proxied call (every log line); `admin_request` and `config_change` for Kong Admin API audit
+    records. Sinks name their events after it."""
+    details: dict[str, Any] | None = None
+    """Kind-specific facts that have no field above (for audit records: the audit entry, minus its
+    signature); shipped as event properties."""
+
     # -- the decoded log line, for processors that read custom fields (`--jwt-from`). Sinks never read it,
     # and the masking processor drops it, so nothing unmasked leaves the process through it.
     raw: dict[str, Any] | None = None

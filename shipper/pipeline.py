@@ -26,7 +26,7 @@ from shipper.errors import FatalError
 from shipper.formats import ParseError, Parser
 from shipper.model import Position
 from shipper.processors import Processor, build_chain, run_chain
-from shipper.sinks.base import EventRejected, Sink
+from shipper.sinks.base import EventRejected, EventSkipped, Sink
 from shipper.sources.checkpoints import CheckpointStore
 from shipper.sources.files import FileSource, Oversize, tail_hash
 
@@ -239,6 +239,10 @@ class Lane:
                 counts["anonymous"] += 1
             try:
                 event = encode(txn)
+            except EventSkipped:
+                counts["skipped"] += 1
+                ack(file_id, seq, end)
+                continue
             except EventRejected as exc:
                 self.dead_letter.write(
                     "rejected", str(exc), sink=self.sink.name, file=self.source.path_of(file_id), offset=offset, line=data

@@ -36,6 +36,11 @@ class EventRejected(Exception):
     even after shrinking). The record is dead-lettered with this reason and acknowledged."""
 
 
+class EventSkipped(Exception):
+    """Raised by `Sink.encode` for an event the sink deliberately does not send (e.g. Moesif sampling). The
+    record counts as delivered for the checkpoint."""
+
+
 class Sink(Protocol):
     name: ClassVar[str]
     max_batch_events: int

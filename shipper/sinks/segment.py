@@ -30,6 +30,7 @@ MAX_MESSAGE_BYTES = 32_000  # Segment's limit is 32 KB; keep a margin for the ba
 MAX_BODY_BYTES = 475_000  # the official library's packing target, under the 500,000-byte request limit
 MAX_MESSAGES = 2_500
 LIBRARY = {"name": "kong-ship", "version": __version__}
+KIND_EVENT_NAMES = {"admin_request": "Kong Admin Request", "config_change": "Kong Config Change"}
 # Properties shrunk, largest first, when a message is over the limit; what identifies the call stays.
 _SHRINKABLE = ("queryJson", "queryObject", "queryString", "rawpath", "uri", "path")
 
@@ -103,6 +104,8 @@ class SegmentSink:
 
     # -- one event -------------------------------------------------------------------------------------------
     def message(self, txn: Transaction) -> dict[str, Any]:
+        if txn.kind != "api":
+            return self._other_message(txn)
         path = txn.path
         if self.strip_trailing_slash and len(path) > 1 and path.endswith("/"):
             path = path.rstrip("/") or "/"
@@ -153,6 +156,23 @@ class SegmentSink:
             message["userId"] = txn.user_id
         else:
             message["anonymousId"] = txn.anonymous_id or "anonymous"
+        return message
+
+    def _other_message(self, txn: Transaction) -> dict[str, Any]:
+        """Records that are not proxied calls (Kong audit entries): named after their kind, with their details
+        as properties."""
+        message: dict[str, Any] = {
+            "type": "track",
+            "event": KIND_EVENT_NAMES.get(txn.kind, txn.kind),
+            "properties": dict(txn.details or {}),
+            "context": {"library": LIBRARY, **({"ip": txn.client_ip} if txn.client_ip else {})},
+            "timestamp": iso_ms(txn.started_at),
+            "messageId": txn.event_id[:100],
+        }
+        if txn.user_id:
+            message["userId"] = txn.user_id
+        else:
+            message["anonymousId"] = txn.anonymous_id or "kong-admin"
         return message
 
     def event_name(self, txn: Transaction, path: str, service: str | None, route: str | None) -> str:
