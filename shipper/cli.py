@@ -309,7 +309,8 @@ def main(argv: list[str] | None = None) -> None:
         code = cli.main(args=argv, prog_name="kong-ship", standalone_mode=False)
     except click.exceptions.UsageError as exc:
         command = exc.ctx.command_path if exc.ctx else "kong-ship"
-        click.echo(f"kong-ship: error: {exc.format_message()} (see '{command} --help')", err=True)
+        message = " ".join(exc.format_message().split())  # click wraps choice lists over several lines
+        click.echo(f"kong-ship: error: {message} (see '{command} --help')", err=True)
         sys.exit(2)
     except click.exceptions.Abort:
         sys.exit(130)

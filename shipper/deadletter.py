@@ -37,6 +37,7 @@ class DeadLetter:
         sink: str | None = None,
         line: bytes | None = None,
         event: bytes | None = None,
+        truncated: bool = False,
     ) -> None:
         entry: dict[str, Any] = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "reason": reason}
         entry["detail"] = detail
@@ -47,7 +48,7 @@ class DeadLetter:
             entry["offset"] = offset
         if line is not None:
             entry["line"] = line[:PREFIX_BYTES].decode("utf-8", "backslashreplace")
-            if len(line) > PREFIX_BYTES:
+            if truncated or len(line) > PREFIX_BYTES:
                 entry["truncated"] = True
         if event is not None:
             entry["event"] = event.decode("utf-8", "backslashreplace")

@@ -217,7 +217,7 @@ class Lane:
                 self._input_error(
                     "too_long",
                     f"line of {data.length} bytes is over --max-line-bytes ({self.settings.max_line_bytes})",
-                    file_id, offset, data.prefix,
+                    file_id, offset, data.prefix, truncated=True,
                 )
                 ack(file_id, seq, end)
                 continue
@@ -254,10 +254,14 @@ class Lane:
                 return False
         return True
 
-    def _input_error(self, reason: str, detail: str, file_id: str, offset: int, line: bytes) -> None:
+    def _input_error(
+        self, reason: str, detail: str, file_id: str, offset: int, line: bytes, truncated: bool = False
+    ) -> None:
         self.counts["dead_lettered"] += 1
         if self.report_input_errors:
-            self.dead_letter.write(reason, detail, file=self.source.path_of(file_id), offset=offset, line=line)
+            self.dead_letter.write(
+                reason, detail, file=self.source.path_of(file_id), offset=offset, line=line, truncated=truncated
+            )
 
     def _count_out(self, key: str, n: int) -> None:
         with self._out_lock:

@@ -30,7 +30,11 @@ class AckTracker:
     def reset(self, file_id: str, offset: int) -> None:
         """Forget pending lines (the file was truncated and is read again from `offset`)."""
         with self._lock:
-            self._files[file_id] = _FileAcks(committed=offset)
+            old = self._files.get(file_id)
+            # Numbering goes on from where it was, so acknowledgements of lines issued before the reset fall
+            # below `first_open` and are ignored.
+            start = old.next_seq if old else 0
+            self._files[file_id] = _FileAcks(committed=offset, next_seq=start, first_open=start)
 
     def issue(self, file_id: str) -> int:
         """A sequence number for the next line of the file, handed out in file order by the reader."""

@@ -238,6 +238,11 @@ class FileSource:
     def _read_chunk(self, handle: _Open) -> Iterator[tuple[str, bytes | Oversize, int, int]]:
         if handle.file_id is None and not self._reidentify(handle):
             return
+        if handle.gz is None and self.follow and not self._head_matches(handle):
+            # Truncated (copytruncate), perhaps already rewritten past our position: checking the first line
+            # before every read keeps us from reading the new content from the old offset.
+            self._truncated(handle, os.fstat(handle.fd).st_size)
+            return
         try:
             if handle.gz is not None:
                 data = handle.gz.read(CHUNK)
@@ -331,7 +336,7 @@ class FileSource:
                     self._retire(key, handle, static=False)
                 continue
             size = os.fstat(handle.fd).st_size
-            if size < handle.read_pos or (now - handle.last_data > 0.5 and not self._head_matches(handle)):
+            if size < handle.read_pos:
                 self._truncated(handle, size)
 
     def _at_end(self, handle: _Open) -> bool:

@@ -1,0 +1,93 @@
+"""Helpers to run the real `kong-ship` as a process, as users and systemd do."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import pytest
+
+# Short intervals keep every end-to-end test at seconds, not minutes.
+FAST = [
+    "--flush-interval", "0.05",
+    "--poll-interval", "0.05",
+    "--retry-initial-delay", "0.01",
+    "--retry-max-delay", "0.2",
+    "--rotate-wait", "0.3",
+]
+
+
+def ship_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SEGMENT_", "MOESIF_", "RUNSCOPE_", "KONG_SHIP_"))}
+    env.pop("STATE_DIRECTORY", None)
+    env.update(extra)
+    return env
+
+
+def ship(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "shipper", *args],
+        capture_output=True,
+        env=env if env is not None else ship_env(),
+        timeout=timeout,
+    )
+
+
+class Shipper:
+    """A running `kong-ship` process."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None):
+        self.args = args
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "shipper", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env if env is not None else ship_env(),
+        )
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self, timeout: float = 20) -> tuple[int, str, str]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        out, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, out.decode(), err.decode()
+
+    def wait(self, timeout: float = 30) -> tuple[int, str, str]:
+        out, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, out.decode(), err.decode()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 15.0, interval: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+@pytest.fixture
+def shippers():
+    """Every process started through this fixture is killed at the end of the test, pass or fail."""
+    started: list[Shipper] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Shipper:
+        proc = Shipper(*args, env=env)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.proc.poll() is None:
+            proc.proc.kill()
+            proc.proc.wait(10)

@@ -1,0 +1,123 @@
+"""Acknowledgement tracking and the checkpoint store: only acknowledged, in order, written atomically, and a
+corrupt file is recovered loudly or refused, never silently reset."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import orjson
+import pytest
+
+from shipper.delivery.acks import AckTracker
+from shipper.errors import ConfigError
+from shipper.sources.checkpoints import CheckpointStore, check_state_dir
+
+
+def test_committed_offset_moves_only_over_a_contiguous_prefix():
+    acks = AckTracker()
+    acks.start("f", 100)
+    seqs = [acks.issue("f") for _ in range(4)]  # lines ending at 110, 120, 130, 140
+    acks.ack("f", seqs[1], 120)
+    acks.ack("f", seqs[3], 140)
+    assert acks.committed() == {"f": 100} and acks.pending() == 4
+    acks.ack("f", seqs[0], 110)
+    assert acks.committed() == {"f": 120}
+    acks.ack_many([("f", seqs[2], 130)])
+    assert acks.committed() == {"f": 140} and acks.pending() == 0
+
+
+def test_acks_from_before_a_reset_are_ignored():
+    acks = AckTracker()
+    acks.start("f", 0)
+    old = acks.issue("f")
+    acks.reset("f", 0)
+    acks.ack("f", old, 999)
+    new = acks.issue("f")
+    acks.ack("f", new, 10)
+    assert acks.committed() == {"f": 10}
+
+
+def test_forget_keeps_files_with_pending_lines():
+    acks = AckTracker()
+    acks.start("a", 0)
+    acks.start("b", 0)
+    acks.issue("a")
+    acks.forget("a")
+    acks.forget("b")
+    assert set(acks.committed()) == {"a"}
+
+
+def test_store_round_trip_is_atomic_and_keeps_the_previous_copy(tmp_path):
+    store = CheckpointStore(str(tmp_path), "segment")
+    assert store.load() == {}
+    store.update("f1", 10, "/var/log/a", "aa")
+    assert store.save()
+    store.update("f1", 20, "/var/log/a", "bb")
+    assert store.save()
+    assert os.path.exists(store.previous)
+    assert orjson.loads(open(store.previous, "rb").read())["files"]["f1"]["offset"] == 10
+    again = CheckpointStore(str(tmp_path), "segment").load()
+    assert again["f1"].offset == 20 and again["f1"].tail == "bb" and again["f1"].path == "/var/log/a"
+    assert [p for p in os.listdir(tmp_path) if ".tmp" in p] == []
+
+
+def test_save_writes_only_when_something_moved(tmp_path):
+    store = CheckpointStore(str(tmp_path), "s")
+    store.load()
+    store.update("f", 5, "p", None)
+    store.save()
+    mtime = os.stat(store.path).st_mtime_ns
+    store.update("f", 5, "p", None)
+    assert not store.dirty()
+    store.save()
+    assert os.stat(store.path).st_mtime_ns == mtime
+
+
+def test_corrupt_checkpoint_recovers_the_previous_copy_and_says_so(tmp_path, caplog):
+    store = CheckpointStore(str(tmp_path), "segment")
+    store.load()
+    store.update("f1", 10, "p", None)
+    store.save()
+    store.update("f1", 20, "p", None)
+    store.save()
+    with open(store.path, "wb") as handle:
+        handle.write(b'{"version": 1, "files": {"f1": {"offs')  # torn write / disk corruption
+    recovered = CheckpointStore(str(tmp_path), "segment").load()
+    assert recovered["f1"].offset == 10
+    assert "recovered the previous good copy" in caplog.text
+
+
+def test_corrupt_checkpoint_without_a_good_copy_refuses_to_start(tmp_path):
+    store = CheckpointStore(str(tmp_path), "segment")
+    with open(store.path, "wb") as handle:
+        handle.write(b"\x00\x00garbage")
+    with pytest.raises(ConfigError, match="move it aside"):
+        CheckpointStore(str(tmp_path), "segment").load()
+    with open(store.previous, "wb") as handle:
+        handle.write(b"[]")
+    with pytest.raises(ConfigError, match="previous copy is unreadable"):
+        CheckpointStore(str(tmp_path), "segment").load()
+
+
+def test_a_state_directory_that_cannot_be_written_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match="cannot create state directory"):
+        check_state_dir(str(blocker / "state"))
+
+
+def test_save_failure_is_logged_once_and_retried(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="kong-ship")
+    state = tmp_path / "state"
+    state.mkdir()
+    store = CheckpointStore(str(state), "segment")
+    store.load()
+    store.update("f", 1, "p", None)
+    os.rename(state, tmp_path / "gone")  # the directory vanishes under us: every write fails
+    assert not store.save()
+    assert not store.save()
+    assert caplog.text.count("cannot save checkpoint") == 1
+    os.rename(tmp_path / "gone", state)
+    assert store.save()
+    assert "saved again" in caplog.text

@@ -1,0 +1,133 @@
+"""The command line as a user meets it: exit codes, one-line errors, credentials, parse, stdout."""
+
+from __future__ import annotations
+
+import gzip
+import pathlib
+
+import orjson
+
+from conftest import ship, ship_env
+
+SAMPLES = pathlib.Path(__file__).resolve().parents[2] / "shared" / "samples"
+
+
+def one_line(stderr: bytes) -> str:
+    lines = stderr.decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "Traceback" not in lines[0]
+    return lines[0]
+
+
+def test_missing_write_key_exits_2_naming_the_variable(tmp_path):
+    result = ship("tail", str(tmp_path / "x.json"), "--sink", "segment", "--state-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert "SEGMENT_WRITE_KEY" in one_line(result.stderr)
+
+
+def test_empty_key_file_exits_2(tmp_path):
+    key = tmp_path / "key"
+    key.write_text("\n")
+    result = ship("backfill", str(SAMPLES / "kong-3x.jsonl"), "--sink", "segment",
+                  "--segment-write-key-file", str(key), "--state-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert "is empty" in one_line(result.stderr)
+
+
+def test_unknown_flag_and_bad_values_exit_2_with_one_line(tmp_path):
+    for args in (
+        ["tail", "x", "--sink", "stdout", "--no-such-flag"],
+        ["tail", "x", "--sink", "nowhere"],
+        ["tail", "x"],
+        ["tail", "x", "--sink", "stdout", "--batch-size", "zero"],
+        ["tail", "x", "--sink", "stdout", "--nginx-field", "nonsense"],
+        ["tail", "x", "--sink", "stdout", "--event-name-template", "{nope}"],
+        ["backfill", str(tmp_path / "nothing-*.json"), "--sink", "stdout"],
+    ):
+        result = ship(*args, "--state-dir", str(tmp_path)) if args[0] != "backfill" else ship(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        line = one_line(result.stderr)
+        assert line.startswith("kong-ship: error:"), line
+
+
+def test_state_dir_that_cannot_be_created_exits_2(tmp_path):
+    blocker = tmp_path / "f"
+    blocker.write_text("")
+    result = ship("backfill", str(SAMPLES / "kong-3x.jsonl"), "--sink", "stdout", "--state-dir", str(blocker / "s"))
+    assert result.returncode == 2
+    assert "state directory" in one_line(result.stderr)
+
+
+def test_state_dir_from_environment(tmp_path):
+    env = ship_env(KONG_SHIP_STATE_DIR=str(tmp_path / "from-env"))
+    result = ship("backfill", str(SAMPLES / "kong-3x.jsonl"), "--sink", "stdout", env=env)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "from-env" / "checkpoints-stdout.json").exists()
+
+
+def test_systemd_state_directory_is_the_default(tmp_path):
+    env = ship_env(STATE_DIRECTORY=str(tmp_path / "systemd-state"))
+    result = ship("backfill", str(SAMPLES / "kong-2x.jsonl"), "--sink", "stdout", env=env)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "systemd-state" / "checkpoints-stdout.json").exists()
+
+
+def test_parse_prints_normalized_transactions_and_reports_bad_lines(tmp_path):
+    log = tmp_path / "mixed.json"
+    log.write_bytes((SAMPLES / "kong-3x.jsonl").read_bytes() + b"not json\n" + (SAMPLES / "nginx-json.jsonl").read_bytes())
+    result = ship("parse", str(log))
+    assert result.returncode == 0
+    records = [orjson.loads(line) for line in result.stdout.splitlines()]
+    assert [r["source_format"] for r in records] == ["kong"] * 4 + ["nginx"] * 2
+    assert all("raw" not in r for r in records)
+    assert "not_json" in result.stderr.decode() and f"{log}:" in result.stderr.decode()
+    assert not (tmp_path / "state").exists()
+
+
+def test_stdout_sink_prints_vendor_ready_events_once(tmp_path):
+    args = ["backfill", str(SAMPLES / "*.jsonl"), "--sink", "stdout", "--state-dir", str(tmp_path)]
+    first = ship(*args)
+    assert first.returncode == 0, first.stderr
+    events = [orjson.loads(line) for line in first.stdout.splitlines()]
+    assert len(events) == 12 and len({e["messageId"] for e in events}) == 12
+    assert all(e["type"] == "track" and e["event"].startswith("API Request: ") for e in events)
+    text = first.stdout.decode()
+    for secret in ("k-a53b4250568c912dded197d411c78edf", "session=", "sid=", "Bearer "):
+        assert secret not in text
+    assert "shipped        12" in first.stderr.decode()
+    second = ship(*args)
+    assert second.returncode == 0 and second.stdout == b""  # same checkpoints: nothing new
+
+
+def test_backfill_reads_gzip(tmp_path):
+    packed = tmp_path / "kong.json.1.gz"
+    packed.write_bytes(gzip.compress((SAMPLES / "kong-3x.jsonl").read_bytes()))
+    result = ship("backfill", str(packed), "--sink", "stdout", "--state-dir", str(tmp_path / "s"))
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 4
+
+
+def test_dead_letter_file_has_reason_file_and_offset(tmp_path):
+    log = tmp_path / "bad.json"
+    good = (SAMPLES / "kong-3x.jsonl").read_bytes().splitlines()[0]
+    log.write_bytes(good + b"\n[1,2]\n" + b"x" * 5000 + b"\n")
+    dead = tmp_path / "dead.jsonl"
+    result = ship("backfill", str(log), "--sink", "stdout", "--state-dir", str(tmp_path / "s"),
+                  "--dead-letter", str(dead), "--max-line-bytes", "2900")
+    assert result.returncode == 0, result.stderr
+    entries = [orjson.loads(line) for line in dead.read_bytes().splitlines()]
+    assert [(e["reason"], e["offset"]) for e in entries] == [("not_object", len(good) + 1), ("too_long", len(good) + 7)]
+    assert all(e["file"] == str(log) for e in entries)
+    assert entries[1]["truncated"] is True and entries[1]["line"] == "x" * 4096
+    assert len(result.stdout.splitlines()) == 1
+    assert "dead letters: 1 not_object, 1 too_long" in result.stderr.decode()
+
+
+def test_version_and_help():
+    assert ship("--version").stdout.decode().startswith("kong-ship, version")
+    help_text = ship("tail", "--help").stdout.decode()
+    for flag in ("--sink", "--endpoint", "--state-dir", "--dead-letter", "--batch-size", "--flush-interval",
+                 "--queue-size", "--shutdown-timeout", "--format", "--start-at", "--jwt-from", "--jwt-claim",
+                 "--mask-header", "--mask-query", "--max-line-bytes", "--segment-write-key-file",
+                 "--event-name-template", "--strip-trailing-slash"):
+        assert flag in help_text, flag
