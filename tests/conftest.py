@@ -12,13 +12,8 @@ from collections.abc import Callable
 import pytest
 
 # Short intervals keep every end-to-end test at seconds, not minutes.
-FAST = [
-    "--flush-interval", "0.05",
-    "--poll-interval", "0.05",
-    "--retry-initial-delay", "0.01",
-    "--retry-max-delay", "0.2",
-    "--rotate-wait", "0.3",
-]
+FAST = ["--flush-interval", "0.05", "--retry-initial-delay", "0.01", "--retry-max-delay", "0.2"]
+FAST_FOLLOW = FAST + ["--poll-interval", "0.05", "--rotate-wait", "0.3"]  # for `tail`
 
 
 def ship_env(**extra: str) -> dict[str, str]:
