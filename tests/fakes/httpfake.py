@@ -261,6 +261,12 @@ class FakeHTTPServer:
         return json_response(200, {})
 
     # -- inspection ---------------------------------------------------------------------------------------
+    @property
+    def open_connections(self) -> int:
+        """Client connections open right now (keep-alive reuse shows as 1 for a sequential client)."""
+        with self._lock:
+            return len(self._connections)
+
     def wait_for(self, predicate: Callable[[], T], timeout: float = 5.0, what: str = "") -> T:
         """Return predicate()'s first truthy value, re-checked after each request and every 5 ms;
         AssertionError (with the request count) after `timeout`. The predicate runs outside the lock, so it
