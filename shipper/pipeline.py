@@ -250,6 +250,9 @@ class Lane:
                 self._count_out("rejected", 1)
                 ack(file_id, seq, end)
                 continue
+            # orjson hands back a buffer of at least 4 KiB whatever the event's size; a queued event keeps
+            # only its own bytes, or a full queue would weigh several times its byte bound.
+            event = bytes(memoryview(event))
             if not put((file_id, seq, end, event), len(event), self.abort):
                 return False
         return True
