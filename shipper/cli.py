@@ -26,6 +26,7 @@ from shipper.settings import Settings, default_state_dir
 from shipper.sinks import SINK_NAMES, all_options, sink_class
 from shipper.sources.checkpoints import check_state_dir
 from shipper.sources.files import FileSource, Oversize, expand
+from shipper.transform import default_workers
 
 log = logging.getLogger("kong-ship")
 
@@ -93,11 +94,18 @@ _following = [
                  help="Seconds a rotated-away file must stay quiet before it is let go."),
 ]
 
+def _workers_option(default: str) -> Callable:
+    return click.option(
+        "--workers", default=default, show_default=True, metavar="N|auto",
+        help="Processes that parse and encode lines (auto: one per CPU; 0: in the reader thread).",
+    )
+
+
 _SHIPPING_KEYS = {
     "fmt", "nginx_field", "jwt_from", "jwt_claim", "mask_header", "mask_query", "max_line_bytes", "sinks",
     "endpoint", "state_dir", "dead_letter", "batch_size", "flush_interval", "queue_size", "concurrency",
     "shutdown_timeout", "retry_initial_delay", "retry_max_delay", "timeout", "log_level", "start_at",
-    "poll_interval", "rotate_wait",
+    "poll_interval", "rotate_wait", "workers",
 }
 
 
@@ -129,6 +137,14 @@ def _endpoints(values: tuple[str, ...], sinks: list[str]) -> dict[str, str | Non
     return out
 
 
+def _workers(value: str) -> int:
+    if value == "auto":
+        return default_workers()
+    if not value.isdigit() or int(value) > 64:
+        raise ConfigError(f"--workers {value}: expected a number from 0 to 64, or auto")
+    return int(value)
+
+
 def _settings(paths: tuple[str, ...], kw: dict[str, Any]) -> Settings:
     sinks = list(dict.fromkeys(kw["sinks"]))
     state_dir = kw.get("state_dir") or default_state_dir()
@@ -147,6 +163,7 @@ def _settings(paths: tuple[str, ...], kw: dict[str, Any]) -> Settings:
         flush_interval=kw["flush_interval"],
         queue_size=kw["queue_size"],
         concurrency=kw["concurrency"],
+        workers=_workers(kw.get("workers") or "0"),
         shutdown_timeout=kw["shutdown_timeout"],
         start_at=kw.get("start_at") or "beginning",
         max_line_bytes=kw["max_line_bytes"],
@@ -207,7 +224,7 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("paths", nargs=-1, required=True)
-@_apply(_shipping + _understanding + _following)
+@_apply(_shipping + _understanding + _following + [_workers_option("0")])
 def tail(paths: tuple[str, ...], **kw: Any) -> None:
     """Follow log files (globs allowed; new matching files are picked up) and ship every record, forever.
 
@@ -224,7 +241,7 @@ def tail(paths: tuple[str, ...], **kw: Any) -> None:
 
 @cli.command()
 @click.argument("paths", nargs=-1, required=True)
-@_apply(_shipping + _understanding)
+@_apply(_shipping + _understanding + [_workers_option("auto")])
 def backfill(paths: tuple[str, ...], **kw: Any) -> None:
     """Ship log files (plain or gzip, oldest first) to their end, wait for every acknowledgement, and exit.
 

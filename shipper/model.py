@@ -100,9 +100,10 @@ class Transaction:
 
     # -- gateway context ---------------------------------------------------------------------------------------
     service: dict[str, Any] | None = None
-    """Kong service `{id, name, host, port, protocol}` (0.x: the `api` entity `{id, name, upstream_url}`)."""
+    """The Kong service as Kong logged it (`id`, `name`, `host`, `port`, `protocol`, …; 0.x: the `api` entity
+    with `id`, `name`, `upstream_url`)."""
     route: dict[str, Any] | None = None
-    """Kong route `{id, name, paths}`."""
+    """The Kong route as Kong logged it (`id`, `name`, `paths`, …)."""
     workspace: str | None = None
     """Kong workspace id (3.x)."""
     workspace_name: str | None = None
@@ -117,9 +118,9 @@ class Transaction:
 
     # -- who made the call (filled by processors.identity) -------------------------------------------------
     consumer: dict[str, Any] | None = None
-    """Kong consumer `{id, username, custom_id}` when one was authenticated."""
+    """The Kong consumer (`id`, `username`, `custom_id`, …) when one was authenticated."""
     authenticated_entity: dict[str, Any] | None = None
-    """Kong credential `{id, consumer_id}`."""
+    """The Kong credential (`id`, `consumer_id`)."""
     user_id: str | None = None
     """The user behind the call: JWT claim, else consumer, else credential, else `x-consumer-*` headers."""
     user_source: str | None = None

@@ -23,12 +23,12 @@ from shipper.delivery.batcher import Batcher
 from shipper.delivery.queue import BoundedQueue, Closed
 from shipper.delivery.sender import Item, Sender
 from shipper.errors import FatalError
-from shipper.formats import ParseError, Parser
-from shipper.model import Position
-from shipper.processors import Processor, build_chain, run_chain
-from shipper.sinks.base import EventRejected, EventSkipped, Sink
+from shipper.formats import Parser
+from shipper.processors import Processor, build_chain
+from shipper.sinks.base import Sink
 from shipper.sources.checkpoints import CheckpointStore
-from shipper.sources.files import FileSource, Oversize, tail_hash
+from shipper.sources.files import FileSource, tail_hash
+from shipper.transform import EVENT, INVALID, OVERSIZE, REJECTED, SKIPPED, Transformer, WorkerPool
 
 log = logging.getLogger("kong-ship")
 
@@ -114,6 +114,10 @@ class Lane:
             on_opened=self.acks.start,
         )
         self._threads: list[threading.Thread] = []
+        self.transform = Transformer(parser, chain, sink)
+        self.pool: WorkerPool | None = None
+        if settings.workers > 0 and getattr(sink, "parallel_safe", False):
+            self.pool = WorkerPool(self.transform, settings.workers)
 
     # -- checkpoints -----------------------------------------------------------------------------------------
     def _resume(self, file_id: str, path: str, size: int | None, read_before) -> int | None:
@@ -203,58 +207,43 @@ class Lane:
         counts = self.counts
         issue = self.acks.issue
         ack = self.acks.ack
-        parse = self.parser.parse
-        chain = self.chain
-        encode = self.sink.encode
         put = self.queue.put
-        stop = self.stop
-        for file_id, data, offset, end in lines:
+        stop, abort = self.stop, self.abort
+        transform = self.transform
+        if self.pool is not None:
+            outcomes = self.pool.map(lines)
+        else:
+            outcomes = ((line, transform(*line)) for line in lines)
+        for (file_id, data, offset, end), (outcome, payload, anonymous) in outcomes:
             if stop.is_set():
                 return False
             seq = issue(file_id)
             counts["lines"] += 1
-            if type(data) is Oversize:
+            if outcome == EVENT:
+                counts["parsed"] += 1
+                if anonymous:
+                    counts["anonymous"] += 1
+                if not put((file_id, seq, end, payload), len(payload), abort):
+                    return False
+                continue
+            ack(file_id, seq, end)
+            if outcome == INVALID:
+                self._input_error(payload[0], payload[1], file_id, offset, data)
+            elif outcome == REJECTED:
+                counts["parsed"] += 1
+                self.dead_letter.write(
+                    "rejected", payload, sink=self.sink.name, file=self.source.path_of(file_id), offset=offset, line=data
+                )
+                self._count_out("rejected", 1)
+            elif outcome == SKIPPED:
+                counts["parsed"] += 1
+                counts["skipped"] += 1
+            elif outcome == OVERSIZE:
                 self._input_error(
                     "too_long",
                     f"line of {data.length} bytes is over --max-line-bytes ({self.settings.max_line_bytes})",
                     file_id, offset, data.prefix, truncated=True,
                 )
-                ack(file_id, seq, end)
-                continue
-            if not data or data.isspace():
-                ack(file_id, seq, end)
-                continue
-            try:
-                txn = parse(data, Position(file_id, offset, end))
-            except ParseError as exc:
-                self._input_error(exc.reason, exc.detail, file_id, offset, data)
-                ack(file_id, seq, end)
-                continue
-            counts["parsed"] += 1
-            txn = run_chain(chain, txn)
-            if txn is None:
-                ack(file_id, seq, end)
-                continue
-            if txn.user_id is None:
-                counts["anonymous"] += 1
-            try:
-                event = encode(txn)
-            except EventSkipped:
-                counts["skipped"] += 1
-                ack(file_id, seq, end)
-                continue
-            except EventRejected as exc:
-                self.dead_letter.write(
-                    "rejected", str(exc), sink=self.sink.name, file=self.source.path_of(file_id), offset=offset, line=data
-                )
-                self._count_out("rejected", 1)
-                ack(file_id, seq, end)
-                continue
-            # orjson hands back a buffer of at least 4 KiB whatever the event's size; a queued event keeps
-            # only its own bytes, or a full queue would weigh several times its byte bound.
-            event = bytes(memoryview(event))
-            if not put((file_id, seq, end, event), len(event), self.abort):
-                return False
         return True
 
     def _input_error(
@@ -287,6 +276,8 @@ class Lane:
         )
 
     def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
         self.batcher.shutdown()
         self.sender.close()
         self.source.close()

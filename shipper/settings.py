@@ -32,6 +32,7 @@ class Settings:
     queue_size: int = 10_000
     queue_bytes: int = 16 << 20
     concurrency: int = 2
+    workers: int = 0  # transform processes; 0 transforms in the reader thread
     shutdown_timeout: float = 10.0
     start_at: str = "beginning"
     max_line_bytes: int = 1 << 20

@@ -131,3 +131,28 @@ def test_version_and_help():
                  "--mask-header", "--mask-query", "--max-line-bytes", "--segment-write-key-file",
                  "--event-name-template", "--strip-trailing-slash"):
         assert flag in help_text, flag
+
+
+def test_worker_processes_give_the_same_events_in_the_same_order(tmp_path):
+    import gen
+
+    log = tmp_path / "mixed.json"
+    with open(log, "wb") as handle:
+        for seq in range(3000):
+            handle.write(gen.kong_line(gen.kong_record(seq, request_id=seq % 2 == 0, jwt_sub=f"u{seq % 7}")))
+            if seq % 500 == 0:
+                handle.write(b"not json\n" + b"y" * 5000 + b"\n")
+    outputs = {}
+    for workers in ("0", "2"):
+        result = ship("backfill", str(log), "--sink", "stdout", "--state-dir", str(tmp_path / workers),
+                      "--workers", workers, "--max-line-bytes", "4096",
+                      "--dead-letter", str(tmp_path / f"dead-{workers}.jsonl"))
+        assert result.returncode == 0, result.stderr
+        outputs[workers] = result.stdout
+        dead = [orjson.loads(line)["offset"] for line in (tmp_path / f"dead-{workers}.jsonl").read_bytes().splitlines()]
+        assert len(dead) == 12
+        checkpoint = orjson.loads((tmp_path / workers / "checkpoints-stdout.json").read_bytes())
+        assert [entry["offset"] for entry in checkpoint["files"].values()] == [log.stat().st_size]
+    assert outputs["0"] == outputs["2"] and len(outputs["0"].splitlines()) == 3000
+    bad = ship("backfill", str(log), "--sink", "stdout", "--workers", "many", "--state-dir", str(tmp_path / "x"))
+    assert bad.returncode == 2 and "--workers" in one_line(bad.stderr)

@@ -105,7 +105,7 @@ def test_nginx_authorization_header_is_a_token_place():
 def test_default_masks_cover_headers_query_object_string_and_uri():
     txn = kong(
         headers={
-            "Authorization": "Bearer x.y.z",
+            "authorization": "Bearer x.y.z",
             "proxy-authorization": "Basic abc",
             "cookie": "session=1",
             "apikey": "k1",
@@ -120,7 +120,7 @@ def test_default_masks_cover_headers_query_object_string_and_uri():
     txn.upstream_uri = "/up?token=q4&x=1"
     txn = mask_secrets()(txn)
     assert txn.request_headers == {
-        "Authorization": MASK,
+        "authorization": MASK,
         "proxy-authorization": MASK,
         "cookie": MASK,
         "apikey": MASK,

@@ -4,24 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from shipper.formats.values import (
-    as_dict,
-    entity,
-    parse_query,
-    split_target,
-    split_url,
-    to_float,
-    to_int,
-    to_str,
-)
+from shipper.formats.values import parse_query, split_target, split_url, to_float, to_int, to_str
 from shipper.model import Position, Transaction
-
-_SERVICE_KEYS = ("id", "name", "host", "port", "protocol", "path")
-_API_KEYS = ("id", "name", "upstream_url")  # Kong < 1.0
-_ROUTE_KEYS = ("id", "name", "paths")
-_CONSUMER_KEYS = ("id", "username", "custom_id")
-_CREDENTIAL_KEYS = ("id", "consumer_id")
-
 
 def looks_like_kong(record: dict[str, Any]) -> bool:
     return isinstance(record.get("request"), dict) and (
@@ -29,34 +13,58 @@ def looks_like_kong(record: dict[str, Any]) -> bool:
     )
 
 
+def _str(value: Any) -> str:
+    return value if type(value) is str else to_str(value)
+
+
+def _opt_str(value: Any) -> str | None:
+    return value if type(value) is str else None
+
+
+def _entity(value: Any) -> dict | None:
+    # The entity as Kong logged it (no copy: this runs for every line, and the dict is not shared).
+    return value if type(value) is dict and value else None
+
+
 def parse_kong(record: dict[str, Any], position: Position | None, fallback_id: str) -> Transaction:
+    get = record.get
     request = record["request"]
-    response = as_dict(record.get("response"))
-    latencies = as_dict(record.get("latencies"))
+    rget = request.get
+    response = get("response")
+    if type(response) is not dict:
+        response = {}
+    latencies = get("latencies")
+    if type(latencies) is not dict:
+        latencies = {}
 
     # Before 0.12 the absolute URL was `request.request_uri`; after, `request.url` (and `uri` the target).
-    url = to_str(request.get("url")) or to_str(request.get("request_uri"))
+    url = _str(rget("url")) or _str(rget("request_uri"))
     scheme, host, port, url_target = split_url(url) if url else ("", "", None, "")
-    raw_path = to_str(request.get("uri")) or url_target
+    raw_path = _str(rget("uri")) or url_target
     path, query_string, fragment = split_target(raw_path)
 
-    headers = as_dict(request.get("headers"))
+    headers = rget("headers")
+    if type(headers) is not dict:
+        headers = {}
     if not host:
-        host = to_str(headers.get("host")).rpartition(":")[0] or to_str(headers.get("host"))
-    query = request.get("querystring")
-    if not isinstance(query, dict):
+        host_header = _str(headers.get("host"))
+        host = host_header.rpartition(":")[0] or host_header
+    query = rget("querystring")
+    if type(query) is not dict:
         query = parse_query(query_string)
 
     proxy = to_float(latencies.get("proxy"))
-    tries = record.get("tries")
-    request_id = request.get("id")
+    tries = get("tries")
+    request_id = rget("id")
+    status = response.get("status")
+    user_agent = headers.get("user-agent")
 
     return Transaction(
-        event_id=request_id if isinstance(request_id, str) and request_id else fallback_id,
+        event_id=request_id if type(request_id) is str and request_id else fallback_id,
         source_format="kong",
         position=position,
-        started_at=to_int(record.get("started_at")),
-        method=to_str(request.get("method")).upper(),
+        started_at=to_int(get("started_at")),
+        method=_str(rget("method")).upper(),
         scheme=scheme,
         host=host,
         port=port,
@@ -66,26 +74,26 @@ def parse_kong(record: dict[str, Any], position: Position | None, fallback_id: s
         query=query,
         fragment=fragment,
         request_headers=headers,
-        request_size=to_int(request.get("size")),
-        request_body=request.get("body"),
-        client_ip=to_str(record.get("client_ip")),
-        user_agent=to_str(headers.get("user-agent")),
-        status=to_int(response.get("status")),
-        response_headers=as_dict(response.get("headers")),
+        request_size=to_int(rget("size")),
+        request_body=rget("body"),
+        client_ip=_str(get("client_ip")),
+        user_agent=user_agent if type(user_agent) is str else "",
+        status=status if type(status) is int else to_int(status),
+        response_headers=response.get("headers") if type(response.get("headers")) is dict else {},
         response_size=to_int(response.get("size")),
         response_body=response.get("body"),
         latency_request=to_float(latencies.get("request")),
         latency_kong=to_float(latencies.get("kong")),
         latency_proxy=None if proxy is None or proxy < 0 else proxy,
-        service=entity(record.get("service"), _SERVICE_KEYS) or entity(record.get("api"), _API_KEYS),
-        route=entity(record.get("route"), _ROUTE_KEYS),
-        workspace=record.get("workspace") if isinstance(record.get("workspace"), str) else None,
-        workspace_name=record.get("workspace_name") if isinstance(record.get("workspace_name"), str) else None,
-        upstream_uri=record.get("upstream_uri") if isinstance(record.get("upstream_uri"), str) else None,
-        upstream_status=to_int(record.get("upstream_status")),
-        tries=len(tries) if isinstance(tries, list) else None,
-        response_source=record.get("source") if isinstance(record.get("source"), str) else None,
-        consumer=entity(record.get("consumer"), _CONSUMER_KEYS),
-        authenticated_entity=entity(record.get("authenticated_entity"), _CREDENTIAL_KEYS),
+        service=_entity(get("service")) or _entity(get("api")),
+        route=_entity(get("route")),
+        workspace=_opt_str(get("workspace")),
+        workspace_name=_opt_str(get("workspace_name")),
+        upstream_uri=_opt_str(get("upstream_uri")),
+        upstream_status=to_int(get("upstream_status")),
+        tries=len(tries) if type(tries) is list else None,
+        response_source=_opt_str(get("source")),
+        consumer=_entity(get("consumer")),
+        authenticated_entity=_entity(get("authenticated_entity")),
         raw=record,
     )

@@ -24,7 +24,8 @@ def to_int(value: Any) -> int | None:
 
 
 def to_float(value: Any) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    kind = type(value)
+    if kind is int or kind is float:
         return float(value)
     if isinstance(value, str) and value:
         try:
@@ -40,18 +41,6 @@ def to_str(value: Any) -> str:
     if value is None or isinstance(value, (dict, list)):
         return ""
     return str(value)
-
-
-def as_dict(value: Any) -> dict:
-    return value if isinstance(value, dict) else {}
-
-
-def entity(value: Any, keys: tuple[str, ...]) -> dict | None:
-    """A small copy of a Kong entity (service, route, consumer) holding only the keys worth shipping."""
-    if not isinstance(value, dict):
-        return None
-    out = {k: value[k] for k in keys if value.get(k) is not None}
-    return out or None
 
 
 def split_target(target: str) -> tuple[str, str, str]:

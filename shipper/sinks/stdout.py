@@ -35,6 +35,7 @@ class _StdoutTransport(httpx.BaseTransport):
 
 class StdoutSink:
     name: ClassVar[str] = "stdout"
+    parallel_safe = True  # encode is a pure function: it may run in worker processes
     max_batch_events = 500
     max_batch_bytes = 1_000_000
     envelope_bytes = 0

@@ -1,0 +1,116 @@
+"""One line → one vendor event: parse, run the processors, encode for the sink. A pure function of the line
+and its position, so it runs in the reader thread or, for big backfills, in worker processes (the second core
+does the JSON work while the first one reads, batches, compresses and sends)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from shipper.formats import ParseError, Parser
+from shipper.model import Position
+from shipper.processors import Processor, run_chain
+from shipper.sinks.base import EventRejected, EventSkipped, Sink
+
+# What became of a line: (outcome, payload, anonymous)
+EVENT = 0  # payload: the event's bytes
+DROPPED = 1  # blank line, or a processor dropped the record
+INVALID = 2  # payload: (reason, detail) — the line is not understood
+REJECTED = 3  # payload: reason — the sink cannot make a valid event of it
+SKIPPED = 4  # the sink chose not to send it (sampling)
+OVERSIZE = 5  # the line is longer than --max-line-bytes (the source handed an Oversize marker)
+
+Outcome = tuple[int, Any, bool]
+Line = tuple[str, bytes, int, int]  # (file_id, data, offset, end)
+
+
+class Transformer:
+    def __init__(self, parser: Parser, chain: list[Processor], sink: Sink):
+        self.parse = parser.parse
+        self.chain = chain
+        self.encode = sink.encode
+
+    def __call__(self, file_id: str, data: bytes, offset: int, end: int) -> Outcome:
+        if type(data) is not bytes:
+            return (OVERSIZE, None, False)
+        if not data or data.isspace():
+            return (DROPPED, None, False)
+        try:
+            txn = self.parse(data, Position(file_id, offset, end))
+        except ParseError as exc:
+            return (INVALID, (exc.reason, exc.detail), False)
+        txn = run_chain(self.chain, txn)
+        if txn is None:
+            return (DROPPED, None, False)
+        anonymous = txn.user_id is None
+        try:
+            event = self.encode(txn)
+        except EventSkipped:
+            return (SKIPPED, None, anonymous)
+        except EventRejected as exc:
+            return (REJECTED, str(exc), anonymous)
+        # orjson hands back a buffer of at least 4 KiB whatever the event's size; a queued event keeps only
+        # its own bytes, or a full queue would weigh several times its byte bound.
+        return (EVENT, bytes(memoryview(event)), anonymous)
+
+
+# -- worker processes -----------------------------------------------------------------------------------------
+_worker: Transformer | None = None
+
+
+def _init_worker(transformer: Transformer) -> None:
+    global _worker
+    _worker = transformer
+
+
+def _transform_chunk(lines: list[Line]) -> list[Outcome]:
+    assert _worker is not None
+    work = _worker
+    return [work(f, d, o, e) for f, d, o, e in lines]
+
+
+class WorkerPool:
+    """Transforms chunks of lines in worker processes, handing back outcomes in file order, with a bounded
+    number of chunks in flight (so memory stays bounded when the sink is slow)."""
+
+    CHUNK_LINES = 512
+
+    def __init__(self, transformer: Transformer, workers: int):
+        # fork: the workers inherit the configured parser, processors and sink without pickling them, and
+        # start in milliseconds. They only run pure functions, never the parent's threads.
+        context = multiprocessing.get_context("fork")
+        self.workers = workers
+        self._pool = context.Pool(workers, initializer=_init_worker, initargs=(transformer,))
+
+    def map(self, lines: Iterable[Line], flush_each_round: bool = True) -> Iterator[tuple[Line, Outcome]]:
+        """Yields (line, outcome) in order. Lines are grouped into chunks; the last partial chunk of the input
+        is sent as soon as the input pauses (so tail latency does not wait for a full chunk)."""
+        in_flight: list[tuple[list[Line], Any]] = []
+        limit = self.workers * 2
+        chunk: list[Line] = []
+        for line in lines:
+            chunk.append(line)
+            if len(chunk) >= self.CHUNK_LINES:
+                in_flight.append((chunk, self._pool.apply_async(_transform_chunk, (chunk,))))
+                chunk = []
+                while len(in_flight) >= limit:
+                    yield from self._collect(in_flight.pop(0))
+        if chunk:
+            in_flight.append((chunk, self._pool.apply_async(_transform_chunk, (chunk,))))
+        for item in in_flight:
+            yield from self._collect(item)
+
+    @staticmethod
+    def _collect(item: tuple[list[Line], Any]) -> Iterator[tuple[Line, Outcome]]:
+        chunk, result = item
+        yield from zip(chunk, result.get())
+
+    def close(self) -> None:
+        self._pool.terminate()
+
+
+def default_workers() -> int:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cpus if cpus > 1 else 0
