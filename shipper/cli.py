@@ -67,7 +67,7 @@ _shipping = [
     click.option("--dead-letter", type=click.Path(dir_okay=False),
                  help="Dead-letter file [default: STATE_DIR/dead-letter.jsonl]."),
     click.option("--batch-size", type=click.IntRange(min=1), help="Events per request (default: the vendor's maximum)."),
-    click.option("--flush-interval", type=click.FloatRange(min=0.001), default=1.0, show_default=True,
+    click.option("--flush-interval", type=click.FloatRange(min=0.001), default=0.25, show_default=True,
                  help="Seconds before a partial batch is sent."),
     click.option("--queue-size", type=click.IntRange(min=1), default=10_000, show_default=True,
                  help="Events queued per sink; when full, reading pauses (the file is the buffer)."),

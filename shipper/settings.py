@@ -28,7 +28,7 @@ class Settings:
     format: str = "auto"
     nginx_fields: dict[str, str] = field(default_factory=dict)
     batch_size: int | None = None  # None: the sink's own maximum
-    flush_interval: float = 1.0
+    flush_interval: float = 0.25
     queue_size: int = 10_000
     queue_bytes: int = 16 << 20
     concurrency: int = 2

@@ -256,3 +256,16 @@ def test_paths_that_are_not_regular_files_are_skipped(tmp_path):
     reader = Reader([tmp_path / "*.json"])
     reader.step()
     assert reader.payloads() == [b"good"]
+
+
+def test_idle_files_are_closed_and_reopened_when_they_grow(tmp_path):
+    log = tmp_path / "quiet.json"
+    append(log, b"one")
+    reader = Reader([log], idle_close=5.0)
+    reader.step(rounds=10)  # the test clock moves 1 s per round: idle long enough
+    assert reader.source.files == {}
+    reader.step()
+    assert reader.source.files == {}  # not reopened while unchanged
+    append(log, b"two")
+    reader.step()
+    assert reader.payloads() == [b"one", b"two"]

@@ -103,6 +103,7 @@ class FileSource:
         start_at_end: bool = False,
         max_line_bytes: int = 1 << 20,
         rotate_wait: float = 5.0,
+        idle_close: float = 300.0,
         on_reset: Callable[[str, str], None] | None = None,
         on_opened: Callable[[str, int], None] | None = None,
     ):
@@ -110,6 +111,7 @@ class FileSource:
         self.follow = follow
         self.max_line_bytes = max_line_bytes
         self.rotate_wait = rotate_wait
+        self.idle_close = idle_close  # a file read to its end and quiet this long is closed until it grows
         self._resume = resume
         self._on_reset = on_reset or (lambda file_id, why: None)
         self._on_opened = on_opened or (lambda file_id, offset: None)
@@ -118,7 +120,9 @@ class FileSource:
         # writer (another thread) can look up a path or hash bytes without racing a close.
         self._lock = threading.RLock()
         self._read_to: dict[str, int] = {}  # identity -> where this run stopped reading it (after closing)
-        self._done: set[tuple[int, int, int]] = set()  # (dev, ino, size) of static files read to the end
+        # (dev, ino, size) of files read to the end and closed (gzip files, idle files): not opened again
+        # unless their size changes.
+        self._done: set[tuple[int, int, int]] = set()
         self._warned: set[str] = set()
         self._paths: dict[str, str] = {}  # identity -> the last path it was seen at, for closed files too
         self._start_at_end = start_at_end  # applies to the first discovery only
@@ -338,6 +342,10 @@ class FileSource:
             size = os.fstat(handle.fd).st_size
             if size < handle.read_pos:
                 self._truncated(handle, size)
+            elif size == handle.read_pos and not handle.buf and now - handle.last_data >= self.idle_close:
+                # Hundreds of quiet files (old rotations matched by a glob) should not hold hundreds of
+                # descriptors: close it; discovery opens it again when its size changes.
+                self._retire(key, handle, static=True)
 
     def _at_end(self, handle: _Open) -> bool:
         try:
