@@ -32,6 +32,8 @@ from shipper.transform import EVENT, INVALID, OVERSIZE, REJECTED, SKIPPED, Trans
 
 log = logging.getLogger("kong-ship")
 
+PARCEL_EVENTS = 128  # events handed to the batcher at once (the last parcel of a read goes at once)
+
 
 @dataclass
 class LaneSummary:
@@ -80,7 +82,7 @@ class Lane:
         self._out_lock = threading.Lock()
         self.store = CheckpointStore(settings.state_dir, sink.name)
         self.acks = AckTracker()
-        self.queue: BoundedQueue[Item] = BoundedQueue(settings.queue_size, settings.queue_bytes)
+        self.queue: BoundedQueue[list[Item]] = BoundedQueue(settings.queue_size, settings.queue_bytes)
         self.sender = Sender(
             sink,
             self.acks,
@@ -203,17 +205,18 @@ class Lane:
                 self.wake.clear()
 
     def _pump(self, lines) -> bool:
-        """Turn lines into queued events; False when shutdown interrupted it."""
+        """Turn lines into queued events, in parcels; False when shutdown interrupted it."""
         counts = self.counts
         issue = self.acks.issue
         ack = self.acks.ack
-        put = self.queue.put
-        stop, abort = self.stop, self.abort
+        stop = self.stop
         transform = self.transform
         if self.pool is not None:
             outcomes = self.pool.map(lines)
         else:
             outcomes = ((line, transform(*line)) for line in lines)
+        parcel: list[Item] = []
+        parcel_bytes = 0
         for (file_id, data, offset, end), (outcome, payload, anonymous) in outcomes:
             if stop.is_set():
                 return False
@@ -223,8 +226,12 @@ class Lane:
                 counts["parsed"] += 1
                 if anonymous:
                     counts["anonymous"] += 1
-                if not put((file_id, seq, end, payload), len(payload), abort):
-                    return False
+                parcel.append((file_id, seq, end, payload))
+                parcel_bytes += len(payload)
+                if len(parcel) >= PARCEL_EVENTS:
+                    if not self._send_parcel(parcel, parcel_bytes):
+                        return False
+                    parcel, parcel_bytes = [], 0
                 continue
             ack(file_id, seq, end)
             if outcome == INVALID:
@@ -244,7 +251,10 @@ class Lane:
                     f"line of {data.length} bytes is over --max-line-bytes ({self.settings.max_line_bytes})",
                     file_id, offset, data.prefix, truncated=True,
                 )
-        return True
+        return not parcel or self._send_parcel(parcel, parcel_bytes)
+
+    def _send_parcel(self, parcel: list[Item], nbytes: int) -> bool:
+        return self.queue.put(parcel, nbytes, self.abort, count=len(parcel))
 
     def _input_error(
         self, reason: str, detail: str, file_id: str, offset: int, line: bytes, truncated: bool = False

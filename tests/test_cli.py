@@ -145,7 +145,7 @@ def test_worker_processes_give_the_same_events_in_the_same_order(tmp_path):
     outputs = {}
     for workers in ("0", "2"):
         result = ship("backfill", str(log), "--sink", "stdout", "--state-dir", str(tmp_path / workers),
-                      "--workers", workers, "--max-line-bytes", "4096",
+                      "--workers", workers, "--max-line-bytes", "4096", "--concurrency", "1",
                       "--dead-letter", str(tmp_path / f"dead-{workers}.jsonl"))
         assert result.returncode == 0, result.stderr
         outputs[workers] = result.stdout

@@ -17,7 +17,7 @@ log = logging.getLogger("kong-ship")
 class Batcher:
     def __init__(
         self,
-        queue: BoundedQueue[Item],
+        queue: BoundedQueue[list[Item]],
         sender: Sender,
         *,
         max_events: int,
@@ -50,27 +50,25 @@ class Batcher:
         batch: list[Item] = []
         size = self.envelope
         deadline = 0.0
+        max_events, max_bytes = self.max_events, self.max_bytes
         while True:
             timeout = max(0.0, deadline - time.monotonic()) if batch else 0.5
             try:
-                item = self.queue.get(timeout)
+                parcel = self.queue.get(timeout)
             except Closed:
                 break
-            if item is not None:
+            for item in parcel or ():
                 item_size = len(item[3]) + 1
-                if batch and size + item_size > self.max_bytes:
+                if batch and (size + item_size > max_bytes or len(batch) >= max_events):
                     self._submit(batch)
                     batch, size = [], self.envelope
                 if not batch:
                     deadline = time.monotonic() + self.flush_interval
                 batch.append(item)
                 size += item_size
-                if len(batch) < self.max_events and time.monotonic() < deadline:
-                    continue
-            elif not batch or time.monotonic() < deadline:
-                continue
-            self._submit(batch)
-            batch, size = [], self.envelope
+            if batch and (len(batch) >= max_events or time.monotonic() >= deadline):
+                self._submit(batch)
+                batch, size = [], self.envelope
         if batch:
             self._submit(batch)
         self.finished = True
