@@ -82,7 +82,9 @@ class Lane:
         self._out_lock = threading.Lock()
         self.store = CheckpointStore(settings.state_dir, sink.name)
         self.acks = AckTracker()
-        self.queue: BoundedQueue[list[Item]] = BoundedQueue(settings.queue_size, settings.queue_bytes)
+        # A sink may bound its own queue (Moesif's event_queue_size); --queue-size bounds the others.
+        queue_events = getattr(sink, "queue_events", None) or settings.queue_size
+        self.queue: BoundedQueue[list[Item]] = BoundedQueue(queue_events, settings.queue_bytes)
         self.sender = Sender(
             sink,
             self.acks,
@@ -97,7 +99,10 @@ class Lane:
         self.batcher = Batcher(
             self.queue,
             self.sender,
-            max_events=min(settings.batch_size or sink.max_batch_events, sink.max_batch_events),
+            max_events=min(
+                settings.batch_size or getattr(sink, "default_batch_events", sink.max_batch_events),
+                sink.max_batch_events,
+            ),
             max_bytes=sink.max_batch_bytes,
             envelope_bytes=sink.envelope_bytes,
             flush_interval=settings.flush_interval,

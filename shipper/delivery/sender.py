@@ -55,10 +55,15 @@ class Sender:
         self.dead_letter = dead_letter
         self.abort = abort
         self.count = stats
+        # A sink may carry its plugin's own timeouts and keep-alive (Moesif, Runscope); else the shipper's.
         self.client = httpx.Client(
             transport=sink.transport(),
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+            timeout=getattr(sink, "http_timeout", None) or httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            limits=httpx.Limits(
+                max_connections=concurrency,
+                max_keepalive_connections=concurrency,
+                keepalive_expiry=getattr(sink, "keepalive_expiry", None) or 5.0,
+            ),
         )
         self._backoff = tenacity.wait_random_exponential(multiplier=retry_initial, max=retry_max)
         self._retrying = tenacity.Retrying(

@@ -8,6 +8,8 @@ from types import ModuleType
 
 _MODULES = {
     "segment": ("shipper.sinks.segment", "SegmentSink"),
+    "moesif": ("shipper.sinks.moesif", "MoesifSink"),
+    "runscope": ("shipper.sinks.runscope", "RunscopeSink"),
     "stdout": ("shipper.sinks.stdout", "StdoutSink"),
 }
 

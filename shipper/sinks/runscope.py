@@ -1,0 +1,132 @@
+"""Runscope's Messages API (legacy): one message per request to `POST {endpoint}/buckets/{bucket}/messages`,
+as Kong's Runscope plugin sent them, several in flight.
+
+Runscope's Traffic Inspector reached end of life in 2018 and Kong removed its plugin in 0.14: there is no live
+public target. This sink is for endpoints that speak the same API (`--endpoint`), and keeps the plugin's
+options for those migrating old setups. Whether the API accepted an array of messages is unknown, so each
+request carries one message.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import click
+import httpx
+import orjson
+
+from shipper.errors import ConfigError
+from shipper.model import Transaction
+from shipper.sinks.base import FATAL, REJECT, Verdict, judge_common
+from shipper.sinks.credentials import read_secret
+
+DEFAULT_ENDPOINT = "https://api.runscope.com"
+
+OPTIONS = [
+    (("--runscope-access-token-file",), {"type": click.Path(dir_okay=False),
+                                          "help": "File holding the Runscope access token (default: env RUNSCOPE_ACCESS_TOKEN)."}),
+    (("--runscope-bucket-key",), {"envvar": "RUNSCOPE_BUCKET_KEY", "help": "Runscope bucket key [env RUNSCOPE_BUCKET_KEY]."}),
+    (("--runscope-log-body",), {"is_flag": True, "help": "Runscope: include request and response bodies (when the log has them)."}),
+    (("--runscope-timeout",), {"type": click.IntRange(min=1), "default": 10_000, "show_default": True,
+                                "help": "Runscope: request timeout, ms."}),
+    (("--runscope-keepalive",), {"type": click.IntRange(min=0), "default": 30_000, "show_default": True,
+                                  "help": "Runscope: idle connection keep-alive, ms."}),
+]
+
+
+def _headers(headers: dict[str, Any]) -> dict[str, Any]:
+    # Runscope takes a string or a list of strings per header name; Kong may log other JSON values.
+    out: dict[str, Any] = {}
+    for name, value in headers.items():
+        if isinstance(value, list):
+            out[name] = [str(v) for v in value]
+        elif value is not None:
+            out[name] = str(value)
+    return out
+
+
+def _body(body: Any) -> dict[str, Any]:
+    if body is None:
+        return {}
+    if isinstance(body, str):
+        return {"body": body, "body_encoding": "plaintext"}
+    return {"body": orjson.dumps(body).decode(), "body_encoding": "plaintext"}
+
+
+class RunscopeSink:
+    name: ClassVar[str] = "runscope"
+    parallel_safe = True
+    max_batch_events = 1  # one message per request, as the plugin sent them
+    max_batch_bytes = 10_000_000
+    envelope_bytes = 0
+
+    def __init__(
+        self,
+        access_token: str,
+        bucket_key: str,
+        endpoint: str = DEFAULT_ENDPOINT,
+        *,
+        log_body: bool = False,
+        timeout: int = 10_000,
+        keepalive: int = 30_000,
+    ):
+        if not bucket_key:
+            raise ConfigError("RUNSCOPE_BUCKET_KEY is not set: export RUNSCOPE_BUCKET_KEY=... or pass --runscope-bucket-key")
+        self.url = f"{endpoint.rstrip('/')}/buckets/{bucket_key}/messages"
+        self._headers = {"Authorization": f"Bearer {access_token}", "Content-Type": "application/json"}
+        self.log_body = log_body
+        self.http_timeout = httpx.Timeout(timeout / 1000)
+        self.keepalive_expiry = keepalive / 1000
+
+    @classmethod
+    def from_options(cls, opts: dict[str, Any], endpoint: str | None) -> RunscopeSink:
+        token = read_secret("RUNSCOPE_ACCESS_TOKEN", opts.get("runscope_access_token_file"), "--runscope-access-token-file")
+        return cls(
+            token,
+            opts.get("runscope_bucket_key") or "",
+            endpoint or DEFAULT_ENDPOINT,
+            log_body=bool(opts.get("runscope_log_body")),
+            timeout=opts.get("runscope_timeout") or 10_000,
+            keepalive=opts.get("runscope_keepalive", 30_000),
+        )
+
+    def message(self, txn: Transaction) -> dict[str, Any]:
+        scheme = txn.scheme or "http"
+        port = txn.port
+        default_port = port is None or (scheme, port) in (("http", 80), ("https", 443))
+        authority = txn.host if default_port else f"{txn.host}:{port}"
+        started = (txn.started_at or 0) / 1000
+        elapsed = (txn.latency_request or 0) / 1000
+        request: dict[str, Any] = {
+            "method": txn.method,
+            "url": f"{scheme}://{authority}{txn.raw_path}",
+            "headers": _headers(txn.request_headers),
+            "timestamp": started,
+        }
+        response: dict[str, Any] = {
+            "status": txn.status if txn.status is not None else 0,
+            "headers": _headers(txn.response_headers),
+            "response_time": elapsed,
+            "timestamp": started + elapsed,
+        }
+        if self.log_body:
+            request.update(_body(txn.request_body))
+            response.update(_body(txn.response_body))
+        return {"request": request, "response": response}
+
+    def encode(self, txn: Transaction) -> bytes:
+        return orjson.dumps(self.message(txn))
+
+    def request(self, events: list[bytes]) -> httpx.Request:
+        return httpx.Request("POST", self.url, headers=self._headers, content=events[0])
+
+    def judge(self, response: httpx.Response) -> Verdict:
+        status = response.status_code
+        if status == 404:
+            return Verdict(FATAL, "Runscope answered 404: unknown bucket (check --runscope-bucket-key and --endpoint)")
+        if status == 400:
+            return Verdict(REJECT, f"Runscope answered 400: {response.text[:300]}")
+        return judge_common(response, "Runscope", "check RUNSCOPE_ACCESS_TOKEN (or --runscope-access-token-file)")
+
+    def transport(self) -> httpx.BaseTransport | None:
+        return None

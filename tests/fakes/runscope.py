@@ -1,0 +1,68 @@
+"""A strict fake of Runscope's Messages API: `POST /buckets/{bucket_key}/messages` with a bearer token and one
+message per request: `request` {method, absolute url, headers (string or list of strings), timestamp seconds}
+and `response` {integer status, headers, response_time seconds, timestamp}. 403 for a bad token, 404 for an
+unknown bucket, as Runscope answered."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from .httpfake import FakeHTTPServer, Request, Response, json_response
+
+
+class FakeRunscope(FakeHTTPServer):
+    def __init__(self, token: str = "runscope-token", bucket: str = "bucket1"):
+        super().__init__()
+        self.token = token
+        self.bucket = bucket
+        self.messages: list[dict[str, Any]] = []
+        self.rejections: list[tuple[int, str]] = []
+
+    def respond(self, req: Request) -> Response:
+        if req.headers.get("authorization") != f"Bearer {self.token}":
+            return self._reject(403, "invalid access token")
+        parts = req.path.split("?")[0].strip("/").split("/")
+        if req.method != "POST" or len(parts) != 3 or parts[0] != "buckets" or parts[2] != "messages":
+            return self._reject(404, f"no route for {req.method} {req.path}")
+        if parts[1] != self.bucket:
+            return self._reject(404, f"unknown bucket {parts[1]}")
+        try:
+            message = orjson.loads(req.body)
+        except orjson.JSONDecodeError as exc:
+            return self._reject(400, f"invalid JSON: {exc}")
+        problem = self._check(message)
+        if problem:
+            return self._reject(400, problem)
+        with self._lock:
+            self.messages.append(message)
+        self.notify()
+        return json_response(200, {"data": [{"status": "success"}], "meta": {"error": None}})
+
+    def _reject(self, status: int, error: str) -> Response:
+        with self._lock:
+            self.rejections.append((status, error))
+        self.notify()
+        return json_response(status, {"error": error})
+
+    @staticmethod
+    def _check(message: Any) -> str | None:
+        if not isinstance(message, dict):
+            return "one message object per request"
+        request, response = message.get("request"), message.get("response")
+        if not isinstance(request, dict) or not isinstance(response, dict):
+            return "request and response must be objects"
+        if not request.get("method") or not str(request.get("url", "")).startswith(("http://", "https://")):
+            return "request.method and an absolute request.url are required"
+        for part in (request, response):
+            for name, value in (part.get("headers") or {}).items():
+                if not isinstance(value, str) and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                    return f"header {name} must be a string or a list of strings"
+            if not isinstance(part.get("timestamp"), (int, float)):
+                return "timestamp must be Unix seconds"
+        if not isinstance(response.get("status"), int):
+            return "response.status must be an integer"
+        if not isinstance(response.get("response_time"), (int, float)):
+            return "response.response_time must be seconds"
+        return None
