@@ -67,8 +67,6 @@ class Lane:
     ):
         self.settings = settings
         self.sink = sink
-        self.parser = parser
-        self.chain = chain
         self.dead_letter = dead_letter
         self.report_input_errors = report_input_errors
         self.follow = follow
@@ -117,7 +115,6 @@ class Lane:
             start_at_end=settings.start_at == "end",
             max_line_bytes=settings.max_line_bytes,
             rotate_wait=settings.rotate_wait,
-            on_reset=lambda file_id, why: None,
             on_opened=self.acks.start,
         )
         self._threads: list[threading.Thread] = []

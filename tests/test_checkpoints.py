@@ -27,17 +27,6 @@ def test_committed_offset_moves_only_over_a_contiguous_prefix():
     assert acks.committed() == {"f": 140} and acks.pending() == 0
 
 
-def test_acks_from_before_a_reset_are_ignored():
-    acks = AckTracker()
-    acks.start("f", 0)
-    old = acks.issue("f")
-    acks.reset("f", 0)
-    acks.ack("f", old, 999)
-    new = acks.issue("f")
-    acks.ack("f", new, 10)
-    assert acks.committed() == {"f": 10}
-
-
 def test_forget_keeps_files_with_pending_lines():
     acks = AckTracker()
     acks.start("a", 0)

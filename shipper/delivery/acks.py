@@ -27,15 +27,6 @@ class AckTracker:
             if file_id not in self._files:
                 self._files[file_id] = _FileAcks(committed=offset)
 
-    def reset(self, file_id: str, offset: int) -> None:
-        """Forget pending lines (the file was truncated and is read again from `offset`)."""
-        with self._lock:
-            old = self._files.get(file_id)
-            # Numbering goes on from where it was, so acknowledgements of lines issued before the reset fall
-            # below `first_open` and are ignored.
-            start = old.next_seq if old else 0
-            self._files[file_id] = _FileAcks(committed=offset, next_seq=start, first_open=start)
-
     def issue(self, file_id: str) -> int:
         """A sequence number for the next line of the file, handed out in file order by the reader."""
         acks = self._files[file_id]
@@ -55,7 +46,7 @@ class AckTracker:
     def _ack(self, file_id: str, seq: int, end: int) -> None:
         acks = self._files.get(file_id)
         if acks is None or seq < acks.first_open:
-            return  # from before a reset: that generation of the file is gone
+            return
         acks.done[seq] = end
         while acks.first_open in acks.done:
             acks.committed = acks.done.pop(acks.first_open)

@@ -104,7 +104,6 @@ class FileSource:
         max_line_bytes: int = 1 << 20,
         rotate_wait: float = 5.0,
         idle_close: float = 300.0,
-        on_reset: Callable[[str, str], None] | None = None,
         on_opened: Callable[[str, int], None] | None = None,
     ):
         self.patterns = [os.path.abspath(p) for p in patterns]
@@ -113,7 +112,6 @@ class FileSource:
         self.rotate_wait = rotate_wait
         self.idle_close = idle_close  # a file read to its end and quiet this long is closed until it grows
         self._resume = resume
-        self._on_reset = on_reset or (lambda file_id, why: None)
         self._on_opened = on_opened or (lambda file_id, offset: None)
         self.files: dict[tuple[int, int], _Open] = {}
         # The reader thread owns the files; the lock covers adding and closing them so that the checkpoint
@@ -360,7 +358,6 @@ class FileSource:
             return True
 
     def _truncated(self, handle: _Open, size: int) -> None:
-        old = handle.file_id
         log.warning(
             "%s was truncated (size %d, we had read %d): reading it again from the start (copytruncate rotation)",
             handle.path,
@@ -370,9 +367,7 @@ class FileSource:
         handle.file_id, handle.head = None, b""
         handle.discard_from, handle.discard_prefix = None, b""
         handle.base = handle.read_pos = 0
-        handle.buf = b""
-        if old is not None:
-            self._on_reset(old, "truncated")
+        handle.buf = b""  # the new content gets a new identity, found when its first line is complete
 
     def _retire(self, key: tuple[int, int], handle: _Open, static: bool) -> None:
         if handle.file_id is not None:
