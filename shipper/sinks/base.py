@@ -58,6 +58,18 @@ class Sink(Protocol):
         ...
 
 
+def absolute_url(txn: Transaction, raw_path: str | None = None) -> str:
+    """The URL the client asked for, `scheme://host[:port]/path?query`, default ports left out."""
+    scheme = txn.scheme or "http"
+    port = txn.port
+    target = txn.raw_path if raw_path is None else raw_path
+    if not txn.host:
+        return target
+    if port is None or (scheme, port) in (("http", 80), ("https", 443)):
+        return f"{scheme}://{txn.host}{target}"
+    return f"{scheme}://{txn.host}:{port}{target}"
+
+
 def retry_after_seconds(response: httpx.Response, now: float | None = None) -> float | None:
     """`Retry-After` as seconds (delta or HTTP date), else `X-RateLimit-Reset` (delta or epoch seconds)."""
     now = time.time() if now is None else now

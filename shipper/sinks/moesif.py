@@ -27,7 +27,7 @@ import orjson
 
 from shipper.model import Transaction
 from shipper.processors.masking import MASK, mask_query_string
-from shipper.sinks.base import FATAL, SPLIT, EventSkipped, Verdict, judge_common
+from shipper.sinks.base import FATAL, SPLIT, EventSkipped, Verdict, absolute_url, judge_common
 from shipper.sinks.credentials import read_secret
 from shipper.sinks.segment import iso_ms
 
@@ -268,15 +268,11 @@ class MoesifSink:
         raw_path = txn.raw_path
         if self.request_query_masks and txn.query_string:
             raw_path = raw_path.replace("?" + txn.query_string, "?" + mask_query_string(txn.query_string, self.request_query_masks), 1)
-        scheme = txn.scheme or "http"
-        port = txn.port
-        default_port = port is None or (scheme, port) in (("http", 80), ("https", 443))
-        authority = txn.host if default_port else f"{txn.host}:{port}"
         started = txn.started_at if txn.started_at is not None else int(time.time() * 1000)
 
         request: dict[str, Any] = {
             "time": iso_ms(started),
-            "uri": f"{scheme}://{authority}{raw_path}",
+            "uri": absolute_url(txn, raw_path),
             "verb": txn.method,
             "headers": self._headers_without(request_headers, self.request_header_masks),
             "ip_address": txn.client_ip or None,

@@ -17,7 +17,7 @@ import orjson
 
 from shipper.errors import ConfigError
 from shipper.model import Transaction
-from shipper.sinks.base import FATAL, REJECT, Verdict, judge_common
+from shipper.sinks.base import FATAL, REJECT, Verdict, absolute_url, judge_common
 from shipper.sinks.credentials import read_secret
 
 DEFAULT_ENDPOINT = "https://api.runscope.com"
@@ -91,15 +91,11 @@ class RunscopeSink:
         )
 
     def message(self, txn: Transaction) -> dict[str, Any]:
-        scheme = txn.scheme or "http"
-        port = txn.port
-        default_port = port is None or (scheme, port) in (("http", 80), ("https", 443))
-        authority = txn.host if default_port else f"{txn.host}:{port}"
         started = (txn.started_at or 0) / 1000
         elapsed = (txn.latency_request or 0) / 1000
         request: dict[str, Any] = {
             "method": txn.method,
-            "url": f"{scheme}://{authority}{txn.raw_path}",
+            "url": absolute_url(txn),
             "headers": _headers(txn.request_headers),
             "timestamp": started,
         }

@@ -20,7 +20,7 @@ import orjson
 from shipper import __version__
 from shipper.errors import ConfigError
 from shipper.model import Transaction
-from shipper.sinks.base import SPLIT, EventRejected, Verdict, judge_common
+from shipper.sinks.base import SPLIT, EventRejected, Verdict, absolute_url, judge_common
 from shipper.sinks.credentials import read_secret
 
 DEFAULT_ENDPOINT = "https://api.segment.io"
@@ -123,16 +123,12 @@ class SegmentSink:
         path = txn.path
         if self.strip_trailing_slash and len(path) > 1 and path.endswith("/"):
             path = path.rstrip("/") or "/"
-        scheme = txn.scheme or "http"
-        port = txn.port
-        default_port = (scheme == "http" and port == 80) or (scheme == "https" and port == 443)
-        authority = txn.host if port is None or default_port else f"{txn.host}:{port}"
         properties: dict[str, Any] = {
             "method": txn.method,
-            "uri": f"{scheme}://{authority}{txn.raw_path}" if txn.host else txn.raw_path,
-            "protocol": scheme,
+            "uri": absolute_url(txn),
+            "protocol": txn.scheme or "http",
             "host": txn.host,
-            "port": port,
+            "port": txn.port,
             "rawpath": txn.raw_path,
             "path": path,
             "queryString": txn.query_string,
@@ -153,6 +149,15 @@ class SegmentSink:
         if route_name:
             properties["route"] = route_name
 
+        return self._track(txn, self.event_name(txn, path, service_name, route_name), properties)
+
+    def _other_message(self, txn: Transaction) -> dict[str, Any]:
+        """Records that are not proxied calls (Kong audit entries): named after their kind, with their details
+        as properties."""
+        return self._track(txn, KIND_EVENT_NAMES.get(txn.kind, txn.kind), dict(txn.details or {}))
+
+    @staticmethod
+    def _track(txn: Transaction, event: str, properties: dict[str, Any]) -> dict[str, Any]:
         context: dict[str, Any] = {"library": LIBRARY}
         if txn.client_ip:
             context["ip"] = txn.client_ip
@@ -160,7 +165,7 @@ class SegmentSink:
             context["userAgent"] = txn.user_agent
         message: dict[str, Any] = {
             "type": "track",
-            "event": self.event_name(txn, path, service_name, route_name),
+            "event": event,
             "properties": properties,
             "context": context,
             "timestamp": iso_ms(txn.started_at),
@@ -170,23 +175,6 @@ class SegmentSink:
             message["userId"] = txn.user_id
         else:
             message["anonymousId"] = txn.anonymous_id or "anonymous"
-        return message
-
-    def _other_message(self, txn: Transaction) -> dict[str, Any]:
-        """Records that are not proxied calls (Kong audit entries): named after their kind, with their details
-        as properties."""
-        message: dict[str, Any] = {
-            "type": "track",
-            "event": KIND_EVENT_NAMES.get(txn.kind, txn.kind),
-            "properties": dict(txn.details or {}),
-            "context": {"library": LIBRARY, **({"ip": txn.client_ip} if txn.client_ip else {})},
-            "timestamp": iso_ms(txn.started_at),
-            "messageId": txn.event_id[:100],
-        }
-        if txn.user_id:
-            message["userId"] = txn.user_id
-        else:
-            message["anonymousId"] = txn.anonymous_id or "kong-admin"
         return message
 
     def event_name(self, txn: Transaction, path: str, service: str | None, route: str | None) -> str:

@@ -178,6 +178,7 @@ class FakeHTTPServer:
     def __init__(self, *, record: bool = True) -> None:
         self.record = record
         self.requests: list[Request] = []
+        self.rejections: list[tuple[int, str]] = []  # (status, error) of every refused request
         self.request_count = 0
         self.down = False
         self._lock = threading.Condition(threading.RLock())
@@ -259,6 +260,13 @@ class FakeHTTPServer:
     # -- for subclasses -----------------------------------------------------------------------------------
     def respond(self, req: Request) -> Response:
         return json_response(200, {})
+
+    def refuse(self, status: int, error: str) -> Response:
+        """Record a refused request in `rejections` and answer it with `{"error": ...}`."""
+        with self._lock:
+            self.rejections.append((status, error))
+        self.notify()
+        return json_response(status, {"error": error})
 
     # -- inspection ---------------------------------------------------------------------------------------
     @property

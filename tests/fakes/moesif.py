@@ -27,7 +27,6 @@ class FakeMoesif(FakeHTTPServer):
         self.config = config or {"sample_rate": 100, "user_sample_rate": {}, "company_sample_rate": {}}
         self.etag = etag
         self.events: list[dict[str, Any]] = []
-        self.rejections: list[tuple[int, str]] = []
         self.config_requests = 0
 
     def set_config(self, config: dict[str, Any], etag: str) -> None:
@@ -36,7 +35,7 @@ class FakeMoesif(FakeHTTPServer):
 
     def respond(self, req: Request) -> Response:
         if req.headers.get("x-moesif-application-id") != self.application_id:
-            return self._reject(401, "invalid X-Moesif-Application-Id")
+            return self.refuse(401, "invalid X-Moesif-Application-Id")
         path = req.path.split("?")[0]
         if req.method == "GET" and path == "/v1/config":
             with self._lock:
@@ -45,33 +44,27 @@ class FakeMoesif(FakeHTTPServer):
                     return Response(304, {"ETag": self.etag}, b"")
                 return json_response(200, self.config, {"ETag": self.etag, "X-Moesif-Config-ETag": self.etag})
         if req.method != "POST" or path != "/v1/events/batch":
-            return self._reject(404, f"no route for {req.method} {path}")
+            return self.refuse(404, f"no route for {req.method} {path}")
         body = req.body
         if req.headers.get("content-encoding", "").lower() == "gzip":
             try:
                 body = gzip.decompress(body)
             except (OSError, EOFError, zlib.error) as exc:
-                return self._reject(400, f"bad gzip: {exc}")
+                return self.refuse(400, f"bad gzip: {exc}")
         try:
             events = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            return self._reject(400, f"invalid JSON: {exc}")
+            return self.refuse(400, f"invalid JSON: {exc}")
         if not isinstance(events, list) or not events:
-            return self._reject(400, "body must be a non-empty JSON array of events")
+            return self.refuse(400, "body must be a non-empty JSON array of events")
         for i, event in enumerate(events):
             problem = self._check(event)
             if problem:
-                return self._reject(400, f"events[{i}]: {problem}")
+                return self.refuse(400, f"events[{i}]: {problem}")
         with self._lock:
             self.events.extend(events)
         self.notify()
         return json_response(201, {}, {"X-Moesif-Config-ETag": self.etag})
-
-    def _reject(self, status: int, error: str) -> Response:
-        with self._lock:
-            self.rejections.append((status, error))
-        self.notify()
-        return json_response(status, {"error": error})
 
     @staticmethod
     def _check(event: Any) -> str | None:

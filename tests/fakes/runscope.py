@@ -18,33 +18,26 @@ class FakeRunscope(FakeHTTPServer):
         self.token = token
         self.bucket = bucket
         self.messages: list[dict[str, Any]] = []
-        self.rejections: list[tuple[int, str]] = []
 
     def respond(self, req: Request) -> Response:
         if req.headers.get("authorization") != f"Bearer {self.token}":
-            return self._reject(403, "invalid access token")
+            return self.refuse(403, "invalid access token")
         parts = req.path.split("?")[0].strip("/").split("/")
         if req.method != "POST" or len(parts) != 3 or parts[0] != "buckets" or parts[2] != "messages":
-            return self._reject(404, f"no route for {req.method} {req.path}")
+            return self.refuse(404, f"no route for {req.method} {req.path}")
         if parts[1] != self.bucket:
-            return self._reject(404, f"unknown bucket {parts[1]}")
+            return self.refuse(404, f"unknown bucket {parts[1]}")
         try:
             message = orjson.loads(req.body)
         except orjson.JSONDecodeError as exc:
-            return self._reject(400, f"invalid JSON: {exc}")
+            return self.refuse(400, f"invalid JSON: {exc}")
         problem = self._check(message)
         if problem:
-            return self._reject(400, problem)
+            return self.refuse(400, problem)
         with self._lock:
             self.messages.append(message)
         self.notify()
         return json_response(200, {"data": [{"status": "success"}], "meta": {"error": None}})
-
-    def _reject(self, status: int, error: str) -> Response:
-        with self._lock:
-            self.rejections.append((status, error))
-        self.notify()
-        return json_response(status, {"error": error})
 
     @staticmethod
     def _check(message: Any) -> str | None:

@@ -119,7 +119,6 @@ class FakeSegment(FakeHTTPServer):
         self.messages: list[dict[str, Any]] = []
         self.batches: list[dict[str, Any]] = []
         self.sent_ats: list[str] = []
-        self.rejections: list[tuple[int, str]] = []  # (status, error) of every refused request
         self.message_count = 0
         self.batch_count = 0
 
@@ -135,10 +134,7 @@ class FakeSegment(FakeHTTPServer):
         try:
             batch = self._validate(req)
         except BatchRejected as e:
-            with self._lock:
-                self.rejections.append((e.status, e.error))
-            self.notify()
-            return json_response(e.status, {"error": e.error})
+            return self.refuse(e.status, e.error)
         with self._lock:
             self.batch_count += 1
             self.message_count += len(batch["batch"])
