@@ -25,6 +25,7 @@ from shipper.delivery.sender import Item, Sender
 from shipper.errors import FatalError
 from shipper.formats import Parser
 from shipper.processors import Processor, build_chain
+from shipper.service.notify import Notifier
 from shipper.sinks.base import Sink
 from shipper.sources.checkpoints import CheckpointStore
 from shipper.sources.files import FileSource, tail_hash
@@ -334,6 +335,20 @@ class Pipeline:
             for i, sink in enumerate(sinks)
         ]
         self._observer = None
+        self.notifier = Notifier()
+        self._last_status = 0.0
+
+    def status_line(self) -> str:
+        """A short live summary (systemd STATUS=, the backfill progress line)."""
+        parts = []
+        for lane in self.lanes:
+            summary = lane.summary()
+            parts.append(
+                f"{lane.sink.name}: {summary.sent:,} shipped, {lane.acks.pending():,} in flight"
+                + (f", {summary.rejected:,} rejected" if summary.rejected else "")
+            )
+        dead = self.dead_letter.total
+        return "; ".join(parts) + (f"; {dead:,} dead-lettered" if dead else "")
 
     def _on_fatal(self, reason: str) -> None:
         with self._fatal_lock:
@@ -413,18 +428,26 @@ class Pipeline:
             self._watch()
         for lane in self.lanes:
             lane.start()
+        if self.follow:
+            self.notifier.ready(f"tailing {' '.join(self.settings.paths)}")
         stop_deadline: float | None = None
         last_save = time.monotonic()
         try:
             while True:
                 # While stopping, look often: the run ends as soon as the last acknowledgement arrives.
-                self._tick.wait(0.05 if self.stop.is_set() else self.settings.checkpoint_interval)
+                interval = min(self.settings.checkpoint_interval, self.notifier.watchdog_interval or 3600.0)
+                self._tick.wait(0.05 if self.stop.is_set() else interval)
                 self._tick.clear()
                 now = time.monotonic()
+                self.notifier.tick(now)
                 if self.abort.is_set() or all(lane.drained() for lane in self.lanes):
                     break
+                if now - self._last_status >= 5.0 and not self.stop.is_set():
+                    self._last_status = now
+                    self.notifier.status(self.status_line())
                 if self.stop.is_set():
                     if stop_deadline is None:
+                        self.notifier.stopping()
                         stop_deadline = now + self.settings.shutdown_timeout
                         for lane in self.lanes:
                             lane.wake.set()
@@ -448,6 +471,7 @@ class Pipeline:
             for lane in self.lanes:
                 lane.close()
             self.dead_letter.close()
+            self.notifier.close()
         result = RunResult(
             lanes=[lane.summary() for lane in self.lanes],
             elapsed=time.monotonic() - started,

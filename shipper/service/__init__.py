@@ -1,0 +1,2 @@
+"""Running kong-ship as a service: systemd notifications, status of the state directory, configuration file,
+metrics."""
