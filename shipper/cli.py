@@ -302,6 +302,27 @@ def parse(paths: tuple[str, ...], **kw: Any) -> None:
         click.echo(f"kong-ship: {errors.total} line(s) not understood", err=True)
 
 
+@cli.command()
+@click.option("--state-dir", envvar="KONG_SHIP_STATE_DIR", type=click.Path(file_okay=False),
+              help="The state directory [env KONG_SHIP_STATE_DIR; default as for tail].")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON, for scripts.")
+def status(state_dir: str | None, as_json: bool) -> None:
+    """Show, per sink and file, the checkpoint, the file's size and the lag (bytes not yet shipped).
+
+    Reads the state directory only: no running kong-ship is needed.
+    """
+    from shipper.service.status import collect, render
+
+    state_dir = state_dir or default_state_dir()
+    if not os.path.isdir(state_dir):
+        raise ConfigError(f"state directory {state_dir} does not exist (set --state-dir)")
+    rows = collect(state_dir)
+    if as_json:
+        click.echo(orjson.dumps({"state_dir": state_dir, "files": rows}, option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(render(rows))
+
+
 def _summary(result, stream) -> None:
     rate = sum(lane.read for lane in result.lanes[:1]) / result.elapsed if result.elapsed > 0 else 0.0
     lines = []
