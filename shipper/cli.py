@@ -41,6 +41,12 @@ def _apply(options: list[Callable]) -> Callable:
     return decorate
 
 
+_config_option = click.option(
+    "--config", "config_file", type=click.Path(dir_okay=False), expose_value=False, is_eager=True,
+    help="TOML configuration file [env KONG_SHIP_CONFIG; default /etc/kong-ship/kong-ship.toml if present]. "
+         "Flags win over the environment, which wins over the file.",
+)
+
 _understanding = [
     click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True,
                  help="Log format; auto detects it per line."),
@@ -125,7 +131,9 @@ def _endpoints(values: tuple[str, ...], sinks: list[str]) -> dict[str, str | Non
         name, eq, url = value.partition("=")
         if eq and name in SINK_NAMES and "://" not in name:
             if name not in sinks:
-                raise ConfigError(f"--endpoint {value}: no --sink {name} was given")
+                # e.g. the config file names several sinks and the command line picked fewer
+                log.warning("--endpoint %s: no --sink %s in this run; ignored", value, name)
+                continue
             out[name] = url
         elif len(sinks) > 1:
             raise ConfigError(f"--endpoint {value}: with several sinks, name one: --endpoint SINK=URL")
@@ -195,7 +203,13 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
+def _need_paths(paths: tuple[str, ...]) -> None:
+    if not paths:
+        raise ConfigError("no log files given: pass PATH... or set input.paths in the config file")
+
+
 def _prepare(paths: tuple[str, ...], kw: dict[str, Any]) -> tuple[Settings, list]:
+    _need_paths(paths)
     _setup_logging(kw["log_level"])
     settings = _settings(paths, kw)
     sinks = _build_sinks(settings, kw["endpoint"])  # credentials first: the most common mistake
@@ -223,8 +237,8 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("paths", nargs=-1, required=True)
-@_apply(_shipping + _understanding + _following + [_workers_option("0")])
+@click.argument("paths", nargs=-1)
+@_apply(_shipping + _understanding + _following + [_workers_option("0")] + [_config_option])
 def tail(paths: tuple[str, ...], **kw: Any) -> None:
     """Follow log files (globs allowed; new matching files are picked up) and ship every record, forever.
 
@@ -240,14 +254,15 @@ def tail(paths: tuple[str, ...], **kw: Any) -> None:
 
 
 @cli.command()
-@click.argument("paths", nargs=-1, required=True)
-@_apply(_shipping + _understanding + [_workers_option("auto")])
+@click.argument("paths", nargs=-1)
+@_apply(_shipping + _understanding + [_workers_option("auto")] + [_config_option])
 def backfill(paths: tuple[str, ...], **kw: Any) -> None:
     """Ship log files (plain or gzip, oldest first) to their end, wait for every acknowledgement, and exit.
 
     Uses the same checkpoints as `tail`: a second run ships only what is new. Exit 1 if the vendor
     permanently rejected any event (they are in the dead-letter file).
     """
+    _need_paths(paths)
     if not expand(list(paths)):
         raise ConfigError(f"no file matches {' '.join(paths)}")
     settings, sinks = _prepare(paths, kw)
@@ -260,13 +275,14 @@ def backfill(paths: tuple[str, ...], **kw: Any) -> None:
 
 
 @cli.command()
-@click.argument("paths", nargs=-1, required=True)
-@_apply(_understanding)
+@click.argument("paths", nargs=-1)
+@_apply(_understanding + [_config_option])
 def parse(paths: tuple[str, ...], **kw: Any) -> None:
     """Print the normalized transactions of log files as NDJSON; send nothing, write no state.
 
     Lines that cannot be understood are reported on stderr, one line each. Masks apply, as when shipping.
     """
+    _need_paths(paths)
     if not expand(list(paths)):
         raise ConfigError(f"no file matches {' '.join(paths)}")
     try:
@@ -300,6 +316,30 @@ def parse(paths: tuple[str, ...], **kw: Any) -> None:
     out.flush()
     if errors.total:
         click.echo(f"kong-ship: {errors.total} line(s) not understood", err=True)
+
+
+@cli.command("check-config")
+@click.argument("paths", nargs=-1)
+@_apply(_shipping + _understanding + _following + [_workers_option("0"), _config_option])
+def check_config(paths: tuple[str, ...], **kw: Any) -> None:
+    """Validate the configuration (file, environment and flags, as `tail` would see them) and print the
+    effective settings, secrets redacted. Exit 2 with one line on the first problem."""
+    settings, sinks = _prepare(paths, kw)
+    from shipper.service.config import sink_option_names
+
+    effective = {k: v for k, v in vars(settings).items() if k != "sink_options"}
+    used = set().union(*(sink_option_names(name) for name in settings.sinks))
+    effective["sink_options"] = {k: v for k, v in settings.sink_options.items() if k in used}
+    for sink in sinks:
+        effective.setdefault("endpoints", {})[sink.name] = getattr(sink, "url", None) or getattr(sink, "base", None)
+    secrets = {"segment": "SEGMENT_WRITE_KEY", "moesif": "MOESIF_APPLICATION_ID", "runscope": "RUNSCOPE_ACCESS_TOKEN"}
+    effective["credentials"] = {
+        name: ("from " + (kw.get(f"{name}_write_key_file") or kw.get(f"{name}_application_id_file")
+                          or kw.get(f"{name}_access_token_file") or f"${secrets[name]}") + " (redacted)")
+        for name in settings.sinks if name in secrets
+    }
+    click.echo(orjson.dumps(effective, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS, default=str).decode())
+    click.echo("configuration OK", err=True)
 
 
 @cli.command()
@@ -342,9 +382,21 @@ def _summary(result, stream) -> None:
     stream.flush()
 
 
+def _config_defaults(argv: list[str]) -> dict[str, Any] | None:
+    from shipper.service import config
+
+    path = config.find_config(argv)
+    if path is None:
+        return None
+    data = config.load(path)
+    return {name: config.default_map(data, path, command) for name, command in cli.commands.items()}
+
+
 def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
     try:
-        code = cli.main(args=argv, prog_name="kong-ship", standalone_mode=False)
+        defaults = _config_defaults(args)
+        code = cli.main(args=args, prog_name="kong-ship", standalone_mode=False, default_map=defaults)
     except click.exceptions.UsageError as exc:
         command = exc.ctx.command_path if exc.ctx else "kong-ship"
         message = " ".join(exc.format_message().split())  # click wraps choice lists over several lines

@@ -22,7 +22,6 @@ def default_state_dir() -> str:
 class Settings:
     paths: list[str]
     sinks: list[str] = field(default_factory=lambda: ["stdout"])
-    endpoint: str | None = None
     state_dir: str = field(default_factory=default_state_dir)
     dead_letter: str | None = None
     format: str = "auto"

@@ -15,8 +15,10 @@ import httpx
 from shipper.model import Transaction
 from shipper.sinks.base import FATAL, OK, Verdict
 from shipper.sinks.segment import DEFAULT_EVENT_NAME, SegmentSink
+from shipper.sinks.segment import OPTIONS as SEGMENT_OPTIONS
 
-OPTIONS: list = []  # shares --event-name-template and --strip-trailing-slash with the Segment sink
+# The event shape's options, shared with the Segment sink (the CLI lists each option once).
+OPTIONS = [option for option in SEGMENT_OPTIONS if option[0][0] != "--segment-write-key-file"]
 
 
 class _StdoutTransport(httpx.BaseTransport):
