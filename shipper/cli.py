@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -89,6 +90,9 @@ _shipping = [
                  help="HTTP request timeout, seconds."),
     click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
                  show_default=True),
+    click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+                 help="Own log lines on stderr: text, or one JSON object per line."),
+    click.option("--metrics-addr", metavar="HOST:PORT", help="Serve Prometheus metrics at http://HOST:PORT/metrics."),
 ] + [click.option(*decls, **kwargs) for decls, kwargs in all_options()]
 
 _following = [
@@ -111,7 +115,7 @@ _SHIPPING_KEYS = {
     "fmt", "nginx_field", "jwt_from", "jwt_claim", "mask_header", "mask_query", "max_line_bytes", "sinks",
     "endpoint", "state_dir", "dead_letter", "batch_size", "flush_interval", "queue_size", "concurrency",
     "shutdown_timeout", "retry_initial_delay", "retry_max_delay", "timeout", "log_level", "start_at",
-    "poll_interval", "rotate_wait", "workers",
+    "poll_interval", "rotate_wait", "workers", "log_format", "metrics_addr",
 }
 
 
@@ -193,9 +197,25 @@ def _build_sinks(settings: Settings, endpoints: tuple[str, ...]) -> list:
     return [sink_class(name).from_options(settings.sink_options, urls[name]) for name in settings.sinks]
 
 
-def _setup_logging(level: str) -> None:
+class _JSONFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return orjson.dumps(
+            {
+                "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+                "level": record.levelname.lower(),
+                "message": record.getMessage(),
+            }
+        ).decode()
+
+
+def _setup_logging(level: str, fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("kong-ship: %(levelname)s: %(message)s"))
+    if fmt == "json":
+        formatter: logging.Formatter = _JSONFormatter()
+        formatter.converter = time.gmtime
+    else:
+        formatter = logging.Formatter("kong-ship: %(levelname)s: %(message)s")
+    handler.setFormatter(formatter)
     root = logging.getLogger("kong-ship")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -210,18 +230,28 @@ def _need_paths(paths: tuple[str, ...]) -> None:
 
 def _prepare(paths: tuple[str, ...], kw: dict[str, Any]) -> tuple[Settings, list]:
     _need_paths(paths)
-    _setup_logging(kw["log_level"])
+    _setup_logging(kw["log_level"], kw.get("log_format") or "text")
     settings = _settings(paths, kw)
     sinks = _build_sinks(settings, kw["endpoint"])  # credentials first: the most common mistake
     check_state_dir(settings.state_dir)
     return settings, sinks
 
 
-def _run(settings: Settings, sinks: list, follow: bool):
+def _run(settings: Settings, sinks: list, follow: bool, metrics_addr: str | None = None):
     from shipper.pipeline import Pipeline
 
     pipeline = Pipeline(settings, sinks, follow=follow)
-    result = pipeline.run()
+    server = None
+    if metrics_addr:
+        from shipper.service.metrics import serve
+
+        server = serve(pipeline, metrics_addr)
+        log.info("metrics at http://%s/metrics", metrics_addr)
+    try:
+        result = pipeline.run()
+    finally:
+        if server is not None:
+            server.shutdown()
     return pipeline, result
 
 
@@ -247,7 +277,7 @@ def tail(paths: tuple[str, ...], **kw: Any) -> None:
     """
     settings, sinks = _prepare(paths, kw)
     log.info("tailing %s → %s (state %s)", " ".join(paths), ", ".join(settings.sinks), settings.state_dir)
-    pipeline, result = _run(settings, sinks, follow=True)
+    pipeline, result = _run(settings, sinks, follow=True, metrics_addr=kw.get("metrics_addr"))
     _summary(result, sys.stderr)
     if pipeline.forced_by:
         sys.exit(128 + pipeline.forced_by)
@@ -266,7 +296,7 @@ def backfill(paths: tuple[str, ...], **kw: Any) -> None:
     if not expand(list(paths)):
         raise ConfigError(f"no file matches {' '.join(paths)}")
     settings, sinks = _prepare(paths, kw)
-    pipeline, result = _run(settings, sinks, follow=False)
+    pipeline, result = _run(settings, sinks, follow=False, metrics_addr=kw.get("metrics_addr"))
     _summary(result, sys.stderr)
     if pipeline.forced_by:
         sys.exit(128 + pipeline.forced_by)

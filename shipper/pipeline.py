@@ -337,6 +337,7 @@ class Pipeline:
         self._observer = None
         self.notifier = Notifier()
         self._last_status = 0.0
+        self.started_at = time.time()
 
     def status_line(self) -> str:
         """A short live summary (systemd STATUS=, the backfill progress line)."""

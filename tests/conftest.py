@@ -62,11 +62,13 @@ class Shipper:
         return self.proc.returncode, out.decode(), err.decode()
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 15.0, interval: float = 0.02) -> bool:
+def wait_until(predicate: Callable[[], object], timeout: float = 15.0, interval: float = 0.02):
+    """The predicate's first truthy value, polled until `timeout`; its last (falsy) value after that."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():
-            return True
+        result = predicate()
+        if result:
+            return result
         time.sleep(interval)
     return predicate()
 

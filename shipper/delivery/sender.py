@@ -75,6 +75,8 @@ class Sender:
             retry_error_callback=lambda state: None,
         )
         self.last_success: float | None = None
+        # Told (events, seconds) after every request; the metrics endpoint sets it.
+        self.observe: Callable[[int, float], None] | None = None
         self._retrying_since: float | None = None
         self._lock = threading.Lock()
 
@@ -112,13 +114,16 @@ class Sender:
 
     def _attempt(self, events: list[bytes]) -> Verdict:
         request = self.sink.request(events)
+        started = time.monotonic()
         try:
             response = self.client.send(request)
             response.read()
         except httpx.TransportError as exc:
             return Verdict(RETRY, f"{type(exc).__name__}: {exc or 'connection failed'}")
         finally:
-            self.count("requests", 1)
+            self.count("attempted", len(events))
+            if self.observe is not None:
+                self.observe(len(events), time.monotonic() - started)
         return self.sink.judge(response)
 
     # -- tenacity hooks ----------------------------------------------------------------------------------------

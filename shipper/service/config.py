@@ -45,7 +45,8 @@ SECTIONS: dict[str, dict[str, str]] = {
         "workers": "workers",
     },
     "state": {"dir": "state_dir", "dead_letter": "dead_letter"},
-    "log": {"level": "log_level"},
+    "log": {"level": "log_level", "format": "log_format"},
+    "metrics": {"addr": "metrics_addr"},
 }
 
 
