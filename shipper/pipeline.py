@@ -124,6 +124,24 @@ class Lane:
         if settings.workers > 0 and getattr(sink, "parallel_safe", False):
             self.pool = WorkerPool(self.transform, settings.workers)
 
+    def behind(self) -> dict[str, int]:
+        """Bytes of each known file past its acknowledged position: what this sink still owes, by path."""
+        committed = self.acks.committed()  # files opened in this run
+        entries = dict(self.store.entries)  # files known from earlier runs
+        out: dict[str, int] = {}
+        for file_id in committed.keys() | entries.keys():
+            entry = entries.get(file_id)
+            path = self.source.path_of(file_id) or (entry.path if entry else "")
+            if not path:
+                continue
+            try:
+                size = os.stat(path).st_size
+            except OSError:
+                continue
+            offset = committed[file_id] if file_id in committed else entry.offset
+            out[path] = max(0, size - offset)
+        return out
+
     # -- checkpoints -----------------------------------------------------------------------------------------
     def _resume(self, file_id: str, path: str, size: int | None, read_before) -> int | None:
         checkpoint = self.store.entries.get(file_id)
@@ -338,6 +356,13 @@ class Pipeline:
         self.notifier = Notifier()
         self._last_status = 0.0
         self.started_at = time.time()
+
+    def behind(self) -> dict[str, int]:
+        """Bytes per path that some sink has not acknowledged yet; a path is listed only once every sink has
+        seen it (so a file some sink has not opened is never taken for done)."""
+        per_lane = [lane.behind() for lane in self.lanes]
+        common = set.intersection(*(set(b) for b in per_lane)) if per_lane else set()
+        return {path: max(b[path] for b in per_lane) for path in common}
 
     def status_line(self) -> str:
         """A short live summary (systemd STATUS=, the backfill progress line)."""

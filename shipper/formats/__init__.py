@@ -11,6 +11,7 @@ from typing import Any
 from shipper.formats.decode import ParseError, decode_line
 from shipper.formats.kong import looks_like_kong, parse_kong
 from shipper.formats.nginx import looks_like_nginx, nginx_fields, parse_nginx
+from shipper.formats.spooled import looks_spooled, parse_spooled
 from shipper.model import Position, Transaction
 
 FORMATS = ("auto", "kong", "nginx")
@@ -38,6 +39,8 @@ class Parser:
 
     def _dispatch(self, record: dict[str, Any], position: Position | None, fallback_id: str) -> Transaction:
         fmt = self.format
+        if fmt == "auto" and looks_spooled(record):
+            return parse_spooled(record, position, fallback_id)
         if fmt == "kong" or (fmt == "auto" and looks_like_kong(record)):
             if not isinstance(record.get("request"), dict):
                 raise ParseError("unknown_format", "not a Kong record: no `request` object")

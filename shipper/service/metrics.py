@@ -72,16 +72,8 @@ class PipelineCollector:
             in_flight.add_metric([name], lane.acks.pending())
             last = lane.sender.last_success
             since.add_metric([name], now - last if last else now - self.pipeline.started_at)
-            committed = lane.acks.committed()
-            for file_id, entry in list(lane.store.entries.items()):
-                path = lane.source.path_of(file_id) or entry.path
-                if not path:
-                    continue
-                try:
-                    size = os.stat(path).st_size
-                except OSError:
-                    continue
-                behind.add_metric([name, path], max(0, size - committed.get(file_id, entry.offset)))
+            for path, nbytes in lane.behind().items():
+                behind.add_metric([name, path], nbytes)
         yield from families.values()
         yield from (queue, in_flight, since, behind)
 
