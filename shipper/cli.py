@@ -93,6 +93,8 @@ _shipping = [
     click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
                  help="Own log lines on stderr: text, or one JSON object per line."),
     click.option("--metrics-addr", metavar="HOST:PORT", help="Serve Prometheus metrics at http://HOST:PORT/metrics."),
+    click.option("--max-rate", type=click.FloatRange(min=0.001), metavar="N",
+                 help="At most N events per second to each sink (retries count); reading slows to match."),
 ] + [click.option(*decls, **kwargs) for decls, kwargs in all_options()]
 
 _following = [
@@ -103,6 +105,19 @@ _following = [
     click.option("--rotate-wait", type=click.FloatRange(min=0), default=5.0, show_default=True,
                  help="Seconds a rotated-away file must stay quiet before it is let go."),
 ]
+
+_window = [
+    click.option("--since", metavar="TIME",
+                 help="Only records that started at or after TIME: ISO-8601 (2024-05-01T12:00:00Z; no zone = UTC), "
+                      "Unix seconds, or a duration ago (7d, 6h, 30m)."),
+    click.option("--until", metavar="TIME", help="Only records that started before TIME (same forms as --since)."),
+]
+
+_progress_option = click.option(
+    "--progress/--no-progress", default=None,
+    help="A progress bar on stderr [default: on when stderr is a terminal].",
+)
+
 
 def _workers_option(default: str) -> Callable:
     return click.option(
@@ -115,7 +130,8 @@ _SHIPPING_KEYS = {
     "fmt", "nginx_field", "jwt_from", "jwt_claim", "mask_header", "mask_query", "max_line_bytes", "sinks",
     "endpoint", "state_dir", "dead_letter", "batch_size", "flush_interval", "queue_size", "concurrency",
     "shutdown_timeout", "retry_initial_delay", "retry_max_delay", "timeout", "log_level", "start_at",
-    "poll_interval", "rotate_wait", "workers", "log_format", "metrics_addr",
+    "poll_interval", "rotate_wait", "workers", "log_format", "metrics_addr", "since", "until", "max_rate",
+    "progress",
 }
 
 
@@ -164,6 +180,9 @@ def _settings(paths: tuple[str, ...], kw: dict[str, Any]) -> Settings:
         Parser(kw["fmt"], _nginx_map(kw["nginx_field"]))
     except ValueError as exc:
         raise ConfigError(f"--nginx-field: {exc}") from None
+    since_ms, until_ms = _time_option(kw, "since"), _time_option(kw, "until")
+    if since_ms is not None and until_ms is not None and since_ms >= until_ms:
+        raise ConfigError(f"--since {kw['since']} is not before --until {kw['until']}: the window is empty")
     return Settings(
         paths=list(paths),
         sinks=sinks,
@@ -188,8 +207,23 @@ def _settings(paths: tuple[str, ...], kw: dict[str, Any]) -> Settings:
         retry_initial=kw["retry_initial_delay"],
         retry_max=kw["retry_max_delay"],
         timeout=kw["timeout"],
+        since_ms=since_ms,
+        until_ms=until_ms,
+        max_rate=kw.get("max_rate"),
         sink_options={k: v for k, v in kw.items() if k not in _SHIPPING_KEYS},
     )
+
+
+def _time_option(kw: dict[str, Any], name: str) -> int | None:
+    value = kw.get(name)
+    if not value:
+        return None
+    from shipper.processors.window import parse_time
+
+    try:
+        return parse_time(value)
+    except ValueError as exc:
+        raise ConfigError(f"--{name}: {exc}") from None
 
 
 def _build_sinks(settings: Settings, endpoints: tuple[str, ...]) -> list:
@@ -237,10 +271,16 @@ def _prepare(paths: tuple[str, ...], kw: dict[str, Any]) -> tuple[Settings, list
     return settings, sinks
 
 
-def _run(settings: Settings, sinks: list, follow: bool, metrics_addr: str | None = None):
+def _run(settings: Settings, sinks: list, follow: bool, metrics_addr: str | None = None, progress: bool = False):
     from shipper.pipeline import Pipeline
 
     pipeline = Pipeline(settings, sinks, follow=follow)
+    bar = None
+    if progress:
+        from shipper.service.progress import Progress
+
+        bar = Progress(pipeline, sys.stderr)
+        bar.start()
     server = None
     if metrics_addr:
         from shipper.service.metrics import serve
@@ -250,6 +290,8 @@ def _run(settings: Settings, sinks: list, follow: bool, metrics_addr: str | None
     try:
         result = pipeline.run()
     finally:
+        if bar is not None:
+            bar.stop()
         if server is not None:
             server.shutdown()
     return pipeline, result
@@ -285,7 +327,7 @@ def tail(paths: tuple[str, ...], **kw: Any) -> None:
 
 @cli.command()
 @click.argument("paths", nargs=-1)
-@_apply(_shipping + _understanding + [_workers_option("auto")] + [_config_option])
+@_apply(_shipping + _understanding + _window + [_progress_option, _workers_option("auto"), _config_option])
 def backfill(paths: tuple[str, ...], **kw: Any) -> None:
     """Ship log files (plain or gzip, oldest first) to their end, wait for every acknowledgement, and exit.
 
@@ -296,7 +338,10 @@ def backfill(paths: tuple[str, ...], **kw: Any) -> None:
     if not expand(list(paths)):
         raise ConfigError(f"no file matches {' '.join(paths)}")
     settings, sinks = _prepare(paths, kw)
-    pipeline, result = _run(settings, sinks, follow=False, metrics_addr=kw.get("metrics_addr"))
+    progress = kw.get("progress")
+    if progress is None:
+        progress = sys.stderr.isatty()
+    pipeline, result = _run(settings, sinks, follow=False, metrics_addr=kw.get("metrics_addr"), progress=progress)
     _summary(result, sys.stderr)
     if pipeline.forced_by:
         sys.exit(128 + pipeline.forced_by)
@@ -306,7 +351,7 @@ def backfill(paths: tuple[str, ...], **kw: Any) -> None:
 
 @cli.command()
 @click.argument("paths", nargs=-1)
-@_apply(_understanding + [_config_option])
+@_apply(_understanding + _window + [_config_option])
 def parse(paths: tuple[str, ...], **kw: Any) -> None:
     """Print the normalized transactions of log files as NDJSON; send nothing, write no state.
 
@@ -319,7 +364,10 @@ def parse(paths: tuple[str, ...], **kw: Any) -> None:
         parser = Parser(kw["fmt"], _nginx_map(kw["nginx_field"]))
     except ValueError as exc:
         raise ConfigError(f"--nginx-field: {exc}") from None
-    chain = build_chain(tuple(kw["jwt_from"]) or DEFAULT_JWT_PLACES, kw["jwt_claim"], kw["mask_header"], kw["mask_query"])
+    chain = build_chain(
+        tuple(kw["jwt_from"]) or DEFAULT_JWT_PLACES, kw["jwt_claim"], kw["mask_header"], kw["mask_query"],
+        since_ms=_time_option(kw, "since"), until_ms=_time_option(kw, "until"),
+    )
     source = FileSource(list(paths), resume=lambda *a: None, follow=False, max_line_bytes=kw["max_line_bytes"])
     source.discover()
     out = sys.stdout.buffer
@@ -393,15 +441,24 @@ def status(state_dir: str | None, as_json: bool) -> None:
         click.echo(render(rows))
 
 
+SUMMARY_COLUMNS = ("read", "shipped", "filtered", "dead-lettered", "rejected", "anonymous", "retries")
+
+
 def _summary(result, stream) -> None:
-    rate = sum(lane.read for lane in result.lanes[:1]) / result.elapsed if result.elapsed > 0 else 0.0
-    lines = []
+    """The end of a backfill as a small table, one row per sink, then the totals."""
+    read = sum(lane.read for lane in result.lanes[:1])
+    rate = read / result.elapsed if result.elapsed > 0 else 0.0
+    mb = sum(lane.bytes_read for lane in result.lanes[:1]) / 1e6
+    rows = [("sink", *SUMMARY_COLUMNS)]
     for lane in result.lanes:
-        lines.append(
-            f"{lane.sink:<9} read {lane.read:>9,}  shipped {lane.sent:>9,}  dead-lettered {lane.dead_lettered:>6,}  "
-            f"rejected {lane.rejected:>6,}  anonymous {lane.anonymous:>7,}  retries {lane.retries:>5,}"
-        )
-    lines.append(f"elapsed {result.elapsed:.1f} s, {rate:,.0f} records/s")
+        values = (lane.read, lane.sent, lane.filtered, lane.dead_lettered, lane.rejected, lane.anonymous, lane.retries)
+        rows.append((lane.sink, *(f"{v:,}" for v in values)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
+        for row in rows
+    ]
+    lines.append(f"elapsed {result.elapsed:.1f} s, {rate:,.0f} records/s, {mb / result.elapsed if result.elapsed > 0 else 0:,.1f} MB/s")
     if result.dead_letters:
         reasons = ", ".join(f"{n} {r}" for r, n in sorted(result.dead_letters.items()))
         lines.append(f"dead letters: {reasons} → {result.dead_letter_path}")

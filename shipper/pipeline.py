@@ -29,7 +29,7 @@ from shipper.service.notify import Notifier
 from shipper.sinks.base import Sink
 from shipper.sources.checkpoints import CheckpointStore
 from shipper.sources.files import FileSource, tail_hash
-from shipper.transform import EVENT, INVALID, OVERSIZE, REJECTED, SKIPPED, Transformer, WorkerPool
+from shipper.transform import EVENT, FILTERED, INVALID, OVERSIZE, REJECTED, SKIPPED, Transformer, WorkerPool
 
 log = logging.getLogger("kong-ship")
 
@@ -46,6 +46,7 @@ class LaneSummary:
     sent: int = 0
     rejected: int = 0
     retries: int = 0
+    filtered: int = 0  # outside --since/--until
     bytes_read: int = 0
     unterminated: list[tuple[str, int]] = field(default_factory=list)
 
@@ -94,14 +95,15 @@ class Lane:
             retry_max=settings.retry_max,
             timeout=settings.timeout,
             concurrency=settings.concurrency,
+            max_rate=settings.max_rate,
         )
+        batch_events = min(settings.batch_size or getattr(sink, "default_batch_events", sink.max_batch_events), sink.max_batch_events)
+        if settings.max_rate:
+            batch_events = min(batch_events, max(1, int(settings.max_rate)))  # no burst beyond a second's worth
         self.batcher = Batcher(
             self.queue,
             self.sender,
-            max_events=min(
-                settings.batch_size or getattr(sink, "default_batch_events", sink.max_batch_events),
-                sink.max_batch_events,
-            ),
+            max_events=batch_events,
             max_bytes=sink.max_batch_bytes,
             envelope_bytes=sink.envelope_bytes,
             flush_interval=settings.flush_interval,
@@ -266,6 +268,9 @@ class Lane:
             elif outcome == SKIPPED:
                 counts["parsed"] += 1
                 counts["skipped"] += 1
+            elif outcome == FILTERED:
+                counts["parsed"] += 1
+                counts["filtered"] += 1
             elif outcome == OVERSIZE:
                 self._input_error(
                     "too_long",
@@ -302,6 +307,7 @@ class Lane:
             sent=out.get("sent", 0),
             rejected=out.get("rejected", 0),
             retries=out.get("retries", 0),
+            filtered=self.counts["filtered"],
             bytes_read=self.source.bytes_read,
             unterminated=list(self.source.unterminated),
         )
@@ -335,7 +341,10 @@ class Pipeline:
         self._fatal_lock = threading.Lock()
         self.dead_letter = DeadLetter(settings.dead_letter_path)
         parser = Parser(settings.format, settings.nginx_fields)
-        chain = build_chain(settings.jwt_places, settings.jwt_claim, settings.mask_headers, settings.mask_query)
+        chain = build_chain(
+            settings.jwt_places, settings.jwt_claim, settings.mask_headers, settings.mask_query,
+            since_ms=settings.since_ms, until_ms=settings.until_ms,
+        )
         self.lanes = [
             Lane(
                 settings,
@@ -456,6 +465,10 @@ class Pipeline:
             lane.start()
         if self.follow:
             self.notifier.ready(f"tailing {' '.join(self.settings.paths)}")
+            log.info(
+                "started: following %s → %s (state in %s)",
+                " ".join(self.settings.paths), ", ".join(lane.sink.name for lane in self.lanes), self.settings.state_dir,
+            )
         stop_deadline: float | None = None
         last_save = time.monotonic()
         try:
@@ -498,6 +511,8 @@ class Pipeline:
                 lane.close()
             self.dead_letter.close()
             self.notifier.close()
+        if self.follow:
+            log.info("stopped: %s", self.status_line())
         result = RunResult(
             lanes=[lane.summary() for lane in self.lanes],
             elapsed=time.monotonic() - started,

@@ -45,6 +45,10 @@ class Settings:
     retry_initial: float = 0.5
     retry_max: float = 60.0
     timeout: float = 30.0
+    since_ms: int | None = None  # --since/--until: the time window, epoch ms (until exclusive)
+    until_ms: int | None = None
+    max_rate: float | None = None  # --max-rate: events per second per sink
+    progress: bool = False  # a progress bar on stderr (backfill on a terminal)
     sink_options: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -16,11 +16,12 @@ from shipper.sinks.base import EventRejected, EventSkipped, Sink
 
 # What became of a line: (outcome, payload, anonymous)
 EVENT = 0  # payload: the event's bytes
-DROPPED = 1  # blank line, or a processor dropped the record
+DROPPED = 1  # blank line
 INVALID = 2  # payload: (reason, detail) — the line is not understood
 REJECTED = 3  # payload: reason — the sink cannot make a valid event of it
 SKIPPED = 4  # the sink chose not to send it (sampling)
 OVERSIZE = 5  # the line is longer than --max-line-bytes (the source handed an Oversize marker)
+FILTERED = 6  # a processor dropped the record (outside --since/--until)
 
 Outcome = tuple[int, Any, bool]
 Line = tuple[str, bytes, int, int]  # (file_id, data, offset, end)
@@ -43,7 +44,7 @@ class Transformer:
             return (INVALID, (exc.reason, exc.detail), False)
         txn = run_chain(self.chain, txn)
         if txn is None:
-            return (DROPPED, None, False)
+            return (FILTERED, None, False)
         anonymous = txn.user_id is None
         try:
             event = self.encode(txn)

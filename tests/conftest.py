@@ -23,6 +23,21 @@ def ship_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def summary_rows(stderr: bytes | str) -> dict[str, dict[str, int]]:
+    """The backfill summary table as {sink: {column: number}}."""
+    text = stderr.decode() if isinstance(stderr, bytes) else stderr
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["sink", "read"])
+    header = lines[start].split()[1:]
+    rows = {}
+    for line in lines[start + 1 :]:
+        cells = line.split()
+        if len(cells) != len(header) + 1 or not cells[1].replace(",", "").isdigit():
+            break
+        rows[cells[0]] = {name: int(cell.replace(",", "")) for name, cell in zip(header, cells[1:])}
+    return rows
+
+
 def ship(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "shipper", *args],

@@ -7,7 +7,7 @@ import pathlib
 
 import orjson
 
-from conftest import ship, ship_env
+from conftest import ship, ship_env, summary_rows
 
 SAMPLES = pathlib.Path(__file__).resolve().parents[2] / "shared" / "samples"
 
@@ -94,7 +94,7 @@ def test_stdout_sink_prints_vendor_ready_events_once(tmp_path):
     text = first.stdout.decode()
     for secret in ("k-a53b4250568c912dded197d411c78edf", "session=", "sid=", "Bearer "):
         assert secret not in text
-    assert "shipped        12" in first.stderr.decode()
+    assert summary_rows(first.stderr)["stdout"]["shipped"] == 12
     second = ship(*args)
     assert second.returncode == 0 and second.stdout == b""  # same checkpoints: nothing new
 

@@ -13,7 +13,7 @@ import time
 import orjson
 import pytest
 
-from conftest import FAST, FAST_FOLLOW, ship, ship_env, wait_until
+from conftest import FAST, FAST_FOLLOW, ship, ship_env, summary_rows, wait_until
 from fakes.segment import FakeSegment, decode_body
 
 SAMPLE = orjson.loads((pathlib.Path(__file__).resolve().parents[2] / "shared" / "samples" / "kong-3x.jsonl").read_bytes().splitlines()[0])
@@ -80,7 +80,8 @@ def test_backfill_ships_everything_once_and_a_second_run_only_what_is_new(segmen
     assert max(len(b["batch"]) for b in segment.batches) <= 2500
     assert all(r.headers.get("content-encoding") == "gzip" for r in segment.requests)
     summary = result.stderr.decode()
-    assert "read     3,000" in summary and "shipped     3,000" in summary and "records/s" in summary
+    rows = summary_rows(summary)
+    assert rows["segment"]["read"] == 3000 and rows["segment"]["shipped"] == 3000 and "records/s" in summary
 
     again = ship("backfill", str(log), *args(segment, tmp_path), env=ENV)
     assert again.returncode == 0

@@ -18,6 +18,7 @@ import tenacity
 
 from shipper.deadletter import DeadLetter
 from shipper.delivery.acks import AckTracker
+from shipper.delivery.ratelimit import TokenBucket
 from shipper.sinks.base import FATAL, OK, REJECT, RETRY, SPLIT, Sink, Verdict
 
 log = logging.getLogger("kong-ship")
@@ -49,6 +50,7 @@ class Sender:
         retry_max: float = 60.0,
         timeout: float = 30.0,
         concurrency: int = 2,
+        max_rate: float | None = None,
     ):
         self.sink = sink
         self.acks = acks
@@ -74,6 +76,7 @@ class Sender:
             before_sleep=self._note_retry,
             retry_error_callback=lambda state: None,
         )
+        self.limiter = TokenBucket(max_rate) if max_rate else None
         self.last_success: float | None = None
         # Told (events, seconds) after every request; the metrics endpoint sets it.
         self.observe: Callable[[int, float], None] | None = None
@@ -113,6 +116,10 @@ class Sender:
             return None
 
     def _attempt(self, events: list[bytes]) -> Verdict:
+        if self.limiter is not None:
+            wait = self.limiter.reserve(len(events))
+            if wait > 0 and self.abort.wait(wait):
+                raise Aborted()
         request = self.sink.request(events)
         started = time.monotonic()
         try:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 from shipper.model import Transaction
 from shipper.processors.identity import DEFAULT_JWT_PLACES, identify
 from shipper.processors.masking import DEFAULT_HEADERS, DEFAULT_QUERY, drop_raw, mask_secrets
+from shipper.processors.window import time_window
 
 Processor = Callable[[Transaction], Transaction | None]
 
@@ -20,8 +21,12 @@ def build_chain(
     jwt_claim: str = "sub",
     extra_mask_headers: Iterable[str] = (),
     extra_mask_query: Iterable[str] = (),
+    since_ms: int | None = None,
+    until_ms: int | None = None,
 ) -> list[Processor]:
+    window = [time_window(since_ms, until_ms)] if since_ms is not None or until_ms is not None else []
     return [
+        *window,  # first: a record outside the window costs no JWT decoding
         identify(jwt_places, jwt_claim),
         mask_secrets((*DEFAULT_HEADERS, *extra_mask_headers), (*DEFAULT_QUERY, *extra_mask_query)),
         drop_raw,

@@ -43,6 +43,7 @@ SECTIONS: dict[str, dict[str, str]] = {
         "retry_max_delay": "retry_max_delay",
         "timeout": "timeout",
         "workers": "workers",
+        "max_rate": "max_rate",
     },
     "state": {"dir": "state_dir", "dead_letter": "dead_letter"},
     "log": {"level": "log_level", "format": "log_format"},

@@ -438,6 +438,22 @@ class FileSource:
         finally:
             os.close(fd)
 
+    def disk_progress(self) -> int:
+        """On-disk bytes consumed so far (compressed bytes for gzip files), for the backfill progress bar:
+        files read to their end and let go count whole, open files up to their read position."""
+        with self._lock:
+            done = sum(size for _, _, size in self._done)
+            handles = list(self.files.values())
+        for handle in handles:
+            if handle.gz is not None:
+                try:
+                    done += handle.gz.fileobj.tell()  # type: ignore[union-attr]
+                except (AttributeError, OSError, ValueError):
+                    pass
+            else:
+                done += handle.read_pos
+        return done
+
     def path_of(self, file_id: str) -> str | None:
         with self._lock:
             for handle in self.files.values():

@@ -1,0 +1,84 @@
+"""The backfill progress bar, `pv`-style: on a terminal only, on stderr, redrawn in place.
+
+    kong-ship:  42% [#########...........]  113/270 MB  25,311 records/s  ETA 0:06
+
+Bytes are on-disk bytes across all files (gzip files count compressed bytes), so the bar moves evenly over
+mixed plain and compressed logs; the rate counts records read. It never writes to a pipe or a log file: there
+the final summary says everything.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from typing import TextIO
+
+from shipper.sources.files import expand
+
+
+def total_bytes(patterns: list[str]) -> int:
+    total = 0
+    for path in expand(patterns):
+        try:
+            total += os.stat(path).st_size
+        except OSError:
+            pass
+    return total
+
+
+def render(done: int, total: int, records: int, elapsed: float, width: int) -> str:
+    fraction = min(1.0, done / total) if total else 1.0
+    rate = records / elapsed if elapsed > 0 else 0.0
+    byte_rate = done / elapsed if elapsed > 0 else 0.0
+    eta = "--:--"
+    if byte_rate > 0 and done < total:
+        seconds = int((total - done) / byte_rate)
+        eta = f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
+    elif done >= total:
+        eta = "0:00"
+    tail = f"  {_mb(done)}/{_mb(total)} MB  {rate:,.0f} records/s  ETA {eta}"
+    head = f"kong-ship: {fraction * 100:3.0f}% "
+    bar_width = max(10, min(40, width - len(head) - len(tail) - 3))
+    filled = int(bar_width * fraction)
+    return f"{head}[{'#' * filled}{'.' * (bar_width - filled)}]{tail}"[: max(width - 1, 20)]
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f}" if n < 10e6 else f"{n / 1e6:,.0f}"
+
+
+class Progress:
+    def __init__(self, pipeline, stream: TextIO, interval: float = 0.2):
+        self.pipeline = pipeline
+        self.stream = stream
+        self.interval = interval
+        self.total = total_bytes(pipeline.settings.paths)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
+        self._started = time.monotonic()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self._draw(final=True)
+
+    def line(self) -> str:
+        lane = self.pipeline.lanes[0]
+        width = shutil.get_terminal_size((100, 24)).columns
+        return render(lane.source.disk_progress(), self.total, lane.counts["lines"], time.monotonic() - self._started, width)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._draw()
+
+    def _draw(self, final: bool = False) -> None:
+        try:
+            self.stream.write("\r" + self.line() + "\x1b[K" + ("\n" if final else ""))
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
