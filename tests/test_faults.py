@@ -20,6 +20,10 @@ import pytest
 import gen
 from conftest import FAST, FAST_FOLLOW, ship, ship_env, wait_until
 from fakes.segment import FakeSegment
+from shipper.deadletter import DeadLetter
+from shipper.delivery.acks import AckTracker
+from shipper.delivery.sender import Aborted, Sender
+from shipper.sinks.segment import SegmentSink
 
 ENV = ship_env(SEGMENT_WRITE_KEY="test-key")
 
@@ -472,3 +476,18 @@ def test_sigterm_during_a_retry_storm_keeps_checkpoints_consistent(segment, tmp_
     assert result.returncode == 0
     got = assert_all_arrived_same_ids(segment, range(500))
     assert all(got[s] == 1 for s in range(500) if s not in delivered)
+
+
+def test_a_batch_handed_over_after_shutdown_timeout_stays_unacknowledged(segment):
+    """The race the SIGTERM test above once lost: the batcher hands a sender a batch after the shutdown
+    timeout closed the HTTP client. That batch must stay unacknowledged (read again after a restart), not
+    surface as an internal error that turns a clean stop into exit 1."""
+    acks = AckTracker()
+    acks.start("f", 0)
+    counted = collections.Counter()
+    sender = Sender(SegmentSink("k", endpoint=segment.url), acks, DeadLetter(None), threading.Event(),
+                    lambda key, n: counted.update({key: n}))
+    sender.close()
+    with pytest.raises(Aborted):
+        sender.deliver([("f", 0, 10, b'{"type":"track"}')])
+    assert segment.request_count == 0 and not counted["sent"]

@@ -82,6 +82,7 @@ class Sender:
         self.observe: Callable[[int, float], None] | None = None
         self._retrying_since: float | None = None
         self._lock = threading.Lock()
+        self._closed = False
 
     # -- one batch -------------------------------------------------------------------------------------------
     def deliver(self, items: list[Item]) -> None:
@@ -116,6 +117,10 @@ class Sender:
             return None
 
     def _attempt(self, events: list[bytes]) -> Verdict:
+        # After the shutdown timeout the client is closed under our feet: a batch the batcher handed over late
+        # stays unacknowledged (read again after a restart) instead of failing on a closed connection pool.
+        if self.abort.is_set() or self._closed:
+            raise Aborted()
         if self.limiter is not None:
             wait = self.limiter.reserve(len(events))
             if wait > 0 and self.abort.wait(wait):
@@ -127,6 +132,10 @@ class Sender:
             response.read()
         except httpx.TransportError as exc:
             return Verdict(RETRY, f"{type(exc).__name__}: {exc or 'connection failed'}")
+        except RuntimeError:
+            if self._closed or self.abort.is_set():  # httpx: "the client has been closed"
+                raise Aborted() from None
+            raise
         finally:
             self.count("attempted", len(events))
             if self.observe is not None:
@@ -157,4 +166,5 @@ class Sender:
             log.warning("%s: %s; retry %d in %.1f s", self.sink.name, reason, state.attempt_number, wait)
 
     def close(self) -> None:
+        self._closed = True
         self.client.close()
