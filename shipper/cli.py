@@ -476,7 +476,15 @@ def _config_defaults(argv: list[str]) -> dict[str, Any] | None:
     if path is None:
         return None
     data = config.load(path)
-    return {name: config.default_map(data, path, command) for name, command in cli.commands.items()}
+    return {
+        name: (
+            # a group (`audit`): each of its commands takes the file's defaults like a top-level one
+            {sub: config.default_map(data, path, c) for sub, c in command.commands.items()}
+            if isinstance(command, click.Group)
+            else config.default_map(data, path, command)
+        )
+        for name, command in cli.commands.items()
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -501,3 +509,11 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"kong-ship: error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+# Commands with their own module use this one's option helpers, so they are attached after those exist.
+from shipper.commands.audit import audit  # noqa: E402
+from shipper.commands.receive import receive  # noqa: E402
+
+cli.add_command(receive)
+cli.add_command(audit)

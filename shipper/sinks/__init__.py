@@ -11,6 +11,7 @@ _MODULES = {
     "moesif": ("shipper.sinks.moesif", "MoesifSink"),
     "runscope": ("shipper.sinks.runscope", "RunscopeSink"),
     "stdout": ("shipper.sinks.stdout", "StdoutSink"),
+    "webhook": ("shipper.sinks.webhook", "WebhookSink"),
 }
 
 SINK_NAMES = tuple(_MODULES)

@@ -38,6 +38,8 @@ NAMESPACE = uuid.UUID("6f9c5e0a-3c1d-4a8e-9b5e-6b6f6e6b5368")  # kong-ship's nam
 CONFIG_REFRESH = 300.0  # seconds between /v1/config fetches (sooner when an answer's config ETag changes)
 BODY_LIMIT_MARKER = "body size exceeded {which}_max_body_size_limit ({limit} bytes): not captured"
 GZIP_LEVEL = 1
+# Kinds of Transaction that are HTTP calls: proxied ones, and Kong Admin API requests (audit records).
+API_KINDS = frozenset({"api", "admin_request"})
 
 
 def _list(values: tuple[str, ...] | list[str] | None) -> list[str]:
@@ -298,6 +300,8 @@ class MoesifSink:
         metadata["latencies"] = {"request": txn.latency_request, "kong": txn.latency_kong, "proxy": txn.latency_proxy}
         if txn.upstream_status is not None:
             metadata["upstream_status"] = txn.upstream_status
+        if txn.kind == "admin_request" and txn.details:
+            metadata["audit"] = txn.details  # the Kong audit record (signature result, payload masked)
         event: dict[str, Any] = {
             "request": request,
             "response": response,
@@ -315,6 +319,10 @@ class MoesifSink:
         return event
 
     def encode(self, txn: Transaction) -> bytes:
+        if txn.kind not in API_KINDS:
+            # Not a request/response pair (a Kong config change, an event hook): no Moesif API event fits.
+            # The Admin API request behind a config change is sent (kind admin_request), with the same request_id.
+            raise EventSkipped()
         event = self.event(txn)
         rate = self._rate(event.get("user_id"), event.get("company_id"))
         if rate < 100:

@@ -17,7 +17,7 @@ import orjson
 
 from shipper.errors import ConfigError
 from shipper.model import Transaction
-from shipper.sinks.base import FATAL, REJECT, Verdict, absolute_url, judge_common
+from shipper.sinks.base import FATAL, REJECT, EventSkipped, Verdict, absolute_url, judge_common
 from shipper.sinks.credentials import read_secret
 
 DEFAULT_ENDPOINT = "https://api.runscope.com"
@@ -111,6 +111,10 @@ class RunscopeSink:
         return {"request": request, "response": response}
 
     def encode(self, txn: Transaction) -> bytes:
+        if txn.kind not in ("api", "admin_request"):
+            # Runscope shows request/response pairs: a Kong config change or an event hook is none. The Admin
+            # API request behind a config change is sent (kind admin_request).
+            raise EventSkipped()
         return orjson.dumps(self.message(txn))
 
     def request(self, events: list[bytes]) -> httpx.Request:

@@ -33,9 +33,14 @@ MAX_MESSAGES = 2_500
 # what a backfill runs short of, not the bandwidth.
 GZIP_LEVEL = 1
 LIBRARY = {"name": "kong-ship", "version": __version__}
-KIND_EVENT_NAMES = {"admin_request": "Kong Admin Request", "config_change": "Kong Config Change"}
-# Properties shrunk, largest first, when a message is over the limit; what identifies the call stays.
-_SHRINKABLE = ("queryJson", "queryObject", "queryString", "rawpath", "uri", "path")
+KIND_EVENT_NAMES = {
+    "admin_request": "Kong Admin Request",  # a Kong Admin API audit record (/audit/requests)
+    "config_change": "Kong Config Change",  # a Kong database audit record (/audit/objects)
+    "event_hook": "Kong Event Hook",
+}
+# Properties shrunk, largest first, when a message is over the limit; what identifies the call stays. Audit
+# records' bulky parts (the request body, the changed entity) go the same way.
+_SHRINKABLE = ("queryJson", "queryObject", "queryString", "rawpath", "uri", "path", "payload", "entity", "old_entity")
 
 # (flag declarations, click keyword arguments): the CLI turns these into options of every shipping command.
 OPTIONS = [
@@ -152,8 +157,9 @@ class SegmentSink:
         return self._track(txn, self.event_name(txn, path, service_name, route_name), properties)
 
     def _other_message(self, txn: Transaction) -> dict[str, Any]:
-        """Records that are not proxied calls (Kong audit entries): named after their kind, with their details
-        as properties."""
+        """Records that are not proxied calls (Kong audit records, event hooks): named after their kind
+        (`Kong Admin Request`, `Kong Config Change`, `Kong Event Hook`), with their details as properties; the
+        RBAC user of an audit record is the `userId`."""
         return self._track(txn, KIND_EVENT_NAMES.get(txn.kind, txn.kind), dict(txn.details or {}))
 
     @staticmethod
@@ -197,7 +203,8 @@ class SegmentSink:
 
     def _shrink(self, message: dict[str, Any], size: int) -> bytes:
         properties = message["properties"]
-        for key in sorted(_SHRINKABLE, key=lambda k: -len(orjson.dumps(properties.get(k)))):
+        present = [k for k in _SHRINKABLE if k in properties]
+        for key in sorted(present, key=lambda k: -len(orjson.dumps(properties.get(k)))):
             original = len(orjson.dumps(properties.get(key)))
             properties[key] = f"[truncated by kong-ship: {original} bytes]"
             data = orjson.dumps(message)

@@ -39,7 +39,20 @@ class Spool:
             _drop_torn_tail(segments[-1])
         self._seq = self._last_seq(segments[-1]) if segments else 0
         self._path = segments[-1] if segments else self._segment_path(self._seq + 1)
-        self._handle = open(self._path, "ab")
+        self._handle = self._open(self._path)
+
+    def _open(self, path: str):
+        """Open a segment for appending; a new one's directory entry is fsynced too, or a crash could lose the
+        whole file although its records were fsynced and acknowledged."""
+        new = not os.path.exists(path)
+        handle = open(path, "ab")
+        if new:
+            fd = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return handle
 
     @property
     def pattern(self) -> str:
@@ -65,7 +78,7 @@ class Spool:
             if self._handle.tell() >= self.segment_bytes:
                 self._handle.close()
                 self._path = self._segment_path(self._seq + 1)
-                self._handle = open(self._path, "ab")
+                self._handle = self._open(self._path)
             return len(lines)
 
     def prune(self, behind: Callable[[], dict[str, int]]) -> list[str]:

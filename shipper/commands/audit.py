@@ -1,0 +1,397 @@
+"""`kong-ship audit tail` and `kong-ship audit verify`: Kong Enterprise's Admin API audit logs.
+
+`tail` polls `/audit/requests` and `/audit/objects` (see `shipper.sources.kong_audit`), appends what is new to a
+durable spool (STATE_DIR/audit/) and only then advances its cursor; the ordinary pipeline follows the spool with
+its checkpoints, batches and retries, so each record ships once across restarts and none is lost to a crash or a
+vendor outage. `--once` polls once, ships everything and exits (cron, tests).
+
+`verify` checks each record's RSA signature over Kong's canonical form (`shipper.formats.audit_signature`), from
+the Admin API or from files, and prints the counts and the ids of the bad records.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import click
+import orjson
+
+from shipper.cli import _apply, _config_option, _prepare, _run, _setup_logging, _shipping, _summary
+from shipper.errors import ConfigError, FatalError
+from shipper.formats import audit_signature
+from shipper.settings import default_state_dir
+from shipper.sinks.credentials import read_secret
+from shipper.sources.kong_audit import (
+    ENDPOINTS,
+    TOKEN_ENV,
+    AdminClient,
+    AdminUnavailable,
+    Cursor,
+    Poller,
+    endpoint_of,
+    record_id,
+)
+
+log = logging.getLogger("kong-ship")
+
+PRUNE_EVERY = 10.0  # seconds between deletions of fully shipped spool segments (tail without --once)
+
+_admin_options = [
+    click.option("--admin-url", envvar="KONG_ADMIN_URL", metavar="URL",
+                 help="The Kong Admin API, e.g. https://kong:8444 [env KONG_ADMIN_URL]."),
+    click.option("--admin-token-file", type=click.Path(dir_okay=False),
+                 help=f"File holding the RBAC token, sent as Kong-Admin-Token [default: env {TOKEN_ENV}]."),
+    click.option("--no-admin-token", is_flag=True,
+                 help="Send no token (an Admin API that does not enforce RBAC)."),
+    click.option("--workspace", metavar="NAME", help="Read the audit log of this workspace (/NAME/audit/...)."),
+    click.option("--ca-file", type=click.Path(dir_okay=False),
+                 help="CA certificate(s), PEM, to verify the Admin API's TLS certificate with (verification is "
+                      "always on; default: the system's CAs)."),
+]
+_ADMIN_KEYS = ("admin_url", "admin_token_file", "no_admin_token", "workspace", "ca_file")
+
+_tail_options = [
+    click.option("--interval", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+                 help="Seconds between polls."),
+    click.option("--once", is_flag=True,
+                 help="Poll once, ship everything, wait for every acknowledgement and exit (cron, tests)."),
+    click.option("--verify-key", type=click.Path(dir_okay=False), metavar="PUBLIC.PEM",
+                 help="Check each record's signature with this RSA public key: records that fail are "
+                      "dead-lettered (reason bad_signature), the others shipped marked verified or unsigned."),
+    click.option("--page-size", type=click.IntRange(min=1, max=1000), default=1000, show_default=True,
+                 help="Records per Admin API request (size)."),
+]
+_TAIL_KEYS = _ADMIN_KEYS + ("interval", "once", "verify_key", "page_size")
+
+
+def _token(opts: dict[str, Any]) -> str | None:
+    env_set = bool(os.environ.get(TOKEN_ENV, "").strip())
+    if opts.get("no_admin_token"):
+        if opts.get("admin_token_file") or env_set:
+            raise ConfigError(f"--no-admin-token and a token ({TOKEN_ENV} or --admin-token-file) contradict each other: drop one")
+        return None
+    if opts.get("admin_token_file") or env_set:
+        return read_secret(TOKEN_ENV, opts.get("admin_token_file"), "--admin-token-file")
+    raise ConfigError(
+        f"no Admin API token: set {TOKEN_ENV} or --admin-token-file (the RBAC token of a user that may read "
+        "/audit), or pass --no-admin-token if the Admin API does not enforce RBAC"
+    )
+
+
+def _client(opts: dict[str, Any], token: str | None, timeout: float, page_size: int = 1000) -> AdminClient:
+    return AdminClient(
+        opts["admin_url"], token, workspace=opts.get("workspace"), ca_file=opts.get("ca_file"),
+        timeout=timeout, page_size=page_size,
+    )
+
+
+def _lock(directory: str) -> int:
+    """One poller per state directory: two would ship everything twice and fight over the cursor."""
+    fd = os.open(os.path.join(directory, ".lock"), os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise ConfigError(f"another kong-ship audit tail uses {directory}: give this one its own --state-dir") from None
+    return fd
+
+
+@click.group()
+def audit() -> None:
+    """Kong Enterprise Admin API audit logs: ship them (tail), check their signatures (verify)."""
+
+
+# -- tail ------------------------------------------------------------------------------------------------------
+@audit.command()
+@_apply(_admin_options + _tail_options + _shipping + [_config_option])
+def tail(**kw: Any) -> None:
+    """Poll the Admin API's /audit/requests and /audit/objects and ship every record once, across restarts.
+
+    New records go to a durable spool (STATE_DIR/audit/) before the cursor moves; the pipeline ships from the
+    spool with checkpoints and retries. Admin requests become `Kong Admin Request` events, database changes
+    `Kong Config Change` (Segment and stdout; see the README for Moesif and Runscope), with the RBAC user as the
+    user. SIGTERM/SIGINT: deliver what is in flight, exit 0. With --once: exit 1 if any record was rejected or
+    failed --verify-key.
+    """
+    from shipper.sources.spool import Spool
+
+    opts = {key: kw.pop(key) for key in _TAIL_KEYS}
+    if not opts["admin_url"]:
+        raise ConfigError(
+            "no --admin-url: pass the Kong Admin API's URL, e.g. --admin-url http://127.0.0.1:8001 (or set KONG_ADMIN_URL)"
+        )
+    # Everything of `audit tail` lives in STATE_DIR/audit/ (spool, cursor, checkpoints, dead letters): a `tail`
+    # or `receive` on the same node may share --state-dir without the two mixing their checkpoints.
+    spool_dir = os.path.join(os.path.abspath(kw.get("state_dir") or default_state_dir()), "audit")
+    kw.update(
+        state_dir=spool_dir, fmt="auto", nginx_field=(), jwt_from=(), jwt_claim="sub", mask_header=(), mask_query=(),
+        max_line_bytes=16 << 20, workers="0", start_at="beginning",
+    )
+    token = _token(opts)  # before anything else is set up: the most common mistake
+    settings, sinks = _prepare((os.path.join(spool_dir, "spool-*.jsonl"),), kw)
+    key = audit_signature.load_public_key(opts["verify_key"], "--verify-key") if opts["verify_key"] else None
+    client = _client(opts, token, settings.timeout, opts["page_size"])
+    os.makedirs(spool_dir, mode=0o750, exist_ok=True)
+    lock = _lock(spool_dir)
+    spool = Spool(spool_dir)
+    settings.paths = [spool.pattern]
+    workspace = client.workspace
+    cursor = Cursor(os.path.join(spool_dir, "cursor.json"), {"admin_url": client.shown, "workspace": workspace})
+    poller = Poller(client, cursor, spool, verify_key=key, workspace=workspace)
+    close_spool = True
+    try:
+        cursor.load()
+        if opts["once"]:
+            code = _tail_once(poller, spool, settings, sinks, kw)
+        else:
+            code, close_spool = _tail_forever(poller, spool, settings, sinks, kw, opts["interval"])
+    finally:
+        client.close()
+        if close_spool:
+            spool.close()
+        os.close(lock)
+    if code:
+        sys.exit(code)
+
+
+def _tail_once(poller: Poller, spool, settings, sinks, kw) -> int:
+    try:
+        poller.poll()
+    except AdminUnavailable as exc:
+        raise FatalError(str(exc)) from None
+    pipeline, result = _run(settings, sinks, follow=False, metrics_addr=kw.get("metrics_addr"))
+    _summary(result, sys.stderr)
+    _poll_summary(poller)
+    spool.prune(pipeline.behind)
+    if pipeline.forced_by:
+        return 128 + pipeline.forced_by
+    if any(lane.rejected for lane in result.lanes) or poller.counts[audit_signature.INVALID]:
+        return 1
+    return 0
+
+
+def _tail_forever(poller: Poller, spool, settings, sinks, kw, interval: float) -> tuple[int, bool]:
+    from shipper.pipeline import Pipeline
+
+    log.info(
+        "audit: polling %s every %g s → %s (state %s)",
+        poller.client.shown + (f" (workspace {poller.workspace})" if poller.workspace else ""), interval,
+        ", ".join(settings.sinks), settings.state_dir,
+    )
+    # The first poll before anything starts: a refused token or a wrong URL is one line and exit 1 at once. An
+    # Admin API that is down is not: the service starts and keeps trying.
+    first_failed = False
+    try:
+        if poller.poll():
+            log.info("audit: %d new records", sum(poller.counts[e] for e in ENDPOINTS))
+    except AdminUnavailable as exc:
+        log.warning("audit: %s; trying again every %g s", exc, interval)
+        first_failed = True
+    pipeline = Pipeline(settings, sinks, follow=True)
+    failure: list[str] = []
+
+    def wake() -> None:
+        for lane in pipeline.lanes:
+            lane.wake.set()
+
+    def loop() -> None:
+        failing_since: float | None = time.monotonic() if first_failed else None
+        last_warning = time.monotonic()
+        last_prune = time.monotonic()
+        while not pipeline.stop.wait(interval):
+            try:
+                spooled = poller.poll()
+            except AdminUnavailable as exc:
+                now = time.monotonic()
+                if failing_since is None or now - last_warning >= 300:
+                    log.warning("audit: %s; trying again every %g s", exc, interval)
+                    last_warning = now
+                if failing_since is None:
+                    failing_since = now
+            except FatalError as exc:
+                failure.append(str(exc))
+                pipeline.stop.set()
+                wake()
+                return
+            except OSError as exc:  # the spool or the cursor cannot be written (disk full): nothing advanced
+                log.warning("audit: cannot keep the records (%s); polling again in %g s", exc, interval)
+            except Exception as exc:  # noqa: BLE001 - a bug must stop the service visibly, not kill a thread silently
+                failure.append(f"audit poller: {type(exc).__name__}: {exc}")
+                pipeline.stop.set()
+                wake()
+                return
+            else:
+                if failing_since is not None:
+                    log.info("audit: the Kong Admin API answers again")
+                    failing_since = None
+                if spooled:
+                    log.info("audit: %d new records", spooled)
+                    wake()
+            if time.monotonic() - last_prune >= PRUNE_EVERY:
+                last_prune = time.monotonic()
+                try:
+                    spool.prune(pipeline.behind)
+                except Exception as exc:  # noqa: BLE001 - housekeeping never stops the poller
+                    log.warning("audit: pruning the spool failed: %s", exc)
+
+    poller_thread = threading.Thread(target=loop, name="audit-poll", daemon=True)
+    metrics = None
+    if kw.get("metrics_addr"):
+        from shipper.service.metrics import serve
+
+        metrics = serve(pipeline, kw["metrics_addr"])
+        log.info("metrics at http://%s/metrics", kw["metrics_addr"])
+    poller_thread.start()
+    try:
+        result = pipeline.run()
+    finally:
+        pipeline.stop.set()
+        poller_thread.join(timeout=settings.timeout + 5)
+        if metrics is not None:
+            metrics.shutdown()
+    _summary(result, sys.stderr)
+    _poll_summary(poller)
+    if failure:
+        raise FatalError(failure[0])
+    code = 128 + pipeline.forced_by if pipeline.forced_by else 0
+    return code, not poller_thread.is_alive()
+
+
+def _poll_summary(poller: Poller) -> None:
+    counts = poller.counts
+    line = f"audit: {counts['requests']:,} admin requests and {counts['objects']:,} config changes fetched"
+    if poller.verify_key is not None:
+        line += (
+            f"; signatures: {counts[audit_signature.VERIFIED]:,} verified, {counts[audit_signature.UNSIGNED]:,} "
+            f"unsigned, {counts[audit_signature.INVALID]:,} invalid"
+        )
+        if counts[audit_signature.INVALID]:
+            line += " (dead-lettered, reason bad_signature)"
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+# -- verify ----------------------------------------------------------------------------------------------------
+@audit.command()
+@click.argument("files", nargs=-1)
+@click.option("--public-key", required=True, type=click.Path(dir_okay=False), metavar="PUBLIC.PEM",
+              help="The RSA public key matching Kong's audit_log_signing_key.")
+@_apply(_admin_options)
+@click.option("--require-signed", is_flag=True, help="Unsigned records fail too.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON, for scripts.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              help="HTTP request timeout, seconds.")
+@_config_option
+def verify(files: tuple[str, ...], **kw: Any) -> None:
+    """Check the signature of each audit record, from the Admin API (--admin-url) or from FILEs.
+
+    A FILE holds what `GET /audit/requests` (or /audit/objects) answered, a JSON array of records, or one record
+    per line (kong-ship's spool files too). Prints the counts of verified, unsigned and invalid records and the
+    ids of the bad ones. Exit 0 only when every signed record verifies (with --require-signed: and none is
+    unsigned); 1 otherwise; 2 for a usage error.
+    """
+    _setup_logging("warning")
+    if files and kw.get("admin_url"):
+        source = click.get_current_context().get_parameter_source("admin_url")
+        if source is not click.core.ParameterSource.COMMANDLINE:
+            kw["admin_url"] = None  # KONG_ADMIN_URL or the config file: the FILEs given win
+    if files and kw.get("admin_url"):
+        raise ConfigError("give either --admin-url or FILE..., not both")
+    if not files and not kw.get("admin_url"):
+        raise ConfigError("nothing to verify: pass --admin-url URL (with its token) or FILE...")
+    key = audit_signature.load_public_key(kw["public_key"], "--public-key")
+    counts: Counter[str] = Counter()
+    bad: list[dict[str, Any]] = []
+    if files:
+        source: Iterator[tuple[str, dict[str, Any], str | None]] = _from_files(files)
+    else:
+        source = _from_admin(_client(kw, _token(kw), kw["timeout"]))
+    for endpoint, record, where in source:
+        result = audit_signature.check(record, key)
+        counts[result] += 1
+        if result == audit_signature.INVALID or (result == audit_signature.UNSIGNED and kw["require_signed"]):
+            item = {"result": result, "kind": endpoint[:-1], "id": record_id(endpoint, record)}
+            if where:
+                item["where"] = where
+            bad.append(item)
+    failed = counts[audit_signature.INVALID] + (counts[audit_signature.UNSIGNED] if kw["require_signed"] else 0)
+    if kw["as_json"]:
+        click.echo(orjson.dumps({
+            "verified": counts[audit_signature.VERIFIED], "unsigned": counts[audit_signature.UNSIGNED],
+            "invalid": counts[audit_signature.INVALID], "bad": bad, "ok": not failed,
+        }, option=orjson.OPT_INDENT_2).decode())
+    else:
+        total = sum(counts.values())
+        click.echo(
+            f"{total:,} records: {counts[audit_signature.VERIFIED]:,} verified, "
+            f"{counts[audit_signature.UNSIGNED]:,} unsigned, {counts[audit_signature.INVALID]:,} invalid"
+        )
+        for item in bad:
+            click.echo(
+                f"{item['result']}: {item['kind']} {item['id'] or '(no id)'}" + (f" ({item['where']})" if "where" in item else "")
+            )
+    if failed:
+        sys.exit(1)
+
+
+def _from_admin(client: AdminClient) -> Iterator[tuple[str, dict[str, Any], str | None]]:
+    try:
+        for endpoint in ENDPOINTS:
+            for page in client.pages(endpoint):
+                for record in page:
+                    yield endpoint, record, None
+    except AdminUnavailable as exc:
+        raise FatalError(str(exc)) from None
+    finally:
+        client.close()
+
+
+def _from_files(files: tuple[str, ...]) -> Iterator[tuple[str, dict[str, Any], str | None]]:
+    for path in files:
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+        try:
+            whole = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            whole = None
+        if whole is not None:
+            for i, record in enumerate(_records(whole, path)):
+                yield endpoint_of(record), record, f"{path}#{i + 1}"
+            continue
+        for number, line in enumerate(data.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                value = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise ConfigError(f"{path}:{number}: not JSON ({exc}): expected audit records") from None
+            for record in _records(value, f"{path}:{number}"):
+                yield endpoint_of(record), record, f"{path}:{number}"
+
+
+def _records(value: Any, where: str) -> list[dict[str, Any]]:
+    """The audit records in one JSON value: an Admin API answer, an array, a record, or a spool envelope."""
+    if isinstance(value, dict) and isinstance(value.get("data"), list):
+        value = value["data"]
+    items = value if isinstance(value, list) else [value]
+    out = []
+    for item in items:
+        if isinstance(item, dict) and "spool" in item and isinstance(item.get("record"), dict):
+            item = item["record"]
+        if isinstance(item, dict) and isinstance(item.get("entry"), dict):
+            item = item["entry"]
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where}: expected audit records (JSON objects), got {type(item).__name__}")
+        out.append(item)
+    return out

@@ -1,0 +1,194 @@
+"""`kong-ship receive --listen HOST:PORT --sink NAME`: accept Kong event-hook deliveries and ship the events.
+
+Each delivery's signature is checked, its events are appended to a durable spool (STATE_DIR/receive/) and
+only then answered 200; the ordinary pipeline follows the spool with its checkpoints, batches and retries, so
+an accepted event survives a crash of kong-ship or an outage of the vendor. The spool is bounded: past
+`--max-backlog-bytes` not yet acknowledged by every sink, deliveries are refused until the sinks catch up.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import sys
+import threading
+from typing import Any
+
+import click
+
+from shipper.cli import _apply, _config_option, _prepare, _shipping, _summary
+from shipper.errors import ConfigError
+from shipper.settings import default_state_dir
+from shipper.sinks.credentials import read_secret
+
+log = logging.getLogger("kong-ship")
+
+SECRET_ENV = "KONG_SHIP_RECEIVE_SECRET"
+PRUNE_INTERVAL = 2.0
+
+_RECEIVE_KEYS = ("listen", "secret_file", "allow_unsigned", "max_body_bytes", "max_backlog_bytes", "on_overload")
+
+_receiving = [
+    click.option("--listen", required=True, metavar="HOST:PORT",
+                 help="Where to accept event-hook deliveries, e.g. 127.0.0.1:8787 ([::1]:8787 for IPv6)."),
+    click.option("--secret-file", type=click.Path(dir_okay=False),
+                 help=f"File holding the event hook's secret (config.secret) [default: env {SECRET_ENV}]."),
+    click.option("--allow-unsigned", is_flag=True,
+                 help="Accept deliveries without checking a signature (only when no secret is configured)."),
+    click.option("--max-body-bytes", type=click.IntRange(min=1024), default=1 << 20, show_default=True,
+                 help="Larger request bodies are answered 413 (and not read)."),
+    click.option("--max-backlog-bytes", type=click.IntRange(min=1), default=64 << 20, show_default=True,
+                 help="Past this many bytes not yet acknowledged by the sinks, deliveries are refused until they catch up."),
+    # `close` by default: Kong's webhook handler retries a failed request but takes any HTTP answer, a 503
+    # included, as delivered, so a 503 would lose the event on Kong's side.
+    click.option("--on-overload", type=click.Choice(["close", "503"]), default="close", show_default=True,
+                 help="How to refuse when the backlog is full: close the connection unanswered (Kong retries that), "
+                      "or answer 503 with Retry-After (for senders that honour it; Kong drops the event)."),
+]
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"--listen {value}: expected HOST:PORT, e.g. 127.0.0.1:8787")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _secret(kw: dict[str, Any]) -> bytes | None:
+    path = kw.get("secret_file")
+    if path or os.environ.get(SECRET_ENV, "").strip():
+        if kw.get("allow_unsigned"):
+            raise ConfigError("--allow-unsigned and a secret contradict each other: drop one")
+        return read_secret(SECRET_ENV, path, "--secret-file").encode()
+    if not kw.get("allow_unsigned"):
+        raise ConfigError(
+            f"no secret to check deliveries with: set {SECRET_ENV} or --secret-file (the event hook's config.secret), "
+            "or pass --allow-unsigned to accept anything that reaches --listen"
+        )
+    return None
+
+
+def _lock(directory: str) -> int:
+    """One receiver per spool: two would interleave sequence numbers and fight over checkpoints."""
+    fd = os.open(os.path.join(directory, ".lock"), os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise ConfigError(f"another kong-ship receive uses {directory}: give this one its own --state-dir") from None
+    return fd
+
+
+@click.command()
+@_apply(_receiving + _shipping + [_config_option])
+def receive(**kw: Any) -> None:
+    """Accept Kong event-hook deliveries over HTTP (handler=webhook), check their x-kong-signature, and ship
+    the events to the sinks.
+
+    A delivery is answered 200 only once its events are in a durable spool (STATE_DIR/receive/, which also
+    holds this command's checkpoints); 401 to a missing or bad signature, 413 to a body over --max-body-bytes;
+    while more than --max-backlog-bytes wait for the sinks, the connection is closed unanswered (or 503). SIGTERM/SIGINT: stop accepting, deliver what is in flight, exit 0.
+    """
+    from shipper.pipeline import Pipeline
+    from shipper.sources.event_hooks import Receiver
+    from shipper.sources.spool import Spool
+
+    opts = {key: kw.pop(key) for key in _RECEIVE_KEYS}
+    host, port = parse_listen(opts["listen"])
+    secret = _secret(opts)
+    # Everything of `receive` lives in STATE_DIR/receive/ (spool, checkpoints, dead letters): a `tail` on the
+    # same node may share --state-dir without the two mixing their checkpoints.
+    spool_dir = os.path.join(os.path.abspath(kw.get("state_dir") or default_state_dir()), "receive")
+    kw.update(
+        state_dir=spool_dir, fmt="auto", nginx_field=(), jwt_from=(), jwt_claim="sub", mask_header=(), mask_query=(),
+        # A spooled line is the body re-encoded in an envelope: never longer than twice the body, plus the envelope.
+        max_line_bytes=2 * opts["max_body_bytes"] + 65536, workers="0", start_at="beginning",
+    )
+    settings, sinks = _prepare((os.path.join(spool_dir, "spool-*.jsonl"),), kw)
+    os.makedirs(spool_dir, mode=0o750, exist_ok=True)
+    lock = _lock(spool_dir)
+    spool = Spool(spool_dir)
+    settings.paths = [spool.pattern]
+    pipeline = Pipeline(settings, sinks, follow=True)
+
+    def backlog() -> int:
+        owed = pipeline.behind()
+        total = 0
+        for path in spool.segments():
+            if path in owed:
+                total += owed[path]
+            else:  # not opened by every sink yet: all of it is owed
+                try:
+                    total += os.path.getsize(path)
+                except OSError:
+                    pass
+        return total
+
+    def wake() -> None:
+        for lane in pipeline.lanes:
+            lane.wake.set()
+
+    try:
+        receiver = Receiver(
+            host, port, spool, secret=secret, max_body_bytes=opts["max_body_bytes"],
+            max_backlog_bytes=opts["max_backlog_bytes"], backlog=backlog, on_accept=wake, overload=opts["on_overload"],
+        )
+    except OSError as exc:
+        spool.close()
+        os.close(lock)
+        raise ConfigError(f"--listen {opts['listen']}: cannot listen: {exc.strerror}") from None
+
+    metrics = None
+    if kw.get("metrics_addr"):
+        from shipper.service.metrics import serve
+
+        metrics = serve(pipeline, kw["metrics_addr"])
+        log.info("metrics at http://%s/metrics", kw["metrics_addr"])
+
+    done = threading.Event()
+
+    def maintain() -> None:
+        """Stop accepting as soon as a shutdown starts; delete spool segments every sink has acknowledged."""
+        ticks = 0
+        while not done.wait(0.1):
+            if pipeline.stop.is_set() or pipeline.abort.is_set():
+                receiver.shutdown()
+                return
+            ticks += 1
+            if ticks % int(PRUNE_INTERVAL / 0.1) == 0:
+                try:
+                    for path in spool.prune(pipeline.behind):
+                        log.debug("receive: pruned %s", path)
+                except Exception as exc:  # noqa: BLE001 - pruning is housekeeping; never let it kill the receiver
+                    log.warning("receive: pruning the spool failed: %s", exc)
+
+    maintainer = threading.Thread(target=maintain, name="receive-maintain", daemon=True)
+
+    bound_host, bound_port = receiver.address
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    log.info(
+        "receiving event hooks at http://%s:%d/ (%s) → %s (spool %s)",
+        shown, bound_port, "signed with x-kong-signature" if secret else "UNSIGNED: --allow-unsigned",
+        ", ".join(settings.sinks), spool_dir,
+    )
+    receiver.start()
+    maintainer.start()
+    try:
+        result = pipeline.run()
+    finally:
+        done.set()
+        receiver.shutdown()
+        maintainer.join(timeout=5)
+        spool.close()
+        os.close(lock)
+        if metrics is not None:
+            metrics.shutdown()
+    _summary(result, sys.stderr)
+    refused = ", ".join(f"{n} × {status}" for status, n in sorted(receiver.counts.items()) if status != 200)
+    sys.stderr.write(
+        f"received {receiver.events_accepted:,} events in {receiver.counts.get(200, 0):,} deliveries"
+        + (f"; refused {refused}" if refused else "") + "\n"
+    )
+    if pipeline.forced_by:
+        sys.exit(128 + pipeline.forced_by)

@@ -1,0 +1,190 @@
+"""Kong Enterprise audit records that `kong-ship audit tail` put in the spool → Transactions.
+
+The poller spools each record wrapped: `{"entry": <the record as the Admin API returned it>, "signature_check":
+"verified" | "unsigned" | "invalid" | null, "admin_url": "https://kong:8444", "workspace": NAME | null}`
+(`signature_check` is null when no `--verify-key` was given and the record is signed). A bare record (no
+`entry`) is accepted too.
+
+- `/audit/requests` records become `kind="admin_request"`: method, path, status, client IP and time from the
+  record; scheme, host and port from the Admin API's URL (so vendors that want an absolute URL get one).
+- `/audit/objects` records become `kind="config_change"`.
+
+Both: `user_id` is the RBAC user (`rbac_user_id`) when Kong recorded one; `started_at` is `request_timestamp`;
+`event_id` is derived from the record's own id (`request_id` for a request, `id` for an object), so a resend is
+the same event to the vendors. `details` is the record without its `signature`, with `signature` set to the
+verification result instead (`verified`, `unsigned`, `invalid`, or `not_checked`), and with secrets masked:
+an object's `entity` and a request's `payload` are JSON text in the record; they are decoded (when they are JSON)
+and the values of secret-bearing keys (`key`, `secret`, `password`, `token`, …) masked at any depth — a
+credential's key would otherwise reach the vendor. Query arguments such as `apikey` in `path` are masked too.
+
+A record whose signature was found invalid raises `ParseError("bad_signature")`: the pipeline dead-letters it
+(the whole spooled line is kept in the dead-letter file) instead of shipping it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from shipper.formats.decode import ParseError
+from shipper.formats.values import parse_query, split_target, split_url, to_int, to_str
+from shipper.model import Position, Transaction
+from shipper.processors.masking import DEFAULT_QUERY, mask_query_string
+
+NOT_CHECKED = "not_checked"
+MASK = "*****"
+# Keys whose values are secrets wherever they appear in an entity or a request body (the event-hook format masks
+# the same ones): credentials' `key`, `secret`, `password`, tokens, private keys, auth headers.
+SECRET_KEYS = frozenset({
+    "secret", "client_secret", "password", "key", "api_key", "apikey", "x-api-key", "token", "access_token",
+    "refresh_token", "private_key", "jwk", "authorization", "proxy-authorization", "cookie", "set-cookie",
+})  # fmt: skip
+_QUERY_MASKS = frozenset(DEFAULT_QUERY)
+_MAX_DEPTH = 64
+
+
+def parse_audit_request(
+    record: dict[str, Any], envelope: dict[str, Any], position: Position | None, fallback_id: str
+) -> Transaction:
+    entry, check, admin_url, workspace_name = _unwrap(record)
+    request_id = to_str(entry.get("request_id"))
+    _refuse_invalid(check, "request", request_id)
+    raw_path = to_str(entry.get("path"))
+    path, query_string, fragment = split_target(raw_path)
+    scheme, host, port, _ = split_url(admin_url) if admin_url else ("", "", None, "")
+    rbac_user = to_str(entry.get("rbac_user_id")) or None
+    details = _details(entry, check)
+    if isinstance(details.get("path"), str) and "?" in details["path"]:
+        base, _, query = details["path"].partition("?")
+        details["path"] = base + "?" + mask_query_string(query, _QUERY_MASKS)
+    return Transaction(
+        event_id=f"kong-audit-request-{request_id}" if request_id else _fallback(fallback_id),
+        source_format="kong_audit",
+        position=position,
+        started_at=_started(entry, envelope),
+        method=to_str(entry.get("method")).upper(),
+        scheme=scheme,
+        host=host,
+        port=port,
+        raw_path=raw_path,
+        path=path,
+        query_string=query_string,
+        query=parse_query(query_string),
+        fragment=fragment,
+        client_ip=to_str(entry.get("client_ip")),
+        status=to_int(entry.get("status")),
+        workspace=to_str(entry.get("workspace")) or None,
+        workspace_name=workspace_name,
+        user_id=rbac_user,
+        user_source="rbac" if rbac_user else None,
+        kind="admin_request",
+        details=details,
+    )
+
+
+def parse_audit_object(
+    record: dict[str, Any], envelope: dict[str, Any], position: Position | None, fallback_id: str
+) -> Transaction:
+    entry, check, admin_url, workspace_name = _unwrap(record)
+    object_id = to_str(entry.get("id"))
+    _refuse_invalid(check, "object", object_id)
+    rbac_user = to_str(entry.get("rbac_user_id")) or None
+    return Transaction(
+        event_id=f"kong-audit-object-{object_id}" if object_id else _fallback(fallback_id),
+        source_format="kong_audit",
+        position=position,
+        started_at=_started(entry, envelope),
+        workspace=to_str(entry.get("workspace")) or None,
+        workspace_name=workspace_name,
+        user_id=rbac_user,
+        user_source="rbac" if rbac_user else None,
+        kind="config_change",
+        details=_details(entry, check),
+    )
+
+
+# -- helpers -------------------------------------------------------------------------------------------------
+def _unwrap(record: dict[str, Any]) -> tuple[dict[str, Any], str | None, str, str | None]:
+    entry = record.get("entry")
+    if isinstance(entry, dict):
+        check = record.get("signature_check")
+        admin_url = record.get("admin_url")
+        workspace = record.get("workspace")
+        return (
+            entry,
+            check if isinstance(check, str) else None,
+            admin_url if isinstance(admin_url, str) else "",
+            workspace if isinstance(workspace, str) and workspace else None,
+        )
+    return record, None, "", None
+
+
+def _refuse_invalid(check: str | None, what: str, record_id: str) -> None:
+    if check == "invalid":
+        raise ParseError(
+            "bad_signature",
+            f"Kong audit {what} {record_id or '(no id)'}: the signature does not verify with --verify-key "
+            "(the record was changed, or signed with another key)",
+        )
+
+
+def _fallback(fallback_id: str) -> str:
+    if not fallback_id:
+        raise ParseError("bad_fields", "Kong audit record without an id")
+    return fallback_id
+
+
+def _started(entry: dict[str, Any], envelope: dict[str, Any]) -> int | None:
+    seconds = to_int(entry.get("request_timestamp"))
+    if seconds is not None and seconds > 0:
+        # Kong writes Unix seconds; accept milliseconds too (a 13-digit value) rather than land in 50,000 AD.
+        return seconds if seconds > 100_000_000_000 else seconds * 1000
+    received = envelope.get("received_at")  # when the poller spooled it: better than no time at all
+    if isinstance(received, str) and received:
+        try:
+            when = datetime.fromisoformat(received.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return int((when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp() * 1000)
+    return None
+
+
+def _details(entry: dict[str, Any], check: str | None) -> dict[str, Any]:
+    details = {k: v for k, v in entry.items() if k != "signature"}
+    for key in ("entity", "payload", "old_entity"):
+        if key in details:
+            details[key] = _masked_json(details[key])
+    details["signature"] = check or (
+        "unsigned" if entry.get("signature") in (None, "") else NOT_CHECKED
+    )
+    return details
+
+
+def _masked_json(value: Any) -> Any:
+    """JSON text decoded and masked; other text as it is (form bodies are masked by key=value too)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text[:1] in ("{", "["):
+            try:
+                return _masked(orjson.loads(text), 0)
+            except orjson.JSONDecodeError:
+                return value
+        if "=" in text and "\n" not in text:
+            return mask_query_string(text, SECRET_KEYS)
+        return value
+    return _masked(value, 0)
+
+
+def _masked(value: Any, depth: int) -> Any:
+    if depth > _MAX_DEPTH:
+        return MASK
+    if isinstance(value, dict):
+        return {
+            k: (MASK if isinstance(k, str) and k.lower() in SECRET_KEYS and v is not None else _masked(v, depth + 1))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_masked(v, depth + 1) for v in value]
+    return value

@@ -1,0 +1,90 @@
+"""Kong event-hook deliveries that `kong-ship receive` put in the spool → `Transaction(kind="event_hook")`.
+
+What Kong's `webhook` handler POSTs (kong/enterprise_edition/event_hooks.lua) is the event's data with `event`
+and `source` added: for `crud` events `{operation, entity, old_entity, schema, event, source}`, for balancer
+health `{upstream_id, ip, port, hostname, health, event, source}`, for a plugin's events its own fields, and
+on creating a hook a `ping` (`{source: "kong:event_hooks", event: "ping", operation, event_hooks}`). None of
+them carries an id or a time, so:
+
+- `started_at` is the event's own `timestamp`/`time` when it has one (Unix seconds or ms, or ISO-8601), else
+  the moment the receiver made it durable (the envelope's `received_at`);
+- `event_id` is a UUID derived from the envelope (`received_at` and the spool sequence number): stable when the
+  spool is read again after a crash, so vendors drop the resend, and distinct for two identical events (two
+  balancer health flips to the same state are two events). A copy Kong itself sent twice is two events.
+
+`details` is the event, with the values of secret-bearing keys (credentials' `key`, `secret`, `password`, the
+hook's own `config.secret`, an `Authorization` header in `config.headers`, …) masked at any depth: entity data
+rides along with CRUD events, and nothing unmasked leaves the process.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from shipper.formats.decode import ParseError
+from shipper.model import Position, Transaction
+
+MASK = "*****"
+SECRET_KEYS = frozenset({
+    "secret", "client_secret", "password", "key", "api_key", "apikey", "x-api-key", "token", "access_token",
+    "refresh_token", "private_key", "jwk", "authorization", "proxy-authorization", "cookie", "set-cookie",
+})  # fmt: skip
+_NAMESPACE = uuid.UUID("6d1f3b52-2a4e-5c1b-9a0e-6b6f6e672d73")  # kong-ship event hooks
+_MAX_DEPTH = 64
+
+
+def parse_event_hook(
+    record: dict[str, Any], envelope: dict[str, Any], position: Position | None, fallback_id: str
+) -> Transaction:
+    received_at = envelope.get("received_at")
+    received_ms = _time_ms(received_at)
+    seq = envelope.get("seq")
+    if seq is not None and isinstance(received_at, str):
+        event_id = str(uuid.uuid5(_NAMESPACE, f"{received_at}/{seq}"))
+    elif fallback_id:
+        event_id = fallback_id
+    else:
+        raise ParseError("bad_fields", "event hook envelope without seq or received_at")
+    own = next((t for t in (_time_ms(record.get(k)) for k in ("timestamp", "time")) if t is not None), None)
+    return Transaction(
+        event_id=event_id,
+        source_format="event_hook",
+        position=position,
+        started_at=own if own is not None else received_ms,
+        kind="event_hook",
+        details=_masked(record, 0),
+    )
+
+
+def _masked(value: Any, depth: int) -> Any:
+    if depth > _MAX_DEPTH:
+        return MASK  # a pathological nesting is not worth the recursion
+    if isinstance(value, dict):
+        return {
+            k: (MASK if isinstance(k, str) and k.lower() in SECRET_KEYS and v is not None else _masked(v, depth + 1))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_masked(v, depth + 1) for v in value]
+    return value
+
+
+def _time_ms(value: Any) -> int | None:
+    """Epoch ms from Unix seconds, Unix ms or an ISO-8601 string (no zone = UTC); None if not a time."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        if value <= 0:
+            return None
+        return int(value) if value > 100_000_000_000 else int(value * 1000)
+    if isinstance(value, str) and value:
+        try:
+            when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return int(when.timestamp() * 1000)
+    return None

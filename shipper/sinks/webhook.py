@@ -1,0 +1,141 @@
+"""`--sink webhook`: the normalized transactions as JSON POSTs to any HTTP endpoint (`--endpoint`, required),
+batched as a JSON array, with custom headers (`--webhook-header 'Name: value'`) and, when a secret is given,
+the signature Kong's own event hooks use.
+
+The signature: `x-kong-signature: sha1=<hex HMAC-SHA1 of the body>`, keyed with the secret (env
+`KONG_SHIP_WEBHOOK_SECRET` or `--webhook-secret-file`). Kong Enterprise builds it so in
+`kong/enterprise_edition/event_hooks.lua` (`sign_body` returns "sha1" and `to_hex(hmac_sha1(secret, body))`) and
+`kong/enterprise_edition/utils.lua` (`request` sets the header to `alg .. "=" .. hmac`). A receiver that
+already checks Kong's event hooks checks these requests unchanged. `signature_ok` is the receiving side (used by
+`kong-ship receive`): it takes the `sha1=` form and a bare hex digest, compared in constant time.
+
+Each event is the transaction as `kong-ship parse` prints it (`Transaction.to_dict()`), masks applied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+from typing import Any, ClassVar
+
+import click
+import httpx
+import orjson
+
+from shipper.errors import ConfigError
+from shipper.model import Transaction
+from shipper.sinks.base import FATAL, OK, REJECT, RETRY, SPLIT, Verdict, retry_after_seconds, snippet
+from shipper.sinks.credentials import read_secret
+
+SECRET_ENV = "KONG_SHIP_WEBHOOK_SECRET"
+SIGNATURE_HEADER = "x-kong-signature"
+
+OPTIONS = [
+    (("--webhook-header",), {"multiple": True, "metavar": "'NAME: VALUE'",
+                             "help": "Webhook: an HTTP header sent with every request (repeatable)."}),
+    (("--webhook-secret-file",), {"type": click.Path(dir_okay=False),
+                                  "help": f"Webhook: file holding the secret that signs each body (x-kong-signature, "
+                                          f"HMAC-SHA1, as Kong's event hooks) [default: env {SECRET_ENV}; unsigned "
+                                          f"if neither]."}),
+]
+
+# RFC 9110 token characters: what a header name may be made of.
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+# Headers the sink sets itself (or the HTTP layer does): a --webhook-header may not replace them.
+_RESERVED = {"content-type", "content-length", "transfer-encoding", "host", "connection", SIGNATURE_HEADER}
+
+
+def sign(secret: bytes, body: bytes) -> str:
+    """The `x-kong-signature` value for `body`, as Kong computes it."""
+    return "sha1=" + hmac.new(secret, body, hashlib.sha1).hexdigest()
+
+
+def signature_ok(secret: bytes, body: bytes, header: str | None) -> bool:
+    """Whether `header` (`sha1=<hex>` or bare hex, any case) is the HMAC-SHA1 of `body` under `secret`."""
+    if not header:
+        return False
+    value = header.strip()
+    if value[:5].lower() == "sha1=":
+        value = value[5:]
+    expected = hmac.new(secret, body, hashlib.sha1).hexdigest()
+    return hmac.compare_digest(value.lower().encode("ascii", "replace"), expected.encode())
+
+
+def parse_headers(values: tuple[str, ...] | list[str]) -> list[tuple[str, str]]:
+    """`'Name: value'` strings as (name, value) pairs; ConfigError names the header, never its value."""
+    out = []
+    for raw in values:
+        name, colon, value = raw.partition(":")
+        name, value = name.strip(), value.strip()
+        if not colon or not name:
+            raise ConfigError("--webhook-header: expected 'Name: value', got one without a colon or name")
+        if not _TOKEN.match(name):
+            raise ConfigError(f"--webhook-header {name!r}: not a valid header name")
+        if "\r" in value or "\n" in value:
+            raise ConfigError(f"--webhook-header {name}: the value may not contain a line break")
+        if name.lower() in _RESERVED:
+            raise ConfigError(f"--webhook-header {name}: kong-ship sets this header itself")
+        out.append((name, value))
+    return out
+
+
+class WebhookSink:
+    name: ClassVar[str] = "webhook"
+    parallel_safe = True  # encode is a pure function of the transaction
+    max_batch_events = 10_000
+    default_batch_events = 500
+    max_batch_bytes = 1_000_000  # of the body; under `kong-ship receive`'s default 1 MiB request limit
+    envelope_bytes = 2  # "[" and "]"; the batcher counts one comma per event
+
+    def __init__(self, endpoint: str, *, secret: str | None = None, headers: list[tuple[str, str]] | None = None):
+        self.url = endpoint
+        self._secret = secret.encode() if secret else None
+        self._headers = [("Content-Type", "application/json"), *(headers or [])]
+
+    @classmethod
+    def from_options(cls, opts: dict[str, Any], endpoint: str | None) -> WebhookSink:
+        if not endpoint:
+            raise ConfigError("--sink webhook needs --endpoint URL: where to POST the events")
+        secret_file = opts.get("webhook_secret_file")
+        if secret_file or os.environ.get(SECRET_ENV, "").strip():
+            secret: str | None = read_secret(SECRET_ENV, secret_file, "--webhook-secret-file")
+        else:
+            secret = None
+        return cls(endpoint, secret=secret, headers=parse_headers(opts.get("webhook_header") or ()))
+
+    @property
+    def signed(self) -> bool:
+        return self._secret is not None
+
+    def encode(self, txn: Transaction) -> bytes:
+        return orjson.dumps(txn.to_dict(), option=orjson.OPT_NON_STR_KEYS)
+
+    def request(self, events: list[bytes]) -> httpx.Request:
+        body = b"[" + b",".join(events) + b"]"
+        headers = list(self._headers)
+        if self._secret is not None:
+            headers.append((SIGNATURE_HEADER, sign(self._secret, body)))
+        return httpx.Request("POST", self.url, headers=headers, content=body)
+
+    def judge(self, response: httpx.Response) -> Verdict:
+        status = response.status_code
+        if 200 <= status < 300:
+            return Verdict(OK)
+        if status in (401, 403):
+            hint = "check the signing secret (KONG_SHIP_WEBHOOK_SECRET or --webhook-secret-file) and --webhook-header"
+            return Verdict(FATAL, f"the webhook endpoint {self.url} refused the request (HTTP {status}): {hint}")
+        if status in (404, 405, 410, 501, 505):
+            return Verdict(FATAL, f"the webhook endpoint answered HTTP {status} for {self.url}: check --endpoint")
+        if 300 <= status < 400:
+            where = response.headers.get("location", "?")
+            return Verdict(FATAL, f"the webhook endpoint redirects (HTTP {status}) to {where}: set --endpoint to it")
+        if status in (408, 429) or status >= 500:
+            return Verdict(RETRY, f"the webhook endpoint answered HTTP {status}", retry_after_seconds(response))
+        if status == 413:
+            return Verdict(SPLIT, "the webhook endpoint answered HTTP 413 (body too large)")
+        return Verdict(REJECT, f"the webhook endpoint answered HTTP {status}: {snippet(response)}")
+
+    def transport(self) -> httpx.BaseTransport | None:
+        return None

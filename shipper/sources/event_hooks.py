@@ -1,0 +1,302 @@
+"""The HTTP side of `kong-ship receive`: accepts Kong event-hook deliveries (`handler=webhook`), checks their
+`x-kong-signature`, and appends each event to the spool, answering 200 only once it is fsynced.
+
+Any path, POST only. In order, a request is answered:
+
+- 411 without a Content-Length (Kong always sends one), 413 over `max_body_bytes` (the body is not read: the
+  connection is closed after the answer);
+- when the bytes the sinks have not acknowledged yet exceed `max_backlog_bytes`: the connection is closed
+  without an answer (`overload="close"`, the default: see below), or 503 with Retry-After (`overload="503"`);
+- 401 when a secret is configured and the `x-kong-signature` header is missing or wrong (`sha1=<hex>` as Kong
+  sends it, or a bare hex digest; constant-time comparison);
+- 400 when the body is not a JSON object (one event, as Kong sends it) or a non-empty array of objects (a batch,
+  as `--sink webhook` sends it);
+- 503 when the spool cannot be written (disk full);
+- 200 `{"accepted": N}` once every event of the body is durable.
+
+Kong's webhook handler counts any HTTP answer, a 503 included, as delivered (it retries, for up to the queue's
+`max_retry_time`, 60 s by default, only when the request fails: refused, reset, timed out). An overloaded
+receiver therefore closes the connection without answering, which Kong does retry; `overload="503"` is for
+senders that honour a 503 with Retry-After, the usual way to say "later".
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import orjson
+
+from shipper.sinks.webhook import SIGNATURE_HEADER, signature_ok
+from shipper.sources.spool import Spool
+
+log = logging.getLogger("kong-ship")
+
+KIND = "event_hook"
+RETRY_AFTER_SECONDS = 2
+READ_TIMEOUT = 30.0  # seconds a client may take to send its request
+_ENVELOPE_BYTES = 96  # what the spool adds around each record, roughly
+
+
+class Backlog:
+    """Bytes written to the spool and not yet acknowledged by every sink. `measure` is costly (a stat per file
+    and sink), so it runs at most every `ttl` seconds; bytes appended in between are added on top."""
+
+    def __init__(self, measure: Callable[[], int], ttl: float = 0.1):
+        self._measure = measure
+        self._ttl = ttl
+        self._lock = threading.Lock()
+        self._base = 0
+        self._since = 0
+        self._at = float("-inf")
+
+    def add(self, nbytes: int) -> None:
+        with self._lock:
+            self._since += nbytes
+
+    def value(self) -> int:
+        with self._lock:
+            if time.monotonic() - self._at < self._ttl:
+                return self._base + self._since
+        base = self._measure()
+        with self._lock:
+            self._base, self._since, self._at = base, 0, time.monotonic()
+            return self._base
+
+
+class _Throttled:
+    """A warning at most every `every` seconds, with the count of what was held back."""
+
+    def __init__(self, every: float = 10.0):
+        self.every = every
+        self._lock = threading.Lock()
+        self._last = float("-inf")
+        self._held = 0
+
+    def warn(self, message: str, *args: Any) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last < self.every:
+                self._held += 1
+                return
+            held, self._held, self._last = self._held, 0, now
+        log.warning(message + (f" (and {held} more since the last such warning)" if held else ""), *args)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: every reply carries Content-Length
+    server: _Server
+    timeout = READ_TIMEOUT
+
+    def setup(self) -> None:
+        # Without TCP_NODELAY, Nagle plus the client's delayed ACK stall each small reply by ~40 ms.
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().setup()
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        log.debug("receive: %s %s", self.address_string(), format % args)
+
+    def _reply(self, status: int, obj: dict[str, Any], headers: dict[str, str] | None = None, close: bool = False) -> None:
+        body = orjson.dumps(obj)
+        if close:
+            self.close_connection = True
+        lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", "Content-Type: application/json",
+                 f"Content-Length: {len(body)}"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        if self.close_connection:
+            lines.append("Connection: close")
+        self.log_request(status, len(body))
+        # One write for status line, headers and body: split writes stall on Nagle/delayed ACK.
+        self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+        self.wfile.flush()
+
+    def _refuse(self, status: int, error: str, **kw: Any) -> None:
+        self.server.receiver._count(status)
+        self._reply(status, {"error": error}, **kw)
+
+    def do_POST(self) -> None:  # noqa: N802 - the base class's naming
+        receiver = self.server.receiver
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self._refuse(411, "send a Content-Length (chunked bodies are not accepted)", close=True)
+            return self._linger()
+        length_header = self.headers.get("Content-Length")
+        try:
+            length = int(length_header) if length_header is not None else -1
+        except ValueError:
+            length = -1
+        if length < 0:
+            self._refuse(411, "a Content-Length is required", close=True)
+            return self._linger()
+        if length > receiver.max_body_bytes:
+            self._refuse(413, f"body over {receiver.max_body_bytes} bytes", close=True)
+            return self._linger(length)
+        try:
+            body = self.rfile.read(length)  # at most max_body_bytes
+        except OSError:
+            self.close_connection = True
+            return
+        if len(body) < length:
+            self.close_connection = True  # the client gave up mid-body
+            return
+        if receiver.overloaded():
+            receiver.warn_overload()
+            if receiver.overload == "close":
+                receiver._count(503)
+                self.close_connection = True  # no answer: Kong retries a failed request, not a 503
+                return
+            return self._refuse(503, "backlog full, retry later", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        if receiver.secret is not None:
+            signature = self.headers.get(SIGNATURE_HEADER)
+            if not signature:
+                receiver.warn_auth("receive: refused a delivery from %s: no %s header", self.client_address[0])
+                return self._refuse(401, f"missing {SIGNATURE_HEADER}")
+            if not signature_ok(receiver.secret, body, signature):
+                receiver.warn_auth("receive: refused a delivery from %s: bad %s", self.client_address[0])
+                return self._refuse(401, f"bad {SIGNATURE_HEADER}")
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return self._refuse(400, "the body is not JSON")
+        if isinstance(parsed, dict):
+            events = [parsed]
+        elif isinstance(parsed, list) and parsed and all(isinstance(e, dict) for e in parsed):
+            events = parsed
+        else:
+            return self._refuse(400, "expected a JSON object (an event) or a non-empty array of objects")
+        try:
+            receiver.spool.append(KIND, events)
+        except (OSError, ValueError) as exc:  # ValueError: the spool was closed during shutdown
+            log.error("receive: cannot write the spool: %s", exc)
+            return self._refuse(503, "cannot store the event", headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+                                close=True)
+        receiver.accepted(len(events), len(body) + _ENVELOPE_BYTES * len(events))
+        self._reply(200, {"accepted": len(events)})
+
+    def _linger(self, length: int | None = None) -> None:
+        """After refusing a body without reading it: stop writing, then read and discard what the client is still
+        sending (64 KiB at a time, for at most a second), so the close is a FIN and not a reset that would
+        destroy the answer before the client reads it."""
+        self.close_connection = True
+        deadline = time.monotonic() + 1.0
+        remaining = length if length is not None else 1 << 30
+        try:
+            self.connection.shutdown(socket.SHUT_WR)
+            while remaining > 0 and time.monotonic() < deadline:
+                self.connection.settimeout(max(0.01, deadline - time.monotonic()))
+                chunk = self.rfile.read1(min(65536, remaining)) if hasattr(self.rfile, "read1") else b""
+                if not chunk:
+                    break
+                remaining -= len(chunk)
+        except OSError:
+            pass
+
+    def _not_allowed(self) -> None:
+        self._refuse(405, "POST event-hook deliveries here", headers={"Allow": "POST"})
+
+    do_GET = do_PUT = do_PATCH = do_DELETE = _not_allowed  # noqa: N815
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self.close_connection = True
+        self.wfile.write(b"HTTP/1.1 405 Method Not Allowed\r\nAllow: POST\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    receiver: Receiver
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            return  # a client that went away mid-request
+        log.error("receive: error handling a request from %s: %r", client_address[0], exc)
+
+
+class Receiver:
+    """The HTTP server, bound at construction (so a taken port fails at start), serving in a thread."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        spool: Spool,
+        *,
+        secret: bytes | None,
+        max_body_bytes: int,
+        max_backlog_bytes: int,
+        backlog: Callable[[], int],
+        on_accept: Callable[[], None] = lambda: None,
+        overload: str = "close",
+    ):
+        self.spool = spool
+        self.secret = secret
+        self.max_body_bytes = max_body_bytes
+        self.max_backlog_bytes = max_backlog_bytes
+        self.backlog = Backlog(backlog)
+        self.on_accept = on_accept
+        self.overload = overload
+        self.counts: dict[int, int] = {}
+        self.events_accepted = 0
+        self._lock = threading.Lock()
+        self._auth_warnings = _Throttled()
+        self._overload_warnings = _Throttled()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        server_class = type("Server", (_Server,), {"address_family": family})
+        self._server: _Server = server_class((host, port), _Handler)
+        self._server.receiver = self
+        self._thread: threading.Thread | None = None
+        self._shutdown_lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._server.server_address[:2]
+        return host, port
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="receive", daemon=True
+        )
+        self._thread.start()
+
+    def shutdown(self) -> None:
+        """Stop accepting (idempotent). A request being handled finishes: its events are durable before it is
+        answered, and if the spool is closed under it, it is answered 503."""
+        with self._shutdown_lock:
+            if self._thread is not None:
+                self._server.shutdown()
+                self._thread.join(timeout=5)
+                self._thread = None
+            if not self._closed:
+                self._server.server_close()
+                self._closed = True
+
+    def overloaded(self) -> bool:
+        return self.backlog.value() > self.max_backlog_bytes
+
+    def accepted(self, events: int, nbytes: int) -> None:
+        self.backlog.add(nbytes)
+        with self._lock:
+            self.events_accepted += events
+            self.counts[200] = self.counts.get(200, 0) + 1
+        self.on_accept()
+
+    def _count(self, status: int) -> None:
+        with self._lock:
+            self.counts[status] = self.counts.get(status, 0) + 1
+
+    def warn_auth(self, message: str, *args: Any) -> None:
+        self._auth_warnings.warn(message, *args)
+
+    def warn_overload(self) -> None:
+        self._overload_warnings.warn(
+            "receive: backlog over --max-backlog-bytes (%d): %s until the sinks catch up",
+            self.max_backlog_bytes, "closing connections unanswered" if self.overload == "close" else "answering 503",
+        )

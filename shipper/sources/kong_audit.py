@@ -1,0 +1,326 @@
+"""Kong Enterprise's audit log, read from the Admin API (`GET /audit/requests`, `GET /audit/objects`).
+
+`AdminClient` pages through one endpoint (newest first; `size`, and the answer's `next` link until there is
+none), with `Kong-Admin-Token` and TLS verification (on by default; `--ca-file` for a private CA).
+
+`Poller.poll()` fetches what is new since the `Cursor`, appends it to the spool in chronological order (fsynced)
+and only then advances the cursor, so a crash at any point resends at most, never loses. The cursor keeps, per
+endpoint, the newest `request_timestamp` seen and the ids seen at that second: Kong's `after_audit_log_filter`
+is inclusive and has a resolution of one second, so the next poll asks from that second again and skips the
+records it already has by id (`request_id` for requests, `id` for objects) — records written later in that same
+second are still picked up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
+
+import httpx
+import orjson
+
+from shipper.errors import ConfigError, FatalError
+from shipper.formats import audit_signature
+from shipper.formats.values import to_int
+
+log = logging.getLogger("kong-ship")
+
+TOKEN_ENV = "KONG_ADMIN_TOKEN"
+TOKEN_HEADER = "Kong-Admin-Token"
+MAX_PAGE_SIZE = 1000  # the Admin API's own maximum
+MAX_PAGES = 100_000  # a guard against a server that never stops answering `next`
+
+# endpoint → (spool kind, the field that identifies a record)
+ENDPOINTS = {"requests": ("audit_request", "request_id"), "objects": ("audit_object", "id")}
+
+
+class AdminUnavailable(Exception):
+    """The Admin API could not be read this time (connection refused, timeout, 5xx): try again later."""
+
+
+def shown_url(url: str) -> str:
+    """The URL without any user:password@ part, for messages."""
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = host + (f":{parts.port}" if parts.port else "")
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return url
+
+
+def record_id(endpoint: str, record: dict[str, Any]) -> str | None:
+    value = record.get(ENDPOINTS[endpoint][1])
+    if value is None or isinstance(value, (dict, list)):
+        return None
+    return str(value)
+
+
+def endpoint_of(record: dict[str, Any]) -> str:
+    """Which endpoint a record came from, by its shape (for files given to `audit verify`)."""
+    return "objects" if ("dao_name" in record or "entity" in record or "operation" in record) else "requests"
+
+
+class AdminClient:
+    def __init__(
+        self,
+        admin_url: str,
+        token: str | None,
+        *,
+        workspace: str | None = None,
+        ca_file: str | None = None,
+        timeout: float = 30.0,
+        page_size: int = MAX_PAGE_SIZE,
+    ):
+        parts = urlsplit(admin_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(f"--admin-url {admin_url}: expected an http:// or https:// URL, e.g. http://127.0.0.1:8001")
+        self.base = admin_url.rstrip("/")
+        self.base_path = parts.path.rstrip("/")
+        self.shown = shown_url(self.base)
+        self.workspace = workspace.strip("/") if workspace else None
+        self.prefix = f"/{quote(self.workspace, safe='')}" if self.workspace else ""
+        self.page_size = max(1, min(page_size, MAX_PAGE_SIZE))
+        self.has_token = bool(token)
+        verify: ssl.SSLContext | bool = True
+        if ca_file:
+            try:
+                verify = ssl.create_default_context(cafile=ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                reason = getattr(exc, "strerror", None) or str(exc)
+                raise ConfigError(f"--ca-file {ca_file}: cannot load it: {reason}") from None
+        headers = {"Accept": "application/json", "User-Agent": "kong-ship"}
+        if token:
+            headers[TOKEN_HEADER] = token
+        self._client = httpx.Client(headers=headers, verify=verify, timeout=timeout, follow_redirects=False)
+
+    def close(self) -> None:
+        self._client.close()
+
+    # -- paging ----------------------------------------------------------------------------------------------
+    def pages(self, endpoint: str, after: int | None = None) -> Iterator[list[dict[str, Any]]]:
+        """Each page of `/audit/{endpoint}` (newest first), from `after` (Unix seconds, inclusive) on."""
+        path = f"{self.prefix}/audit/{endpoint}"
+        params: dict[str, str] = {"size": str(self.page_size)}
+        if after is not None:
+            params["after_audit_log_filter"] = str(after)
+        seen: set[str] = set()
+        for _ in range(MAX_PAGES):
+            answer = self._get(path, params)
+            data = answer.get("data")
+            yield [r for r in data if isinstance(r, dict)]
+            link = answer.get("next")
+            if not link or not isinstance(link, str):
+                return
+            path, params = self._follow(link, after)
+            key = path + "?" + "&".join(f"{k}={v}" for k, v in sorted(params.items()))
+            if key in seen:
+                log.warning("audit: %s%s repeats its `next` link %s; stopping this poll there", self.shown, path, link)
+                return
+            seen.add(key)
+        log.warning("audit: %s: more than %d pages in one poll; the rest waits for the next poll", self.shown, MAX_PAGES)
+
+    def _follow(self, link: str, after: int | None) -> tuple[str, dict[str, str]]:
+        """The request a `next` link stands for. Kong writes it as a path (`/audit/requests?offset=…`), without
+        knowing of a proxy prefix in --admin-url, and it may leave our filter out: both are put back."""
+        parts = urlsplit(link)
+        path = parts.path or "/"
+        if self.base_path and path.startswith(self.base_path + "/"):
+            path = path[len(self.base_path):]
+        params = dict(parse_qsl(parts.query, keep_blank_values=True))
+        params.setdefault("size", str(self.page_size))
+        if after is not None:
+            params.setdefault("after_audit_log_filter", str(after))
+        return path, params
+
+    def _get(self, path: str, params: dict[str, str]) -> dict[str, Any]:
+        where = f"{self.shown}{path}"
+        try:
+            response = self._client.get(self.base + path, params=params)
+        except httpx.ConnectError as exc:
+            text = str(exc)
+            if "CERTIFICATE" in text.upper() or "SSL" in text.upper():
+                raise FatalError(
+                    f"TLS verification of the Kong Admin API at {self.shown} failed ({_short(text)}): "
+                    "pass its CA certificate with --ca-file"
+                ) from None
+            raise AdminUnavailable(f"cannot reach the Kong Admin API at {self.shown}: {_short(text)}") from None
+        except httpx.TimeoutException:
+            raise AdminUnavailable(f"the Kong Admin API at {self.shown} did not answer in time") from None
+        except httpx.HTTPError as exc:
+            raise AdminUnavailable(f"cannot read {where}: {_short(str(exc)) or type(exc).__name__}") from None
+        status = response.status_code
+        if status in (401, 403):
+            hint = (
+                "check the token in --admin-token-file or KONG_ADMIN_TOKEN (its RBAC user needs read access to /audit)"
+                if self.has_token
+                else "no token was sent: set KONG_ADMIN_TOKEN or --admin-token-file"
+            )
+            raise FatalError(f"the Kong Admin API refused GET {where} (HTTP {status}): {hint}")
+        if status == 404:
+            raise FatalError(
+                f"the Kong Admin API answered 404 for GET {where}: check --admin-url and --workspace "
+                "(audit logs need Kong Enterprise with audit_log = on)"
+            )
+        if not 200 <= status < 300:
+            raise AdminUnavailable(f"the Kong Admin API answered HTTP {status} for GET {where}")
+        try:
+            answer = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            raise AdminUnavailable(f"GET {where} did not answer JSON (is --admin-url the Admin API?)") from None
+        if not isinstance(answer, dict) or not isinstance(answer.get("data"), list):
+            raise AdminUnavailable(f"GET {where} did not answer an audit list ({{\"data\": [...]}})")
+        return answer
+
+
+def _short(text: str) -> str:
+    return " ".join(text.split())[:200]
+
+
+# -- the cursor ------------------------------------------------------------------------------------------------
+@dataclass
+class Edge:
+    after: int | None = None  # the newest request_timestamp seen (Unix seconds)
+    ids: set[str] = field(default_factory=set)  # the ids seen at that second
+
+
+class Cursor:
+    """`STATE_DIR/audit/cursor.json`, written atomically (temporary file, fsync, rename, fsync of the directory)."""
+
+    def __init__(self, path: str, source: dict[str, Any]):
+        self.path = path
+        self.source = source
+        self.edges = {endpoint: Edge() for endpoint in ENDPOINTS}
+
+    def load(self) -> Cursor:
+        try:
+            with open(self.path, "rb") as handle:
+                data = orjson.loads(handle.read())
+        except FileNotFoundError:
+            return self
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise ConfigError(
+                f"the audit cursor {self.path} cannot be read ({exc}): fix it, or delete it to ship again every "
+                "audit record Kong still holds"
+            ) from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"the audit cursor {self.path} is not a JSON object: fix or delete it")
+        before = data.get("source") or {}
+        if before and before != self.source:
+            log.warning(
+                "audit: the cursor in %s was kept for %s; now reading %s (give each Admin API and workspace its "
+                "own --state-dir)", self.path, _describe(before), _describe(self.source),
+            )
+        for endpoint in ENDPOINTS:
+            entry = data.get(endpoint) or {}
+            after = to_int(entry.get("after"))
+            ids = entry.get("ids") or []
+            self.edges[endpoint] = Edge(after, {str(i) for i in ids if isinstance(i, (str, int))})
+        return self
+
+    def save(self) -> None:
+        data = {
+            "version": 1,
+            "source": self.source,
+            **{e: {"after": edge.after, "ids": sorted(edge.ids)} for e, edge in self.edges.items()},
+        }
+        directory = os.path.dirname(self.path)
+        fd, tmp = tempfile.mkstemp(prefix=".cursor-", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _describe(source: dict[str, Any]) -> str:
+    workspace = source.get("workspace")
+    return f"{source.get('admin_url')}" + (f" workspace {workspace}" if workspace else "")
+
+
+# -- the poller ------------------------------------------------------------------------------------------------
+class Poller:
+    """One poll: both endpoints, new records to the spool (chronological), then the cursor."""
+
+    def __init__(self, client: AdminClient, cursor: Cursor, spool, *, verify_key=None, workspace: str | None = None):
+        self.client = client
+        self.cursor = cursor
+        self.spool = spool
+        self.verify_key = verify_key
+        self.workspace = workspace
+        self.counts: Counter[str] = Counter()  # fetched per endpoint, and signature results
+
+    def poll(self) -> int:
+        """Fetch and spool what is new; returns how many records were spooled. Raises AdminUnavailable or
+        FatalError (both before anything of the failing endpoint is spooled)."""
+        total = 0
+        for endpoint in ENDPOINTS:
+            total += self._poll(endpoint)
+        return total
+
+    def _poll(self, endpoint: str) -> int:
+        kind, _ = ENDPOINTS[endpoint]
+        edge = self.cursor.edges[endpoint]
+        fresh: list[tuple[int | None, str | None, dict[str, Any]]] = []
+        seen: set[str] = set()
+        for page in self.client.pages(endpoint, edge.after):
+            for record in page:
+                rid = record_id(endpoint, record)
+                ts = to_int(record.get("request_timestamp"))
+                if edge.after is not None and ts is not None:
+                    if ts < edge.after or (ts == edge.after and rid is not None and rid in edge.ids):
+                        continue  # already shipped (the filter is inclusive), or a server that ignored it
+                if rid is not None:
+                    if rid in seen:
+                        continue  # shifted onto the next page while we paged
+                    seen.add(rid)
+                fresh.append((ts, rid, record))
+        if not fresh:
+            return 0
+        fresh.reverse()  # pages come newest first
+        fresh.sort(key=lambda item: item[0] if item[0] is not None else -1)  # stable: same-second order kept
+        wrapped = [self._wrap(endpoint, record) for _, _, record in fresh]
+        self.spool.append(kind, wrapped)  # fsynced: from here on, a crash resends rather than loses
+        newest = max((ts for ts, _, _ in fresh if ts is not None), default=None)
+        if newest is not None and (edge.after is None or newest >= edge.after):
+            at_edge = {rid for ts, rid, _ in fresh if ts == newest and rid is not None}
+            if newest == edge.after:
+                at_edge |= edge.ids
+            self.cursor.edges[endpoint] = Edge(newest, at_edge)
+            self.cursor.save()
+        self.counts[endpoint] += len(fresh)
+        return len(fresh)
+
+    def _wrap(self, endpoint: str, record: dict[str, Any]) -> dict[str, Any]:
+        if self.verify_key is not None:
+            check: str | None = audit_signature.check(record, self.verify_key)
+            if check == audit_signature.INVALID:
+                log.warning(
+                    "audit: %s %s: the signature does not verify; dead-lettered (reason bad_signature)",
+                    endpoint[:-1], record_id(endpoint, record) or "(no id)",
+                )
+        else:
+            check = audit_signature.UNSIGNED if record.get("signature") in (None, "") else None
+        if check is not None:
+            self.counts[check] += 1
+        return {"entry": record, "signature_check": check, "admin_url": self.client.shown, "workspace": self.workspace}
