@@ -4,6 +4,7 @@ does the JSON work while the first one reads, batches, compresses and sends)."""
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 from collections.abc import Iterable, Iterator
@@ -83,6 +84,9 @@ class WorkerPool:
         # start in milliseconds. They only run pure functions, never the parent's threads.
         context = multiprocessing.get_context("fork")
         self.workers = workers
+        # What exists now (modules, the configured chain) is shared with the workers copy-on-write; frozen,
+        # the garbage collector never writes to it, so those pages stay shared instead of being copied.
+        gc.freeze()
         self._pool = context.Pool(workers, initializer=_init_worker, initargs=(transformer,))
 
     def map(self, lines: Iterable[Line], flush_each_round: bool = True) -> Iterator[tuple[Line, Outcome]]:
