@@ -11,7 +11,6 @@ the Admin API or from files, and prints the counts and the ids of the bad record
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import sys
@@ -93,17 +92,6 @@ def _client(opts: dict[str, Any], token: str | None, timeout: float, page_size: 
     )
 
 
-def _lock(directory: str) -> int:
-    """One poller per state directory: two would ship everything twice and fight over the cursor."""
-    fd = os.open(os.path.join(directory, ".lock"), os.O_RDWR | os.O_CREAT, 0o640)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        raise ConfigError(f"another kong-ship audit tail uses {directory}: give this one its own --state-dir") from None
-    return fd
-
-
 @click.group()
 def audit() -> None:
     """Kong Enterprise Admin API audit logs: ship them (tail), check their signatures (verify)."""
@@ -122,6 +110,7 @@ def tail(**kw: Any) -> None:
     failed --verify-key.
     """
     from shipper.sources.spool import Spool
+    from shipper.sources.spool import lock as spool_lock
 
     opts = {key: kw.pop(key) for key in _TAIL_KEYS}
     if not opts["admin_url"]:
@@ -140,7 +129,7 @@ def tail(**kw: Any) -> None:
     key = audit_signature.load_public_key(opts["verify_key"], "--verify-key") if opts["verify_key"] else None
     client = _client(opts, token, settings.timeout, opts["page_size"])
     os.makedirs(spool_dir, mode=0o750, exist_ok=True)
-    lock = _lock(spool_dir)
+    lock = spool_lock(spool_dir, "audit tail")
     spool = Spool(spool_dir)
     settings.paths = [spool.pattern]
     workspace = client.workspace

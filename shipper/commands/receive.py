@@ -8,7 +8,6 @@ an accepted event survives a crash of kong-ship or an outage of the vendor. The 
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import sys
@@ -69,17 +68,6 @@ def _secret(kw: dict[str, Any]) -> bytes | None:
     return None
 
 
-def _lock(directory: str) -> int:
-    """One receiver per spool: two would interleave sequence numbers and fight over checkpoints."""
-    fd = os.open(os.path.join(directory, ".lock"), os.O_RDWR | os.O_CREAT, 0o640)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        raise ConfigError(f"another kong-ship receive uses {directory}: give this one its own --state-dir") from None
-    return fd
-
-
 @click.command()
 @_apply(_receiving + _shipping + [_config_option])
 def receive(**kw: Any) -> None:
@@ -93,6 +81,7 @@ def receive(**kw: Any) -> None:
     from shipper.pipeline import Pipeline
     from shipper.sources.event_hooks import Receiver
     from shipper.sources.spool import Spool
+    from shipper.sources.spool import lock as spool_lock
 
     opts = {key: kw.pop(key) for key in _RECEIVE_KEYS}
     host, port = parse_listen(opts["listen"])
@@ -107,7 +96,7 @@ def receive(**kw: Any) -> None:
     )
     settings, sinks = _prepare((os.path.join(spool_dir, "spool-*.jsonl"),), kw)
     os.makedirs(spool_dir, mode=0o750, exist_ok=True)
-    lock = _lock(spool_dir)
+    lock = spool_lock(spool_dir, "receive")
     spool = Spool(spool_dir)
     settings.paths = [spool.pattern]
     pipeline = Pipeline(settings, sinks, follow=True)

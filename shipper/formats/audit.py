@@ -31,18 +31,10 @@ import orjson
 from shipper.formats.decode import ParseError
 from shipper.formats.values import parse_query, split_target, split_url, to_int, to_str
 from shipper.model import Position, Transaction
-from shipper.processors.masking import DEFAULT_QUERY, mask_query_string
+from shipper.processors.masking import DEFAULT_QUERY, SECRET_KEYS, mask_query_string, mask_secret_keys
 
 NOT_CHECKED = "not_checked"
-MASK = "*****"
-# Keys whose values are secrets wherever they appear in an entity or a request body (the event-hook format masks
-# the same ones): credentials' `key`, `secret`, `password`, tokens, private keys, auth headers.
-SECRET_KEYS = frozenset({
-    "secret", "client_secret", "password", "key", "api_key", "apikey", "x-api-key", "token", "access_token",
-    "refresh_token", "private_key", "jwk", "authorization", "proxy-authorization", "cookie", "set-cookie",
-})  # fmt: skip
 _QUERY_MASKS = frozenset(DEFAULT_QUERY)
-_MAX_DEPTH = 64
 
 
 def parse_audit_request(
@@ -168,23 +160,10 @@ def _masked_json(value: Any) -> Any:
         text = value.strip()
         if text[:1] in ("{", "["):
             try:
-                return _masked(orjson.loads(text), 0)
+                return mask_secret_keys(orjson.loads(text))
             except orjson.JSONDecodeError:
                 return value
         if "=" in text and "\n" not in text:
             return mask_query_string(text, SECRET_KEYS)
         return value
-    return _masked(value, 0)
-
-
-def _masked(value: Any, depth: int) -> Any:
-    if depth > _MAX_DEPTH:
-        return MASK
-    if isinstance(value, dict):
-        return {
-            k: (MASK if isinstance(k, str) and k.lower() in SECRET_KEYS and v is not None else _masked(v, depth + 1))
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [_masked(v, depth + 1) for v in value]
-    return value
+    return mask_secret_keys(value)

@@ -25,14 +25,9 @@ from typing import Any
 
 from shipper.formats.decode import ParseError
 from shipper.model import Position, Transaction
+from shipper.processors.masking import mask_secret_keys
 
-MASK = "*****"
-SECRET_KEYS = frozenset({
-    "secret", "client_secret", "password", "key", "api_key", "apikey", "x-api-key", "token", "access_token",
-    "refresh_token", "private_key", "jwk", "authorization", "proxy-authorization", "cookie", "set-cookie",
-})  # fmt: skip
 _NAMESPACE = uuid.UUID("6d1f3b52-2a4e-5c1b-9a0e-6b6f6e672d73")  # kong-ship event hooks
-_MAX_DEPTH = 64
 
 
 def parse_event_hook(
@@ -54,21 +49,8 @@ def parse_event_hook(
         position=position,
         started_at=own if own is not None else received_ms,
         kind="event_hook",
-        details=_masked(record, 0),
+        details=mask_secret_keys(record),
     )
-
-
-def _masked(value: Any, depth: int) -> Any:
-    if depth > _MAX_DEPTH:
-        return MASK  # a pathological nesting is not worth the recursion
-    if isinstance(value, dict):
-        return {
-            k: (MASK if isinstance(k, str) and k.lower() in SECRET_KEYS and v is not None else _masked(v, depth + 1))
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [_masked(v, depth + 1) for v in value]
-    return value
 
 
 def _time_ms(value: Any) -> int | None:

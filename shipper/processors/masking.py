@@ -13,6 +13,27 @@ from shipper.model import Transaction
 MASK = "*****"
 DEFAULT_HEADERS = ("authorization", "proxy-authorization", "cookie", "set-cookie", "apikey", "x-api-key")
 DEFAULT_QUERY = ("apikey", "api_key", "key", "token", "access_token")
+# Keys whose values are secrets wherever they appear in a structured record (a Kong entity in an audit record or
+# an event hook, a request body): credentials' `key`, `secret`, `password`, tokens, private keys, auth headers.
+SECRET_KEYS = frozenset({
+    "secret", "client_secret", "password", "key", "api_key", "apikey", "x-api-key", "token", "access_token",
+    "refresh_token", "private_key", "jwk", "authorization", "proxy-authorization", "cookie", "set-cookie",
+})  # fmt: skip
+_MAX_DEPTH = 64
+
+
+def mask_secret_keys(value: Any, depth: int = 0) -> Any:
+    """A copy of `value` with the values of SECRET_KEYS masked at any depth (case-insensitive keys)."""
+    if depth > _MAX_DEPTH:
+        return MASK  # a pathological nesting is not worth the recursion
+    if isinstance(value, dict):
+        return {
+            k: (MASK if isinstance(k, str) and k.lower() in SECRET_KEYS and v is not None else mask_secret_keys(v, depth + 1))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [mask_secret_keys(v, depth + 1) for v in value]
+    return value
 
 
 def _mask_headers(headers: dict[str, Any], names: frozenset[str]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ deleted by `prune`.
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import os
 import re
@@ -24,8 +25,22 @@ from typing import Any
 
 import orjson
 
+from shipper.errors import ConfigError
+
 SEGMENT_BYTES = 8 << 20
 _NAME = re.compile(r"spool-(\d{20})\.jsonl$")
+
+
+def lock(directory: str, command: str) -> int:
+    """One writer per spool: two would interleave sequence numbers and fight over the cursor and checkpoints.
+    Returns the descriptor holding the lock (released when closed, or when the process dies)."""
+    fd = os.open(os.path.join(directory, ".lock"), os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise ConfigError(f"another kong-ship {command} uses {directory}: give this one its own --state-dir") from None
+    return fd
 
 
 class Spool:
