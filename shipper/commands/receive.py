@@ -39,11 +39,11 @@ _receiving = [
                  help="Larger request bodies are answered 413 (and not read)."),
     click.option("--max-backlog-bytes", type=click.IntRange(min=1), default=64 << 20, show_default=True,
                  help="Past this many bytes not yet acknowledged by the sinks, deliveries are refused until they catch up."),
-    # `close` by default: Kong's webhook handler retries a failed request but takes any HTTP answer, a 503
-    # included, as delivered, so a 503 would lose the event on Kong's side.
-    click.option("--on-overload", type=click.Choice(["close", "503"]), default="close", show_default=True,
-                 help="How to refuse when the backlog is full: close the connection unanswered (Kong retries that), "
-                      "or answer 503 with Retry-After (for senders that honour it; Kong drops the event)."),
+    # 503 by default, the HTTP way to say "later" (and what the issue asks for). Kong's webhook handler, though,
+    # retries only a failed request and takes any HTTP answer as delivered: behind Kong, `close` loses nothing.
+    click.option("--on-overload", type=click.Choice(["503", "close"]), default="503", show_default=True,
+                 help="How to refuse when the backlog is full: 503 with Retry-After, or close the connection "
+                      "unanswered (Kong's webhook handler retries that, but takes a 503 as delivered)."),
 ]
 
 
@@ -76,7 +76,7 @@ def receive(**kw: Any) -> None:
 
     A delivery is answered 200 only once its events are in a durable spool (STATE_DIR/receive/, which also
     holds this command's checkpoints); 401 to a missing or bad signature, 413 to a body over --max-body-bytes;
-    while more than --max-backlog-bytes wait for the sinks, the connection is closed unanswered (or 503). SIGTERM/SIGINT: stop accepting, deliver what is in flight, exit 0.
+    503 while more than --max-backlog-bytes wait for the sinks (or, with --on-overload close, no answer). SIGTERM/SIGINT: stop accepting, deliver what is in flight, exit 0.
     """
     from shipper.pipeline import Pipeline
     from shipper.sources.event_hooks import Receiver

@@ -5,8 +5,8 @@ Any path, POST only. In order, a request is answered:
 
 - 411 without a Content-Length (Kong always sends one), 413 over `max_body_bytes` (the body is not read: the
   connection is closed after the answer);
-- when the bytes the sinks have not acknowledged yet exceed `max_backlog_bytes`: the connection is closed
-  without an answer (`overload="close"`, the default: see below), or 503 with Retry-After (`overload="503"`);
+- 503 with Retry-After when the bytes the sinks have not acknowledged yet exceed `max_backlog_bytes` (or the
+  connection is closed without an answer, with `overload="close"`: see below);
 - 401 when a secret is configured and the `x-kong-signature` header is missing or wrong (`sha1=<hex>` as Kong
   sends it, or a bare hex digest; constant-time comparison);
 - 400 when the body is not a JSON object (one event, as Kong sends it) or a non-empty array of objects (a batch,
@@ -15,9 +15,9 @@ Any path, POST only. In order, a request is answered:
 - 200 `{"accepted": N}` once every event of the body is durable.
 
 Kong's webhook handler counts any HTTP answer, a 503 included, as delivered (it retries, for up to the queue's
-`max_retry_time`, 60 s by default, only when the request fails: refused, reset, timed out). An overloaded
-receiver therefore closes the connection without answering, which Kong does retry; `overload="503"` is for
-senders that honour a 503 with Retry-After, the usual way to say "later".
+`max_retry_time`, 60 s by default, only when the request fails: refused, reset, timed out). With
+`overload="close"` an overloaded receiver therefore closes the connection without answering, which Kong does
+retry; by default it answers 503 with Retry-After, the usual way to say "later".
 """
 
 from __future__ import annotations
@@ -233,7 +233,7 @@ class Receiver:
         max_backlog_bytes: int,
         backlog: Callable[[], int],
         on_accept: Callable[[], None] = lambda: None,
-        overload: str = "close",
+        overload: str = "503",
     ):
         self.spool = spool
         self.secret = secret
