@@ -121,27 +121,9 @@ class CheckpointStore:
             },
             option=orjson.OPT_INDENT_2,
         )
-        tmp = f"{self.path}.tmp{os.getpid()}"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-            try:
-                os.write(fd, payload)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            if os.path.exists(self.path):
-                os.replace(self.path, self.previous)
-            os.replace(tmp, self.path)
-            dir_fd = os.open(self.state_dir, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            write_atomically(self.path, payload, previous=self.previous)
         except OSError as exc:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
             message = f"cannot save checkpoint {self.path}: {exc.strerror}"
             if message != self._last_error:
                 log.error("%s; will retry (nothing is lost, a restart now would resend since the last save)", message)
@@ -152,6 +134,39 @@ class CheckpointStore:
             self._last_error = None
         self._saved_snapshot = {k: v.offset for k, v in self.entries.items()}
         return True
+
+
+def fsync_dir(directory: str) -> None:
+    """Make a directory's entries (a file created, renamed) durable: without it a crash can lose a whole file
+    whose contents were fsynced."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path: str, payload: bytes, *, previous: str | None = None) -> None:
+    """Replace `path` by `payload` so that a crash leaves the old or the new content, never a mix: temporary
+    file, fsync, rename, fsync of the directory. With `previous`, the old file is kept under that name."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        try:
+            os.write(fd, payload)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if previous is not None and os.path.exists(path):
+            os.replace(path, previous)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(os.path.dirname(path) or ".")
 
 
 def check_state_dir(state_dir: str) -> None:

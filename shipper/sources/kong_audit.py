@@ -14,9 +14,7 @@ second are still picked up.
 from __future__ import annotations
 
 import logging
-import os
 import ssl
-import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,6 +27,7 @@ import orjson
 from shipper.errors import ConfigError, FatalError
 from shipper.formats import audit_signature
 from shipper.formats.values import to_int
+from shipper.sources.checkpoints import write_atomically
 
 log = logging.getLogger("kong-ship")
 
@@ -232,25 +231,7 @@ class Cursor:
             "source": self.source,
             **{e: {"after": edge.after, "ids": sorted(edge.ids)} for e, edge in self.edges.items()},
         }
-        directory = os.path.dirname(self.path)
-        fd, tmp = tempfile.mkstemp(prefix=".cursor-", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(orjson.dumps(data, option=orjson.OPT_INDENT_2))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomically(self.path, orjson.dumps(data, option=orjson.OPT_INDENT_2))
 
 
 def _describe(source: dict[str, Any]) -> str:

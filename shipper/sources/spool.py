@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from shipper.errors import ConfigError
+from shipper.sources.checkpoints import fsync_dir
 
 SEGMENT_BYTES = 8 << 20
 _NAME = re.compile(r"spool-(\d{20})\.jsonl$")
@@ -62,11 +63,7 @@ class Spool:
         new = not os.path.exists(path)
         handle = open(path, "ab")
         if new:
-            fd = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_dir(self.directory)
         return handle
 
     @property
