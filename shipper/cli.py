@@ -275,6 +275,11 @@ def _run(settings: Settings, sinks: list, follow: bool, metrics_addr: str | None
     from shipper.pipeline import Pipeline
 
     pipeline = Pipeline(settings, sinks, follow=follow)
+    return pipeline, _drive(pipeline, metrics_addr, progress)
+
+
+def _drive(pipeline, metrics_addr: str | None = None, progress: bool = False):
+    """Run a pipeline to its end, with the progress bar and the metrics endpoint around it; its RunResult."""
     bar = None
     if progress:
         from shipper.service.progress import Progress
@@ -294,7 +299,7 @@ def _run(settings: Settings, sinks: list, follow: bool, metrics_addr: str | None
             bar.stop()
         if server is not None:
             server.shutdown()
-    return pipeline, result
+    return result
 
 
 # -- commands ------------------------------------------------------------------------------------------------

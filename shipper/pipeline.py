@@ -366,6 +366,11 @@ class Pipeline:
         self._last_status = 0.0
         self.started_at = time.time()
 
+    def wake(self) -> None:
+        """Have every lane look for new lines now rather than at its next poll (new records were spooled)."""
+        for lane in self.lanes:
+            lane.wake.set()
+
     def behind(self) -> dict[str, int]:
         """Bytes per path that some sink has not acknowledged yet; a path is listed only once every sink has
         seen it (so a file some sink has not opened is never taken for done)."""
@@ -488,8 +493,7 @@ class Pipeline:
                     if stop_deadline is None:
                         self.notifier.stopping()
                         stop_deadline = now + self.settings.shutdown_timeout
-                        for lane in self.lanes:
-                            lane.wake.set()
+                        self.wake()
                     elif now >= stop_deadline:
                         pending = sum(lane.acks.pending() for lane in self.lanes)
                         log.warning(

@@ -23,10 +23,10 @@ from typing import Any
 import click
 import orjson
 
-from shipper.cli import _apply, _config_option, _prepare, _run, _setup_logging, _shipping, _summary
+from shipper.cli import _apply, _config_option, _drive, _run, _setup_logging, _shipping, _summary
+from shipper.commands import prepare_spooled
 from shipper.errors import ConfigError, FatalError
 from shipper.formats import audit_signature
-from shipper.settings import default_state_dir
 from shipper.sinks.credentials import read_secret
 from shipper.sources.kong_audit import (
     ENDPOINTS,
@@ -117,21 +117,12 @@ def tail(**kw: Any) -> None:
         raise ConfigError(
             "no --admin-url: pass the Kong Admin API's URL, e.g. --admin-url http://127.0.0.1:8001 (or set KONG_ADMIN_URL)"
         )
-    # Everything of `audit tail` lives in STATE_DIR/audit/ (spool, cursor, checkpoints, dead letters): a `tail`
-    # or `receive` on the same node may share --state-dir without the two mixing their checkpoints.
-    spool_dir = os.path.join(os.path.abspath(kw.get("state_dir") or default_state_dir()), "audit")
-    kw.update(
-        state_dir=spool_dir, fmt="auto", nginx_field=(), jwt_from=(), jwt_claim="sub", mask_header=(), mask_query=(),
-        max_line_bytes=16 << 20, workers="0", start_at="beginning",
-    )
     token = _token(opts)  # before anything else is set up: the most common mistake
-    settings, sinks = _prepare((os.path.join(spool_dir, "spool-*.jsonl"),), kw)
+    settings, sinks, spool_dir = prepare_spooled(kw, "audit", 16 << 20)
     key = audit_signature.load_public_key(opts["verify_key"], "--verify-key") if opts["verify_key"] else None
     client = _client(opts, token, settings.timeout, opts["page_size"])
-    os.makedirs(spool_dir, mode=0o750, exist_ok=True)
     lock = spool_lock(spool_dir, "audit tail")
     spool = Spool(spool_dir)
-    settings.paths = [spool.pattern]
     workspace = client.workspace
     cursor = Cursor(os.path.join(spool_dir, "cursor.json"), {"admin_url": client.shown, "workspace": workspace})
     poller = Poller(client, cursor, spool, verify_key=key, workspace=workspace)
@@ -187,10 +178,6 @@ def _tail_forever(poller: Poller, spool, settings, sinks, kw, interval: float) -
     pipeline = Pipeline(settings, sinks, follow=True)
     failure: list[str] = []
 
-    def wake() -> None:
-        for lane in pipeline.lanes:
-            lane.wake.set()
-
     def loop() -> None:
         failing_since: float | None = time.monotonic() if first_failed else None
         last_warning = time.monotonic()
@@ -208,14 +195,14 @@ def _tail_forever(poller: Poller, spool, settings, sinks, kw, interval: float) -
             except FatalError as exc:
                 failure.append(str(exc))
                 pipeline.stop.set()
-                wake()
+                pipeline.wake()
                 return
             except OSError as exc:  # the spool or the cursor cannot be written (disk full): nothing advanced
                 log.warning("audit: cannot keep the records (%s); polling again in %g s", exc, interval)
             except Exception as exc:  # noqa: BLE001 - a bug must stop the service visibly, not kill a thread silently
                 failure.append(f"audit poller: {type(exc).__name__}: {exc}")
                 pipeline.stop.set()
-                wake()
+                pipeline.wake()
                 return
             else:
                 if failing_since is not None:
@@ -223,7 +210,7 @@ def _tail_forever(poller: Poller, spool, settings, sinks, kw, interval: float) -
                     failing_since = None
                 if spooled:
                     log.info("audit: %d new records", spooled)
-                    wake()
+                    pipeline.wake()
             if time.monotonic() - last_prune >= PRUNE_EVERY:
                 last_prune = time.monotonic()
                 try:
@@ -232,20 +219,12 @@ def _tail_forever(poller: Poller, spool, settings, sinks, kw, interval: float) -
                     log.warning("audit: pruning the spool failed: %s", exc)
 
     poller_thread = threading.Thread(target=loop, name="audit-poll", daemon=True)
-    metrics = None
-    if kw.get("metrics_addr"):
-        from shipper.service.metrics import serve
-
-        metrics = serve(pipeline, kw["metrics_addr"])
-        log.info("metrics at http://%s/metrics", kw["metrics_addr"])
     poller_thread.start()
     try:
-        result = pipeline.run()
+        result = _drive(pipeline, kw.get("metrics_addr"))
     finally:
         pipeline.stop.set()
         poller_thread.join(timeout=settings.timeout + 5)
-        if metrics is not None:
-            metrics.shutdown()
     _summary(result, sys.stderr)
     _poll_summary(poller)
     if failure:

@@ -16,9 +16,9 @@ from typing import Any
 
 import click
 
-from shipper.cli import _apply, _config_option, _prepare, _shipping, _summary
+from shipper.cli import _apply, _config_option, _drive, _shipping, _summary
+from shipper.commands import prepare_spooled
 from shipper.errors import ConfigError
-from shipper.settings import default_state_dir
 from shipper.sinks.credentials import read_secret
 
 log = logging.getLogger("kong-ship")
@@ -86,19 +86,10 @@ def receive(**kw: Any) -> None:
     opts = {key: kw.pop(key) for key in _RECEIVE_KEYS}
     host, port = parse_listen(opts["listen"])
     secret = _secret(opts)
-    # Everything of `receive` lives in STATE_DIR/receive/ (spool, checkpoints, dead letters): a `tail` on the
-    # same node may share --state-dir without the two mixing their checkpoints.
-    spool_dir = os.path.join(os.path.abspath(kw.get("state_dir") or default_state_dir()), "receive")
-    kw.update(
-        state_dir=spool_dir, fmt="auto", nginx_field=(), jwt_from=(), jwt_claim="sub", mask_header=(), mask_query=(),
-        # A spooled line is the body re-encoded in an envelope: never longer than twice the body, plus the envelope.
-        max_line_bytes=2 * opts["max_body_bytes"] + 65536, workers="0", start_at="beginning",
-    )
-    settings, sinks = _prepare((os.path.join(spool_dir, "spool-*.jsonl"),), kw)
-    os.makedirs(spool_dir, mode=0o750, exist_ok=True)
+    # A spooled line is the body re-encoded in an envelope: never longer than twice the body, plus the envelope.
+    settings, sinks, spool_dir = prepare_spooled(kw, "receive", 2 * opts["max_body_bytes"] + 65536)
     lock = spool_lock(spool_dir, "receive")
     spool = Spool(spool_dir)
-    settings.paths = [spool.pattern]
     pipeline = Pipeline(settings, sinks, follow=True)
 
     def backlog() -> int:
@@ -114,26 +105,16 @@ def receive(**kw: Any) -> None:
                     pass
         return total
 
-    def wake() -> None:
-        for lane in pipeline.lanes:
-            lane.wake.set()
-
     try:
         receiver = Receiver(
             host, port, spool, secret=secret, max_body_bytes=opts["max_body_bytes"],
-            max_backlog_bytes=opts["max_backlog_bytes"], backlog=backlog, on_accept=wake, overload=opts["on_overload"],
+            max_backlog_bytes=opts["max_backlog_bytes"], backlog=backlog, on_accept=pipeline.wake,
+            overload=opts["on_overload"],
         )
     except OSError as exc:
         spool.close()
         os.close(lock)
         raise ConfigError(f"--listen {opts['listen']}: cannot listen: {exc.strerror}") from None
-
-    metrics = None
-    if kw.get("metrics_addr"):
-        from shipper.service.metrics import serve
-
-        metrics = serve(pipeline, kw["metrics_addr"])
-        log.info("metrics at http://%s/metrics", kw["metrics_addr"])
 
     done = threading.Event()
 
@@ -164,15 +145,13 @@ def receive(**kw: Any) -> None:
     receiver.start()
     maintainer.start()
     try:
-        result = pipeline.run()
+        result = _drive(pipeline, kw.get("metrics_addr"))
     finally:
         done.set()
         receiver.shutdown()
         maintainer.join(timeout=5)
         spool.close()
         os.close(lock)
-        if metrics is not None:
-            metrics.shutdown()
     _summary(result, sys.stderr)
     refused = ", ".join(f"{n} × {status}" for status, n in sorted(receiver.counts.items()) if status != 200)
     sys.stderr.write(
