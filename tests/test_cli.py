@@ -9,7 +9,7 @@ import orjson
 
 from conftest import ship, ship_env, summary_rows
 
-SAMPLES = pathlib.Path(__file__).resolve().parents[2] / "shared" / "samples"
+SAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 
 
 def one_line(stderr: bytes) -> str:

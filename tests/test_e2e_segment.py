@@ -16,7 +16,7 @@ import pytest
 from conftest import FAST, FAST_FOLLOW, ship, ship_env, summary_rows, wait_until
 from fakes.segment import FakeSegment, decode_body
 
-SAMPLE = orjson.loads((pathlib.Path(__file__).resolve().parents[2] / "shared" / "samples" / "kong-3x.jsonl").read_bytes().splitlines()[0])
+SAMPLE = orjson.loads((pathlib.Path(__file__).resolve().parents[1] / "examples" / "kong-3x.jsonl").read_bytes().splitlines()[0])
 
 
 def line(seq: int, request_id: bool = False) -> bytes:

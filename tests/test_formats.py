@@ -10,7 +10,7 @@ import pytest
 from shipper.formats import ParseError, Parser
 from shipper.model import Position
 
-SAMPLES = pathlib.Path(__file__).resolve().parents[2] / "shared" / "samples"
+SAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 
 
