@@ -446,7 +446,8 @@ def status(state_dir: str | None, as_json: bool) -> None:
         click.echo(render(rows))
 
 
-SUMMARY_COLUMNS = ("read", "shipped", "filtered", "dead-lettered", "rejected", "anonymous", "retries")
+# Every line read is in exactly one of: shipped, filtered, dead-lettered, rejected, skipped, blank (once delivered).
+SUMMARY_COLUMNS = ("read", "shipped", "filtered", "dead-lettered", "rejected", "skipped", "blank", "anonymous", "retries")
 
 
 def _summary(result, stream) -> None:
@@ -456,7 +457,10 @@ def _summary(result, stream) -> None:
     mb = sum(lane.bytes_read for lane in result.lanes[:1]) / 1e6
     rows = [("sink", *SUMMARY_COLUMNS)]
     for lane in result.lanes:
-        values = (lane.read, lane.sent, lane.filtered, lane.dead_lettered, lane.rejected, lane.anonymous, lane.retries)
+        values = (
+            lane.read, lane.sent, lane.filtered, lane.dead_lettered, lane.rejected, lane.skipped, lane.blank,
+            lane.anonymous, lane.retries,
+        )
         rows.append((lane.sink, *(f"{v:,}" for v in values)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [

@@ -29,7 +29,10 @@ from shipper.service.notify import Notifier
 from shipper.sinks.base import Sink
 from shipper.sources.checkpoints import CheckpointStore
 from shipper.sources.files import FileSource, tail_hash
-from shipper.transform import EVENT, FILTERED, INVALID, OVERSIZE, REJECTED, SKIPPED, Transformer, WorkerPool
+from shipper.threads import death_notice, start_thread
+from shipper.transform import (
+    BLANK, EVENT, FAILED, FILTERED, INVALID, OVERSIZE, REJECTED, SKIPPED, Transformer, WorkerPool,
+)
 
 log = logging.getLogger("kong-ship")
 
@@ -47,6 +50,8 @@ class LaneSummary:
     rejected: int = 0
     retries: int = 0
     filtered: int = 0  # outside --since/--until
+    skipped: int = 0  # the sink chose not to send them (Moesif sampling, kinds a vendor has no event for)
+    blank: int = 0  # empty or whitespace-only lines
     bytes_read: int = 0
     unterminated: list[tuple[str, int]] = field(default_factory=list)
 
@@ -75,6 +80,7 @@ class Lane:
         self.stop = stop
         self.abort = abort
         self.on_progress = on_progress
+        self.on_fatal = on_fatal
         self.wake = threading.Event()
         self.rescan = threading.Event()
         self.counts: Counter[str] = Counter()  # reader thread only
@@ -179,11 +185,10 @@ class Lane:
 
     # -- threads ---------------------------------------------------------------------------------------------
     def start(self) -> None:
-        reader = threading.Thread(target=self._read, name=f"read-{self.sink.name}", daemon=True)
-        batcher = threading.Thread(target=self.batcher.run, name=f"batch-{self.sink.name}", daemon=True)
-        self._threads = [reader, batcher]
-        for thread in self._threads:
-            thread.start()
+        self._threads = [
+            start_thread(self._read, f"read-{self.sink.name}", self.on_fatal),
+            start_thread(self.batcher.run, f"batch-{self.sink.name}", self.on_fatal),
+        ]
 
     def drained(self) -> bool:
         """Everything read has been handed to the vendor and answered (or the lane gave up)."""
@@ -197,6 +202,10 @@ class Lane:
                 self._backfill()
         except Closed:
             pass
+        except Exception as exc:
+            # Told before the queue closes: a closed queue lets the lane drain, and a drained run would end
+            # with exit 0 and the rest of the files unread.
+            self.on_fatal(death_notice(f"read-{self.sink.name}", exc))
         finally:
             self.queue.close()
             self.on_progress()
@@ -257,8 +266,16 @@ class Lane:
                     parcel, parcel_bytes = [], 0
                 continue
             ack(file_id, seq, end)
-            if outcome == INVALID:
+            if outcome == BLANK:
+                counts["blank"] += 1
+            elif outcome == INVALID:
                 self._input_error(payload[0], payload[1], file_id, offset, data)
+            elif outcome == FAILED:  # this sink's own: dead-lettered by each lane it happens in
+                counts["parsed"] += 1
+                counts["dead_lettered"] += 1
+                self.dead_letter.write(
+                    payload[0], payload[1], sink=self.sink.name, file=self.source.path_of(file_id), offset=offset, line=data
+                )
             elif outcome == REJECTED:
                 counts["parsed"] += 1
                 self.dead_letter.write(
@@ -308,6 +325,8 @@ class Lane:
             rejected=out.get("rejected", 0),
             retries=out.get("retries", 0),
             filtered=self.counts["filtered"],
+            skipped=self.counts["skipped"],
+            blank=self.counts["blank"],
             bytes_read=self.source.bytes_read,
             unterminated=list(self.source.unterminated),
         )

@@ -10,6 +10,8 @@ import os
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import orjson
+
 from shipper.formats import ParseError, Parser
 from shipper.model import Position
 from shipper.processors import Processor, run_chain
@@ -17,12 +19,13 @@ from shipper.sinks.base import EventRejected, EventSkipped, Sink
 
 # What became of a line: (outcome, payload, anonymous)
 EVENT = 0  # payload: the event's bytes
-DROPPED = 1  # blank line
-INVALID = 2  # payload: (reason, detail) — the line is not understood
+BLANK = 1  # an empty or whitespace-only line
+INVALID = 2  # payload: (reason, detail) — the line is not understood (the same for every sink)
 REJECTED = 3  # payload: reason — the sink cannot make a valid event of it
 SKIPPED = 4  # the sink chose not to send it (sampling)
 OVERSIZE = 5  # the line is longer than --max-line-bytes (the source handed an Oversize marker)
 FILTERED = 6  # a processor dropped the record (outside --since/--until)
+FAILED = 7  # payload: (reason, detail) — this sink's encoder failed on the record (other sinks may not)
 
 Outcome = tuple[int, Any, bool]
 Line = tuple[str, bytes, int, int]  # (file_id, data, offset, end)
@@ -35,15 +38,18 @@ class Transformer:
         self.encode = sink.encode
 
     def __call__(self, file_id: str, data: bytes, offset: int, end: int) -> Outcome:
+        """Never raises: whatever a line holds, it comes back as one outcome, so no line can stop a reader.
+        (A try block costs nothing in CPython 3.11 until something is raised.)"""
         if type(data) is not bytes:
             return (OVERSIZE, None, False)
         if not data or data.isspace():
-            return (DROPPED, None, False)
+            return (BLANK, None, False)
         try:
-            txn = self.parse(data, Position(file_id, offset, end))
+            txn = run_chain(self.chain, self.parse(data, Position(file_id, offset, end)))
         except ParseError as exc:
             return (INVALID, (exc.reason, exc.detail), False)
-        txn = run_chain(self.chain, txn)
+        except Exception as exc:  # noqa: BLE001 - the boundary: a bug or a value nobody foresaw costs one line
+            return (INVALID, failure(exc), False)
         if txn is None:
             return (FILTERED, None, False)
         anonymous = txn.user_id is None
@@ -53,9 +59,19 @@ class Transformer:
             return (SKIPPED, None, anonymous)
         except EventRejected as exc:
             return (REJECTED, str(exc), anonymous)
+        except Exception as exc:  # noqa: BLE001 - the same boundary, around this sink's encoder
+            return (FAILED, failure(exc), anonymous)
         # orjson hands back a buffer of at least 4 KiB whatever the event's size; a queued event keeps only
         # its own bytes, or a full queue would weigh several times its byte bound.
         return (EVENT, bytes(memoryview(event)), anonymous)
+
+
+def failure(exc: Exception) -> tuple[str, str]:
+    """(reason, detail) for the dead-letter file: `too_deep` for nesting no JSON encoder here can write back
+    (orjson stops at 254 levels, Python's recursion at about 1,000), else `internal_error` with the exception."""
+    if isinstance(exc, RecursionError) or (isinstance(exc, orjson.JSONEncodeError) and "Recursion" in str(exc)):
+        return ("too_deep", "the record is nested too deeply to be encoded again as JSON")
+    return ("internal_error", f"{type(exc).__name__}: {exc}"[:500])
 
 
 # -- worker processes -----------------------------------------------------------------------------------------

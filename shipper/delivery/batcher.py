@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -10,8 +9,7 @@ import queue as stdqueue
 
 from shipper.delivery.queue import BoundedQueue, Closed
 from shipper.delivery.sender import Aborted, FatalDelivery, Item, Sender
-
-log = logging.getLogger("kong-ship")
+from shipper.threads import death_notice, start_thread
 
 
 class Batcher:
@@ -40,7 +38,7 @@ class Batcher:
         # Daemon threads, not a ThreadPoolExecutor: a forced shutdown must not wait for a request in flight.
         self._work: stdqueue.SimpleQueue[list[Item] | None] = stdqueue.SimpleQueue()
         for i in range(concurrency):
-            threading.Thread(target=self._worker, name=f"send-{sender.sink.name}-{i}", daemon=True).start()
+            start_thread(self._worker, f"send-{sender.sink.name}-{i}", on_fatal)
         self._concurrency = concurrency
         self._in_flight = 0
         self.finished = False  # the queue was closed and its last batch handed to a sender
@@ -91,9 +89,8 @@ class Batcher:
             pass
         except FatalDelivery as exc:
             self.on_fatal(str(exc))
-        except Exception:  # a bug must stop the shipper loudly, not leave a batch silently unacknowledged
-            log.exception("%s: unexpected error while delivering", self.sender.sink.name)
-            self.on_fatal(f"{self.sender.sink.name}: internal error while delivering (see the log)")
+        except Exception as exc:  # a bug must stop the shipper loudly, not leave a batch silently unacknowledged
+            self.on_fatal(death_notice(threading.current_thread().name, exc))
         finally:
             self._slots.release()
             with self._idle:

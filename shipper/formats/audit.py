@@ -23,13 +23,14 @@ A record whose signature was found invalid raises `ParseError("bad_signature")`:
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from shipper.formats.decode import ParseError
-from shipper.formats.values import parse_query, split_target, split_url, to_int, to_str
+from shipper.formats.values import (
+    epoch_ms, iso_epoch_ms, parse_query, port_field, split_target, split_url, status_field, to_number, to_str,
+)
 from shipper.model import Position, Transaction
 from shipper.processors.masking import DEFAULT_QUERY, SECRET_KEYS, mask_query_string, mask_secret_keys
 
@@ -59,14 +60,14 @@ def parse_audit_request(
         method=to_str(entry.get("method")).upper(),
         scheme=scheme,
         host=host,
-        port=port,
+        port=port_field(port, "admin_url"),
         raw_path=raw_path,
         path=path,
         query_string=query_string,
         query=parse_query(query_string),
         fragment=fragment,
         client_ip=to_str(entry.get("client_ip")),
-        status=to_int(entry.get("status")),
+        status=status_field(entry.get("status"), "status"),
         workspace=to_str(entry.get("workspace")) or None,
         workspace_name=workspace_name,
         user_id=rbac_user,
@@ -129,18 +130,13 @@ def _fallback(fallback_id: str) -> str:
 
 
 def _started(entry: dict[str, Any], envelope: dict[str, Any]) -> int | None:
-    seconds = to_int(entry.get("request_timestamp"))
-    if seconds is not None and seconds > 0:
-        # Kong writes Unix seconds; accept milliseconds too (a 13-digit value) rather than land in 50,000 AD.
-        return seconds if seconds > 100_000_000_000 else seconds * 1000
-    received = envelope.get("received_at")  # when the poller spooled it: better than no time at all
-    if isinstance(received, str) and received:
-        try:
-            when = datetime.fromisoformat(received.replace("Z", "+00:00"))
-        except ValueError:
-            return None
-        return int((when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp() * 1000)
-    return None
+    # Kong writes Unix seconds; milliseconds (a 13-digit value) and finer units are recognised rather than
+    # landing in 50,000 AD. A value no unit makes a date falls back, like a missing one.
+    seconds = to_number(entry.get("request_timestamp"))
+    started = epoch_ms(seconds) if seconds is not None else None
+    if started is not None:
+        return started
+    return iso_epoch_ms(envelope.get("received_at"))  # when the poller spooled it: better than no time at all
 
 
 def _details(entry: dict[str, Any], check: str | None) -> dict[str, Any]:

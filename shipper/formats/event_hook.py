@@ -6,8 +6,8 @@ health `{upstream_id, ip, port, hostname, health, event, source}`, for a plugin'
 on creating a hook a `ping` (`{source: "kong:event_hooks", event: "ping", operation, event_hooks}`). None of
 them carries an id or a time, so:
 
-- `started_at` is the event's own `timestamp`/`time` when it has one (Unix seconds or ms, or ISO-8601), else
-  the moment the receiver made it durable (the envelope's `received_at`);
+- `started_at` is the event's own `timestamp`/`time` when it has one (Unix seconds, ms, µs or ns, or ISO-8601)
+  and it is a date from 1970 to 9999, else the moment the receiver made it durable (the envelope's `received_at`);
 - `event_id` is a UUID derived from the envelope (`received_at` and the spool sequence number): stable when the
   spool is read again after a crash, so vendors drop the resend, and distinct for two identical events (two
   balancer health flips to the same state are two events). A copy Kong itself sent twice is two events.
@@ -20,10 +20,10 @@ rides along with CRUD events, and nothing unmasked leaves the process.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 from shipper.formats.decode import ParseError
+from shipper.formats.values import epoch_ms, iso_epoch_ms
 from shipper.model import Position, Transaction
 from shipper.processors.masking import mask_secret_keys
 
@@ -54,19 +54,9 @@ def parse_event_hook(
 
 
 def _time_ms(value: Any) -> int | None:
-    """Epoch ms from Unix seconds, Unix ms or an ISO-8601 string (no zone = UTC); None if not a time."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int | float):
-        if value <= 0:
-            return None
-        return int(value) if value > 100_000_000_000 else int(value * 1000)
-    if isinstance(value, str) and value:
-        try:
-            when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        return int(when.timestamp() * 1000)
-    return None
+    """Epoch ms from Unix seconds, ms, µs or ns, or an ISO-8601 string (no zone = UTC); None if not a time
+    from 1970 to 9999 (then the time of receipt stands in: the event itself is fine)."""
+    kind = type(value)
+    if kind is int or kind is float:
+        return epoch_ms(value)
+    return iso_epoch_ms(value)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from shipper.formats.values import parse_query, split_target, split_url, to_float, to_int, to_str
+from shipper.formats.values import (
+    count_field, epoch_ms_field, latency_field, parse_query, port_field, split_target, split_url, status_field, to_str,
+)
 from shipper.model import Position, Transaction
 
 def looks_like_kong(record: dict[str, Any]) -> bool:
@@ -24,6 +26,13 @@ def _opt_str(value: Any) -> str | None:
 def _entity(value: Any) -> dict | None:
     # The entity as Kong logged it (no copy: this runs for every line, and the dict is not shared).
     return value if type(value) is dict and value else None
+
+
+def _upstream_status(value: Any) -> int | None:
+    # Kong 3.3+ writes a string, comma-separated when there were several tries: the last one counts.
+    if type(value) is str and "," in value:
+        value = value.rpartition(",")[2].strip()
+    return status_field(value, "upstream_status")
 
 
 def parse_kong(record: dict[str, Any], position: Position | None, fallback_id: str) -> Transaction:
@@ -53,7 +62,6 @@ def parse_kong(record: dict[str, Any], position: Position | None, fallback_id: s
     if type(query) is not dict:
         query = parse_query(query_string)
 
-    proxy = to_float(latencies.get("proxy"))
     tries = get("tries")
     request_id = rget("id")
     status = response.get("status")
@@ -63,34 +71,34 @@ def parse_kong(record: dict[str, Any], position: Position | None, fallback_id: s
         event_id=request_id if type(request_id) is str and request_id else fallback_id,
         source_format="kong",
         position=position,
-        started_at=to_int(get("started_at")),
+        started_at=epoch_ms_field(get("started_at"), "started_at"),
         method=_str(rget("method")).upper(),
         scheme=scheme,
         host=host,
-        port=port,
+        port=port if port is None or 0 <= port <= 65535 else port_field(port, "request.url"),
         raw_path=raw_path,
         path=path,
         query_string=query_string,
         query=query,
         fragment=fragment,
         request_headers=headers,
-        request_size=to_int(rget("size")),
+        request_size=count_field(rget("size"), "request.size"),
         request_body=rget("body"),
         client_ip=_str(get("client_ip")),
         user_agent=user_agent if type(user_agent) is str else "",
-        status=status if type(status) is int else to_int(status),
+        status=status_field(status, "response.status"),
         response_headers=response.get("headers") if type(response.get("headers")) is dict else {},
-        response_size=to_int(response.get("size")),
+        response_size=count_field(response.get("size"), "response.size"),
         response_body=response.get("body"),
-        latency_request=to_float(latencies.get("request")),
-        latency_kong=to_float(latencies.get("kong")),
-        latency_proxy=None if proxy is None or proxy < 0 else proxy,
+        latency_request=latency_field(latencies.get("request"), "latencies.request"),
+        latency_kong=latency_field(latencies.get("kong"), "latencies.kong"),
+        latency_proxy=latency_field(latencies.get("proxy"), "latencies.proxy"),  # -1: no upstream call
         service=_entity(get("service")) or _entity(get("api")),
         route=_entity(get("route")),
         workspace=_opt_str(get("workspace")),
         workspace_name=_opt_str(get("workspace_name")),
         upstream_uri=_opt_str(get("upstream_uri")),
-        upstream_status=to_int(get("upstream_status")),
+        upstream_status=_upstream_status(get("upstream_status")),
         tries=len(tries) if type(tries) is list else None,
         response_source=_opt_str(get("source")),
         consumer=_entity(get("consumer")),

@@ -8,10 +8,12 @@ Nginx lets the operator name the fields, so the mapping from our fields to the l
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
-from shipper.formats.values import parse_query, split_target, to_float, to_int, to_str
+from shipper.formats.values import (
+    count_field, epoch_ms_field, iso_epoch_ms, latency_field, parse_query, port_field, split_target, status_field,
+    to_float, to_str,
+)
 from shipper.model import Position, Transaction
 
 DEFAULT_FIELDS: dict[str, str] = {
@@ -65,16 +67,12 @@ def _seconds_sum(value: Any) -> float | None:
 
 
 def _started_at(record: dict[str, Any], fields: dict[str, str]) -> int | None:
-    msec = to_float(record.get(fields["time_msec"]))
-    if msec is not None:
-        return int(round(msec * 1000))
-    iso = record.get(fields["time_iso"])
-    if isinstance(iso, str) and iso:
-        try:
-            return int(datetime.fromisoformat(iso).timestamp() * 1000)
-        except ValueError:
-            return None
-    return None
+    # `$msec` is seconds with a millisecond fraction; a log_format that writes ms (or µs) is recognised too.
+    key = fields["time_msec"]
+    started = epoch_ms_field(record.get(key), key)
+    if started is not None:
+        return started
+    return iso_epoch_ms(record.get(fields["time_iso"]))
 
 
 def parse_nginx(
@@ -101,8 +99,8 @@ def parse_nginx(
     if host:
         request_headers.setdefault("host", host)
 
-    request_time = to_float(get(fields["request_time"]))
-    upstream_time = _seconds_sum(get(fields["upstream_response_time"]))
+    request_time = latency_field(get(fields["request_time"]), fields["request_time"], 1000)
+    upstream_time = latency_field(_seconds_sum(get(fields["upstream_response_time"])), fields["upstream_response_time"], 1000)
     request_id = get(fields["request_id"])
     upstream_addr = get(fields["upstream_addr"])
 
@@ -114,23 +112,23 @@ def parse_nginx(
         method=to_str(get(fields["method"])).upper(),
         scheme=to_str(get(fields["scheme"])).lower(),
         host=host,
-        port=to_int(get(fields["port"])),
+        port=port_field(get(fields["port"]), fields["port"]),
         raw_path=raw_path,
         path=path,
         query_string=query_string,
         query=parse_query(query_string),
         fragment=fragment,
         request_headers=request_headers,
-        request_size=to_int(get(fields["request_size"])),
+        request_size=count_field(get(fields["request_size"]), fields["request_size"]),
         request_body=get(fields["request_body"]) or None,
         client_ip=to_str(get(fields["client_ip"])),
         user_agent=request_headers.get("user-agent", ""),
-        status=to_int(get(fields["status"])),
+        status=status_field(get(fields["status"]), fields["status"]),
         response_headers=response_headers,
-        response_size=to_int(get(fields["response_size"])),
-        latency_request=None if request_time is None else request_time * 1000,
-        latency_proxy=None if upstream_time is None else upstream_time * 1000,
+        response_size=count_field(get(fields["response_size"]), fields["response_size"]),
+        latency_request=request_time,
+        latency_proxy=upstream_time,
         upstream_addr=upstream_addr if isinstance(upstream_addr, str) and upstream_addr not in ("", "-") else None,
-        upstream_status=to_int(to_str(get(fields["upstream_status"])).rpartition(" ")[2]),
+        upstream_status=status_field(to_str(get(fields["upstream_status"])).rpartition(" ")[2], fields["upstream_status"]),
         raw=record,
     )

@@ -1,9 +1,27 @@
-"""Defensive coercions shared by the formats: real logs write numbers as strings, in exponent form, or as `-`."""
+"""Defensive coercions shared by the formats: real logs write numbers as strings, in exponent form, or as `-`.
+
+The checked ones (`epoch_ms_field`, `status_field`, `count_field`, `port_field`, `latency_field`) also keep every
+number a Transaction carries finite and in its range, so no sink meets a value it cannot encode (orjson refuses
+integers past 64 bits, `datetime` years past 9999, `int()` a NaN). A present number no unit makes sane raises
+`ParseError("bad_value", "<field>: ...")`; text that is no number at all (`-`, ``) stays None, as before. Each has
+a fast path for the ordinary value (an int in range), so the per-line cost is one type check and a comparison.
+"""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote_plus
+
+from shipper.formats.decode import ParseError
+
+# Epoch milliseconds an ISO date can show (1970 up to 9999-12-31T23:59:59.999Z).
+MAX_EPOCH_MS = 253_402_300_799_999
+# Magnitudes that tell the unit of an epoch number: seconds below 1e11 (up to the year 5138), then milliseconds
+# (from 1973), microseconds, nanoseconds; each range covers 1973–5138 in its unit.
+_SECONDS_BELOW, _MS_BELOW, _US_BELOW, _NS_BELOW = 1e11, 1e14, 1e17, 1e20
+MAX_COUNT = (1 << 53) - 1  # bytes, tries: exact in a double, so every vendor's JSON parser reads it back
+MAX_LATENCY_MS = 1e10  # about 115 days: beyond any request a gateway keeps open
 
 
 def to_int(value: Any) -> int | None:
@@ -91,3 +109,117 @@ def split_url(url: str) -> tuple[str, str, int | None, str]:
             host, port_s = port_s, ""
         port = to_int(port_s)
     return scheme.lower(), host, port, target or "/"
+
+
+# -- checked fields ----------------------------------------------------------------------------------------------
+def to_number(value: Any) -> int | float | None:
+    """An int or float from a number or numeric text (non-finite ones included); None for anything else."""
+    kind = type(value)
+    if kind is int or kind is float:
+        return value
+    if kind is str and value:
+        try:
+            return int(value)
+        except ValueError:
+            try:
+                return float(value)
+            except ValueError:
+                return None
+    return None
+
+
+def bad_value(field: str, value: Any, expected: str) -> ParseError:
+    return ParseError("bad_value", f"{field}: {repr(value)[:60]} is not {expected}")
+
+
+def epoch_ms(number: int | float) -> int | None:
+    """Epoch milliseconds from Unix seconds, ms, µs or ns, the unit told by the magnitude; None if no unit
+    gives a date between 1970 and 9999 (non-finite, zero, negative, or past nanoseconds)."""
+    if not number > 0:  # NaN too
+        return None
+    if number < _SECONDS_BELOW:
+        return int(round(number * 1000))
+    if number < _MS_BELOW:
+        return int(number)
+    if number < _US_BELOW:
+        return int(number // 1000)
+    if number < _NS_BELOW:
+        return int(number // 1_000_000)
+    return None
+
+
+def epoch_ms_field(value: Any, field: str) -> int | None:
+    """A start time as epoch ms; None when absent or not numeric; ParseError when no unit makes it a date."""
+    if type(value) is int and _SECONDS_BELOW <= value < _MS_BELOW:
+        return value  # the ordinary case: already milliseconds
+    number = to_number(value)
+    if number is None:
+        return None
+    ms = epoch_ms(number)
+    if ms is None:
+        raise bad_value(field, value, "a time in s, ms, µs or ns since 1970")
+    return ms
+
+
+def iso_epoch_ms(text: Any) -> int | None:
+    """ISO-8601 text (no zone means UTC, `Z` accepted) as epoch ms; None if it is not a time from 1970 to 9999."""
+    if type(text) is not str or not text:
+        return None
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        ms = int(when.timestamp() * 1000)
+    except (ValueError, OverflowError):
+        return None
+    return ms if 0 <= ms <= MAX_EPOCH_MS else None
+
+
+def status_field(value: Any, field: str) -> int | None:
+    """An HTTP status: 100–999, or 0 (no response was sent, as Nginx logs `000`)."""
+    if type(value) is int and 100 <= value <= 999:
+        return value
+    number = to_number(value)
+    if number is None:
+        return None
+    if number == 0 or (100 <= number <= 999 and number == int(number)):
+        return int(number)
+    raise bad_value(field, value, "an HTTP status")
+
+
+def count_field(value: Any, field: str) -> int | None:
+    """A non-negative integer (bytes) up to 2**53 - 1."""
+    if type(value) is int and 0 <= value <= MAX_COUNT:
+        return value
+    number = to_number(value)
+    if number is None:
+        return None
+    if 0 <= number <= MAX_COUNT:  # False for NaN
+        return int(number)
+    raise bad_value(field, value, f"a count from 0 to {MAX_COUNT}")
+
+
+def port_field(value: Any, field: str) -> int | None:
+    if type(value) is int and 0 <= value <= 65535:
+        return value
+    number = to_number(value)
+    if number is None:
+        return None
+    if 0 <= number <= 65535 and number == int(number):
+        return int(number)
+    raise bad_value(field, value, "a port (0–65535)")
+
+
+def latency_field(value: Any, field: str, scale: int = 1) -> float | None:
+    """Milliseconds as a float (`scale` 1000 for a log that writes seconds). A negative value means "unknown"
+    (Kong writes -1 for no upstream call, and clock steps make others), so it is None; a non-finite or absurd
+    one is a bad value."""
+    number = to_number(value)
+    if number is None:
+        return None
+    number *= scale  # a float overflows to inf here, never raises
+    if 0 <= number <= MAX_LATENCY_MS:  # False for NaN
+        return float(number)
+    if -MAX_LATENCY_MS <= number < 0:
+        return None
+    raise bad_value(field, value, "a latency (finite, under 115 days)")

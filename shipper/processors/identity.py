@@ -14,6 +14,7 @@ from functools import lru_cache
 from typing import Any
 
 import jwt
+import orjson
 
 from shipper.model import Transaction
 
@@ -23,13 +24,22 @@ _CONSUMER_HEADERS = ("x-consumer-custom-id", "x-consumer-username", "x-consumer-
 
 @lru_cache(maxsize=8192)
 def decode_jwt(token: str) -> dict[str, Any] | None:
-    """The payload of a JWT, unverified; None when it is not a well-formed token. Cached: the same few tokens
+    """The payload of a JWT, unverified; None when it is not a well-formed token or its payload could not be
+    sent on (a 30-digit integer claim, nesting past 254 levels). Cached: the same few tokens
     come back on thousands of lines."""
     try:
         claims = jwt.decode(token, options={"verify_signature": False})
-    except (jwt.PyJWTError, ValueError, TypeError):
+    except (jwt.PyJWTError, ValueError, TypeError, RecursionError):
         return None
-    return claims if isinstance(claims, dict) else None
+    if not isinstance(claims, dict):
+        return None
+    try:
+        # PyJWT's JSON keeps integers of any size and any depth; a sink cannot send those (orjson stops at 64
+        # bits and 254 levels), so such a payload is as unusable as a malformed one. Once per distinct token.
+        orjson.dumps(claims)
+    except orjson.JSONEncodeError:
+        return None
+    return claims
 
 
 def _lookup(record: dict[str, Any], dotted: Sequence[str]) -> Any:

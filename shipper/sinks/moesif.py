@@ -83,6 +83,15 @@ def transaction_id(event_id: str) -> str:
     return str(uuid.uuid5(NAMESPACE, event_id))
 
 
+def _sample_rate(value: Any) -> int:
+    """A percentage from /v1/config: a finite number from 0 to 100 (`1e999` parses as infinity, `NaN` too)."""
+    if type(value) is str:
+        value = float(value)
+    if type(value) not in (int, float) or not 0 <= value <= 100:
+        raise ValueError(f"sample rate {str(value)[:40]} is not a percentage from 0 to 100")
+    return int(value)
+
+
 def _strip_keys(value: Any, names: frozenset[str]) -> Any:
     if isinstance(value, dict):
         return {k: _strip_keys(v, names) for k, v in value.items() if k.lower() not in names}
@@ -202,10 +211,10 @@ class MoesifSink:
             return
         try:
             config = response.json()
-            rate = int(config.get("sample_rate", 100))
-            users = {str(k): int(v) for k, v in (config.get("user_sample_rate") or {}).items()}
-            companies = {str(k): int(v) for k, v in (config.get("company_sample_rate") or {}).items()}
-        except (ValueError, TypeError, AttributeError) as exc:
+            rate = _sample_rate(config.get("sample_rate", 100))
+            users = {str(k): _sample_rate(v) for k, v in (config.get("user_sample_rate") or {}).items()}
+            companies = {str(k): _sample_rate(v) for k, v in (config.get("company_sample_rate") or {}).items()}
+        except (ValueError, TypeError, AttributeError, RecursionError) as exc:
             log.warning("moesif: /v1/config is not understood (%s); sampling keeps its last settings", exc)
             return
         with self._config_lock:
