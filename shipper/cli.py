@@ -95,6 +95,9 @@ _shipping = [
     click.option("--metrics-addr", metavar="HOST:PORT", help="Serve Prometheus metrics at http://HOST:PORT/metrics."),
     click.option("--max-rate", type=click.FloatRange(min=0.001), metavar="N",
                  help="At most N events per second to each sink (retries count); reading slows to match."),
+    click.option("--ca-file", type=click.Path(exists=True, dir_okay=False), metavar="PEM",
+                 help="CA certificate(s) to trust for the sinks' TLS, on top of the system's (verification is "
+                      "always on)."),
 ] + [click.option(*decls, **kwargs) for decls, kwargs in all_options()]
 
 _following = [
@@ -131,7 +134,7 @@ _SHIPPING_KEYS = {
     "endpoint", "state_dir", "dead_letter", "batch_size", "flush_interval", "queue_size", "concurrency",
     "shutdown_timeout", "retry_initial_delay", "retry_max_delay", "timeout", "log_level", "start_at",
     "poll_interval", "rotate_wait", "workers", "log_format", "metrics_addr", "since", "until", "max_rate",
-    "progress",
+    "progress", "ca_file",
 }
 
 
@@ -210,8 +213,22 @@ def _settings(paths: tuple[str, ...], kw: dict[str, Any]) -> Settings:
         since_ms=since_ms,
         until_ms=until_ms,
         max_rate=kw.get("max_rate"),
+        ca_file=_ca_file(kw.get("ca_file")),
         sink_options={k: v for k, v in kw.items() if k not in _SHIPPING_KEYS},
     )
+
+
+def _ca_file(path: str | None) -> str | None:
+    """Load --ca-file once at start, so a bad file is a usage error (exit 2) and not a failure per request."""
+    if not path:
+        return None
+    from shipper.delivery.sender import tls_context
+
+    try:
+        tls_context(path)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise ConfigError(f"--ca-file {path}: cannot load it: {getattr(exc, 'strerror', None) or exc}") from None
+    return os.path.abspath(path)
 
 
 def _time_option(kw: dict[str, Any], name: str) -> int | None:

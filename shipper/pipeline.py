@@ -102,6 +102,7 @@ class Lane:
             timeout=settings.timeout,
             concurrency=settings.concurrency,
             max_rate=settings.max_rate,
+            ca_file=settings.ca_file,
         )
         batch_events = min(settings.batch_size or getattr(sink, "default_batch_events", sink.max_batch_events), sink.max_batch_events)
         if settings.max_rate:

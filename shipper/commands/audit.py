@@ -51,11 +51,14 @@ _admin_options = [
     click.option("--no-admin-token", is_flag=True,
                  help="Send no token (an Admin API that does not enforce RBAC)."),
     click.option("--workspace", metavar="NAME", help="Read the audit log of this workspace (/NAME/audit/...)."),
-    click.option("--ca-file", type=click.Path(dir_okay=False),
-                 help="CA certificate(s), PEM, to verify the Admin API's TLS certificate with (verification is "
-                      "always on; default: the system's CAs)."),
 ]
-_ADMIN_KEYS = ("admin_url", "admin_token_file", "no_admin_token", "workspace", "ca_file")
+# `audit tail` takes --ca-file from the shipping options, where it serves the Admin API and the sinks alike.
+_ca_option = click.option(
+    "--ca-file", type=click.Path(dir_okay=False),
+    help="CA certificate(s), PEM, to verify the Admin API's TLS certificate with (verification is always on; "
+         "default: the system's CAs).",
+)
+_ADMIN_KEYS = ("admin_url", "admin_token_file", "no_admin_token", "workspace")
 
 _tail_options = [
     click.option("--interval", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
@@ -71,7 +74,7 @@ _tail_options = [
 _TAIL_KEYS = _ADMIN_KEYS + ("interval", "once", "verify_key", "page_size")
 
 
-def _token(opts: dict[str, Any]) -> str | None:
+def _token(opts: dict[str, Any], required: bool = True) -> str | None:
     env_set = bool(os.environ.get(TOKEN_ENV, "").strip())
     if opts.get("no_admin_token"):
         if opts.get("admin_token_file") or env_set:
@@ -79,6 +82,8 @@ def _token(opts: dict[str, Any]) -> str | None:
         return None
     if opts.get("admin_token_file") or env_set:
         return read_secret(TOKEN_ENV, opts.get("admin_token_file"), "--admin-token-file")
+    if not required:
+        return None  # Kong's RBAC is off by default; a 401 then says to set KONG_ADMIN_TOKEN
     raise ConfigError(
         f"no Admin API token: set {TOKEN_ENV} or --admin-token-file (the RBAC token of a user that may read "
         "/audit), or pass --no-admin-token if the Admin API does not enforce RBAC"
@@ -113,6 +118,7 @@ def tail(**kw: Any) -> None:
     from shipper.sources.spool import lock as spool_lock
 
     opts = {key: kw.pop(key) for key in _TAIL_KEYS}
+    opts["ca_file"] = kw.get("ca_file")
     if not opts["admin_url"]:
         raise ConfigError(
             "no --admin-url: pass the Kong Admin API's URL, e.g. --admin-url http://127.0.0.1:8001 (or set KONG_ADMIN_URL)"
@@ -252,7 +258,7 @@ def _poll_summary(poller: Poller) -> None:
 @click.argument("files", nargs=-1)
 @click.option("--public-key", required=True, type=click.Path(dir_okay=False), metavar="PUBLIC.PEM",
               help="The RSA public key matching Kong's audit_log_signing_key.")
-@_apply(_admin_options)
+@_apply(_admin_options + [_ca_option])
 @click.option("--require-signed", is_flag=True, help="Unsigned records fail too.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON, for scripts.")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
@@ -281,7 +287,7 @@ def verify(files: tuple[str, ...], **kw: Any) -> None:
     if files:
         source: Iterator[tuple[str, dict[str, Any], str | None]] = _from_files(files)
     else:
-        source = _from_admin(_client(kw, _token(kw), kw["timeout"]))
+        source = _from_admin(_client(kw, _token(kw, required=False), kw["timeout"]))
     for endpoint, record, where in source:
         result = audit_signature.check(record, key)
         counts[result] += 1

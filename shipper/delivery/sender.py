@@ -9,6 +9,7 @@ vendor's answer; stop the shipper on a fatal answer (401/403).
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +25,25 @@ from shipper.sinks.base import FATAL, OK, REJECT, RETRY, SPLIT, Sink, Verdict
 log = logging.getLogger("kong-ship")
 
 RETRY_AFTER_CAP = 3600.0  # a vendor asking for more than an hour is more likely wrong than right
+
+
+def tls_context(ca_file: str | None) -> ssl.SSLContext | bool:
+    """Verification is always on. `--ca-file` adds its CAs to the system's (a private CA for a proxy or a
+    self-hosted endpoint) rather than replacing them, so one file can serve an Admin API and a public vendor."""
+    if not ca_file:
+        return True
+    context = ssl.create_default_context()
+    context.load_verify_locations(cafile=ca_file)
+    return context
+
+
+def _tls_failure(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 # (file_id, seq, end offset, event bytes)
 Item = tuple[str, int, int, bytes]
@@ -51,6 +71,7 @@ class Sender:
         timeout: float = 30.0,
         concurrency: int = 2,
         max_rate: float | None = None,
+        ca_file: str | None = None,
     ):
         self.sink = sink
         self.acks = acks
@@ -60,6 +81,7 @@ class Sender:
         # A sink may carry its plugin's own timeouts and keep-alive (Moesif, Runscope); else the shipper's.
         self.client = httpx.Client(
             transport=sink.transport(),
+            verify=tls_context(ca_file),
             timeout=getattr(sink, "http_timeout", None) or httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             limits=httpx.Limits(
                 max_connections=concurrency,
@@ -83,6 +105,9 @@ class Sender:
         self._retrying_since: float | None = None
         self._lock = threading.Lock()
         self._closed = False
+        # A vendor's Retry-After is about the sink, not the batch that happened to get it: until this
+        # (time.monotonic()) every slot holds its next request.
+        self._paused_until = 0.0
 
     # -- one batch -------------------------------------------------------------------------------------------
     def deliver(self, items: list[Item]) -> None:
@@ -121,6 +146,7 @@ class Sender:
         # stays unacknowledged (read again after a restart) instead of failing on a closed connection pool.
         if self.abort.is_set() or self._closed:
             raise Aborted()
+        self._hold()
         if self.limiter is not None:
             wait = self.limiter.reserve(len(events))
             if wait > 0 and self.abort.wait(wait):
@@ -131,6 +157,10 @@ class Sender:
             response = self.client.send(request)
             response.read()
         except httpx.TransportError as exc:
+            failure = _tls_failure(exc)
+            if failure is not None:  # retrying cannot make a certificate verify
+                return Verdict(FATAL, f"{self.sink.name}: the TLS certificate of {request.url.host} does not verify "
+                                      f"({failure.verify_message or failure}): pass its CA certificate with --ca-file")
             return Verdict(RETRY, f"{type(exc).__name__}: {exc or 'connection failed'}")
         except RuntimeError:
             if self._closed or self.abort.is_set():  # httpx: "the client has been closed"
@@ -146,8 +176,21 @@ class Sender:
     def _wait(self, state: tenacity.RetryCallState) -> float:
         verdict = state.outcome.result() if state.outcome else None
         if verdict is not None and verdict.retry_after is not None:
-            return min(verdict.retry_after, RETRY_AFTER_CAP)
+            wait = min(verdict.retry_after, RETRY_AFTER_CAP)
+            with self._lock:
+                self._paused_until = max(self._paused_until, time.monotonic() + wait)
+            return wait
         return self._backoff(state)
+
+    def _hold(self) -> None:
+        """Wait out a pause the vendor asked for (Retry-After) on any slot's request."""
+        while True:
+            with self._lock:
+                remaining = self._paused_until - time.monotonic()
+            if remaining <= 0:
+                return
+            if self.abort.wait(remaining):
+                raise Aborted()
 
     def _sleep(self, seconds: float) -> None:
         if self.abort.wait(seconds):

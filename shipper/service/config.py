@@ -44,6 +44,7 @@ SECTIONS: dict[str, dict[str, str]] = {
         "timeout": "timeout",
         "workers": "workers",
         "max_rate": "max_rate",
+        "ca_file": "ca_file",
     },
     "state": {"dir": "state_dir", "dead_letter": "dead_letter"},
     "log": {"level": "log_level", "format": "log_format"},

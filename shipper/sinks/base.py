@@ -9,6 +9,7 @@ and judges the vendor's answer (`judge`) as one of the `Verdict` kinds below.
 from __future__ import annotations
 
 import email.utils
+import math
 import time
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
@@ -71,27 +72,34 @@ def absolute_url(txn: Transaction, raw_path: str | None = None) -> str:
 
 
 def retry_after_seconds(response: httpx.Response, now: float | None = None) -> float | None:
-    """`Retry-After` as seconds (delta or HTTP date), else `X-RateLimit-Reset` (delta or epoch seconds)."""
+    """`Retry-After` as seconds (delta or HTTP date), else `X-RateLimit-Reset` (delta or epoch seconds).
+
+    None when there is no usable value: absent, garbage, not finite, zero, negative or a date already past. A
+    value of "now" from a vendor that is refusing us is a mistake, not an invitation to hammer it, so the
+    caller then falls back to its ordinary exponential backoff."""
     now = time.time() if now is None else now
-    value = response.headers.get("retry-after")
+    value = (response.headers.get("retry-after") or "").strip()
     if value:
-        value = value.strip()
         try:
-            return max(0.0, float(value))
+            return _usable(float(value))
         except ValueError:
             try:
                 parsed = email.utils.parsedate_to_datetime(value)
-                return max(0.0, parsed.timestamp() - now)
-            except (TypeError, ValueError):
+                return _usable(parsed.timestamp() - now)
+            except (TypeError, ValueError, OverflowError, IndexError):
                 pass
-    value = response.headers.get("x-ratelimit-reset")
+    value = (response.headers.get("x-ratelimit-reset") or "").strip()
     if value:
         try:
             number = float(value)
         except ValueError:
             return None
-        return max(0.0, number - now) if number > 1_000_000_000 else max(0.0, number)
+        return _usable(number - now if number > 1_000_000_000 else number)
     return None
+
+
+def _usable(seconds: float) -> float | None:
+    return seconds if math.isfinite(seconds) and seconds > 0 else None
 
 
 def snippet(response: httpx.Response, limit: int = 300) -> str:
@@ -108,6 +116,11 @@ def judge_common(response: httpx.Response, vendor: str, credential_hint: str) ->
         return Verdict(FATAL, f"{vendor} refused the credentials (HTTP {status}): {credential_hint}")
     if status == 404:
         return Verdict(FATAL, f"{vendor} answered 404 for {response.request.url}: check --endpoint")
+    if 300 <= status < 400:
+        # A redirect means a wrong --endpoint (another region, http for https), never a bad event: following it
+        # would send credentials to wherever it points, and rejecting would dead-letter every event.
+        where = response.headers.get("location") or "(no Location header)"
+        return Verdict(FATAL, f"{vendor} redirects {response.request.url} (HTTP {status}) to {where}: set --endpoint to the right URL")
     if status == 429 or status == 408 or (status >= 500 and status not in (501, 505)):
         return Verdict(RETRY, f"{vendor} answered HTTP {status}", retry_after_seconds(response))
     if status in (501, 505):
