@@ -9,19 +9,24 @@ import time
 import pytest
 
 from shipper.sources.files import FileSource, Oversize
+from shipper.sources.identity import Known, family
 
 
 class Reader:
     """Drives a FileSource the way a lane does and collects what it yields."""
 
     def __init__(self, patterns, checkpoints=None, **kw):
-        self.checkpoints = checkpoints or {}
-        self.source = FileSource([str(p) for p in patterns], resume=self.resume, **kw)
+        self.checkpoints = checkpoints or {}  # file_id -> offset, or Known
+        self.source = FileSource([str(p) for p in patterns], known=self.known, **kw)
         self.lines: list[tuple[str, bytes, int, int]] = []
         self.clock = time.monotonic()  # checks see a clock that moves 1 s per round: no waiting in tests
 
-    def resume(self, file_id, path, size, read_before):
-        return self.checkpoints.get(file_id)
+    def known(self, fingerprint):
+        return {
+            fid: entry if isinstance(entry, Known) else Known(entry, None)
+            for fid, entry in self.checkpoints.items()
+            if family(fid) == fingerprint
+        }
 
     def step(self, rounds=3):
         for _ in range(rounds):

@@ -9,7 +9,8 @@ import time
 from typing import Any
 
 from shipper.sources.checkpoints import CheckpointStore
-from shipper.sources.files import GZIP_MAGIC, HEAD_BYTES, identity
+from shipper.sources.files import GZIP_MAGIC, HEAD_BYTES
+from shipper.sources.identity import family, head_of, identity
 
 
 def _current_size(path: str, file_id: str) -> tuple[int | None, str]:
@@ -22,8 +23,7 @@ def _current_size(path: str, file_id: str) -> tuple[int | None, str]:
         return None, "gone"
     if head[:2] == GZIP_MAGIC:
         return None, "compressed"
-    newline = head.find(b"\n")
-    if identity(head[: newline + 1] if newline >= 0 else head) != file_id:
+    if identity(head_of(head) or head) != family(file_id):
         return None, "rotated"  # the path now holds another file
     return size, "ok"
 

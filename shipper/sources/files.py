@@ -1,23 +1,24 @@
 """Log files as a source of lines with positions: glob discovery, plain and gzip files, rotation.
 
-A file is known by its content, not its inode: its identity (`file_id`) is a hash of its first line (at most
-`HEAD_BYTES`), so a renamed file, a file compressed by logrotate and a file behind a re-pointed symlink are all
-recognized, and a reused inode is not mistaken for the file that had it. Offsets in gzip files count
-decompressed bytes, so positions survive compression.
+Which file is which is decided by content (see `identity.py`): a fingerprint of the first line, confirmed by a
+hash of the bytes before the position we resume at. Offsets in gzip files count decompressed bytes, so positions
+survive compression.
 
 Rotation:
 - rename-and-create: the old file stays open and is read to its end; it is let go once it has been quiet for
   `rotate_wait` seconds (late writes from a writer that has not reopened yet still arrive);
 - copytruncate: a size below our position, or a different first line at the same inode, means the file was
-  truncated: it is read again from its start under its new identity;
+  truncated: it is read again from its start under a new identity, and a copy of the old content found under
+  the patterns continues the old identity from where the truncated file had been read;
 - deleted while open: read to the end, then closed.
+A file with the fingerprint of an open file and the same bytes so far (a copy being made, a `.gz` being written
+next to its source) waits until the open file is let go, then continues from where that one stopped.
 """
 
 from __future__ import annotations
 
 import glob
 import gzip
-import hashlib
 import logging
 import os
 import stat
@@ -27,12 +28,15 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from shipper.sources.identity import HEAD_BYTES, TAIL_BYTES, Known, choose, family, head_of, identity, new_id, tail_hash
+
 log = logging.getLogger("kong-ship")
 
-HEAD_BYTES = 4096  # the identity covers the first line, or this many bytes if the first line is longer
+__all__ = ["CHUNK", "GZIP_MAGIC", "HEAD_BYTES", "FileSource", "Oversize", "expand", "identity", "tail_hash"]
+
 CHUNK = 256 * 1024
-TAIL_BYTES = 64  # bytes before a checkpoint's offset whose hash is kept with it
 GZIP_MAGIC = b"\x1f\x8b"
+PREFIX_BYTES = 4096  # kept of an oversize line, for the dead-letter file
 
 
 @dataclass(slots=True)
@@ -53,21 +57,15 @@ class _Open:
     head: bytes = b""
     base: int = 0  # file offset of buf[0]; when not discarding, the start of the next line
     buf: bytes = b""
-    read_pos: int = 0  # plain files: next byte to read
+    read_pos: int = 0  # next byte to read (decompressed, for gzip files)
+    before: bytes = b""  # the TAIL_BYTES before `base`: its tail hash once the file is let go or truncated
+    recent: bytes = b""  # the TAIL_BYTES before `read_pos`
     discard_from: int | None = None  # start offset of an oversize line being skipped
     discard_prefix: bytes = b""
     last_data: float = field(default_factory=time.monotonic)
     last_check: float = 0.0
     moved: bool = False  # the path no longer leads to this file (rotated, deleted, re-pointed)
     finished: bool = False  # a static file (gzip, backfill) read to its end
-
-
-def identity(head: bytes) -> str:
-    return "f" + hashlib.blake2b(head, digest_size=8).hexdigest()
-
-
-def tail_hash(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=8).hexdigest()
 
 
 def expand(patterns: list[str]) -> list[str]:
@@ -80,25 +78,53 @@ def expand(patterns: list[str]) -> list[str]:
     return paths
 
 
-# resume(file_id, path, size, read_before) -> the checkpointed offset to start at, or None for no checkpoint.
-# `size` is None for gzip files (their compressed size says nothing about offsets); `read_before(offset)`
-# returns the bytes just before an offset, to compare with the checkpoint's tail hash.
-ResumeFn = Callable[[str, str, "int | None", "Callable[[int], bytes] | None"], "int | None"]
+def input_problems(patterns: list[str]) -> list[str]:
+    """One line per input a one-shot command cannot read: a pattern that matches nothing, a path that is not a
+    regular file, a file that cannot be opened. Never opens a FIFO for reading (that would block)."""
+    problems = []
+    for pattern in patterns:
+        paths = expand([pattern])
+        if not paths:
+            problems.append(f"{pattern}: no file matches" if glob.has_magic(pattern) else f"{pattern}: no such file")
+        for path in paths:
+            try:
+                mode = os.stat(path).st_mode
+            except OSError as exc:
+                problems.append(f"{path}: {exc.strerror}")
+                continue
+            if stat.S_ISDIR(mode):
+                if not glob.has_magic(pattern):
+                    problems.append(f"{path}: is a directory, not a log file (use a glob such as {path}/*.json)")
+                continue  # a glob that also matches directories (kong.json* and a kong.json.d/) is not an error
+            if not stat.S_ISREG(mode):
+                kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+                problems.append(f"{path}: is {kind}, not a regular file (not read)")
+                continue
+            try:
+                os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)))
+            except OSError as exc:
+                problems.append(f"{path}: cannot be opened: {exc.strerror}")
+    return problems
+
+
+# known(fingerprint) -> the checkpointed positions of the identities with that fingerprint.
+KnownFn = Callable[[str], "dict[str, Known]"]
 
 
 class FileSource:
     """Yields `(file_id, data, offset, end)` for each complete line; `data` is bytes, or `Oversize`.
 
-    `resume` gives the checkpointed offset of a newly opened file; it is asked once per identity per run.
-    Without a checkpoint a file is read from its start, except with `start_at_end` for files already there
-    when the source starts. `follow=False` reads each file once to its end, oldest first (backfill).
+    `known(fingerprint)` gives the checkpointed positions of the identities with that fingerprint; a newly
+    opened file resumes at the one it confirms (see `identity.choose`). Without one a file is read from its
+    start, except with `start_at_end` for files already there when the source starts. `follow=False` is for
+    one-shot commands: `read_all()` reads each file once to its end, oldest first.
     """
 
     def __init__(
         self,
         patterns: list[str],
         *,
-        resume: ResumeFn,
+        known: KnownFn,
         follow: bool = True,
         start_at_end: bool = False,
         max_line_bytes: int = 1 << 20,
@@ -111,13 +137,15 @@ class FileSource:
         self.max_line_bytes = max_line_bytes
         self.rotate_wait = rotate_wait
         self.idle_close = idle_close  # a file read to its end and quiet this long is closed until it grows
-        self._resume = resume
+        self._known = known
         self._on_opened = on_opened or (lambda file_id, offset: None)
         self.files: dict[tuple[int, int], _Open] = {}
         # The reader thread owns the files; the lock covers adding and closing them so that the checkpoint
         # writer (another thread) can look up a path or hash bytes without racing a close.
         self._lock = threading.RLock()
-        self._read_to: dict[str, int] = {}  # identity -> where this run stopped reading it (after closing)
+        # identity -> (offset, tail hash, (dev, ino)) where this run stopped reading a file it let go of (closed,
+        # or truncated under us): a copy or a reopened file continues from there.
+        self._read_to: dict[str, tuple[int, str | None, tuple[int, int] | None]] = {}
         # (dev, ino, size) of files read to the end and closed (gzip files, idle files): not opened again
         # unless their size changes.
         self._done: set[tuple[int, int, int]] = set()
@@ -130,16 +158,14 @@ class FileSource:
     # -- discovery --------------------------------------------------------------------------------------------
     def discover(self) -> int:
         """Open files that match the patterns and are not open yet; returns how many were opened."""
-        paths = expand(self.patterns)
-        if not self.follow:
-            paths.sort(key=lambda p: _mtime(p))
         opened = 0
-        for path in paths:
+        for path in self._candidates():
             try:
                 st = os.stat(path)
             except OSError:
                 continue
-            if not _is_regular(st.st_mode):
+            if not stat.S_ISREG(st.st_mode):
+                self._warn_once(path, "%s is not a regular file: not read", path)
                 continue
             key = (st.st_dev, st.st_ino)
             current = self.files.get(key)
@@ -154,12 +180,30 @@ class FileSource:
         self._start_at_end = False
         return opened
 
+    def _candidates(self) -> list[str]:
+        paths = []
+        for pattern in self.patterns:
+            matched = expand([pattern])
+            if not matched and self.follow:
+                # Said once: the file may well appear later (first start before Kong wrote anything).
+                self._warn_once(pattern, "no file matches %s yet; watching for it", pattern)
+            paths.extend(matched)
+        if not self.follow:
+            paths.sort(key=_mtime)
+        return list(dict.fromkeys(paths))
+
+    def _warn_once(self, what: str, message: str, *args: object) -> None:
+        if what not in self._warned:
+            self._warned.add(what)
+            log.warning(message, *args)
+
     def _open(self, path: str, st: os.stat_result) -> bool:
         key = (st.st_dev, st.st_ino)
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except OSError as exc:
-            if path not in self._warned:
+            # One-shot commands checked their inputs up front (`input_problems`) and report them there.
+            if self.follow and path not in self._warned:
                 self._warned.add(path)
                 log.error("cannot open %s: %s (skipped until it becomes readable)", path, exc.strerror)
             return False
@@ -169,8 +213,11 @@ class FileSource:
             if os.pread(fd, 2, 0) == GZIP_MAGIC:
                 gz = gzip.GzipFile(fileobj=os.fdopen(os.dup(fd), "rb"), mode="rb")
             handle = _Open(path, key, fd, gz)
-            if not self._identify(handle):
-                self._close(handle)  # no complete first line yet: looked at again on the next discovery
+            if not self._identify(handle) or not self._assign(handle, None if gz else st.st_size):
+                # No complete first line yet, or a copy of an open file: looked at again on the next discovery.
+                if not self.follow and gz is None and handle.file_id is None and st.st_size:
+                    self.unterminated.append((path, st.st_size))
+                self._close(handle)
                 return False
         except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
             log.error("cannot read %s: %s (skipped)", path, exc)
@@ -178,45 +225,77 @@ class FileSource:
             if gz is not None:
                 self._done.add((st.st_dev, st.st_ino, st.st_size))
             return False
-        file_id = handle.file_id
-        assert file_id is not None
-        if any(f.file_id == file_id for f in self.files.values()):
-            # Same content under another inode (e.g. `x.1` and its `x.1.gz` while both exist): one reader.
-            self._close(handle)
-            return False
-        offset = self._read_to.pop(file_id, None)
-        if offset is None:
-            offset = self._resume(file_id, path, None if gz else st.st_size, None if gz else self._reader(fd))
-        if offset is None:
-            offset = _end_of_last_line(fd, st.st_size) if self._start_at_end and gz is None else 0
-        self._seek(handle, offset)
-        self._on_opened(file_id, offset)
-        self._paths[file_id] = path
         with self._lock:
             self.files[key] = handle
         return True
 
     def _identify(self, handle: _Open) -> bool:
         if handle.gz is not None:
-            head = handle.gz.read(HEAD_BYTES)
+            data = handle.gz.read(HEAD_BYTES)
             handle.gz.seek(0)
+            # A compressed file is final: its only line needs no newline.
+            head = head_of(data) or data or None
         else:
-            head = os.pread(handle.fd, HEAD_BYTES, 0)
-        newline = head.find(b"\n")
-        if newline >= 0:
-            head = head[: newline + 1]
-        elif len(head) < HEAD_BYTES:
-            if handle.gz is None:
-                return False  # no complete first line yet: nothing to ship, identify it later
-            if not head:
-                return False
+            head = head_of(os.pread(handle.fd, HEAD_BYTES, 0))
+        if head is None:
+            return False  # no complete first line yet: nothing to ship, identify it later
         handle.head = head
-        handle.file_id = identity(head)
         return True
+
+    def _assign(self, handle: _Open, size: int | None) -> bool:
+        """Give an identified file its identity and position; False to leave it for later (a copy of an open
+        file, see the module's docstring)."""
+        fingerprint = identity(handle.head)
+        for other in list(self.files.values()):
+            if other is handle or other.file_id is None or family(other.file_id) != fingerprint:
+                continue
+            if other.gz is None and not self._still_same(other):
+                self._truncated(other)  # its old identity is free now: this file may be the copy
+            elif self._copy_of(handle, other, size):
+                return False
+        held = {h.file_id for h in self.files.values() if h.file_id}
+        known = dict(self._known(fingerprint))
+        for file_id, (offset, tail, _) in self._read_to.items():
+            if family(file_id) == fingerprint:
+                known[file_id] = Known(offset, tail, self._paths.get(file_id, ""))  # newer than the checkpoint
+        found = choose(fingerprint, known, held, handle.path, size, self._reader(handle))
+        if found is not None:
+            file_id, offset = found
+        else:
+            taken = held | known.keys() | self._read_to.keys()
+            file_id = new_id(fingerprint, handle.key, taken.__contains__)
+            offset = 0
+            if self._start_at_end and handle.gz is None and size is not None:
+                offset = _end_of_last_line(handle.fd, size)
+        self._read_to.pop(file_id, None)
+        handle.file_id = file_id
+        self._seek(handle, offset)
+        self._on_opened(file_id, offset)
+        self._paths[file_id] = handle.path
+        return True
+
+    def _copy_of(self, handle: _Open, other: _Open, size: int | None) -> bool:
+        """Is `handle` (same fingerprint as the open `other`) a copy of it so far: no byte it does not have?"""
+        if handle.gz is not None or other.gz is not None:
+            return True  # a .gz next to its source (or being written): one reader, the other follows it
+        try:
+            other_size = os.fstat(other.fd).st_size
+        except OSError:
+            return False
+        if size is None or size > other_size:
+            return False
+        return _pread_before(handle.fd, size) == _pread_before(other.fd, size)
+
+    def _still_same(self, handle: _Open) -> bool:
+        try:
+            return os.fstat(handle.fd).st_size >= handle.read_pos and self._head_matches(handle)
+        except OSError:
+            return True
 
     def _seek(self, handle: _Open, offset: int) -> None:
         handle.base = handle.read_pos = offset
         handle.buf = b""
+        handle.before = handle.recent = self._reader(handle)(offset) if offset else b""
         if handle.gz is not None:
             handle.gz.seek(offset)
 
@@ -228,13 +307,27 @@ class FileSource:
                 continue
             yield from self._read_chunk(handle)
 
+    def read_all(self) -> Iterator[tuple[str, bytes | Oversize, int, int]]:
+        """One-shot commands: every matching file, oldest first, each opened, read to its end and let go before
+        the next (so a copy of it that comes later continues from its end instead of starting over)."""
+        for path in self._candidates():
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            key = (st.st_dev, st.st_ino)
+            if not stat.S_ISREG(st.st_mode) or key in self.files or not self._open(path, st):
+                continue
+            handle = self.files[key]
+            yield from self.read_file_to_end(handle)
+            self._retire(key, handle, static=True)
+
     def read_file_to_end(self, handle: _Open) -> Iterator[tuple[str, bytes | Oversize, int, int]]:
+        # Loop on bytes read, not lines yielded: a chunk inside a long line yields nothing and is not the end.
         while not handle.finished:
-            got = False
-            for item in self._read_chunk(handle):
-                got = True
-                yield item
-            if not got and not handle.finished:
+            before = handle.read_pos
+            yield from self._read_chunk(handle)
+            if handle.read_pos == before and not handle.finished:
                 break
 
     def _read_chunk(self, handle: _Open) -> Iterator[tuple[str, bytes | Oversize, int, int]]:
@@ -243,7 +336,7 @@ class FileSource:
         if handle.gz is None and self.follow and not self._head_matches(handle):
             # Truncated (copytruncate), perhaps already rewritten past our position: checking the first line
             # before every read keeps us from reading the new content from the old offset.
-            self._truncated(handle, os.fstat(handle.fd).st_size)
+            self._truncated(handle)
             return
         try:
             if handle.gz is not None:
@@ -256,20 +349,15 @@ class FileSource:
             return
         if not data:
             if handle.gz is not None or not self.follow:
-                if handle.gz is not None and handle.buf and handle.discard_from is None:
-                    # A compressed file is final: its last line needs no newline to be complete.
-                    line, start = handle.buf, handle.base
-                    handle.buf, handle.base = b"", start + len(line)
-                    yield from self._emit(handle.file_id, [line], start)
-                elif handle.buf:
-                    self.unterminated.append((handle.path, len(handle.buf)))
-                handle.finished = True
+                yield from self._at_eof(handle)
             return
-        handle.read_pos += len(data)
-        handle.last_data = time.monotonic()
-        self.bytes_read += len(data)
         file_id = handle.file_id
         assert file_id is not None
+        previous = handle.recent
+        handle.read_pos += len(data)
+        handle.recent = (previous + data[-TAIL_BYTES:])[-TAIL_BYTES:]
+        handle.last_data = time.monotonic()
+        self.bytes_read += len(data)
         if handle.discard_from is not None:
             newline = data.find(b"\n")
             if newline < 0:
@@ -278,25 +366,45 @@ class FileSource:
             yield file_id, Oversize(handle.discard_prefix, end - handle.discard_from), handle.discard_from, end
             handle.discard_from, handle.discard_prefix = None, b""
             handle.base, handle.buf = end, b""
-            data = data[newline + 1 :]
+            handle.before = _before(previous, data, newline + 1)
+            previous, data = handle.before, data[newline + 1 :]
         buf = handle.buf + data if handle.buf else data
         lines = buf.split(b"\n")
         rest = lines.pop()
         start = handle.base
+        if len(rest) < len(buf):
+            handle.before = _before(previous, data, len(data) - len(rest))
         handle.base = handle.read_pos - len(rest)
         if len(rest) > self.max_line_bytes:
-            handle.discard_from, handle.discard_prefix = handle.base, rest[: 4096]
+            handle.discard_from, handle.discard_prefix = handle.base, rest[:PREFIX_BYTES]
             handle.buf = b""
         else:
             handle.buf = rest
         yield from self._emit(file_id, lines, start)
+
+    def _at_eof(self, handle: _Open) -> Iterator[tuple[str, bytes | Oversize, int, int]]:
+        """The end of a file that will not grow (gzip, one-shot commands)."""
+        assert handle.file_id is not None
+        if handle.gz is not None and handle.discard_from is not None:
+            # A compressed file is final: its oversize last line is complete without a newline.
+            start, end = handle.discard_from, handle.read_pos
+            yield handle.file_id, Oversize(handle.discard_prefix, end - start), start, end
+            handle.discard_from, handle.discard_prefix, handle.base, handle.before = None, b"", end, handle.recent
+        elif handle.gz is not None and handle.buf:
+            line, start = handle.buf, handle.base
+            handle.buf, handle.base, handle.before = b"", start + len(line), handle.recent
+            yield from self._emit(handle.file_id, [line], start)
+        elif handle.buf or handle.discard_from is not None:
+            # A plain file's last line may still get its newline: not shipped now, a later run (or tail) will.
+            self.unterminated.append((handle.path, handle.read_pos - handle.base))
+        handle.finished = True
 
     def _emit(self, file_id: str, lines: list[bytes], start: int) -> Iterator[tuple[str, bytes | Oversize, int, int]]:
         limit = self.max_line_bytes
         for line in lines:
             end = start + len(line) + 1
             if len(line) > limit:
-                yield file_id, Oversize(line[:4096], len(line)), start, end
+                yield file_id, Oversize(line[:PREFIX_BYTES], len(line)), start, end
             else:
                 yield file_id, line, start, end
             start = end
@@ -304,12 +412,7 @@ class FileSource:
     def _reidentify(self, handle: _Open) -> bool:
         if not self._identify(handle):
             return False
-        assert handle.file_id is not None
-        size = os.fstat(handle.fd).st_size
-        offset = self._resume(handle.file_id, handle.path, size, self._reader(handle.fd)) or 0
-        self._seek(handle, offset)
-        self._on_opened(handle.file_id, offset)
-        return True
+        return self._assign(handle, os.fstat(handle.fd).st_size)
 
     # -- rotation and housekeeping -------------------------------------------------------------------------
     def check(self, now: float | None = None) -> None:
@@ -339,7 +442,7 @@ class FileSource:
                 continue
             size = os.fstat(handle.fd).st_size
             if size < handle.read_pos:
-                self._truncated(handle, size)
+                self._truncated(handle)
             elif size == handle.read_pos and not handle.buf and now - handle.last_data >= self.idle_close:
                 # Hundreds of quiet files (old rotations matched by a glob) should not hold hundreds of
                 # descriptors: close it; discovery opens it again when its size changes.
@@ -357,21 +460,25 @@ class FileSource:
         except OSError:
             return True
 
-    def _truncated(self, handle: _Open, size: int) -> None:
+    def _truncated(self, handle: _Open) -> None:
         log.warning(
-            "%s was truncated (size %d, we had read %d): reading it again from the start (copytruncate rotation)",
+            "%s was truncated (we had read %d bytes): reading it again from the start (copytruncate rotation)",
             handle.path,
-            size,
             handle.read_pos,
         )
+        if handle.file_id is not None:
+            # The old content's identity is released where we stopped: a copy of it (the rotated file) goes on
+            # from there.
+            # (No inode: the bytes before that position are gone from this one.)
+            self._read_to[handle.file_id] = (handle.base, tail_hash(handle.before), None)
         handle.file_id, handle.head = None, b""
         handle.discard_from, handle.discard_prefix = None, b""
         handle.base = handle.read_pos = 0
-        handle.buf = b""  # the new content gets a new identity, found when its first line is complete
+        handle.buf = handle.before = handle.recent = b""  # new content: a new identity once its first line is complete
 
     def _retire(self, key: tuple[int, int], handle: _Open, static: bool) -> None:
         if handle.file_id is not None:
-            self._read_to[handle.file_id] = handle.base
+            self._read_to[handle.file_id] = (handle.base, tail_hash(handle.before), key)
         if static:
             try:
                 st = os.fstat(handle.fd)
@@ -408,33 +515,45 @@ class FileSource:
 
     # -- facts for checkpoints and status --------------------------------------------------------------------
     @staticmethod
-    def _reader(fd: int) -> Callable[[int], bytes]:
-        return lambda offset: _pread_before(fd, offset)
+    def _reader(handle: _Open) -> Callable[[int], bytes]:
+        """The bytes just before an offset (decompressed, for gzip files: this moves the stream)."""
+        if handle.gz is None:
+            return lambda offset: _pread_before(handle.fd, offset)
+        gz = handle.gz
+
+        def read_before(offset: int) -> bytes:
+            start = max(0, offset - TAIL_BYTES)
+            gz.seek(start)
+            return gz.read(offset - start)
+
+        return read_before
 
     def tail_hash(self, file_id: str, offset: int) -> str | None:
-        """Hash of the bytes before `offset` in the file `file_id`, read from the open file, or from its last
-        path if that still holds the same file; None for gzip files and files that are gone."""
+        """Hash of the bytes before `offset` in the file `file_id` (from the open file, or what was noted when it
+        was let go), to store with its checkpoint; None when they can no longer be read."""
         with self._lock:
             for handle in self.files.values():
                 if handle.file_id == file_id:
-                    if handle.gz is not None:
-                        return None
-                    data = _pread_before(handle.fd, offset)
-                    return tail_hash(data) if data else None
+                    if handle.gz is None:
+                        return tail_hash(_pread_before(handle.fd, offset))
+                    return tail_hash(handle.before) if offset == handle.base else None
+            if file_id not in self._read_to:
+                return None
+            read_to, tail, key = self._read_to[file_id]
+        if offset == read_to:
+            return tail
         path = self._paths.get(file_id)
-        if path is None or offset == 0:
+        if path is None:
             return None
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except OSError:
             return None
         try:
-            head = os.pread(fd, HEAD_BYTES, 0)
-            newline = head.find(b"\n")
-            if head[:2] == GZIP_MAGIC or identity(head[: newline + 1] if newline >= 0 else head) != file_id:
-                return None
-            data = _pread_before(fd, offset)
-            return tail_hash(data) if data else None
+            st = os.fstat(fd)
+            if key is None or (st.st_dev, st.st_ino) != key or os.pread(fd, 2, 0) == GZIP_MAGIC:
+                return None  # the path holds another file now
+            return tail_hash(_pread_before(fd, offset))
         finally:
             os.close(fd)
 
@@ -473,6 +592,13 @@ class FileSource:
         return all(h.finished for h in self.files.values())
 
 
+def _before(previous: bytes, data: bytes, cut: int) -> bytes:
+    """The TAIL_BYTES before position `cut` of `data`, given the bytes that preceded `data`."""
+    if cut >= TAIL_BYTES:
+        return data[cut - TAIL_BYTES : cut]
+    return (previous + data[:cut])[-TAIL_BYTES:]
+
+
 def _end_of_last_line(fd: int, size: int) -> int:
     """The offset just past the last newline before `size` (where `--start-at end` begins)."""
     pos = size
@@ -499,7 +625,3 @@ def _mtime(path: str) -> float:
         return os.stat(path).st_mtime
     except OSError:
         return 0.0
-
-
-def _is_regular(mode: int) -> bool:
-    return stat.S_ISREG(mode)
