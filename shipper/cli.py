@@ -26,7 +26,7 @@ from shipper.processors.identity import DEFAULT_JWT_PLACES
 from shipper.settings import Settings, default_state_dir
 from shipper.sinks import SINK_NAMES, all_options, sink_class
 from shipper.sources.checkpoints import check_state_dir
-from shipper.sources.files import FileSource, Oversize, expand
+from shipper.sources.files import FileSource, Oversize, expand, input_problems
 from shipper.transform import default_workers
 
 log = logging.getLogger("kong-ship")
@@ -357,9 +357,9 @@ def backfill(paths: tuple[str, ...], **kw: Any) -> None:
     permanently rejected any event (they are in the dead-letter file).
     """
     _need_paths(paths)
-    if not expand(list(paths)):
-        raise ConfigError(f"no file matches {' '.join(paths)}")
+    _need_a_match(paths)
     settings, sinks = _prepare(paths, kw)
+    unreadable = _report_inputs(paths)
     progress = kw.get("progress")
     if progress is None:
         progress = sys.stderr.isatty()
@@ -368,6 +368,27 @@ def backfill(paths: tuple[str, ...], **kw: Any) -> None:
     if pipeline.forced_by:
         sys.exit(128 + pipeline.forced_by)
     if any(lane.rejected for lane in result.lanes):
+        sys.exit(1)
+    _exit_if_unreadable(unreadable)
+
+
+def _need_a_match(paths: tuple[str, ...]) -> None:
+    if not expand(list(paths)):
+        raise ConfigError(f"no file matches {' '.join(paths)}")  # nothing to do at all: a usage error
+
+
+def _report_inputs(paths: tuple[str, ...]) -> int:
+    """One-shot commands name each input they cannot read (no match, not a regular file, no permission) and
+    read the others; the run then exits 1, since "skipped until it becomes readable" means nothing here."""
+    problems = input_problems(list(paths))
+    for problem in problems:
+        click.echo(f"kong-ship: error: {problem}", err=True)
+    return len(problems)
+
+
+def _exit_if_unreadable(count: int) -> None:
+    if count:
+        click.echo(f"kong-ship: error: {count} input(s) could not be read (listed above)", err=True)
         sys.exit(1)
 
 
@@ -380,8 +401,7 @@ def parse(paths: tuple[str, ...], **kw: Any) -> None:
     Lines that cannot be understood are reported on stderr, one line each. Masks apply, as when shipping.
     """
     _need_paths(paths)
-    if not expand(list(paths)):
-        raise ConfigError(f"no file matches {' '.join(paths)}")
+    _need_a_match(paths)
     try:
         parser = Parser(kw["fmt"], _nginx_map(kw["nginx_field"]))
     except ValueError as exc:
@@ -390,32 +410,34 @@ def parse(paths: tuple[str, ...], **kw: Any) -> None:
         tuple(kw["jwt_from"]) or DEFAULT_JWT_PLACES, kw["jwt_claim"], kw["mask_header"], kw["mask_query"],
         since_ms=_time_option(kw, "since"), until_ms=_time_option(kw, "until"),
     )
-    source = FileSource(list(paths), resume=lambda *a: None, follow=False, max_line_bytes=kw["max_line_bytes"])
-    source.discover()
+    unreadable = _report_inputs(paths)
+    source = FileSource(list(paths), known=lambda fingerprint: {}, follow=False, max_line_bytes=kw["max_line_bytes"])
     out = sys.stdout.buffer
     errors = DeadLetter(None)
-    for handle in list(source.files.values()):
-        for file_id, data, offset, end in source.read_file_to_end(handle):
-            where = f"{handle.path}:{offset}"
-            if type(data) is Oversize:
-                errors.write("too_long", "")
-                click.echo(f"kong-ship: {where}: too_long: line of {data.length} bytes", err=True)
-                continue
-            if not data.strip():
-                continue
-            try:
-                txn = parser.parse(data, Position(file_id, offset, end))
-            except ParseError as exc:
-                errors.write(exc.reason, exc.detail)
-                click.echo(f"kong-ship: {where}: {exc.reason}: {exc.detail}", err=True)
-                continue
-            txn = run_chain(chain, txn)
-            if txn is not None:
-                out.write(orjson.dumps(txn.to_dict(), option=orjson.OPT_APPEND_NEWLINE))
+    for file_id, data, offset, end in source.read_all():
+        where = f"{source.path_of(file_id)}:{offset}"
+        if type(data) is Oversize:
+            errors.write("too_long", "")
+            click.echo(f"kong-ship: {where}: too_long: line of {data.length} bytes", err=True)
+            continue
+        if not data.strip():
+            continue
+        try:
+            txn = parser.parse(data, Position(file_id, offset, end))
+        except ParseError as exc:
+            errors.write(exc.reason, exc.detail)
+            click.echo(f"kong-ship: {where}: {exc.reason}: {exc.detail}", err=True)
+            continue
+        txn = run_chain(chain, txn)
+        if txn is not None:
+            out.write(orjson.dumps(txn.to_dict(), option=orjson.OPT_APPEND_NEWLINE))
     source.close()
     out.flush()
+    for path, size in source.unterminated:
+        click.echo(f"kong-ship: {path}: ends with {size} bytes of an unfinished line (not printed)", err=True)
     if errors.total:
         click.echo(f"kong-ship: {errors.total} line(s) not understood", err=True)
+    _exit_if_unreadable(unreadable)
 
 
 @cli.command("check-config")

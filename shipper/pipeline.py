@@ -28,7 +28,8 @@ from shipper.processors import Processor, build_chain
 from shipper.service.notify import Notifier
 from shipper.sinks.base import Sink
 from shipper.sources.checkpoints import CheckpointStore
-from shipper.sources.files import FileSource, tail_hash
+from shipper.sources.files import FileSource
+from shipper.sources.identity import Known, family
 from shipper.threads import death_notice, start_thread
 from shipper.transform import (
     BLANK, EVENT, FAILED, FILTERED, INVALID, OVERSIZE, REJECTED, SKIPPED, Transformer, WorkerPool,
@@ -120,7 +121,7 @@ class Lane:
         )
         self.source = FileSource(
             settings.paths,
-            resume=self._resume,
+            known=self._known,
             follow=follow,
             start_at_end=settings.start_at == "end",
             max_line_bytes=settings.max_line_bytes,
@@ -152,24 +153,14 @@ class Lane:
         return out
 
     # -- checkpoints -----------------------------------------------------------------------------------------
-    def _resume(self, file_id: str, path: str, size: int | None, read_before) -> int | None:
-        checkpoint = self.store.entries.get(file_id)
-        if checkpoint is None:
-            return None
-        if size is not None and checkpoint.offset > size:
-            log.warning(
-                "%s: checkpoint %d is beyond the end of %s (%d bytes): the file was rewritten; reading it from the start",
-                self.sink.name, checkpoint.offset, path, size,
-            )
-            return 0
-        if checkpoint.tail and read_before is not None and checkpoint.offset > 0:
-            if tail_hash(read_before(checkpoint.offset)) != checkpoint.tail:
-                log.warning(
-                    "%s: the bytes before checkpoint %d of %s changed: the file was rewritten; reading it from the start",
-                    self.sink.name, checkpoint.offset, path,
-                )
-                return 0
-        return checkpoint.offset
+    def _known(self, fingerprint: str) -> dict[str, Known]:
+        """The checkpoints of the identities with this fingerprint: the file source picks the one a file
+        confirms (see sources/identity.py), or none, and then reads the file from its start."""
+        return {
+            file_id: Known(entry.offset, entry.tail, entry.path)
+            for file_id, entry in list(self.store.entries.items())
+            if family(file_id) == fingerprint
+        }
 
     def save_checkpoints(self) -> None:
         for file_id, offset in self.acks.committed().items():
@@ -212,11 +203,7 @@ class Lane:
             self.on_progress()
 
     def _backfill(self) -> None:
-        self.source.discover()
-        for handle in list(self.source.files.values()):
-            if self.stop.is_set() or not self._pump(self.source.read_file_to_end(handle)):
-                return
-        self.source.check()
+        self._pump(self.source.read_all())
 
     def _follow(self) -> None:
         poll = self.settings.poll_interval
