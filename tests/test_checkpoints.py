@@ -103,10 +103,24 @@ def test_save_failure_is_logged_once_and_retried(tmp_path, caplog):
     store = CheckpointStore(str(state), "segment")
     store.load()
     store.update("f", 1, "p", None)
-    os.rename(state, tmp_path / "gone")  # the directory vanishes under us: every write fails
+    os.rename(state, tmp_path / "gone")
+    state.write_text("")  # a file where the directory was: every write fails
     assert not store.save()
     assert not store.save()
     assert caplog.text.count("cannot save checkpoint") == 1
+    state.unlink()
     os.rename(tmp_path / "gone", state)
     assert store.save()
     assert "saved again" in caplog.text
+
+
+def test_a_deleted_state_directory_is_created_again(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    store = CheckpointStore(str(state), "segment")
+    store.load()
+    store.update("f", 1, "p", None)
+    os.rename(state, tmp_path / "gone")  # deleted by hand while running
+    assert store.save()
+    assert oct(os.stat(state).st_mode & 0o777) == "0o700"
+    assert oct(os.stat(state / "checkpoints-segment.json").st_mode & 0o777) == "0o600"

@@ -26,7 +26,8 @@ log = logging.getLogger("kong-ship")
 SECRET_ENV = "KONG_SHIP_RECEIVE_SECRET"
 PRUNE_INTERVAL = 2.0
 
-_RECEIVE_KEYS = ("listen", "secret_file", "allow_unsigned", "max_body_bytes", "max_backlog_bytes", "on_overload")
+_RECEIVE_KEYS = ("listen", "secret_file", "allow_unsigned", "max_body_bytes", "max_backlog_bytes", "on_overload",
+                 "max_connections", "read_timeout")
 
 _receiving = [
     click.option("--listen", required=True, metavar="HOST:PORT",
@@ -44,6 +45,12 @@ _receiving = [
     click.option("--on-overload", type=click.Choice(["503", "close"]), default="503", show_default=True,
                  help="How to refuse when the backlog is full: 503 with Retry-After, or close the connection "
                       "unanswered (Kong's webhook handler retries that, but takes a 503 as delivered)."),
+    # Each connection holds a thread and, while its body is read, a buffer: bounded so that stalled or
+    # hostile clients (unauthenticated until their body is read) cannot exhaust the unit's MemoryMax.
+    click.option("--max-connections", type=click.IntRange(min=1, max=4096), default=64, show_default=True,
+                 help="Connections handled at once; more are refused (503, or closed with --on-overload close)."),
+    click.option("--read-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+                 help="Seconds a client may take to send a request (and stay idle between requests)."),
 ]
 
 
@@ -109,7 +116,7 @@ def receive(**kw: Any) -> None:
         receiver = Receiver(
             host, port, spool, secret=secret, max_body_bytes=opts["max_body_bytes"],
             max_backlog_bytes=opts["max_backlog_bytes"], backlog=backlog, on_accept=pipeline.wake,
-            overload=opts["on_overload"],
+            overload=opts["on_overload"], max_connections=opts["max_connections"], read_timeout=opts["read_timeout"],
         )
     except OSError as exc:
         spool.close()
@@ -137,9 +144,10 @@ def receive(**kw: Any) -> None:
 
     bound_host, bound_port = receiver.address
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    everywhere = " on EVERY address of this host (--listen HOST:PORT to choose one)" if host in ("0.0.0.0", "::") else ""
     log.info(
-        "receiving event hooks at http://%s:%d/ (%s) → %s (spool %s)",
-        shown, bound_port, "signed with x-kong-signature" if secret else "UNSIGNED: --allow-unsigned",
+        "receiving event hooks at http://%s:%d/%s (%s) → %s (spool %s)",
+        shown, bound_port, everywhere, "signed with x-kong-signature" if secret else "UNSIGNED: --allow-unsigned",
         ", ".join(settings.sinks), spool_dir,
     )
     receiver.start()

@@ -146,14 +146,52 @@ def fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+# What kong-ship writes holds event data (headers, bodies) and positions: its own, whatever the umask.
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+def make_dirs(path: str) -> None:
+    """Create `path` and its missing parents, each 0700 (os.makedirs gives the parents 0777 less the umask).
+    Existing directories are left as the operator made them."""
+    missing = []
+    current = os.path.abspath(path)
+    while not os.path.isdir(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, DIR_MODE)
+        except FileExistsError:
+            pass
+
+
+def open_private(path: str, flags: int) -> int:
+    """os.open with FILE_MODE; a directory deleted under a running kong-ship is created again."""
+    try:
+        return os.open(path, flags | os.O_CREAT, FILE_MODE)
+    except FileNotFoundError:
+        make_dirs(os.path.dirname(path) or ".")
+        return os.open(path, flags | os.O_CREAT, FILE_MODE)
+
+
+def write_all(fd: int, payload: bytes) -> None:
+    view = memoryview(payload)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def write_atomically(path: str, payload: bytes, *, previous: str | None = None) -> None:
     """Replace `path` by `payload` so that a crash leaves the old or the new content, never a mix: temporary
     file, fsync, rename, fsync of the directory. With `previous`, the old file is kept under that name."""
     tmp = f"{path}.tmp{os.getpid()}"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        fd = open_private(tmp, os.O_WRONLY | os.O_TRUNC)
         try:
-            os.write(fd, payload)
+            write_all(fd, payload)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -172,13 +210,12 @@ def write_atomically(path: str, payload: bytes, *, previous: str | None = None) 
 def check_state_dir(state_dir: str) -> None:
     """Fail at start, with one line, when the state directory cannot hold checkpoints."""
     try:
-        os.makedirs(state_dir, mode=0o750, exist_ok=True)
+        make_dirs(state_dir)
     except OSError as exc:
         raise ConfigError(f"cannot create state directory {state_dir}: {exc.strerror} (set --state-dir)") from None
     probe = os.path.join(state_dir, f".probe{os.getpid()}")
     try:
-        with open(probe, "wb") as handle:
-            handle.write(b"ok")
+        os.close(open_private(probe, os.O_WRONLY))
         os.unlink(probe)
     except OSError as exc:
         raise ConfigError(f"state directory {state_dir} is not writable: {exc.strerror} (set --state-dir)") from None

@@ -3,16 +3,21 @@
 
 Any path, POST only. In order, a request is answered:
 
+- 503 and closed at once when `max_connections` connections are already being handled (each holds a thread);
 - 411 without a Content-Length (Kong always sends one), 413 over `max_body_bytes` (the body is not read: the
   connection is closed after the answer);
+- 503 when bodies being read at once would pass `READING_BODIES` × `max_body_bytes` (a body is read whole
+  before its signature can be checked, so unauthenticated clients could otherwise fill the memory);
 - 503 with Retry-After when the bytes the sinks have not acknowledged yet exceed `max_backlog_bytes` (or the
   connection is closed without an answer, with `overload="close"`: see below);
 - 401 when a secret is configured and the `x-kong-signature` header is missing or wrong (`sha1=<hex>` as Kong
   sends it, or a bare hex digest; constant-time comparison);
 - 400 when the body is not a JSON object (one event, as Kong sends it) or a non-empty array of objects (a batch,
-  as `--sink webhook` sends it);
+  as `--sink webhook` sends it), or is nested too deep to be stored;
 - 503 when the spool cannot be written (disk full);
 - 200 `{"accepted": N}` once every event of the body is durable.
+
+A client that takes longer than `read_timeout` to send its request (headers and body) is disconnected.
 
 Kong's webhook handler counts any HTTP answer, a 503 included, as delivered (it retries, for up to the queue's
 `max_retry_time`, 60 s by default, only when the request fails: refused, reset, timed out). With
@@ -41,8 +46,13 @@ log = logging.getLogger("kong-ship")
 
 KIND = "event_hook"
 RETRY_AFTER_SECONDS = 2
-READ_TIMEOUT = 30.0  # seconds a client may take to send its request
+READ_TIMEOUT = 10.0  # seconds a client may take to send its request
+MAX_CONNECTIONS = 64
+READING_BODIES = 16  # bodies of --max-body-bytes that may be being read at once
+LISTEN_BACKLOG = 1024  # the stdlib's 5 made a burst of connections wait for SYN retransmits (seconds each)
 _ENVELOPE_BYTES = 96  # what the spool adds around each record, roughly
+_OVERFULL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 2\r\n"
+             b"Connection: close\r\nContent-Length: 42\r\n\r\n{\"error\":\"too many connections, retry later\"}")
 
 
 class Backlog:
@@ -90,14 +100,34 @@ class _Throttled:
         log.warning(message + (f" (and {held} more since the last such warning)" if held else ""), *args)
 
 
+class _Budget:
+    """Bytes that may be reserved at once; `take` never waits (a refused client is told to come back)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._used = 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> bool:
+        with self._lock:
+            if self._used + n > self.limit:
+                return False
+            self._used += n
+            return True
+
+    def give(self, n: int) -> None:
+        with self._lock:
+            self._used -= n
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: every reply carries Content-Length
     server: _Server
-    timeout = READ_TIMEOUT
 
     def setup(self) -> None:
         # Without TCP_NODELAY, Nagle plus the client's delayed ACK stall each small reply by ~40 ms.
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.timeout = self.server.receiver.read_timeout  # each wait for the client, headers and idle keep-alive
         super().setup()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
@@ -137,16 +167,24 @@ class _Handler(BaseHTTPRequestHandler):
         if length > receiver.max_body_bytes:
             self._refuse(413, f"body over {receiver.max_body_bytes} bytes", close=True)
             return self._linger(length)
+        if not receiver.reading.take(length):
+            receiver.warn_overload("bodies being read at once over %d bytes", receiver.reading.limit)
+            if receiver.overload == "close":
+                receiver._count(503)
+                self.close_connection = True
+                return
+            self._refuse(503, "too many deliveries being read, retry later",
+                         headers={"Retry-After": str(RETRY_AFTER_SECONDS)}, close=True)
+            return self._linger(length)
         try:
-            body = self.rfile.read(length)  # at most max_body_bytes
-        except OSError:
-            self.close_connection = True
-            return
-        if len(body) < length:
-            self.close_connection = True  # the client gave up mid-body
+            body = self._read_body(length)
+        finally:
+            receiver.reading.give(length)
+        if body is None:
+            self.close_connection = True  # the client gave up, or stalled, mid-body
             return
         if receiver.overloaded():
-            receiver.warn_overload()
+            receiver.warn_overload("backlog over --max-backlog-bytes (%d) until the sinks catch up", receiver.max_backlog_bytes)
             if receiver.overload == "close":
                 receiver._count(503)
                 self.close_connection = True  # no answer: Kong retries a failed request, not a 503
@@ -155,10 +193,12 @@ class _Handler(BaseHTTPRequestHandler):
         if receiver.secret is not None:
             signature = self.headers.get(SIGNATURE_HEADER)
             if not signature:
-                receiver.warn_auth("receive: refused a delivery from %s: no %s header", self.client_address[0])
+                receiver.warn_auth("receive: refused a delivery from %s: no %s header", self.client_address[0],
+                                   SIGNATURE_HEADER)
                 return self._refuse(401, f"missing {SIGNATURE_HEADER}")
             if not signature_ok(receiver.secret, body, signature):
-                receiver.warn_auth("receive: refused a delivery from %s: bad %s", self.client_address[0])
+                receiver.warn_auth("receive: refused a delivery from %s: bad %s (check the secret)",
+                                   self.client_address[0], SIGNATURE_HEADER)
                 return self._refuse(401, f"bad {SIGNATURE_HEADER}")
         try:
             parsed = orjson.loads(body)
@@ -172,12 +212,40 @@ class _Handler(BaseHTTPRequestHandler):
             return self._refuse(400, "expected a JSON object (an event) or a non-empty array of objects")
         try:
             receiver.spool.append(KIND, events)
+        except orjson.JSONEncodeError:  # parsed (orjson reads 1024 levels) but too deep to write (254)
+            return self._refuse(400, "the body is nested too deep")
         except (OSError, ValueError) as exc:  # ValueError: the spool was closed during shutdown
             log.error("receive: cannot write the spool: %s", exc)
             return self._refuse(503, "cannot store the event", headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
                                 close=True)
         receiver.accepted(len(events), len(body) + _ENVELOPE_BYTES * len(events))
         self._reply(200, {"accepted": len(events)})
+
+    def _read_body(self, length: int) -> bytes | None:
+        """The body, or None when the client closes or passes the read timeout (counted from the request's
+        start, so a client trickling a byte at a time cannot hold a connection and its buffer forever)."""
+        deadline = self._started + self.server.receiver.read_timeout
+        chunks, remaining = [], length
+        try:
+            while remaining > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self.connection.settimeout(left)
+                chunk = self.rfile.read1(min(remaining, 65536))
+                if not chunk:
+                    return None
+                chunks.append(chunk)
+                remaining -= len(chunk)
+        except OSError:  # socket.timeout included
+            return None
+        finally:
+            self.connection.settimeout(self.timeout)
+        return b"".join(chunks)
+
+    def parse_request(self) -> bool:
+        self._started = time.monotonic()
+        return super().parse_request()
 
     def _linger(self, length: int | None = None) -> None:
         """After refusing a body without reading it: stop writing, then read and discard what the client is still
@@ -210,7 +278,34 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = LISTEN_BACKLOG
     receiver: Receiver
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # One thread per connection, but no more than max_connections: beyond, a short 503 and close, in the
+        # accepting thread (a non-blocking send of a small answer), so stalled clients cannot pile up threads.
+        if not self.receiver.slots.acquire(blocking=False):
+            self.receiver._count(503)
+            self.receiver.warn_overload("over --max-connections (%d) connections at once", self.receiver.max_connections)
+            if self.receiver.overload == "503":
+                try:
+                    request.setblocking(False)
+                    request.send(_OVERFULL)
+                except OSError:
+                    pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.receiver.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.receiver.slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         exc = sys.exc_info()[1]
@@ -234,6 +329,8 @@ class Receiver:
         backlog: Callable[[], int],
         on_accept: Callable[[], None] = lambda: None,
         overload: str = "503",
+        max_connections: int = MAX_CONNECTIONS,
+        read_timeout: float = READ_TIMEOUT,
     ):
         self.spool = spool
         self.secret = secret
@@ -242,11 +339,15 @@ class Receiver:
         self.backlog = Backlog(backlog)
         self.on_accept = on_accept
         self.overload = overload
+        self.max_connections = max_connections
+        self.slots = threading.BoundedSemaphore(max_connections)
+        self.reading = _Budget(READING_BODIES * max_body_bytes)
+        self.read_timeout = read_timeout
         self.counts: dict[int, int] = {}
         self.events_accepted = 0
         self._lock = threading.Lock()
         self._auth_warnings = _Throttled()
-        self._overload_warnings = _Throttled()
+        self._overload_warnings: dict[str, _Throttled] = {}
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         server_class = type("Server", (_Server,), {"address_family": family})
         self._server: _Server = server_class((host, port), _Handler)
@@ -295,8 +396,9 @@ class Receiver:
     def warn_auth(self, message: str, *args: Any) -> None:
         self._auth_warnings.warn(message, *args)
 
-    def warn_overload(self) -> None:
-        self._overload_warnings.warn(
-            "receive: backlog over --max-backlog-bytes (%d): %s until the sinks catch up",
-            self.max_backlog_bytes, "closing connections unanswered" if self.overload == "close" else "answering 503",
-        )
+    def warn_overload(self, why: str, *args: Any) -> None:
+        """Throttled per kind of overload, so that one does not hide another."""
+        with self._lock:
+            throttle = self._overload_warnings.setdefault(why, _Throttled())
+        how = "closing connections unanswered" if self.overload == "close" else "answering 503"
+        throttle.warn(f"receive: {why}: {how}", *args)

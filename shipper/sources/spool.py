@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from shipper.errors import ConfigError
-from shipper.sources.checkpoints import fsync_dir
+from shipper.sources.checkpoints import FILE_MODE, fsync_dir, make_dirs, open_private, write_all
 
 SEGMENT_BYTES = 8 << 20
 _NAME = re.compile(r"spool-(\d{20})\.jsonl$")
@@ -35,7 +35,7 @@ _NAME = re.compile(r"spool-(\d{20})\.jsonl$")
 def lock(directory: str, command: str) -> int:
     """One writer per spool: two would interleave sequence numbers and fight over the cursor and checkpoints.
     Returns the descriptor holding the lock (released when closed, or when the process dies)."""
-    fd = os.open(os.path.join(directory, ".lock"), os.O_RDWR | os.O_CREAT, 0o640)
+    fd = os.open(os.path.join(directory, ".lock"), os.O_RDWR | os.O_CREAT, FILE_MODE)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -49,22 +49,22 @@ class Spool:
         self.directory = directory
         self.segment_bytes = segment_bytes
         self._lock = threading.Lock()
-        os.makedirs(directory, exist_ok=True)
+        make_dirs(directory)
         segments = self.segments()
         if segments:
             _drop_torn_tail(segments[-1])
         self._seq = self._last_seq(segments[-1]) if segments else 0
         self._path = segments[-1] if segments else self._segment_path(self._seq + 1)
-        self._handle = self._open(self._path)
+        self._fd = self._open(self._path)
 
-    def _open(self, path: str):
+    def _open(self, path: str) -> int:
         """Open a segment for appending; a new one's directory entry is fsynced too, or a crash could lose the
         whole file although its records were fsynced and acknowledged."""
         new = not os.path.exists(path)
-        handle = open(path, "ab")
+        fd = open_private(path, os.O_WRONLY | os.O_APPEND)
         if new:
             fsync_dir(self.directory)
-        return handle
+        return fd
 
     @property
     def pattern(self) -> str:
@@ -75,23 +75,45 @@ class Spool:
         return sorted(p for p in glob.glob(self.pattern) if _NAME.search(p))
 
     def append(self, kind: str, records: Iterable[dict[str, Any]]) -> int:
-        """Write the records and fsync them; returns how many. When this returns, they survive a crash."""
+        """Write the records and fsync them; returns how many. When this returns, they survive a crash.
+
+        All or nothing: on a failure (disk full, an I/O error) what was written of them is cut off again and
+        the error raised, so that records refused upstream are never shipped later (the sender's retry would
+        make a second copy under another id). orjson.JSONEncodeError: a record cannot be stored (too deep)."""
         now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         with self._lock:
             lines = []
-            for record in records:
-                self._seq += 1
-                lines.append(orjson.dumps({"spool": kind, "seq": self._seq, "received_at": now, "record": record}))
+            for seq, record in enumerate(records, self._seq + 1):
+                lines.append(orjson.dumps({"spool": kind, "seq": seq, "received_at": now, "record": record}))
             if not lines:
                 return 0
-            self._handle.write(b"\n".join(lines) + b"\n")
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
-            if self._handle.tell() >= self.segment_bytes:
-                self._handle.close()
+            if self._fd < 0:
+                raise ValueError("the spool is closed")
+            self._reopen_if_deleted()
+            start = os.lseek(self._fd, 0, os.SEEK_END)
+            try:
+                write_all(self._fd, b"\n".join(lines) + b"\n")
+                os.fsync(self._fd)
+            except OSError:
+                try:
+                    os.ftruncate(self._fd, start)
+                except OSError:  # then the torn tail is cut at the next start (_drop_torn_tail)
+                    pass
+                raise
+            self._seq += len(lines)
+            if os.lseek(self._fd, 0, os.SEEK_END) >= self.segment_bytes:
+                os.close(self._fd)
                 self._path = self._segment_path(self._seq + 1)
-                self._handle = self._open(self._path)
+                self._fd = self._open(self._path)
             return len(lines)
+
+    def _reopen_if_deleted(self) -> None:
+        """Records appended to a segment deleted under us (the state directory removed by hand) would be
+        acknowledged and never shipped: start a new segment, creating the directory again."""
+        if os.fstat(self._fd).st_nlink == 0:
+            os.close(self._fd)
+            self._path = self._segment_path(self._seq + 1)
+            self._fd = self._open(self._path)
 
     def prune(self, behind: Callable[[], dict[str, int]]) -> list[str]:
         """Delete segments other than the one being written that every sink has acknowledged to the end.
@@ -111,7 +133,9 @@ class Spool:
 
     def close(self) -> None:
         with self._lock:
-            self._handle.close()
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
     def _segment_path(self, first_seq: int) -> str:
         return os.path.join(self.directory, f"spool-{first_seq:020d}.jsonl")
