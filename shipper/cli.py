@@ -23,6 +23,8 @@ from shipper.formats import FORMATS, ParseError, Parser
 from shipper.model import Position
 from shipper.processors import build_chain, run_chain
 from shipper.processors.identity import DEFAULT_JWT_PLACES
+from shipper.processors.masking import Masker
+from shipper.processors.redact import mask_text, redact_url, url_has_userinfo
 from shipper.settings import Settings, default_state_dir
 from shipper.sinks import SINK_NAMES, all_options, sink_class
 from shipper.sources.checkpoints import check_state_dir
@@ -59,6 +61,11 @@ _understanding = [
     click.option("--jwt-claim", default="sub", show_default=True, help="JWT claim that holds the user id."),
     click.option("--mask-header", multiple=True, metavar="NAME", help="Also mask this header (repeatable)."),
     click.option("--mask-query", multiple=True, metavar="NAME", help="Also mask this query argument (repeatable)."),
+    click.option("--mask-body-key", multiple=True, metavar="NAME",
+                 help="Also mask this key in bodies, at any depth (repeatable)."),
+    click.option("--ship-raw-bodies", is_flag=True,
+                 help="Send bodies that are neither JSON nor form-encoded as they are (default: a placeholder "
+                      "with their size, since their secrets cannot be found)."),
     click.option("--max-line-bytes", type=click.IntRange(min=1024), default=1 << 20, show_default=True,
                  help="Longer lines go to the dead-letter file."),
 ]
@@ -134,7 +141,7 @@ _SHIPPING_KEYS = {
     "endpoint", "state_dir", "dead_letter", "batch_size", "flush_interval", "queue_size", "concurrency",
     "shutdown_timeout", "retry_initial_delay", "retry_max_delay", "timeout", "log_level", "start_at",
     "poll_interval", "rotate_wait", "workers", "log_format", "metrics_addr", "since", "until", "max_rate",
-    "progress", "ca_file",
+    "progress", "ca_file", "mask_body_key", "ship_raw_bodies",
 }
 
 
@@ -164,7 +171,12 @@ def _endpoints(values: tuple[str, ...], sinks: list[str]) -> dict[str, str | Non
             out[sinks[0]] = value
     for name, url in out.items():
         if url is not None and not url.startswith(("http://", "https://")):
-            raise ConfigError(f"--endpoint {url}: expected an http:// or https:// URL")
+            raise ConfigError(f"--endpoint {redact_url(url)}: expected an http:// or https:// URL")
+        if url is not None and url_has_userinfo(url):
+            # httpx would turn it into an Authorization header, replacing the vendor's credential (Segment's
+            # write key), and it would show wherever the endpoint is printed: refused, not silently stripped.
+            raise ConfigError(f"--endpoint {redact_url(url)}: a user:password@ in the URL is refused; "
+                              f"give the {name} credential the documented way")
     return out
 
 
@@ -205,6 +217,8 @@ def _settings(paths: tuple[str, ...], kw: dict[str, Any]) -> Settings:
         jwt_claim=kw["jwt_claim"],
         mask_headers=tuple(kw["mask_header"]),
         mask_query=tuple(kw["mask_query"]),
+        mask_body_keys=tuple(kw.get("mask_body_key") or ()),
+        ship_raw_bodies=bool(kw.get("ship_raw_bodies")),
         poll_interval=kw.get("poll_interval") or 0.25,
         rotate_wait=kw.get("rotate_wait", 5.0),
         retry_initial=kw["retry_initial_delay"],
@@ -259,8 +273,21 @@ class _JSONFormatter(logging.Formatter):
         ).decode()
 
 
+class _Redact(logging.Filter):
+    """Our own log lines pass the textual masks: a request target with `?token=…` (receive's debug log), a URL
+    with userinfo or a header quoted in a message never reaches the journal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_text(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
 def _setup_logging(level: str, fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_Redact())
     if fmt == "json":
         formatter: logging.Formatter = _JSONFormatter()
         formatter.converter = time.gmtime
@@ -406,14 +433,15 @@ def parse(paths: tuple[str, ...], **kw: Any) -> None:
         parser = Parser(kw["fmt"], _nginx_map(kw["nginx_field"]))
     except ValueError as exc:
         raise ConfigError(f"--nginx-field: {exc}") from None
+    masker = Masker((*kw["mask_header"], *kw["mask_query"], *kw["mask_body_key"]), kw["ship_raw_bodies"])
     chain = build_chain(
-        tuple(kw["jwt_from"]) or DEFAULT_JWT_PLACES, kw["jwt_claim"], kw["mask_header"], kw["mask_query"],
-        since_ms=_time_option(kw, "since"), until_ms=_time_option(kw, "until"),
+        tuple(kw["jwt_from"]) or DEFAULT_JWT_PLACES, kw["jwt_claim"],
+        since_ms=_time_option(kw, "since"), until_ms=_time_option(kw, "until"), masker=masker,
     )
     unreadable = _report_inputs(paths)
     source = FileSource(list(paths), known=lambda fingerprint: {}, follow=False, max_line_bytes=kw["max_line_bytes"])
     out = sys.stdout.buffer
-    errors = DeadLetter(None)
+    errors = DeadLetter(None, masker)
     for file_id, data, offset, end in source.read_all():
         where = f"{source.path_of(file_id)}:{offset}"
         if type(data) is Oversize:
@@ -426,7 +454,7 @@ def parse(paths: tuple[str, ...], **kw: Any) -> None:
             txn = parser.parse(data, Position(file_id, offset, end))
         except ParseError as exc:
             errors.write(exc.reason, exc.detail)
-            click.echo(f"kong-ship: {where}: {exc.reason}: {exc.detail}", err=True)
+            click.echo(f"kong-ship: {where}: {exc.reason}: {mask_text(exc.detail, masker)}", err=True)
             continue
         txn = run_chain(chain, txn)
         if txn is not None:
@@ -452,8 +480,14 @@ def check_config(paths: tuple[str, ...], **kw: Any) -> None:
     effective = {k: v for k, v in vars(settings).items() if k != "sink_options"}
     used = set().union(*(sink_option_names(name) for name in settings.sinks))
     effective["sink_options"] = {k: v for k, v in settings.sink_options.items() if k in used}
+    if effective["sink_options"].get("webhook_header"):
+        # Header values are often credentials (`Authorization: Bearer …`): the names are enough to check.
+        effective["sink_options"]["webhook_header"] = [
+            f"{h.partition(':')[0].strip()}: (redacted)" for h in effective["sink_options"]["webhook_header"]
+        ]
     for sink in sinks:
-        effective.setdefault("endpoints", {})[sink.name] = getattr(sink, "url", None) or getattr(sink, "base", None)
+        url = getattr(sink, "url", None) or getattr(sink, "base", None)
+        effective.setdefault("endpoints", {})[sink.name] = redact_url(url) if url else url
     secrets = {"segment": "SEGMENT_WRITE_KEY", "moesif": "MOESIF_APPLICATION_ID", "runscope": "RUNSCOPE_ACCESS_TOKEN"}
     effective["credentials"] = {
         name: ("from " + (kw.get(f"{name}_write_key_file") or kw.get(f"{name}_application_id_file")
@@ -548,10 +582,10 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         sys.exit(130)
     except ConfigError as exc:
-        click.echo(f"kong-ship: error: {exc}", err=True)
+        click.echo(f"kong-ship: error: {mask_text(str(exc))}", err=True)
         sys.exit(2)
     except FatalError as exc:
-        click.echo(f"kong-ship: fatal: {exc}", err=True)
+        click.echo(f"kong-ship: fatal: {mask_text(str(exc))}", err=True)  # a vendor's answer may quote us
         sys.exit(1)
     except click.exceptions.ClickException as exc:
         click.echo(f"kong-ship: error: {exc.format_message()}", err=True)

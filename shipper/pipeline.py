@@ -25,6 +25,7 @@ from shipper.delivery.sender import Item, Sender
 from shipper.errors import FatalError
 from shipper.formats import Parser
 from shipper.processors import Processor, build_chain
+from shipper.processors.masking import Masker
 from shipper.service.notify import Notifier
 from shipper.sinks.base import Sink
 from shipper.sources.checkpoints import CheckpointStore
@@ -346,11 +347,14 @@ class Pipeline:
         self.forced_by: int | None = None  # the signal that cut shutdown short
         self.fatal: str | None = None
         self._fatal_lock = threading.Lock()
-        self.dead_letter = DeadLetter(settings.dead_letter_path)
+        # One set of masks for the events and the dead letters.
+        names = (*settings.mask_headers, *settings.mask_query, *settings.mask_body_keys)
+        masker = Masker(names, settings.ship_raw_bodies)
+        self.dead_letter = DeadLetter(settings.dead_letter_path, masker)
         parser = Parser(settings.format, settings.nginx_fields)
         chain = build_chain(
-            settings.jwt_places, settings.jwt_claim, settings.mask_headers, settings.mask_query,
-            since_ms=settings.since_ms, until_ms=settings.until_ms,
+            settings.jwt_places, settings.jwt_claim, since_ms=settings.since_ms, until_ms=settings.until_ms,
+            masker=masker,
         )
         self.lanes = [
             Lane(

@@ -39,6 +39,8 @@ class Settings:
     jwt_claim: str = "sub"
     mask_headers: tuple[str, ...] = ()
     mask_query: tuple[str, ...] = ()
+    mask_body_keys: tuple[str, ...] = ()  # --mask-body-key: all three add to the one set of secret names
+    ship_raw_bodies: bool = False  # --ship-raw-bodies: bodies that are neither JSON nor form are sent as they are
     poll_interval: float = 0.25
     rotate_wait: float = 5.0
     checkpoint_interval: float = 1.0

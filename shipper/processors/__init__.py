@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from shipper.model import Transaction
 from shipper.processors.identity import DEFAULT_JWT_PLACES, identify
-from shipper.processors.masking import DEFAULT_HEADERS, DEFAULT_QUERY, drop_raw, mask_secrets
+from shipper.processors.masking import Masker, drop_raw
 from shipper.processors.window import time_window
 
 Processor = Callable[[Transaction], Transaction | None]
@@ -23,12 +23,20 @@ def build_chain(
     extra_mask_query: Iterable[str] = (),
     since_ms: int | None = None,
     until_ms: int | None = None,
+    *,
+    extra_mask_body_keys: Iterable[str] = (),
+    ship_raw_bodies: bool = False,
+    masker: Masker | None = None,
 ) -> list[Processor]:
+    """The default chain. `masker` (one the caller also gives the dead-letter file) wins over the mask
+    options."""
+    if masker is None:
+        masker = Masker((*extra_mask_headers, *extra_mask_query, *extra_mask_body_keys), ship_raw_bodies)
     window = [time_window(since_ms, until_ms)] if since_ms is not None or until_ms is not None else []
     return [
         *window,  # first: a record outside the window costs no JWT decoding
         identify(jwt_places, jwt_claim),
-        mask_secrets((*DEFAULT_HEADERS, *extra_mask_headers), (*DEFAULT_QUERY, *extra_mask_query)),
+        masker,
         drop_raw,
     ]
 

@@ -32,7 +32,8 @@ SECTIONS: dict[str, dict[str, str]] = {
         "poll_interval": "poll_interval",
         "rotate_wait": "rotate_wait",
     },
-    "masks": {"headers": "mask_header", "query": "mask_query"},
+    "masks": {"headers": "mask_header", "query": "mask_query", "body_keys": "mask_body_key",
+              "ship_raw_bodies": "ship_raw_bodies"},
     "delivery": {
         "batch_size": "batch_size",
         "flush_interval": "flush_interval",

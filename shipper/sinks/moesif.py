@@ -4,8 +4,9 @@ batches to `POST {endpoint}/v1/events/batch`, with the plugin's options under `-
 Where the plugin was weak this sink does better: any 2xx is success (the plugin wanted 201), retries back off
 and honour Retry-After (the plugin retried at once, forever), every event carries a `transaction_id` derived
 from its record (the plugin sent none, so its retries made duplicates), a full queue pauses reading instead of
-dropping, Authorization and the other default secrets are masked and non-JSON bodies are masked by key too
-(they were sent as they were), JWTs are decoded as base64url, and milliseconds are zero-padded.
+dropping, Authorization and the other default secrets are masked in headers, query and bodies (JSON and
+form-encoded, by key; `processors.masking`), bodies whose keys cannot be inspected are not sent at all, JWTs
+are decoded as base64url, and milliseconds are zero-padded.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import httpx
 import orjson
 
 from shipper.model import Transaction
-from shipper.processors.masking import MASK, mask_query_string
+from shipper.processors.masking import MASK, mask_query_string, normalize
 from shipper.sinks.base import FATAL, SPLIT, EventSkipped, Verdict, absolute_url, judge_common
 from shipper.sinks.credentials import read_secret
 from shipper.sinks.segment import iso_ms
@@ -94,7 +95,7 @@ def _sample_rate(value: Any) -> int:
 
 def _strip_keys(value: Any, names: frozenset[str]) -> Any:
     if isinstance(value, dict):
-        return {k: _strip_keys(v, names) for k, v in value.items() if k.lower() not in names}
+        return {k: _strip_keys(v, names) for k, v in value.items() if normalize(str(k)) not in names}
     if isinstance(value, list):
         return [_strip_keys(v, names) for v in value]
     return value
@@ -147,9 +148,9 @@ class MoesifSink:
         self.capture_response_body = not disable_capture_response_body
         self.request_header_masks = frozenset(h.lower() for h in request_header_masks or ())
         self.request_query_masks = frozenset(q.lower() for q in request_query_masks or ())
-        self.request_body_masks = frozenset(k.lower() for k in request_body_masks or ())
+        self.request_body_masks = frozenset(normalize(k) for k in request_body_masks or ())
         self.response_header_masks = frozenset(h.lower() for h in response_header_masks or ())
-        self.response_body_masks = frozenset(k.lower() for k in response_body_masks or ())
+        self.response_body_masks = frozenset(normalize(k) for k in response_body_masks or ())
         self.request_body_limit = request_max_body_size_limit
         self.response_body_limit = response_max_body_size_limit
         self.decompress = not disable_gzip_payload_decompression
@@ -236,15 +237,18 @@ class MoesifSink:
 
     # -- one event -------------------------------------------------------------------------------------------
     def _body(self, body: Any, headers: dict[str, Any], which: str, limit: int, masks: frozenset[str]) -> dict[str, Any]:
-        if isinstance(body, str):
-            encoding = str(headers.get("content-encoding", "")).lower()
-            if encoding == "gzip" and self.decompress:
-                try:
-                    body = gzip.decompress(base64.b64decode(body, validate=True)).decode("utf-8", "replace")
-                except (binascii.Error, OSError, EOFError, zlib.error):
-                    pass
-            elif encoding == "gzip":
+        if isinstance(body, str) and str(headers.get("content-encoding", "")).lower() == "gzip":
+            try:
+                packed = base64.b64decode(body, validate=True)
+            except binascii.Error:
+                packed = None  # the masks found secrets in it and left it decoded
+            if packed is not None and not self.decompress:
                 return {"body": body, "transfer_encoding": "base64"}
+            if packed is not None:
+                try:
+                    body = gzip.decompress(packed).decode("utf-8", "replace")
+                except (OSError, EOFError, zlib.error):
+                    pass
         raw = body if isinstance(body, str) else orjson.dumps(body).decode()
         if len(raw.encode("utf-8", "replace")) > limit:
             return {"body": {"msg": BODY_LIMIT_MARKER.format(which=which, limit=limit)}}
@@ -252,7 +256,10 @@ class MoesifSink:
             try:
                 body = orjson.loads(body)
             except orjson.JSONDecodeError:
-                # Not JSON: sent base64-encoded, as Moesif expects; masks by key cannot apply to it.
+                # Not JSON: form-encoded (the default masks are applied already; the plugin's are applied here),
+                # or raw with --ship-raw-bodies. Sent base64-encoded, as Moesif expects.
+                if masks:
+                    body = mask_query_string(body, masks)
                 return {"body": base64.b64encode(body.encode("utf-8", "replace")).decode(), "transfer_encoding": "base64"}
         if masks:
             body = _strip_keys(body, masks)

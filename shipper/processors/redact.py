@@ -1,0 +1,116 @@
+"""Masks for what has no structure: dead-lettered lines, our own log lines and error messages.
+
+A dead-lettered line is kept only as far as it can be masked (`mask_line`): when it decodes as JSON, it is
+masked like an event (by key at any depth, header and query rules, URLs, bodies — `masking.Masker.mask_value`)
+and re-serialized; then, JSON or not, the textual rules of `mask_text` apply:
+- `Bearer …`, `Basic …`, `Digest …` credentials;
+- JWT-shaped strings (`eyJ….….…`);
+- the userinfo of URLs (`https://user:password@host`);
+- `"name": value` pairs (JSON, also escaped inside a JSON string, also cut short by truncation), `Name: value`
+  header lines and `name=value` parameters, whenever the name is a secret name under the one normalisation of
+  `masking.normalize` (so `%6Bey=…` and `X-API-KEY: …` are caught too).
+What none of these recognises stays as it was: a secret in free text under no name is not found.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+
+from shipper.processors.masking import BODY_FIELDS, MASK, Masker, normalize
+
+_SCHEMES = re.compile(r"(?i)\b(bearer|basic|digest)(\s+)[A-Za-z0-9._~+/=-]{8,}")
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*)?")
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#@\s\"'<>]+@")
+# `"name":` or `\"name\":` — the name only: its value is consumed by _JSON_VALUE when the name is secret, and
+# pairs nested inside the value of a name that is not are still found.
+_JSON_NAME = re.compile(r'(\\?")((?:[^"\\]|\\[^"])*)\1\s*:\s*')
+_JSON_VALUE = re.compile(
+    r'\\"(?:[^"\\]|\\[^"])*(?:\\"|$)'  # a string escaped inside a JSON string
+    r'|"(?:[^"\\]|\\.)*(?:"|$)'  # a string (to the end of the text when truncation cut it)
+    r"|\[[^\]]*\]?"  # a flat list
+    r"|[^,{}\[\]\s\"][^,}\]\s]*"  # a number, a literal (an object is left to the names inside it)
+)
+_HEADER_LINE = re.compile(r"(?m)(^|[\s{,;|\"])([A-Za-z0-9_-]{2,64})(\s*:[ \t]+)([^\r\n\"]*)")
+_PARAM = re.compile(r"([A-Za-z0-9_.%+\[\]-]+)=([^&\s;,\"'<>]*)")
+
+
+def mask_text(text: str, masker: Masker | None = None, bodies: bool = False) -> str:
+    """`text` with credentials, tokens and secret-named values masked (see the module's docstring); with
+    `bodies`, the string values of `body` keys too (their secrets could sit under any name)."""
+    names = (masker or _default).names
+    if "://" in text and "@" in text:
+        text = _USERINFO.sub(rf"\1{MASK}@", text)
+    if "eyJ" in text:
+        text = _JWT.sub(MASK, text)
+    text = _SCHEMES.sub(rf"\1\2{MASK}", text)
+    if ":" in text:
+        text = _json_pairs(text, names, bodies)
+        text = _HEADER_LINE.sub(
+            lambda m: m.group(1) + m.group(2) + m.group(3) + MASK if names.is_secret(m.group(2)) else m.group(0), text
+        )
+    if "=" in text:
+        text = _PARAM.sub(lambda m: f"{m.group(1)}={MASK}" if names.is_secret(m.group(1)) else m.group(0), text)
+    return text
+
+
+def _json_pairs(text: str, names: Any, bodies: bool) -> str:
+    out: list[str] = []
+    pos = 0
+    for match in _JSON_NAME.finditer(text):
+        if match.start() < pos:
+            continue
+        name = match.group(2)
+        body = bodies and normalize(name) in BODY_FIELDS
+        if not body and not names.is_secret(name):
+            continue
+        value = _JSON_VALUE.match(text, match.end())
+        if value is None or value.group(0) in ("null", '"*****"', '\\"*****\\"'):
+            continue
+        if body and not value.group(0).startswith(('"', '\\"')):
+            continue  # a body that is an object: its pairs are masked by name like the others
+        quote = match.group(1)
+        out.append(text[pos : match.end()])
+        out.append(f"{quote}{MASK}{quote}")
+        pos = value.end()
+    if not out:
+        return text
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def mask_line(line: bytes, masker: Masker | None = None) -> str:
+    """A dead-lettered line, masked as far as it can be (JSON by structure, then textually)."""
+    masker = masker or _default
+    text = line.decode("utf-8", "backslashreplace")
+    try:
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        value = None
+    if isinstance(value, (dict, list)):
+        return mask_text(orjson.dumps(masker.mask_value(value)).decode(), masker)
+    return mask_text(text, masker, bodies=True)
+
+
+def url_has_userinfo(url: str) -> bool:
+    try:
+        return "@" in urlsplit(url).netloc
+    except ValueError:
+        return "@" in url
+
+
+def redact_url(url: str) -> str:
+    """`url` without its userinfo and with secret parameters masked, for messages."""
+    try:
+        parts = urlsplit(url)
+        if "@" in parts.netloc:
+            url = urlunsplit(parts._replace(netloc=f"{MASK}@" + parts.netloc.rpartition("@")[2]))
+    except ValueError:
+        pass
+    return _default.mask_url(url)
+
+
+_default = Masker()
