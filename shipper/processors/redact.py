@@ -24,7 +24,7 @@ from shipper.processors.masking import BODY_FIELDS, MASK, Masker, normalize
 
 _SCHEMES = re.compile(r"(?i)\b(bearer|basic|digest)(\s+)[A-Za-z0-9._~+/=-]{8,}")
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*)?")
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#@\s\"'<>]+@")
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*:(?:\\?/){2})[^/?#@\s\"'<>]+@")  # also JSON's `:\/\/`
 # `"name":` or `\"name\":` — the name only: its value is consumed by _JSON_VALUE when the name is secret, and
 # pairs nested inside the value of a name that is not are still found.
 _JSON_NAME = re.compile(r'(\\?")((?:[^"\\]|\\[^"])*)\1\s*:\s*')
@@ -35,14 +35,14 @@ _JSON_VALUE = re.compile(
     r"|[^,{}\[\]\s\"][^,}\]\s]*"  # a number, a literal (an object is left to the names inside it)
 )
 _HEADER_LINE = re.compile(r"(?m)(^|[\s{,;|\"])([A-Za-z0-9_-]{2,64})(\s*:[ \t]+)([^\r\n\"]*)")
-_PARAM = re.compile(r"([A-Za-z0-9_.%+\[\]-]+)=([^&\s;,\"'<>]*)")
+_PARAM = re.compile(r"([A-Za-z0-9_.%+\[\]-]+)=([^&\s;,\"'<>#?]*)")  # `#`, `?`: `seq=1#token=…`
 
 
 def mask_text(text: str, masker: Masker | None = None, bodies: bool = False) -> str:
     """`text` with credentials, tokens and secret-named values masked (see the module's docstring); with
     `bodies`, the string values of `body` keys too (their secrets could sit under any name)."""
     names = (masker or _default).names
-    if "://" in text and "@" in text:
+    if "@" in text and (":/" in text or ":\\/" in text):
         text = _USERINFO.sub(rf"\1{MASK}@", text)
     if "eyJ" in text:
         text = _JWT.sub(MASK, text)
