@@ -17,7 +17,6 @@ next to its source) waits until the open file is let go, then continues from whe
 
 from __future__ import annotations
 
-import glob
 import gzip
 import logging
 import os
@@ -26,85 +25,20 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 
-from shipper.sources.identity import HEAD_BYTES, TAIL_BYTES, Known, choose, family, head_of, identity, new_id, tail_hash
+from shipper.sources.identity import HEAD_BYTES, Known, choose, family, head_of, identity, new_id, tail_hash
+from shipper.sources.inputs import expand, input_problems, mtime
+from shipper.sources.reading import (
+    CHUNK, GZIP_MAGIC, Line, OpenFile, Oversize, at_eof, close_file, end_of_last_line, lines_in, pread_before,
+    reader, seek,
+)  # fmt: skip
 
 log = logging.getLogger("kong-ship")
 
-__all__ = ["CHUNK", "GZIP_MAGIC", "HEAD_BYTES", "FileSource", "Oversize", "expand", "identity", "tail_hash"]
-
-CHUNK = 256 * 1024
-GZIP_MAGIC = b"\x1f\x8b"
-PREFIX_BYTES = 4096  # kept of an oversize line, for the dead-letter file
-
-
-@dataclass(slots=True)
-class Oversize:
-    """Stands in for a line longer than `max_line_bytes`: its first bytes and its full length."""
-
-    prefix: bytes
-    length: int
-
-
-@dataclass(slots=True)
-class _Open:
-    path: str
-    key: tuple[int, int]  # (st_dev, st_ino)
-    fd: int
-    gz: gzip.GzipFile | None
-    file_id: str | None = None
-    head: bytes = b""
-    base: int = 0  # file offset of buf[0]; when not discarding, the start of the next line
-    buf: bytes = b""
-    read_pos: int = 0  # next byte to read (decompressed, for gzip files)
-    before: bytes = b""  # the TAIL_BYTES before `base`: its tail hash once the file is let go or truncated
-    recent: bytes = b""  # the TAIL_BYTES before `read_pos`
-    discard_from: int | None = None  # start offset of an oversize line being skipped
-    discard_prefix: bytes = b""
-    last_data: float = field(default_factory=time.monotonic)
-    last_check: float = 0.0
-    moved: bool = False  # the path no longer leads to this file (rotated, deleted, re-pointed)
-    finished: bool = False  # a static file (gzip, backfill) read to its end
-
-
-def expand(patterns: list[str]) -> list[str]:
-    paths: list[str] = []
-    for pattern in patterns:
-        if glob.has_magic(pattern):
-            paths.extend(sorted(glob.glob(pattern)))
-        elif os.path.exists(pattern):
-            paths.append(pattern)
-    return paths
-
-
-def input_problems(patterns: list[str]) -> list[str]:
-    """One line per input a one-shot command cannot read: a pattern that matches nothing, a path that is not a
-    regular file, a file that cannot be opened. Never opens a FIFO for reading (that would block)."""
-    problems = []
-    for pattern in patterns:
-        paths = expand([pattern])
-        if not paths:
-            problems.append(f"{pattern}: no file matches" if glob.has_magic(pattern) else f"{pattern}: no such file")
-        for path in paths:
-            try:
-                mode = os.stat(path).st_mode
-            except OSError as exc:
-                problems.append(f"{path}: {exc.strerror}")
-                continue
-            if stat.S_ISDIR(mode):
-                if not glob.has_magic(pattern):
-                    problems.append(f"{path}: is a directory, not a log file (use a glob such as {path}/*.json)")
-                continue  # a glob that also matches directories (kong.json* and a kong.json.d/) is not an error
-            if not stat.S_ISREG(mode):
-                kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
-                problems.append(f"{path}: is {kind}, not a regular file (not read)")
-                continue
-            try:
-                os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)))
-            except OSError as exc:
-                problems.append(f"{path}: cannot be opened: {exc.strerror}")
-    return problems
+# What other modules take from here (the reading and input details live in reading.py and inputs.py).
+__all__ = [
+    "CHUNK", "GZIP_MAGIC", "HEAD_BYTES", "FileSource", "Oversize", "expand", "identity", "input_problems", "tail_hash",
+]  # fmt: skip
 
 
 # known(fingerprint) -> the checkpointed positions of the identities with that fingerprint.
@@ -139,7 +73,7 @@ class FileSource:
         self.idle_close = idle_close  # a file read to its end and quiet this long is closed until it grows
         self._known = known
         self._on_opened = on_opened or (lambda file_id, offset: None)
-        self.files: dict[tuple[int, int], _Open] = {}
+        self.files: dict[tuple[int, int], OpenFile] = {}
         # The reader thread owns the files; the lock covers adding and closing them so that the checkpoint
         # writer (another thread) can look up a path or hash bytes without racing a close.
         self._lock = threading.RLock()
@@ -189,7 +123,7 @@ class FileSource:
                 self._warn_once(pattern, "no file matches %s yet; watching for it", pattern)
             paths.extend(matched)
         if not self.follow:
-            paths.sort(key=_mtime)
+            paths.sort(key=mtime)
         return list(dict.fromkeys(paths))
 
     def _warn_once(self, what: str, message: str, *args: object) -> None:
@@ -212,12 +146,12 @@ class FileSource:
         try:
             if os.pread(fd, 2, 0) == GZIP_MAGIC:
                 gz = gzip.GzipFile(fileobj=os.fdopen(os.dup(fd), "rb"), mode="rb")
-            handle = _Open(path, key, fd, gz)
+            handle = OpenFile(path, key, fd, gz)
             if not self._identify(handle) or not self._assign(handle, None if gz else st.st_size):
                 # No complete first line yet, or a copy of an open file: looked at again on the next discovery.
                 if not self.follow and gz is None and handle.file_id is None and st.st_size:
                     self.unterminated.append((path, st.st_size))
-                self._close(handle)
+                close_file(handle)
                 return False
         except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
             log.error("cannot read %s: %s (skipped)", path, exc)
@@ -229,7 +163,7 @@ class FileSource:
             self.files[key] = handle
         return True
 
-    def _identify(self, handle: _Open) -> bool:
+    def _identify(self, handle: OpenFile) -> bool:
         if handle.gz is not None:
             data = handle.gz.read(HEAD_BYTES)
             handle.gz.seek(0)
@@ -242,7 +176,7 @@ class FileSource:
         handle.head = head
         return True
 
-    def _assign(self, handle: _Open, size: int | None) -> bool:
+    def _assign(self, handle: OpenFile, size: int | None) -> bool:
         """Give an identified file its identity and position; False to leave it for later (a copy of an open
         file, see the module's docstring)."""
         fingerprint = identity(handle.head)
@@ -258,7 +192,7 @@ class FileSource:
         for file_id, (offset, tail, _) in self._read_to.items():
             if family(file_id) == fingerprint:
                 known[file_id] = Known(offset, tail, self._paths.get(file_id, ""))  # newer than the checkpoint
-        found = choose(fingerprint, known, held, handle.path, size, self._reader(handle))
+        found = choose(fingerprint, known, held, handle.path, size, reader(handle))
         if found is not None:
             file_id, offset = found
         else:
@@ -266,15 +200,15 @@ class FileSource:
             file_id = new_id(fingerprint, handle.key, taken.__contains__)
             offset = 0
             if self._start_at_end and handle.gz is None and size is not None:
-                offset = _end_of_last_line(handle.fd, size)
+                offset = end_of_last_line(handle.fd, size)
         self._read_to.pop(file_id, None)
         handle.file_id = file_id
-        self._seek(handle, offset)
+        seek(handle, offset)
         self._on_opened(file_id, offset)
         self._paths[file_id] = handle.path
         return True
 
-    def _copy_of(self, handle: _Open, other: _Open, size: int | None) -> bool:
+    def _copy_of(self, handle: OpenFile, other: OpenFile, size: int | None) -> bool:
         """Is `handle` (same fingerprint as the open `other`) a copy of it so far: no byte it does not have?"""
         if handle.gz is not None or other.gz is not None:
             return True  # a .gz next to its source (or being written): one reader, the other follows it
@@ -284,30 +218,23 @@ class FileSource:
             return False
         if size is None or size > other_size:
             return False
-        return _pread_before(handle.fd, size) == _pread_before(other.fd, size)
+        return pread_before(handle.fd, size) == pread_before(other.fd, size)
 
-    def _still_same(self, handle: _Open) -> bool:
+    def _still_same(self, handle: OpenFile) -> bool:
         try:
             return os.fstat(handle.fd).st_size >= handle.read_pos and self._head_matches(handle)
         except OSError:
             return True
 
-    def _seek(self, handle: _Open, offset: int) -> None:
-        handle.base = handle.read_pos = offset
-        handle.buf = b""
-        handle.before = handle.recent = self._reader(handle)(offset) if offset else b""
-        if handle.gz is not None:
-            handle.gz.seek(offset)
-
     # -- reading -----------------------------------------------------------------------------------------------
-    def read_round(self) -> Iterator[tuple[str, bytes | Oversize, int, int]]:
+    def read_round(self) -> Iterator[Line]:
         """One chunk from every open file in turn (fair between a busy and a quiet file)."""
         for handle in list(self.files.values()):
             if handle.finished:
                 continue
             yield from self._read_chunk(handle)
 
-    def read_all(self) -> Iterator[tuple[str, bytes | Oversize, int, int]]:
+    def read_all(self) -> Iterator[Line]:
         """One-shot commands: every matching file, oldest first, each opened, read to its end and let go before
         the next (so a copy of it that comes later continues from its end instead of starting over)."""
         for path in self._candidates():
@@ -322,7 +249,7 @@ class FileSource:
             yield from self.read_file_to_end(handle)
             self._retire(key, handle, static=True)
 
-    def read_file_to_end(self, handle: _Open) -> Iterator[tuple[str, bytes | Oversize, int, int]]:
+    def read_file_to_end(self, handle: OpenFile) -> Iterator[Line]:
         # Loop on bytes read, not lines yielded: a chunk inside a long line yields nothing and is not the end.
         while not handle.finished:
             before = handle.read_pos
@@ -330,7 +257,7 @@ class FileSource:
             if handle.read_pos == before and not handle.finished:
                 break
 
-    def _read_chunk(self, handle: _Open) -> Iterator[tuple[str, bytes | Oversize, int, int]]:
+    def _read_chunk(self, handle: OpenFile) -> Iterator[Line]:
         if handle.file_id is None and not self._reidentify(handle):
             return
         if handle.gz is None and self.follow and not self._head_matches(handle):
@@ -349,67 +276,12 @@ class FileSource:
             return
         if not data:
             if handle.gz is not None or not self.follow:
-                yield from self._at_eof(handle)
+                yield from at_eof(handle, self.unterminated)
             return
-        file_id = handle.file_id
-        assert file_id is not None
-        previous = handle.recent
-        handle.read_pos += len(data)
-        handle.recent = (previous + data[-TAIL_BYTES:])[-TAIL_BYTES:]
-        handle.last_data = time.monotonic()
         self.bytes_read += len(data)
-        if handle.discard_from is not None:
-            newline = data.find(b"\n")
-            if newline < 0:
-                return
-            end = handle.read_pos - len(data) + newline + 1
-            yield file_id, Oversize(handle.discard_prefix, end - handle.discard_from), handle.discard_from, end
-            handle.discard_from, handle.discard_prefix = None, b""
-            handle.base, handle.buf = end, b""
-            handle.before = _before(previous, data, newline + 1)
-            previous, data = handle.before, data[newline + 1 :]
-        buf = handle.buf + data if handle.buf else data
-        lines = buf.split(b"\n")
-        rest = lines.pop()
-        start = handle.base
-        if len(rest) < len(buf):
-            handle.before = _before(previous, data, len(data) - len(rest))
-        handle.base = handle.read_pos - len(rest)
-        if len(rest) > self.max_line_bytes:
-            handle.discard_from, handle.discard_prefix = handle.base, rest[:PREFIX_BYTES]
-            handle.buf = b""
-        else:
-            handle.buf = rest
-        yield from self._emit(file_id, lines, start)
+        yield from lines_in(handle, data, self.max_line_bytes)
 
-    def _at_eof(self, handle: _Open) -> Iterator[tuple[str, bytes | Oversize, int, int]]:
-        """The end of a file that will not grow (gzip, one-shot commands)."""
-        assert handle.file_id is not None
-        if handle.gz is not None and handle.discard_from is not None:
-            # A compressed file is final: its oversize last line is complete without a newline.
-            start, end = handle.discard_from, handle.read_pos
-            yield handle.file_id, Oversize(handle.discard_prefix, end - start), start, end
-            handle.discard_from, handle.discard_prefix, handle.base, handle.before = None, b"", end, handle.recent
-        elif handle.gz is not None and handle.buf:
-            line, start = handle.buf, handle.base
-            handle.buf, handle.base, handle.before = b"", start + len(line), handle.recent
-            yield from self._emit(handle.file_id, [line], start)
-        elif handle.buf or handle.discard_from is not None:
-            # A plain file's last line may still get its newline: not shipped now, a later run (or tail) will.
-            self.unterminated.append((handle.path, handle.read_pos - handle.base))
-        handle.finished = True
-
-    def _emit(self, file_id: str, lines: list[bytes], start: int) -> Iterator[tuple[str, bytes | Oversize, int, int]]:
-        limit = self.max_line_bytes
-        for line in lines:
-            end = start + len(line) + 1
-            if len(line) > limit:
-                yield file_id, Oversize(line[:PREFIX_BYTES], len(line)), start, end
-            else:
-                yield file_id, line, start, end
-            start = end
-
-    def _reidentify(self, handle: _Open) -> bool:
+    def _reidentify(self, handle: OpenFile) -> bool:
         if not self._identify(handle):
             return False
         return self._assign(handle, os.fstat(handle.fd).st_size)
@@ -448,19 +320,19 @@ class FileSource:
                 # descriptors: close it; discovery opens it again when its size changes.
                 self._retire(key, handle, static=True)
 
-    def _at_end(self, handle: _Open) -> bool:
+    def _at_end(self, handle: OpenFile) -> bool:
         try:
             return os.fstat(handle.fd).st_size <= handle.read_pos
         except OSError:
             return True
 
-    def _head_matches(self, handle: _Open) -> bool:
+    def _head_matches(self, handle: OpenFile) -> bool:
         try:
             return os.pread(handle.fd, len(handle.head), 0) == handle.head
         except OSError:
             return True
 
-    def _truncated(self, handle: _Open) -> None:
+    def _truncated(self, handle: OpenFile) -> None:
         log.warning(
             "%s was truncated (we had read %d bytes): reading it again from the start (copytruncate rotation)",
             handle.path,
@@ -476,7 +348,7 @@ class FileSource:
         handle.base = handle.read_pos = 0
         handle.buf = handle.before = handle.recent = b""  # new content: a new identity once its first line is complete
 
-    def _retire(self, key: tuple[int, int], handle: _Open, static: bool) -> None:
+    def _retire(self, key: tuple[int, int], handle: OpenFile, static: bool) -> None:
         if handle.file_id is not None:
             self._read_to[handle.file_id] = (handle.base, tail_hash(handle.before), key)
         if static:
@@ -486,20 +358,8 @@ class FileSource:
             except OSError:
                 pass
         with self._lock:
-            self._close(handle)
+            close_file(handle)
             del self.files[key]
-
-    def _close(self, handle: _Open) -> None:
-        if handle.gz is not None:
-            try:
-                handle.gz.close()
-                handle.gz.fileobj and handle.gz.fileobj.close()  # type: ignore[union-attr]
-            except OSError:
-                pass
-        try:
-            os.close(handle.fd)
-        except OSError:
-            pass
 
     def reopen(self) -> None:
         """SIGHUP: look at every path again now."""
@@ -510,24 +370,10 @@ class FileSource:
     def close(self) -> None:
         with self._lock:
             for handle in self.files.values():
-                self._close(handle)
+                close_file(handle)
             self.files.clear()
 
     # -- facts for checkpoints and status --------------------------------------------------------------------
-    @staticmethod
-    def _reader(handle: _Open) -> Callable[[int], bytes]:
-        """The bytes just before an offset (decompressed, for gzip files: this moves the stream)."""
-        if handle.gz is None:
-            return lambda offset: _pread_before(handle.fd, offset)
-        gz = handle.gz
-
-        def read_before(offset: int) -> bytes:
-            start = max(0, offset - TAIL_BYTES)
-            gz.seek(start)
-            return gz.read(offset - start)
-
-        return read_before
-
     def tail_hash(self, file_id: str, offset: int) -> str | None:
         """Hash of the bytes before `offset` in the file `file_id` (from the open file, or what was noted when it
         was let go), to store with its checkpoint; None when they can no longer be read."""
@@ -535,7 +381,7 @@ class FileSource:
             for handle in self.files.values():
                 if handle.file_id == file_id:
                     if handle.gz is None:
-                        return tail_hash(_pread_before(handle.fd, offset))
+                        return tail_hash(pread_before(handle.fd, offset))
                     return tail_hash(handle.before) if offset == handle.base else None
             if file_id not in self._read_to:
                 return None
@@ -553,7 +399,7 @@ class FileSource:
             st = os.fstat(fd)
             if key is None or (st.st_dev, st.st_ino) != key or os.pread(fd, 2, 0) == GZIP_MAGIC:
                 return None  # the path holds another file now
-            return tail_hash(_pread_before(fd, offset))
+            return tail_hash(pread_before(fd, offset))
         finally:
             os.close(fd)
 
@@ -592,36 +438,3 @@ class FileSource:
         return all(h.finished for h in self.files.values())
 
 
-def _before(previous: bytes, data: bytes, cut: int) -> bytes:
-    """The TAIL_BYTES before position `cut` of `data`, given the bytes that preceded `data`."""
-    if cut >= TAIL_BYTES:
-        return data[cut - TAIL_BYTES : cut]
-    return (previous + data[:cut])[-TAIL_BYTES:]
-
-
-def _end_of_last_line(fd: int, size: int) -> int:
-    """The offset just past the last newline before `size` (where `--start-at end` begins)."""
-    pos = size
-    while pos > 0:
-        start = max(0, pos - CHUNK)
-        block = os.pread(fd, pos - start, start)
-        newline = block.rfind(b"\n")
-        if newline >= 0:
-            return start + newline + 1
-        pos = start
-    return 0
-
-
-def _pread_before(fd: int, offset: int) -> bytes:
-    start = max(0, offset - TAIL_BYTES)
-    try:
-        return os.pread(fd, offset - start, start)
-    except OSError:
-        return b""
-
-
-def _mtime(path: str) -> float:
-    try:
-        return os.stat(path).st_mtime
-    except OSError:
-        return 0.0

@@ -1,0 +1,180 @@
+"""One open log file and the lines in it: reads in chunks, lines longer than a chunk, lines over the limit, and
+the bytes just before a position (what confirms a checkpoint, see identity.py).
+
+Offsets in gzip files count decompressed bytes, so positions survive compression.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from shipper.sources.identity import TAIL_BYTES
+
+CHUNK = 256 * 1024
+GZIP_MAGIC = b"\x1f\x8b"
+PREFIX_BYTES = 4096  # kept of an oversize line, for the dead-letter file
+
+
+@dataclass(slots=True)
+class Oversize:
+    """Stands in for a line longer than `max_line_bytes`: its first bytes and its full length."""
+
+    prefix: bytes
+    length: int
+
+
+@dataclass(slots=True)
+class OpenFile:
+    """A file being read, and where: the file source's unit of work."""
+
+    path: str
+    key: tuple[int, int]  # (st_dev, st_ino)
+    fd: int
+    gz: gzip.GzipFile | None
+    file_id: str | None = None
+    head: bytes = b""
+    base: int = 0  # file offset of buf[0]; when not discarding, the start of the next line
+    buf: bytes = b""
+    read_pos: int = 0  # next byte to read (decompressed, for gzip files)
+    before: bytes = b""  # the TAIL_BYTES before `base`: its tail hash once the file is let go or truncated
+    recent: bytes = b""  # the TAIL_BYTES before `read_pos`
+    discard_from: int | None = None  # start offset of an oversize line being skipped
+    discard_prefix: bytes = b""
+    last_data: float = field(default_factory=time.monotonic)
+    last_check: float = 0.0
+    moved: bool = False  # the path no longer leads to this file (rotated, deleted, re-pointed)
+    finished: bool = False  # a static file (gzip, backfill) read to its end
+
+
+# (file_id, line or Oversize, offset of its first byte, offset just past its newline)
+Line = tuple[str, "bytes | Oversize", int, int]
+
+
+def lines_in(handle: OpenFile, data: bytes, max_line_bytes: int) -> Iterator[Line]:
+    """Take in `data`, just read at `handle.read_pos`, and yield the lines it completes."""
+    file_id = handle.file_id
+    assert file_id is not None
+    previous = handle.recent
+    handle.read_pos += len(data)
+    handle.recent = (previous + data[-TAIL_BYTES:])[-TAIL_BYTES:]
+    handle.last_data = time.monotonic()
+    if handle.discard_from is not None:
+        newline = data.find(b"\n")
+        if newline < 0:
+            return
+        end = handle.read_pos - len(data) + newline + 1
+        yield file_id, Oversize(handle.discard_prefix, end - handle.discard_from), handle.discard_from, end
+        handle.discard_from, handle.discard_prefix = None, b""
+        handle.base, handle.buf = end, b""
+        handle.before = before(previous, data, newline + 1)
+        previous, data = handle.before, data[newline + 1 :]
+    buf = handle.buf + data if handle.buf else data
+    lines = buf.split(b"\n")
+    rest = lines.pop()
+    start = handle.base
+    if len(rest) < len(buf):
+        handle.before = before(previous, data, len(data) - len(rest))
+    handle.base = handle.read_pos - len(rest)
+    if len(rest) > max_line_bytes:
+        handle.discard_from, handle.discard_prefix = handle.base, rest[:PREFIX_BYTES]
+        handle.buf = b""
+    else:
+        handle.buf = rest
+    yield from emit(file_id, lines, start, max_line_bytes)
+
+
+def at_eof(handle: OpenFile, unterminated: list[tuple[str, int]]) -> Iterator[Line]:
+    """The end of a file that will not grow (gzip, one-shot commands)."""
+    assert handle.file_id is not None
+    if handle.gz is not None and handle.discard_from is not None:
+        # A compressed file is final: its oversize last line is complete without a newline.
+        start, end = handle.discard_from, handle.read_pos
+        yield handle.file_id, Oversize(handle.discard_prefix, end - start), start, end
+        handle.discard_from, handle.discard_prefix, handle.base, handle.before = None, b"", end, handle.recent
+    elif handle.gz is not None and handle.buf:
+        line, start = handle.buf, handle.base
+        handle.buf, handle.base, handle.before = b"", start + len(line), handle.recent
+        yield from emit(handle.file_id, [line], start, None)
+    elif handle.buf or handle.discard_from is not None:
+        # A plain file's last line may still get its newline: not shipped now, a later run (or tail) will.
+        unterminated.append((handle.path, handle.read_pos - handle.base))
+    handle.finished = True
+
+
+def emit(file_id: str, lines: list[bytes], start: int, limit: int | None) -> Iterator[Line]:
+    """The lines, with their offsets; those over `limit` as `Oversize`."""
+    for line in lines:
+        end = start + len(line) + 1
+        if limit is not None and len(line) > limit:
+            yield file_id, Oversize(line[:PREFIX_BYTES], len(line)), start, end
+        else:
+            yield file_id, line, start, end
+        start = end
+
+
+def seek(handle: OpenFile, offset: int) -> None:
+    """Position a file at `offset` (a line start): nothing buffered, the bytes before it noted."""
+    handle.base = handle.read_pos = offset
+    handle.buf = b""
+    handle.before = handle.recent = reader(handle)(offset) if offset else b""
+    if handle.gz is not None:
+        handle.gz.seek(offset)
+
+
+def reader(handle: OpenFile) -> Callable[[int], bytes]:
+    """The bytes just before an offset (decompressed, for gzip files: this moves the stream)."""
+    if handle.gz is None:
+        return lambda offset: pread_before(handle.fd, offset)
+    gz = handle.gz
+
+    def read_before(offset: int) -> bytes:
+        start = max(0, offset - TAIL_BYTES)
+        gz.seek(start)
+        return gz.read(offset - start)
+
+    return read_before
+
+
+def close_file(handle: OpenFile) -> None:
+    if handle.gz is not None:
+        try:
+            handle.gz.close()
+            handle.gz.fileobj and handle.gz.fileobj.close()  # type: ignore[union-attr]
+        except OSError:
+            pass
+    try:
+        os.close(handle.fd)
+    except OSError:
+        pass
+
+
+def before(previous: bytes, data: bytes, cut: int) -> bytes:
+    """The TAIL_BYTES before position `cut` of `data`, given the bytes that preceded `data`."""
+    if cut >= TAIL_BYTES:
+        return data[cut - TAIL_BYTES : cut]
+    return (previous + data[:cut])[-TAIL_BYTES:]
+
+
+def end_of_last_line(fd: int, size: int) -> int:
+    """The offset just past the last newline before `size` (where `--start-at end` begins)."""
+    pos = size
+    while pos > 0:
+        start = max(0, pos - CHUNK)
+        block = os.pread(fd, pos - start, start)
+        newline = block.rfind(b"\n")
+        if newline >= 0:
+            return start + newline + 1
+        pos = start
+    return 0
+
+
+def pread_before(fd: int, offset: int) -> bytes:
+    start = max(0, offset - TAIL_BYTES)
+    try:
+        return os.pread(fd, offset - start, start)
+    except OSError:
+        return b""
