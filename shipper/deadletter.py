@@ -4,7 +4,11 @@ lost silently. Written before the checkpoint passes the line.
 Nothing unmasked goes into it: a line is kept only as far as it can be masked (`processors.redact.mask_line`:
 JSON is masked like an event, by key at any depth with the header and query rules, then every line gets the
 textual masks of Bearer/Basic credentials, JWT-shaped strings, URL userinfo and `name=value` / `"name": value`
-/ `Name: value` pairs with secret names), and so are the detail and the event."""
+/ `Name: value` pairs with secret names), and so are the detail and the event.
+
+A write that fails (disk full, read-only, the directory deleted) is retried until it succeeds, with one log
+line per kind of failure: the caller waits, so the line is not acknowledged and the checkpoint stays before it.
+Only a shutdown that runs out of time gives up (`Unwritten`); the line is then read again after a restart."""
 
 from __future__ import annotations
 
@@ -17,21 +21,31 @@ from typing import Any
 
 import orjson
 
+from shipper.delivery.queue import Closed
 from shipper.processors.masking import Masker
 from shipper.processors.redact import mask_line, mask_text
+from shipper.sources.checkpoints import open_private, write_all
 
 log = logging.getLogger("kong-ship")
 
 PREFIX_BYTES = 4096  # how much of an oversize line is kept
 SUMMARY_EVERY = 60.0  # seconds between log summaries of dead letters
+RETRY_MAX = 5.0  # longest wait between attempts at a failing write
+
+
+class Unwritten(Closed):
+    """Shutdown gave up waiting for a dead letter that could not be written. A `Closed`, so that a reader stops
+    as it does when its queue closes: quietly, with the line unacknowledged."""
 
 
 class DeadLetter:
-    def __init__(self, path: str | None, masker: Masker | None = None):
+    def __init__(self, path: str | None, masker: Masker | None = None, abort: threading.Event | None = None):
         self.path = path
         self.masker = masker or Masker()  # the run's masks (with --mask-* names); the defaults otherwise
         self.counts: Counter[str] = Counter()
-        self._handle = None
+        self._fd: int | None = None
+        self._abort = abort or threading.Event()  # set when shutdown stops waiting for a failing write
+        self._failing: str | None = None  # the failure last logged, to log each kind once
         self._lock = threading.Lock()
         self._last_summary = time.monotonic()
         self._since_summary: Counter[str] = Counter()
@@ -68,14 +82,53 @@ class DeadLetter:
             self.counts[reason] += 1
             self._since_summary[reason] += 1
             if self.path:
-                if self._handle is None:
-                    os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-                    self._handle = open(self.path, "ab")
-                self._handle.write(data)
-                self._handle.flush()
+                self._append(data)
             now = time.monotonic()
             if now - self._last_summary >= SUMMARY_EVERY:
                 self._log_summary(now)
+
+    def _append(self, data: bytes) -> None:
+        delay = 0.1
+        while True:
+            try:
+                self._append_once(data)
+            except OSError as exc:
+                self._close_fd()  # reopened on the next attempt: a remount or a re-created directory is seen
+                message = f"cannot write the dead-letter file {self.path}: {exc.strerror or exc}"
+                if message != self._failing:
+                    log.error("%s; retrying, and the lines waiting for it are not acknowledged meanwhile", message)
+                    self._failing = message
+                if self._abort.wait(delay):
+                    raise Unwritten(message) from None
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            if self._failing:
+                log.info("the dead-letter file %s is written again", self.path)
+                self._failing = None
+            return
+
+    def _append_once(self, data: bytes) -> None:
+        if self._fd is not None and os.fstat(self._fd).st_nlink == 0:
+            self._close_fd()  # deleted under us: what we would write there is lost
+        if self._fd is None:
+            self._fd = open_private(self.path, os.O_WRONLY | os.O_APPEND)
+        start = os.lseek(self._fd, 0, os.SEEK_END)
+        try:
+            write_all(self._fd, data)
+        except OSError:
+            try:
+                os.ftruncate(self._fd, start)  # no half entry for the retry to glue a whole one to
+            except OSError:
+                pass
+            raise
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
 
     def _log_summary(self, now: float) -> None:
         parts = ", ".join(f"{n} {r}" for r, n in sorted(self._since_summary.items()))
@@ -87,9 +140,7 @@ class DeadLetter:
         with self._lock:
             if self._since_summary and self.path:
                 self._log_summary(time.monotonic())
-            if self._handle is not None:
-                self._handle.close()
-                self._handle = None
+            self._close_fd()
 
     @property
     def total(self) -> int:

@@ -254,7 +254,6 @@ class Lane:
                         return False
                     parcel, parcel_bytes = [], 0
                 continue
-            ack(file_id, seq, end)
             if outcome == BLANK:
                 counts["blank"] += 1
             elif outcome == INVALID:
@@ -283,6 +282,8 @@ class Lane:
                     f"line of {data.length} bytes is over --max-line-bytes ({self.settings.max_line_bytes})",
                     file_id, offset, data.prefix, truncated=True,
                 )
+            # Only now: a dead letter that could not be written yet has been waited for, never passed over.
+            ack(file_id, seq, end)
         return not parcel or self._send_parcel(parcel, parcel_bytes)
 
     def _send_parcel(self, parcel: list[Item], nbytes: int) -> bool:
@@ -350,7 +351,7 @@ class Pipeline:
         # One set of masks for the events and the dead letters.
         names = (*settings.mask_headers, *settings.mask_query, *settings.mask_body_keys)
         masker = Masker(names, settings.ship_raw_bodies)
-        self.dead_letter = DeadLetter(settings.dead_letter_path, masker)
+        self.dead_letter = DeadLetter(settings.dead_letter_path, masker, abort=self.abort)
         parser = Parser(settings.format, settings.nginx_fields)
         chain = build_chain(
             settings.jwt_places, settings.jwt_claim, since_ms=settings.since_ms, until_ms=settings.until_ms,

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import httpx
 import tenacity
 
-from shipper.deadletter import DeadLetter
+from shipper.deadletter import DeadLetter, Unwritten
 from shipper.delivery.acks import AckTracker
 from shipper.delivery.ratelimit import TokenBucket
 from shipper.sinks.base import FATAL, OK, REJECT, RETRY, SPLIT, Sink, Verdict
@@ -128,7 +128,10 @@ class Sender:
             self.deliver(items[half:])
         elif verdict.kind in (SPLIT, REJECT):
             file_id, seq, end, event = items[0]
-            self.dead_letter.write("rejected", verdict.reason, sink=self.sink.name, event=event)
+            try:
+                self.dead_letter.write("rejected", verdict.reason, sink=self.sink.name, event=event)
+            except Unwritten:  # shutdown gave up on a failing disk: not acknowledged, sent again after a restart
+                raise Aborted() from None
             self.acks.ack(file_id, seq, end)
             self.count("rejected", 1)
         else:

@@ -215,7 +215,11 @@ def check_state_dir(state_dir: str) -> None:
         raise ConfigError(f"cannot create state directory {state_dir}: {exc.strerror} (set --state-dir)") from None
     probe = os.path.join(state_dir, f".probe{os.getpid()}")
     try:
-        os.close(open_private(probe, os.O_WRONLY))
+        fd = open_private(probe, os.O_WRONLY)
+        try:
+            os.write(fd, b"ok")  # a full disk too is better said at start than found at the first checkpoint
+        finally:
+            os.close(fd)
         os.unlink(probe)
     except OSError as exc:
         raise ConfigError(f"state directory {state_dir} is not writable: {exc.strerror} (set --state-dir)") from None
