@@ -9,7 +9,7 @@ import time
 import pytest
 
 from shipper.sources.files import FileSource, Oversize
-from shipper.sources.identity import Known, family
+from shipper.sources.identity import Known, family, identity, tail_hash
 
 
 class Reader:
@@ -274,3 +274,87 @@ def test_idle_files_are_closed_and_reopened_when_they_grow(tmp_path):
     append(log, b"two")
     reader.step()
     assert reader.payloads() == [b"one", b"two"]
+
+
+# -- identity: files that begin alike, copies, checkpoints confirmed by their tail hash ------------------------
+def test_files_that_begin_alike_are_two_files(tmp_path):
+    append(tmp_path / "a.json", b"same first line", b"a-2", b"a-3")
+    append(tmp_path / "b.json", b"same first line", b"b-2")
+    reader = Reader([tmp_path / "*.json"])
+    reader.step()
+    assert sorted(reader.payloads()) == sorted([b"same first line", b"a-2", b"a-3", b"same first line", b"b-2"])
+    ids = {fid for fid, *_ in reader.lines}
+    assert len(ids) == 2 and len({family(fid) for fid in ids}) == 1
+
+
+def test_a_copy_continues_where_the_truncated_original_was_read(tmp_path):
+    log = tmp_path / "kong.json"
+    append(log, b"a-1", b"a-2")
+    reader = Reader([tmp_path / "kong.json*"])
+    reader.step()
+    old_id = reader.lines[0][0]
+    append(log, b"a-3")  # written, not read yet
+    (tmp_path / "kong.json.1").write_bytes(log.read_bytes())  # copytruncate: the copy...
+    reader.step(rounds=1)  # ...is seen while the original is still whole (and a-3 read from it)
+    with open(log, "r+b") as handle:
+        handle.truncate(0)  # ...then the truncate
+    append(log, b"b-1")
+    append(tmp_path / "kong.json.1", b"a-4")  # (only to show the copy is followed from where the original was)
+    reader.step()
+    assert reader.payloads() == [b"a-1", b"a-2", b"a-3", b"b-1", b"a-4"]
+    assert [fid for fid, data, *_ in reader.lines if data in (b"a-3", b"a-4")] == [old_id, old_id]
+
+
+def test_a_copy_made_after_our_position_ships_only_what_we_had_not_read(tmp_path):
+    log = tmp_path / "kong.json"
+    append(log, b"a-1", b"a-2")
+    reader = Reader([tmp_path / "kong.json*"])
+    reader.step()
+    append(log, b"a-3")  # lands in the copy only: the truncate comes before we read it
+    (tmp_path / "kong.json.1").write_bytes(log.read_bytes())
+    with open(log, "r+b") as handle:
+        handle.truncate(0)
+    append(log, b"b-1")
+    reader.step()
+    assert sorted(reader.payloads()) == [b"a-1", b"a-2", b"a-3", b"b-1"]
+
+
+def test_a_gzip_copy_next_to_its_open_source_is_not_read_twice(tmp_path):
+    plain = tmp_path / "kong.json.1"
+    append(plain, b"r-1", b"r-2")
+    reader = Reader([tmp_path / "kong.json.1*"], rotate_wait=0.0)
+    reader.step()
+    packed = tmp_path / "kong.json.1.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    reader.step()  # both exist: one reader
+    os.unlink(plain)
+    reader.step()
+    assert reader.payloads() == [b"r-1", b"r-2"]
+
+
+def test_an_inode_reused_by_a_file_with_the_same_first_line_is_a_new_file(tmp_path):
+    log = tmp_path / "kong.json"
+    append(log, b"header line", b"old-2", b"old-3")
+    reader = Reader([log], rotate_wait=0.0)
+    reader.step()
+    old_id = reader.lines[0][0]
+    os.unlink(log)
+    reader.step()
+    append(log, b"header line", b"new-2")  # same first line; maybe the same inode; shorter than our position
+    reader.step()
+    assert reader.payloads() == [b"header line", b"old-2", b"old-3", b"header line", b"new-2"]
+    assert reader.lines[-1][0] != old_id
+
+
+def test_a_checkpoint_is_taken_only_by_the_file_whose_bytes_confirm_it(tmp_path):
+    first, second = tmp_path / "b-first.json", tmp_path / "a-other.json"  # the other one is discovered first
+    append(first, b"same first line", b"first-2", b"first-3")
+    append(second, b"same first line", b"other-2", b"other-3")
+    data = first.read_bytes()
+    offset = data.index(b"first-3")
+    file_id = identity(data[: data.index(b"\n") + 1])
+    checkpoint = Known(offset, tail_hash(data[offset - 64 : offset]))
+    reader = Reader([tmp_path / "*.json"], checkpoints={file_id: checkpoint})
+    reader.step()
+    assert sorted(reader.payloads()) == [b"first-3", b"other-2", b"other-3", b"same first line"]
+    assert {fid for fid, d, *_ in reader.lines if d == b"first-3"} == {file_id}
