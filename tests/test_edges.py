@@ -221,3 +221,33 @@ def test_audit_verify_needs_no_token_and_a_401_names_the_variable(tmp_path):
         refused = ship("audit", "verify", "--public-key", str(public_pem), "--admin-url", admin.url, env=env)
         assert refused.returncode == 1
         assert "HTTP 401" in refused.stderr.decode() and "KONG_ADMIN_TOKEN" in refused.stderr.decode()
+
+
+def test_a_huge_retry_after_is_capped_at_an_hour_and_held_by_every_slot():
+    import threading
+    from types import SimpleNamespace
+
+    import httpx
+
+    from shipper.deadletter import DeadLetter
+    from shipper.delivery.acks import AckTracker
+    from shipper.delivery.sender import RETRY_AFTER_CAP, Sender
+    from shipper.sinks.base import judge_common
+    from shipper.sinks.segment import SegmentSink
+
+    response = httpx.Response(429, headers={"Retry-After": "99999999"}, request=httpx.Request("POST", "http://x/"))
+    verdict = judge_common(response, "Segment", "")
+    assert verdict.retry_after == 99999999
+    abort = threading.Event()
+    counted: dict[str, int] = {}
+    sender = Sender(SegmentSink("k", endpoint="http://127.0.0.1:9"), AckTracker(), DeadLetter(None), abort,
+                    lambda key, n: counted.update({key: counted.get(key, 0) + n}))  # fmt: skip
+    state = SimpleNamespace(outcome=SimpleNamespace(result=lambda: verdict))
+    assert sender._wait(state) == RETRY_AFTER_CAP == 3600.0
+    # Another slot's next attempt waits too (here: until the shutdown cuts it short).
+    abort_later = threading.Timer(0.3, abort.set)
+    abort_later.start()
+    started = time.monotonic()
+    assert sender._send([b"{}"]) is None  # aborted while held, never sent
+    assert time.monotonic() - started >= 0.25 and "attempted" not in counted
+    sender.close()

@@ -215,7 +215,7 @@ class _Handler(BaseHTTPRequestHandler):
         except orjson.JSONEncodeError:  # parsed (orjson reads 1024 levels) but too deep to write (254)
             return self._refuse(400, "the body is nested too deep")
         except (OSError, ValueError) as exc:  # ValueError: the spool was closed during shutdown
-            log.error("receive: cannot write the spool: %s", exc)
+            receiver.spool_failed(exc)
             return self._refuse(503, "cannot store the event", headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
                                 close=True)
         receiver.accepted(len(events), len(body) + _ENVELOPE_BYTES * len(events))
@@ -348,6 +348,7 @@ class Receiver:
         self._lock = threading.Lock()
         self._auth_warnings = _Throttled()
         self._overload_warnings: dict[str, _Throttled] = {}
+        self._spool_failing: str | None = None
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         server_class = type("Server", (_Server,), {"address_family": family})
         self._server: _Server = server_class((host, port), _Handler)
@@ -382,9 +383,20 @@ class Receiver:
     def overloaded(self) -> bool:
         return self.backlog.value() > self.max_backlog_bytes
 
+    def spool_failed(self, exc: Exception) -> None:
+        """Logged once per kind of failure (a full disk refuses every delivery until it is freed)."""
+        message = f"receive: cannot write the spool ({getattr(exc, 'strerror', None) or exc}): answering 503"
+        with self._lock:
+            first, self._spool_failing = message != self._spool_failing, message
+        if first:
+            log.error("%s until it can", message)
+
     def accepted(self, events: int, nbytes: int) -> None:
         self.backlog.add(nbytes)
         with self._lock:
+            if self._spool_failing:
+                log.info("receive: the spool is written again")
+                self._spool_failing = None
             self.events_accepted += events
             self.counts[200] = self.counts.get(200, 0) + 1
         self.on_accept()
