@@ -22,6 +22,7 @@ import gen
 from conftest import FAST, ship, ship_env
 from fakes.httpfake import FakeHTTPServer, Request, Response, json_response
 from fakes.kong_admin import FakeKongAdmin
+from fakes.moesif import FakeMoesif
 from fakes.segment import FakeSegment
 from test_faults import assert_exactly_once
 
@@ -159,20 +160,28 @@ def _private_ca(tmp_path):
     return paths
 
 
-class TLSSegment(FakeSegment):
-    def __init__(self, cert_pem, key_pem, **kw):
-        super().__init__(**kw)
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.load_cert_chain(str(cert_pem), str(key_pem))
+def tls(fake_class):
+    """The fake, served over TLS with the given certificate."""
 
-    def start(self):
-        super().start()
-        self._server.socket = self.context.wrap_socket(self._server.socket, server_side=True)
-        return self
+    class TLS(fake_class):
+        def __init__(self, cert_pem, key_pem, *args, **kw):
+            super().__init__(*args, **kw)
+            self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.context.load_cert_chain(str(cert_pem), str(key_pem))
 
-    @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+        def start(self):
+            super().start()
+            self._server.socket = self.context.wrap_socket(self._server.socket, server_side=True)
+            return self
+
+        @property
+        def url(self) -> str:
+            return f"https://127.0.0.1:{self.port}"
+
+    return TLS
+
+
+TLSSegment = tls(FakeSegment)
 
 
 def test_tls_failure_is_one_fatal_line_and_ca_file_trusts_a_private_ca(tmp_path):
@@ -200,6 +209,17 @@ def test_tls_failure_is_one_fatal_line_and_ca_file_trusts_a_private_ca(tmp_path)
         not_pem.write_text("not a certificate\n")
         bad = ship(*base, "--state-dir", str(tmp_path / "s2"), "--ca-file", str(not_pem), env=ENV)
         assert bad.returncode == 2 and "--ca-file" in bad.stderr.decode()
+
+
+def test_moesif_fetches_its_configuration_with_the_same_ca_file(tmp_path):
+    ca_pem, cert_pem, key_pem = _private_ca(tmp_path)
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(5))
+    with tls(FakeMoesif)(cert_pem, key_pem, config={"sample_rate": 50, "user_sample_rate": {}}) as moesif:
+        result = ship("backfill", str(log), "--sink", "moesif", "--endpoint", moesif.url, "--state-dir",
+                      str(tmp_path / "state"), "--ca-file", str(ca_pem), *FAST, env=ENV)  # fmt: skip
+        assert result.returncode == 0, result.stderr.decode()
+        assert moesif.config_requests >= 1 and "/v1/config" not in result.stderr.decode()
 
 
 # -- audit verify without RBAC --------------------------------------------------------------------------------------

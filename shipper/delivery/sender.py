@@ -89,6 +89,8 @@ class Sender:
                 keepalive_expiry=getattr(sink, "keepalive_expiry", None) or 5.0,
             ),
         )
+        if hasattr(sink, "use_client"):  # a sink with requests of its own (Moesif's /v1/config) trusts the same CAs
+            sink.use_client(self.client)
         self._backoff = tenacity.wait_random_exponential(multiplier=retry_initial, max=retry_max)
         self._retrying = tenacity.Retrying(
             retry=tenacity.retry_if_result(lambda verdict: verdict.kind == RETRY),

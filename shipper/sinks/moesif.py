@@ -165,6 +165,7 @@ class MoesifSink:
         self._user_rates: dict[str, int] = {}
         self._company_rates: dict[str, int] = {}
         self._etag: str | None = None
+        self._client: httpx.Client | None = None  # the sender's (its --ca-file), once it has one
         self._config_due = 0.0 if fetch_config else float("inf")
 
     @classmethod
@@ -201,8 +202,9 @@ class MoesifSink:
         if self._etag:
             headers["If-None-Match"] = self._etag
         try:
-            response = httpx.get(self.base + "/v1/config", headers=headers, timeout=self.http_timeout)
-        except httpx.HTTPError as exc:
+            get = self._client.get if self._client is not None else httpx.get
+            response = get(self.base + "/v1/config", headers=headers, timeout=self.http_timeout)
+        except (httpx.HTTPError, RuntimeError) as exc:  # RuntimeError: the sender's client closed at shutdown
             log.warning("moesif: cannot fetch /v1/config (%s); sampling keeps its last settings", exc)
             return
         if response.status_code == 304:
@@ -367,6 +369,10 @@ class MoesifSink:
         if status == 413:
             return Verdict(SPLIT, "Moesif answered 413: batch too large")
         return judge_common(response, "Moesif", "check MOESIF_APPLICATION_ID (or --moesif-application-id-file)")
+
+    def use_client(self, client: httpx.Client) -> None:
+        """The sender's HTTP client, for the configuration requests: the same TLS trust (--ca-file) and pool."""
+        self._client = client
 
     def transport(self) -> httpx.BaseTransport | None:
         return None
