@@ -168,3 +168,27 @@ def test_a_state_directory_deleted_while_running_is_created_again(shippers, tmp_
     assert_exactly_once(segment, range(10))
     saved = orjson.loads((state / "checkpoints-segment.json").read_bytes())
     assert [entry["offset"] for entry in saved["files"].values()] == [os.path.getsize(log)]
+
+
+def test_audit_tail_on_a_full_disk_says_so_once_and_ships_everything_after(shippers, tmp_path):
+    from fakes.kong_admin import FakeKongAdmin
+
+    token = tmp_path / "token"
+    token.write_text("admin-token\n")
+    with FakeKongAdmin("admin-token") as admin, FakeSegment() as segment, tmpfs(tmp_path / "small", "1m") as state:
+        first = admin.add_request(1700000000, signed=False)
+        proc = shippers("audit", "tail", "--admin-url", admin.url, "--admin-token-file", str(token), "--sink",
+                        "segment", "--endpoint", segment.url, "--state-dir", state, "--interval", "0.1", *FAST,
+                        env=ENV)  # fmt: skip
+        segment.wait_for(lambda: len(segment.messages) >= 1, timeout=15)
+        filler = fill(state)
+        later = [admin.add_request(1700000001 + i, signed=False, payload="x" * 20_000) for i in range(3)]
+        time.sleep(1.5)  # about fifteen polls that cannot keep their records
+        assert len(segment.messages) == 1
+        os.unlink(filler)
+        ids = {f"kong-audit-request-{r['request_id']}" for r in [first, *later]}
+        segment.wait_for(lambda: set(segment.message_ids()) == ids, timeout=15)
+        code, _, err = proc.stop()
+    assert code == 0, err
+    assert len(lines_with(err, "cannot keep the records")) == 1, err
+    assert "written again" in err

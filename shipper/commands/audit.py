@@ -188,6 +188,7 @@ def _tail_forever(poller: Poller, spool, settings, sinks, kw, interval: float) -
         failing_since: float | None = time.monotonic() if first_failed else None
         last_warning = time.monotonic()
         last_prune = time.monotonic()
+        write_failure: str | None = None  # logged once per kind, not every poll
         while not pipeline.stop.wait(interval):
             try:
                 spooled = poller.poll()
@@ -204,7 +205,10 @@ def _tail_forever(poller: Poller, spool, settings, sinks, kw, interval: float) -
                 pipeline.wake()
                 return
             except OSError as exc:  # the spool or the cursor cannot be written (disk full): nothing advanced
-                log.warning("audit: cannot keep the records (%s); polling again in %g s", exc, interval)
+                message = f"audit: cannot keep the records ({exc.strerror or exc})"
+                if message != write_failure:
+                    log.error("%s; polling again every %g s until they can be written", message, interval)
+                    write_failure = message
             except Exception as exc:  # noqa: BLE001 - a bug must stop the service visibly, not kill a thread silently
                 failure.append(f"audit poller: {type(exc).__name__}: {exc}")
                 pipeline.stop.set()
@@ -214,6 +218,9 @@ def _tail_forever(poller: Poller, spool, settings, sinks, kw, interval: float) -
                 if failing_since is not None:
                     log.info("audit: the Kong Admin API answers again")
                     failing_since = None
+                if write_failure is not None:
+                    log.info("audit: the records are written again")
+                    write_failure = None
                 if spooled:
                     log.info("audit: %d new records", spooled)
                     pipeline.wake()
