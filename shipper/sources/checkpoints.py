@@ -18,6 +18,8 @@ from shipper.errors import ConfigError
 
 log = logging.getLogger("kong-ship")
 
+# Keys are file identities (sources/identity.py): `f` + 16 hex digits, or that + `.` + 8 hex digits for another
+# file with the same first line. Files written before the discriminator existed are the same format: version 1.
 FORMAT_VERSION = 1
 MAX_ENTRIES = 20_000  # files remembered per sink; the oldest untouched entries go first
 
