@@ -369,6 +369,37 @@ def test_copytruncate_under_fast_rotation_with_the_copies_matched_loses_and_rese
     assert doubled == 0  # the bound the README documents: none while kong-ship runs
 
 
+def test_rotations_while_kong_ship_is_stopped_resume_where_it_was(segment, tmp_path, shippers):
+    """Rename, copytruncate and compression each happen while kong-ship is down; after each restart every file
+    continues at its checkpoint (confirmed by the bytes before it), whatever its new name or inode."""
+    log = tmp_path / "kong.json"
+    pattern = str(tmp_path / "kong.json*")
+
+    def run_until(n: int) -> None:
+        proc = shippers("tail", pattern, *ship_args(segment, tmp_path, follow=True), env=ENV)
+        segment.wait_for(lambda: len(segment.messages) >= n, timeout=15)
+        time.sleep(0.3)  # a resend would show now
+        code, _, err = proc.stop()
+        assert code == 0, err
+
+    gen.write_records(log, range(100))
+    run_until(100)
+    gen.write_records(log, range(100, 120))
+    os.rename(log, tmp_path / "kong.json.1")  # rename rotation
+    gen.write_records(log, range(120, 140))
+    run_until(140)
+    gen.write_records(log, range(140, 160))
+    shutil.copy(log, tmp_path / "kong.json.0")  # copytruncate
+    with open(log, "r+b") as handle:
+        handle.truncate(0)
+    gen.write_records(log, range(160, 180))
+    packed = tmp_path / "kong.json.1.gz"  # and the older rotation compressed
+    packed.write_bytes(gzip.compress((tmp_path / "kong.json.1").read_bytes()))
+    os.unlink(tmp_path / "kong.json.1")
+    run_until(180)
+    assert_exactly_once(segment, range(180))
+
+
 def test_gzip_rotation_under_the_glob_is_not_resent(segment, tmp_path, shippers):
     """logrotate with compress: kong.json → kong.json.1, a new kong.json, then kong.json.1.gz is written next to
     kong.json.1 (a new inode, the same bytes) and kong.json.1 deleted."""
