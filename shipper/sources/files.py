@@ -195,6 +195,10 @@ class FileSource:
         found = choose(fingerprint, known, held, handle.path, size, reader(handle))
         if found is not None:
             file_id, offset = found
+            was = known[file_id].path
+            if was and was != handle.path and offset:
+                log.info("%s holds what was read from %s (renamed, copied or compressed): going on at offset %d",
+                         handle.path, was, offset)  # fmt: skip
         else:
             taken = held | known.keys() | self._read_to.keys()
             file_id = new_id(fingerprint, handle.key, taken.__contains__)
