@@ -132,3 +132,27 @@ def test_a_delivery_refused_on_a_full_disk_is_never_shipped(shippers, tmp_path):
             for name in os.listdir(os.path.join(state, "receive")) if name.startswith("spool-")
         )
         assert all(orjson.loads(line)["record"]["n"] in (1, 3) for line in spooled.splitlines())
+
+
+def test_a_client_trickling_its_headers_is_cut_off_at_the_read_timeout(shippers, tmp_path):
+    with FakeWebhook() as fake:
+        rx = Receive(shippers, tmp_path, fake, "--read-timeout", "1")
+        sock = socket.create_connection(("127.0.0.1", rx.port), timeout=5)
+        sock.sendall(b"POST /hooks HTTP/1.1\r\n")
+        started, closed = time.monotonic(), False
+        try:
+            while time.monotonic() - started < 6:  # a byte every 0.2 s: no single wait reaches the timeout
+                sock.sendall(b"X")
+                sock.settimeout(0.2)
+                try:
+                    if sock.recv(1024) == b"":
+                        closed = True
+                        break
+                except TimeoutError:
+                    pass
+        except (BrokenPipeError, ConnectionResetError):
+            closed = True
+        finally:
+            sock.close()
+        assert closed, "a trickling client held its connection for 6 s with --read-timeout 1"
+        assert rx.post(kong_event(1)).status_code == 200

@@ -40,6 +40,7 @@ from typing import Any
 import orjson
 
 from shipper.sinks.webhook import SIGNATURE_HEADER, signature_ok
+from shipper.sources.http_limits import Backlog, Budget, Deadlines, Throttled
 from shipper.sources.spool import Spool
 
 log = logging.getLogger("kong-ship")
@@ -53,71 +54,6 @@ LISTEN_BACKLOG = 1024  # the stdlib's 5 made a burst of connections wait for SYN
 _ENVELOPE_BYTES = 96  # what the spool adds around each record, roughly
 _OVERFULL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 2\r\n"
              b"Connection: close\r\nContent-Length: 42\r\n\r\n{\"error\":\"too many connections, retry later\"}")
-
-
-class Backlog:
-    """Bytes written to the spool and not yet acknowledged by every sink. `measure` is costly (a stat per file
-    and sink), so it runs at most every `ttl` seconds; bytes appended in between are added on top."""
-
-    def __init__(self, measure: Callable[[], int], ttl: float = 0.1):
-        self._measure = measure
-        self._ttl = ttl
-        self._lock = threading.Lock()
-        self._base = 0
-        self._since = 0
-        self._at = float("-inf")
-
-    def add(self, nbytes: int) -> None:
-        with self._lock:
-            self._since += nbytes
-
-    def value(self) -> int:
-        with self._lock:
-            if time.monotonic() - self._at < self._ttl:
-                return self._base + self._since
-        base = self._measure()
-        with self._lock:
-            self._base, self._since, self._at = base, 0, time.monotonic()
-            return self._base
-
-
-class _Throttled:
-    """A warning at most every `every` seconds, with the count of what was held back."""
-
-    def __init__(self, every: float = 10.0):
-        self.every = every
-        self._lock = threading.Lock()
-        self._last = float("-inf")
-        self._held = 0
-
-    def warn(self, message: str, *args: Any) -> None:
-        with self._lock:
-            now = time.monotonic()
-            if now - self._last < self.every:
-                self._held += 1
-                return
-            held, self._held, self._last = self._held, 0, now
-        log.warning(message + (f" (and {held} more since the last such warning)" if held else ""), *args)
-
-
-class _Budget:
-    """Bytes that may be reserved at once; `take` never waits (a refused client is told to come back)."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self._used = 0
-        self._lock = threading.Lock()
-
-    def take(self, n: int) -> bool:
-        with self._lock:
-            if self._used + n > self.limit:
-                return False
-            self._used += n
-            return True
-
-    def give(self, n: int) -> None:
-        with self._lock:
-            self._used -= n
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -221,17 +157,21 @@ class _Handler(BaseHTTPRequestHandler):
         receiver.accepted(len(events), len(body) + _ENVELOPE_BYTES * len(events))
         self._reply(200, {"accepted": len(events)})
 
+    def handle_one_request(self) -> None:
+        # From the first byte awaited to the last byte of the body, `read_timeout` in all (idle keep-alive too).
+        deadlines = self.server.receiver.deadlines
+        deadlines.arm(self.connection)
+        try:
+            super().handle_one_request()
+        finally:
+            deadlines.disarm(self.connection)
+
     def _read_body(self, length: int) -> bytes | None:
-        """The body, or None when the client closes or passes the read timeout (counted from the request's
-        start, so a client trickling a byte at a time cannot hold a connection and its buffer forever)."""
-        deadline = self._started + self.server.receiver.read_timeout
+        """The body, read as it arrives (not a buffer of `length` allocated up front), or None when the client
+        closes or passes its deadline."""
         chunks, remaining = [], length
         try:
             while remaining > 0:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                self.connection.settimeout(left)
                 chunk = self.rfile.read1(min(remaining, 65536))
                 if not chunk:
                     return None
@@ -239,13 +179,8 @@ class _Handler(BaseHTTPRequestHandler):
                 remaining -= len(chunk)
         except OSError:  # socket.timeout included
             return None
-        finally:
-            self.connection.settimeout(self.timeout)
+        self.server.receiver.deadlines.disarm(self.connection)  # what follows (spool, fsync) is ours, not theirs
         return b"".join(chunks)
-
-    def parse_request(self) -> bool:
-        self._started = time.monotonic()
-        return super().parse_request()
 
     def _linger(self, length: int | None = None) -> None:
         """After refusing a body without reading it: stop writing, then read and discard what the client is still
@@ -341,13 +276,14 @@ class Receiver:
         self.overload = overload
         self.max_connections = max_connections
         self.slots = threading.BoundedSemaphore(max_connections)
-        self.reading = _Budget(READING_BODIES * max_body_bytes)
+        self.reading = Budget(READING_BODIES * max_body_bytes)
         self.read_timeout = read_timeout
+        self.deadlines = Deadlines(read_timeout)
         self.counts: dict[int, int] = {}
         self.events_accepted = 0
         self._lock = threading.Lock()
-        self._auth_warnings = _Throttled()
-        self._overload_warnings: dict[str, _Throttled] = {}
+        self._auth_warnings = Throttled()
+        self._overload_warnings: dict[str, Throttled] = {}
         self._spool_failing: str | None = None
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         server_class = type("Server", (_Server,), {"address_family": family})
@@ -363,6 +299,7 @@ class Receiver:
         return host, port
 
     def start(self) -> None:
+        self.deadlines.start()
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="receive", daemon=True
         )
@@ -378,6 +315,7 @@ class Receiver:
                 self._thread = None
             if not self._closed:
                 self._server.server_close()
+                self.deadlines.stop()
                 self._closed = True
 
     def overloaded(self) -> bool:
@@ -411,6 +349,6 @@ class Receiver:
     def warn_overload(self, why: str, *args: Any) -> None:
         """Throttled per kind of overload, so that one does not hide another."""
         with self._lock:
-            throttle = self._overload_warnings.setdefault(why, _Throttled())
+            throttle = self._overload_warnings.setdefault(why, Throttled())
         how = "closing connections unanswered" if self.overload == "close" else "answering 503"
         throttle.warn(f"receive: {why}: {how}", *args)

@@ -1,0 +1,119 @@
+"""The bounds `kong-ship receive` keeps on what clients may hold: bytes being read, time to send a request,
+warnings about refusals, and the spool's backlog."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("kong-ship")
+
+
+class Backlog:
+    """Bytes written to the spool and not yet acknowledged by every sink. `measure` is costly (a stat per file
+    and sink), so it runs at most every `ttl` seconds; bytes appended in between are added on top."""
+
+    def __init__(self, measure: Callable[[], int], ttl: float = 0.1):
+        self._measure = measure
+        self._ttl = ttl
+        self._lock = threading.Lock()
+        self._base = 0
+        self._since = 0
+        self._at = float("-inf")
+
+    def add(self, nbytes: int) -> None:
+        with self._lock:
+            self._since += nbytes
+
+    def value(self) -> int:
+        with self._lock:
+            if time.monotonic() - self._at < self._ttl:
+                return self._base + self._since
+        base = self._measure()
+        with self._lock:
+            self._base, self._since, self._at = base, 0, time.monotonic()
+            return self._base
+
+
+class Throttled:
+    """A warning at most every `every` seconds, with the count of what was held back."""
+
+    def __init__(self, every: float = 10.0):
+        self.every = every
+        self._lock = threading.Lock()
+        self._last = float("-inf")
+        self._held = 0
+
+    def warn(self, message: str, *args: Any) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last < self.every:
+                self._held += 1
+                return
+            held, self._held, self._last = self._held, 0, now
+        log.warning(message + (f" (and {held} more since the last such warning)" if held else ""), *args)
+
+
+class Budget:
+    """Bytes that may be reserved at once; `take` never waits (a refused client is told to come back)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._used = 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> bool:
+        with self._lock:
+            if self._used + n > self.limit:
+                return False
+            self._used += n
+            return True
+
+    def give(self, n: int) -> None:
+        with self._lock:
+            self._used -= n
+
+
+class Deadlines:
+    """Connections that must have sent their request by a deadline. A socket timeout bounds each wait, not the
+    whole: a client trickling a byte at a time would hold its connection (and thread) forever. A watchdog shuts
+    down the connections past their deadline, which wakes their blocked reads."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self._lock = threading.Lock()
+        self._armed: dict[socket.socket, float] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._armed[sock] = time.monotonic() + self.seconds
+
+    def disarm(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._armed.pop(sock, None)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._watch, name="receive-deadlines", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(min(0.25, self.seconds / 4)):
+            now = time.monotonic()
+            with self._lock:
+                late = [sock for sock, deadline in self._armed.items() if deadline <= now]
+                for sock in late:
+                    del self._armed[sock]
+            for sock in late:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
