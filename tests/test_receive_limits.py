@@ -58,6 +58,10 @@ def test_stalled_unauthenticated_connections_are_bounded_and_timed_out(shippers,
         refused = [a for a in answers if a.startswith(b"HTTP/1.1 503")]
         assert len(refused) >= 180, f"{len(refused)} of 200 refused"  # 20 at most were let in
         assert all(b"Retry-After" in a for a in refused)
+        # A well-formed answer: its Content-Length is the body's.
+        head, _, body = refused[0].partition(b"\r\n\r\n")
+        length = int(next(l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")))
+        assert len(body) == length and orjson.loads(body)["error"]
         # Those let in were disconnected after --read-timeout: all 200 sockets are closed by now.
         assert rx.post(kong_event(1)).status_code == 200
         fake.wait_for(lambda: sorted(delivered(fake)) == [1], timeout=10)

@@ -52,8 +52,9 @@ MAX_CONNECTIONS = 64
 READING_BODIES = 16  # bodies of --max-body-bytes that may be being read at once
 LISTEN_BACKLOG = 1024  # the stdlib's 5 made a burst of connections wait for SYN retransmits (seconds each)
 _ENVELOPE_BYTES = 96  # what the spool adds around each record, roughly
-_OVERFULL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 2\r\n"
-             b"Connection: close\r\nContent-Length: 42\r\n\r\n{\"error\":\"too many connections, retry later\"}")
+_OVERFULL_BODY = b'{"error":"too many connections, retry later"}'
+_OVERFULL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: %d\r\n"
+             b"Connection: close\r\nContent-Length: %d\r\n\r\n%s") % (RETRY_AFTER_SECONDS, len(_OVERFULL_BODY), _OVERFULL_BODY)
 
 
 class _Handler(BaseHTTPRequestHandler):
