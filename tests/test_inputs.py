@@ -10,6 +10,7 @@ import hashlib
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -19,7 +20,7 @@ import orjson
 import pytest
 
 import gen
-from conftest import FAST, FAST_FOLLOW, ship, ship_env
+from conftest import FAST, FAST_FOLLOW, ship, ship_env, wait_until
 from fakes.segment import FakeSegment
 
 ENV = ship_env(SEGMENT_WRITE_KEY="test-key")
@@ -232,15 +233,26 @@ def test_parse_names_each_unreadable_input_prints_the_rest_and_exits_1(tmp_path)
     assert sorted(int(orjson.loads(line)["query"]["seq"]) for line in result.stdout.splitlines()) == list(range(50))
 
 
-def test_tail_says_once_that_a_pattern_matches_nothing_and_reads_the_file_when_it_appears(segment, tmp_path, shippers):
+def test_tail_says_once_that_a_pattern_matches_nothing_and_reads_the_file_when_it_appears(segment, tmp_path):
     pattern = str(tmp_path / "kong-*.json")
-    proc = shippers("tail", pattern, *ship_args(segment, tmp_path, follow=True), env=ENV)
-    time.sleep(0.6)  # several discoveries find nothing
-    gen.write_records(tmp_path / "kong-1.json", range(20))
-    segment.wait_for(lambda: len(segment.messages) >= 20, timeout=15)
-    code, _, err = proc.stop()
-    assert code == 0, err
+    stderr = tmp_path / "stderr"
+    with open(stderr, "wb") as err_file:
+        proc = subprocess.Popen([sys.executable, "-m", "shipper", "tail", pattern,
+                                 *ship_args(segment, tmp_path, follow=True)], stderr=err_file, env=ENV)  # fmt: skip
+    try:
+        # The file appears only once kong-ship has looked and found nothing, and looked again a few times.
+        assert wait_until(lambda: b"no file matches" in stderr.read_bytes(), timeout=15), stderr.read_text()
+        time.sleep(0.3)
+        gen.write_records(tmp_path / "kong-1.json", range(20))
+        segment.wait_for(lambda: len(segment.messages) >= 20, timeout=15)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
     assert_exactly_once(segment, range(20))
+    err = stderr.read_text()
     assert len([line for line in err.splitlines() if "no file matches" in line and pattern in line]) == 1, err
 
 
