@@ -144,6 +144,7 @@ def test_parse_prints_lines_under_the_limit_however_long_and_reports_the_others(
     expected = [s for f in files for s in f.normal] + [s for s in under if s != plain_last]
     assert sorted(printed) == sorted(expected) and max(printed.values()) == 1
     err = result.stderr.decode()
+    assert f"{plain[1].path}: ends with {len(plain[1].data) - plain[1].long[-1][0]} bytes" in err, err
     for f in files:
         for off, seq in f.long:
             if seq in _over_a_mib(f) and not (f is plain[1] and seq == plain_last):
