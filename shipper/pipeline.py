@@ -402,6 +402,10 @@ class Pipeline:
         dead = self.dead_letter.total
         return "; ".join(parts) + (f"; {dead:,} dead-lettered" if dead else "")
 
+    def fail(self, reason: str) -> None:
+        """End the run as fatal (exit 1 with `reason`): for work beside the pipeline, e.g. a thread of a command."""
+        self._on_fatal(reason)
+
     def _on_fatal(self, reason: str) -> None:
         with self._fatal_lock:
             if self.fatal is None:

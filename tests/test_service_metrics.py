@@ -32,7 +32,7 @@ def test_metrics_names_and_values_after_a_small_run(tmp_path, shippers):
     log = tmp_path / "kong.json"
     gen.write_records(log, range(40))
     with open(log, "ab") as handle:
-        handle.write(b"not json\n[1]\n")
+        handle.write(b"not json\n[1]\n\n \t \n")
     port = free_port()
     with FakeSegment() as segment:
         segment.script([503])
@@ -52,7 +52,8 @@ def test_metrics_names_and_values_after_a_small_run(tmp_path, shippers):
         assert values, "bytes behind never reached 0"
         code, _, err = proc.stop()
         assert code == 0, err
-    assert values["kong_ship_lines_read_total"] == 42
+    assert values["kong_ship_lines_read_total"] == 44
+    assert values["kong_ship_blank_lines_total"] == 2
     assert values["kong_ship_records_parsed_total"] == 40
     assert values['kong_ship_dead_letters_total{reason="not_json"}'] == 1
     assert values['kong_ship_dead_letters_total{reason="not_object"}'] == 1

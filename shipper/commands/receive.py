@@ -20,6 +20,7 @@ from shipper.cli import _apply, _config_option, _drive, _shipping, _summary
 from shipper.commands import prepare_spooled
 from shipper.errors import ConfigError
 from shipper.sinks.credentials import read_secret
+from shipper.threads import supervised
 
 log = logging.getLogger("kong-ship")
 
@@ -140,7 +141,11 @@ def receive(**kw: Any) -> None:
                 except Exception as exc:  # noqa: BLE001 - pruning is housekeeping; never let it kill the receiver
                     log.warning("receive: pruning the spool failed: %s", exc)
 
-    maintainer = threading.Thread(target=maintain, name="receive-maintain", daemon=True)
+    # Supervised: if housekeeping dies, the run ends (exit 1) rather than accept deliveries into a spool
+    # nobody prunes.
+    maintainer = threading.Thread(
+        target=supervised(maintain, "receive-maintain", pipeline.fail), name="receive-maintain", daemon=True
+    )
 
     bound_host, bound_port = receiver.address
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host

@@ -39,6 +39,7 @@ class PipelineCollector:
         counts = first.counts
         yield CounterMetricFamily(f"{PREFIX}_lines_read", "Lines read from the log files.", value=counts["lines"])
         yield CounterMetricFamily(f"{PREFIX}_records_parsed", "Lines understood as transactions.", value=counts["parsed"])
+        yield CounterMetricFamily(f"{PREFIX}_blank_lines", "Empty or whitespace-only lines (nothing to ship).", value=counts["blank"])
         dead = CounterMetricFamily(f"{PREFIX}_dead_letters", "Lines and events written to the dead-letter file.", labels=["reason"])
         for reason, n in sorted(self.pipeline.dead_letter.counts.items()):
             dead.add_metric([reason], n)
