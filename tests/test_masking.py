@@ -50,7 +50,8 @@ def readable(data: bytes) -> str:
     extra = []
     for candidate in _B64.findall(text):
         try:
-            raw = base64.b64decode(candidate + "=" * (-len(candidate) % 4), altchars=b"-_" if "-" in candidate or "_" in candidate else None)
+            padded = candidate + "=" * (-len(candidate) % 4)
+            raw = base64.b64decode(padded, altchars=b"-_" if "-" in candidate or "_" in candidate else None)
         except (binascii.Error, ValueError):
             continue
         if raw[:2] == b"\x1f\x8b":
@@ -174,9 +175,11 @@ def test_dead_letter_lines_are_masked_structurally_or_textually():
     broken = b'{"headers": {"X-API-KEY": "k1", "cookie": "c=1"}, "uri": "/a?api%255Fkey=k2#id_token=k3", "body": "t"'
     text = mask_line(broken)
     assert not any(s in text for s in ("k1", "c=1", "k2", "k3", '"t"')), text
-    assert mask_text("x Authorization: Bearer abcdefgh123 (header lines end at the line's end)") == (
-        f"x Authorization: {MASK}"
+    assert mask_text("x Cookie: sid=abc (in a raw line, a header ends at the line's end)", raw_line=True) == (
+        f"x Cookie: {MASK}"
     )
+    prose = "no Admin API token: export KONG_ADMIN_TOKEN=... or pass --admin-token-file"
+    assert mask_text(prose) == prose  # our own messages stay readable
     assert mask_text("see eyJhbGciOi.eyJzdWIi.c2ln at https://u:p@h/") == f"see {MASK} at https://{MASK}@h/"
 
 

@@ -15,19 +15,17 @@ What is masked (values replaced by `*****`), for every record:
   `api.upstream_url`);
 - JWT claims: only the registered ones (`iss sub aud exp nbf iat jti`) and `sid` are kept: private claims are
   the token owner's data and may be secrets;
-- dead letters and our own log lines: `mask_line` and `mask_text` (below).
+- dead letters, our own log lines and error messages: `redact.mask_line` and `redact.mask_text`.
 
-The normalisation: percent-decoded until stable (`%6Bey`, `api%255Fkey`), `+` as a space, case-folded, `-` as
-`_`; `user[password]` matches on `password`, and Nginx's `http_` / `sent_http_` prefixes are ignored. So
-`X-Api-Key`, `x_api_key`, `http_X_API_KEY` and `x%2Dapi%2Dkey` are one name. One set of secret names serves
-every place (the defaults plus `--mask-header`, `--mask-query`, `--mask-body-key`): a name that carries a
-secret in a header carries one in a body too.
+The names: one set of secret names serves every place (the defaults plus `--mask-header`, `--mask-query`,
+`--mask-body-key`: a name that carries a secret in a header carries one in a body too), compared in one normal
+form (`names.normalize`: case-folded, percent-decoded until stable, `-` as `_`; see `names`).
 
 Speed: masking runs for every line at ~30k lines/s, and most records carry no secret. Header and query names
-repeat from record to record, so each name is classified once and remembered (`_Names`, bounded); a record's
-names are then checked with set operations done in C, and a string is only taken apart when a cheap
-substring test (`=`, `?`, `#`, `@`) says it could hold a parameter. Entities repeat too: their masked form is
-remembered (`mask_entity`; the masked dict is shared between records: sinks only read it).
+repeat from record to record, so each name is classified once and remembered (`names.NameSet`, bounded); a
+record's names are then checked with set operations done in C, and a string is only taken apart when a cheap
+substring test (`=`, `?`, `#`, `@`) says it could hold a parameter. Entities and JWT claims repeat too: their
+masked form is remembered (shared between records: sinks only read it).
 """
 
 from __future__ import annotations
@@ -38,45 +36,26 @@ import re
 import zlib
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import unquote_plus
 
 import orjson
 
 from shipper.model import Transaction
+from shipper.processors.names import (  # noqa: F401 - DEFAULT_* and normalize are part of this module's API
+    DEFAULT_BODY_KEYS,
+    DEFAULT_HEADERS,
+    DEFAULT_QUERY,
+    SECRET_KEYS,
+    NameSet,
+    normalize,
+)
 
 MASK = "*****"
-DEFAULT_HEADERS = (
-    "authorization", "proxy-authorization", "cookie", "set-cookie", "apikey", "api-key", "x-api-key",
-    "x-auth-token", "x-access-token",
-)  # fmt: skip
-DEFAULT_QUERY = ("apikey", "api_key", "key", "token", "access_token")
-DEFAULT_BODY_KEYS = (
-    "password", "passwd", "pwd", "secret", "client_secret", "token", "access_token", "refresh_token", "id_token",
-    "auth_token", "api_key", "apikey", "jwt", "private_key", "jwk", "authorization", "cookie", "set-cookie",
-)  # fmt: skip
-
-
-def normalize(name: str) -> str:
-    """The one form names are compared in: percent-decoded until stable, case-folded, `-` as `_`."""
-    if "%" in name or "+" in name:
-        for _ in range(4):  # `api%25255Fkey` is three decodings deep; nobody encodes deeper by accident
-            decoded = unquote_plus(name)
-            if decoded == name:
-                break
-            name = decoded
-    return name.strip().casefold().replace("-", "_")
-
-
-# The one set of secret names, normalized: `key`, `secret`, `password` and the rest are secrets wherever they
-# appear (Kong entities in audit records and event hooks use it too).
-SECRET_KEYS = frozenset(normalize(n) for n in (*DEFAULT_HEADERS, *DEFAULT_QUERY, *DEFAULT_BODY_KEYS))
 JWT_KEPT_CLAIMS = frozenset({"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "sid"})
-URL_HEADERS = ("referer", "location", "content-location")
-_URL_HEADERS = frozenset(URL_HEADERS)
+URL_HEADERS = frozenset({"referer", "location", "content_location"})  # masked as URLs, normalized names
 BODY_FIELDS = frozenset({"body", "request_body", "response_body"})  # keys whose value is a body (dead letters)
 WITHHELD = "body withheld by kong-ship: {size} bytes, neither JSON nor form-encoded (--ship-raw-bodies sends it)"
 _MAX_DEPTH = 64
-_CACHE_MAX = 4096  # names remembered per verdict, entities remembered; beyond that, work is redone, not wrong
+_CACHE_MAX = 4096  # entities and JWT claims remembered; beyond that, work is redone, not wrong
 _MAX_INFLATE = 10 << 20  # a gzip body is inspected up to this size; larger ones are withheld
 
 _PARAM_KEYS = re.compile(r"(?:^|[&;?])([^&;=?]*)=")  # the names of `a=1&b=2`, `/cb?token=x` (after the `?`)
@@ -86,76 +65,57 @@ _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#@\s\"'<>]+@")
 _NOT_JSON = object()
 
 
-def _is_secret(name: Any, secrets: frozenset[str]) -> bool:
-    if not isinstance(name, str) or not name:
-        return False
-    norm = normalize(name)
-    if norm in secrets:
-        return True
-    for prefix in ("http_", "sent_http_"):  # Nginx variables: `http_x_api_key` is the header `X-Api-Key`
-        if norm.startswith(prefix) and norm[len(prefix) :] in secrets:
-            return True
-    if "[" in norm:  # `user[password]`, `a[b][token]`
-        return any(part in secrets for part in re.split(r"[\[\]]+", norm) if part)
-    return False
-
-
-class _Names:
-    """Which names are secret, remembered: after the first records, a record's names are checked against the
-    ones already classified with set operations done in C, and only a new name is normalized."""
-
-    __slots__ = ("secrets", "clean", "hit", "known")
-
-    def __init__(self, secrets: frozenset[str]):
-        self.secrets = secrets
-        self.clean: set[Any] = set()
-        self.hit: set[Any] = set()
-        self.known: set[Any] = set()  # clean | hit
-
-    def is_secret(self, name: Any) -> bool:
-        if name in self.hit:
-            return True
-        if name in self.clean:
-            return False
-        found = _is_secret(name, self.secrets)
-        if len(self.known) < _CACHE_MAX:
-            (self.hit if found else self.clean).add(name)
-            self.known.add(name)
-        return found
-
-    def secrets_in(self, keys: Any) -> set[Any] | frozenset[Any]:
-        """The secret names among `keys` (a dict's keys or a set)."""
-        if keys <= self.known:  # the usual case: every name was seen before
-            return keys & self.hit
-        return {k for k in keys if self.is_secret(k)}
-
-
 class Masker:
     """The masks, configured once: call it on a Transaction (the processor), or use its parts on anything."""
 
     def __init__(self, extra_names: Iterable[str] = (), ship_raw_bodies: bool = False):
         self.secrets = SECRET_KEYS | frozenset(normalize(n) for n in extra_names)
-        self.names = _Names(self.secrets)
+        self.names = NameSet(self.secrets)
+        self.header_names = NameSet(self.secrets | URL_HEADERS)
         self.ship_raw_bodies = ship_raw_bodies
-        self._entities: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+        self._entities: dict[str, tuple[Any, dict[str, Any]]] = {}
+        self._claims: dict[int, tuple[Any, Any]] = {}  # id(claims) -> (claims, their kept part)
 
     # -- the processor -------------------------------------------------------------------------------------
     def __call__(self, txn: Transaction) -> Transaction:
-        txn.request_headers = self.mask_headers(txn.request_headers)
-        txn.response_headers = self.mask_headers(txn.response_headers)
+        # Written for the common case, a record with no secret: set operations against names seen clean before
+        # and substring tests, inline; the helpers run only where there may be something to mask.
+        header_names = self.header_names
+        known, hit = header_names.known, header_names.hit
+        headers = txn.request_headers
+        if headers:
+            keys = headers.keys()
+            hits = keys & hit if keys <= known else header_names.secrets_in(keys)
+            if hits:
+                txn.request_headers = self._mask_header_values(headers, hits)
+        headers = txn.response_headers
+        if headers:
+            keys = headers.keys()
+            hits = keys & hit if keys <= known else header_names.secrets_in(keys)
+            if hits:
+                txn.response_headers = self._mask_header_values(headers, hits)
+        names = self.names
         query = txn.query
-        if query:
-            hits = self.names.secrets_in(query.keys())
+        if query and not query.keys() <= names.clean:
+            hits = names.secrets_in(query.keys())
             if hits:
                 txn.query = {k: (MASK if k in hits else v) for k, v in query.items()}
-        qs = txn.query_string
-        masked_qs = self.mask_params(qs) if qs else qs
-        txn.query_string = masked_qs
+        qs = masked_qs = txn.query_string
+        if qs and "=" in qs and not names.clean.issuperset(_PARAM_KEYS.findall(qs)):
+            masked_qs = txn.query_string = self.mask_params(qs)
         if txn.fragment:
             txn.fragment = self.mask_params(txn.fragment)
-        txn.raw_path = self._with_query(txn.raw_path, qs, masked_qs)
-        if txn.upstream_uri:
-            txn.upstream_uri = self._with_query(txn.upstream_uri, qs, masked_qs)
+        raw = txn.raw_path
+        if masked_qs is not qs or "#" in raw or "@" in raw or not (
+            raw.endswith(qs) and raw.find("?") == len(raw) - len(qs) - 1  # `path?qs`, already checked
+        ):
+            txn.raw_path = self._with_query(raw, qs, masked_qs)
+        upstream = txn.upstream_uri
+        if upstream:
+            if upstream == raw:  # Kong's upstream URI is often the request's target
+                txn.upstream_uri = txn.raw_path
+            elif "?" in upstream or "#" in upstream or "@" in upstream:
+                txn.upstream_uri = self._with_query(upstream, qs, masked_qs)
         if "@" in txn.host:
             txn.host = txn.host.rpartition("@")[2]
         if txn.request_body is not None:
@@ -172,7 +132,14 @@ class Masker:
             txn.authenticated_entity = self.mask_entity(txn.authenticated_entity)
         claims = txn.jwt_claims
         if claims and not claims.keys() <= JWT_KEPT_CLAIMS:
-            txn.jwt_claims = {k: v for k, v in claims.items() if k in JWT_KEPT_CLAIMS}
+            # identify decodes each token once (a cache): the same claims object comes again and again.
+            cached = self._claims.get(id(claims))
+            if cached is None or cached[0] is not claims:
+                if len(self._claims) >= _CACHE_MAX:
+                    self._claims.clear()
+                kept = {k: v for k, v in claims.items() if k in JWT_KEPT_CLAIMS}
+                cached = self._claims[id(claims)] = (claims, kept)
+            txn.jwt_claims = cached[1]
         if txn.details:
             txn.details = self.mask_value(txn.details)
         return txn
@@ -194,21 +161,21 @@ class Masker:
     def mask_headers(self, headers: dict[str, Any]) -> dict[str, Any]:
         if not headers:
             return headers
-        hits = self.names.secrets_in(headers.keys())
-        masked = dict(headers) if hits else headers
+        # One classification for both kinds of header worth a look: secrets, and URLs (Referer, Location).
+        names = self.header_names
+        keys = headers.keys()
+        hits = keys & names.hit if keys <= names.known else names.secrets_in(keys)
+        return self._mask_header_values(headers, hits) if hits else headers
+
+    def _mask_header_values(self, headers: dict[str, Any], hits: Any) -> dict[str, Any]:
+        masked = dict(headers)
+        secret = self.names.hit
         for k in hits:
             value = masked[k]
-            masked[k] = [MASK] * len(value) if isinstance(value, list) else MASK
-        if _URL_HEADERS.isdisjoint(headers):
-            return masked
-        for name in URL_HEADERS:
-            value = headers.get(name)
-            if type(value) is str and ("?" in value or "#" in value or "@" in value):
-                url = self.mask_url(value)
-                if url is not value:
-                    if masked is headers:
-                        masked = dict(headers)
-                    masked[name] = url
+            if k in secret or self.names.is_secret(k):
+                masked[k] = [MASK] * len(value) if type(value) is list else MASK
+            elif type(value) is str:
+                masked[k] = self.mask_url(value)
         return masked
 
     def mask_params(self, text: str) -> str:
@@ -266,7 +233,9 @@ class Masker:
             return body  # a number or a boolean holds no key
         masked = self._text_body(body, decode_base64=True)
         if masked is None:
-            return body if self.ship_raw_bodies else {"msg": WITHHELD.format(size=len(body.encode("utf-8", "replace")))}
+            if self.ship_raw_bodies:
+                return body
+            return {"msg": WITHHELD.format(size=len(body.encode("utf-8", "replace")))}
         return masked
 
     def _text_body(self, text: str, decode_base64: bool) -> Any:
@@ -350,18 +319,20 @@ class Masker:
         return text
 
     def mask_entity(self, entity: dict[str, Any]) -> dict[str, Any]:
-        # Kong logs the same few services and routes on every line: their masked form is remembered by id,
-        # and used only when the entity is still equal to the one it was made from (a C-level comparison).
+        # Kong logs the same few services and routes on every line: each is masked once per id and version.
+        # A record with a known id and version but other content gets the masked copy made first: possibly
+        # stale (a 0.x `api` has no `updated_at`), never unmasked.
         ident = entity.get("id")
         if type(ident) is not str:
             return self.mask_value(entity)
+        version = entity.get("updated_at") or entity.get("created_at")
         cached = self._entities.get(ident)
-        if cached is not None and cached[0] == entity:
+        if cached is not None and cached[0] == version:
             return cached[1]
         masked = self.mask_value(entity)
         if len(self._entities) >= _CACHE_MAX:
             self._entities.clear()
-        self._entities[ident] = (entity, masked)
+        self._entities[ident] = (version, masked)
         return masked
 
 

@@ -20,7 +20,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
-from shipper.processors.masking import BODY_FIELDS, MASK, Masker, normalize
+from shipper.processors.masking import BODY_FIELDS, MASK, Masker
+from shipper.processors.names import normalize
 
 _SCHEMES = re.compile(r"(?i)\b(bearer|basic|digest)(\s+)[A-Za-z0-9._~+/=-]{8,}")
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*)?")
@@ -34,13 +35,17 @@ _JSON_VALUE = re.compile(
     r"|\[[^\]]*\]?"  # a flat list
     r"|[^,{}\[\]\s\"][^,}\]\s]*"  # a number, a literal (an object is left to the names inside it)
 )
-_HEADER_LINE = re.compile(r"(?m)(^|[\s{,;|\"])([A-Za-z0-9_-]{2,64})(\s*:[ \t]+)([^\r\n\"]*)")
+# `Name: value` where a header starts: at a line's start or in a string (and, in a raw line, after a space —
+# not in our own messages, where `no token: export …` is prose).
+_HEADER_LINE = re.compile(r"(?m)(^|[{,;|\"])([A-Za-z0-9_-]{2,64})(\s*:[ \t]+)([^\r\n\"]*)")
+_HEADER_IN_LINE = re.compile(r"(?m)(^|[\s{,;|\"])([A-Za-z0-9_-]{2,64})(\s*:[ \t]+)([^\r\n\"]*)")
 _PARAM = re.compile(r"([A-Za-z0-9_.%+\[\]-]+)=([^&\s;,\"'<>#?]*)")  # `#`, `?`: `seq=1#token=…`
 
 
-def mask_text(text: str, masker: Masker | None = None, bodies: bool = False) -> str:
-    """`text` with credentials, tokens and secret-named values masked (see the module's docstring); with
-    `bodies`, the string values of `body` keys too (their secrets could sit under any name)."""
+def mask_text(text: str, masker: Masker | None = None, raw_line: bool = False) -> str:
+    """`text` with credentials, tokens and secret-named values masked (see the module's docstring). A
+    `raw_line` (a log line that is not JSON) is masked harder: the string values of `body` keys too (their
+    secrets could sit under any name), and `Name: value` after a space."""
     names = (masker or _default).names
     if "@" in text and (":/" in text or ":\\/" in text):
         text = _USERINFO.sub(rf"\1{MASK}@", text)
@@ -48,8 +53,8 @@ def mask_text(text: str, masker: Masker | None = None, bodies: bool = False) -> 
         text = _JWT.sub(MASK, text)
     text = _SCHEMES.sub(rf"\1\2{MASK}", text)
     if ":" in text:
-        text = _json_pairs(text, names, bodies)
-        text = _HEADER_LINE.sub(
+        text = _json_pairs(text, names, raw_line)
+        text = (_HEADER_IN_LINE if raw_line else _HEADER_LINE).sub(
             lambda m: m.group(1) + m.group(2) + m.group(3) + MASK if names.is_secret(m.group(2)) else m.group(0), text
         )
     if "=" in text:
@@ -92,7 +97,7 @@ def mask_line(line: bytes, masker: Masker | None = None) -> str:
         value = None
     if isinstance(value, (dict, list)):
         return mask_text(orjson.dumps(masker.mask_value(value)).decode(), masker)
-    return mask_text(text, masker, bodies=True)
+    return mask_text(text, masker, raw_line=True)
 
 
 def url_has_userinfo(url: str) -> bool:

@@ -27,7 +27,8 @@ import httpx
 import orjson
 
 from shipper.model import Transaction
-from shipper.processors.masking import MASK, mask_query_string, normalize
+from shipper.processors.masking import MASK, mask_query_string
+from shipper.processors.names import normalize
 from shipper.sinks.base import FATAL, SPLIT, EventSkipped, Verdict, absolute_url, judge_common
 from shipper.sinks.credentials import read_secret
 from shipper.sinks.segment import iso_ms

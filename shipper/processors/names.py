@@ -1,0 +1,85 @@
+"""Secret names, and the one normal form every name is compared in — header names, query and fragment
+parameter names, body keys, the names in dead-lettered lines.
+
+`normalize`: percent-decoded until stable (`%6Bey`, `api%255Fkey`), `+` as a space, case-folded, `-` as `_`.
+`is_secret_name` also matches `user[password]` on `password` and ignores Nginx's `http_` / `sent_http_` prefixes.
+`NameSet` remembers its verdicts, so that the names of a record, which repeat from record to record, are checked
+with set operations done in C, and only a name never seen before is normalized.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import unquote_plus
+
+DEFAULT_HEADERS = (
+    "authorization", "proxy-authorization", "cookie", "set-cookie", "apikey", "api-key", "x-api-key",
+    "x-auth-token", "x-access-token",
+)  # fmt: skip
+DEFAULT_QUERY = ("apikey", "api_key", "key", "token", "access_token")
+DEFAULT_BODY_KEYS = (
+    "password", "passwd", "pwd", "secret", "client_secret", "token", "access_token", "refresh_token", "id_token",
+    "auth_token", "api_key", "apikey", "jwt", "private_key", "jwk", "authorization", "cookie", "set-cookie",
+)  # fmt: skip
+
+
+def normalize(name: str) -> str:
+    """The one form names are compared in: percent-decoded until stable, case-folded, `-` as `_`."""
+    if "%" in name or "+" in name:
+        for _ in range(4):  # `api%25255Fkey` is three decodings deep; nobody encodes deeper by accident
+            decoded = unquote_plus(name)
+            if decoded == name:
+                break
+            name = decoded
+    return name.strip().casefold().replace("-", "_")
+
+
+# The one set of secret names, normalized: `key`, `secret`, `password` and the rest are secrets wherever they
+# appear (Kong entities in audit records and event hooks use it too).
+SECRET_KEYS = frozenset(normalize(n) for n in (*DEFAULT_HEADERS, *DEFAULT_QUERY, *DEFAULT_BODY_KEYS))
+REMEMBERED = 4096  # names remembered per NameSet; beyond that, work is redone, not wrong
+
+
+def is_secret_name(name: Any, secrets: frozenset[str]) -> bool:
+    if not isinstance(name, str) or not name:
+        return False
+    norm = normalize(name)
+    if norm in secrets:
+        return True
+    for prefix in ("http_", "sent_http_"):  # Nginx variables: `http_x_api_key` is the header `X-Api-Key`
+        if norm.startswith(prefix) and norm[len(prefix) :] in secrets:
+            return True
+    if "[" in norm:  # `user[password]`, `a[b][token]`
+        return any(part in secrets for part in re.split(r"[\[\]]+", norm) if part)
+    return False
+
+
+class NameSet:
+    """Which names are secret, remembered: after the first records, a record's names are checked against the
+    ones already classified with set operations done in C, and only a new name is normalized."""
+
+    __slots__ = ("secrets", "clean", "hit", "known")
+
+    def __init__(self, secrets: frozenset[str]):
+        self.secrets = secrets
+        self.clean: set[Any] = set()
+        self.hit: set[Any] = set()
+        self.known: set[Any] = set()  # clean | hit
+
+    def is_secret(self, name: Any) -> bool:
+        if name in self.hit:
+            return True
+        if name in self.clean:
+            return False
+        found = is_secret_name(name, self.secrets)
+        if len(self.known) < REMEMBERED:
+            (self.hit if found else self.clean).add(name)
+            self.known.add(name)
+        return found
+
+    def secrets_in(self, keys: Any) -> set[Any] | frozenset[Any]:
+        """The secret names among `keys` (a dict's keys or a set)."""
+        if keys <= self.known:  # the usual case: every name was seen before
+            return keys & self.hit
+        return {k for k in keys if self.is_secret(k)}
