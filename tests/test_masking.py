@@ -175,6 +175,8 @@ def test_dead_letter_lines_are_masked_structurally_or_textually():
     broken = b'{"headers": {"X-API-KEY": "k1", "cookie": "c=1"}, "uri": "/a?api%255Fkey=k2#id_token=k3", "body": "t"'
     text = mask_line(broken)
     assert not any(s in text for s in ("k1", "c=1", "k2", "k3", '"t"')), text
+    cut = mask_line(b'{"jwk": {"d": "k4", "e": {"f": "}"}}, "n": 5, "credentials": {"secret": {"d": "k5"')
+    assert "k4" not in cut and "k5" not in cut and '"n": 5' in cut, cut
     assert mask_text("x Cookie: sid=abc (in a raw line, a header ends at the line's end)", raw_line=True) == (
         f"x Cookie: {MASK}"
     )

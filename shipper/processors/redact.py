@@ -72,19 +72,46 @@ def _json_pairs(text: str, names: Any, bodies: bool) -> str:
         body = bodies and normalize(name) in BODY_FIELDS
         if not body and not names.is_secret(name):
             continue
-        value = _JSON_VALUE.match(text, match.end())
-        if value is None or value.group(0) in ("null", '"*****"', '\\"*****\\"'):
-            continue
-        if body and not value.group(0).startswith(('"', '\\"')):
-            continue  # a body that is an object: its pairs are masked by name like the others
+        start = match.end()
+        if text.startswith("{", start):
+            if body:
+                continue  # a body that is an object: its pairs are masked by name like the others
+            end = _object_end(text, start)  # a secret name's object (`"jwk": {…}`) goes whole
+        else:
+            value = _JSON_VALUE.match(text, start)
+            if value is None or value.group(0) in ("null", '"*****"', '\\"*****\\"'):
+                continue
+            if body and not value.group(0).startswith(('"', '\\"')):
+                continue
+            end = value.end()
         quote = match.group(1)
-        out.append(text[pos : match.end()])
+        out.append(text[pos:start])
         out.append(f"{quote}{MASK}{quote}")
-        pos = value.end()
+        pos = end
     if not out:
         return text
     out.append(text[pos:])
     return "".join(out)
+
+
+def _object_end(text: str, start: int) -> int:
+    """Where the JSON object starting at `start` ends (braces in strings skipped); the text's end if it is cut."""
+    depth, in_string, escaped = 0, False, False
+    for i in range(start, len(text)):
+        c = text[i]
+        if escaped:
+            escaped = False
+        elif c == "\\":
+            escaped = True
+        elif c == '"':
+            in_string = not in_string
+        elif not in_string and c == "{":
+            depth += 1
+        elif not in_string and c == "}":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    return len(text)
 
 
 def mask_line(line: bytes, masker: Masker | None = None) -> str:
