@@ -192,3 +192,18 @@ def test_audit_tail_on_a_full_disk_says_so_once_and_ships_everything_after(shipp
     assert code == 0, err
     assert len(lines_with(err, "cannot keep the records")) == 1, err
     assert "written again" in err
+
+
+def test_receive_whose_state_directory_is_deleted_spools_into_a_new_one(shippers, tmp_path):
+    from test_receive import Receive, delivered
+
+    with FakeWebhook() as fake:
+        rx = Receive(shippers, tmp_path, fake)
+        assert rx.post(kong_event(1)).status_code == 200
+        fake.wait_for(lambda: sorted(delivered(fake)) == [1], timeout=10)
+        shutil.rmtree(tmp_path / "state")
+        assert rx.post(kong_event(2)).status_code == 200  # durable: in a segment that exists
+        assert any(name.startswith("spool-") for name in os.listdir(tmp_path / "state" / "receive"))
+        fake.wait_for(lambda: sorted(delivered(fake)) == [1, 2], timeout=10)
+        code, _, err = rx.proc.stop()
+    assert code == 0, err
