@@ -149,7 +149,9 @@ def receive(**kw: Any) -> None:
 
     bound_host, bound_port = receiver.address
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-    everywhere = " on EVERY address of this host (--listen HOST:PORT to choose one)" if host in ("0.0.0.0", "::") else ""
+    everywhere = ""
+    if host in ("0.0.0.0", "::"):
+        everywhere = " on EVERY address of this host (--listen HOST:PORT to choose one)"
     log.info(
         "receiving event hooks at http://%s:%d/%s (%s) → %s (spool %s)",
         shown, bound_port, everywhere, "signed with x-kong-signature" if secret else "UNSIGNED: --allow-unsigned",

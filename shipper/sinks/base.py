@@ -120,7 +120,9 @@ def judge_common(response: httpx.Response, vendor: str, credential_hint: str) ->
         # A redirect means a wrong --endpoint (another region, http for https), never a bad event: following it
         # would send credentials to wherever it points, and rejecting would dead-letter every event.
         where = response.headers.get("location") or "(no Location header)"
-        return Verdict(FATAL, f"{vendor} redirects {response.request.url} (HTTP {status}) to {where}: set --endpoint to the right URL")
+        return Verdict(
+            FATAL, f"{vendor} redirects {response.request.url} (HTTP {status}) to {where}: set --endpoint to the right URL"
+        )
     if status == 429 or status == 408 or (status >= 500 and status not in (501, 505)):
         return Verdict(RETRY, f"{vendor} answered HTTP {status}", retry_after_seconds(response))
     if status in (501, 505):

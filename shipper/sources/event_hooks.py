@@ -53,8 +53,10 @@ READING_BODIES = 16  # bodies of --max-body-bytes that may be being read at once
 LISTEN_BACKLOG = 1024  # the stdlib's 5 made a burst of connections wait for SYN retransmits (seconds each)
 _ENVELOPE_BYTES = 96  # what the spool adds around each record, roughly
 _OVERFULL_BODY = b'{"error":"too many connections, retry later"}'
-_OVERFULL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: %d\r\n"
-             b"Connection: close\r\nContent-Length: %d\r\n\r\n%s") % (RETRY_AFTER_SECONDS, len(_OVERFULL_BODY), _OVERFULL_BODY)
+_OVERFULL = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: %d\r\n"
+    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s"
+) % (RETRY_AFTER_SECONDS, len(_OVERFULL_BODY), _OVERFULL_BODY)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -121,7 +123,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # the client gave up, or stalled, mid-body
             return
         if receiver.overloaded():
-            receiver.warn_overload("backlog over --max-backlog-bytes (%d) until the sinks catch up", receiver.max_backlog_bytes)
+            receiver.warn_overload(
+                "backlog over --max-backlog-bytes (%d) until the sinks catch up", receiver.max_backlog_bytes
+            )
             if receiver.overload == "close":
                 receiver._count(503)
                 self.close_connection = True  # no answer: Kong retries a failed request, not a 503
@@ -222,7 +226,7 @@ class _Server(ThreadingHTTPServer):
         # accepting thread (a non-blocking send of a small answer), so stalled clients cannot pile up threads.
         if not self.receiver.slots.acquire(blocking=False):
             self.receiver._count(503)
-            self.receiver.warn_overload("over --max-connections (%d) connections at once", self.receiver.max_connections)
+            self.receiver.warn_overload("over --max-connections (%d) at once", self.receiver.max_connections)
             if self.receiver.overload == "503":
                 try:
                     request.setblocking(False)
