@@ -103,7 +103,7 @@ _shipping = [
     click.option("--max-rate", type=click.FloatRange(min=0.001), metavar="N",
                  help="At most N events per second to each sink (retries count); reading slows to match."),
     click.option("--ca-file", type=click.Path(exists=True, dir_okay=False), metavar="PEM",
-                 help="CA certificate(s) to trust for the sinks' TLS, on top of the system's (verification is "
+                 help="CA certificate(s) to trust for the sinks' TLS, on top of the default ones (verification is "
                       "always on)."),
 ] + [click.option(*decls, **kwargs) for decls, kwargs in all_options()]
 

@@ -50,7 +50,7 @@ class Settings:
     since_ms: int | None = None  # --since/--until: the time window, epoch ms (until exclusive)
     until_ms: int | None = None
     max_rate: float | None = None  # --max-rate: events per second per sink
-    ca_file: str | None = None  # --ca-file: CAs to trust for the sinks, on top of the system's
+    ca_file: str | None = None  # --ca-file: CAs to trust for the sinks, on top of the default ones
     progress: bool = False  # a progress bar on stderr (backfill on a terminal)
     sink_options: dict[str, Any] = field(default_factory=dict)
 

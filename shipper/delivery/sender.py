@@ -28,11 +28,12 @@ RETRY_AFTER_CAP = 3600.0  # a vendor asking for more than an hour is more likely
 
 
 def tls_context(ca_file: str | None) -> ssl.SSLContext | bool:
-    """Verification is always on. `--ca-file` adds its CAs to the system's (a private CA for a proxy or a
-    self-hosted endpoint) rather than replacing them, so one file can serve an Admin API and a public vendor."""
+    """Verification is always on. `--ca-file` adds its CAs to those trusted without it (httpx's: Mozilla's
+    bundle from certifi, or $SSL_CERT_FILE) rather than replacing them: a private CA for a proxy or a
+    self-hosted endpoint, and one file can serve an Admin API and a public vendor alike."""
     if not ca_file:
         return True
-    context = ssl.create_default_context()
+    context = httpx.create_ssl_context()
     context.load_verify_locations(cafile=ca_file)
     return context
 
