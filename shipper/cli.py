@@ -104,7 +104,7 @@ _shipping = [
                  help="At most N events per second to each sink (retries count); reading slows to match."),
     click.option("--ca-file", type=click.Path(exists=True, dir_okay=False), metavar="PEM",
                  help="CA certificate(s) to trust for the sinks' TLS, on top of the default ones (verification is "
-                      "always on)."),
+                      "always on; `audit tail` verifies the Admin API with them too)."),
 ] + [click.option(*decls, **kwargs) for decls, kwargs in all_options()]
 
 _following = [
