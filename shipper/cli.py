@@ -19,9 +19,8 @@ import orjson
 from shipper import __version__
 from shipper.deadletter import DeadLetter
 from shipper.errors import ConfigError, FatalError
-from shipper.formats import FORMATS, ParseError, Parser
-from shipper.model import Position
-from shipper.processors import build_chain, run_chain
+from shipper.formats import FORMATS, Parser
+from shipper.processors import build_chain
 from shipper.processors.identity import DEFAULT_JWT_PLACES
 from shipper.processors.masking import Masker
 from shipper.processors.redact import mask_text, redact_url, url_has_userinfo
@@ -29,7 +28,7 @@ from shipper.settings import Settings, default_state_dir
 from shipper.sinks import SINK_NAMES, all_options, sink_class
 from shipper.sources.checkpoints import check_state_dir
 from shipper.sources.files import FileSource, Oversize, expand, input_problems
-from shipper.transform import default_workers
+from shipper.transform import EVENT, FAILED, INVALID, NormalizedLines, Transformer, default_workers
 
 log = logging.getLogger("kong-ship")
 
@@ -442,23 +441,20 @@ def parse(paths: tuple[str, ...], **kw: Any) -> None:
     source = FileSource(list(paths), known=lambda fingerprint: {}, follow=False, max_line_bytes=kw["max_line_bytes"])
     out = sys.stdout.buffer
     errors = DeadLetter(None, masker)
+    transform = Transformer(parser, chain, NormalizedLines())  # the boundary of shipping: no line stops a parse
     for file_id, data, offset, end in source.read_all():
         where = f"{source.path_of(file_id)}:{offset}"
         if type(data) is Oversize:
             errors.write("too_long", "")
             click.echo(f"kong-ship: {where}: too_long: line of {data.length} bytes", err=True)
             continue
-        if not data.strip():
-            continue
-        try:
-            txn = parser.parse(data, Position(file_id, offset, end))
-        except ParseError as exc:
-            errors.write(exc.reason, exc.detail)
-            click.echo(f"kong-ship: {where}: {exc.reason}: {mask_text(exc.detail, masker)}", err=True)
-            continue
-        txn = run_chain(chain, txn)
-        if txn is not None:
-            out.write(orjson.dumps(txn.to_dict(), option=orjson.OPT_APPEND_NEWLINE))
+        outcome, payload, _ = transform(file_id, data, offset, end)
+        if outcome == EVENT:
+            out.write(payload)
+        elif outcome in (INVALID, FAILED):
+            reason, detail = payload
+            errors.write(reason, detail)
+            click.echo(f"kong-ship: {where}: {reason}: {mask_text(detail, masker)}", err=True)
     source.close()
     out.flush()
     for path, size in source.unterminated:

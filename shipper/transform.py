@@ -66,6 +66,15 @@ class Transformer:
         return (EVENT, bytes(memoryview(event)), anonymous)
 
 
+class NormalizedLines:
+    """The encoder of `kong-ship parse`: the normalized transaction as one NDJSON line, through the same
+    Transformer (and so the same boundary) as shipping."""
+
+    @staticmethod
+    def encode(txn) -> bytes:
+        return orjson.dumps(txn.to_dict(), option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS)
+
+
 def failure(exc: Exception) -> tuple[str, str]:
     """(reason, detail) for the dead-letter file: `too_deep` for nesting no JSON encoder here can write back
     (orjson stops at 254 levels, Python's recursion at about 1,000), else `internal_error` with the exception."""

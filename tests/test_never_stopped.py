@@ -274,6 +274,19 @@ def test_tail_ships_every_good_line_and_dead_letters_each_poison_line(tmp_path, 
     assert_accounting(stderr, lines, arrive)
 
 
+def test_parse_prints_every_good_line_and_names_each_poison_line(tmp_path):
+    log = tmp_path / "kong.json"
+    arrive, dead, _ = write_poison_log(log)
+    result = ship("parse", str(log), env=ENV)
+    stderr = result.stderr.decode()
+    assert result.returncode == 0, stderr
+    printed = {gen.seq_of_url(orjson.loads(line)["raw_path"]) for line in result.stdout.splitlines()}
+    assert printed == arrive["webhook"]  # `parse` prints what the webhook sink sends
+    reported = {(int(line.split(":")[2]), line.split(":")[3].strip()) for line in stderr.splitlines()[:-1]}
+    assert reported == {(offset, reason) for offset, reason, _ in dead}, stderr
+    assert stderr.splitlines()[-1] == f"kong-ship: {len(reported)} line(s) not understood"
+
+
 def test_receive_ships_an_event_hook_whose_timestamp_is_1e300(shippers, tmp_path):
     from test_receive import Receive, delivered, kong_event
 
