@@ -46,6 +46,7 @@ def _tls_failure(exc: BaseException) -> ssl.SSLCertVerificationError | None:
         seen = seen.__cause__ or seen.__context__
     return None
 
+
 # (file_id, seq, end offset, event bytes)
 Item = tuple[str, int, int, bytes]
 
