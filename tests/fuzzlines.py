@@ -94,7 +94,8 @@ def mutate_record(choose: Chooser) -> tuple[dict[str, Any], int | None]:
         elif how == "swap":
             new = _swap(parent[path[-1]], choose)
         else:
-            new = choose.pick({"time": TIMES, "huge": HUGE, "non_finite": NON_FINITE, "odd": ODD}[how])
+            # A copy: a later step may mutate inside it, and the lists above must stay as they are.
+            new = copy.deepcopy(choose.pick({"time": TIMES, "huge": HUGE, "non_finite": NON_FINITE, "odd": ODD}[how]))
         parent[path[-1]] = new
     return record, depth
 
