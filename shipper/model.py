@@ -32,7 +32,11 @@ class Transaction:
 
     Owned by the pipeline: each processor may change fields in place and returns it (or None to drop it).
     Times are integers of epoch milliseconds, latencies are milliseconds (floats where the log has fractions),
-    sizes are bytes; unknown values are None, never guessed.
+    sizes are bytes; unknown values are None, never guessed. Every number is sane for every sink: the formats
+    check them (`shipper.formats.values`): times from 1970 to 9999, statuses 0 or 100–999, sizes 0 to 2**53-1,
+    ports 0–65535, latencies finite and non-negative; a log line whose number fits none of that never becomes a
+    Transaction (it is dead-lettered as `bad_value`; an event hook's or audit record's absurd time gives way to
+    the time it was received).
     """
 
     # -- identity of the record ------------------------------------------------------------------------------
