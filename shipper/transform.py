@@ -54,16 +54,16 @@ class Transformer:
             return (FILTERED, None, False)
         anonymous = txn.user_id is None
         try:
-            event = self.encode(txn)
+            # orjson hands back a buffer of at least 4 KiB whatever the event's size; a queued event keeps only
+            # its own bytes, or a full queue would weigh several times its byte bound.
+            event = bytes(memoryview(self.encode(txn)))
         except EventSkipped:
             return (SKIPPED, None, anonymous)
         except EventRejected as exc:
             return (REJECTED, str(exc), anonymous)
         except Exception as exc:  # noqa: BLE001 - the same boundary, around this sink's encoder
             return (FAILED, failure(exc), anonymous)
-        # orjson hands back a buffer of at least 4 KiB whatever the event's size; a queued event keeps only
-        # its own bytes, or a full queue would weigh several times its byte bound.
-        return (EVENT, bytes(memoryview(event)), anonymous)
+        return (EVENT, event, anonymous)
 
 
 class NormalizedLines:

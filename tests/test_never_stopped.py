@@ -97,6 +97,13 @@ def test_the_boundary_turns_any_exception_into_a_dead_letter_reason():
     )  # fmt: skip
     outcome, payload, _ = Transformer(Parser(), build_chain(), BrokenSink("k", "http://127.0.0.1:9"))("f", line, 0, 1)
     assert (outcome, payload) == (FAILED, ("internal_error", "ZeroDivisionError: division by zero"))
+
+    class TextSink(SegmentSink):  # an encoder that hands back text, not bytes
+        def encode(self, txn):
+            return "{}"
+
+    outcome, payload, _ = Transformer(Parser(), build_chain(), TextSink("k", "http://127.0.0.1:9"))("f", line, 0, 1)
+    assert outcome == FAILED and payload[0] == "internal_error" and payload[1].startswith("TypeError:")
     assert Transformer(Parser(), build_chain(), sink)("f", b" \t\r\n", 0, 4)[0] == BLANK
 
 
