@@ -33,7 +33,7 @@ from shipper.sources.files import FileSource
 from shipper.sources.identity import Known, family
 from shipper.threads import death_notice, start_thread
 from shipper.transform import (
-    BLANK, EVENT, FAILED, FILTERED, INVALID, OVERSIZE, REJECTED, SKIPPED, Transformer, WorkerPool,
+    BLANK, EVENT, FAILED, FILTERED, INVALID, OVERSIZE, REJECTED, SKIPPED, Transformer, WorkerLost, WorkerPool,
 )
 
 log = logging.getLogger("kong-ship")
@@ -195,6 +195,11 @@ class Lane:
                 self._backfill()
         except Closed:
             pass
+        except WorkerLost as exc:
+            # While stopping, the reader ends anyway: what the lost chunk held is read again at the next start,
+            # as after any shutdown, so only a loss during the run is fatal.
+            if not self.stop.is_set():
+                self.on_fatal(death_notice(f"read-{self.sink.name}", exc))
         except Exception as exc:
             # Told before the queue closes: a closed queue lets the lane drain, and a drained run would end
             # with exit 0 and the rest of the files unread.
@@ -262,7 +267,8 @@ class Lane:
                 counts["parsed"] += 1
                 counts["dead_lettered"] += 1
                 self.dead_letter.write(
-                    payload[0], payload[1], sink=self.sink.name, file=self.source.path_of(file_id), offset=offset, line=data
+                    payload[0], payload[1], sink=self.sink.name, file=self.source.path_of(file_id), offset=offset,
+                    line=data,
                 )
             elif outcome == REJECTED:
                 counts["parsed"] += 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
+import signal
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -84,12 +85,25 @@ def failure(exc: Exception) -> tuple[str, str]:
 
 
 # -- worker processes -----------------------------------------------------------------------------------------
+LIVENESS_INTERVAL = 1.0  # seconds between looks at the workers while waiting for a chunk
+
+
+class WorkerLost(RuntimeError):
+    """A worker process died (killed, out of memory) while chunks were out: their outcomes will never come, and
+    multiprocessing.Pool would wait for them forever."""
+
+
 _worker: Transformer | None = None
 
 
 def _init_worker(transformer: Transformer) -> None:
     global _worker
     _worker = transformer
+    # The parent alone ends its workers (sentinels at close; EOF on the pipe if it dies). A signal to the whole
+    # process group (systemd's stop, Ctrl-C) would kill idle workers blocked in the task queue with its lock
+    # held, and the parent's Pool.terminate() would then wait for that lock forever.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _transform_chunk(lines: list[Line]) -> list[Outcome]:
@@ -112,7 +126,9 @@ class WorkerPool:
         # What exists now (modules, the configured chain) is shared with the workers copy-on-write; frozen,
         # the garbage collector never writes to it, so those pages stay shared instead of being copied.
         gc.freeze()
+        before = {p.pid for p in multiprocessing.active_children()}
         self._pool = context.Pool(workers, initializer=_init_worker, initargs=(transformer,))
+        self._pids = frozenset(p.pid for p in multiprocessing.active_children()) - before
 
     def map(self, lines: Iterable[Line], flush_each_round: bool = True) -> Iterator[tuple[Line, Outcome]]:
         """Yields (line, outcome) in order. Lines are grouped into chunks; the last partial chunk of the input
@@ -132,9 +148,12 @@ class WorkerPool:
         for item in in_flight:
             yield from self._collect(item)
 
-    @staticmethod
-    def _collect(item: tuple[list[Line], Any]) -> Iterator[tuple[Line, Outcome]]:
+    def _collect(self, item: tuple[list[Line], Any]) -> Iterator[tuple[Line, Outcome]]:
         chunk, result = item
+        while not result.ready():
+            result.wait(LIVENESS_INTERVAL)
+            if not result.ready() and not self._pids <= {p.pid for p in multiprocessing.active_children()}:
+                raise WorkerLost(f"a worker process died (killed? out of memory?) with {len(chunk)} lines in hand")
         yield from zip(chunk, result.get())
 
     def close(self) -> None:

@@ -12,7 +12,12 @@ from __future__ import annotations
 import collections
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 import types
 from datetime import UTC, datetime
 
@@ -34,7 +39,7 @@ from shipper.settings import Settings
 from shipper.sinks.segment import SegmentSink
 from shipper.sinks.stdout import StdoutSink
 from shipper.sinks.webhook import WebhookSink
-from shipper.transform import BLANK, EVENT, FAILED, INVALID, Transformer
+from shipper.transform import BLANK, EVENT, FAILED, INVALID, Transformer, WorkerLost, WorkerPool
 
 ENV = ship_env(SEGMENT_WRITE_KEY="test-key", MOESIF_APPLICATION_ID="moesif-app")
 SINKS = {"segment": lambda: SegmentSink("k", "http://127.0.0.1:9"), "webhook": lambda: WebhookSink("http://127.0.0.1:9/")}
@@ -336,3 +341,57 @@ def test_a_sender_thread_that_dies_exits_1_with_one_line_naming_it(tmp_path):
     assert result.returncode == 1, stderr  # never 0: nothing was delivered
     assert stderr.splitlines()[-1].startswith("kong-ship: fatal: thread send-webhook-"), stderr
     assert "died: UnicodeEncodeError: 'ascii' codec can't encode" in stderr and "Traceback" not in stderr
+
+
+class _DiesOn:
+    """A transformer whose worker process dies (as the OOM killer does it) on one marked line."""
+
+    def __call__(self, file_id, data, offset, end):
+        if data == b"die\n":
+            os._exit(9)
+        return (BLANK, None, False)
+
+
+def test_a_worker_process_that_dies_is_reported_not_waited_for_forever():
+    pool = WorkerPool(_DiesOn(), 2)
+    lines = [("f", b"ok\n", i, i + 3) for i in range(2000)] + [("f", b"die\n", 9999, 10003)]
+    outcome: list[BaseException | None] = []
+
+    def consume() -> None:
+        try:
+            for _ in pool.map(iter(lines)):
+                pass
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome.append(exc)
+
+    reader = threading.Thread(target=consume, daemon=True)
+    reader.start()
+    reader.join(20)
+    pool.close()
+    assert outcome, "the reader waited forever for a chunk a dead worker had taken"
+    assert isinstance(outcome[0], WorkerLost) and "worker process died" in str(outcome[0])
+
+
+def test_a_stop_signalled_to_the_whole_process_group_ends_a_tail_with_workers(tmp_path):
+    """systemd's stop (KillMode=control-group) and Ctrl-C signal the workers too; an idle worker killed with
+    the pool's queue lock held made the shutdown wait for that lock forever."""
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(3000))
+    with FakeSegment() as segment:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "shipper", "tail", str(log), "--sink", "segment", "--endpoint", segment.url,
+             "--state-dir", str(tmp_path / "state"), "--workers", "2", *FAST_FOLLOW],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV, start_new_session=True,
+        )  # fmt: skip
+        try:
+            assert wait_until(lambda: len(segment.messages) >= 3000 or proc.poll() is not None, timeout=30)
+            time.sleep(0.3)  # the workers are idle, waiting for lines
+            os.killpg(proc.pid, signal.SIGTERM)
+            _, stderr = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    assert proc.returncode == 0, stderr.decode()
+    assert set(segment_seqs(segment)) == set(range(3000))
