@@ -7,7 +7,6 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
-import signal
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -99,11 +98,6 @@ _worker: Transformer | None = None
 def _init_worker(transformer: Transformer) -> None:
     global _worker
     _worker = transformer
-    # The parent alone ends its workers (sentinels at close; EOF on the pipe if it dies). A signal to the whole
-    # process group (systemd's stop, Ctrl-C) would kill idle workers blocked in the task queue with its lock
-    # held, and the parent's Pool.terminate() would then wait for that lock forever.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _transform_chunk(lines: list[Line]) -> list[Outcome]:

@@ -13,11 +13,7 @@ import collections
 import io
 import json
 import os
-import signal
-import subprocess
-import sys
 import threading
-import time
 import types
 from datetime import UTC, datetime
 
@@ -372,26 +368,3 @@ def test_a_worker_process_that_dies_is_reported_not_waited_for_forever():
     assert outcome, "the reader waited forever for a chunk a dead worker had taken"
     assert isinstance(outcome[0], WorkerLost) and "worker process died" in str(outcome[0])
 
-
-def test_a_stop_signalled_to_the_whole_process_group_ends_a_tail_with_workers(tmp_path):
-    """systemd's stop (KillMode=control-group) and Ctrl-C signal the workers too; an idle worker killed with
-    the pool's queue lock held made the shutdown wait for that lock forever."""
-    log = tmp_path / "kong.json"
-    gen.write_records(log, range(3000))
-    with FakeSegment() as segment:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "shipper", "tail", str(log), "--sink", "segment", "--endpoint", segment.url,
-             "--state-dir", str(tmp_path / "state"), "--workers", "2", *FAST_FOLLOW],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV, start_new_session=True,
-        )  # fmt: skip
-        try:
-            assert wait_until(lambda: len(segment.messages) >= 3000 or proc.poll() is not None, timeout=30)
-            time.sleep(0.3)  # the workers are idle, waiting for lines
-            os.killpg(proc.pid, signal.SIGTERM)
-            _, stderr = proc.communicate(timeout=20)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-    assert proc.returncode == 0, stderr.decode()
-    assert set(segment_seqs(segment)) == set(range(3000))
