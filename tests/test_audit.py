@@ -666,3 +666,21 @@ def test_one_poller_per_state_dir(tmp_path, token_file):
             os.close(fd)
         assert result.returncode == 2 and "its own --state-dir" in one_line(result.stderr)
 
+
+
+def test_the_audit_spool_keeps_records_masked(tmp_path, token_file, keys):
+    """Signatures are checked over the record as Kong signed it; what is written to the spool (state on disk) is
+    already masked: a credential's key in `entity`, a password in a request's `payload`."""
+    private, public_pem, _ = keys
+    marker_key, marker_password = "kA-AUDIT-KEY-5f0a", "AUDIT-PASSWORD-e21c"
+    with FakeKongAdmin(TOKEN, private_key=private) as admin, FakeSegment() as segment:
+        admin.add_request(T0, payload=json.dumps({"username": "ops", "password": marker_password}))
+        admin.add_object(T0 + 1, dao_name="keyauth_credentials", entity={"id": "c1", "key": marker_key})
+        result = ship(*tail_args(admin, segment.url, tmp_path, token_file, "--once", "--verify-key", str(public_pem)), env=env())
+        assert result.returncode == 0, result.stderr.decode()
+        assert collections.Counter(m["properties"]["signature"] for m in segment.messages) == {"verified": 2}
+        state = [p for p in (tmp_path / "state").rglob("*") if p.is_file()]
+        assert any("spool" in str(p) for p in state)
+        written = b"".join(p.read_bytes() for p in state)
+        for marker in (marker_key, marker_password):
+            assert marker.encode() not in written and marker.encode() not in orjson.dumps(segment.messages)

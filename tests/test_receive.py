@@ -278,3 +278,20 @@ def test_receive_and_tail_share_a_state_dir_without_mixing_checkpoints(shippers,
         assert rx.proc.stop()[0] == 0 and follower.stop()[0] == 0
         assert delivered(hooks) == collections.Counter(range(15))
         assert seqs() == collections.Counter(range(40))
+
+
+def test_the_spool_keeps_event_hooks_masked(shippers, tmp_path):
+    """The spool is state on disk: a key-auth credential's key and a hook's secret are masked before they are
+    written there, not only before they ship."""
+    marker_key, marker_secret = "kA-SPOOL-KEY-7d1e", "hook-SPOOL-SECRET-c3b9"
+    with FakeWebhook() as fake:
+        rx = Receive(shippers, tmp_path, fake)
+        credential = kong_event(1, schema="keyauth_credentials", event="keyauth_credentials",
+                                entity={"id": "c1", "key": marker_key, "consumer": {"id": "u1"}})
+        hook = kong_event(2, event_hooks={"config": {"secret": marker_secret}})
+        assert rx.post([credential, hook]).status_code == 200
+        fake.wait_for(lambda: sorted(delivered(fake)) == [1, 2], timeout=10)
+        written = b"".join(p.read_bytes() for p in (tmp_path / "state").rglob("*") if p.is_file())
+        assert b"spool" in b" ".join(str(p).encode() for p in (tmp_path / "state").rglob("*"))
+        assert marker_key.encode() not in written and marker_secret.encode() not in written
+        assert marker_key.encode() not in b"".join(r.body for r in fake.requests)

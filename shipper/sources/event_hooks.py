@@ -39,6 +39,7 @@ from typing import Any
 
 import orjson
 
+from shipper.processors.masking import mask_secret_keys
 from shipper.sinks.webhook import SIGNATURE_HEADER, signature_ok
 from shipper.sources.http_limits import Backlog, Budget, Deadlines, Throttled
 from shipper.sources.spool import Spool
@@ -151,6 +152,9 @@ class _Handler(BaseHTTPRequestHandler):
             events = parsed
         else:
             return self._refuse(400, "expected a JSON object (an event) or a non-empty array of objects")
+        # The spool is state on disk: it keeps events as they will ship (entities' keys, secrets, tokens masked),
+        # never as Kong sent them. The signature was checked above, over the bytes received.
+        events = [mask_secret_keys(e) for e in events]
         try:
             receiver.spool.append(KIND, events)
         except orjson.JSONEncodeError:  # parsed (orjson reads 1024 levels) but too deep to write (254)

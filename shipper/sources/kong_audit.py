@@ -27,6 +27,7 @@ import orjson
 from shipper.errors import ConfigError, FatalError
 from shipper.formats import audit_signature
 from shipper.formats.values import to_int
+from shipper.processors.masking import mask_secret_keys
 from shipper.sources.checkpoints import write_atomically
 
 log = logging.getLogger("kong-ship")
@@ -304,4 +305,6 @@ class Poller:
             check = audit_signature.UNSIGNED if record.get("signature") in (None, "") else None
         if check is not None:
             self.counts[check] += 1
-        return {"entry": record, "signature_check": check, "admin_url": self.client.shown, "workspace": self.workspace}
+        # The signature is checked above, over the record as Kong signed it; the spool (state on disk) keeps the
+        # record as it will ship, secrets masked (credential keys in `entity`, passwords in `payload`).
+        return {"entry": mask_secret_keys(record), "signature_check": check, "admin_url": self.client.shown, "workspace": self.workspace}
