@@ -393,9 +393,33 @@ def backfill(paths: tuple[str, ...], **kw: Any) -> None:
     _summary(result, sys.stderr)
     if pipeline.forced_by:
         sys.exit(128 + pipeline.forced_by)
+    if pipeline.stopped_by:
+        _how_far(pipeline, result)
+        sys.exit(128 + pipeline.stopped_by)  # 130 for Ctrl-C, 143 for SIGTERM: the backfill did not finish
     if any(lane.rejected for lane in result.lanes):
         sys.exit(1)
     _exit_if_unreadable(unreadable)
+
+
+def _how_far(pipeline, result) -> None:
+    """An interrupted backfill says how far it got: files and bytes acknowledged by every sink, records shipped."""
+    import signal
+
+    sizes = {}
+    for path in expand(pipeline.settings.paths):
+        try:
+            sizes[path] = os.stat(path).st_size
+        except OSError:
+            pass
+    behind = pipeline.behind()  # only files every sink has seen; the others are not started
+    done_files = sum(1 for path in sizes if path in behind and behind[path] == 0)
+    done_bytes = sum(max(0, size - behind[path]) for path, size in sizes.items() if path in behind)
+    shipped = ", ".join(f"{lane.sent:,} shipped to {lane.sink}" for lane in result.lanes)
+    log.warning(
+        "interrupted by %s: %d of %d file(s) done, %s of %s MB, %s; the next run resumes from there",
+        signal.Signals(pipeline.stopped_by).name, done_files, len(sizes), f"{done_bytes / 1e6:,.1f}",
+        f"{sum(sizes.values()) / 1e6:,.1f}", shipped,
+    )
 
 
 def _need_a_match(paths: tuple[str, ...]) -> None:
@@ -575,7 +599,7 @@ def main(argv: list[str] | None = None) -> None:
         message = " ".join(exc.format_message().split())  # click wraps choice lists over several lines
         click.echo(f"kong-ship: error: {message} (see '{command} --help')", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):  # Ctrl-C before the run's own handlers are in place
         sys.exit(130)
     except ConfigError as exc:
         click.echo(f"kong-ship: error: {mask_text(str(exc))}", err=True)

@@ -352,6 +352,7 @@ class Pipeline:
         self._tick = threading.Event()
         self._signals = 0
         self.forced_by: int | None = None  # the signal that cut shutdown short
+        self.stopped_by: int | None = None  # the first SIGTERM/SIGINT, which stopped the run
         self.fatal: str | None = None
         self._fatal_lock = threading.Lock()
         # One set of masks for the events and the dead letters.
@@ -424,6 +425,7 @@ class Pipeline:
     def _on_signal(self, signum, frame) -> None:
         self._signals += 1
         if self._signals == 1:
+            self.stopped_by = signum
             log.info(
                 "%s: stopping; delivering what is in flight (up to %.0f s)",
                 signal.Signals(signum).name, self.settings.shutdown_timeout,

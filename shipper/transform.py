@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
+import multiprocessing.util
 import os
+import queue
+import signal
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -88,27 +91,52 @@ LIVENESS_INTERVAL = 1.0  # seconds between looks at the workers while waiting fo
 
 
 class WorkerLost(RuntimeError):
-    """A worker process died (killed, out of memory) while chunks were out: their outcomes will never come, and
-    multiprocessing.Pool would wait for them forever."""
+    """A worker process died (killed, out of memory) while chunks were out: their outcomes will never come."""
 
 
-_worker: Transformer | None = None
+def _worker_main(transformer: Transformer, chunks, results, parent: int) -> None:
+    """A worker: chunks in (its own queue), outcomes out (its own pipe), in order, until told to stop or the
+    parent is gone. Signals are the parent's business: a Ctrl-C or systemd's SIGTERM reaches the whole process
+    group, and the parent ends its workers itself once it has what it needs."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+    while True:
+        try:
+            lines = chunks.get(timeout=LIVENESS_INTERVAL)
+        except queue.Empty:
+            if os.getppid() != parent:
+                return
+            continue
+        if lines is None:
+            return
+        results.send([transformer(f, d, o, e) for f, d, o, e in lines])
 
 
-def _init_worker(transformer: Transformer) -> None:
-    global _worker
-    _worker = transformer
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
-def _transform_chunk(lines: list[Line]) -> list[Outcome]:
-    assert _worker is not None
-    work = _worker
-    return [work(f, d, o, e) for f, d, o, e in lines]
+class _Worker:
+    def __init__(self, context, transformer: Transformer):
+        self.chunks = context.Queue()
+        reader, writer = context.Pipe(duplex=False)
+        self.results = reader
+        self.process = context.Process(
+            target=_worker_main, args=(transformer, self.chunks, writer, os.getpid()), name="kong-ship-worker",
+            daemon=True,
+        )
+        self.process.start()
+        # Only the worker holds the writing end now: its death is an end of file here, not a silent wait.
+        writer.close()
 
 
 class WorkerPool:
     """Transforms chunks of lines in worker processes, handing back outcomes in file order, with a bounded
-    number of chunks in flight (so memory stays bounded when the sink is slow)."""
+    number of chunks in flight (so memory stays bounded when the sink is slow).
+
+    Each worker has its own queue of chunks and its own pipe of outcomes, and chunks go round-robin: nothing is
+    shared between workers (no lock a killed process could keep), outcomes come back in order without
+    bookkeeping, and a dead worker is seen at once. Workers ignore SIGINT/SIGTERM; `close` ends them."""
 
     CHUNK_LINES = 512
 
@@ -120,38 +148,72 @@ class WorkerPool:
         # What exists now (modules, the configured chain) is shared with the workers copy-on-write; frozen,
         # the garbage collector never writes to it, so those pages stay shared instead of being copied.
         gc.freeze()
-        before = {p.pid for p in multiprocessing.active_children()}
-        self._pool = context.Pool(workers, initializer=_init_worker, initargs=(transformer,))
-        self._pids = frozenset(p.pid for p in multiprocessing.active_children()) - before
+        # Blocked while forking, so a Ctrl-C in that instant cannot reach a worker before it ignores it (the
+        # parent gets it when unblocked).
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            self._workers = [_Worker(context, transformer) for _ in range(max(1, workers))]
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        self._next = 0
+        # multiprocessing joins its children at exit, and these ignore SIGTERM: killed first, whatever path
+        # the parent leaves by.
+        multiprocessing.util.Finalize(self, _kill, args=([w.process for w in self._workers],), exitpriority=10)
+
+    def _submit(self, chunk: list[Line]) -> int:
+        index = self._next
+        self._next = (index + 1) % len(self._workers)
+        self._workers[index].chunks.put(chunk)
+        return index
 
     def map(self, lines: Iterable[Line], flush_each_round: bool = True) -> Iterator[tuple[Line, Outcome]]:
         """Yields (line, outcome) in order. Lines are grouped into chunks; the last partial chunk of the input
         is sent as soon as the input pauses (so tail latency does not wait for a full chunk)."""
-        in_flight: list[tuple[list[Line], Any]] = []
-        limit = self.workers * 2
+        in_flight: list[tuple[list[Line], int]] = []
+        limit = len(self._workers) * 2
         chunk: list[Line] = []
         for line in lines:
             chunk.append(line)
             if len(chunk) >= self.CHUNK_LINES:
-                in_flight.append((chunk, self._pool.apply_async(_transform_chunk, (chunk,))))
+                in_flight.append((chunk, self._submit(chunk)))
                 chunk = []
                 while len(in_flight) >= limit:
                     yield from self._collect(in_flight.pop(0))
         if chunk:
-            in_flight.append((chunk, self._pool.apply_async(_transform_chunk, (chunk,))))
+            in_flight.append((chunk, self._submit(chunk)))
         for item in in_flight:
             yield from self._collect(item)
 
-    def _collect(self, item: tuple[list[Line], Any]) -> Iterator[tuple[Line, Outcome]]:
-        chunk, result = item
-        while not result.ready():
-            result.wait(LIVENESS_INTERVAL)
-            if not result.ready() and not self._pids <= {p.pid for p in multiprocessing.active_children()}:
-                raise WorkerLost(f"a worker process died (killed? out of memory?) with {len(chunk)} lines in hand")
-        yield from zip(chunk, result.get())
+    def _collect(self, item: tuple[list[Line], int]) -> Iterator[tuple[Line, Outcome]]:
+        chunk, index = item
+        worker = self._workers[index]
+        lost = WorkerLost(f"a worker process died (killed? out of memory?) with {len(chunk)} lines in hand")
+        try:
+            while not worker.results.poll(LIVENESS_INTERVAL):
+                if not worker.process.is_alive() and not worker.results.poll(0):
+                    raise lost
+            outcomes = worker.results.recv()
+        except (EOFError, OSError):
+            raise lost from None
+        yield from zip(chunk, outcomes)
 
     def close(self) -> None:
-        self._pool.terminate()
+        """End the workers at once: whatever they still hold is not needed (at the end of a run they are idle;
+        when stopping, the lines they hold are read again at the next start). They ignore SIGTERM, so SIGKILL;
+        nothing of theirs is shared, so nothing is left locked."""
+        _kill([w.process for w in self._workers])
+        for worker in self._workers:
+            worker.results.close()
+            worker.chunks.cancel_join_thread()
+            worker.chunks.close()
+
+
+def _kill(processes) -> None:
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+    for process in processes:
+        process.join(5)
 
 
 def default_workers() -> int:

@@ -58,6 +58,7 @@ class Progress:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
         self._started = time.monotonic()
+        self._done = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -70,7 +71,10 @@ class Progress:
     def line(self) -> str:
         lane = self.pipeline.lanes[0]
         width = shutil.get_terminal_size((100, 24)).columns
-        return render(lane.source.disk_progress(), self.total, lane.counts["lines"], time.monotonic() - self._started, width)
+        # Never backwards: once the files are closed (a stopped run) their read positions are gone, and the
+        # last line must say how far it got, not 0 %.
+        self._done = max(self._done, lane.source.disk_progress())
+        return render(self._done, self.total, lane.counts["lines"], time.monotonic() - self._started, width)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
