@@ -70,8 +70,11 @@ _understanding = [
 ]
 
 _shipping = [
-    click.option("--sink", "sinks", multiple=True, required=True, type=click.Choice(SINK_NAMES),
-                 help="Where to ship (repeatable: every record goes to each sink)."),
+    # Not required=True: a config file's [sinks.NAME] tables give it too (the template unit relies on that), and
+    # click would print "[required]"; _settings says when neither does.
+    click.option("--sink", "sinks", multiple=True, type=click.Choice(SINK_NAMES),
+                 help="Where to ship (repeatable: every record goes to each sink). Needed unless the config file "
+                      "has [sinks.NAME] tables."),
     click.option("--endpoint", multiple=True, metavar="[SINK=]URL",
                  help="Vendor base URL (default: the vendor's public one). With several sinks: SINK=URL."),
     click.option("--state-dir", envvar="KONG_SHIP_STATE_DIR", type=click.Path(file_okay=False),
@@ -189,6 +192,9 @@ def _workers(value: str) -> int:
 
 def _settings(paths: tuple[str, ...], kw: dict[str, Any]) -> Settings:
     sinks = list(dict.fromkeys(kw["sinks"]))
+    if not sinks:
+        raise ConfigError(f"no sink: pass --sink {{{','.join(SINK_NAMES)}}} or add a [sinks.NAME] table to the "
+                          "config file")
     state_dir = kw.get("state_dir") or default_state_dir()
     try:
         Parser(kw["fmt"], _nginx_map(kw["nginx_field"]))
@@ -495,27 +501,32 @@ def check_config(paths: tuple[str, ...], **kw: Any) -> None:
     """Validate the configuration (file, environment and flags, as `tail` would see them) and print the
     effective settings, secrets redacted. Exit 2 with one line on the first problem."""
     settings, sinks = _prepare(paths, kw)
-    from shipper.service.config import sink_option_names
+    from shipper.service.config import effective_toml
 
-    effective = {k: v for k, v in vars(settings).items() if k != "sink_options"}
-    used = set().union(*(sink_option_names(name) for name in settings.sinks))
-    effective["sink_options"] = {k: v for k, v in settings.sink_options.items() if k in used}
-    if effective["sink_options"].get("webhook_header"):
-        # Header values are often credentials (`Authorization: Bearer …`): the names are enough to check.
-        effective["sink_options"]["webhook_header"] = [
-            f"{h.partition(':')[0].strip()}: (redacted)" for h in effective["sink_options"]["webhook_header"]
-        ]
-    for sink in sinks:
-        url = getattr(sink, "url", None) or getattr(sink, "base", None)
-        effective.setdefault("endpoints", {})[sink.name] = redact_url(url) if url else url
-    secrets = {"segment": "SEGMENT_WRITE_KEY", "moesif": "MOESIF_APPLICATION_ID", "runscope": "RUNSCOPE_ACCESS_TOKEN"}
-    effective["credentials"] = {
-        name: ("from " + (kw.get(f"{name}_write_key_file") or kw.get(f"{name}_application_id_file")
-                          or kw.get(f"{name}_access_token_file") or f"${secrets[name]}") + " (redacted)")
-        for name in settings.sinks if name in secrets
+    counts = _check_inputs(settings.paths)
+    workers = kw.get("workers") or "0"
+    resolved = {
+        "paths": [os.path.abspath(p) for p in settings.paths], "nginx_field": settings.nginx_fields,
+        "jwt_from": list(settings.jwt_places), "state_dir": settings.state_dir,
+        "dead_letter": os.path.abspath(settings.dead_letter_path), "ca_file": settings.ca_file,
+        "workers": int(workers) if workers.isdigit() else workers,
     }
-    click.echo(orjson.dumps(effective, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS, default=str).decode())
+    endpoints = {name: redact_url(url) if url else None for name, url in _endpoints(kw["endpoint"], settings.sinks).items()}
+    defaults = {sink.name: redact_url(url) if (url := getattr(sink, "url", None) or getattr(sink, "base", None)) else None
+                for sink in sinks if sink.name != "stdout"}
+    click.echo(effective_toml(kw, settings.paths, resolved, settings.sinks, endpoints, defaults), nl=False)
+    click.echo(f"inputs: {counts}", err=True)
     click.echo("configuration OK", err=True)
+
+
+def _check_inputs(patterns: list[str]) -> str:
+    """check-config checks the inputs as backfill reads them: each pattern matches, each file can be read; the
+    first problem is the error (exit 2), else how many files each pattern matches."""
+    problems = input_problems(patterns)
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise ConfigError(f"input {problems[0]}{more}")
+    return ", ".join(f"{pattern}: {len(expand([pattern]))} file(s)" for pattern in patterns)
 
 
 @cli.command()
@@ -589,11 +600,18 @@ def _config_defaults(argv: list[str]) -> dict[str, Any] | None:
     }
 
 
+# click >= 8.2 raises it for a group called without a command (8.1 printed the help and exited 0 itself).
+_NoArgsIsHelp = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     try:
         defaults = _config_defaults(args)
         code = cli.main(args=args, prog_name="kong-ship", standalone_mode=False, default_map=defaults)
+    except _NoArgsIsHelp as exc:
+        exc.show()  # `kong-ship`, `kong-ship audit`: click's own answer, the whole help on stderr, exit 2
+        sys.exit(2)
     except click.exceptions.UsageError as exc:
         command = exc.ctx.command_path if exc.ctx else "kong-ship"
         message = " ".join(exc.format_message().split())  # click wraps choice lists over several lines

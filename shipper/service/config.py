@@ -8,7 +8,9 @@ Unknown keys and wrong types are errors naming the file, the key and what was ex
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import tomllib
 from typing import Any
 
@@ -76,6 +78,9 @@ def load(path: str) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (a TOML file is UTF-8): byte 0x{exc.object[exc.start]:02x} "
+                          f"at offset {exc.start}") from None
 
 
 def sink_option_names(sink: str) -> set[str]:
@@ -181,3 +186,89 @@ def default_map(data: dict[str, Any], path: str, command: click.Command) -> dict
                 raise ConfigError(f"{path}: {section}.{key}: unknown key (known: {', '.join(keys)})")
             put(f"{section}.{key}", name, value)
     return out
+
+
+# -- the effective configuration, as a TOML file (check-config) ----------------------------------------------
+REDACTED = "(redacted)"
+# The credential each sink reads from a file option or, without one, from the environment.
+CREDENTIALS = {
+    "segment": ("segment_write_key_file", "SEGMENT_WRITE_KEY", "write key"),
+    "moesif": ("moesif_application_id_file", "MOESIF_APPLICATION_ID", "application id"),
+    "runscope": ("runscope_access_token_file", "RUNSCOPE_ACCESS_TOKEN", "access token"),
+    "webhook": ("webhook_secret_file", "KONG_SHIP_WEBHOOK_SECRET", "signing secret"),
+}
+_PATHS = {"paths", "state_dir", "dead_letter", "ca_file"}  # resolved to absolute paths, like every *_file option
+
+
+def toml_value(value: Any) -> str:
+    """One TOML value: strings, numbers, booleans, lists of them and flat tables (all check-config needs)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)  # 0.25, 10.0, 1e-05: TOML reads Python's float repr as it is
+    if isinstance(value, str):
+        # JSON's string escapes are TOML's (basic strings); DEL is the one control character JSON leaves raw.
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        items = ", ".join(f"{_toml_key(k)} = {toml_value(v)}" for k, v in value.items())
+        return "{ " + items + " }" if items else "{}"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else toml_value(key)
+
+
+def effective_toml(kw: dict[str, Any], paths: list[str], resolved: dict[str, Any], sinks: list[str],
+                   endpoints: dict[str, str | None], default_urls: dict[str, str | None]) -> str:
+    """The configuration a command runs with, as a file in the documented keys (examples/kong-ship.toml):
+    saved, it is a valid --config that gives the same effective configuration. `resolved` holds the values the
+    run computed from the options (absolute paths, the default JWT places, the dead-letter file); secrets
+    (credentials, webhook header values) never appear, only where they come from."""
+    lines = [
+        "# kong-ship: the effective configuration (file, environment and flags; secrets are not shown).",
+        "# Save it and run with --config FILE: it gives this same configuration.",
+    ]
+
+    def put(key: str, name: str, value: Any, note: str = "") -> None:
+        if value is None:
+            lines.append(f"# {key} = (not set{': ' + note if note else ''})")
+            return
+        if name in _PATHS or name.endswith("_file"):
+            value = [os.path.abspath(v) for v in value] if isinstance(value, (list, tuple)) else os.path.abspath(value)
+        lines.append(f"{key} = {toml_value(value)}")
+
+    notes = {"batch_size": "the vendor's maximum", "max_rate": "no limit", "metrics_addr": "no metrics endpoint",
+             "ca_file": "the default CAs only"}
+    for section, keys in SECTIONS.items():
+        entries = [(key, name) for key, name in keys.items() if name in kw or name == "paths"]
+        if not entries:
+            continue
+        lines += ["", f"[{section}]"]
+        for key, name in entries:
+            value = resolved[name] if name in resolved else kw.get(name)
+            if isinstance(value, tuple):
+                value = list(value)
+            put(key, name, value, notes.get(name, ""))
+    for sink in sinks:
+        lines += ["", f"[sinks.{sink}]"]
+        if endpoints.get(sink):
+            lines.append(f"endpoint = {toml_value(endpoints[sink])}")
+        elif default_urls.get(sink):
+            lines.append(f"# endpoint = (not set: the vendor's default; requests go to {default_urls[sink]})")
+        credential = CREDENTIALS.get(sink)
+        if credential and not kw.get(credential[0]):
+            lines.append(f"# the {credential[2]}: from ${credential[1]}, if set (not shown)")
+        for decls, _ in sink_module(sink).OPTIONS:
+            name = decls[0].split("/")[0].lstrip("-").replace("-", "_")
+            key = name.removeprefix(f"{sink}_")
+            value = kw.get(name)
+            if name == "webhook_header" and value:
+                # Header values are often credentials (`Authorization: Bearer …`): the names are enough to check.
+                value = [f"{h.partition(':')[0].strip()}: {REDACTED}" for h in value]
+            if credential and name == credential[0] and value is None:
+                continue  # said above
+            put(key, name, list(value) if isinstance(value, tuple) else value)
+    return "\n".join(lines) + "\n"
