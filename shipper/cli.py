@@ -633,7 +633,9 @@ def main(argv: list[str] | None = None) -> None:
 
 # Commands with their own module use this one's option helpers, so they are attached after those exist.
 from shipper.commands.audit import audit  # noqa: E402
+from shipper.commands.init import init  # noqa: E402
 from shipper.commands.receive import receive  # noqa: E402
 
+cli.add_command(init)
 cli.add_command(receive)
 cli.add_command(audit)

@@ -1,0 +1,96 @@
+"""`kong-ship init`: what a user needs beside the program, from the installed package (a wheel has no checkout).
+
+It writes the commented configuration (examples/kong-ship.toml) and prints or writes the systemd units and the
+logrotate snippet; the files ship inside the package (shipper/share/), so an install from a package index has
+them too.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from importlib import resources
+
+import click
+
+from shipper.errors import ConfigError
+
+# --print NAME -> the file in shipper/share/
+SHARED = {
+    "config": "kong-ship.toml",
+    "unit": "kong-ship.service",
+    "unit-template": "kong-ship@.service",
+    "logrotate": "logrotate-kong",
+}
+UNITS = ("unit", "unit-template")
+UNIT_BINARY = "/usr/local/bin/kong-ship"  # what the units' ExecStart= names
+
+
+def shared(name: str) -> str:
+    return resources.files("shipper").joinpath("share", SHARED[name]).read_text(encoding="utf-8")
+
+
+def _write(path: str, text: str, force: bool, mode: int) -> None:
+    """Write `text` to `path` with `mode`, never replacing an existing file unless `force`."""
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(parent, exist_ok=True)
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL) | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(path, flags, mode)
+    except FileExistsError:
+        raise ConfigError(f"{path} exists: not replaced (--force replaces it)") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        os.fchmod(handle.fileno(), mode)  # an existing file replaced with --force gets the mode too
+        handle.write(text)
+    click.echo(f"kong-ship: wrote {path}", err=True)
+
+
+def _installed_binary() -> str | None:
+    found = shutil.which("kong-ship") or os.path.join(os.path.dirname(sys.executable), "kong-ship")
+    return os.path.abspath(found) if os.path.exists(found) else None
+
+
+@click.command()
+@click.argument("file", required=False, default="kong-ship.toml", metavar="[FILE]")
+@click.option("--force", is_flag=True, help="Replace existing files.")
+@click.option("--print", "show", type=click.Choice(list(SHARED)), metavar="|".join(SHARED),
+              help="Print a shipped file to stdout instead, and write nothing.")
+@click.option("--systemd-dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="Also write the units kong-ship.service and kong-ship@.service there (e.g. /etc/systemd/system).")
+@click.option("--logrotate", "logrotate_file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Also write the logrotate snippet for Kong's log there (e.g. /etc/logrotate.d/kong).")
+def init(file: str, force: bool, show: str | None, systemd_dir: str | None, logrotate_file: str | None) -> None:
+    """Write a commented configuration to FILE [default: ./kong-ship.toml; for the service:
+    /etc/kong-ship/kong-ship.toml], mode 0600, and say what comes next. An existing file is not replaced
+    unless --force.
+
+    The example configuration, the systemd units and the logrotate snippet ship with the package:
+    `--print unit` prints the unit, `--systemd-dir DIR` and `--logrotate FILE` write them.
+    """
+    if show:
+        click.echo(shared(show), nl=False)
+        if show in UNITS:
+            _binary_note()
+        return
+    _write(file, shared("config"), force, 0o600)
+    if systemd_dir:
+        for name in UNITS:
+            _write(os.path.join(systemd_dir, SHARED[name]), shared(name), force, 0o644)
+        _binary_note()
+    if logrotate_file:
+        _write(logrotate_file, shared("logrotate"), force, 0o644)
+    click.echo(
+        f"kong-ship: next: edit [input] paths and the [sinks.*] tables in {file}, give the credentials "
+        f"(environment or *_file keys), then: kong-ship check-config --config {file}",
+        err=True,
+    )
+
+
+def _binary_note() -> None:
+    binary = _installed_binary()
+    if binary and binary != UNIT_BINARY:
+        click.echo(f"kong-ship: note: the units run {UNIT_BINARY}; this kong-ship is {binary} "
+                   f"(ln -s {binary} {UNIT_BINARY}, or change ExecStart=)", err=True)
