@@ -28,6 +28,7 @@ from shipper.settings import Settings, default_state_dir
 from shipper.sinks import SINK_NAMES, all_options, sink_class
 from shipper.sources.checkpoints import check_state_dir
 from shipper.sources.files import FileSource, Oversize, expand, input_problems
+from shipper.service.progress import terminal_width
 from shipper.transform import EVENT, FAILED, INVALID, NormalizedLines, Transformer, default_workers
 
 log = logging.getLogger("kong-ship")
@@ -66,7 +67,7 @@ _understanding = [
                  help="Send bodies that are neither JSON nor form-encoded as they are (default: a placeholder "
                       "with their size, since their secrets cannot be found)."),
     click.option("--max-line-bytes", type=click.IntRange(min=1024), default=1 << 20, show_default=True,
-                 help="Longer lines go to the dead-letter file."),
+                 help="Longer lines are set aside and reported (when shipping: in the dead-letter file)."),
 ]
 
 _shipping = [
@@ -182,6 +183,13 @@ def _endpoints(values: tuple[str, ...], sinks: list[str]) -> dict[str, str | Non
     return out
 
 
+def _jwt_places(values) -> tuple[str, ...]:
+    for value in values or ():
+        if not value.strip() or any(not part for part in value.strip().split(".")):
+            raise ConfigError(f"--jwt-from {value!r}: expected a dotted path, e.g. {DEFAULT_JWT_PLACES[0]}")
+    return tuple(v.strip() for v in values or ()) or DEFAULT_JWT_PLACES
+
+
 def _workers(value: str) -> int:
     if value == "auto":
         return default_workers()
@@ -218,7 +226,7 @@ def _settings(paths: tuple[str, ...], kw: dict[str, Any]) -> Settings:
         shutdown_timeout=kw["shutdown_timeout"],
         start_at=kw.get("start_at") or "beginning",
         max_line_bytes=kw["max_line_bytes"],
-        jwt_places=tuple(kw["jwt_from"]) or DEFAULT_JWT_PLACES,
+        jwt_places=_jwt_places(kw["jwt_from"]),
         jwt_claim=kw["jwt_claim"],
         mask_headers=tuple(kw["mask_header"]),
         mask_query=tuple(kw["mask_query"]),
@@ -290,7 +298,23 @@ class _Redact(logging.Filter):
         return True
 
 
+_json_stderr = False  # --log-format json: every line kong-ship writes to stderr is one JSON object
+
+
+def _say(level: str, message: str, **fields: Any) -> None:
+    """A line on stderr that is not a log record (an input error, a fatal end): `kong-ship: LEVEL: message`, or
+    with --log-format json one JSON object, like the log lines."""
+    if _json_stderr:
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+        click.echo(orjson.dumps({"time": stamp, "level": level, "message": message, **fields}).decode(), err=True)
+    else:
+        click.echo(f"kong-ship: {level}: {message}", err=True)
+
+
 def _setup_logging(level: str, fmt: str = "text") -> None:
+    global _json_stderr
+    _json_stderr = fmt == "json"
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_Redact())
     if fmt == "json":
@@ -372,7 +396,6 @@ def tail(paths: tuple[str, ...], **kw: Any) -> None:
     SIGHUP: re-open files and re-read the patterns.
     """
     settings, sinks = _prepare(paths, kw)
-    log.info("tailing %s → %s (state %s)", " ".join(paths), ", ".join(settings.sinks), settings.state_dir)
     pipeline, result = _run(settings, sinks, follow=True, metrics_addr=kw.get("metrics_addr"))
     _summary(result, sys.stderr)
     if pipeline.forced_by:
@@ -438,13 +461,13 @@ def _report_inputs(paths: tuple[str, ...]) -> int:
     read the others; the run then exits 1, since "skipped until it becomes readable" means nothing here."""
     problems = input_problems(list(paths))
     for problem in problems:
-        click.echo(f"kong-ship: error: {problem}", err=True)
+        _say("error", problem)
     return len(problems)
 
 
 def _exit_if_unreadable(count: int) -> None:
     if count:
-        click.echo(f"kong-ship: error: {count} input(s) could not be read (listed above)", err=True)
+        _say("error", f"{count} input(s) could not be read (listed above)")
         sys.exit(1)
 
 
@@ -464,7 +487,7 @@ def parse(paths: tuple[str, ...], **kw: Any) -> None:
         raise ConfigError(f"--nginx-field: {exc}") from None
     masker = Masker((*kw["mask_header"], *kw["mask_query"], *kw["mask_body_key"]), kw["ship_raw_bodies"])
     chain = build_chain(
-        tuple(kw["jwt_from"]) or DEFAULT_JWT_PLACES, kw["jwt_claim"],
+        _jwt_places(kw["jwt_from"]), kw["jwt_claim"],
         since_ms=_time_option(kw, "since"), until_ms=_time_option(kw, "until"), masker=masker,
     )
     unreadable = _report_inputs(paths)
@@ -473,7 +496,7 @@ def parse(paths: tuple[str, ...], **kw: Any) -> None:
     errors = DeadLetter(None, masker)
     transform = Transformer(parser, chain, NormalizedLines())  # the boundary of shipping: no line stops a parse
     for file_id, data, offset, end in source.read_all():
-        where = f"{source.path_of(file_id)}:{offset}"
+        where = f"{source.path_of(file_id)}: offset {offset}"  # a byte offset (what the dead-letter file keeps)
         if type(data) is Oversize:
             errors.write("too_long", "")
             click.echo(f"kong-ship: {where}: too_long: line of {data.length} bytes", err=True)
@@ -555,10 +578,14 @@ SUMMARY_COLUMNS = ("read", "shipped", "filtered", "dead-lettered", "rejected", "
 
 
 def _summary(result, stream) -> None:
-    """The end of a backfill as a small table, one row per sink, then the totals."""
+    """The end of a backfill as a small table, one row per sink, then the totals (--log-format json: one JSON
+    object with the same counts). On a terminal, columns that are all zero go first when it is too narrow."""
     read = sum(lane.read for lane in result.lanes[:1])
     rate = read / result.elapsed if result.elapsed > 0 else 0.0
     mb = sum(lane.bytes_read for lane in result.lanes[:1]) / 1e6
+    if _json_stderr:
+        _summary_json(result, stream, rate, mb)
+        return
     rows = [("sink", *SUMMARY_COLUMNS)]
     for lane in result.lanes:
         values = (
@@ -566,6 +593,13 @@ def _summary(result, stream) -> None:
             lane.anonymous, lane.retries,
         )
         rows.append((lane.sink, *(f"{v:,}" for v in values)))
+    width = terminal_width(stream)
+    while width and _table_width(rows) >= width:
+        # "read" and "shipped" stay; then the rightmost column that says nothing (all zero) goes
+        empty = [i for i in range(3, len(rows[0])) if all(row[i] == "0" for row in rows[1:])]
+        if not empty:
+            break
+        rows = [row[: empty[-1]] + row[empty[-1] + 1 :] for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [
         "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
@@ -579,6 +613,32 @@ def _summary(result, stream) -> None:
         for path, size in lane.unterminated:
             lines.append(f"waiting for a newline: {path} ends with {size} bytes of an unfinished line (not shipped)")
     stream.write("\n".join(lines) + "\n")
+    stream.flush()
+
+
+def _table_width(rows) -> int:
+    return sum(max(len(row[i]) for row in rows) for i in range(len(rows[0]))) + 2 * (len(rows[0]) - 1)
+
+
+def _summary_json(result, stream, rate: float, mb: float) -> None:
+    sinks = [
+        {
+            "sink": lane.sink, "read": lane.read, "shipped": lane.sent, "filtered": lane.filtered,
+            "dead_lettered": lane.dead_lettered, "rejected": lane.rejected, "skipped": lane.skipped,
+            "blank": lane.blank, "anonymous": lane.anonymous, "retries": lane.retries,
+        }
+        for lane in result.lanes
+    ]
+    unterminated = [{"file": p, "bytes": n} for lane in result.lanes[:1] for p, n in lane.unterminated]
+    now = time.time()
+    record = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z",
+        "level": "info", "message": "summary", "sinks": sinks, "elapsed_s": round(result.elapsed, 3),
+        "records_per_s": round(rate, 1), "mb_per_s": round(mb / result.elapsed if result.elapsed > 0 else 0.0, 3),
+        "dead_letters": dict(result.dead_letters), "dead_letter_file": result.dead_letter_path or None,
+        "unterminated": unterminated,
+    }
+    stream.write(orjson.dumps(record).decode() + "\n")
     stream.flush()
 
 
@@ -620,10 +680,10 @@ def main(argv: list[str] | None = None) -> None:
     except (click.exceptions.Abort, KeyboardInterrupt):  # Ctrl-C before the run's own handlers are in place
         sys.exit(130)
     except ConfigError as exc:
-        click.echo(f"kong-ship: error: {mask_text(str(exc))}", err=True)
+        _say("error", mask_text(str(exc)))
         sys.exit(2)
     except FatalError as exc:
-        click.echo(f"kong-ship: fatal: {mask_text(str(exc))}", err=True)  # a vendor's answer may quote us
+        _say("fatal", mask_text(str(exc)))  # a vendor's answer may quote us
         sys.exit(1)
     except click.exceptions.ClickException as exc:
         click.echo(f"kong-ship: error: {exc.format_message()}", err=True)

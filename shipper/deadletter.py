@@ -132,7 +132,10 @@ class DeadLetter:
 
     def _log_summary(self, now: float) -> None:
         parts = ", ".join(f"{n} {r}" for r, n in sorted(self._since_summary.items()))
-        log.warning("dead letters in the last %.0f s: %s (see %s)", now - self._last_summary, parts, self.path)
+        seconds = now - self._last_summary
+        # A run shorter than a second (or the last few lines before it ends) has no "last N s" to speak of.
+        since = f" in the last {seconds:.0f} s" if seconds >= 1 else ""
+        log.warning("dead letters%s: %s (see %s)", since, parts, self.path)
         self._since_summary.clear()
         self._last_summary = now
 

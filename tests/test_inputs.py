@@ -148,7 +148,7 @@ def test_parse_prints_lines_under_the_limit_however_long_and_reports_the_others(
     for f in files:
         for off, seq in f.long:
             if seq in _over_a_mib(f) and not (f is plain[1] and seq == plain_last):
-                assert f"{f.path}:{off}: too_long" in err, err
+                assert f"{f.path}: offset {off}: too_long" in err, err
 
 
 def _over_a_mib(layout: Layout) -> set[int]:

@@ -68,3 +68,174 @@ def test_a_signal_to_the_group_stops_a_backfill_with_workers_at_once_and_the_nex
         both = _arrived(fake)
         assert set(both) == set(range(total))
         assert sum(n - 1 for n in both.values()) <= 1000
+
+
+# -- 2. tail says at start what matches nothing -------------------------------------------------------------------
+def test_tail_warns_at_start_about_a_missing_path_a_directory_and_a_glob_that_matches_nothing(tmp_path):
+    missing, folder, pattern = tmp_path / "nope.jsonl", tmp_path / "logs", str(tmp_path / "x" / "*.json")
+    folder.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shipper", "tail", str(missing), str(folder), pattern, "--sink", "stdout",
+         "--state-dir", str(tmp_path / "state"), *FAST],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ship_env(), start_new_session=True,
+    )
+    lines = []
+    try:
+        for raw in proc.stderr:
+            lines.append(raw.decode())
+            if "started:" in lines[-1]:
+                break
+        os.killpg(proc.pid, signal.SIGTERM)
+        lines += [raw.decode() for raw in proc.stderr]
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    err = "".join(lines)
+    assert f"kong-ship: WARNING: {missing}: no such file yet; watching for it" in err, err
+    assert f"kong-ship: WARNING: {folder} is a directory, not a log file: not read (use a glob such as {folder}/*.json)" in err, err
+    assert f"kong-ship: WARNING: {pattern}: no file matches yet; watching for it" in err, err
+    # one start line, not two near-identical ones
+    assert sum("started: following" in line for line in lines) == 1 and not any("tailing" in line for line in lines)
+
+
+# -- 3. offsets are called offsets --------------------------------------------------------------------------------
+def test_parse_calls_a_byte_offset_an_offset(tmp_path):
+    passwd = tmp_path / "passwd"
+    passwd.write_bytes(b"root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n")
+    result = ship("parse", str(passwd))
+    err = result.stderr.decode()
+    assert f"kong-ship: {passwd}: offset 0: not_json" in err and f"kong-ship: {passwd}: offset 32: not_json" in err, err
+    assert f"{passwd}:32:" not in err
+
+
+# -- 4. --log-format json: every stderr line is JSON ---------------------------------------------------------------
+def test_log_format_json_makes_every_stderr_line_json_the_summary_included(tmp_path):
+    import orjson
+
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(20))
+    with open(log, "ab") as handle:
+        handle.write(b"not json\n")
+    result = ship("backfill", str(log), str(tmp_path / "missing.json"), "--sink", "stdout", "--state-dir",
+                  str(tmp_path / "s"), "--log-format", "json")
+    assert result.returncode == 1
+    records = [orjson.loads(line) for line in result.stderr.decode().splitlines()]  # each one JSON, or this raises
+    summary = next(r for r in records if r["message"] == "summary")
+    assert summary["sinks"] == [{
+        "sink": "stdout", "read": 21, "shipped": 20, "filtered": 0, "dead_lettered": 1, "rejected": 0,
+        "skipped": 0, "blank": 0, "anonymous": summary["sinks"][0]["anonymous"], "retries": 0,
+    }]
+    assert summary["dead_letters"] == {"not_json": 1} and summary["level"] == "info" and summary["time"].endswith("Z")
+    assert any(r["level"] == "error" and "missing.json: no such file" in r["message"] for r in records)
+
+
+# -- 5. audit verify of something that holds no audit records ------------------------------------------------------
+def test_audit_verify_of_an_access_log_says_it_holds_no_audit_records(tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    pem = tmp_path / "pub.pem"
+    pem.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    log = tmp_path / "access-log.jsonl"
+    gen.write_records(log, range(4))
+    result = ship("audit", "verify", "--public-key", str(pem), str(log))
+    err = result.stderr.decode()
+    assert result.returncode == 2, (result.stdout, err)
+    assert len(err.splitlines()) == 1 and "holds no Kong audit records" in err and str(log) in err
+    assert b"unsigned" not in result.stdout
+
+
+# -- 6. status: rotated files, compactly ----------------------------------------------------------------------------
+def test_status_folds_fully_shipped_rotations_into_one_line_and_says_which_are_not_done(tmp_path):
+    log, state = tmp_path / "kong.json", tmp_path / "state"
+    seq = 0
+    for rotation in range(4):
+        gen.write_records(log, range(seq, seq + 5))
+        seq += 5
+        assert ship("backfill", str(log), "--sink", "stdout", "--state-dir", str(state)).returncode == 0
+        if rotation == 3:
+            gen.write_records(log, range(seq, seq + 2))  # written after the last backfill: not shipped
+        for n in range(rotation, 0, -1):
+            os.rename(f"{log}.{n}", f"{log}.{n + 1}")
+        os.rename(log, f"{log}.1")
+    gen.write_records(log, range(1000, 1001))
+    text = ship("status", "--state-dir", str(state)).stdout.decode()
+    lines = text.splitlines()
+    assert "stdout: 3 rotated file(s) fully shipped" in lines, text
+    assert [line for line in lines if "(rotated" in line] == [
+        next(line for line in lines if f"{log} (rotated; now kong.json.1; not done)" in line)
+    ], text
+
+
+# -- 7. the nits ---------------------------------------------------------------------------------------------------
+def test_a_short_run_does_not_count_dead_letters_in_the_last_0_s(tmp_path):
+    log = tmp_path / "kong.json"
+    log.write_bytes(b"not json\n")
+    err = ship("backfill", str(log), "--sink", "stdout", "--state-dir", str(tmp_path / "s")).stderr.decode()
+    assert "dead letters: 1 not_json" in err and "in the last 0 s" not in err, err
+
+
+def test_progress_bar_and_summary_fit_a_50_column_terminal(tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(300))
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 50, 0, 0))
+    env = ship_env()
+    env.pop("COLUMNS", None)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "shipper", "backfill", str(log), "--sink", "stdout", "--state-dir",
+             str(tmp_path / "s")],
+            stdout=subprocess.DEVNULL, stderr=slave, env=env,
+        )
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        os.close(master)
+    out = b"".join(chunks).decode().replace("\r\n", "\n").replace("\x1b[K", "")
+    bars = [part for part in out.replace("\n", "\r").split("\r") if "%" in part and "MB" in part]
+    assert bars and "ETA 0:00" in bars[-1] and "100%" in bars[-1], bars[-1:]
+    assert all(len(part) < 50 for part in bars), max(bars, key=len)
+    table = out.split("\r")[-1].splitlines()
+    assert table and all(len(line) < 50 for line in table), table
+    assert summary_rows("\n".join(table))["stdout"]["shipped"] == 300
+
+
+@pytest.mark.parametrize("command", ["parse", "backfill"])
+def test_an_empty_jwt_from_is_a_usage_error(tmp_path, command):
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(2))
+    more = ["--sink", "stdout", "--state-dir", str(tmp_path / "s")] if command == "backfill" else []
+    result = ship(command, str(log), "--jwt-from", "", *more)
+    err = result.stderr.decode()
+    assert result.returncode == 2 and len(err.splitlines()) == 1 and "--jwt-from ''" in err, err
+
+
+def test_parse_help_does_not_mention_a_dead_letter_file_it_never_writes():
+    text = " ".join(ship("parse", "--help").stdout.decode().split())
+    assert "dead-letter" not in text.replace("when shipping: in the dead-letter file", "")
+
+
+def test_units_tolerate_a_missing_log_folder():
+    from pathlib import Path
+
+    for unit in (Path(__file__).resolve().parents[1] / "systemd").glob("*.service"):
+        for line in unit.read_text().splitlines():
+            if line.startswith(("ReadOnlyPaths=", "ReadWritePaths=")) and "/var/log" in line:
+                assert all(p.startswith("-") for p in line.split("=", 1)[1].split() if "/var/log" in p), (unit, line)

@@ -29,13 +29,15 @@ def test_status_shows_checkpoint_size_and_lag(tmp_path):
     row = rows[str(log)]
     assert (row["sink"], row["checkpoint"], row["size"], row["lag"], row["state"]) == (
         "stdout", shipped, shipped + appended, appended, "ok")
-    assert rows[str(rotated)]["state"] == "rotated" and rows[str(rotated)]["lag"] is None
+    # found beside its old path, shipped to its end
+    assert rows[str(rotated)]["state"] == "rotated" and rows[str(rotated)]["lag"] == 0
+    assert rows[str(rotated)]["done"] is True and rows[str(rotated)]["now_at"] == str(tmp_path / "other.json.1")
 
     text = ship("status", "--state-dir", str(state)).stdout.decode()
     lines = text.splitlines()
     assert lines[0].split() == ["SINK", "FILE", "CHECKPOINT", "SIZE", "LAG", "UPDATED"]
     assert any(str(log) in line and f"{shipped:,}" in line for line in lines)
-    assert any("(rotated)" in line for line in lines)
+    assert "stdout: 1 rotated file(s) fully shipped" in lines and not any("(rotated" in line for line in lines)
 
 
 def test_status_of_a_missing_state_dir_is_a_clear_error(tmp_path):

@@ -346,19 +346,35 @@ def _from_files(files: tuple[str, ...]) -> Iterator[tuple[str, dict[str, Any], s
             whole = orjson.loads(data)
         except orjson.JSONDecodeError:
             whole = None
+        found: list[tuple[dict[str, Any], str]] = []
         if whole is not None:
-            for i, record in enumerate(_records(whole, path)):
-                yield endpoint_of(record), record, f"{path}#{i + 1}"
-            continue
-        for number, line in enumerate(data.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                value = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                raise ConfigError(f"{path}:{number}: not JSON ({exc}): expected audit records") from None
-            for record in _records(value, f"{path}:{number}"):
-                yield endpoint_of(record), record, f"{path}:{number}"
+            found = [(record, f"{path}#{i + 1}") for i, record in enumerate(_records(whole, path))]
+        else:
+            for number, line in enumerate(data.splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    value = orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    raise ConfigError(f"{path}:{number}: not JSON ({exc}): expected audit records") from None
+                found.extend((record, f"{path}:{number}") for record in _records(value, f"{path}:{number}"))
+        if found and not any(_looks_like_audit(record) for record, _ in found):
+            # e.g. an access log: "4 records: 0 verified, 4 unsigned" and exit 0 would pass it as checked
+            raise ConfigError(
+                f"{path}: holds no Kong audit records ({len(found):,} JSON object(s) without any of "
+                f"{', '.join(AUDIT_KEYS)}; an access log?): expected what /audit/requests or /audit/objects answer"
+            )
+        for record, where in found:
+            yield endpoint_of(record), record, where
+
+
+# Every audit record has some of these (requests: request_id, request_timestamp, signature; objects: dao_name,
+# operation, entity); an access log record has none of them at its top level.
+AUDIT_KEYS = ("request_id", "request_timestamp", "signature", "dao_name", "operation", "entity")
+
+
+def _looks_like_audit(record: dict[str, Any]) -> bool:
+    return any(key in record for key in AUDIT_KEYS)
 
 
 def _records(value: Any, where: str) -> list[dict[str, Any]]:

@@ -29,6 +29,8 @@ def total_bytes(patterns: list[str]) -> int:
 
 
 def render(done: int, total: int, records: int, elapsed: float, width: int) -> str:
+    """The bar in `width` columns: on a narrow terminal the records/s go first, then the bar, then the prefix,
+    so the percentage, the MB and the ETA always show whole."""
     fraction = min(1.0, done / total) if total else 1.0
     rate = records / elapsed if elapsed > 0 else 0.0
     byte_rate = done / elapsed if elapsed > 0 else 0.0
@@ -38,11 +40,43 @@ def render(done: int, total: int, records: int, elapsed: float, width: int) -> s
         eta = f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
     elif done >= total:
         eta = "0:00"
-    tail = f"  {_mb(done)}/{_mb(total)} MB  {rate:,.0f} records/s  ETA {eta}"
-    head = f"kong-ship: {fraction * 100:3.0f}% "
-    bar_width = max(10, min(40, width - len(head) - len(tail) - 3))
-    filled = int(bar_width * fraction)
-    return f"{head}[{'#' * filled}{'.' * (bar_width - filled)}]{tail}"[: max(width - 1, 20)]
+    room = max(width - 1, 20)  # the last column would wrap on some terminals
+    mb = f"  {_mb(done)}/{_mb(total)} MB"
+    for prefix, rate_part, with_bar in (
+        ("kong-ship: ", f"  {rate:,.0f} records/s", True),
+        ("kong-ship: ", "", True),
+        ("kong-ship: ", "", False),
+        ("", "", False),
+    ):
+        head = f"{prefix}{fraction * 100:3.0f}% "
+        tail = f"{mb}{rate_part}  ETA {eta}"
+        if not with_bar:
+            line = f"{head.rstrip()}{tail}"
+        else:
+            bar_width = min(40, room - len(head) - len(tail) - 2)
+            if bar_width < 6:
+                continue
+            filled = int(bar_width * fraction)
+            line = f"{head}[{'#' * filled}{'.' * (bar_width - filled)}]{tail}"
+        if len(line) <= room:
+            return line
+    return line[:room]
+
+
+def terminal_width(stream: TextIO) -> int | None:
+    """Columns of the terminal `stream` writes to ($COLUMNS first, as shutil does); None for a pipe or a file."""
+    try:
+        if not stream.isatty():
+            return None
+    except (AttributeError, ValueError):
+        return None
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    try:
+        return os.get_terminal_size(stream.fileno()).columns or None
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _mb(n: int) -> str:
@@ -70,7 +104,7 @@ class Progress:
 
     def line(self) -> str:
         lane = self.pipeline.lanes[0]
-        width = shutil.get_terminal_size((100, 24)).columns
+        width = terminal_width(self.stream) or shutil.get_terminal_size((100, 24)).columns
         # Never backwards: once the files are closed (a stopped run) their read positions are gone, and the
         # last line must say how far it got, not 0 %.
         self._done = max(self._done, lane.source.disk_progress())

@@ -17,6 +17,7 @@ next to its source) waits until the open file is let go, then continues from whe
 
 from __future__ import annotations
 
+import glob
 import gzip
 import logging
 import os
@@ -98,6 +99,10 @@ class FileSource:
                 st = os.stat(path)
             except OSError:
                 continue
+            if stat.S_ISDIR(st.st_mode):
+                self._warn_once(path, "%s is a directory, not a log file: not read (use a glob such as %s/*.json)",
+                                path, path.rstrip("/"))
+                continue
             if not stat.S_ISREG(st.st_mode):
                 self._warn_once(path, "%s is not a regular file: not read", path)
                 continue
@@ -120,7 +125,10 @@ class FileSource:
             matched = expand([pattern])
             if not matched and self.follow:
                 # Said once: the file may well appear later (first start before Kong wrote anything).
-                self._warn_once(pattern, "no file matches %s yet; watching for it", pattern)
+                self._warn_once(
+                    pattern, "%s: %s yet; watching for it", pattern,
+                    "no file matches" if glob.has_magic(pattern) else "no such file",
+                )
             paths.extend(matched)
         if not self.follow:
             paths.sort(key=mtime)
