@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 import orjson
+from click_option_group import OptionGroup
 
 from shipper import __version__
 from shipper.deadletter import DeadLetter
@@ -25,7 +26,7 @@ from shipper.processors.identity import DEFAULT_JWT_PLACES
 from shipper.processors.masking import Masker
 from shipper.processors.redact import mask_text, redact_url, url_has_userinfo
 from shipper.settings import Settings, default_state_dir
-from shipper.sinks import SINK_NAMES, all_options, sink_class
+from shipper.sinks import SINK_NAMES, sink_class, sink_module
 from shipper.sources.checkpoints import check_state_dir
 from shipper.sources.files import FileSource, Oversize, expand, input_problems
 from shipper.service.progress import terminal_width
@@ -36,6 +37,10 @@ log = logging.getLogger("kong-ship")
 
 # -- option groups -------------------------------------------------------------------------------------------
 def _apply(options: list[Callable]) -> Callable:
+    """Attach `options` to a command, grouped for --help: each group's options together, the groups in the order
+    of their rank (options of no group first: a command's own, such as receive's --listen)."""
+    options = sorted(options, key=lambda option: getattr(option, "rank", 0))
+
     def decorate(func: Callable) -> Callable:
         for option in reversed(options):
             func = option(func)
@@ -44,96 +49,135 @@ def _apply(options: list[Callable]) -> Callable:
     return decorate
 
 
-_config_option = click.option(
+class _Group(OptionGroup):
+    """A heading in --help; `rank` orders the headings (every shipping command shows them in one order)."""
+
+    def __init__(self, rank: int, name: str) -> None:
+        super().__init__(name)
+        self.rank = rank
+
+    def option(self, *decls: str, **attrs: Any) -> Callable:
+        decorator = super().option(*decls, **attrs)
+        decorator.rank = self.rank  # type: ignore[attr-defined]
+        return decorator
+
+
+# The first screen of `tail --help` and `backfill --help`: where to ship, what to read, where state lives.
+_DELIVERY = _Group(1, "Delivery")
+_INPUT = _Group(2, "Input")
+_STATE = _Group(3, "State")
+_SERVICE = _Group(4, "Configuration, logs and metrics")
+_UNDERSTANDING = _Group(5, "Understanding the records (format, user, masks)")
+_TUNING = _Group(6, "Delivery tuning (batches, retries, limits, TLS)")
+_SINK_GROUPS = {
+    "segment": _Group(7, "Segment sink (the event name and path also shape --sink stdout)"),
+    "moesif": _Group(8, "Moesif sink"),
+    "runscope": _Group(9, "Runscope sink (legacy)"),
+    "webhook": _Group(10, "Webhook sink"),
+}
+
+
+def _sink_options() -> list[Callable]:
+    """Every sink's options once each, under its sink's heading (stdout shares Segment's event options)."""
+    seen, out = set(), []
+    for name in SINK_NAMES:
+        for decls, kwargs in sink_module(name).OPTIONS:
+            if decls[0] not in seen:
+                seen.add(decls[0])
+                out.append(_SINK_GROUPS[name].option(*decls, **kwargs))
+    return out
+
+
+_config_option = _SERVICE.option(
     "--config", "config_file", type=click.Path(dir_okay=False), expose_value=False, is_eager=True,
     help="TOML configuration file [env KONG_SHIP_CONFIG; default /etc/kong-ship/kong-ship.toml if present]. "
          "Flags win over the environment, which wins over the file.",
 )
 
 _understanding = [
-    click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True,
+    _UNDERSTANDING.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True,
                  help="Log format; auto detects it per line."),
-    click.option("--nginx-field", "nginx_field", multiple=True, metavar="FIELD=KEY",
+    _UNDERSTANDING.option("--nginx-field", "nginx_field", multiple=True, metavar="FIELD=KEY",
                  help="Map a transaction field to an Nginx log key (repeatable), e.g. client_ip=real_ip."),
-    click.option("--jwt-from", "jwt_from", multiple=True, metavar="DOTTED.PATH",
+    _UNDERSTANDING.option("--jwt-from", "jwt_from", multiple=True, metavar="DOTTED.PATH",
                  help="Where to find the JWT in a record (repeatable, in order). "
                       f"Default: {', '.join(DEFAULT_JWT_PLACES)}."),
-    click.option("--jwt-claim", default="sub", show_default=True, help="JWT claim that holds the user id."),
-    click.option("--mask-header", multiple=True, metavar="NAME", help="Also mask this header (repeatable)."),
-    click.option("--mask-query", multiple=True, metavar="NAME", help="Also mask this query argument (repeatable)."),
-    click.option("--mask-body-key", multiple=True, metavar="NAME",
+    _UNDERSTANDING.option("--jwt-claim", default="sub", show_default=True, help="JWT claim that holds the user id."),
+    _UNDERSTANDING.option("--mask-header", multiple=True, metavar="NAME", help="Also mask this header (repeatable)."),
+    _UNDERSTANDING.option("--mask-query", multiple=True, metavar="NAME", help="Also mask this query argument (repeatable)."),
+    _UNDERSTANDING.option("--mask-body-key", multiple=True, metavar="NAME",
                  help="Also mask this key in bodies, at any depth (repeatable)."),
-    click.option("--ship-raw-bodies", is_flag=True,
+    _UNDERSTANDING.option("--ship-raw-bodies", is_flag=True,
                  help="Send bodies that are neither JSON nor form-encoded as they are (default: a placeholder "
                       "with their size, since their secrets cannot be found)."),
-    click.option("--max-line-bytes", type=click.IntRange(min=1024), default=1 << 20, show_default=True,
+    _UNDERSTANDING.option("--max-line-bytes", type=click.IntRange(min=1024), default=1 << 20, show_default=True,
                  help="Longer lines are set aside and reported (when shipping: in the dead-letter file)."),
 ]
 
 _shipping = [
     # Not required=True: a config file's [sinks.NAME] tables give it too (the template unit relies on that), and
     # click would print "[required]"; _settings says when neither does.
-    click.option("--sink", "sinks", multiple=True, type=click.Choice(SINK_NAMES),
+    _DELIVERY.option("--sink", "sinks", multiple=True, type=click.Choice(SINK_NAMES),
                  help="Where to ship (repeatable: every record goes to each sink). Needed unless the config file "
                       "has [sinks.NAME] tables."),
-    click.option("--endpoint", multiple=True, metavar="[SINK=]URL",
+    _DELIVERY.option("--endpoint", multiple=True, metavar="[SINK=]URL",
                  help="Vendor base URL (default: the vendor's public one). With several sinks: SINK=URL."),
-    click.option("--state-dir", envvar="KONG_SHIP_STATE_DIR", type=click.Path(file_okay=False),
+    _STATE.option("--state-dir", envvar="KONG_SHIP_STATE_DIR", type=click.Path(file_okay=False),
                  help="Checkpoints live here [env KONG_SHIP_STATE_DIR; default $STATE_DIRECTORY, "
                       "else $XDG_STATE_HOME/kong-ship]."),
-    click.option("--dead-letter", type=click.Path(dir_okay=False),
+    _STATE.option("--dead-letter", type=click.Path(dir_okay=False),
                  help="Dead-letter file [default: STATE_DIR/dead-letter.jsonl]."),
-    click.option("--batch-size", type=click.IntRange(min=1), help="Events per request (default: the vendor's maximum)."),
-    click.option("--flush-interval", type=click.FloatRange(min=0.001), default=0.25, show_default=True,
+    _TUNING.option("--batch-size", type=click.IntRange(min=1), help="Events per request (default: the vendor's maximum)."),
+    _TUNING.option("--flush-interval", type=click.FloatRange(min=0.001), default=0.25, show_default=True,
                  help="Seconds before a partial batch is sent."),
-    click.option("--queue-size", type=click.IntRange(min=1), default=10_000, show_default=True,
+    _TUNING.option("--queue-size", type=click.IntRange(min=1), default=10_000, show_default=True,
                  help="Events queued per sink; when full, reading pauses (the file is the buffer)."),
-    click.option("--concurrency", type=click.IntRange(min=1, max=64), default=2, show_default=True,
+    _TUNING.option("--concurrency", type=click.IntRange(min=1, max=64), default=2, show_default=True,
                  help="Requests in flight per sink."),
-    click.option("--shutdown-timeout", type=click.FloatRange(min=0), default=10.0, show_default=True,
+    _TUNING.option("--shutdown-timeout", type=click.FloatRange(min=0), default=10.0, show_default=True,
                  help="Seconds to deliver what is in flight after SIGTERM/SIGINT."),
-    click.option("--retry-initial-delay", type=click.FloatRange(min=0.001), default=0.5, show_default=True,
+    _TUNING.option("--retry-initial-delay", type=click.FloatRange(min=0.001), default=0.5, show_default=True,
                  help="First backoff step, seconds (then exponential with full jitter)."),
-    click.option("--retry-max-delay", type=click.FloatRange(min=0.001), default=60.0, show_default=True,
+    _TUNING.option("--retry-max-delay", type=click.FloatRange(min=0.001), default=60.0, show_default=True,
                  help="Longest backoff between retries, seconds (Retry-After is honoured beyond it)."),
-    click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+    _TUNING.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
                  help="HTTP request timeout, seconds."),
-    click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+    _SERVICE.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
                  show_default=True),
-    click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+    _SERVICE.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
                  help="Own log lines on stderr: text, or one JSON object per line."),
-    click.option("--metrics-addr", metavar="HOST:PORT", help="Serve Prometheus metrics at http://HOST:PORT/metrics."),
-    click.option("--max-rate", type=click.FloatRange(min=0.001), metavar="N",
+    _SERVICE.option("--metrics-addr", metavar="HOST:PORT", help="Serve Prometheus metrics at http://HOST:PORT/metrics."),
+    _TUNING.option("--max-rate", type=click.FloatRange(min=0.001), metavar="N",
                  help="At most N events per second to each sink (retries count); reading slows to match."),
-    click.option("--ca-file", type=click.Path(exists=True, dir_okay=False), metavar="PEM",
+    _TUNING.option("--ca-file", type=click.Path(exists=True, dir_okay=False), metavar="PEM",
                  help="CA certificate(s) to trust for the sinks' TLS, on top of the default ones (verification is "
                       "always on; `audit tail` verifies the Admin API with them too)."),
-] + [click.option(*decls, **kwargs) for decls, kwargs in all_options()]
+] + _sink_options()
 
 _following = [
-    click.option("--start-at", type=click.Choice(["beginning", "end"]), default="beginning", show_default=True,
+    _INPUT.option("--start-at", type=click.Choice(["beginning", "end"]), default="beginning", show_default=True,
                  help="Where to start files that have no checkpoint (files appearing later always start at the beginning)."),
-    click.option("--poll-interval", type=click.FloatRange(min=0.01), default=0.25, show_default=True,
+    _INPUT.option("--poll-interval", type=click.FloatRange(min=0.01), default=0.25, show_default=True,
                  help="Seconds between looks for new data and new files (inotify wakes it sooner)."),
-    click.option("--rotate-wait", type=click.FloatRange(min=0), default=5.0, show_default=True,
+    _INPUT.option("--rotate-wait", type=click.FloatRange(min=0), default=5.0, show_default=True,
                  help="Seconds a rotated-away file must stay quiet before it is let go."),
 ]
 
 _window = [
-    click.option("--since", metavar="TIME",
+    _INPUT.option("--since", metavar="TIME",
                  help="Only records that started at or after TIME: ISO-8601 (2024-05-01T12:00:00Z; no zone = UTC), "
                       "Unix seconds, or a duration ago (7d, 6h, 30m)."),
-    click.option("--until", metavar="TIME", help="Only records that started before TIME (same forms as --since)."),
+    _INPUT.option("--until", metavar="TIME", help="Only records that started before TIME (same forms as --since)."),
 ]
 
-_progress_option = click.option(
+_progress_option = _SERVICE.option(
     "--progress/--no-progress", default=None,
     help="A progress bar on stderr [default: on when stderr is a terminal].",
 )
 
 
 def _workers_option(default: str) -> Callable:
-    return click.option(
+    return _INPUT.option(
         "--workers", default=default, show_default=True, metavar="N|auto",
         help="Processes that parse and encode lines (auto: one per CPU; 0: in the reader thread).",
     )

@@ -110,3 +110,27 @@ def test_a_wheel_install_ships_init_the_units_and_logrotate(tmp_path):
                         KONG_SHIP_STATE_DIR=str(tmp_path / "state"))
     assert checked.returncode == 0, checked.stderr
     assert tomllib.loads(checked.stdout)["sinks"]["segment"]["endpoint"] == "https://api.segment.io"
+
+
+HEADINGS = ["Delivery:", "Input:", "State:", "Configuration, logs and metrics:", "Understanding the records",
+            "Delivery tuning", "Segment sink", "Moesif sink", "Runscope sink", "Webhook sink"]
+
+
+@pytest.mark.parametrize("command", [("tail",), ("backfill",), ("receive",), ("check-config",), ("audit", "tail")])
+def test_help_groups_the_options_under_headings_what_matters_first(command):
+    result = ship(*command, "--help")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.decode().splitlines()
+    headings = [line.strip() for line in lines if line.startswith("  ") and not line.startswith("   ")
+                and line.strip().endswith(":")]
+    order = [next(i for i, h in enumerate(HEADINGS) if heading.startswith(h)) for heading in headings]
+    assert order == sorted(order) and len(order) >= 8, headings  # every shipping command: the same order
+    # each sink's options under its own heading, after everything else
+    moesif = next(i for i, line in enumerate(lines) if line.strip().startswith("Moesif sink"))
+    first_moesif_flag = next(i for i, line in enumerate(lines) if "--moesif-" in line)
+    assert first_moesif_flag == moesif + 1
+    assert not any("--moesif-" in line or "--runscope-" in line or "--webhook-" in line for line in lines[:moesif])
+    if command[0] in ("tail", "backfill"):
+        first_screen = "\n".join(lines[:60])
+        for flag in ("--sink", "--endpoint", "--state-dir", "--config"):
+            assert flag in first_screen, flag
