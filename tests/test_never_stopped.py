@@ -368,3 +368,30 @@ def test_a_worker_process_that_dies_is_reported_not_waited_for_forever():
     assert outcome, "the reader waited forever for a chunk a dead worker had taken"
     assert isinstance(outcome[0], WorkerLost) and "worker process died" in str(outcome[0])
 
+
+
+def test_a_receiver_thread_that_dies_is_reported(tmp_path):
+    """The receiver's own threads (the server loop, the read-deadline watchdog) are supervised like the lanes':
+    if one dies, the run hears of it and ends with exit 1, rather than stop answering while looking healthy."""
+    import threading as _threading
+
+    from shipper.sources.event_hooks import Receiver
+    from shipper.sources.spool import Spool
+
+    spool = Spool(str(tmp_path / "spool"))
+    receiver = Receiver("127.0.0.1", 0, spool, secret=None, max_body_bytes=1 << 20, max_backlog_bytes=1 << 20,
+                        backlog=lambda: 0, on_accept=lambda: None)
+    deaths: list[str] = []
+    died = _threading.Event()
+
+    def boom() -> None:  # called by serve_forever on every turn of its loop
+        raise OSError("the listening socket went away")
+
+    receiver._server.service_actions = boom  # type: ignore[method-assign]
+    receiver.start(lambda line: (deaths.append(line), died.set()))
+    try:
+        assert died.wait(5)
+    finally:
+        receiver.shutdown()
+        spool.close()
+    assert deaths == ["thread receive died: OSError: the listening socket went away"]

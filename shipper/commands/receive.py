@@ -157,7 +157,7 @@ def receive(**kw: Any) -> None:
         shown, bound_port, everywhere, "signed with x-kong-signature" if secret else "UNSIGNED: --allow-unsigned",
         ", ".join(settings.sinks), spool_dir,
     )
-    receiver.start()
+    receiver.start(pipeline.fail)
     maintainer.start()
     try:
         result = _drive(pipeline, kw.get("metrics_addr"))

@@ -43,6 +43,7 @@ from shipper.processors.masking import mask_secret_keys
 from shipper.sinks.webhook import SIGNATURE_HEADER, signature_ok
 from shipper.sources.http_limits import Backlog, Budget, Deadlines, Throttled
 from shipper.sources.spool import Spool
+from shipper.threads import start_thread
 
 log = logging.getLogger("kong-ship")
 
@@ -307,12 +308,11 @@ class Receiver:
         host, port = self._server.server_address[:2]
         return host, port
 
-    def start(self) -> None:
-        self.deadlines.start()
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="receive", daemon=True
-        )
-        self._thread.start()
+    def start(self, on_death: Callable[[str], None]) -> None:
+        """Serve in threads of its own; if one of them dies, `on_death` hears of it (the run ends with exit 1
+        rather than stop answering while looking healthy)."""
+        self.deadlines.start(on_death)
+        self._thread = start_thread(lambda: self._server.serve_forever(poll_interval=0.1), "receive", on_death)
 
     def shutdown(self) -> None:
         """Stop accepting (idempotent). A request being handled finishes: its events are durable before it is

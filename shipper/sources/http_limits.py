@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from shipper.threads import start_thread
+
 log = logging.getLogger("kong-ship")
 
 
@@ -98,9 +100,8 @@ class Deadlines:
         with self._lock:
             self._armed.pop(sock, None)
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._watch, name="receive-deadlines", daemon=True)
-        self._thread.start()
+    def start(self, on_death: Callable[[str], None]) -> None:
+        self._thread = start_thread(self._watch, "receive-deadlines", on_death)
 
     def stop(self) -> None:
         self._stop.set()
