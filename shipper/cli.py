@@ -461,7 +461,7 @@ def backfill(paths: tuple[str, ...], **kw: Any) -> None:
     unreadable = _report_inputs(paths)
     progress = kw.get("progress")
     if progress is None:
-        progress = sys.stderr.isatty()
+        progress = sys.stderr.isatty() and not _json_stderr  # a bar is not JSON
     pipeline, result = _run(settings, sinks, follow=False, metrics_addr=kw.get("metrics_addr"), progress=progress)
     _summary(result, sys.stderr)
     if pipeline.forced_by:

@@ -290,7 +290,8 @@ def test_parse_prints_every_good_line_and_names_each_poison_line(tmp_path):
     assert result.returncode == 0, stderr
     printed = {gen.seq_of_url(orjson.loads(line)["raw_path"]) for line in result.stdout.splitlines()}
     assert printed == arrive["webhook"]  # `parse` prints what the webhook sink sends
-    reported = {(int(line.split(":")[2]), line.split(":")[3].strip()) for line in stderr.splitlines()[:-1]}
+    # "kong-ship: FILE: offset N: reason"
+    reported = {(int(line.split(":")[2].split()[-1]), line.split(":")[3].strip()) for line in stderr.splitlines()[:-1]}
     assert reported == {(offset, reason) for offset, reason, _ in dead}, stderr
     assert stderr.splitlines()[-1] == f"kong-ship: {len(reported)} line(s) not understood"
 

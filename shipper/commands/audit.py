@@ -248,6 +248,14 @@ def _tail_forever(poller: Poller, spool, settings, sinks, kw, interval: float) -
 
 def _poll_summary(poller: Poller) -> None:
     counts = poller.counts
+    import shipper.cli as cli_module
+
+    if cli_module._json_stderr:  # --log-format json: every stderr line is JSON
+        fields = {"requests": counts["requests"], "objects": counts["objects"]}
+        if poller.verify_key is not None:
+            fields.update({name: counts[name] for name in (audit_signature.VERIFIED, audit_signature.UNSIGNED, audit_signature.INVALID)})
+        cli_module._say("info", "audit summary", **fields)
+        return
     line = f"audit: {counts['requests']:,} admin requests and {counts['objects']:,} config changes fetched"
     if poller.verify_key is not None:
         line += (
