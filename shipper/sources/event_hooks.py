@@ -153,13 +153,15 @@ class _Handler(BaseHTTPRequestHandler):
             events = parsed
         else:
             return self._refuse(400, "expected a JSON object (an event) or a non-empty array of objects")
+        try:
+            orjson.dumps(events)  # parsed (orjson reads 1024 levels) but perhaps too deep to write (254)
+        except orjson.JSONEncodeError:
+            return self._refuse(400, "the body is nested too deep")
         # The spool is state on disk: it keeps events as they will ship (entities' keys, secrets, tokens masked),
         # never as Kong sent them. The signature was checked above, over the bytes received.
         events = [mask_secret_keys(e) for e in events]
         try:
             receiver.spool.append(KIND, events)
-        except orjson.JSONEncodeError:  # parsed (orjson reads 1024 levels) but too deep to write (254)
-            return self._refuse(400, "the body is nested too deep")
         except (OSError, ValueError) as exc:  # ValueError: the spool was closed during shutdown
             receiver.spool_failed(exc)
             return self._refuse(503, "cannot store the event", headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
