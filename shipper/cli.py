@@ -708,10 +708,28 @@ def _config_defaults(argv: list[str]) -> dict[str, Any] | None:
 _NoArgsIsHelp = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
+def _json_from_the_start(args: list[str], defaults: dict[str, Any] | None) -> None:
+    """--log-format json (flag or config file) holds for the errors found before logging is set up too: a usage
+    error, an input that matches nothing."""
+    global _json_stderr
+    for i, arg in enumerate(args):
+        if arg == "--log-format=json" or (arg == "--log-format" and args[i + 1 : i + 2] == ["json"]):
+            _json_stderr = True
+            return
+        if arg == "--log-format" or arg.startswith("--log-format="):
+            return  # the flag wins over the file
+    level: Any = defaults or {}
+    for arg in args:
+        if isinstance(level, dict) and isinstance(level.get(arg), dict):
+            level = level[arg]
+    _json_stderr = isinstance(level, dict) and level.get("log_format") == "json"
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     try:
         defaults = _config_defaults(args)
+        _json_from_the_start(args, defaults)
         code = cli.main(args=args, prog_name="kong-ship", standalone_mode=False, default_map=defaults)
     except _NoArgsIsHelp as exc:
         exc.show()  # `kong-ship`, `kong-ship audit`: click's own answer, the whole help on stderr, exit 2
@@ -719,7 +737,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.UsageError as exc:
         command = exc.ctx.command_path if exc.ctx else "kong-ship"
         message = " ".join(exc.format_message().split())  # click wraps choice lists over several lines
-        click.echo(f"kong-ship: error: {message} (see '{command} --help')", err=True)
+        _say("error", f"{message} (see '{command} --help')")
         sys.exit(2)
     except (click.exceptions.Abort, KeyboardInterrupt):  # Ctrl-C before the run's own handlers are in place
         sys.exit(130)
@@ -730,7 +748,7 @@ def main(argv: list[str] | None = None) -> None:
         _say("fatal", mask_text(str(exc)))  # a vendor's answer may quote us
         sys.exit(1)
     except click.exceptions.ClickException as exc:
-        click.echo(f"kong-ship: error: {exc.format_message()}", err=True)
+        _say("error", exc.format_message())
         sys.exit(exc.exit_code)
     sys.exit(code if isinstance(code, int) else 0)
 

@@ -239,3 +239,16 @@ def test_units_tolerate_a_missing_log_folder():
         for line in unit.read_text().splitlines():
             if line.startswith(("ReadOnlyPaths=", "ReadWritePaths=")) and "/var/log" in line:
                 assert all(p.startswith("-") for p in line.split("=", 1)[1].split() if "/var/log" in p), (unit, line)
+
+
+def test_log_format_json_holds_for_errors_found_before_the_run_starts(tmp_path):
+    import orjson
+
+    nothing = ship("backfill", str(tmp_path / "nope-*.json"), "--sink", "stdout", "--log-format", "json")
+    usage = ship("backfill", str(tmp_path), "--sink", "nowhere", "--log-format=json")
+    for result in (nothing, usage):
+        assert result.returncode == 2
+        lines = result.stderr.decode().splitlines()
+        assert len(lines) == 1 and orjson.loads(lines[0])["level"] == "error", lines
+    assert "no file matches" in orjson.loads(nothing.stderr)["message"]
+    assert "--sink" in orjson.loads(usage.stderr)["message"]
