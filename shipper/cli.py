@@ -481,10 +481,11 @@ def _how_far(pipeline, result) -> None:
     sizes = {}
     for path in expand(pipeline.settings.paths):
         try:
-            sizes[path] = os.stat(path).st_size
+            sizes[os.path.abspath(path)] = os.stat(path).st_size
         except OSError:
             pass
-    behind = pipeline.behind()  # only files every sink has seen; the others are not started
+    # only files every sink has seen; the others are not started. Checkpoints keep absolute paths.
+    behind = {os.path.abspath(path): lag for path, lag in pipeline.behind().items()}
     done_files = sum(1 for path in sizes if path in behind and behind[path] == 0)
     done_bytes = sum(max(0, size - behind[path]) for path, size in sizes.items() if path in behind)
     shipped = ", ".join(f"{lane.sent:,} shipped to {lane.sink}" for lane in result.lanes)

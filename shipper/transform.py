@@ -98,8 +98,8 @@ def _worker_main(transformer: Transformer, chunks, results, parent: int) -> None
     """A worker: chunks in (its own queue), outcomes out (its own pipe), in order, until told to stop or the
     parent is gone. Signals are the parent's business: a Ctrl-C or systemd's SIGTERM reaches the whole process
     group, and the parent ends its workers itself once it has what it needs."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for signum in _STOP_SIGNALS:  # SIGHUP too: a closed terminal's hang-up is the parent's to handle
+        signal.signal(signum, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     while True:
         try:
@@ -113,7 +113,7 @@ def _worker_main(transformer: Transformer, chunks, results, parent: int) -> None
         results.send([transformer(f, d, o, e) for f, d, o, e in lines])
 
 
-_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
 class _Worker:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -58,6 +59,8 @@ def test_a_signal_to_the_group_stops_a_backfill_with_workers_at_once_and_the_nex
         assert took < 8, f"took {took:.1f} s to stop (the shutdown timeout is 10 s)"
         assert "Traceback" not in err and "KeyboardInterrupt" not in err and "Unpickling" not in err, err
         assert f"interrupted by {signal.Signals(signum).name}" in err and "of 1 file(s) done" in err, err
+        done_mb = re.search(r"file\(s\) done, ([\d.,]+) of ([\d.,]+) MB, ([\d,]+) shipped to segment", err)
+        assert done_mb and 0 < float(done_mb[1]) < float(done_mb[2]), err
         bars = [part for part in err.replace("\n", "\r").split("\r") if "ETA" in part]
         assert bars and " 0% " not in bars[-1], bars[-1:]
         first = _arrived(fake)
