@@ -14,7 +14,7 @@ import os
 import signal
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from shipper.deadletter import DeadLetter
@@ -237,8 +237,18 @@ class Lane:
         ack = self.acks.ack
         stop = self.stop
         transform = self.transform
+        numbered: deque[int] | None = None
         if self.pool is not None:
-            outcomes = self.pool.map(lines)
+            # Numbered as they are read, not as their outcomes come back: lines in the workers' hands count as
+            # pending, so a file the source has already let go is not forgotten (save_checkpoints) under them.
+            numbered = seqs = deque()
+
+            def read(lines=lines):
+                for line in lines:
+                    seqs.append(issue(line[0]))
+                    yield line
+
+            outcomes = self.pool.map(read())
         else:
             outcomes = ((line, transform(*line)) for line in lines)
         parcel: list[Item] = []
@@ -246,7 +256,7 @@ class Lane:
         for (file_id, data, offset, end), (outcome, payload, anonymous) in outcomes:
             if stop.is_set():
                 return False
-            seq = issue(file_id)
+            seq = numbered.popleft() if numbered is not None else issue(file_id)
             counts["lines"] += 1
             if outcome == EVENT:
                 counts["parsed"] += 1
