@@ -58,7 +58,6 @@ def test_a_signal_to_the_group_stops_a_backfill_with_workers_at_once_and_the_nex
         assert proc.returncode == 128 + signum, err
         # in flight: at most the 1,000 queued events at 2,000/s, and the workers' chunks
         assert took < 8, f"took {took:.1f} s to stop (the shutdown timeout is 10 s)"
-        print(f"stopped {took:.2f} s after {signal.Signals(signum).name}")
         assert "Traceback" not in err and "KeyboardInterrupt" not in err and "Unpickling" not in err, err
         assert f"interrupted by {signal.Signals(signum).name}" in err and "of 1 file(s) done" in err, err
         done_mb = re.search(r"file\(s\) done, ([\d.,]+) of ([\d.,]+) MB, ([\d,]+) shipped to segment", err)
@@ -72,7 +71,6 @@ def test_a_signal_to_the_group_stops_a_backfill_with_workers_at_once_and_the_nex
         assert again.returncode == 0, again.stderr.decode()
         both = _arrived(fake)
         assert set(both) == set(range(total))
-        print("duplicates", sum(n - 1 for n in both.values()), "first run", len(first))
         assert sum(n - 1 for n in both.values()) <= 1000
 
 

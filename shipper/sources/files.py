@@ -84,6 +84,7 @@ class FileSource:
         # (dev, ino, size) of files read to the end and closed (gzip files, idle files): not opened again
         # unless their size changes.
         self._done: set[tuple[int, int, int]] = set()
+        self._closed_progress = 0  # disk_progress of the files close() let go
         self._warned: set[str] = set()
         self._paths: dict[str, str] = {}  # identity -> the last path it was seen at, for closed files too
         self._start_at_end = start_at_end  # applies to the first discovery only
@@ -381,6 +382,8 @@ class FileSource:
 
     def close(self) -> None:
         with self._lock:
+            # Still counted once closed: the last line of a stopped backfill's bar says how far it got.
+            self._closed_progress += _progress_of(list(self.files.values()))
             for handle in self.files.values():
                 close_file(handle)
             self.files.clear()
@@ -419,17 +422,9 @@ class FileSource:
         """On-disk bytes consumed so far (compressed bytes for gzip files), for the backfill progress bar:
         files read to their end and let go count whole, open files up to their read position."""
         with self._lock:
-            done = sum(size for _, _, size in self._done)
+            done = sum(size for _, _, size in self._done) + self._closed_progress
             handles = list(self.files.values())
-        for handle in handles:
-            if handle.gz is not None:
-                try:
-                    done += handle.gz.fileobj.tell()  # type: ignore[union-attr]
-                except (AttributeError, OSError, ValueError):
-                    pass
-            else:
-                done += handle.read_pos
-        return done
+        return done + _progress_of(handles)
 
     def path_of(self, file_id: str) -> str | None:
         with self._lock:
@@ -450,3 +445,15 @@ class FileSource:
         return all(h.finished for h in self.files.values())
 
 
+def _progress_of(handles: list[OpenFile]) -> int:
+    """On-disk bytes consumed of open files: the read position, or the compressed position of a gzip file."""
+    done = 0
+    for handle in handles:
+        if handle.gz is not None:
+            try:
+                done += handle.gz.fileobj.tell()  # type: ignore[union-attr]
+            except (AttributeError, OSError, ValueError):
+                pass
+        else:
+            done += handle.read_pos
+    return done
