@@ -94,13 +94,17 @@ class WorkerLost(RuntimeError):
     """A worker process died (killed, out of memory) while chunks were out: their outcomes will never come."""
 
 
-def _worker_main(transformer: Transformer, chunks, results, parent: int) -> None:
+def _worker_main(transformer: Transformer, chunks, results, parent: int, not_mine: list) -> None:
     """A worker: chunks in (its own queue), outcomes out (its own pipe), in order, until told to stop or the
     parent is gone. Signals are the parent's business: a Ctrl-C or systemd's SIGTERM reaches the whole process
     group, and the parent ends its workers itself once it has what it needs."""
     for signum in _STOP_SIGNALS:  # SIGHUP too: a closed terminal's hang-up is the parent's to handle
         signal.signal(signum, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+    for connection in not_mine:
+        # The reading ends of the outcome pipes (its own and the earlier workers'), inherited by the fork: held
+        # here, a pipe whose reader is gone would block a send forever instead of breaking.
+        connection.close()
     while True:
         try:
             lines = chunks.get(timeout=LIVENESS_INTERVAL)
@@ -108,22 +112,28 @@ def _worker_main(transformer: Transformer, chunks, results, parent: int) -> None
             if os.getppid() != parent:
                 return
             continue
+        except (EOFError, OSError):
+            return  # the parent is gone
         if lines is None:
             return
-        results.send([transformer(f, d, o, e) for f, d, o, e in lines])
+        try:
+            results.send([transformer(f, d, o, e) for f, d, o, e in lines])
+        except OSError:  # BrokenPipeError: the parent is gone, nobody wants these
+            return
 
 
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
 class _Worker:
-    def __init__(self, context, transformer: Transformer):
+    def __init__(self, context, transformer: Transformer, earlier: list[_Worker]):
         self.chunks = context.Queue()
+        self.chunks.cancel_join_thread()  # chunks left unsent at exit are not needed: never wait to flush them
         reader, writer = context.Pipe(duplex=False)
         self.results = reader
         self.process = context.Process(
-            target=_worker_main, args=(transformer, self.chunks, writer, os.getpid()), name="kong-ship-worker",
-            daemon=True,
+            target=_worker_main, name="kong-ship-worker", daemon=True,
+            args=(transformer, self.chunks, writer, os.getpid(), [reader, *(w.results for w in earlier)]),
         )
         self.process.start()
         # Only the worker holds the writing end now: its death is an end of file here, not a silent wait.
@@ -152,7 +162,9 @@ class WorkerPool:
         # parent gets it when unblocked).
         old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
-            self._workers = [_Worker(context, transformer) for _ in range(max(1, workers))]
+            self._workers: list[_Worker] = []
+            for _ in range(max(1, workers)):
+                self._workers.append(_Worker(context, transformer, self._workers))
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
         self._next = 0

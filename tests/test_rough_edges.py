@@ -304,3 +304,42 @@ def test_a_file_let_go_while_its_lines_are_in_the_workers_is_not_forgotten_under
     assert ended, "the run never ended"
     assert not isinstance(ended[0], BaseException), ended[0]
     assert ended[0].lanes[0].sent == 20
+
+
+def test_workers_of_a_parent_killed_with_sigkill_end_on_their_own(tmp_path):
+    """Ignoring SIGINT/SIGTERM must not leave orphans: a worker whose parent is gone (kill -9, OOM killer) exits."""
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(6000))
+    with FakeSegment() as fake:
+        proc = subprocess.Popen(
+            _backfill(fake, tmp_path, log, "--max-rate", "1000"),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, start_new_session=True,
+        )
+        try:
+            assert wait_until(lambda: fake.message_count >= 500, timeout=30)
+            children = f"/proc/{proc.pid}/task/{proc.pid}/children"
+            with open(children) as handle:
+                workers = [int(pid) for pid in handle.read().split()]
+            assert len(workers) == 2
+            proc.kill()
+            proc.wait(10)
+
+            def gone() -> bool:
+                return not any(os.path.exists(f"/proc/{pid}") and _state(pid) != "Z" for pid in workers)
+
+            assert wait_until(gone, timeout=10), "orphaned workers are still running"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
