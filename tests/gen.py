@@ -14,6 +14,8 @@ import hmac
 import json
 import os
 import random
+import threading
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -287,3 +289,22 @@ def seq_of_segment_message(msg: dict[str, Any]) -> int:
     if seq is None:
         raise ValueError(f"no seq in message {msg.get('messageId')!r}")
     return seq
+
+
+class Writer(threading.Thread):
+    """Appends numbered records at a steady pace to whatever file `path` names at the moment of each write,
+    opening it each time (as Kong's file-log with `reopen: true` does). Hold `pause` to stop it between writes."""
+
+    def __init__(self, path, seqs, rate=2000.0):
+        super().__init__(daemon=True)
+        self.path, self.seqs, self.rate = path, list(seqs), rate
+        self.done = threading.Event()
+        self.pause = threading.Lock()
+
+    def run(self) -> None:
+        interval = 1.0 / self.rate
+        for seq in self.seqs:
+            with self.pause:
+                write_records(self.path, [seq])
+            time.sleep(interval)
+        self.done.set()

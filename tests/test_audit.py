@@ -6,26 +6,22 @@ from __future__ import annotations
 
 import base64
 import collections
-import datetime
 import fcntl
-import ipaddress
 import json
 import os
-import ssl
 import time
 
 import orjson
 import pytest
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.x509.oid import NameOID
 
 from conftest import FAST, Shipper, ship, ship_env
 from fakes.kong_admin import FakeKongAdmin, kong_serialize
 from fakes.moesif import FakeMoesif
 from fakes.runscope import FakeRunscope
 from fakes.segment import FakeSegment
+from fakes.tls import private_ca, tls
 from shipper.errors import ConfigError, FatalError
 from shipper.formats import ParseError, Parser
 from shipper.formats import audit_signature as sig
@@ -604,50 +600,18 @@ def test_verify_from_the_admin_api(tmp_path, keys, token_file):
 
 
 # -- TLS ---------------------------------------------------------------------------------------------------------
-def _self_signed(tmp_path):
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kong-admin.test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_pem, key_pem = tmp_path / "admin-cert.pem", tmp_path / "admin-key.pem"
-    cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))  # fmt: skip
-    return cert_pem, key_pem
-
-
-class TLSKongAdmin(FakeKongAdmin):
-    def __init__(self, cert_pem, key_pem, *args, **kw):
-        super().__init__(*args, **kw)
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.load_cert_chain(str(cert_pem), str(key_pem))
-
-    def start(self):
-        super().start()
-        self._server.socket = self.context.wrap_socket(self._server.socket, server_side=True)
-        return self
-
-    @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+TLSKongAdmin = tls(FakeKongAdmin)
 
 
 def test_tls_is_verified_by_default_and_ca_file_trusts_a_private_ca(tmp_path, keys, token_file):
     _, public_pem, _ = keys
-    cert_pem, key_pem = _self_signed(tmp_path)
+    ca_pem, cert_pem, key_pem = private_ca(tmp_path)
     with TLSKongAdmin(cert_pem, key_pem, TOKEN) as admin:
         admin.add_request(T0, signed=False)
         base = ["audit", "verify", "--public-key", str(public_pem), "--admin-url", admin.url, "--admin-token-file", token_file]
         refused = ship(*base, env=env())
         assert refused.returncode == 1 and "--ca-file" in one_line(refused.stderr)
-        trusted = ship(*base, "--ca-file", str(cert_pem), env=env())
+        trusted = ship(*base, "--ca-file", str(ca_pem), env=env())
         assert trusted.returncode == 0, trusted.stderr.decode()
         assert trusted.stdout.decode().strip() == "1 records: 0 verified, 1 unsigned, 0 invalid"
         bad_ca = ship(*base, "--ca-file", str(tmp_path / "missing-ca.pem"), env=env())

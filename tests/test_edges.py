@@ -4,19 +4,14 @@ against an Admin API without RBAC."""
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
-import ssl
 import subprocess
 import sys
 import time
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
 import gen
 from conftest import FAST, ship, ship_env
@@ -24,6 +19,7 @@ from fakes.httpfake import FakeHTTPServer, Request, Response, json_response
 from fakes.kong_admin import FakeKongAdmin
 from fakes.moesif import FakeMoesif
 from fakes.segment import FakeSegment
+from fakes.tls import private_ca, tls
 from test_faults import assert_exactly_once
 
 ENV = ship_env(
@@ -131,61 +127,11 @@ def test_odd_retry_after_values_keep_the_exponential_backoff(tmp_path, value):
 
 
 # -- TLS ----------------------------------------------------------------------------------------------------------
-def _private_ca(tmp_path):
-    """A CA and a certificate it signed for 127.0.0.1, as PEM files: (ca.pem, cert.pem, key.pem)."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kong-ship test CA")])
-    ca = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    cert = (
-        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vendor.test")]))
-        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    paths = tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))  # fmt: skip
-    return paths
-
-
-def tls(fake_class):
-    """The fake, served over TLS with the given certificate."""
-
-    class TLS(fake_class):
-        def __init__(self, cert_pem, key_pem, *args, **kw):
-            super().__init__(*args, **kw)
-            self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            self.context.load_cert_chain(str(cert_pem), str(key_pem))
-
-        def start(self):
-            super().start()
-            self._server.socket = self.context.wrap_socket(self._server.socket, server_side=True)
-            return self
-
-        @property
-        def url(self) -> str:
-            return f"https://127.0.0.1:{self.port}"
-
-    return TLS
-
-
 TLSSegment = tls(FakeSegment)
 
 
-def test_tls_failure_is_one_fatal_line_and_ca_file_trusts_a_private_ca(tmp_path):
-    ca_pem, cert_pem, key_pem = _private_ca(tmp_path)
+def test_tls_failure_is_one_fatal_line_and_ca_file_trusts_aprivate_ca(tmp_path):
+    ca_pem, cert_pem, key_pem = private_ca(tmp_path)
     log = tmp_path / "kong.json"
     gen.write_records(log, range(20))
     with TLSSegment(cert_pem, key_pem) as segment:
@@ -212,7 +158,7 @@ def test_tls_failure_is_one_fatal_line_and_ca_file_trusts_a_private_ca(tmp_path)
 
 
 def test_moesif_fetches_its_configuration_with_the_same_ca_file(tmp_path):
-    ca_pem, cert_pem, key_pem = _private_ca(tmp_path)
+    ca_pem, cert_pem, key_pem = private_ca(tmp_path)
     log = tmp_path / "kong.json"
     gen.write_records(log, range(5))
     with tls(FakeMoesif)(cert_pem, key_pem, config={"sample_rate": 50, "user_sample_rate": {}}) as moesif:

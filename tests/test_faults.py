@@ -161,23 +161,6 @@ def test_kill_9_at_random_moments_then_a_clean_run(segment, tmp_path, shippers):
 
 
 # -- rotation under load ------------------------------------------------------------------------------------------
-class Writer(threading.Thread):
-    """Appends records at a steady pace to whatever file `path` names at the moment of each write (as Kong with
-    reopen=true does), or to a fixed handle (reopen=false)."""
-
-    def __init__(self, path, seqs, rate=2000.0):
-        super().__init__(daemon=True)
-        self.path, self.seqs, self.rate = path, list(seqs), rate
-        self.done = threading.Event()
-        self.pause = threading.Lock()
-
-    def run(self) -> None:
-        interval = 1.0 / self.rate
-        for seq in self.seqs:
-            with self.pause:
-                gen.write_records(self.path, [seq])
-            time.sleep(interval)
-        self.done.set()
 
 
 def test_rename_rotations_under_load(segment, tmp_path, shippers):
@@ -185,7 +168,7 @@ def test_rename_rotations_under_load(segment, tmp_path, shippers):
     write(log, [0])
     proc = shippers("tail", str(tmp_path / "kong.json"), *tail_args(segment, tmp_path), env=ENV)
     segment.wait_for(lambda: len(segment.messages) >= 1, timeout=15)  # it follows the file before rotation starts
-    writer = Writer(log, range(1, 1500))
+    writer = gen.Writer(log, range(1, 1500))
     writer.start()
     for n in range(3):
         # Only the live name is followed (the common setup), so a file rotated away before kong-ship ever
@@ -206,7 +189,7 @@ def test_copytruncate_under_load_with_the_copies_matched(segment, tmp_path, ship
     write(log, [0])
     proc = shippers("tail", str(tmp_path / "kong.json*"), *tail_args(segment, tmp_path), env=ENV)
     segment.wait_for(lambda: len(segment.messages) >= 1, timeout=15)
-    writer = Writer(log, range(1, 1200))
+    writer = gen.Writer(log, range(1, 1200))
     writer.start()
     for n in range(2):
         time.sleep(0.2)

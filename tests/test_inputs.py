@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import orjson
@@ -329,23 +328,6 @@ def test_checkpoints_written_before_this_change_are_honoured(segment, tmp_path):
 
 
 # -- rotation -----------------------------------------------------------------------------------------------------
-class Writer(threading.Thread):
-    """Appends numbered records at a steady pace to whatever file `path` names at each write, opening it each
-    time (as Kong's file-log with `reopen: true` does)."""
-
-    def __init__(self, path, seqs, rate=3000.0):
-        super().__init__(daemon=True)
-        self.path, self.seqs, self.rate = path, list(seqs), rate
-        self.done = threading.Event()
-        self.pause = threading.Lock()
-
-    def run(self) -> None:
-        interval = 1.0 / self.rate
-        for seq in self.seqs:
-            with self.pause:
-                gen.write_records(self.path, [seq])
-            time.sleep(interval)
-        self.done.set()
 
 
 def test_copytruncate_under_fast_rotation_with_the_copies_matched_loses_and_resends_nothing(
@@ -356,7 +338,7 @@ def test_copytruncate_under_fast_rotation_with_the_copies_matched_loses_and_rese
     proc = shippers("tail", str(tmp_path / "kong.json*"), *ship_args(segment, tmp_path, follow=True), env=ENV)
     segment.wait_for(lambda: len(segment.messages) >= 1, timeout=15)
     total = 6000
-    writer = Writer(log, range(1, total))
+    writer = gen.Writer(log, range(1, total), rate=3000.0)
     writer.start()
     rotations = 0
     while not writer.done.is_set() and rotations < 12:
@@ -455,7 +437,7 @@ def test_real_logrotate_with_the_example_config_beside_a_reopening_writer(segmen
     proc = shippers("tail", str(tmp_path / "kong.json*"), *ship_args(segment, tmp_path, follow=True), env=ENV)
     segment.wait_for(lambda: len(segment.messages) >= 1, timeout=15)
     total = 3000
-    writer = Writer(log, range(1, total), rate=4000.0)
+    writer = gen.Writer(log, range(1, total), rate=4000.0)
     writer.start()
     for _ in range(4):  # the 2nd rotation on compresses kong.json.2 next to kong.json.2 (delaycompress)
         time.sleep(0.15)
