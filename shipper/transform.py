@@ -4,6 +4,7 @@ does the JSON work while the first one reads, batches, compresses and sends)."""
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import multiprocessing
 import multiprocessing.util
@@ -101,6 +102,7 @@ def _worker_main(transformer: Transformer, chunks, results, parent: int, not_min
     for signum in _STOP_SIGNALS:  # SIGHUP too: a closed terminal's hang-up is the parent's to handle
         signal.signal(signum, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+    _die_with(parent)
     for connection in not_mine:
         # The reading ends of the outcome pipes (its own and the earlier workers'), inherited by the fork: held
         # here, a pipe whose reader is gone would block a send forever instead of breaking.
@@ -123,6 +125,19 @@ def _worker_main(transformer: Transformer, chunks, results, parent: int, not_min
 
 
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with(parent: int) -> None:
+    """Have the kernel kill this worker when its parent dies (Linux). A parent killed with -9 can die in the
+    middle of writing a chunk: the worker would then wait for the rest of it forever (it holds the queue's
+    writing end itself, so no end of file ever comes), beyond the reach of any timeout of ours."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: the parent check between chunks still ends an idle orphan
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(0)
 
 
 class _Worker:
