@@ -583,8 +583,11 @@ def check_config(paths: tuple[str, ...], **kw: Any) -> None:
     defaults = {sink.name: redact_url(url) if (url := getattr(sink, "url", None) or getattr(sink, "base", None)) else None
                 for sink in sinks if sink.name != "stdout"}
     click.echo(effective_toml(kw, settings.paths, resolved, settings.sinks, endpoints, defaults), nl=False)
-    click.echo(f"inputs: {counts}", err=True)
-    click.echo("configuration OK", err=True)
+    for line in (f"inputs: {counts}", "configuration OK"):
+        if _json_stderr:
+            _say("info", line)  # with --log-format json, every stderr line is JSON
+        else:
+            click.echo(line, err=True)
 
 
 def _check_inputs(patterns: list[str]) -> str:

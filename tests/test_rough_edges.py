@@ -258,6 +258,17 @@ def test_log_format_json_holds_for_errors_found_before_the_run_starts(tmp_path):
     assert "--sink" in orjson.loads(usage.stderr)["message"]
 
 
+def test_log_format_json_holds_for_check_config(tmp_path):
+    import orjson
+
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(3))
+    result = ship("check-config", str(log), "--sink", "stdout", "--log-format", "json")
+    assert result.returncode == 0, result.stderr.decode()
+    messages = [orjson.loads(line)["message"] for line in result.stderr.decode().splitlines()]
+    assert messages[-1] == "configuration OK" and any(m.startswith("inputs: ") for m in messages)
+
+
 class _Slow:
     """A transformer whose worker takes a while over its chunk: the source has let go of the file by then."""
 

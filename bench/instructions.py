@@ -1,0 +1,67 @@
+"""Instructions per record, counted by valgrind's callgrind: the same count for the same code and input whatever
+else the machine is doing, so a change on the hot path can be compared with an older tree on a noisy machine
+where seconds cannot (run by hand, never by the test suite; needs `valgrind`):
+
+    git worktree add /tmp/before <commit>
+    python bench/instructions.py --against /tmp/before          # this tree vs that one
+    python bench/instructions.py --records 5000 --small 500     # more records, steadier
+
+For each tree, `kong-ship backfill --workers 0 --sink segment` to a counting fake runs twice under callgrind, on
+`--small` and on `--records` records of the benchmark's log; the difference divided by the difference in
+records is the cost of one record end to end (read, parse, identify, mask, encode, batch, gzip, send), start-up
+excluded. Start-up (the small run less its records) is printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench.fake_vendors import CountingSegment  # noqa: E402
+from bench.run import WRITE_KEY, cached_log  # noqa: E402
+
+
+def count(tree: str, records: int, data_dir: str) -> int:
+    log, _ = cached_log(data_dir, records)
+    env = dict(os.environ, SEGMENT_WRITE_KEY=WRITE_KEY, PYTHONPATH=tree)
+    with CountingSegment(WRITE_KEY, records) as fake, tempfile.TemporaryDirectory() as state:
+        out = subprocess.run(
+            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-m", "shipper",
+             "backfill", log, "--sink", "segment", "--endpoint", fake.url, "--state-dir", state, "--workers", "0"],
+            cwd=tree, env=env, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        tally = fake.tally(records)
+    found = re.search(r"Collected : (\d+)", out.stderr)
+    if out.returncode != 0 or not found or tally["once"] != records:
+        raise SystemExit(f"{tree}: run of {records} records failed (exit {out.returncode}, {tally}): {out.stderr[-600:]}")
+    return int(found.group(1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--against", help="another checkout of kong-ship (e.g. a git worktree of an older commit)")
+    ap.add_argument("--records", type=int, default=5000)
+    ap.add_argument("--small", type=int, default=500)
+    ap.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "kong-ship-bench"))
+    args = ap.parse_args()
+    trees = {"this tree": ROOT, **({"against": os.path.abspath(args.against)} if args.against else {})}
+    per_record = {}
+    for name, tree in trees.items():
+        small, large = count(tree, args.small, args.data_dir), count(tree, args.records, args.data_dir)
+        per_record[name] = (large - small) / (args.records - args.small)
+        startup = small - per_record[name] * args.small
+        print(f"{name:9s} {per_record[name] / 1000:8.1f} k instructions/record   start-up {startup / 1e6:7.0f} M   ({tree})")
+    if args.against:
+        change = per_record["this tree"] / per_record["against"] - 1
+        print(f"this tree vs against: {change:+.1%} instructions per record")
+
+
+if __name__ == "__main__":
+    main()
