@@ -77,6 +77,20 @@ class Shipper:
         return self.proc.returncode, out.decode(), err.decode()
 
 
+def read_terminal(master: int) -> bytes:
+    """Everything a child wrote to the pseudo-terminal whose master side is `master`, until it closed it."""
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def wait_until(predicate: Callable[[], object], timeout: float = 15.0, interval: float = 0.02):
     """The predicate's first truthy value, polled until `timeout`; its last (falsy) value after that."""
     deadline = time.monotonic() + timeout

@@ -12,7 +12,7 @@ import time
 import pytest
 
 import gen
-from conftest import ship, ship_env, summary_rows
+from conftest import read_terminal, ship, ship_env, summary_rows
 from fakes.segment import FakeSegment
 from shipper.delivery.ratelimit import TokenBucket
 from shipper.processors.window import parse_time, time_window
@@ -150,19 +150,11 @@ def test_progress_bar_on_a_terminal(tmp_path):
             stdout=subprocess.DEVNULL, stderr=slave, env=ship_env(COLUMNS="120"),
         )
         os.close(slave)
-        chunks = []
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
+        output = read_terminal(master)
         assert proc.wait(timeout=60) == 0
     finally:
         os.close(master)
-    out = b"".join(chunks).decode()
+    out = output.decode()
     assert "\r" in out and "ETA" in out
     final = [part for part in out.replace("\r\n", "\n").split("\r") if "ETA" in part][-1]
     assert "100%" in final and "[" + "#" * 10 in final

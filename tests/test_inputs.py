@@ -21,6 +21,7 @@ import pytest
 import gen
 from conftest import FAST, FAST_FOLLOW, ship, ship_env, wait_until
 from fakes.segment import FakeSegment
+from test_faults import assert_exactly_once, counts
 
 ENV = ship_env(SEGMENT_WRITE_KEY="test-key")
 LIMIT = 200_000  # --max-line-bytes for the long-line tests: 300 KB, 700 KB and 2 MB lines are all too long
@@ -31,18 +32,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def segment():
     with FakeSegment() as fake:
         yield fake
-
-
-def counts(fake: FakeSegment) -> collections.Counter:
-    return collections.Counter(gen.seq_of_segment_message(m) for m in list(fake.messages))
-
-
-def assert_exactly_once(fake: FakeSegment, seqs) -> None:
-    got = counts(fake)
-    missing = sorted(set(seqs) - set(got))
-    doubled = sorted(s for s, n in got.items() if n > 1)
-    extra = sorted(set(got) - set(seqs))
-    assert not missing and not doubled and not extra, (missing[:10], doubled[:10], extra[:10])
 
 
 def ship_args(fake, tmp_path, *more, follow=False):

@@ -15,7 +15,7 @@ import time
 import pytest
 
 import gen
-from conftest import FAST, ship, ship_env, summary_rows, wait_until
+from conftest import FAST, read_terminal, ship, ship_env, summary_rows, wait_until
 from fakes.segment import FakeSegment
 
 ENV = ship_env(SEGMENT_WRITE_KEY="test-key")
@@ -200,19 +200,11 @@ def test_progress_bar_and_summary_fit_a_50_column_terminal(tmp_path):
             stdout=subprocess.DEVNULL, stderr=slave, env=env,
         )
         os.close(slave)
-        chunks = []
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
+        output = read_terminal(master)
         assert proc.wait(timeout=60) == 0
     finally:
         os.close(master)
-    out = b"".join(chunks).decode().replace("\r\n", "\n").replace("\x1b[K", "")
+    out = output.decode().replace("\r\n", "\n").replace("\x1b[K", "")
     bars = [part for part in out.replace("\n", "\r").split("\r") if "%" in part and "MB" in part]
     assert bars and "ETA 0:00" in bars[-1] and "100%" in bars[-1], bars[-1:]
     assert all(len(part) < 50 for part in bars), max(bars, key=len)
