@@ -131,7 +131,8 @@ _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 def _die_with(parent: int) -> None:
     """Have the kernel kill this worker when its parent dies (Linux). A parent killed with -9 can die in the
     middle of writing a chunk: the worker would then wait for the rest of it forever (it holds the queue's
-    writing end itself, so no end of file ever comes), beyond the reach of any timeout of ours."""
+    writing end itself, so no end of file ever comes), beyond the reach of any timeout of ours. (The kernel
+    sends the signal when the *thread* that forked the worker ends: pools are made on the main thread.)"""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
