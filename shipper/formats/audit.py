@@ -12,10 +12,9 @@ The poller spools each record wrapped: `{"entry": <the record as the Admin API r
 Both: `user_id` is the RBAC user (`rbac_user_id`) when Kong recorded one; `started_at` is `request_timestamp`;
 `event_id` is derived from the record's own id (`request_id` for a request, `id` for an object), so a resend is
 the same event to the vendors. `details` is the record without its `signature`, with `signature` set to the
-verification result instead (`verified`, `unsigned`, `invalid`, or `not_checked`), and with secrets masked:
-an object's `entity` and a request's `payload` are JSON text in the record; they are decoded (when they are JSON)
-and the values of secret-bearing keys (`key`, `secret`, `password`, `token`, …) masked at any depth — a
-credential's key would otherwise reach the vendor. Query arguments such as `apikey` in `path` are masked too.
+verification result instead (`verified`, `unsigned`, `invalid`, or `not_checked`). An object's `entity` and a
+request's `payload` are JSON text in the record; they are decoded (when they are JSON). Secrets in `details` (a
+credential's `key`, a `password`, `apikey` in `path`, …) are masked by the masking processor, like every record's.
 
 A record whose signature was found invalid raises `ParseError("bad_signature")`: the pipeline dead-letters it
 (the whole spooled line is kept in the dead-letter file) instead of shipping it.
@@ -32,10 +31,8 @@ from shipper.formats.values import (
     epoch_ms, iso_epoch_ms, parse_query, port_field, split_target, split_url, status_field, to_number, to_str,
 )
 from shipper.model import Position, Transaction
-from shipper.processors.masking import DEFAULT_QUERY, SECRET_KEYS, mask_query_string, mask_secret_keys
 
 NOT_CHECKED = "not_checked"
-_QUERY_MASKS = frozenset(DEFAULT_QUERY)
 
 
 def parse_audit_request(
@@ -49,9 +46,6 @@ def parse_audit_request(
     scheme, host, port, _ = split_url(admin_url) if admin_url else ("", "", None, "")
     rbac_user = to_str(entry.get("rbac_user_id")) or None
     details = _details(entry, check)
-    if isinstance(details.get("path"), str) and "?" in details["path"]:
-        base, _, query = details["path"].partition("?")
-        details["path"] = base + "?" + mask_query_string(query, _QUERY_MASKS)
     return Transaction(
         event_id=f"kong-audit-request-{request_id}" if request_id else _fallback(fallback_id),
         source_format="kong_audit",
@@ -143,23 +137,20 @@ def _details(entry: dict[str, Any], check: str | None) -> dict[str, Any]:
     details = {k: v for k, v in entry.items() if k != "signature"}
     for key in ("entity", "payload", "old_entity"):
         if key in details:
-            details[key] = _masked_json(details[key])
+            details[key] = _decoded_json(details[key])
     details["signature"] = check or (
         "unsigned" if entry.get("signature") in (None, "") else NOT_CHECKED
     )
     return details
 
 
-def _masked_json(value: Any) -> Any:
-    """JSON text decoded and masked; other text as it is (form bodies are masked by key=value too)."""
+def _decoded_json(value: Any) -> Any:
+    """JSON text decoded; anything else as it is."""
     if isinstance(value, str):
         text = value.strip()
         if text[:1] in ("{", "["):
             try:
-                return mask_secret_keys(orjson.loads(text))
+                return orjson.loads(text)
             except orjson.JSONDecodeError:
                 return value
-        if "=" in text and "\n" not in text:
-            return mask_query_string(text, SECRET_KEYS)
-        return value
-    return mask_secret_keys(value)
+    return value

@@ -12,9 +12,10 @@ them carries an id or a time, so:
   spool is read again after a crash, so vendors drop the resend, and distinct for two identical events (two
   balancer health flips to the same state are two events). A copy Kong itself sent twice is two events.
 
-`details` is the event, with the values of secret-bearing keys (credentials' `key`, `secret`, `password`, the
-hook's own `config.secret`, an `Authorization` header in `config.headers`, …) masked at any depth: entity data
-rides along with CRUD events, and nothing unmasked leaves the process.
+`details` is the event. Entity data rides along with CRUD events: the values of secret-bearing keys in it
+(credentials' `key`, `secret`, `password`, the hook's own `config.secret`, an `Authorization` header in
+`config.headers`, …) are masked at any depth by the masking processor, like every record's (and before the
+receiver writes the event to its spool).
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from typing import Any
 from shipper.formats.decode import ParseError
 from shipper.formats.values import epoch_ms, iso_epoch_ms
 from shipper.model import Position, Transaction
-from shipper.processors.masking import mask_secret_keys
 
 _NAMESPACE = uuid.UUID("6d1f3b52-2a4e-5c1b-9a0e-6b6f6e672d73")  # kong-ship event hooks
 
@@ -49,7 +49,7 @@ def parse_event_hook(
         position=position,
         started_at=own if own is not None else received_ms,
         kind="event_hook",
-        details=mask_secret_keys(record),
+        details=record,
     )
 
 
