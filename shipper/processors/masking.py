@@ -61,7 +61,8 @@ _MAX_INFLATE = 10 << 20  # a gzip body is inspected up to this size; larger ones
 _PARAM_KEYS = re.compile(r"(?:^|[&;?])([^&;=?]*)=")  # the names of `a=1&b=2`, `/cb?token=x` (after the `?`)
 _SEPARATORS = re.compile(r"([&;])")
 _BASE64 = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#@\s\"'<>]+@")
+# Userinfo runs to the authority's last `@` (a password with an unescaped `@` in it is masked whole).
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s\"'<>]+@")
 _NOT_JSON = object()
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -25,7 +25,7 @@ from shipper.processors.names import normalize
 
 _SCHEMES = re.compile(r"(?i)\b(bearer|basic|digest)(\s+)[A-Za-z0-9._~+/=-]{8,}")
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*)?")
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*:(?:\\?/){2})[^/?#@\s\"'<>]+@")  # also JSON's `:\/\/`
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*:(?:\\?/){2})[^/?#\s\"'<>]+@")  # also JSON's `:\/\/`
 # `"name":` or `\"name\":` — the name only: its value is consumed by _JSON_VALUE when the name is secret, and
 # pairs nested inside the value of a name that is not are still found.
 _JSON_NAME = re.compile(r'(\\?")((?:[^"\\]|\\[^"])*)\1\s*:\s*')
@@ -135,13 +135,7 @@ def url_has_userinfo(url: str) -> bool:
 
 
 def redact_url(url: str) -> str:
-    """`url` without its userinfo and with secret parameters masked, for messages."""
-    try:
-        parts = urlsplit(url)
-        if "@" in parts.netloc:
-            url = urlunsplit(parts._replace(netloc=f"{MASK}@" + parts.netloc.rpartition("@")[2]))
-    except ValueError:
-        pass
+    """`url` with its userinfo and secret parameters masked, for messages."""
     return _default.mask_url(url)
 
 
