@@ -188,3 +188,11 @@ def test_dead_letter_lines_are_masked_structurally_or_textually():
 def test_redact_url():
     assert redact_url("https://user:pw@example.com/p?token=t&x=1") == f"https://{MASK}@example.com/p?token={MASK}&x=1"
     assert redact_url("https://example.com/p") == "https://example.com/p"
+
+
+def test_a_password_with_a_raw_at_sign_is_masked_whole_in_events_and_messages():
+    # Userinfo runs to the authority's last `@`: `user:p@ss@host` must not leave `ss` behind.
+    url = "https://svc:pa@ss-MARK@upstream.internal:8443/v1?x=1"
+    entity = Masker().mask_entity({"id": "s1", "upstream_url": url})
+    for shown in (entity["upstream_url"], redact_url(url), mask_text(f"fatal: cannot reach {url}")):
+        assert "ss-MARK" not in shown and f"https://{MASK}@upstream.internal:8443/v1?x=1" in shown
