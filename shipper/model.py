@@ -52,6 +52,9 @@ class Transaction:
     # -- the request -------------------------------------------------------------------------------------------
     started_at: int | None = None
     """When the request started, epoch milliseconds (Kong `started_at`, Nginx `$msec` or `$time_iso8601`)."""
+    started_at_estimated: bool = False
+    """True when the record had no start time and `started_at` is the time the line was read (one rule for
+    every sink)."""
     method: str = ""
     """HTTP method, upper case."""
     scheme: str = ""
@@ -79,6 +82,8 @@ class Transaction:
     """Request body when the log carries one (a custom field or Nginx `$request_body`), else None."""
     client_ip: str = ""
     """The client address Kong or Nginx saw (`client_ip`, `$remote_addr`)."""
+    tls: dict[str, Any] | None = None
+    """The client connection's TLS as Kong logged it (`request.tls`: `version`, `cipher`, `client_verify`)."""
     user_agent: str = ""
     """The `User-Agent` request header."""
 
@@ -98,6 +103,9 @@ class Transaction:
     `$request_time` × 1000)."""
     latency_kong: float | None = None
     """Time spent in the gateway itself, ms (Kong `latencies.kong`)."""
+    latency_receive: float | None = None
+    """Time spent receiving the request body, ms (Kong 3.7+ `latencies.receive`; from 3.7 `latencies.kong`
+    no longer includes it)."""
     latency_proxy: float | None = None
     """Time waiting for the upstream, ms (Kong `latencies.proxy`; None when Kong wrote -1, i.e. no upstream
     call; Nginx: the sum of `$upstream_response_time` values)."""
@@ -115,8 +123,22 @@ class Transaction:
     upstream_status: int | None = None
     """Status from the last upstream try (Kong 3.3+ `upstream_status`, Nginx `$upstream_status`)."""
     upstream_addr: str | None = None
+    upstream_statuses: list[int] | None = None
+    """Every upstream status Kong logged, in order, when there was more than one (`"502, 200"`, groups separated
+    by ` : `); `upstream_status` is the last of them."""
     tries: int | None = None
     """Number of balancer attempts (Kong `tries`)."""
+    upstream_tries: list[dict[str, Any]] | None = None
+    """Kong `tries[]`, one dict per balancer attempt: `ip`, `port`, `balancer_latency` (ms), `state`, `code`."""
+    trace_id: str | None = None
+    """The trace id Kong logged when a tracing plugin ran (3.5+ `trace_id`)."""
+    correlation_id: str | None = None
+    """The correlation-id plugin's id (`correlation_id`)."""
+    ai: dict[str, Any] | None = None
+    """AI Gateway usage (Kong 3.6+ `ai.<plugin>`, 3.10+ `ai.proxy`), normalized: `provider`, `model`,
+    `prompt_tokens`, `completion_tokens`, `total_tokens`, `cost`, `time_per_token` (absent keys are left out)."""
+    protocol: str = ""
+    """For stream sessions (`kind` `stream`): `tcp`, `tls`, `udp` as Kong logged them."""
     response_source: str | None = None
     """Who produced the response: `upstream`, `kong`, … (Kong 3.6+ `source`)."""
 
@@ -133,6 +155,8 @@ class Transaction:
     """Set when no user is known: a stable id derived from client IP and user agent."""
     jwt_claims: dict[str, Any] | None = None
     """The decoded (unverified) JWT payload, if a token was found."""
+    basic_user: str | None = None
+    """The user name of an HTTP Basic `Authorization` header (read before masking; the password never kept)."""
 
     # -- what kind of record this is -----------------------------------------------------------------------
     kind: str = "api"
