@@ -19,7 +19,7 @@ import orjson
 from shipper.formats import ParseError, Parser
 from shipper.model import Position
 from shipper.processors import Processor, run_chain
-from shipper.sinks.base import EventRejected, EventSkipped, Sink
+from shipper.sinks.base import EventFiltered, EventRejected, EventSkipped, Sink
 
 # What became of a line: (outcome, payload, anonymous)
 EVENT = 0  # payload: the event's bytes
@@ -28,7 +28,7 @@ INVALID = 2  # payload: (reason, detail) — the line is not understood (the sam
 REJECTED = 3  # payload: reason — the sink cannot make a valid event of it
 SKIPPED = 4  # the sink chose not to send it (sampling)
 OVERSIZE = 5  # the line is longer than --max-line-bytes (the source handed an Oversize marker)
-FILTERED = 6  # a processor dropped the record (outside --since/--until)
+FILTERED = 6  # a processor dropped the record (outside --since/--until), or the sink raised EventFiltered: payload its reason
 FAILED = 7  # payload: (reason, detail) — this sink's encoder failed on the record (other sinks may not)
 
 Outcome = tuple[int, Any, bool]
@@ -63,6 +63,8 @@ class Transformer:
             event = bytes(memoryview(self.encode(txn)))
         except EventSkipped:
             return (SKIPPED, None, anonymous)
+        except EventFiltered as exc:  # a vendor rule (Moesif's 30-day window): counted as filtered, payload the reason
+            return (FILTERED, str(exc), anonymous)
         except EventRejected as exc:
             return (REJECTED, str(exc), anonymous)
         except Exception as exc:  # noqa: BLE001 - the same boundary, around this sink's encoder

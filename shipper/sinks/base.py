@@ -42,6 +42,12 @@ class EventSkipped(Exception):
     record counts as delivered for the checkpoint."""
 
 
+class EventFiltered(Exception):
+    """Raised by `Sink.encode` for an event a vendor rule says must not be sent (e.g. older than Moesif accepts):
+    counted as filtered, with this reason, and acknowledged. Unlike EventSkipped, the record was not chosen away
+    by sampling but could never arrive."""
+
+
 class Sink(Protocol):
     name: ClassVar[str]
     max_batch_events: int
