@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from shipper.formats.kong_fields import ai_usage, entity, tls_info, trace_id, upstream_tries
 from shipper.formats.values import (
     count_field, epoch_ms_field, latency_field, parse_query, port_field, split_target, split_url, status_field, to_str,
+    upstream_status_field,
 )
 from shipper.model import Position, Transaction
+
+_CONSUMER_IDS = ("id",)
+_CREDENTIAL_IDS = ("id", "consumer_id")
+
 
 def looks_like_kong(record: dict[str, Any]) -> bool:
     return isinstance(record.get("request"), dict) and (
@@ -26,13 +32,6 @@ def _opt_str(value: Any) -> str | None:
 def _entity(value: Any) -> dict | None:
     # The entity as Kong logged it (no copy: this runs for every line, and the dict is not shared).
     return value if type(value) is dict and value else None
-
-
-def _upstream_status(value: Any) -> int | None:
-    # Kong 3.3+ writes a string, comma-separated when there were several tries: the last one counts.
-    if type(value) is str and "," in value:
-        value = value.rpartition(",")[2].strip()
-    return status_field(value, "upstream_status")
 
 
 def parse_kong(record: dict[str, Any], position: Position | None, fallback_id: str) -> Transaction:
@@ -66,6 +65,9 @@ def parse_kong(record: dict[str, Any], position: Position | None, fallback_id: s
     request_id = rget("id")
     status = response.get("status")
     user_agent = headers.get("user-agent")
+    upstream_status, upstream_statuses = upstream_status_field(get("upstream_status"), "upstream_status")
+    # Kong 3.x fields: absent on most lines of most versions, so each costs one lookup unless present.
+    tls, trace, correlation, ai = rget("tls"), get("trace_id"), get("correlation_id"), get("ai")
 
     return Transaction(
         event_id=request_id if type(request_id) is str and request_id else fallback_id,
@@ -85,6 +87,7 @@ def parse_kong(record: dict[str, Any], position: Position | None, fallback_id: s
         request_size=count_field(rget("size"), "request.size"),
         request_body=rget("body"),
         client_ip=_str(get("client_ip")),
+        tls=None if tls is None else tls_info(tls),
         user_agent=user_agent if type(user_agent) is str else "",
         status=status_field(status, "response.status"),
         response_headers=response.get("headers") if type(response.get("headers")) is dict else {},
@@ -92,16 +95,22 @@ def parse_kong(record: dict[str, Any], position: Position | None, fallback_id: s
         response_body=response.get("body"),
         latency_request=latency_field(latencies.get("request"), "latencies.request"),
         latency_kong=latency_field(latencies.get("kong"), "latencies.kong"),
+        latency_receive=latency_field(latencies.get("receive"), "latencies.receive"),
         latency_proxy=latency_field(latencies.get("proxy"), "latencies.proxy"),  # -1: no upstream call
         service=_entity(get("service")) or _entity(get("api")),
         route=_entity(get("route")),
         workspace=_opt_str(get("workspace")),
         workspace_name=_opt_str(get("workspace_name")),
         upstream_uri=_opt_str(get("upstream_uri")),
-        upstream_status=_upstream_status(get("upstream_status")),
+        upstream_status=upstream_status,
+        upstream_statuses=upstream_statuses,
         tries=len(tries) if type(tries) is list else None,
+        upstream_tries=upstream_tries(tries) if type(tries) is list else None,
+        trace_id=None if trace is None else trace_id(trace),
+        correlation_id=correlation if type(correlation) is str and correlation else None,
+        ai=None if ai is None else ai_usage(ai),
         response_source=_opt_str(get("source")),
-        consumer=_entity(get("consumer")),
-        authenticated_entity=_entity(get("authenticated_entity")),
+        consumer=entity(get("consumer"), _CONSUMER_IDS),
+        authenticated_entity=entity(get("authenticated_entity"), _CREDENTIAL_IDS),
         raw=record,
     )

@@ -188,6 +188,27 @@ def status_field(value: Any, field: str) -> int | None:
     raise bad_value(field, value, "an HTTP status")
 
 
+def upstream_status_field(value: Any, field: str) -> tuple[int | None, list[int] | None]:
+    """`$upstream_status` as (the last status, every status when there were several): retries write
+    `"502, 200"`, and ` : ` separates upstream groups (`"500, 200 : 200, 200"`). A list never raises: parts that
+    are no status (`-`, text, out of range) are skipped, as one bad try says nothing about the response. A single
+    value is checked like any status (`status_field`)."""
+    if type(value) is str and ("," in value or ":" in value):
+        statuses = []
+        for part in value.replace(":", ",").split(","):
+            part = part.strip()
+            if len(part) == 3 and part.isdecimal():
+                number = int(part)
+                if number >= 100:
+                    statuses.append(number)
+            elif part == "0" or part == "000":  # no response from that upstream, as nginx writes it
+                statuses.append(0)
+        if not statuses:
+            return None, None
+        return statuses[-1], statuses if len(statuses) > 1 else None
+    return status_field(value, field), None
+
+
 def count_field(value: Any, field: str) -> int | None:
     """A non-negative integer (bytes) up to 2**53 - 1."""
     if type(value) is str and len(value) < 16 and value.isdecimal():

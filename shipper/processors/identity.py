@@ -2,12 +2,19 @@
 
 Order of evidence (the first that yields a value wins): a JWT found at one of the configured places (decoded
 without verification, as kong-segment-log did; `REDACTED` means no token), the Kong consumer (custom_id,
-username, id), the authenticated credential, then the `x-consumer-*` headers Kong's auth plugins add. With
-none, a stable anonymous id from the client IP and user agent.
+username, id), the authenticated credential, the user name of an HTTP Basic `Authorization` header, then the
+`x-consumer-*` headers Kong's auth plugins add. With none, a stable anonymous id from the client IP and user
+agent. An id Kong logged as an object (`{"uuid": "…"}`, Kong 1.x/2.x) counts by the id inside it, never by its
+repr.
+
+This runs before masking, so it is the one place that sees `Authorization` in clear: it keeps the Basic user
+name (`basic_user`), never the password.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 from collections.abc import Callable, Sequence
 from functools import lru_cache
@@ -72,6 +79,41 @@ def _claim(claims: dict[str, Any], dotted: Sequence[str]) -> str | None:
     return text or None
 
 
+def _ident(value: Any) -> str | None:
+    """An id or name as a string: a non-empty string, a number, or the `uuid`/`id` string inside an object."""
+    kind = type(value)
+    if kind is str:
+        return value or None
+    if kind is int or kind is float:
+        return str(value)
+    if kind is dict:
+        inner = value.get("uuid") or value.get("id")
+        return inner if type(inner) is str and inner else None
+    return None
+
+
+def basic_user(value: Any) -> str | None:
+    """The user name of `Basic base64(user:password)`; None for anything else or anything malformed (bad
+    base64, no colon, an empty name). Kong 2.1+ logs `REDACTED`, so this sees old Kong, Nginx and custom
+    fields only."""
+    if type(value) is list:  # a repeated header: the first one
+        value = value[0] if value else None
+    if type(value) is not str or value[:6].lower() != "basic ":
+        return None
+    try:
+        decoded = base64.b64decode(value[6:].strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    user, colon, _password = decoded.partition(b":")
+    if not colon or not user:
+        return None
+    # RFC 7617: UTF-8 is what clients send today; bytes that are not are Latin-1 (the old default).
+    try:
+        return user.decode("utf-8")
+    except UnicodeDecodeError:
+        return user.decode("latin-1")
+
+
 def anonymous_id(client_ip: str, user_agent: str) -> str:
     digest = hashlib.blake2b(f"{client_ip}|{user_agent}".encode("utf-8", "replace"), digest_size=10).hexdigest()
     return f"anon-{digest}"
@@ -85,6 +127,8 @@ def identify(
 
     def identify_user(txn: Transaction) -> Transaction:
         raw = txn.raw or {}
+        authorization = txn.request_headers.get("authorization")
+        basic = txn.basic_user = basic_user(authorization) if authorization is not None else None
         for place in places:
             # `request.headers.authorization` must also work for Nginx lines, whose headers are not nested.
             value = _lookup(raw, place)
@@ -103,16 +147,19 @@ def identify(
                 return txn
         consumer = txn.consumer
         if consumer:
-            user = consumer.get("custom_id") or consumer.get("username") or consumer.get("id")
+            user = _ident(consumer.get("custom_id")) or _ident(consumer.get("username")) or _ident(consumer.get("id"))
             if user:
-                txn.user_id, txn.user_source = str(user), "consumer"
+                txn.user_id, txn.user_source = user, "consumer"
                 return txn
         credential = txn.authenticated_entity
         if credential:
-            user = credential.get("consumer_id") or credential.get("id")
+            user = _ident(credential.get("consumer_id")) or _ident(credential.get("id"))
             if user:
-                txn.user_id, txn.user_source = str(user), "credential"
+                txn.user_id, txn.user_source = user, "credential"
                 return txn
+        if basic:
+            txn.user_id, txn.user_source = basic, "basic"
+            return txn
         headers = txn.request_headers
         for name in _CONSUMER_HEADERS:
             value = headers.get(name)

@@ -2,7 +2,8 @@
 
 `since` is inclusive and `until` exclusive, so consecutive windows (`--until X`, then `--since X`) neither
 overlap nor leave a gap. A record without a start time cannot be placed and is kept: dropping data silently is
-worse than shipping a record from outside the window.
+worse than shipping a record from outside the window. Such a record is dated when it was read
+(`started_at_estimated`), and that date says nothing about the window, so it is kept too.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def time_window(since_ms: int | None, until_ms: int | None):
 
     def in_window(txn: Transaction) -> Transaction | None:
         started = txn.started_at
-        if started is None or low <= started < high:
+        if started is None or low <= started < high or txn.started_at_estimated:
             return txn
         return None
 
