@@ -12,7 +12,7 @@ from typing import Any
 
 from shipper.formats.values import (
     count_field, epoch_ms_field, iso_epoch_ms, latency_field, parse_query, port_field, split_target, status_field,
-    to_float, to_str,
+    to_float, to_str, upstream_status_field,
 )
 from shipper.model import Position, Transaction
 
@@ -103,6 +103,7 @@ def parse_nginx(
     upstream_time = latency_field(_seconds_sum(get(fields["upstream_response_time"])), fields["upstream_response_time"], 1000)
     request_id = get(fields["request_id"])
     upstream_addr = get(fields["upstream_addr"])
+    upstream_status, upstream_statuses = upstream_status_field(get(fields["upstream_status"]), fields["upstream_status"])
 
     return Transaction(
         event_id=request_id if isinstance(request_id, str) and request_id else fallback_id,
@@ -129,6 +130,7 @@ def parse_nginx(
         latency_request=request_time,
         latency_proxy=upstream_time,
         upstream_addr=upstream_addr if isinstance(upstream_addr, str) and upstream_addr not in ("", "-") else None,
-        upstream_status=status_field(to_str(get(fields["upstream_status"])).rpartition(" ")[2], fields["upstream_status"]),
+        upstream_status=upstream_status,
+        upstream_statuses=upstream_statuses,
         raw=record,
     )
