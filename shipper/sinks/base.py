@@ -66,15 +66,18 @@ class Sink(Protocol):
 
 
 def absolute_url(txn: Transaction, raw_path: str | None = None) -> str:
-    """The URL the client asked for, `scheme://host[:port]/path?query`, default ports left out."""
-    scheme = txn.scheme or "http"
-    port = txn.port
+    """The URL the client asked for, `scheme://host:port/path?query`, with the port whenever it is known.
+
+    Kong's own serializer (`request.url`), the Runscope plugin (`scheme://host:server_port` + request_uri),
+    kong-segment-log (Kong 0.x `request.request_uri`) and kong-plugin-moesif all wrote the port, default
+    ports included, so a dashboard built on the plugins' URLs keeps matching after the migration. A log that
+    did not say which port (Nginx without `$server_port`) gets none: a guessed port would be a made-up fact."""
     target = txn.raw_path if raw_path is None else raw_path
     if not txn.host:
         return target
-    if port is None or (scheme, port) in (("http", 80), ("https", 443)):
-        return f"{scheme}://{txn.host}{target}"
-    return f"{scheme}://{txn.host}:{port}{target}"
+    if txn.port is None:
+        return f"{txn.scheme or 'http'}://{txn.host}{target}"
+    return f"{txn.scheme or 'http'}://{txn.host}:{txn.port}{target}"
 
 
 def retry_after_seconds(response: httpx.Response, now: float | None = None) -> float | None:

@@ -33,6 +33,7 @@ MAX_MESSAGES = 2_500
 # what a backfill runs short of, not the bandwidth.
 GZIP_LEVEL = 1
 LIBRARY = {"name": "kong-ship", "version": __version__}
+STREAM_EVENT_NAME = "Kong Stream Session"  # a Kong stream (L4) session, kind "stream"
 KIND_EVENT_NAMES = {
     "admin_request": "Kong Admin Request",  # a Kong Admin API audit record (/audit/requests)
     "config_change": "Kong Config Change",  # a Kong database audit record (/audit/objects)
@@ -40,7 +41,9 @@ KIND_EVENT_NAMES = {
 }
 # Properties shrunk, largest first, when a message is over the limit; what identifies the call stays. Audit
 # records' bulky parts (the request body, the changed entity) go the same way.
-_SHRINKABLE = ("queryJson", "queryObject", "queryString", "rawpath", "uri", "path", "payload", "entity", "old_entity")
+_SHRINKABLE = (
+    "queryJson", "queryObject", "queryString", "rawpath", "uri", "path", "upstreamUri", "payload", "entity", "old_entity",
+)
 
 # (flag declarations, click keyword arguments): the CLI turns these into options of every shipping command.
 OPTIONS = [
@@ -76,6 +79,83 @@ def iso_ms(epoch_ms: int | None) -> str:
         cache[1] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
         cache[0] = second
     return f"{cache[1]}{millis:03d}Z"
+
+
+_COMPONENT_KEYS = tuple(f"pathComponent{i}" for i in range(11))  # [1..10]: no f-string per record
+
+# The TLS and AI blocks are small dicts present on few records: their keys are mapped by table.
+_TLS_PROPERTIES = (("version", "tlsVersion"), ("cipher", "tlsCipher"), ("client_verify", "tlsClientVerify"))
+_AI_PROPERTIES = (
+    ("provider", "aiProvider"),
+    ("model", "aiModel"),
+    ("prompt_tokens", "aiPromptTokens"),
+    ("completion_tokens", "aiCompletionTokens"),
+    ("total_tokens", "aiTotalTokens"),
+    ("cost", "aiCost"),
+    ("time_per_token", "aiTimePerToken"),
+)
+
+
+def _add_gateway_properties(txn: Transaction, properties: dict[str, Any]) -> None:
+    """What Kong 1.x–3.x log beyond kong-segment-log's set, as camelCase properties, each only when the record
+    has it (no nulls: a Segment destination makes a column of every key it sees). Plain attribute tests, no
+    loop over the Transaction's fields: this runs for every record."""
+    value: Any = txn.upstream_uri
+    if value:
+        properties["upstreamUri"] = value
+    value = txn.upstream_status
+    if value is not None:
+        properties["upstreamStatus"] = value
+    value = txn.upstream_statuses
+    if value:  # only when Kong retried: more than one status
+        properties["upstreamStatuses"] = value
+    value = txn.upstream_addr
+    if value:
+        properties["upstreamAddr"] = value
+    value = txn.tries
+    if value is not None:
+        properties["tries"] = value
+    value = txn.response_source
+    if value:
+        properties["responseSource"] = value
+    value = txn.latency_receive
+    if value is not None:
+        properties["timeOfReceive"] = int(value) if value.is_integer() else value
+    value = txn.workspace
+    if value:
+        properties["workspace"] = value
+    value = txn.workspace_name
+    if value:
+        properties["workspaceName"] = value
+    value = txn.consumer
+    if value:
+        name = value.get("username")
+        if name:
+            properties["consumer"] = name
+        name = value.get("id")
+        if name:
+            properties["consumerId"] = name
+    value = txn.trace_id
+    if value:
+        properties["traceId"] = value
+    value = txn.correlation_id
+    if value:
+        properties["correlationId"] = value
+    value = txn.tls
+    if value:
+        for key, prop in _TLS_PROPERTIES:
+            item = value.get(key)
+            if item is not None:
+                properties[prop] = item
+    value = txn.ai
+    if value:
+        for key, prop in _AI_PROPERTIES:
+            item = value.get(key)
+            if item is not None:
+                properties[prop] = item
+    if txn.started_at_estimated or txn.started_at is None:
+        # The record had no start time: `timestamp` is when kong-ship read the line (or sent it).
+        properties["timestampEstimated"] = True
 
 
 def check_template(template: str) -> str:
@@ -123,44 +203,119 @@ class SegmentSink:
 
     # -- one event -------------------------------------------------------------------------------------------
     def message(self, txn: Transaction) -> dict[str, Any]:
-        if txn.kind != "api":
+        kind = txn.kind
+        if kind == "stream":
+            return self._stream_message(txn)
+        if kind != "api":
             return self._other_message(txn)
+        # kong-segment-log took the path from LuaSocket's url.parse, which ends the path at the first `;`
+        # (what follows is `params`, which the plugin dropped): `/a/b;v=1/c` had path `/a/b` and components
+        # a, b. `rawpath` and `uri` keep the whole target.
         path = txn.path
-        if self.strip_trailing_slash and len(path) > 1 and path.endswith("/"):
-            path = path.rstrip("/") or "/"
+        if ";" in path:
+            path = path.partition(";")[0] or "/"
+        # The plugin stripped one trailing slash (gsub '/$'), never from `/` itself.
+        if self.strip_trailing_slash and len(path) > 1 and path[-1] == "/":
+            path = path[:-1]
         properties: dict[str, Any] = {
             "method": txn.method,
             "uri": absolute_url(txn),
             "protocol": txn.scheme or "http",
             "host": txn.host,
-            "port": txn.port,
-            "rawpath": txn.raw_path,
-            "path": path,
-            "queryString": txn.query_string,
-            "queryObject": txn.query,
-            "queryJson": orjson.dumps(txn.query).decode(),
-            "hash": txn.fragment,
         }
-        for i, component in enumerate([c for c in path.split("/") if c][:10], start=1):
-            properties[f"pathComponent{i}"] = component
-        properties["timeOfProxy"] = txn.latency_proxy
-        properties["timeOfKong"] = txn.latency_kong
-        properties["timeOfRequest"] = txn.latency_request
-        properties["statusCode"] = txn.status
+        # The plugin's table left out what was nil (cjson writes no key for it): port, query string and hash
+        # only when the URL has them, never "" or null.
+        if txn.port is not None:
+            properties["port"] = txn.port
+        properties["rawpath"] = txn.raw_path
+        properties["path"] = path
+        if txn.query_string:
+            properties["queryString"] = txn.query_string
+        properties["queryObject"] = txn.query
+        properties["queryJson"] = orjson.dumps(txn.query).decode()
+        if txn.fragment:
+            properties["hash"] = txn.fragment
+        i = 0
+        for component in path.split("/"):
+            if component:
+                i += 1
+                properties[_COMPONENT_KEYS[i]] = component
+                if i == 10:
+                    break
+        # Kong's numbers as Kong wrote them: 1430, not 1430.0 (a Transaction keeps latencies as floats).
+        # Kong writes latencies.proxy -1 when there was no upstream call, and the plugin sent that -1 as is;
+        # the Kong parser reads it as None, which becomes -1 again here. Nginx has no such marker: None there
+        # is simply absent.
+        value = txn.latency_proxy
+        if value is not None:
+            properties["timeOfProxy"] = int(value) if value.is_integer() else value
+        elif txn.source_format == "kong":
+            properties["timeOfProxy"] = -1
+        value = txn.latency_kong
+        if value is not None:
+            properties["timeOfKong"] = int(value) if value.is_integer() else value
+        value = txn.latency_request
+        if value is not None:
+            properties["timeOfRequest"] = int(value) if value.is_integer() else value
+        if txn.status is not None:
+            properties["statusCode"] = txn.status
         service_name = (txn.service or {}).get("name")
         route_name = (txn.route or {}).get("name")
         if service_name:
             properties["service"] = service_name
         if route_name:
             properties["route"] = route_name
-
+        if txn.request_size is not None:
+            properties["requestSize"] = txn.request_size
+        if txn.response_size is not None:
+            properties["responseSize"] = txn.response_size
+        _add_gateway_properties(txn, properties)
         return self._track(txn, self.event_name(txn, path, service_name, route_name), properties)
+
+    def _stream_message(self, txn: Transaction) -> dict[str, Any]:
+        """A Kong stream (TCP/TLS/UDP) session: `Kong Stream Session`, sizes named from the client's side."""
+        properties: dict[str, Any] = {}
+        if txn.protocol:
+            properties["protocol"] = txn.protocol
+        if txn.port is not None:
+            properties["serverPort"] = txn.port
+        if txn.status is not None:
+            properties["status"] = txn.status
+        if txn.request_size is not None:
+            properties["bytesReceived"] = txn.request_size
+        if txn.response_size is not None:
+            properties["bytesSent"] = txn.response_size
+        details = txn.details
+        if details:
+            value = details.get("upstream_received")
+            if value is not None:
+                properties["upstreamBytesReceived"] = value
+            value = details.get("upstream_sent")
+            if value is not None:
+                properties["upstreamBytesSent"] = value
+        value = txn.latency_request
+        if value is not None:
+            properties["sessionDuration"] = int(value) if value.is_integer() else value
+        value = txn.latency_kong
+        if value is not None:
+            properties["timeOfKong"] = int(value) if value.is_integer() else value
+        service_name = (txn.service or {}).get("name")
+        route_name = (txn.route or {}).get("name")
+        if service_name:
+            properties["service"] = service_name
+        if route_name:
+            properties["route"] = route_name
+        _add_gateway_properties(txn, properties)
+        return self._track(txn, STREAM_EVENT_NAME, properties)
 
     def _other_message(self, txn: Transaction) -> dict[str, Any]:
         """Records that are not proxied calls (Kong audit records, event hooks): named after their kind
         (`Kong Admin Request`, `Kong Config Change`, `Kong Event Hook`), with their details as properties; the
         RBAC user of an audit record is the `userId`."""
-        return self._track(txn, KIND_EVENT_NAMES.get(txn.kind, txn.kind), dict(txn.details or {}))
+        properties = dict(txn.details or {})
+        if txn.started_at_estimated or txn.started_at is None:
+            properties["timestampEstimated"] = True
+        return self._track(txn, KIND_EVENT_NAMES.get(txn.kind, txn.kind), properties)
 
     @staticmethod
     def _track(txn: Transaction, event: str, properties: dict[str, Any]) -> dict[str, Any]:
@@ -186,8 +341,15 @@ class SegmentSink:
     def event_name(self, txn: Transaction, path: str, service: str | None, route: str | None) -> str:
         if self.template == DEFAULT_EVENT_NAME:
             return f"API Request: {txn.method}"
+        # kong-segment-log lower-cased {host} and {path} in the event name (string.lower), and upper-cased
+        # {method}; the properties keep their case.
         return self.template.format(
-            method=txn.method, path=path, host=txn.host, status=txn.status, service=service or "", route=route or ""
+            method=txn.method.upper(),
+            path=path.lower(),
+            host=txn.host.lower(),
+            status=txn.status,
+            service=service or "",
+            route=route or "",
         )
 
     def encode(self, txn: Transaction) -> bytes:
