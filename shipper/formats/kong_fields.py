@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from shipper.formats.values import MAX_COUNT, MAX_LATENCY_MS
+from shipper.formats.decode import ParseError
+from shipper.formats.values import count_field, latency_field, port_field, status_field, to_number
 
 _TLS_KEYS = ("version", "cipher", "client_verify")
 # Kong 3.10+ names the AI Proxy block `proxy`; 3.7–3.9 by the plugin name. Other AI plugins (prompt guard,
@@ -49,18 +50,15 @@ def trace_id(value: Any) -> str | None:
     return None
 
 
-def _count(value: Any) -> int | None:
-    if type(value) is int and 0 <= value <= MAX_COUNT:
-        return value
-    if type(value) is float and 0 <= value <= MAX_COUNT and value == int(value):  # NaN fails the first test
-        return int(value)
-    return None
-
-
-def _ms(value: Any) -> float | None:
-    if (type(value) is int or type(value) is float) and 0 <= value <= MAX_LATENCY_MS:
-        return float(value)
-    return None
+def _checked(check: Any, value: Any) -> Any:
+    # The formats' checked coercions (numeric text, exponent form, ranges), minus their refusal: here an absurd
+    # number is left out instead of costing the record.
+    if value is None:
+        return None
+    try:
+        return check(value, "")
+    except ParseError:
+        return None
 
 
 def upstream_tries(value: list) -> list[dict[str, Any]] | None:
@@ -77,24 +75,22 @@ def upstream_tries(value: list) -> list[dict[str, Any]] | None:
             )  # fmt: skip
             if type(ip) is str:
                 clean["ip"] = ip
-            if type(port) is int and 0 <= port <= 65535:
+            if (port := _checked(port_field, port)) is not None:
                 clean["port"] = port
-            if latency is not None and (ms := _ms(latency)) is not None:
-                clean["balancer_latency"] = ms
+            if (latency := _checked(latency_field, latency)) is not None:
+                clean["balancer_latency"] = latency
             if type(state) is str:
                 clean["state"] = state
-            if type(code) is int and (code == 0 or 100 <= code <= 999):
+            if (code := _checked(status_field, code)) is not None:
                 clean["code"] = code
         out.append(clean)
     return out or None
 
 
-def _number(value: Any, high: float) -> int | float | None:
-    if type(value) is int and 0 <= value <= high:
-        return value
-    if type(value) is float and 0 <= value <= high:  # False for NaN; inf is above any bound
-        return value
-    return None
+def _amount(value: Any) -> int | float | None:
+    # A cost: any finite non-negative number (numeric text too) up to an absurd 1e12; NaN fails the comparison.
+    number = to_number(value)
+    return number if number is not None and 0 <= number <= 1e12 else None
 
 
 def _ai_block(ai: dict[str, Any]) -> dict[str, Any] | None:
@@ -134,14 +130,14 @@ def ai_usage(value: Any) -> dict[str, Any] | None:
     if type(usage) is dict:
         for name, keys in _TOKEN_KEYS:
             for key in keys:
-                tokens = _count(usage.get(key))
+                tokens = _checked(count_field, usage.get(key))
                 if tokens is not None:
                     out[name] = tokens
                     break
-        cost = _number(usage.get("cost"), 1e12)
+        cost = _amount(usage.get("cost"))
         if cost is not None:
             out["cost"] = cost
-        per_token = _ms(usage.get("time_per_token"))
+        per_token = _checked(latency_field, usage.get("time_per_token"))
         if per_token is not None:
             out["time_per_token"] = per_token
     return out or None
