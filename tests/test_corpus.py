@@ -4,10 +4,17 @@ what it says — the expected values below were read off each record by hand, no
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 import pathlib
 
+import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fuzzlines
 
 from shipper.formats import Parser
 from shipper.model import Position
@@ -159,3 +166,34 @@ def test_no_record_is_dead_lettered_by_any_sink(sink_name):
     for number, line in enumerate(LINES, 1):
         outcome, payload, _anonymous = transform("corpus", line, 0, len(line) + 1)
         assert outcome not in (INVALID, FAILED, REJECTED), (sink_name, number, payload)
+
+
+# -- the corpus, mutated: its stream, AI, TLS and retry records reach parts of the parser the examples do not ----
+RECORDS = [orjson.loads(line) for line in LINES]
+VALUES = [*fuzzlines.TIMES, *fuzzlines.HUGE, *fuzzlines.NON_FINITE, *fuzzlines.ODD]
+TRANSFORMERS = {name: Transformer(Parser(), build_chain(), sink) for name, sink in _sinks().items()}
+
+
+@st.composite
+def mutated(draw) -> bytes:
+    record = copy.deepcopy(draw(st.sampled_from(RECORDS)))
+    for _ in range(draw(st.integers(1, 3))):
+        paths = fuzzlines._paths(record)
+        if not paths:
+            break
+        path = draw(st.sampled_from(paths))
+        parent = fuzzlines._get(record, path[:-1])
+        if draw(st.booleans()):
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = copy.deepcopy(draw(st.sampled_from(VALUES)))
+    return json.dumps(record).encode()  # as fuzzlines: NaN and lone surrogates written, as a broken writer would
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated())
+def test_mutated_corpus_records_never_break_parsing_or_a_sink(line):
+    for name, transform in TRANSFORMERS.items():
+        outcome, payload, _anonymous = transform("corpus", line, 0, len(line) + 1)
+        if outcome in (INVALID, FAILED):
+            assert payload[0] != "internal_error", (name, payload, line[:300])
