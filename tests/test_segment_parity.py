@@ -5,6 +5,7 @@ objects, ISO-8601 UTC timestamp, messageId ≤ 100 characters, message ≤ 32 KB
 
 from __future__ import annotations
 
+import pathlib
 import time
 from datetime import datetime
 
@@ -12,6 +13,7 @@ import httpx
 import orjson
 import pytest
 
+from conftest import FAST, ship, ship_env
 from fakes.segment import FakeSegment
 from shipper.formats import Parser
 from shipper.model import Position, Transaction
@@ -241,3 +243,27 @@ def test_stream_session_user_and_tls():
     assert props["protocol"] == "tls" and props["tlsVersion"] == "TLSv1.3"
     assert (props["consumer"], props["consumerId"]) == ("bob", "c-1")
     assert "upstreamBytesSent" not in props and "requestSize" not in props
+
+
+def test_backfill_of_a_kong_stream_log_line_sends_a_stream_session(tmp_path):
+    lines = (pathlib.Path(__file__).resolve().parent / "corpus" / "kong-records.jsonl").read_bytes().splitlines()
+    tls_line = next(line for line in lines if b'"session":{"tls"' in line)
+    log = tmp_path / "kong.json"
+    log.write_bytes(tls_line + b"\n")
+    with FakeSegment("wk") as fake:
+        result = ship("backfill", str(log), "--sink", "segment", "--endpoint", fake.url,
+                      "--state-dir", str(tmp_path / "state"), *FAST, env=ship_env(SEGMENT_WRITE_KEY="wk"))
+        assert result.returncode == 0, result.stderr
+        (message,) = fake.messages
+    assert message["event"] == "Kong Stream Session"
+    assert message["timestamp"] == "2024-09-19T22:11:40.000Z"
+    assert message["context"]["ip"] == "198.51.100.23"
+    assert message["userId"] == "foo"
+    assert message["properties"] == {
+        "protocol": "tls", "serverPort": 9443, "status": 200, "bytesReceived": 2048, "bytesSent": 65536,
+        "upstreamBytesReceived": 65536, "upstreamBytesSent": 2048, "sessionDuration": 10250, "timeOfKong": 2,
+        "service": "redis", "tries": 1,
+        "workspace": "f381e34e-5c25-4e65-b91b-3c0a86cfc393", "workspaceName": "default",
+        "consumer": "foo", "consumerId": "ae974d6c-0f8a-4dc5-b701-fa0aa38592bd",
+        "tlsVersion": "TLSv1.3", "tlsCipher": "TLS_AES_256_GCM_SHA384", "tlsClientVerify": "SUCCESS",
+    }

@@ -9,6 +9,7 @@ request carries one message.
 
 from __future__ import annotations
 
+import time
 from typing import Any, ClassVar
 
 import click
@@ -16,6 +17,7 @@ import httpx
 import orjson
 
 from shipper.errors import ConfigError
+from shipper.formats.values import parse_query
 from shipper.model import Transaction
 from shipper.sinks.base import FATAL, REJECT, EventSkipped, Verdict, absolute_url, judge_common
 from shipper.sinks.credentials import read_secret
@@ -45,12 +47,21 @@ def _headers(headers: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _body(body: Any) -> dict[str, Any]:
+def _body(body: Any) -> str | None:
+    # The plugin sent the body as the text nginx read (`ngx.req.get_body_data()`, the response chunks joined)
+    # and no `body_encoding`: every body a log carries is text, which is what Runscope assumed without one.
     if body is None:
-        return {}
+        return None
     if isinstance(body, str):
-        return {"body": body, "body_encoding": "plaintext"}
-    return {"body": orjson.dumps(body).decode(), "body_encoding": "plaintext"}
+        return body
+    return orjson.dumps(body).decode()
+
+
+def _is_form(headers: dict[str, Any]) -> bool:
+    content_type = headers.get("content-type")
+    if isinstance(content_type, list):
+        content_type = content_type[0] if content_type else None
+    return isinstance(content_type, str) and "application/x-www-form-urlencoded" in content_type.lower()
 
 
 class RunscopeSink:
@@ -91,11 +102,13 @@ class RunscopeSink:
         )
 
     def message(self, txn: Transaction) -> dict[str, Any]:
-        started = (txn.started_at or 0) / 1000
+        # A record without a start time is dated when it is sent, as Segment's events are (never 1970): the
+        # parsers already date an undated line at read time, so this is the last resort for hand-made ones.
+        started = txn.started_at / 1000 if txn.started_at is not None else time.time()
         elapsed = (txn.latency_request or 0) / 1000
         request: dict[str, Any] = {
             "method": txn.method,
-            "url": absolute_url(txn),
+            "url": absolute_url(txn),  # scheme://host:port + target, as the plugin built it from nginx's vars
             "headers": _headers(txn.request_headers),
             "timestamp": started,
         }
@@ -103,17 +116,27 @@ class RunscopeSink:
             "status": txn.status if txn.status is not None else 0,
             "headers": _headers(txn.response_headers),
             "response_time": elapsed,
-            "timestamp": started + elapsed,
+            "timestamp": started + elapsed,  # the plugin's ngx.now() at log time: the end of the response
         }
+        if txn.response_size is not None:
+            response["size_bytes"] = txn.response_size
         if self.log_body:
-            request.update(_body(txn.request_body))
-            response.update(_body(txn.response_body))
+            body = _body(txn.request_body)
+            if body is not None:
+                request["body"] = body
+                # The plugin sent the decoded fields of a form-encoded request body as `form` (nginx's
+                # get_post_args: a repeated field is a list, a bare one true), read after masking here.
+                if type(txn.request_body) is str and _is_form(txn.request_headers):
+                    request["form"] = parse_query(txn.request_body)
+            body = _body(txn.response_body)
+            if body is not None:
+                response["body"] = body
         return {"request": request, "response": response}
 
     def encode(self, txn: Transaction) -> bytes:
         if txn.kind not in ("api", "admin_request"):
-            # Runscope shows request/response pairs: a Kong config change or an event hook is none. The Admin
-            # API request behind a config change is sent (kind admin_request).
+            # Runscope shows request/response pairs: a Kong config change, an event hook or a stream (TCP, TLS,
+            # UDP) session is none. The Admin API request behind a config change is sent (kind admin_request).
             raise EventSkipped()
         return orjson.dumps(self.message(txn))
 

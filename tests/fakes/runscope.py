@@ -1,7 +1,10 @@
 """A strict fake of Runscope's Messages API: `POST /buckets/{bucket_key}/messages` with a bearer token and one
-message per request: `request` {method, absolute url, headers (string or list of strings), timestamp seconds}
-and `response` {integer status, headers, response_time seconds, timestamp}. 403 for a bad token, 404 for an
-unknown bucket, as Runscope answered."""
+message per request: `request` {method, absolute url, headers (string or list of strings), timestamp seconds,
+optional `body` (string), `form` (object of string, true or list values), `body_encoding`} and `response`
+{integer status, headers, response_time seconds, timestamp, optional `size_bytes` (integer), `body`,
+`body_encoding`}. `body_encoding`, when sent, is one of the documented `plaintext` and `base64`. Stricter than
+Runscope: a timestamp before 2001 (a client that sent 0 for an unknown time) is refused. 403 for a bad token,
+404 for an unknown bucket, as Runscope answered."""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ from typing import Any
 import orjson
 
 from .httpfake import FakeHTTPServer, Request, Response, json_response
+
+EARLIEST = 978_307_200  # 2001-01-01T00:00:00Z
 
 
 class FakeRunscope(FakeHTTPServer):
@@ -52,8 +57,26 @@ class FakeRunscope(FakeHTTPServer):
             for name, value in (part.get("headers") or {}).items():
                 if not isinstance(value, str) and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
                     return f"header {name} must be a string or a list of strings"
-            if not isinstance(part.get("timestamp"), (int, float)):
+            timestamp = part.get("timestamp")
+            if not isinstance(timestamp, (int, float)) or isinstance(timestamp, bool):
                 return "timestamp must be Unix seconds"
+            if timestamp < EARLIEST:
+                return f"timestamp {timestamp} is before 2001: an unknown time sent as 0?"
+            if "body" in part and not isinstance(part["body"], str):
+                return "body must be a string"
+            if "body_encoding" in part and part["body_encoding"] not in ("plaintext", "base64"):
+                return "body_encoding must be plaintext or base64"
+        form = request.get("form")
+        if form is not None:
+            if not isinstance(form, dict):
+                return "request.form must be an object"
+            for name, value in form.items():
+                values = value if isinstance(value, list) else [value]
+                if not all(isinstance(v, (str, bool)) for v in values):
+                    return f"form field {name} must be a string, true or a list of them"
+        size = response.get("size_bytes")
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+            return "response.size_bytes must be a non-negative integer"
         if not isinstance(response.get("status"), int):
             return "response.status must be an integer"
         if not isinstance(response.get("response_time"), (int, float)):
