@@ -43,6 +43,16 @@ def record(**over):
     return rec
 
 
+# Moesif refuses events older than 30 days, so records shipped to the fake start an hour ago (plus seq ms).
+RECENT = int(time.time() * 1000) - 3_600_000
+
+
+def write_recent(path, seqs, **kw) -> None:
+    with open(path, "ab") as out:
+        for seq in seqs:
+            out.write(gen.kong_line(gen.kong_record(seq, started_at=RECENT + seq, **kw)))
+
+
 def seq_of(event: dict) -> int:
     return gen.seq_of_url(event["request"]["uri"])
 
@@ -54,7 +64,9 @@ def test_event_has_the_plugins_shape():
     assert request["verb"] == rec["request"]["method"]
     assert request["uri"].startswith("https://") and "seq=3" in request["uri"]
     assert request["time"].endswith("Z") and len(request["time"]) == len("2025-11-22T08:26:40.005Z")
-    assert request["ip_address"] == rec["client_ip"] and request["api_version"] == "1.0"
+    # client_ip.lua: X-Forwarded-For's first valid address before the address Kong saw
+    assert request["ip_address"] == rec["request"]["headers"]["x-forwarded-for"] != rec["client_ip"]
+    assert request["api_version"] == "1.0"
     assert request["headers"]["authorization"] == "*****"  # the plugin sent it in clear
     assert request["body"] == {"card": {"number": "4111", "cvc": "123"}, "amount": 5}
     assert response["status"] == rec["response"]["status"]
@@ -162,7 +174,7 @@ def args(fake, tmp_path, *more):
 
 def test_backfill_to_moesif_exactly_once_with_default_batch_size(tmp_path):
     log = tmp_path / "kong.json"
-    gen.write_records(log, range(450))
+    write_recent(log, range(450))
     with FakeMoesif() as fake:
         result = ship("backfill", str(log), *args(fake, tmp_path, "--concurrency", "1"), env=ENV)
         assert result.returncode == 0, result.stderr
@@ -177,7 +189,7 @@ def test_backfill_to_moesif_exactly_once_with_default_batch_size(tmp_path):
 
 def test_sampling_from_config_is_deterministic_and_weighted(tmp_path):
     log = tmp_path / "kong.json"
-    gen.write_records(log, range(400), jwt_sub=None)
+    write_recent(log, range(400), jwt_sub=None)
     config = {"sample_rate": 25, "user_sample_rate": {}, "company_sample_rate": {}}
     with FakeMoesif(config=config) as fake:
         result = ship("backfill", str(log), *args(fake, tmp_path), env=ENV)
@@ -196,8 +208,8 @@ def test_sampling_from_config_is_deterministic_and_weighted(tmp_path):
 
 def test_per_user_rates_and_config_refresh_on_etag_change(tmp_path, shippers):
     log = tmp_path / "kong.json"
-    gen.write_records(log, range(0, 50), consumer="vip")
-    gen.write_records(log, range(50, 100), consumer="nobody")
+    write_recent(log, range(0, 50), consumer="vip")
+    write_recent(log, range(50, 100), consumer="nobody")
     config = {"sample_rate": 100, "user_sample_rate": {"cust-nobody": 0}, "company_sample_rate": {}}
     with FakeMoesif(config=config) as fake:
         proc = shippers("tail", str(log), *args(fake, tmp_path, "--poll-interval", "0.05"), env=ENV)
@@ -206,10 +218,10 @@ def test_per_user_rates_and_config_refresh_on_etag_change(tmp_path, shippers):
         assert {seq_of(e) for e in fake.events} == set(range(50))  # "nobody" sampled at 0 %
         fake.set_config({"sample_rate": 100, "user_sample_rate": {}, "company_sample_rate": {}}, etag="v2")
         # The next answer to a batch carries the new config ETag; kong-ship fetches the config again.
-        gen.write_records(log, range(100, 110), consumer="vip")
+        write_recent(log, range(100, 110), consumer="vip")
         fake.wait_for(lambda: any(seq_of(e) >= 100 for e in fake.events), timeout=15)
         time.sleep(0.2)
-        gen.write_records(log, range(110, 120), consumer="nobody")
+        write_recent(log, range(110, 120), consumer="nobody")
         fake.wait_for(lambda: len({seq_of(e) for e in fake.events} & set(range(110, 120))) == 10, timeout=15)
         code, _, err = proc.stop()
         assert code == 0, err
@@ -219,7 +231,7 @@ def test_per_user_rates_and_config_refresh_on_etag_change(tmp_path, shippers):
 @pytest.mark.parametrize("status", [401, 402, 403])
 def test_refusals_stop_within_seconds(tmp_path, status):
     log = tmp_path / "kong.json"
-    gen.write_records(log, range(5))
+    write_recent(log, range(5))
     with FakeMoesif() as fake:
         fake.script([status] * 5)
         started = time.monotonic()
@@ -232,7 +244,7 @@ def test_refusals_stop_within_seconds(tmp_path, status):
 
 def test_wrong_application_id_and_missing_credential(tmp_path):
     log = tmp_path / "kong.json"
-    gen.write_records(log, range(5))
+    write_recent(log, range(5))
     with FakeMoesif() as fake:
         result = ship("backfill", str(log), *args(fake, tmp_path), env=ship_env(MOESIF_APPLICATION_ID="wrong"))
         assert result.returncode == 1 and "MOESIF_APPLICATION_ID" in result.stderr.decode()
@@ -242,7 +254,7 @@ def test_wrong_application_id_and_missing_credential(tmp_path):
 
 def test_429_and_5xx_are_retried_with_nothing_lost(tmp_path):
     log = tmp_path / "kong.json"
-    gen.write_records(log, range(300))
+    write_recent(log, range(300))
     with FakeMoesif() as fake:
         fake.script([(429, {"Retry-After": "1"}), 500, 503, "reset"])
         result = ship("backfill", str(log), *args(fake, tmp_path), env=ENV)

@@ -11,15 +11,14 @@ are decoded as base64url, and milliseconds are zero-padded.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import gzip
-import hashlib
-import logging
-import threading
-import time
-import uuid
 import zlib
+import logging
+import re
+import time
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from os import PathLike
 from typing import Any, ClassVar
 
 import click
@@ -27,21 +26,24 @@ import httpx
 import orjson
 
 from shipper.model import Transaction
-from shipper.processors.masking import MASK, mask_query_string
 from shipper.processors.names import normalize
-from shipper.sinks.base import FATAL, SPLIT, EventSkipped, Verdict, absolute_url, judge_common
+from shipper.sinks.base import FATAL, SPLIT, EventFiltered, EventSkipped, Verdict, judge_common
 from shipper.sinks.credentials import read_secret
-from shipper.sinks.segment import iso_ms
+from shipper.sinks.moesif_event import EventBuilder, transaction_id
+from shipper.sinks.moesif_sampling import Sampler, draw, weight
+
+__all__ = ["MoesifSink", "OPTIONS", "count_outside_window", "transaction_id"]
 
 log = logging.getLogger("kong-ship")
 
 DEFAULT_ENDPOINT = "https://api.moesif.net"
-NAMESPACE = uuid.UUID("6f9c5e0a-3c1d-4a8e-9b5e-6b6f6e6b5368")  # kong-ship's namespace for transaction ids
-CONFIG_REFRESH = 300.0  # seconds between /v1/config fetches (sooner when an answer's config ETag changes)
-BODY_LIMIT_MARKER = "body size exceeded {which}_max_body_size_limit ({limit} bytes): not captured"
 GZIP_LEVEL = 1
-# Kinds of Transaction that are HTTP calls: proxied ones, and Kong Admin API requests (audit records).
+# Kinds of Transaction that are HTTP calls: proxied ones, and Kong Admin API requests (audit records). Stream
+# sessions (TCP/TLS/UDP) and config changes have no request/response pair a Moesif API event could hold.
 API_KINDS = frozenset({"api", "admin_request"})
+# Moesif drops events whose request.time is more than 30 days old: not sent, counted as filtered.
+MAX_AGE_MS = 30 * 86_400_000
+TOO_OLD = "older than Moesif's 30-day window"
 
 
 def _list(values: tuple[str, ...] | list[str] | None) -> list[str]:
@@ -56,8 +58,18 @@ OPTIONS = [
                                           "help": "File holding the Moesif application id (default: env MOESIF_APPLICATION_ID)."}),
     (("--moesif-api-version",), {"default": "1.0", "show_default": True, "help": "Moesif: api_version of every event."}),
     (("--moesif-user-id-header",), {"default": "X-Consumer-Custom-Id", "show_default": True,
-                                     "help": "Moesif: request header holding the user id (then the JWT / consumer)."}),
-    (("--moesif-company-id-header",), {"default": None, "help": "Moesif: request header holding the company id."}),
+                                     "help": "Moesif: header holding the user id (request first; then x-consumer-*, the token, "
+                                             "the Basic user, then this response header)."}),
+    (("--moesif-company-id-header",), {"default": None,
+                                        "help": "Moesif: request (then response) header holding the company id."}),
+    (("--moesif-authorization-user-id-field",), {"default": None, "metavar": "CLAIM",
+                                                  "help": "Moesif: token claim holding the user id (default: --jwt-claim, itself `sub`). "
+                                                          "The token is read from --jwt-from (the plugin's authorization_header_name)."}),
+    (("--moesif-authorization-company-id-field",), {"default": None, "metavar": "CLAIM",
+                                                     "help": "Moesif: token claim holding the company id."}),
+    (("--moesif-client-ip-from-kong",), {"is_flag": True,
+                                         "help": "Moesif: ip_address is the client_ip Kong logged (its trusted_ips rules), "
+                                                 "never X-Forwarded-For and the like, which any client can forge."}),
     (("--moesif-disable-capture-request-body",), {"is_flag": True, "help": "Moesif: never send request bodies."}),
     (("--moesif-disable-capture-response-body",), {"is_flag": True, "help": "Moesif: never send response bodies."}),
     (("--moesif-request-header-masks",), {"multiple": True, "metavar": "NAMES", "help": "Moesif: request headers to remove (comma-separated, repeatable)."}),
@@ -80,29 +92,7 @@ OPTIONS = [
 ]
 
 
-def transaction_id(event_id: str) -> str:
-    """A UUID derived from the record (36 characters): a resend is the same transaction to Moesif."""
-    return str(uuid.uuid5(NAMESPACE, event_id))
-
-
-def _sample_rate(value: Any) -> int:
-    """A percentage from /v1/config: a finite number from 0 to 100 (`1e999` parses as infinity, `NaN` too)."""
-    if type(value) is str:
-        value = float(value)
-    if type(value) not in (int, float) or not 0 <= value <= 100:
-        raise ValueError(f"sample rate {str(value)[:40]} is not a percentage from 0 to 100")
-    return int(value)
-
-
-def _strip_keys(value: Any, names: frozenset[str]) -> Any:
-    if isinstance(value, dict):
-        return {k: _strip_keys(v, names) for k, v in value.items() if normalize(str(k)) not in names}
-    if isinstance(value, list):
-        return [_strip_keys(v, names) for v in value]
-    return value
-
-
-class MoesifSink:
+class MoesifSink(EventBuilder):
     name: ClassVar[str] = "moesif"
     parallel_safe = False  # the sampling configuration is fetched and refreshed in this process
     max_batch_events = 1000
@@ -117,6 +107,9 @@ class MoesifSink:
         api_version: str = "1.0",
         user_id_header: str | None = "X-Consumer-Custom-Id",
         company_id_header: str | None = None,
+        authorization_user_id_field: str | None = None,
+        authorization_company_id_field: str | None = None,
+        client_ip_from_kong: bool = False,
         disable_capture_request_body: bool = False,
         disable_capture_response_body: bool = False,
         request_header_masks: list[str] | None = None,
@@ -134,6 +127,7 @@ class MoesifSink:
         debug: bool = False,
         batch_size: int = 200,
         fetch_config: bool = True,
+        max_age_days: float | None = 30,
     ):
         self.base = endpoint.rstrip("/")
         self.url = self.base + "/v1/events/batch"
@@ -145,6 +139,9 @@ class MoesifSink:
         self.api_version = api_version
         self.user_id_header = user_id_header.lower() if user_id_header else None
         self.company_id_header = company_id_header.lower() if company_id_header else None
+        self.authorization_user_id_field = authorization_user_id_field or None
+        self.authorization_company_id_field = authorization_company_id_field or None
+        self.client_ip_from_kong = client_ip_from_kong
         self.capture_request_body = not disable_capture_request_body
         self.capture_response_body = not disable_capture_response_body
         self.request_header_masks = frozenset(h.lower() for h in request_header_masks or ())
@@ -160,14 +157,9 @@ class MoesifSink:
         self.default_batch_events = batch_size
         self.http_timeout = httpx.Timeout(send_timeout / 1000, connect=connect_timeout / 1000)
         self.keepalive_expiry = keepalive / 1000
-        # Sampling, as the plugin does it: /v1/config at start and when it changes.
-        self._config_lock = threading.Lock()
-        self._sample_rate = 100
-        self._user_rates: dict[str, int] = {}
-        self._company_rates: dict[str, int] = {}
-        self._etag: str | None = None
-        self._client: httpx.Client | None = None  # the sender's (its --ca-file), once it has one
-        self._config_due = 0.0 if fetch_config else float("inf")
+        # Moesif's window; None sends whatever the age (tests of old fixed records, `kong-ship parse`).
+        self.max_age_ms = None if max_age_days is None else max_age_days * 86_400_000
+        self.sampler = Sampler(self.base, application_id, self.http_timeout, debug=debug, enabled=fetch_config)
 
     @classmethod
     def from_options(cls, opts: dict[str, Any], endpoint: str | None) -> MoesifSink:
@@ -178,6 +170,9 @@ class MoesifSink:
             api_version=opts.get("moesif_api_version") or "1.0",
             user_id_header=opts.get("moesif_user_id_header"),
             company_id_header=opts.get("moesif_company_id_header"),
+            authorization_user_id_field=opts.get("moesif_authorization_user_id_field"),
+            authorization_company_id_field=opts.get("moesif_authorization_company_id_field"),
+            client_ip_from_kong=bool(opts.get("moesif_client_ip_from_kong")),
             disable_capture_request_body=bool(opts.get("moesif_disable_capture_request_body")),
             disable_capture_response_body=bool(opts.get("moesif_disable_capture_response_body")),
             request_header_masks=_list(opts.get("moesif_request_header_masks")),
@@ -195,161 +190,20 @@ class MoesifSink:
             debug=bool(opts.get("moesif_debug")),
         )
 
-    # -- sampling ------------------------------------------------------------------------------------------
-    def refresh_config(self) -> None:
-        """GET /v1/config (conditional on the ETag we hold). Failures keep the last configuration: sampling
-        errs on the side of sending."""
-        headers = {"X-Moesif-Application-Id": self._headers["X-Moesif-Application-Id"]}
-        if self._etag:
-            headers["If-None-Match"] = self._etag
-        try:
-            get = self._client.get if self._client is not None else httpx.get
-            response = get(self.base + "/v1/config", headers=headers, timeout=self.http_timeout)
-        except (httpx.HTTPError, RuntimeError) as exc:  # RuntimeError: the sender's client closed at shutdown
-            log.warning("moesif: cannot fetch /v1/config (%s); sampling keeps its last settings", exc)
-            return
-        if response.status_code == 304:
-            return
-        if response.status_code != 200:
-            log.warning("moesif: /v1/config answered HTTP %d; sampling keeps its last settings", response.status_code)
-            return
-        try:
-            config = response.json()
-            rate = _sample_rate(config.get("sample_rate", 100))
-            users = {str(k): _sample_rate(v) for k, v in (config.get("user_sample_rate") or {}).items()}
-            companies = {str(k): _sample_rate(v) for k, v in (config.get("company_sample_rate") or {}).items()}
-        except (ValueError, TypeError, AttributeError, RecursionError) as exc:
-            log.warning("moesif: /v1/config is not understood (%s); sampling keeps its last settings", exc)
-            return
-        with self._config_lock:
-            self._sample_rate, self._user_rates, self._company_rates = rate, users, companies
-            self._etag = response.headers.get("etag") or response.headers.get("x-moesif-config-etag")
-        if self.debug:
-            log.info("moesif: sample_rate %d%%, %d user and %d company rates", rate, len(users), len(companies))
-
-    def _rate(self, user_id: str | None, company_id: str | None) -> int:
-        if time.monotonic() >= self._config_due:
-            self._config_due = time.monotonic() + CONFIG_REFRESH
-            self.refresh_config()
-        with self._config_lock:
-            if user_id is not None and user_id in self._user_rates:
-                return self._user_rates[user_id]
-            if company_id is not None and company_id in self._company_rates:
-                return self._company_rates[company_id]
-            return self._sample_rate
-
-    # -- one event -------------------------------------------------------------------------------------------
-    def _body(self, body: Any, headers: dict[str, Any], which: str, limit: int, masks: frozenset[str]) -> dict[str, Any]:
-        if isinstance(body, str) and str(headers.get("content-encoding", "")).lower() == "gzip":
-            try:
-                packed = base64.b64decode(body, validate=True)
-            except binascii.Error:
-                packed = None  # the masks found secrets in it and left it decoded
-            if packed is not None and not self.decompress:
-                return {"body": body, "transfer_encoding": "base64"}
-            if packed is not None:
-                try:
-                    body = gzip.decompress(packed).decode("utf-8", "replace")
-                except (OSError, EOFError, zlib.error):
-                    pass
-        raw = body if isinstance(body, str) else orjson.dumps(body).decode()
-        if len(raw.encode("utf-8", "replace")) > limit:
-            return {"body": {"msg": BODY_LIMIT_MARKER.format(which=which, limit=limit)}}
-        if isinstance(body, str):
-            try:
-                body = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                # Not JSON: form-encoded (the default masks are applied already; the plugin's are applied here),
-                # or raw with --ship-raw-bodies. Sent base64-encoded, as Moesif expects.
-                if masks:
-                    body = mask_query_string(body, masks)
-                return {"body": base64.b64encode(body.encode("utf-8", "replace")).decode(), "transfer_encoding": "base64"}
-        if masks:
-            body = _strip_keys(body, masks)
-        return {"body": body}
-
-    @staticmethod
-    def _headers_without(headers: dict[str, Any], names: frozenset[str]) -> dict[str, Any]:
-        if not names or not names.intersection(headers):
-            return headers
-        return {k: v for k, v in headers.items() if k not in names}
-
-    def event(self, txn: Transaction) -> dict[str, Any]:
-        request_headers = txn.request_headers
-        user_id = None
-        if self.user_id_header:
-            value = request_headers.get(self.user_id_header)
-            user_id = value if isinstance(value, str) and value and value != MASK else None
-        user_id = user_id or txn.user_id
-        company_id = None
-        if self.company_id_header:
-            value = request_headers.get(self.company_id_header)
-            company_id = value if isinstance(value, str) and value and value != MASK else None
-
-        raw_path = txn.raw_path
-        if self.request_query_masks and txn.query_string:
-            raw_path = raw_path.replace("?" + txn.query_string, "?" + mask_query_string(txn.query_string, self.request_query_masks), 1)
-        started = txn.started_at if txn.started_at is not None else int(time.time() * 1000)
-
-        request: dict[str, Any] = {
-            "time": iso_ms(started),
-            "uri": absolute_url(txn, raw_path),
-            "verb": txn.method,
-            "headers": self._headers_without(request_headers, self.request_header_masks),
-            "ip_address": txn.client_ip or None,
-            "api_version": self.api_version,
-        }
-        if self.capture_request_body and txn.request_body is not None:
-            request.update(self._body(txn.request_body, request_headers, "request", self.request_body_limit,
-                                      self.request_body_masks))
-        response: dict[str, Any] = {
-            "time": iso_ms(started + int(txn.latency_request or 0)),
-            "status": txn.status if txn.status is not None else 0,
-            "headers": self._headers_without(txn.response_headers, self.response_header_masks),
-        }
-        if self.capture_response_body and txn.response_body is not None:
-            response.update(self._body(txn.response_body, txn.response_headers, "response", self.response_body_limit,
-                                       self.response_body_masks))
-        metadata: dict[str, Any] = {}
-        for key, entity in (("service", txn.service), ("route", txn.route), ("consumer", txn.consumer)):
-            if entity:
-                metadata[key] = {k: entity[k] for k in ("id", "name", "username", "custom_id") if entity.get(k) is not None}
-        if txn.workspace or txn.workspace_name:
-            metadata["workspace"] = {"id": txn.workspace, "name": txn.workspace_name}
-        metadata["latencies"] = {"request": txn.latency_request, "kong": txn.latency_kong, "proxy": txn.latency_proxy}
-        if txn.upstream_status is not None:
-            metadata["upstream_status"] = txn.upstream_status
-        if txn.kind == "admin_request" and txn.details:
-            metadata["audit"] = txn.details  # the Kong audit record (signature result, payload masked)
-        event: dict[str, Any] = {
-            "request": request,
-            "response": response,
-            "direction": "Incoming",
-            "metadata": {"kong": metadata},
-            "transaction_id": transaction_id(txn.event_id),
-        }
-        if user_id:
-            event["user_id"] = user_id
-        if company_id:
-            event["company_id"] = company_id
-        session = (txn.jwt_claims or {}).get("sid")
-        if isinstance(session, str) and session:
-            event["session_token"] = session
-        return event
-
     def encode(self, txn: Transaction) -> bytes:
         if txn.kind not in API_KINDS:
-            # Not a request/response pair (a Kong config change, an event hook): no Moesif API event fits.
-            # The Admin API request behind a config change is sent (kind admin_request), with the same request_id.
+            # Not a request/response pair (a stream session, a Kong config change, an event hook). The Admin API
+            # request behind a config change is sent (kind admin_request), with the same request_id.
             raise EventSkipped()
+        if (self.max_age_ms is not None and txn.started_at is not None and not txn.started_at_estimated
+                and txn.started_at < time.time() * 1000 - self.max_age_ms):
+            raise EventFiltered(TOO_OLD)  # Moesif would drop it: say so instead of counting it as shipped
         event = self.event(txn)
-        rate = self._rate(event.get("user_id"), event.get("company_id"))
-        if rate < 100:
-            # Deterministic per record: a resend after a crash makes the same decision.
-            draw = int.from_bytes(hashlib.blake2b(txn.event_id.encode(), digest_size=4).digest(), "big") % 10_000
-            if rate <= 0 or draw >= rate * 100:
-                raise EventSkipped()
-            event["weight"] = max(1, 100 // rate)
+        rate = self.sampler.rate(event)
+        # Deterministic per record (the plugin drew math.random()): a resend after a crash decides the same.
+        if not rate > draw(txn.event_id):
+            raise EventSkipped()
+        event["weight"] = weight(rate)  # on every event, as the plugin: 1 at 100 %
         return orjson.dumps(event)
 
     # -- a batch ---------------------------------------------------------------------------------------------
@@ -360,9 +214,7 @@ class MoesifSink:
 
     def judge(self, response: httpx.Response) -> Verdict:
         status = response.status_code
-        etag = response.headers.get("x-moesif-config-etag")
-        if etag and etag != self._etag:
-            self._config_due = 0.0  # the configuration changed: fetch it before the next event
+        self.sampler.config_changed(response.headers.get("x-moesif-config-etag"))
         if self.debug:
             log.info("moesif: batch answered HTTP %d", status)
         if status == 402:
@@ -373,7 +225,52 @@ class MoesifSink:
 
     def use_client(self, client: httpx.Client) -> None:
         """The sender's HTTP client, for the configuration requests: the same TLS trust (--ca-file) and pool."""
-        self._client = client
+        self.sampler.use_client(client)
 
     def transport(self) -> httpx.BaseTransport | None:
         return None
+
+
+# -- before a backfill --------------------------------------------------------------------------------------------
+_STARTED_AT = re.compile(rb'"started_at"\s*:\s*(\d+(?:\.\d+)?)')
+_CHUNK = 1 << 20
+
+
+def count_outside_window(paths: Iterable[str | PathLike[str]], now: float | None = None) -> str | None:
+    """One line telling how many records of these files Moesif would refuse as older than 30 days, or None when
+    none is. A fast scan of `"started_at":N` (Kong's logs; gzip files too), not a parse: records without it
+    (Nginx lines, audit records) are not counted. Unreadable files are passed over: the backfill reports them."""
+    cutoff = (time.time() if now is None else now) * 1000 - MAX_AGE_MS
+    old = seen = 0
+    for path in paths:
+        name = str(path)
+        try:
+            with (gzip.open(name, "rb") if _is_gzip(name) else open(name, "rb")) as handle:
+                tail = b""
+                while chunk := handle.read(_CHUNK):
+                    data = tail + chunk
+                    cut = data.rfind(b"\n") + 1  # a record split across chunks is scanned with the next one
+                    data, tail = data[:cut], data[cut:]
+                    for found in _STARTED_AT.finditer(data):
+                        seen += 1
+                        old += _millis(found.group(1)) < cutoff
+                for found in _STARTED_AT.finditer(tail):
+                    seen += 1
+                    old += _millis(found.group(1)) < cutoff
+        except (OSError, EOFError, gzip.BadGzipFile):
+            continue
+    if not old:
+        return None
+    since = datetime.fromtimestamp(cutoff / 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (f"moesif: {old:,} of {seen:,} records started before {since}, {TOO_OLD}: "
+            "they will be counted as filtered, not sent")
+
+
+def _is_gzip(name: str) -> bool:
+    with open(name, "rb") as handle:
+        return handle.read(2) == b"\x1f\x8b"
+
+
+def _millis(raw: bytes) -> float:
+    value = float(raw)
+    return value * 1000 if value < 100_000_000_000 else value  # seconds (a few custom logs) or Kong's ms

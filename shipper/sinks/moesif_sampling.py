@@ -1,0 +1,220 @@
+"""Moesif sampling as kong-plugin-moesif 2.1.2 does it (log.lua, "fix sampling"): `GET /v1/config` gives a global
+`sample_rate`, `user_sample_rate` and `company_sample_rate` maps and `regex_config` rules; when any of the user,
+company or matching regex rates applies, the LOWEST of them is the event's rate, else the global rate. A kept
+event carries `weight = floor(100 / rate)` (1 at 100 %), so Moesif scales its counts back up.
+
+Where kong-ship differs: the draw is derived from the record's id instead of `math.random()`, so a resend after
+a crash makes the same decision; conditions are Python regular expressions searched anywhere in the value (the
+plugin ran them as Lua patterns, which Moesif's regexes mostly are too); an invalid pattern never matches (the
+plugin then ignored every regex rule).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import threading
+import time
+from typing import Any
+
+import httpx
+
+log = logging.getLogger("kong-ship")
+
+CONFIG_REFRESH = 300.0  # seconds between /v1/config fetches (sooner when an answer's config ETag changes)
+# The plugin's request.route: the path of the absolute uri, without the query; "/" when there is none.
+_ROUTE = re.compile(r"^https?://[^/]+(/[^?]+)")
+
+
+def sample_rate(value: Any) -> float:
+    """A percentage from /v1/config: a finite number from 0 to 100 (`1e999` parses as infinity, `NaN` too)."""
+    if type(value) is str:
+        value = float(value)
+    if type(value) not in (int, float) or not 0 <= value <= 100:
+        raise ValueError(f"sample rate {str(value)[:40]} is not a percentage from 0 to 100")
+    return float(value)
+
+
+def draw(event_id: str) -> float:
+    """A number in [0, 100) derived from the record: the same record always draws the same number."""
+    return (int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=4).digest(), "big") % 10_000) / 100
+
+
+def weight(rate: float) -> int:
+    """The plugin's weight: how many events one kept event stands for (1 at 100 %; 1 at 0 %, never sent)."""
+    return 1 if rate <= 0 else max(1, int(100 // rate))
+
+
+RegexRule = tuple[float | None, list[tuple[str, re.Pattern[str] | None]]]
+
+
+def parse_regex_config(rules: Any) -> list[RegexRule]:
+    """`regex_config`: a list of {sample_rate, conditions: [{path, value}]}. Conditions of one rule are ANDed;
+    a repeated path keeps its last value, as the plugin's condition table did."""
+    if rules is None:
+        return []
+    if not isinstance(rules, list):
+        raise ValueError("regex_config is not a list")
+    out: list[RegexRule] = []
+    for rule in rules:
+        if not isinstance(rule, dict):
+            raise ValueError("a regex_config rule is not an object")
+        rate = rule.get("sample_rate")
+        rate = None if rate is None else sample_rate(rate)
+        table: dict[str, str] = {}
+        for condition in rule.get("conditions") or []:
+            if isinstance(condition, dict) and isinstance(condition.get("path"), str):
+                table[condition["path"]] = str(condition.get("value", ""))
+        compiled: list[tuple[str, re.Pattern[str] | None]] = []
+        for path, value in table.items():
+            try:
+                compiled.append((path, re.compile(value)))
+            except re.error:
+                compiled.append((path, None))  # never matches
+        out.append((rate, compiled))
+    return out
+
+
+def config_mapping(event: dict[str, Any]) -> dict[str, str]:
+    """The request fields regex conditions are matched against, named as the plugin names them."""
+    request, response = event.get("request") or {}, event.get("response") or {}
+    mapping: dict[str, str] = {}
+    if request.get("verb"):
+        mapping["request.verb"] = str(request["verb"])
+    if request.get("uri"):
+        found = _ROUTE.match(str(request["uri"]))
+        mapping["request.route"] = found.group(1) if found else "/"
+    if request.get("ip_address"):
+        mapping["request.ip_address"] = str(request["ip_address"])
+    if response.get("status") is not None:
+        mapping["response.status"] = str(response["status"])
+    body = request.get("body")
+    if isinstance(body, dict):  # GraphQL: the plugin matched the JSON body's operationName and query
+        for key in ("operationName", "query"):
+            if isinstance(body.get(key), str):
+                mapping["request.body." + key] = body[key]
+    return mapping
+
+
+def regex_rate(rules: list[RegexRule], mapping: dict[str, str]) -> float | None:
+    """The sample rate of the first rule whose conditions all match, else None (no regex rate applies)."""
+    for rate, conditions in rules:
+        if not conditions:
+            continue  # the plugin's rule with no condition never matched
+        if all(p is not None and path in mapping and p.search(mapping[path]) for path, p in conditions):
+            return rate
+    return None
+
+
+class Sampler:
+    """The application's sampling configuration, fetched with the sender's HTTP client and kept fresh.
+
+    The first fetch happens on the first event once the sender's client is known, and so does the fetch after an
+    answer carried a new config ETag (one bounded wait each, so the events after it are sampled by the new
+    rules); the periodic refreshes run on a background thread, so the reader does not wait on them. Without the
+    sender's client nothing is fetched (the sink was built for `kong-ship parse` or a test: no network call from
+    a reader) and every event is kept at the global rate of 100 %."""
+
+    def __init__(self, base: str, application_id: str, timeout: httpx.Timeout, *, debug: bool = False, enabled: bool = True):
+        self.url = base + "/v1/config"
+        self.application_id = application_id
+        self.timeout = timeout
+        self.debug = debug
+        self.enabled = enabled
+        self._lock = threading.Lock()
+        self.global_rate = 100.0
+        self.user_rates: dict[str, float] = {}
+        self.company_rates: dict[str, float] = {}
+        self.regex_rules: list[RegexRule] = []
+        self.etag: str | None = None
+        self._client: httpx.Client | None = None
+        self._fetched = False
+        self._changed = False
+        self._answered: str | None = None  # the last config ETag a batch's answer carried
+        self._due = 0.0
+        self._refreshing = False
+
+    def use_client(self, client: httpx.Client) -> None:
+        self._client = client
+
+    def config_changed(self, etag: str | None) -> None:
+        """An answer's `X-Moesif-Config-ETag`: a new one means the configuration changed; fetch it soon."""
+        # Once per new value: a configuration answered without that ETag must not be fetched on every event.
+        if etag and etag != self.etag and etag != self._answered:
+            self._changed = True
+        self._answered = etag or self._answered
+
+    def refresh(self) -> None:
+        """GET /v1/config (conditional on the ETag held). Failures keep the last configuration: sampling errs on
+        the side of sending."""
+        client = self._client
+        if client is None:
+            return
+        headers = {"X-Moesif-Application-Id": self.application_id}
+        if self.etag:
+            headers["If-None-Match"] = self.etag
+        try:
+            response = client.get(self.url, headers=headers, timeout=self.timeout)
+        except (httpx.HTTPError, RuntimeError) as exc:  # RuntimeError: the sender's client closed at shutdown
+            log.warning("moesif: cannot fetch /v1/config (%s); sampling keeps its last settings", exc)
+            return
+        if response.status_code == 304:
+            return
+        if response.status_code != 200:
+            log.warning("moesif: /v1/config answered HTTP %d; sampling keeps its last settings", response.status_code)
+            return
+        try:
+            config = response.json()
+            rate = sample_rate(config.get("sample_rate", 100))
+            users = {str(k): sample_rate(v) for k, v in (config.get("user_sample_rate") or {}).items()}
+            companies = {str(k): sample_rate(v) for k, v in (config.get("company_sample_rate") or {}).items()}
+            rules = parse_regex_config(config.get("regex_config"))
+        except (ValueError, TypeError, AttributeError, RecursionError) as exc:
+            log.warning("moesif: /v1/config is not understood (%s); sampling keeps its last settings", exc)
+            return
+        with self._lock:
+            self.global_rate, self.user_rates, self.company_rates, self.regex_rules = rate, users, companies, rules
+            self.etag = response.headers.get("x-moesif-config-etag") or response.headers.get("etag")
+        if self.debug:
+            log.info("moesif: sample_rate %g%%, %d user and %d company rates, %d regex rules",
+                     rate, len(users), len(companies), len(rules))
+
+    def _background_refresh(self) -> None:
+        try:
+            self.refresh()
+        finally:
+            self._refreshing = False
+
+    def _keep_fresh(self) -> None:
+        if not self.enabled or self._client is None:
+            return
+        if not self._fetched or self._changed:
+            self._fetched, self._changed = True, False
+            self._due = time.monotonic() + CONFIG_REFRESH
+            self.refresh()
+            return
+        if time.monotonic() < self._due:
+            return
+        self._due = time.monotonic() + CONFIG_REFRESH
+        if not self._refreshing:
+            self._refreshing = True
+            threading.Thread(target=self._background_refresh, name="moesif-config", daemon=True).start()
+
+    def rate(self, event: dict[str, Any]) -> float:
+        """The event's sample rate, percent: the lowest of the user, company and regex rates that apply, else
+        the global rate."""
+        self._keep_fresh()
+        with self._lock:
+            users, companies, rules, rate = self.user_rates, self.company_rates, self.regex_rules, self.global_rate
+        specific = []
+        user, company = event.get("user_id"), event.get("company_id")
+        if user is not None and user in users:
+            specific.append(users[user])
+        if company is not None and company in companies:
+            specific.append(companies[company])
+        if rules:
+            found = regex_rate(rules, config_mapping(event))
+            if found is not None:
+                specific.append(found)
+        return min(specific) if specific else rate
