@@ -13,7 +13,6 @@ from typing import Any
 from shipper.formats.decode import ParseError
 from shipper.formats.values import count_field, latency_field, port_field, status_field, to_number
 
-_TLS_KEYS = ("version", "cipher", "client_verify")
 # Kong 3.10+ names the AI Proxy block `proxy`; 3.7–3.9 by the plugin name. Other AI plugins (prompt guard,
 # request transformer, …) write blocks of the same shape; the proxy one is the call to the model.
 _AI_PROXY_BLOCKS = ("proxy", "ai-proxy", "ai-proxy-advanced")
@@ -31,7 +30,15 @@ def tls_info(value: Any) -> dict[str, str] | None:
     also logged `supported_client_ciphers`, which no sink wants)."""
     if type(value) is not dict:
         return None
-    out = {key: value[key] for key in _TLS_KEYS if type(value.get(key)) is str}
+    get = value.get
+    version, cipher, verify = get("version"), get("cipher"), get("client_verify")
+    out = {}
+    if type(version) is str:
+        out["version"] = version
+    if type(cipher) is str:
+        out["cipher"] = cipher
+    if type(verify) is str:
+        out["client_verify"] = verify
     return out or None
 
 
@@ -75,13 +82,16 @@ def upstream_tries(value: list) -> list[dict[str, Any]] | None:
             )  # fmt: skip
             if type(ip) is str:
                 clean["ip"] = ip
-            if (port := _checked(port_field, port)) is not None:
+            # Kong writes ints: test those inline (every 3.x line has a try), the checked coercion for the rest.
+            if type(port) is int and 0 <= port <= 65535 or (port := _checked(port_field, port)) is not None:
                 clean["port"] = port
-            if (latency := _checked(latency_field, latency)) is not None:
+            if type(latency) is int and 0 <= latency <= 1000:
+                clean["balancer_latency"] = float(latency)
+            elif (latency := _checked(latency_field, latency)) is not None:
                 clean["balancer_latency"] = latency
             if type(state) is str:
                 clean["state"] = state
-            if (code := _checked(status_field, code)) is not None:
+            if code is not None and (code := _checked(status_field, code)) is not None:
                 clean["code"] = code
         out.append(clean)
     return out or None

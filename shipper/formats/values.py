@@ -193,6 +193,8 @@ def upstream_status_field(value: Any, field: str) -> tuple[int | None, list[int]
     `"502, 200"`, and ` : ` separates upstream groups (`"500, 200 : 200, 200"`). A list never raises: parts that
     are no status (`-`, text, out of range) are skipped, as one bad try says nothing about the response. A single
     value is checked like any status (`status_field`)."""
+    if type(value) is str and len(value) == 3 and value.isdecimal() and value[0] != "0":
+        return int(value), None  # the ordinary case: one try
     if type(value) is str and ("," in value or ":" in value):
         statuses = []
         for part in value.replace(":", ",").split(","):
