@@ -1,7 +1,9 @@
 """Log formats: one line of bytes → one `Transaction`, or a `ParseError` saying why not.
 
 `Parser` decodes the JSON (with the repairs real logs need, see `decode`), detects the format per line unless
-told, and hands the object to the format's module.
+told, and hands the object to the format's module: `kong` (HTTP records), `kong_stream` (TCP/TLS/UDP sessions,
+also under `--format kong`), `nginx`, or a spooled record's. Whatever the format, a record without a usable
+start time leaves here dated when it was read (`Transaction.started_at_estimated`).
 """
 
 from __future__ import annotations
