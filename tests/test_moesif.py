@@ -83,6 +83,7 @@ def test_event_has_the_plugins_shape():
     assert len(event["transaction_id"]) == 36 and uuid.UUID(event["transaction_id"])
     kong = event["metadata"]["kong"]
     assert kong["service"]["name"] and kong["route"]["name"] and "latencies" in kong
+    assert kong["service_name"] == rec["service"]["name"]  # the plugin's key, which dashboards filter on
 
 
 def test_user_falls_back_to_the_jwt_then_consumer():
@@ -176,7 +177,8 @@ def test_backfill_to_moesif_exactly_once_with_default_batch_size(tmp_path):
     log = tmp_path / "kong.json"
     write_recent(log, range(450))
     with FakeMoesif() as fake:
-        result = ship("backfill", str(log), *args(fake, tmp_path, "--concurrency", "1"), env=ENV)
+        # A long flush interval: batches fill to batch_size whatever the machine's load.
+        result = ship("backfill", str(log), *args(fake, tmp_path, "--concurrency", "1", "--flush-interval", "5"), env=ENV)
         assert result.returncode == 0, result.stderr
         got = collections.Counter(seq_of(e) for e in fake.events)
         assert set(got) == set(range(450)) and max(got.values()) == 1
@@ -184,6 +186,7 @@ def test_backfill_to_moesif_exactly_once_with_default_batch_size(tmp_path):
         assert all(r.headers["content-encoding"] == "gzip" for r in posts)
         sizes = [len(orjson.loads(gzip.decompress(r.body))) for r in posts]
         assert max(sizes) == 200  # the plugin's batch_size
+        assert {e["weight"] for e in fake.events} == {1}  # the plugin weighs every event, 1 at 100 %
         assert fake.config_requests >= 1
 
 

@@ -3,7 +3,10 @@
 Checks what Moesif checks: the `X-Moesif-Application-Id` header (401 otherwise), a gzip or plain JSON array of
 events, each with `request.time` (ISO-8601), an absolute `request.uri`, `request.verb`, `response.time`, an
 integer `response.status`, `direction`, a `transaction_id` of at most 36 characters, `weight` ≥ 1 when given,
-and `transfer_encoding: base64` bodies that really are base64. Answers 201 like Moesif's own API.
+string `user_id`, `company_id`, `session_token` and `request.ip_address` when given, an object `metadata`, and
+`transfer_encoding: base64` bodies that really are base64. Answers 201 like Moesif's own API. Like Moesif, it
+keeps no event whose `request.time` is more than 30 days old: such events are accepted and dropped (listed in
+`too_old`), so a test sees what a shipper that sent them would have lost.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import base64
 import binascii
 import gzip
 import zlib
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -27,6 +30,7 @@ class FakeMoesif(FakeHTTPServer):
         self.config = config or {"sample_rate": 100, "user_sample_rate": {}, "company_sample_rate": {}}
         self.etag = etag
         self.events: list[dict[str, Any]] = []
+        self.too_old: list[dict[str, Any]] = []
         self.config_requests = 0
 
     def set_config(self, config: dict[str, Any], etag: str) -> None:
@@ -61,8 +65,11 @@ class FakeMoesif(FakeHTTPServer):
             problem = self._check(event)
             if problem:
                 return self.refuse(400, f"events[{i}]: {problem}")
+        oldest = datetime.now(UTC) - timedelta(days=30)
         with self._lock:
-            self.events.extend(events)
+            for event in events:
+                when = datetime.fromisoformat(str(event["request"]["time"]).replace("Z", "+00:00"))
+                (self.too_old if when.tzinfo and when < oldest else self.events).append(event)
         self.notify()
         return json_response(201, {}, {"X-Moesif-Config-ETag": self.etag})
 
@@ -96,6 +103,13 @@ class FakeMoesif(FakeHTTPServer):
         tid = event.get("transaction_id")
         if tid is not None and (not isinstance(tid, str) or len(tid) > 36):
             return "transaction_id must be a string of at most 36 characters"
+        for key in ("user_id", "company_id", "session_token"):
+            if key in event and not isinstance(event[key], str):
+                return f"{key} must be a string"
+        if request.get("ip_address") is not None and not isinstance(request["ip_address"], str):
+            return "request.ip_address must be a string"
+        if "metadata" in event and not isinstance(event["metadata"], dict):
+            return "metadata must be an object"
         weight = event.get("weight")
         if weight is not None and (not isinstance(weight, int) or weight < 1):
             return "weight must be an integer >= 1"
