@@ -281,11 +281,15 @@ def test_metadata_keeps_the_plugins_keys_beside_kong_3_fields():
 
 
 # -- 7. Moesif's 30-day window ---------------------------------------------------------------------------------
-def test_events_older_than_30_days_are_filtered_with_a_reason():
+def test_events_older_than_30_days_are_filtered_with_a_reason(monkeypatch):
+    monkeypatch.setenv("MOESIF_APPLICATION_ID", "moesif-app")
     with pytest.raises(EventFiltered, match="30-day"):
-        sink().encode(call(started_at=NOW - 31 * DAY))
-    assert encoded(sink(), call(started_at=NOW - 29 * DAY))["weight"] == 1
-    assert encoded(sink(max_age_days=None), call(started_at=NOW - 400 * DAY))["weight"] == 1
+        sink(max_age_days=30).encode(call(started_at=NOW - 31 * DAY))
+    assert encoded(sink(max_age_days=30), call(started_at=NOW - 29 * DAY))["weight"] == 1
+    # Read-time dating (no start time in the record) is recent by construction.
+    assert encoded(sink(max_age_days=30), call(started_at=NOW - 31 * DAY, started_at_estimated=True))["weight"] == 1
+    assert encoded(sink(), call(started_at=NOW - 400 * DAY))["weight"] == 1  # built by hand: no window
+    assert MoesifSink.from_options({}, None).max_age_ms == 30 * DAY  # every CLI-built sink has it
 
 
 def test_backfill_counts_old_records_as_filtered_and_sends_the_rest(tmp_path):

@@ -127,7 +127,7 @@ class MoesifSink(EventBuilder):
         debug: bool = False,
         batch_size: int = 200,
         fetch_config: bool = True,
-        max_age_days: float | None = 30,
+        max_age_days: float | None = None,
     ):
         self.base = endpoint.rstrip("/")
         self.url = self.base + "/v1/events/batch"
@@ -157,7 +157,7 @@ class MoesifSink(EventBuilder):
         self.default_batch_events = batch_size
         self.http_timeout = httpx.Timeout(send_timeout / 1000, connect=connect_timeout / 1000)
         self.keepalive_expiry = keepalive / 1000
-        # Moesif's window; None sends whatever the age (tests of old fixed records, `kong-ship parse`).
+        # Moesif's window (from_options sets it: every CLI-built sink has it); None sends whatever the age.
         self.max_age_ms = None if max_age_days is None else max_age_days * 86_400_000
         self.sampler = Sampler(self.base, application_id, self.http_timeout, debug=debug, enabled=fetch_config)
 
@@ -188,6 +188,7 @@ class MoesifSink(EventBuilder):
             send_timeout=opts.get("moesif_send_timeout") or 2000,
             keepalive=opts.get("moesif_keepalive", 5000),
             debug=bool(opts.get("moesif_debug")),
+            max_age_days=MAX_AGE_MS / 86_400_000,
         )
 
     def encode(self, txn: Transaction) -> bytes:
