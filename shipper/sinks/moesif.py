@@ -7,15 +7,19 @@ from its record (the plugin sent none, so its retries made duplicates), a full q
 dropping, Authorization and the other default secrets are masked in headers, query and bodies (JSON and
 form-encoded, by key; `processors.masking`), bodies whose keys cannot be inspected are not sent at all, JWTs
 are decoded as base64url, and milliseconds are zero-padded.
+
+The event is built in `moesif_event` (the plugin's ip_address, user_id, company_id, session_token and
+metadata rules), sampling in `moesif_sampling` (the plugin 2.1.2 rule: the lowest applicable rate, weight on
+every event); this module is the sink: options, Moesif's 30-day window, batches and answers.
 """
 
 from __future__ import annotations
 
 import gzip
-import zlib
 import logging
 import re
 import time
+import zlib
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from os import PathLike
