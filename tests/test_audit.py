@@ -431,9 +431,10 @@ def test_tail_verify_key_marks_and_dead_letters(tmp_path, token_file, keys):
 
 
 def test_tail_to_moesif_sends_admin_requests(tmp_path, token_file):
+    recent = int(time.time()) - 3600  # Moesif drops events older than 30 days, and so does the sink
     with FakeKongAdmin(TOKEN) as admin, FakeMoesif() as moesif:
-        requests = [admin.add_request(T0 + i, signed=False, rbac_user_id="ops") for i in range(3)]
-        admin.add_object(T0, signed=False)
+        requests = [admin.add_request(recent + i, signed=False, rbac_user_id="ops") for i in range(3)]
+        admin.add_object(recent, signed=False)
         result = ship(*tail_args(admin, moesif.url, tmp_path, token_file, "--once", sink="moesif"), env=env())
         assert result.returncode == 0, result.stderr.decode()
         assert not moesif.rejections
