@@ -1,4 +1,9 @@
-"""Typed settings of a run, filled by the CLI (flags > environment > defaults)."""
+"""Typed settings of a run, filled by the CLI (flags > environment > config file > defaults).
+
+The defaults are written here and only here: the click options read them (`default=Settings.poll_interval`),
+and a command without an option (`receive` has no --poll-interval) leaves its field at the default. Frozen: a
+run's settings do not change once it starts, so any thread may read them without a lock.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ def default_state_dir() -> str:
     return os.path.join(xdg, "kong-ship")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Settings:
     paths: list[str]
     sinks: list[str] = field(default_factory=lambda: ["stdout"])

@@ -23,8 +23,12 @@ from typing import Any
 import click
 import orjson
 
-from shipper.cli import _apply, _config_option, _drive, _run, _setup_logging, _shipping, _summary
-from shipper.commands import prepare_spooled
+from shipper.commands.options import apply_options, config_option, shipping_options
+from shipper.commands.running import drive as _drive
+from shipper.commands.running import json_stderr, prepare_spooled, say
+from shipper.commands.running import run as _run
+from shipper.commands.running import setup_logging as _setup_logging
+from shipper.commands.running import summary as _summary
 from shipper.errors import ConfigError, FatalError
 from shipper.formats import audit_signature
 from shipper.sinks.credentials import read_secret
@@ -104,7 +108,7 @@ def audit() -> None:
 
 # -- tail ------------------------------------------------------------------------------------------------------
 @audit.command()
-@_apply(_admin_options + _tail_options + _shipping + [_config_option])
+@apply_options(_admin_options + _tail_options + shipping_options + [config_option])
 def tail(**kw: Any) -> None:
     """Poll the Admin API's /audit/requests and /audit/objects and ship every record once, across restarts.
 
@@ -248,13 +252,11 @@ def _tail_forever(poller: Poller, spool, settings, sinks, kw, interval: float) -
 
 def _poll_summary(poller: Poller) -> None:
     counts = poller.counts
-    import shipper.cli as cli_module
-
-    if cli_module._json_stderr:  # --log-format json: every stderr line is JSON
+    if json_stderr():  # --log-format json: every stderr line is JSON
         fields = {"requests": counts["requests"], "objects": counts["objects"]}
         if poller.verify_key is not None:
             fields.update({name: counts[name] for name in (audit_signature.VERIFIED, audit_signature.UNSIGNED, audit_signature.INVALID)})
-        cli_module._say("info", "audit summary", **fields)
+        say("info", "audit summary", **fields)
         return
     line = f"audit: {counts['requests']:,} admin requests and {counts['objects']:,} config changes fetched"
     if poller.verify_key is not None:
@@ -273,12 +275,12 @@ def _poll_summary(poller: Poller) -> None:
 @click.argument("files", nargs=-1)
 @click.option("--public-key", required=True, type=click.Path(dir_okay=False), metavar="PUBLIC.PEM",
               help="The RSA public key matching Kong's audit_log_signing_key.")
-@_apply(_admin_options + [_ca_option])
+@apply_options(_admin_options + [_ca_option])
 @click.option("--require-signed", is_flag=True, help="Unsigned records fail too.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON, for scripts.")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
               help="HTTP request timeout, seconds.")
-@_config_option
+@config_option
 def verify(files: tuple[str, ...], **kw: Any) -> None:
     """Check the signature of each audit record, from the Admin API (--admin-url) or from FILEs.
 

@@ -16,8 +16,10 @@ from typing import Any
 
 import click
 
-from shipper.cli import _apply, _config_option, _drive, _shipping, _summary
-from shipper.commands import prepare_spooled
+from shipper.commands.options import apply_options, config_option, shipping_options
+from shipper.commands.running import drive as _drive
+from shipper.commands.running import prepare_spooled
+from shipper.commands.running import summary as _summary
 from shipper.errors import ConfigError
 from shipper.sinks.credentials import read_secret
 from shipper.threads import supervised
@@ -77,7 +79,7 @@ def _secret(kw: dict[str, Any]) -> bytes | None:
 
 
 @click.command()
-@_apply(_receiving + _shipping + [_config_option])
+@apply_options(_receiving + shipping_options + [config_option])
 def receive(**kw: Any) -> None:
     """Accept Kong event-hook deliveries over HTTP (handler=webhook), check their x-kong-signature, and ship
     the events to the sinks.

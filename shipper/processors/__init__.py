@@ -1,17 +1,25 @@
-"""Processors: small plain functions `(Transaction) -> Transaction | None`, composed into a chain.
+"""Processors: callables `(Transaction) -> Transaction | None`, composed into a chain.
 
-Each may change the transaction in place and return it, or return None to drop it. `build_chain` composes the
-default chain; tests and later features (filters, sampling) compose their own.
+Each may change the transaction in place and return it, or return None to drop it. As structlog's processors:
+configured once (the work done at construction), cheap to call, and shown by their `repr`, so that
+`check-config` can print the chain a run would use. `build_chain` composes the default chain and `chain_for`
+composes it from a run's settings (the pipeline and `parse` both); tests and later features (filters,
+sampling) compose their own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from types import FunctionType
+from typing import TYPE_CHECKING
 
 from shipper.model import Transaction
 from shipper.processors.identity import DEFAULT_JWT_PLACES, identify
 from shipper.processors.masking import Masker, drop_raw
 from shipper.processors.window import time_window
+
+if TYPE_CHECKING:  # only a type here: shipper.settings imports the processors' defaults
+    from shipper.settings import Settings
 
 Processor = Callable[[Transaction], Transaction | None]
 
@@ -47,3 +55,26 @@ def run_chain(chain: Sequence[Processor], txn: Transaction) -> Transaction | Non
         if txn is None:
             return None
     return txn
+
+
+def chain_for(settings: Settings) -> tuple[Masker, list[Processor]]:
+    """A run's masker (its dead-letter file masks with it too) and its processor chain, from its settings."""
+    masker = Masker((*settings.mask_headers, *settings.mask_query, *settings.mask_body_keys), settings.ship_raw_bodies)
+    chain = build_chain(
+        settings.jwt_places, settings.jwt_claim, since_ms=settings.since_ms, until_ms=settings.until_ms, masker=masker
+    )
+    return masker, chain
+
+
+def describe(processor: Processor) -> str:
+    """A processor as `check-config` shows it: its own repr, else (a plain function, a class that has no repr
+    yet) its name."""
+    if isinstance(processor, FunctionType):
+        return processor.__name__
+    if type(processor).__repr__ is not object.__repr__:
+        return repr(processor)
+    return type(processor).__name__
+
+
+def describe_chain(chain: Sequence[Processor]) -> str:
+    return " → ".join(describe(processor) for processor in chain)

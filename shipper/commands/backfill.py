@@ -1,0 +1,83 @@
+"""`kong-ship backfill PATH...`: ship log files to their end (plain or gzip, oldest first) and exit."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+import click
+
+from shipper.commands.options import (
+    apply_options,
+    config_option,
+    progress_option,
+    shipping_options,
+    understanding_options,
+    window_options,
+    workers_option,
+)
+from shipper.commands.running import (
+    exit_if_unreadable,
+    json_stderr,
+    need_a_match,
+    need_paths,
+    prepare,
+    report_inputs,
+    run,
+    summary,
+)
+from shipper.sources.files import expand
+
+log = logging.getLogger("kong-ship")
+
+
+@click.command()
+@click.argument("paths", nargs=-1)
+@apply_options(shipping_options + understanding_options + window_options
+               + [progress_option, workers_option("auto"), config_option])
+def backfill(paths: tuple[str, ...], **kw: Any) -> None:
+    """Ship log files (plain or gzip, oldest first) to their end, wait for every acknowledgement, and exit.
+
+    Uses the same checkpoints as `tail`: a second run ships only what is new. Exit 1 if the vendor
+    permanently rejected any event (they are in the dead-letter file).
+    """
+    need_paths(paths)
+    need_a_match(paths)
+    settings, sinks = prepare(paths, kw)
+    unreadable = report_inputs(paths)
+    progress = kw.get("progress")
+    if progress is None:
+        progress = sys.stderr.isatty() and not json_stderr()  # a bar is not JSON
+    pipeline, result = run(settings, sinks, follow=False, metrics_addr=kw.get("metrics_addr"), progress=progress)
+    summary(result, sys.stderr)
+    if pipeline.forced_by:
+        sys.exit(128 + pipeline.forced_by)
+    if pipeline.stopped_by:
+        how_far(pipeline, result)
+        sys.exit(128 + pipeline.stopped_by)  # 130 for Ctrl-C, 143 for SIGTERM: the backfill did not finish
+    if any(lane.rejected for lane in result.lanes):
+        sys.exit(1)
+    exit_if_unreadable(unreadable)
+
+
+def how_far(pipeline, result) -> None:
+    """An interrupted backfill says how far it got: files and bytes acknowledged by every sink, records shipped."""
+    sizes = {}
+    for path in expand(pipeline.settings.paths):
+        try:
+            sizes[os.path.abspath(path)] = os.stat(path).st_size
+        except OSError:
+            pass
+    # only files every sink has seen; the others are not started. Checkpoints keep absolute paths.
+    behind = {os.path.abspath(path): lag for path, lag in pipeline.behind().items()}
+    done_files = sum(1 for path in sizes if path in behind and behind[path] == 0)
+    done_bytes = sum(max(0, size - behind[path]) for path, size in sizes.items() if path in behind)
+    shipped = ", ".join(f"{lane.sent:,} shipped to {lane.sink}" for lane in result.lanes)
+    log.warning(
+        "interrupted by %s: %d of %d file(s) done, %s of %s MB, %s; the next run resumes from there",
+        signal.Signals(pipeline.stopped_by).name, done_files, len(sizes), f"{done_bytes / 1e6:,.1f}",
+        f"{sum(sizes.values()) / 1e6:,.1f}", shipped,
+    )

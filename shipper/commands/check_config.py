@@ -1,0 +1,61 @@
+"""`kong-ship check-config`: validate the configuration as `tail` would see it and print it, secrets redacted."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import click
+
+from shipper.commands.options import (
+    apply_options,
+    config_option,
+    following_options,
+    shipping_options,
+    understanding_options,
+    workers_option,
+)
+from shipper.commands.running import json_stderr, prepare, say, sink_urls
+from shipper.errors import ConfigError
+from shipper.processors import chain_for, describe_chain
+from shipper.processors.redact import redact_url
+from shipper.sources.files import expand, input_problems
+
+
+@click.command("check-config")
+@click.argument("paths", nargs=-1)
+@apply_options(shipping_options + understanding_options + following_options + [workers_option("0"), config_option])
+def check_config(paths: tuple[str, ...], **kw: Any) -> None:
+    """Validate the configuration (file, environment and flags, as `tail` would see them) and print the
+    effective settings, secrets redacted. Exit 2 with one line on the first problem."""
+    settings, sinks = prepare(paths, kw)
+    from shipper.service.config import effective_toml
+
+    counts = check_inputs(settings.paths)
+    resolved = {
+        "paths": [os.path.abspath(p) for p in settings.paths], "nginx_field": settings.nginx_fields,
+        "jwt_from": list(settings.jwt_places), "state_dir": settings.state_dir,
+        "dead_letter": os.path.abspath(settings.dead_letter_path), "ca_file": settings.ca_file,
+        "workers": kw["workers"],  # `auto` as given: the file stays right on another machine
+    }
+    endpoints = {name: redact_url(url) if url else None for name, url in sink_urls(kw["endpoint"], settings.sinks).items()}
+    defaults = {sink.name: redact_url(url) if (url := getattr(sink, "url", None) or getattr(sink, "base", None)) else None
+                for sink in sinks if sink.name != "stdout"}
+    click.echo(effective_toml(kw, settings.paths, resolved, settings.sinks, endpoints, defaults), nl=False)
+    # The chain each record passes, built as the pipeline builds it (stderr: stdout stays a valid config file).
+    chain = f"processors: {describe_chain(chain_for(settings)[1])}"
+    for line in (chain, f"inputs: {counts}", "configuration OK"):
+        if json_stderr():
+            say("info", line)  # with --log-format json, every stderr line is JSON
+        else:
+            click.echo(line, err=True)
+
+
+def check_inputs(patterns: list[str]) -> str:
+    """check-config checks the inputs as backfill reads them: each pattern matches, each file can be read; the
+    first problem is the error (exit 2), else how many files each pattern matches."""
+    problems = input_problems(patterns)
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise ConfigError(f"input {problems[0]}{more}")
+    return ", ".join(f"{pattern}: {len(expand([pattern]))} file(s)" for pattern in patterns)

@@ -1,0 +1,65 @@
+"""`kong-ship parse PATH...`: the normalized transactions as NDJSON on stdout; nothing sent, no state written."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from shipper.commands.options import apply_options, config_option, understanding_options, window_options
+from shipper.commands.running import (
+    exit_if_unreadable,
+    make_parser,
+    need_a_match,
+    need_paths,
+    report_inputs,
+    settings_fields,
+)
+from shipper.deadletter import DeadLetter
+from shipper.processors import chain_for
+from shipper.processors.redact import mask_text
+from shipper.settings import Settings
+from shipper.sources.files import FileSource, Oversize
+from shipper.transform import EVENT, FAILED, INVALID, NormalizedLines, Transformer
+
+
+@click.command()
+@click.argument("paths", nargs=-1)
+@apply_options(understanding_options + window_options + [config_option])
+def parse(paths: tuple[str, ...], **kw: Any) -> None:
+    """Print the normalized transactions of log files as NDJSON; send nothing, write no state.
+
+    Lines that cannot be understood are reported on stderr, one line each. Masks apply, as when shipping.
+    """
+    need_paths(paths)
+    need_a_match(paths)
+    parser = make_parser(kw["fmt"], dict(kw["nginx_field"]))
+    # The same settings and chain as a shipping run's: what parse prints is what would be shipped.
+    settings = Settings(paths=list(paths), **settings_fields(kw))
+    masker, chain = chain_for(settings)
+    unreadable = report_inputs(paths)
+    source = FileSource(list(paths), known=lambda fingerprint: {}, follow=False, max_line_bytes=settings.max_line_bytes)
+    out = sys.stdout.buffer
+    errors = DeadLetter(None, masker)
+    transform = Transformer(parser, chain, NormalizedLines())  # the boundary of shipping: no line stops a parse
+    for file_id, data, offset, end in source.read_all():
+        where = f"{source.path_of(file_id)}: offset {offset}"  # a byte offset (what the dead-letter file keeps)
+        if type(data) is Oversize:
+            errors.write("too_long", "")
+            click.echo(f"kong-ship: {where}: too_long: line of {data.length} bytes", err=True)
+            continue
+        outcome, payload, _ = transform(file_id, data, offset, end)
+        if outcome == EVENT:
+            out.write(payload)
+        elif outcome in (INVALID, FAILED):
+            reason, detail = payload
+            errors.write(reason, detail)
+            click.echo(f"kong-ship: {where}: {reason}: {mask_text(detail, masker)}", err=True)
+    source.close()
+    out.flush()
+    for path, size in source.unterminated:
+        click.echo(f"kong-ship: {path}: ends with {size} bytes of an unfinished line (not printed)", err=True)
+    if errors.total:
+        click.echo(f"kong-ship: {errors.total} line(s) not understood", err=True)
+    exit_if_unreadable(unreadable)

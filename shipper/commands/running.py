@@ -1,0 +1,354 @@
+"""What every shipping command does around its pipeline: set up logging, turn options into `Settings` and sinks,
+run the pipeline with its progress bar and metrics endpoint, and print the summary.
+
+stderr speaks one language per run: text, or with --log-format json one JSON object per line. `say` writes the
+lines that are not log records (an input error, a fatal end) in that language, so they too follow the flag.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+import click
+import orjson
+
+from shipper.commands.options import RUN_OPTIONS, SETTINGS_FIELD, SINK_OPTION_NAMES, Endpoint
+from shipper.errors import ConfigError
+from shipper.formats import Parser
+from shipper.processors.identity import DEFAULT_JWT_PLACES
+from shipper.processors.redact import mask_text, redact_url, url_has_userinfo
+from shipper.settings import Settings, default_state_dir
+from shipper.sinks import SINK_NAMES, sink_class
+from shipper.sources.checkpoints import check_state_dir
+from shipper.sources.files import expand, input_problems
+from shipper.service.progress import terminal_width
+from shipper.transform import default_workers
+
+log = logging.getLogger("kong-ship")
+
+
+# -- stderr and logging ----------------------------------------------------------------------------------------
+class _StderrStyle:
+    json = False  # --log-format json: every line kong-ship writes to stderr is one JSON object
+
+
+_stderr = _StderrStyle()
+
+
+def json_stderr() -> bool:
+    return _stderr.json
+
+
+def use_json_stderr(on: bool) -> None:
+    """Set before logging is (main reads --log-format from the arguments and the file), so that the errors
+    found before a command runs follow the flag too."""
+    _stderr.json = on
+
+
+def say(level: str, message: str, **fields: Any) -> None:
+    """A line on stderr that is not a log record (an input error, a fatal end): `kong-ship: LEVEL: message`, or
+    with --log-format json one JSON object, like the log lines."""
+    if _stderr.json:
+        click.echo(orjson.dumps({"time": utc_stamp(time.time()), "level": level, "message": message, **fields}).decode(),
+                   err=True)
+    else:
+        click.echo(f"kong-ship: {level}: {message}", err=True)
+
+
+def utc_stamp(now: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+
+
+class JSONFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return orjson.dumps(
+            {
+                "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+                "level": record.levelname.lower(),
+                "message": record.getMessage(),
+            }
+        ).decode()
+
+
+class RedactFilter(logging.Filter):
+    """Our own log lines pass the textual masks: a request target with `?token=…` (receive's debug log), a URL
+    with userinfo or a header quoted in a message never reaches the journal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_text(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+def setup_logging(level: str, fmt: str = "text") -> None:
+    use_json_stderr(fmt == "json")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactFilter())
+    if fmt == "json":
+        formatter: logging.Formatter = JSONFormatter()
+        formatter.converter = time.gmtime
+    else:
+        formatter = logging.Formatter("kong-ship: %(levelname)s: %(message)s")
+    handler.setFormatter(formatter)
+    root = logging.getLogger("kong-ship")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+# -- inputs ----------------------------------------------------------------------------------------------------
+def need_paths(paths: tuple[str, ...]) -> None:
+    if not paths:
+        raise ConfigError("no log files given: pass PATH... or set input.paths in the config file")
+
+
+def need_a_match(paths: tuple[str, ...]) -> None:
+    if not expand(list(paths)):
+        raise ConfigError(f"no file matches {' '.join(paths)}")  # nothing to do at all: a usage error
+
+
+def report_inputs(paths: tuple[str, ...]) -> int:
+    """One-shot commands name each input they cannot read (no match, not a regular file, no permission) and
+    read the others; the run then exits 1, since "skipped until it becomes readable" means nothing here."""
+    problems = input_problems(list(paths))
+    for problem in problems:
+        say("error", problem)
+    return len(problems)
+
+
+def exit_if_unreadable(count: int) -> None:
+    if count:
+        say("error", f"{count} input(s) could not be read (listed above)")
+        sys.exit(1)
+
+
+# -- options -> Settings ---------------------------------------------------------------------------------------
+def make_parser(fmt: str, nginx_fields: dict[str, str]) -> Parser:
+    try:
+        return Parser(fmt, nginx_fields)
+    except ValueError as exc:  # an --nginx-field naming no transaction field
+        raise ConfigError(f"--nginx-field: {exc}") from None
+
+
+def jwt_places(values: tuple[str, ...]) -> tuple[str, ...]:
+    for value in values:
+        if not value.strip() or any(not part for part in value.strip().split(".")):
+            raise ConfigError(f"--jwt-from {value!r}: expected a dotted path, e.g. {DEFAULT_JWT_PLACES[0]}")
+    return tuple(v.strip() for v in values) or DEFAULT_JWT_PLACES
+
+
+def load_ca_file(path: str | None) -> str | None:
+    """Load --ca-file once at start, so a bad file is a usage error (exit 2) and not a failure per request."""
+    if not path:
+        return None
+    from shipper.delivery.sender import tls_context
+
+    try:
+        tls_context(path)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise ConfigError(f"--ca-file {path}: cannot load it: {getattr(exc, 'strerror', None) or exc}") from None
+    return os.path.abspath(path)
+
+
+# How an option's value becomes its Settings field's, where it is not the value itself.
+_FIELD_VALUE = {
+    "sinks": lambda names: list(dict.fromkeys(names)),
+    "state_dir": lambda path: os.path.abspath(path or default_state_dir()),
+    "nginx_field": dict,
+    "jwt_from": jwt_places,
+    "mask_header": tuple,
+    "mask_query": tuple,
+    "mask_body_key": tuple,
+    "ship_raw_bodies": bool,
+    "workers": lambda workers: default_workers() if workers == "auto" else workers,
+    "since": lambda moment: moment.ms if moment else None,
+    "until": lambda moment: moment.ms if moment else None,
+    "ca_file": load_ca_file,
+}
+
+
+def settings_fields(kw: dict[str, Any]) -> dict[str, Any]:
+    """The Settings fields the command's options give; the options a command lacks leave their field at its
+    default (`receive` has no --poll-interval). Sink options go to `sink_options`, exactly those."""
+    fields: dict[str, Any] = {}
+    for name, value in kw.items():
+        if name in RUN_OPTIONS or name in SINK_OPTION_NAMES:
+            continue
+        convert = _FIELD_VALUE.get(name)
+        fields[SETTINGS_FIELD.get(name, name)] = convert(value) if convert else value
+    fields["sink_options"] = {name: value for name, value in kw.items() if name in SINK_OPTION_NAMES}
+    return fields
+
+
+def build_settings(paths: tuple[str, ...], kw: dict[str, Any], **fixed: Any) -> Settings:
+    """The run's Settings from the command's options; `fixed` sets fields the command decides itself (a spooled
+    command's state directory and line limit)."""
+    if not kw["sinks"]:
+        raise ConfigError(f"no sink: pass --sink {{{','.join(SINK_NAMES)}}} or add a [sinks.NAME] table to the "
+                          "config file")
+    if "fmt" in kw:
+        make_parser(kw["fmt"], dict(kw["nginx_field"]))
+    since, until = kw.get("since"), kw.get("until")
+    if since and until and since.ms >= until.ms:
+        raise ConfigError(f"--since {since.text} is not before --until {until.text}: the window is empty")
+    return Settings(paths=list(paths), **{**settings_fields(kw), **fixed})
+
+
+def sink_urls(endpoints: tuple[Endpoint, ...], sinks: list[str]) -> dict[str, str | None]:
+    """Each sink's --endpoint (None: the vendor's default)."""
+    out: dict[str, str | None] = {name: None for name in sinks}
+    for endpoint in endpoints:
+        if endpoint.sink is not None:
+            if endpoint.sink not in sinks:
+                # e.g. the config file names several sinks and the command line picked fewer
+                log.warning("--endpoint %s: no --sink %s in this run; ignored", endpoint.text, endpoint.sink)
+                continue
+            out[endpoint.sink] = endpoint.url
+        elif len(sinks) > 1:
+            raise ConfigError(f"--endpoint {endpoint.text}: with several sinks, name one: --endpoint SINK=URL")
+        else:
+            out[sinks[0]] = endpoint.url
+    for name, url in out.items():
+        if url is not None and url_has_userinfo(url):
+            # httpx would turn it into an Authorization header, replacing the vendor's credential (Segment's
+            # write key), and it would show wherever the endpoint is printed: refused, not silently stripped.
+            raise ConfigError(f"--endpoint {redact_url(url)}: a user:password@ in the URL is refused; "
+                              f"give the {name} credential the documented way")
+    return out
+
+
+def build_sinks(settings: Settings, endpoints: tuple[Endpoint, ...]) -> list:
+    urls = sink_urls(endpoints, settings.sinks)
+    return [sink_class(name).from_options(settings.sink_options, urls[name]) for name in settings.sinks]
+
+
+def prepare(paths: tuple[str, ...], kw: dict[str, Any], **fixed: Any) -> tuple[Settings, list]:
+    need_paths(paths)
+    setup_logging(kw["log_level"], kw["log_format"])
+    settings = build_settings(paths, kw, **fixed)
+    sinks = build_sinks(settings, kw["endpoint"])  # credentials first: the most common mistake
+    check_state_dir(settings.state_dir)
+    return settings, sinks
+
+
+def prepare_spooled(kw: dict[str, Any], name: str, max_line_bytes: int) -> tuple[Settings, list, str]:
+    """Settings and sinks for a command whose records reach the pipeline through a spool (`receive`, `audit
+    tail`), and the spool's directory.
+
+    Everything of such a command lives in STATE_DIR/<name>/ (spool, checkpoints, dead letters), so a `tail` on
+    the same node may share --state-dir without the two mixing their checkpoints. Spooled records are kong-ship's
+    own JSON envelopes: no format guessing, no JWTs or header masks to configure (those fields keep their
+    defaults), read from their start in one process."""
+    spool_dir = os.path.join(os.path.abspath(kw["state_dir"] or default_state_dir()), name)
+    settings, sinks = prepare(
+        (os.path.join(spool_dir, "spool-*.jsonl"),), kw, state_dir=spool_dir, max_line_bytes=max_line_bytes
+    )  # creates spool_dir
+    return settings, sinks, spool_dir
+
+
+# -- running ---------------------------------------------------------------------------------------------------
+def run(settings: Settings, sinks: list, follow: bool, metrics_addr: str | None = None, progress: bool = False):
+    from shipper.pipeline import Pipeline
+
+    pipeline = Pipeline(settings, sinks, follow=follow)
+    return pipeline, drive(pipeline, metrics_addr, progress)
+
+
+def drive(pipeline, metrics_addr: str | None = None, progress: bool = False):
+    """Run a pipeline to its end, with the progress bar and the metrics endpoint around it; its RunResult."""
+    bar = None
+    if progress:
+        from shipper.service.progress import Progress
+
+        bar = Progress(pipeline, sys.stderr)
+        bar.start()
+    server = None
+    if metrics_addr:
+        from shipper.service.metrics import serve
+
+        server = serve(pipeline, metrics_addr)
+        log.info("metrics at http://%s/metrics", metrics_addr)
+    try:
+        result = pipeline.run()
+    finally:
+        if bar is not None:
+            bar.stop()
+        if server is not None:
+            server.shutdown()
+    return result
+
+
+# -- the summary -----------------------------------------------------------------------------------------------
+# Every line read is in exactly one of: shipped, filtered, dead-lettered, rejected, skipped, blank (once delivered).
+SUMMARY_COLUMNS = ("read", "shipped", "filtered", "dead-lettered", "rejected", "skipped", "blank", "anonymous", "retries")
+
+
+def summary(result, stream) -> None:
+    """The end of a run as a small table, one row per sink, then the totals (--log-format json: one JSON
+    object with the same counts). On a terminal, columns that are all zero go first when it is too narrow."""
+    read = sum(lane.read for lane in result.lanes[:1])
+    rate = read / result.elapsed if result.elapsed > 0 else 0.0
+    mb = sum(lane.bytes_read for lane in result.lanes[:1]) / 1e6
+    if _stderr.json:
+        summary_json(result, stream, rate, mb)
+        return
+    rows = [("sink", *SUMMARY_COLUMNS)]
+    for lane in result.lanes:
+        values = (
+            lane.read, lane.sent, lane.filtered, lane.dead_lettered, lane.rejected, lane.skipped, lane.blank,
+            lane.anonymous, lane.retries,
+        )
+        rows.append((lane.sink, *(f"{v:,}" for v in values)))
+    width = terminal_width(stream)
+    while width and table_width(rows) >= width:
+        # "read" and "shipped" stay; then the rightmost column that says nothing (all zero) goes
+        empty = [i for i in range(3, len(rows[0])) if all(row[i] == "0" for row in rows[1:])]
+        if not empty:
+            break
+        rows = [row[: empty[-1]] + row[empty[-1] + 1 :] for row in rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
+        for row in rows
+    ]
+    lines.append(f"elapsed {result.elapsed:.1f} s, {rate:,.0f} records/s, {mb / result.elapsed if result.elapsed > 0 else 0:,.1f} MB/s")
+    if result.dead_letters:
+        reasons = ", ".join(f"{n} {r}" for r, n in sorted(result.dead_letters.items()))
+        lines.append(f"dead letters: {reasons} → {result.dead_letter_path}")
+    for lane in result.lanes[:1]:
+        for path, size in lane.unterminated:
+            lines.append(f"waiting for a newline: {path} ends with {size} bytes of an unfinished line (not shipped)")
+    stream.write("\n".join(lines) + "\n")
+    stream.flush()
+
+
+def table_width(rows) -> int:
+    return sum(max(len(row[i]) for row in rows) for i in range(len(rows[0]))) + 2 * (len(rows[0]) - 1)
+
+
+def summary_json(result, stream, rate: float, mb: float) -> None:
+    sinks = [
+        {
+            "sink": lane.sink, "read": lane.read, "shipped": lane.sent, "filtered": lane.filtered,
+            "dead_lettered": lane.dead_lettered, "rejected": lane.rejected, "skipped": lane.skipped,
+            "blank": lane.blank, "anonymous": lane.anonymous, "retries": lane.retries,
+        }
+        for lane in result.lanes
+    ]
+    unterminated = [{"file": p, "bytes": n} for lane in result.lanes[:1] for p, n in lane.unterminated]
+    record = {
+        "time": utc_stamp(time.time()),
+        "level": "info", "message": "summary", "sinks": sinks, "elapsed_s": round(result.elapsed, 3),
+        "records_per_s": round(rate, 1), "mb_per_s": round(mb / result.elapsed if result.elapsed > 0 else 0.0, 3),
+        "dead_letters": dict(result.dead_letters), "dead_letter_file": result.dead_letter_path or None,
+        "unterminated": unterminated,
+    }
+    stream.write(orjson.dumps(record).decode() + "\n")
+    stream.flush()

@@ -1,0 +1,32 @@
+"""`kong-ship status`: the checkpoints and the lag, read from the state directory (no running kong-ship needed)."""
+
+from __future__ import annotations
+
+import os
+
+import click
+import orjson
+
+from shipper.errors import ConfigError
+from shipper.settings import default_state_dir
+
+
+@click.command()
+@click.option("--state-dir", envvar="KONG_SHIP_STATE_DIR", type=click.Path(file_okay=False),
+              help="The state directory [env KONG_SHIP_STATE_DIR; default as for tail].")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON, for scripts.")
+def status(state_dir: str | None, as_json: bool) -> None:
+    """Show, per sink and file, the checkpoint, the file's size and the lag (bytes not yet shipped).
+
+    Reads the state directory only: no running kong-ship is needed.
+    """
+    from shipper.service.status import collect, render
+
+    state_dir = state_dir or default_state_dir()
+    if not os.path.isdir(state_dir):
+        raise ConfigError(f"state directory {state_dir} does not exist (set --state-dir)")
+    rows = collect(state_dir)
+    if as_json:
+        click.echo(orjson.dumps({"state_dir": state_dir, "files": rows}, option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(render(rows))

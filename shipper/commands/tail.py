@@ -1,0 +1,34 @@
+"""`kong-ship tail PATH...`: follow log files and ship every record, forever (the service)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from shipper.commands.options import (
+    apply_options,
+    config_option,
+    following_options,
+    shipping_options,
+    understanding_options,
+    workers_option,
+)
+from shipper.commands.running import prepare, run, summary
+
+
+@click.command()
+@click.argument("paths", nargs=-1)
+@apply_options(shipping_options + understanding_options + following_options + [workers_option("0")] + [config_option])
+def tail(paths: tuple[str, ...], **kw: Any) -> None:
+    """Follow log files (globs allowed; new matching files are picked up) and ship every record, forever.
+
+    SIGTERM/SIGINT: deliver what is in flight (up to --shutdown-timeout), save checkpoints, exit 0.
+    SIGHUP: re-open files and re-read the patterns.
+    """
+    settings, sinks = prepare(paths, kw)
+    pipeline, result = run(settings, sinks, follow=True, metrics_addr=kw.get("metrics_addr"))
+    summary(result, sys.stderr)
+    if pipeline.forced_by:
+        sys.exit(128 + pipeline.forced_by)
