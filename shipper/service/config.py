@@ -1,8 +1,9 @@
 """The TOML configuration file: everything the flags hold, for services.
 
 It is turned into click's `default_map`, which gives the precedence for free: flags > environment > file >
-defaults. The mapping from file keys to options is a table, and every value is checked against the option's
-own click type, so a new option needs no new code here — only, for a new section key, a line in `SECTIONS`.
+defaults. The mapping from file keys to options is a table, and every value is checked by the option's own
+click type (`type.convert`, the same check a flag gets), so a new option needs no new code here — only, for a
+new section key, a line in `SECTIONS`.
 Unknown keys and wrong types are errors naming the file, the key and what was expected.
 """
 
@@ -124,12 +125,17 @@ def _check(path: str, where: str, param: click.Parameter, value: Any) -> Any:
         value = str(value) if ok else value
     if not ok:
         raise ConfigError(f"{path}: {where}: expected {_expected(param)}, got {value!r}")
-    if isinstance(kind, (click.IntRange, click.FloatRange)):
-        try:
-            kind.convert(value, param, None)
-        except click.BadParameter as exc:
-            raise ConfigError(f"{path}: {where}: {exc.format_message()}") from None
-    return value
+    # Then the option's own type judges it, as it judges a flag (a range, `auto` or a number of workers, an
+    # http URL, FIELD=KEY). Paths are left to the run: whether a file exists is a question for then, not now.
+    if not isinstance(kind, click.Path):
+        for item in value if isinstance(value, list) else [value]:
+            try:
+                kind.convert(item, param, None)
+            except click.BadParameter as exc:
+                raise ConfigError(f"{path}: {where}: {exc.format_message()}") from None
+            except ConfigError as exc:  # kong-ship's own types word it for the flag: the key is named first
+                raise ConfigError(f"{path}: {where}: {exc}") from None
+    return value  # as written: click converts the defaults it is given (check-config prints them as given)
 
 
 def default_map(data: dict[str, Any], path: str, command: click.Command) -> dict[str, Any]:
@@ -163,6 +169,8 @@ def default_map(data: dict[str, Any], path: str, command: click.Command) -> dict
                     if key == "endpoint":
                         if not isinstance(value, str):
                             raise ConfigError(f"{path}: {where}: expected a string (a URL)")
+                        if "endpoint" in params:
+                            _check(path, where, params["endpoint"], [f"{sink}={value}"])
                         endpoints.append(f"{sink}={value}")
                         continue
                     name = next((n for n in (f"{sink}_{key}", key) if n in names), None)
