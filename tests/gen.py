@@ -21,7 +21,9 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-BASE_STARTED_AT = 1_763_800_000_000  # epoch ms; record seq starts at BASE_STARTED_AT + seq
+# Epoch ms; record seq starts at BASE_STARTED_AT + seq. Yesterday at 00:00 UTC: recent enough for every vendor
+# (Moesif drops events older than 30 days), and fixed for the whole run.
+BASE_STARTED_AT = (int(time.time()) // 86_400 - 1) * 86_400_000
 HOST = "api.example.com"
 WORKSPACE = "0da4afe7-44ad-4e81-a953-5d2923ce68ae"
 SERVICE = {
