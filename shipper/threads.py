@@ -5,6 +5,10 @@ housekeeping) runs its target through `supervised`: if the target raises, whatev
 once (`on_death`, which stops the pipeline as fatal), so the process ends with exit 1 and one line naming the
 thread and the exception — never exit 0 with work undone, never a reader gone while the others wait forever.
 The traceback goes to the debug log.
+
+Threads beside the pipeline (a command's poller, the receiver's housekeeping) see the run through one
+`RunContext` rather than the pipeline itself: they need to know it is stopping, wake its readers, ask what the
+sinks still owe and end it as fatal, and nothing else.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 log = logging.getLogger("kong-ship")
 
@@ -38,3 +43,13 @@ def start_thread(target: Callable[[], object], name: str, on_death: Callable[[st
     thread = threading.Thread(target=supervised(target, name, on_death), name=name, daemon=True)
     thread.start()
     return thread
+
+
+@dataclass(frozen=True, slots=True)
+class RunContext:
+    """What a side thread may see of a run."""
+
+    stop: threading.Event  # set once the run is stopping (a signal, a fatal error, the end of the input)
+    wake: Callable[[], None]  # have the readers look for new lines now (new records were spooled)
+    behind: Callable[[], dict[str, int]]  # bytes per path some sink has not acknowledged yet
+    fail: Callable[[str], None]  # end the run as fatal (exit 1) with this reason

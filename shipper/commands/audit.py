@@ -32,6 +32,7 @@ from shipper.commands.running import summary as _summary
 from shipper.errors import ConfigError, FatalError
 from shipper.formats import audit_signature
 from shipper.sinks.credentials import read_secret
+from shipper.sources.feeder import SpoolFeeder
 from shipper.sources.kong_audit import (
     ENDPOINTS,
     TOKEN_ENV,
@@ -189,11 +190,15 @@ def _tail_forever(poller: Poller, spool, settings, sinks, kw, interval: float) -
     failure: list[str] = []
 
     def loop() -> None:
+        run = pipeline.context
+        feeder = SpoolFeeder(spool, name="audit", prune_every=PRUNE_EVERY)
         failing_since: float | None = time.monotonic() if first_failed else None
         last_warning = time.monotonic()
-        last_prune = time.monotonic()
         write_failure: str | None = None  # logged once per kind, not every poll
-        while not pipeline.stop.wait(interval):
+
+        def poll() -> bool:
+            """One poll; False ends the poller (the failure is kept for the command to raise)."""
+            nonlocal failing_since, last_warning, write_failure
             try:
                 spooled = poller.poll()
             except AdminUnavailable as exc:
@@ -205,9 +210,9 @@ def _tail_forever(poller: Poller, spool, settings, sinks, kw, interval: float) -
                     failing_since = now
             except FatalError as exc:
                 failure.append(str(exc))
-                pipeline.stop.set()
-                pipeline.wake()
-                return
+                run.stop.set()
+                run.wake()
+                return False
             except OSError as exc:  # the spool or the cursor cannot be written (disk full): nothing advanced
                 message = f"audit: cannot keep the records ({exc.strerror or exc})"
                 if message != write_failure:
@@ -215,9 +220,9 @@ def _tail_forever(poller: Poller, spool, settings, sinks, kw, interval: float) -
                     write_failure = message
             except Exception as exc:  # noqa: BLE001 - a bug must stop the service visibly, not kill a thread silently
                 failure.append(f"audit poller: {type(exc).__name__}: {exc}")
-                pipeline.stop.set()
-                pipeline.wake()
-                return
+                run.stop.set()
+                run.wake()
+                return False
             else:
                 if failing_since is not None:
                     log.info("audit: the Kong Admin API answers again")
@@ -227,13 +232,10 @@ def _tail_forever(poller: Poller, spool, settings, sinks, kw, interval: float) -
                     write_failure = None
                 if spooled:
                     log.info("audit: %d new records", spooled)
-                    pipeline.wake()
-            if time.monotonic() - last_prune >= PRUNE_EVERY:
-                last_prune = time.monotonic()
-                try:
-                    spool.prune(pipeline.behind)
-                except Exception as exc:  # noqa: BLE001 - housekeeping never stops the poller
-                    log.warning("audit: pruning the spool failed: %s", exc)
+                    run.wake()
+            return True
+
+        feeder.feed(run, interval, poll)
 
     poller_thread = threading.Thread(target=loop, name="audit-poll", daemon=True)
     poller_thread.start()

@@ -22,6 +22,7 @@ from shipper.commands.running import prepare_spooled
 from shipper.commands.running import summary as _summary
 from shipper.errors import ConfigError
 from shipper.sinks.credentials import read_secret
+from shipper.sources.feeder import SpoolFeeder
 from shipper.threads import supervised
 
 log = logging.getLogger("kong-ship")
@@ -130,18 +131,10 @@ def receive(**kw: Any) -> None:
 
     def maintain() -> None:
         """Stop accepting as soon as a shutdown starts; delete spool segments every sink has acknowledged."""
-        ticks = 0
-        while not done.wait(0.1):
-            if pipeline.stop.is_set() or pipeline.abort.is_set():
-                receiver.shutdown()
-                return
-            ticks += 1
-            if ticks % int(PRUNE_INTERVAL / 0.1) == 0:
-                try:
-                    for path in spool.prune(pipeline.behind):
-                        log.debug("receive: pruned %s", path)
-                except Exception as exc:  # noqa: BLE001 - pruning is housekeeping; never let it kill the receiver
-                    log.warning("receive: pruning the spool failed: %s", exc)
+        feeder = SpoolFeeder(spool, name="receive", prune_every=PRUNE_INTERVAL)
+        # Deliveries arrive on the receiver's own threads: no step, only a look every 0.1 s for the shutdown.
+        if feeder.feed(pipeline.context, 0.1, until=done):
+            receiver.shutdown()
 
     # Supervised: if housekeeping dies, the run ends (exit 1) rather than accept deliveries into a spool
     # nobody prunes.

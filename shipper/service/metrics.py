@@ -2,18 +2,19 @@
 endpoint and histograms are its job, not ours).
 
 Counters are read from the pipeline at scrape time by a custom collector, so the per-record path does no extra
-work for them; only the two histograms are observed, once per request. Names follow Vector's habits
+work for them; only the two histograms are observed, once per request. Which counters are exported, under which
+name and help, is said once in `shipper.counters.COUNTERS`. Names follow Vector's habits
 (`*_total`, per-sink labels)."""
 
 from __future__ import annotations
 
-import os
 import time
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from shipper.counters import COUNTERS
 from shipper.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -35,22 +36,22 @@ class PipelineCollector:
 
     def collect(self):
         lanes = self.pipeline.lanes
-        first = lanes[0]
-        counts = first.counts
-        yield CounterMetricFamily(f"{PREFIX}_lines_read", "Lines read from the log files.", value=counts["lines"])
-        yield CounterMetricFamily(f"{PREFIX}_records_parsed", "Lines understood as transactions.", value=counts["parsed"])
-        yield CounterMetricFamily(f"{PREFIX}_blank_lines", "Empty or whitespace-only lines (nothing to ship).", value=counts["blank"])
+        per_lane = [(lane, lane.counters.snapshot()) for lane in lanes]
+        first = per_lane[0][1]
+        exported = [spec for spec in COUNTERS if spec.metric]
+        for spec in exported:
+            if not spec.per_sink:
+                yield CounterMetricFamily(f"{PREFIX}_{spec.metric}", spec.help, value=first[spec.name])
         dead = CounterMetricFamily(f"{PREFIX}_dead_letters", "Lines and events written to the dead-letter file.", labels=["reason"])
         for reason, n in sorted(self.pipeline.dead_letter.counts.items()):
             dead.add_metric([reason], n)
         yield dead
-        families = {
-            "events_sent": CounterMetricFamily(f"{PREFIX}_events_sent", "Events sent in requests, retries included.", labels=["sink"]),
-            "events_acknowledged": CounterMetricFamily(f"{PREFIX}_events_acknowledged", "Events the vendor accepted.", labels=["sink"]),
-            "requests_retried": CounterMetricFamily(f"{PREFIX}_requests_retried", "Requests tried again.", labels=["sink"]),
-            "events_rejected": CounterMetricFamily(f"{PREFIX}_events_rejected", "Events the vendor refused for good (dead-lettered).", labels=["sink"]),
-            "events_skipped": CounterMetricFamily(f"{PREFIX}_events_skipped", "Events deliberately not sent (sampling).", labels=["sink"]),
-        }
+        for spec in exported:
+            if spec.per_sink:
+                family = CounterMetricFamily(f"{PREFIX}_{spec.metric}", spec.help, labels=["sink"])
+                for lane, counts in per_lane:
+                    family.add_metric([lane.sink.name], counts[spec.name])
+                yield family
         queue = GaugeMetricFamily(f"{PREFIX}_queue_events", "Events waiting between reading and sending.", labels=["sink"])
         in_flight = GaugeMetricFamily(f"{PREFIX}_events_in_flight", "Events read and not yet acknowledged.", labels=["sink"])
         since = GaugeMetricFamily(
@@ -62,20 +63,12 @@ class PipelineCollector:
         now = time.time()
         for lane in lanes:
             name = lane.sink.name
-            with lane._out_lock:
-                out = dict(lane.out_counts)
-            families["events_sent"].add_metric([name], out.get("attempted", 0))
-            families["events_acknowledged"].add_metric([name], out.get("sent", 0))
-            families["requests_retried"].add_metric([name], out.get("retries", 0))
-            families["events_rejected"].add_metric([name], out.get("rejected", 0))
-            families["events_skipped"].add_metric([name], lane.counts["skipped"])
             queue.add_metric([name], len(lane.queue))
             in_flight.add_metric([name], lane.acks.pending())
             last = lane.sender.last_success
             since.add_metric([name], now - last if last else now - self.pipeline.started_at)
             for path, nbytes in lane.behind().items():
                 behind.add_metric([name, path], nbytes)
-        yield from families.values()
         yield from (queue, in_flight, since, behind)
 
 

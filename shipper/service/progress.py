@@ -108,7 +108,7 @@ class Progress:
         # Never backwards: once the files are closed (a stopped run) their read positions are gone, and the
         # last line must say how far it got, not 0 %.
         self._done = max(self._done, lane.source.disk_progress())
-        return render(self._done, self.total, lane.counts["lines"], time.monotonic() - self._started, width)
+        return render(self._done, self.total, lane.counts["read"], time.monotonic() - self._started, width)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

@@ -1,0 +1,86 @@
+"""What a lane counts, named once.
+
+`COUNTERS` lists every counter of a lane: its name (also the attribute of the run's `LaneSummary`), what it
+means, which threads count it, the word the live status line uses for it and the
+Prometheus metric it is exported as. The lane, its summary, the status line and the metrics all read this
+table, so a new counter is one line here.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class CounterSpec:
+    name: str
+    help: str
+    # Counted from several threads (the senders; the reader too, for `rejected`), so under a lock; the others
+    # are the reader thread's alone, without a lock, so that the per-line path stays one dict addition.
+    shared: bool = False
+    metric: str | None = None  # exported as kong_ship_<metric>_total; None: not exported
+    # Exported without a sink label, from the first lane: every lane reads the same lines.
+    per_sink: bool = True
+    status: str | None = None  # shown in the status line with this word when not zero
+
+
+COUNTERS: tuple[CounterSpec, ...] = (
+    CounterSpec("read", "Lines read from the log files.", metric="lines_read", per_sink=False),
+    CounterSpec("parsed", "Lines understood as transactions.", metric="records_parsed", per_sink=False),
+    CounterSpec("blank", "Empty or whitespace-only lines (nothing to ship).", metric="blank_lines", per_sink=False),
+    CounterSpec("anonymous", "Transactions with no identified user (sent under an anonymous id)."),
+    CounterSpec("dead_lettered", "Lines and events this lane wrote to the dead-letter file."),
+    CounterSpec("filtered", "Transactions outside --since/--until."),
+    CounterSpec(
+        "attempted", "Events sent in requests, retries included.", shared=True, metric="events_sent"
+    ),
+    CounterSpec("sent", "Events the vendor accepted.", shared=True, metric="events_acknowledged"),
+    CounterSpec("retries", "Requests tried again.", shared=True, metric="requests_retried"),
+    CounterSpec(
+        "rejected", "Events the vendor refused for good (dead-lettered).", shared=True,
+        metric="events_rejected", status="rejected",
+    ),
+    # The sink chose not to send them (Moesif sampling, kinds a vendor has no event for).
+    CounterSpec("skipped", "Events deliberately not sent (sampling).", metric="events_skipped"),
+)
+NAMES = frozenset(spec.name for spec in COUNTERS)
+
+
+class LaneCounters:
+    """One lane's counters. `reader` is the reader thread's own Counter (it adds to it directly); `add` counts
+    the shared ones. `snapshot()` reads them all, by name."""
+
+    def __init__(self) -> None:
+        self.reader: Counter[str] = Counter()
+        self._shared: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def add(self, name: str, n: int) -> None:
+        with self._lock:
+            self._shared[name] += n
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            shared = dict(self._shared)
+        reader = self.reader
+        return {spec.name: (shared if spec.shared else reader).get(spec.name, 0) for spec in COUNTERS}
+
+
+@dataclass(frozen=True)
+class LaneSummary:
+    """What one sink's lane did in a run: `summary.sent`, `summary.read`, … (every name in `COUNTERS`), the
+    bytes read, and the files whose last line had no newline (one-shot commands)."""
+
+    sink: str
+    counts: Mapping[str, int] = field(default_factory=dict)
+    bytes_read: int = 0
+    unterminated: list[tuple[str, int]] = field(default_factory=list)
+
+    def __getattr__(self, name: str) -> int:
+        # Only called for names that are not fields: the counters, by their name in COUNTERS.
+        if name in NAMES:
+            return self.__dict__.get("counts", {}).get(name, 0)
+        raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")

@@ -1,0 +1,72 @@
+"""Where one sink resumes in the log files, and what it still owes.
+
+The checkpoints of earlier runs are only candidates: `known(fingerprint)` offers the file source every
+checkpoint of a fingerprint, and the source keeps the one the file confirms by content (`identity.choose`), or
+none, and then reads the file from its start (a rewritten or replaced file). Going the other way, `save` writes
+this run's acknowledged positions back with the hash of the bytes before each, which is what lets the next run
+confirm them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from shipper.sources.checkpoints import CheckpointStore
+from shipper.sources.identity import Known, family
+
+if TYPE_CHECKING:
+    from shipper.delivery.acks import AckTracker
+    from shipper.sources.files import FileSource
+
+
+class Resume:
+    """One sink's checkpoints (`store`) and this run's acknowledged positions (`acks`) over a `FileSource`."""
+
+    def __init__(self, state_dir: str, sink_name: str, acks: AckTracker):
+        self.store = CheckpointStore(state_dir, sink_name)
+        self.acks = acks
+
+    def load(self) -> None:
+        self.store.load()
+
+    def known(self, fingerprint: str) -> dict[str, Known]:
+        """The checkpoints of the identities with this fingerprint (the `known` of `FileSource`)."""
+        return {
+            file_id: Known(entry.offset, entry.tail, entry.path)
+            for file_id, entry in list(self.store.entries.items())
+            if family(file_id) == fingerprint
+        }
+
+    def save(self, source: FileSource) -> None:
+        """Write what is acknowledged; then forget the files the source has let go (their position is in the
+        store now, and a file opened again starts from it)."""
+        for file_id, offset in self.acks.committed().items():
+            entry = self.store.entries.get(file_id)
+            if entry is not None and entry.offset == offset:
+                continue
+            path = source.path_of(file_id) or (entry.path if entry else "")
+            self.store.update(file_id, offset, path, source.tail_hash(file_id, offset))
+        self.store.save()
+        open_ids = source.open_ids()
+        for file_id in list(self.acks.committed()):
+            if file_id not in open_ids:
+                self.acks.forget(file_id)
+
+    def behind(self, source: FileSource) -> dict[str, int]:
+        """Bytes of each known file past its acknowledged position: what this sink still owes, by path."""
+        committed = self.acks.committed()  # files opened in this run
+        entries = dict(self.store.entries)  # files known from earlier runs
+        out: dict[str, int] = {}
+        for file_id in committed.keys() | entries.keys():
+            entry = entries.get(file_id)
+            path = source.path_of(file_id) or (entry.path if entry else "")
+            if not path:
+                continue
+            try:
+                size = os.stat(path).st_size
+            except OSError:
+                continue
+            offset = committed[file_id] if file_id in committed else entry.offset
+            out[path] = max(0, size - offset)
+        return out
