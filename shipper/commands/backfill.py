@@ -48,10 +48,10 @@ def backfill(paths: tuple[str, ...], **kw: Any) -> None:
     need_a_match(paths)
     settings, sinks = prepare(paths, kw)
     unreadable = report_inputs(paths)
-    progress = kw.get("progress")
+    progress = kw["progress"]
     if progress is None:
         progress = sys.stderr.isatty() and not json_stderr()  # a bar is not JSON
-    pipeline, result = run(settings, sinks, follow=False, metrics_addr=kw.get("metrics_addr"), progress=progress)
+    pipeline, result = run(settings, sinks, follow=False, metrics_addr=kw["metrics_addr"], progress=progress)
     summary(result, sys.stderr)
     if pipeline.forced_by:
         sys.exit(128 + pipeline.forced_by)

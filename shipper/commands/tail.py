@@ -28,7 +28,7 @@ def tail(paths: tuple[str, ...], **kw: Any) -> None:
     SIGHUP: re-open files and re-read the patterns.
     """
     settings, sinks = prepare(paths, kw)
-    pipeline, result = run(settings, sinks, follow=True, metrics_addr=kw.get("metrics_addr"))
+    pipeline, result = run(settings, sinks, follow=True, metrics_addr=kw["metrics_addr"])
     summary(result, sys.stderr)
     if pipeline.forced_by:
         sys.exit(128 + pipeline.forced_by)
