@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 
 from shipper.sources.identity import HEAD_BYTES, Known, choose, family, head_of, identity, new_id, tail_hash
 from shipper.sources.inputs import expand, input_problems, mtime
+from shipper.sources.resume import Stopped
 from shipper.sources.reading import (
     CHUNK, GZIP_MAGIC, Line, OpenFile, Oversize, at_eof, close_file, end_of_last_line, lines_in, pread_before,
     reader, seek,
@@ -78,9 +79,8 @@ class FileSource:
         # The reader thread owns the files; the lock covers adding and closing them so that the checkpoint
         # writer (another thread) can look up a path or hash bytes without racing a close.
         self._lock = threading.RLock()
-        # identity -> (offset, tail hash, (dev, ino)) where this run stopped reading a file it let go of (closed,
-        # or truncated under us): a copy or a reopened file continues from there.
-        self._read_to: dict[str, tuple[int, str | None, tuple[int, int] | None]] = {}
+        # identity -> where this run stopped reading a file it let go of: a copy or a reopened file continues there.
+        self._read_to: dict[str, Stopped] = {}
         # (dev, ino, size) of files read to the end and closed (gzip files, idle files): not opened again
         # unless their size changes.
         self._done: set[tuple[int, int, int]] = set()
@@ -198,9 +198,9 @@ class FileSource:
                 return False
         held = {h.file_id for h in self.files.values() if h.file_id}
         known = dict(self._known(fingerprint))
-        for file_id, (offset, tail, _) in self._read_to.items():
+        for file_id, stopped in self._read_to.items():  # newer than the checkpoints
             if family(file_id) == fingerprint:
-                known[file_id] = Known(offset, tail, self._paths.get(file_id, ""))  # newer than the checkpoint
+                known[file_id] = Known(stopped.offset, stopped.tail, self._paths.get(file_id, ""))
         found = choose(fingerprint, known, held, handle.path, size, reader(handle))
         if found is not None:
             file_id, offset = found
@@ -355,7 +355,7 @@ class FileSource:
             # The old content's identity is released where we stopped: a copy of it (the rotated file) goes on
             # from there.
             # (No inode: the bytes before that position are gone from this one.)
-            self._read_to[handle.file_id] = (handle.base, tail_hash(handle.before), None)
+            self._read_to[handle.file_id] = Stopped(handle.base, tail_hash(handle.before), None)
         handle.file_id, handle.head = None, b""
         handle.discard_from, handle.discard_prefix = None, b""
         handle.base = handle.read_pos = 0
@@ -363,7 +363,7 @@ class FileSource:
 
     def _retire(self, key: tuple[int, int], handle: OpenFile, static: bool) -> None:
         if handle.file_id is not None:
-            self._read_to[handle.file_id] = (handle.base, tail_hash(handle.before), key)
+            self._read_to[handle.file_id] = Stopped(handle.base, tail_hash(handle.before), key)
         if static:
             try:
                 st = os.fstat(handle.fd)
@@ -398,25 +398,8 @@ class FileSource:
                     if handle.gz is None:
                         return tail_hash(pread_before(handle.fd, offset))
                     return tail_hash(handle.before) if offset == handle.base else None
-            if file_id not in self._read_to:
-                return None
-            read_to, tail, key = self._read_to[file_id]
-        if offset == read_to:
-            return tail
-        path = self._paths.get(file_id)
-        if path is None:
-            return None
-        try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except OSError:
-            return None
-        try:
-            st = os.fstat(fd)
-            if key is None or (st.st_dev, st.st_ino) != key or os.pread(fd, 2, 0) == GZIP_MAGIC:
-                return None  # the path holds another file now
-            return tail_hash(pread_before(fd, offset))
-        finally:
-            os.close(fd)
+            stopped = self._read_to.get(file_id)
+        return None if stopped is None else stopped.tail_at(offset, self._paths.get(file_id))
 
     def disk_progress(self) -> int:
         """On-disk bytes consumed so far (compressed bytes for gzip files), for the backfill progress bar:

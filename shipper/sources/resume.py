@@ -10,14 +10,45 @@ confirm them.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from shipper.sources.checkpoints import CheckpointStore
-from shipper.sources.identity import Known, family
+from shipper.sources.identity import Known, family, tail_hash
+from shipper.sources.reading import GZIP_MAGIC, pread_before
 
 if TYPE_CHECKING:
     from shipper.delivery.acks import AckTracker
     from shipper.sources.files import FileSource
+
+
+@dataclass(frozen=True, slots=True)
+class Stopped:
+    """Where this run stopped reading a file it let go of (closed, or truncated under it): a copy of it or the
+    file opened again resumes here, a position newer than its checkpoint."""
+
+    offset: int
+    tail: str | None  # hash of the bytes before `offset`
+    key: tuple[int, int] | None  # (dev, ino) of the file; None when its bytes are gone (truncated)
+
+    def tail_at(self, offset: int, path: str | None) -> str | None:
+        """Hash of the bytes before `offset` (a checkpoint behind where we stopped), read again from `path`
+        if it still holds this file; None when they can no longer be read."""
+        if offset == self.offset:
+            return self.tail
+        if path is None:
+            return None
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if self.key is None or (st.st_dev, st.st_ino) != self.key or os.pread(fd, 2, 0) == GZIP_MAGIC:
+                return None  # the path holds another file now
+            return tail_hash(pread_before(fd, offset))
+        finally:
+            os.close(fd)
 
 
 class Resume:
