@@ -31,6 +31,7 @@ from shipper.commands.running import setup_logging as _setup_logging
 from shipper.commands.running import summary as _summary
 from shipper.errors import ConfigError, FatalError
 from shipper.formats import audit_signature
+from shipper.settings import Settings
 from shipper.sinks.credentials import read_secret
 from shipper.sources.feeder import SpoolFeeder
 from shipper.sources.kong_audit import (
@@ -280,7 +281,7 @@ def _poll_summary(poller: Poller) -> None:
 @apply_options(_admin_options + [_ca_option])
 @click.option("--require-signed", is_flag=True, help="Unsigned records fail too.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON, for scripts.")
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=Settings.timeout, show_default=True,
               help="HTTP request timeout, seconds.")
 @config_option
 def verify(files: tuple[str, ...], **kw: Any) -> None:
