@@ -67,7 +67,7 @@ class Lane:
         self.acks = AckTracker()
         self.resume = Resume(settings.state_dir, sink.name, self.acks)
         # A sink may bound its own queue (Moesif's event_queue_size); --queue-size bounds the others.
-        queue_events = getattr(sink, "queue_events", None) or settings.queue_size
+        queue_events = sink.limits.queue_events or settings.queue_size
         self.queue: BoundedQueue[list[Item]] = BoundedQueue(queue_events, settings.queue_bytes)
         self.sender = Sender(
             sink,
@@ -82,15 +82,15 @@ class Lane:
             max_rate=settings.max_rate,
             ca_file=settings.ca_file,
         )
-        batch_events = min(settings.batch_size or getattr(sink, "default_batch_events", sink.max_batch_events), sink.max_batch_events)
+        batch_events = sink.limits.batch_events(settings.batch_size)
         if settings.max_rate:
             batch_events = min(batch_events, max(1, int(settings.max_rate)))  # no burst beyond a second's worth
         self.batcher = Batcher(
             self.queue,
             self.sender,
             max_events=batch_events,
-            max_bytes=sink.max_batch_bytes,
-            envelope_bytes=sink.envelope_bytes,
+            max_bytes=sink.limits.max_batch_bytes,
+            envelope_bytes=sink.limits.envelope_bytes,
             flush_interval=settings.flush_interval,
             concurrency=settings.concurrency,
             on_fatal=on_fatal,
@@ -108,7 +108,7 @@ class Lane:
         self._threads: list[threading.Thread] = []
         self.transform = Transformer(parser, chain, sink)
         self.pool: WorkerPool | None = None
-        if settings.workers > 0 and getattr(sink, "parallel_safe", False):
+        if settings.workers > 0 and sink.parallel_safe:
             self.pool = WorkerPool(self.transform, settings.workers)
 
     def behind(self) -> dict[str, int]:

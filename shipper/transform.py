@@ -5,6 +5,7 @@ does the JSON work while the first one reads, batches, compresses and sends)."""
 from __future__ import annotations
 
 import ctypes
+import enum
 import gc
 import multiprocessing
 import multiprocessing.util
@@ -21,17 +22,25 @@ from shipper.model import Position
 from shipper.processors import Processor, run_chain
 from shipper.sinks.base import EventFiltered, EventRejected, EventSkipped, Sink
 
-# What became of a line: (outcome, payload, anonymous)
-EVENT = 0  # payload: the event's bytes
-BLANK = 1  # an empty or whitespace-only line
-INVALID = 2  # payload: (reason, detail) — the line is not understood (the same for every sink)
-REJECTED = 3  # payload: reason — the sink cannot make a valid event of it
-SKIPPED = 4  # the sink chose not to send it (sampling)
-OVERSIZE = 5  # the line is longer than --max-line-bytes (the source handed an Oversize marker)
-FILTERED = 6  # a processor dropped the record (outside --since/--until), or the sink raised EventFiltered: payload its reason
-FAILED = 7  # payload: (reason, detail) — this sink's encoder failed on the record (other sinks may not)
+class Fate(enum.IntEnum):
+    """What became of a line, the first item of an `Outcome`; the payload's type depends on it. An IntEnum: a
+    comparison costs what an int's does, and counters can be indexed by it."""
 
-Outcome = tuple[int, Any, bool]
+    EVENT = 0  # payload: the event's bytes
+    BLANK = 1  # an empty or whitespace-only line
+    INVALID = 2  # payload: (reason, detail) — the line is not understood (the same for every sink)
+    REJECTED = 3  # payload: reason — the sink cannot make a valid event of it
+    SKIPPED = 4  # the sink chose not to send it (sampling)
+    OVERSIZE = 5  # the line is longer than --max-line-bytes (the source handed an Oversize marker)
+    FILTERED = 6  # a processor dropped the record (outside --since/--until), or the sink raised EventFiltered: payload its reason
+    FAILED = 7  # payload: (reason, detail) — this sink's encoder failed on the record (other sinks may not)
+
+
+# The fates by their short names, as the lane, `parse` and the tests import them.
+EVENT, BLANK, INVALID, REJECTED = Fate.EVENT, Fate.BLANK, Fate.INVALID, Fate.REJECTED
+SKIPPED, OVERSIZE, FILTERED, FAILED = Fate.SKIPPED, Fate.OVERSIZE, Fate.FILTERED, Fate.FAILED
+
+Outcome = tuple[Fate, Any, bool]  # (fate, payload, anonymous)
 Line = tuple[str, bytes, int, int]  # (file_id, data, offset, end)
 
 

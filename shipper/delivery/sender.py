@@ -81,18 +81,19 @@ class Sender:
         self.abort = abort
         self.count = stats
         # A sink may carry its plugin's own timeouts and keep-alive (Moesif, Runscope); else the shipper's.
+        limits = sink.limits
         self.client = httpx.Client(
             transport=sink.transport(),
             verify=tls_context(ca_file),
-            timeout=getattr(sink, "http_timeout", None) or httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            timeout=limits.http_timeout or httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             limits=httpx.Limits(
                 max_connections=concurrency,
                 max_keepalive_connections=concurrency,
-                keepalive_expiry=getattr(sink, "keepalive_expiry", None) or 5.0,
+                keepalive_expiry=limits.keepalive_expiry,
             ),
         )
-        if hasattr(sink, "use_client"):  # a sink with requests of its own (Moesif's /v1/config) trusts the same CAs
-            sink.use_client(self.client)
+        # A sink with requests of its own (Moesif's /v1/config) makes them with this client: the same CAs.
+        sink.use_client(self.client)
         self._backoff = tenacity.wait_random_exponential(multiplier=retry_initial, max=retry_max)
         self._retrying = tenacity.Retrying(
             retry=tenacity.retry_if_result(lambda verdict: verdict.kind == RETRY),

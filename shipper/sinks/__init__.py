@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import cast
+
+from shipper.sinks.base import OptionList, Sink
 
 _MODULES = {
     "segment": ("shipper.sinks.segment", "SegmentSink"),
@@ -21,17 +24,19 @@ def sink_module(name: str) -> ModuleType:
     return importlib.import_module(_MODULES[name][0])
 
 
-def sink_class(name: str) -> type:
+def sink_class(name: str) -> type[Sink]:
     module, cls = _MODULES[name]
-    return getattr(importlib.import_module(module), cls)
+    return cast(type[Sink], getattr(importlib.import_module(module), cls))
 
 
-def all_options() -> list[tuple[tuple[str, ...], dict]]:
+def all_options() -> OptionList:
     """Every sink's options as (declarations, click keyword arguments), once each: sinks may share one, as
     the stdout sink shares --event-name-template with the Segment sink."""
-    seen, out = set(), []
+    seen: set[str] = set()
+    out: OptionList = []
     for name in _MODULES:
-        for decls, kwargs in sink_module(name).OPTIONS:
+        options: OptionList = sink_class(name).OPTIONS
+        for decls, kwargs in options:
             if decls[0] not in seen:
                 seen.add(decls[0])
                 out.append((decls, kwargs))

@@ -9,25 +9,36 @@ and judges the vendor's answer (`judge`) as one of the `Verdict` kinds below.
 from __future__ import annotations
 
 import email.utils
+import enum
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, Self
 
 import httpx
 
 from shipper.model import Transaction
 
-OK = "ok"  # delivered: acknowledge every event of the batch
-RETRY = "retry"  # try the same events again later (after `retry_after` seconds if the vendor said so)
-SPLIT = "split"  # the vendor refused the batch as a whole: halve it to find the offending event
-REJECT = "reject"  # this event can never be delivered: dead-letter it with the reason, then acknowledge
-FATAL = "fatal"  # configuration is wrong (credentials, endpoint): stop the shipper with the reason
+
+class VerdictKind(enum.StrEnum):
+    """What the sender does with a batch after the vendor's answer. A StrEnum: the values stay the strings
+    they were, so a log line or a comparison with "retry" reads the same."""
+
+    OK = "ok"  # delivered: acknowledge every event of the batch
+    RETRY = "retry"  # try the same events again later (after `retry_after` seconds if the vendor said so)
+    SPLIT = "split"  # the vendor refused the batch as a whole: halve it to find the offending event
+    REJECT = "reject"  # this event can never be delivered: dead-letter it with the reason, then acknowledge
+    FATAL = "fatal"  # configuration is wrong (credentials, endpoint): stop the shipper with the reason
+
+
+# The kinds by their short names, as every sink and the sender import them.
+OK, RETRY, SPLIT, REJECT, FATAL = VerdictKind.OK, VerdictKind.RETRY, VerdictKind.SPLIT, VerdictKind.REJECT, VerdictKind.FATAL
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    kind: str
+    kind: VerdictKind
     reason: str = ""
     retry_after: float | None = None
 
@@ -48,11 +59,46 @@ class EventFiltered(Exception):
     by sampling but could never arrive."""
 
 
-class Sink(Protocol):
-    name: ClassVar[str]
+DEFAULT_KEEPALIVE_EXPIRY = 5.0  # seconds an idle connection is kept (httpx's own default)
+
+
+@dataclass(frozen=True, slots=True)
+class SinkLimits:
+    """What a sink asks of the delivery layer around it (as httpx's `Limits`): batch bounds from the vendor's
+    documentation, and the plugin's own queue, timeouts and keep-alive where the sink keeps them. None means
+    "the shipper's setting" (--queue-size, --batch-size, --timeout)."""
+
     max_batch_events: int
     max_batch_bytes: int  # of the uncompressed body, envelope included
-    envelope_bytes: int  # bytes the body adds around the events
+    envelope_bytes: int = 0  # bytes the body adds around the events
+    default_batch_events: int | None = None  # without --batch-size; None: max_batch_events
+    queue_events: int | None = None  # events queued before reading pauses; None: --queue-size
+    http_timeout: httpx.Timeout | None = None  # None: --timeout
+    keepalive_expiry: float = DEFAULT_KEEPALIVE_EXPIRY
+
+    def batch_events(self, asked: int | None) -> int:
+        """Events per batch: --batch-size if given, else the sink's default, never above the vendor's bound."""
+        return min(asked or self.default_batch_events or self.max_batch_events, self.max_batch_events)
+
+
+# (flag declarations, click keyword arguments) for each option a sink declares; the CLI turns them into options
+# of every shipping command and into TOML keys under [sinks.NAME].
+OptionList = list[tuple[tuple[str, ...], dict[str, Any]]]
+
+
+class Sink(Protocol):
+    """What the lane, the sender and the command line use of a sink; nothing is read with a fallback, so a
+    misspelt attribute fails when the sink is built or type-checked, not silently at run time."""
+
+    name: ClassVar[str]
+    parallel_safe: ClassVar[bool]  # encode is a pure function of the transaction: it may run in worker processes
+    OPTIONS: ClassVar[OptionList]
+    limits: SinkLimits
+
+    @classmethod
+    def from_options(cls, opts: Mapping[str, Any], endpoint: str | None) -> Self:
+        """The sink as the command line configures it: its options by name (click's), and its --endpoint."""
+        ...
 
     def encode(self, txn: Transaction) -> bytes: ...
 
@@ -62,6 +108,11 @@ class Sink(Protocol):
 
     def transport(self) -> httpx.BaseTransport | None:
         """A transport of the sink's own (the stdout sink prints instead of sending), or None for HTTP."""
+        ...
+
+    def use_client(self, client: httpx.Client) -> None:
+        """The sender's HTTP client, for requests of the sink's own (Moesif's /v1/config): the same TLS trust
+        (--ca-file) and pool. Most sinks have none and ignore it."""
         ...
 
 

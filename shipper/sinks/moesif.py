@@ -20,7 +20,8 @@ import logging
 import re
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from os import PathLike
 from typing import Any, ClassVar
@@ -31,12 +32,13 @@ import orjson
 
 from shipper.model import Transaction
 from shipper.processors.names import normalize
-from shipper.sinks.base import FATAL, SPLIT, EventFiltered, EventSkipped, Verdict, judge_common
+from shipper.sinks.base import FATAL, SPLIT, EventFiltered, EventSkipped, DEFAULT_KEEPALIVE_EXPIRY, OptionList, SinkLimits, Verdict, judge_common
+from shipper.sinks.config import config_from_options, option, options_of
 from shipper.sinks.credentials import read_secret
 from shipper.sinks.moesif_event import EventBuilder, transaction_id
 from shipper.sinks.moesif_sampling import Sampler, draw, weight
 
-__all__ = ["MoesifSink", "OPTIONS", "count_outside_window", "transaction_id"]
+__all__ = ["MoesifConfig", "MoesifSink", "OPTIONS", "count_outside_window", "transaction_id"]
 
 log = logging.getLogger("kong-ship")
 
@@ -50,89 +52,103 @@ MAX_AGE_MS = 30 * 86_400_000
 TOO_OLD = "older than Moesif's 30-day window"
 
 
-def _list(values: tuple[str, ...] | list[str] | None) -> list[str]:
+DEFAULT_BATCH_EVENTS = 200  # events per batch without --batch-size
+
+
+def _list(values: Iterable[str] | None) -> list[str]:
+    """Mask names as given: each value may hold several, comma-separated (the plugin's lists)."""
     out: list[str] = []
     for value in values or ():
         out.extend(part.strip() for part in value.split(",") if part.strip())
     return out
 
 
-OPTIONS = [
-    (("--moesif-application-id-file",), {"type": click.Path(dir_okay=False),
-                                          "help": "File holding the Moesif application id (default: env MOESIF_APPLICATION_ID)."}),
-    (("--moesif-api-version",), {"default": "1.0", "show_default": True, "help": "Moesif: api_version of every event."}),
-    (("--moesif-user-id-header",), {"default": "X-Consumer-Custom-Id", "show_default": True,
-                                     "help": "Moesif: header holding the user id (request first; then x-consumer-*, the token, "
-                                             "the Basic user, then this response header)."}),
-    (("--moesif-company-id-header",), {"default": None,
-                                        "help": "Moesif: request (then response) header holding the company id."}),
-    (("--moesif-authorization-user-id-field",), {"default": None, "metavar": "CLAIM",
-                                                  "help": "Moesif: token claim holding the user id (default: --jwt-claim, itself `sub`). "
-                                                          "The token is read from --jwt-from (the plugin's authorization_header_name)."}),
-    (("--moesif-authorization-company-id-field",), {"default": None, "metavar": "CLAIM",
-                                                     "help": "Moesif: token claim holding the company id."}),
-    (("--moesif-client-ip-from-kong",), {"is_flag": True,
-                                         "help": "Moesif: ip_address is the client_ip Kong logged (its trusted_ips rules), "
-                                                 "never X-Forwarded-For and the like, which any client can forge."}),
-    (("--moesif-disable-capture-request-body",), {"is_flag": True, "help": "Moesif: never send request bodies."}),
-    (("--moesif-disable-capture-response-body",), {"is_flag": True, "help": "Moesif: never send response bodies."}),
-    (("--moesif-request-header-masks",), {"multiple": True, "metavar": "NAMES", "help": "Moesif: request headers to remove (comma-separated, repeatable)."}),
-    (("--moesif-request-query-masks",), {"multiple": True, "metavar": "NAMES", "help": "Moesif: query arguments to mask."}),
-    (("--moesif-request-body-masks",), {"multiple": True, "metavar": "NAMES", "help": "Moesif: JSON body keys to remove, at any depth."}),
-    (("--moesif-response-header-masks",), {"multiple": True, "metavar": "NAMES", "help": "Moesif: response headers to remove."}),
-    (("--moesif-response-body-masks",), {"multiple": True, "metavar": "NAMES", "help": "Moesif: response JSON body keys to remove."}),
-    (("--moesif-event-queue-size",), {"type": click.IntRange(min=1), "default": 5000, "show_default": True,
-                                       "help": "Moesif: events queued before reading pauses (the plugin dropped them)."}),
-    (("--moesif-request-max-body-size-limit",), {"type": click.IntRange(min=0), "default": 100_000, "show_default": True,
-                                                  "help": "Moesif: larger request bodies are replaced by a marker."}),
-    (("--moesif-response-max-body-size-limit",), {"type": click.IntRange(min=0), "default": 100_000, "show_default": True,
-                                                   "help": "Moesif: larger response bodies are replaced by a marker."}),
-    (("--moesif-disable-gzip-payload-decompression",), {"is_flag": True,
-                                                         "help": "Moesif: send gzip-encoded bodies as they are (base64) instead of decompressing them."}),
-    (("--moesif-connect-timeout",), {"type": click.IntRange(min=1), "default": 1000, "show_default": True, "help": "Moesif: connect timeout, ms."}),
-    (("--moesif-send-timeout",), {"type": click.IntRange(min=1), "default": 2000, "show_default": True, "help": "Moesif: send and read timeout, ms."}),
-    (("--moesif-keepalive",), {"type": click.IntRange(min=0), "default": 5000, "show_default": True, "help": "Moesif: idle connection keep-alive, ms."}),
-    (("--moesif-debug",), {"is_flag": True, "help": "Moesif: log every batch sent and the configuration fetched."}),
-]
+@dataclass(frozen=True, slots=True)
+class MoesifConfig:
+    """kong-plugin-moesif's options under `--moesif-*` names (the TOML keys under [sinks.moesif] are the field
+    names), with the plugin's defaults."""
+
+    application_id_file: str | None = option(
+        "--moesif-application-id-file", type=click.Path(dir_okay=False),
+        help="File holding the Moesif application id (default: env MOESIF_APPLICATION_ID).")
+    api_version: str = option("--moesif-api-version", default="1.0", blank_is_default=True,
+                              help="Moesif: api_version of every event.")
+    user_id_header: str | None = option(
+        "--moesif-user-id-header", default="X-Consumer-Custom-Id",
+        help="Moesif: header holding the user id (request first; then x-consumer-*, the token, "
+             "the Basic user, then this response header).")
+    company_id_header: str | None = option(
+        "--moesif-company-id-header", help="Moesif: request (then response) header holding the company id.")
+    authorization_user_id_field: str | None = option(
+        "--moesif-authorization-user-id-field", metavar="CLAIM",
+        help="Moesif: token claim holding the user id (default: --jwt-claim, itself `sub`). "
+             "The token is read from --jwt-from (the plugin's authorization_header_name).")
+    authorization_company_id_field: str | None = option(
+        "--moesif-authorization-company-id-field", metavar="CLAIM", help="Moesif: token claim holding the company id.")
+    client_ip_from_kong: bool = option(
+        "--moesif-client-ip-from-kong", default=False, is_flag=True,
+        help="Moesif: ip_address is the client_ip Kong logged (its trusted_ips rules), "
+             "never X-Forwarded-For and the like, which any client can forge.")
+    disable_capture_request_body: bool = option(
+        "--moesif-disable-capture-request-body", default=False, is_flag=True, help="Moesif: never send request bodies.")
+    disable_capture_response_body: bool = option(
+        "--moesif-disable-capture-response-body", default=False, is_flag=True, help="Moesif: never send response bodies.")
+    request_header_masks: tuple[str, ...] = option(
+        "--moesif-request-header-masks", default=(), multiple=True, metavar="NAMES",
+        help="Moesif: request headers to remove (comma-separated, repeatable).")
+    request_query_masks: tuple[str, ...] = option(
+        "--moesif-request-query-masks", default=(), multiple=True, metavar="NAMES", help="Moesif: query arguments to mask.")
+    request_body_masks: tuple[str, ...] = option(
+        "--moesif-request-body-masks", default=(), multiple=True, metavar="NAMES",
+        help="Moesif: JSON body keys to remove, at any depth.")
+    response_header_masks: tuple[str, ...] = option(
+        "--moesif-response-header-masks", default=(), multiple=True, metavar="NAMES",
+        help="Moesif: response headers to remove.")
+    response_body_masks: tuple[str, ...] = option(
+        "--moesif-response-body-masks", default=(), multiple=True, metavar="NAMES",
+        help="Moesif: response JSON body keys to remove.")
+    event_queue_size: int = option(
+        "--moesif-event-queue-size", default=5000, type=click.IntRange(min=1),
+        help="Moesif: events queued before reading pauses (the plugin dropped them).")
+    request_max_body_size_limit: int = option(
+        "--moesif-request-max-body-size-limit", default=100_000, type=click.IntRange(min=0),
+        help="Moesif: larger request bodies are replaced by a marker.")
+    response_max_body_size_limit: int = option(
+        "--moesif-response-max-body-size-limit", default=100_000, type=click.IntRange(min=0),
+        help="Moesif: larger response bodies are replaced by a marker.")
+    disable_gzip_payload_decompression: bool = option(
+        "--moesif-disable-gzip-payload-decompression", default=False, is_flag=True,
+        help="Moesif: send gzip-encoded bodies as they are (base64) instead of decompressing them.")
+    connect_timeout: int = option("--moesif-connect-timeout", default=1000, type=click.IntRange(min=1),
+                                  help="Moesif: connect timeout, ms.")
+    send_timeout: int = option("--moesif-send-timeout", default=2000, type=click.IntRange(min=1),
+                               help="Moesif: send and read timeout, ms.")
+    keepalive: int = option("--moesif-keepalive", default=5000, type=click.IntRange(min=0),
+                            help="Moesif: idle connection keep-alive, ms.")
+    debug: bool = option("--moesif-debug", default=False, is_flag=True,
+                         help="Moesif: log every batch sent and the configuration fetched.")
 
 
 class MoesifSink(EventBuilder):
     name: ClassVar[str] = "moesif"
-    parallel_safe = False  # the sampling configuration is fetched and refreshed in this process
-    max_batch_events = 1000
-    max_batch_bytes = 10_000_000  # Moesif takes 50 MB per batch; smaller batches retry cheaper
-    envelope_bytes = 2
+    parallel_safe: ClassVar[bool] = False  # the sampling configuration is fetched and refreshed in this process
+    Config: ClassVar[type[MoesifConfig]] = MoesifConfig
+    OPTIONS: ClassVar[OptionList] = options_of(MoesifConfig)
+    limits: SinkLimits
 
     def __init__(
         self,
         application_id: str,
         endpoint: str = DEFAULT_ENDPOINT,
         *,
-        api_version: str = "1.0",
-        user_id_header: str | None = "X-Consumer-Custom-Id",
-        company_id_header: str | None = None,
-        authorization_user_id_field: str | None = None,
-        authorization_company_id_field: str | None = None,
-        client_ip_from_kong: bool = False,
-        disable_capture_request_body: bool = False,
-        disable_capture_response_body: bool = False,
-        request_header_masks: list[str] | None = None,
-        request_query_masks: list[str] | None = None,
-        request_body_masks: list[str] | None = None,
-        response_header_masks: list[str] | None = None,
-        response_body_masks: list[str] | None = None,
-        event_queue_size: int = 5000,
-        request_max_body_size_limit: int = 100_000,
-        response_max_body_size_limit: int = 100_000,
-        disable_gzip_payload_decompression: bool = False,
-        connect_timeout: int = 1000,
-        send_timeout: int = 2000,
-        keepalive: int = 5000,
-        debug: bool = False,
-        batch_size: int = 200,
+        config: MoesifConfig | None = None,
+        batch_size: int = DEFAULT_BATCH_EVENTS,
         fetch_config: bool = True,
         max_age_days: float | None = None,
+        **options: Any,
     ):
+        """`options` set fields of the configuration by name (user_id_header=…), over `config`."""
+        self.config = config = replace(config or MoesifConfig(), **options)
         self.base = endpoint.rstrip("/")
         self.url = self.base + "/v1/events/batch"
         self._headers = {
@@ -140,60 +156,43 @@ class MoesifSink(EventBuilder):
             "Content-Type": "application/json",
             "Content-Encoding": "gzip",
         }
-        self.api_version = api_version
-        self.user_id_header = user_id_header.lower() if user_id_header else None
-        self.company_id_header = company_id_header.lower() if company_id_header else None
-        self.authorization_user_id_field = authorization_user_id_field or None
-        self.authorization_company_id_field = authorization_company_id_field or None
-        self.client_ip_from_kong = client_ip_from_kong
-        self.capture_request_body = not disable_capture_request_body
-        self.capture_response_body = not disable_capture_response_body
-        self.request_header_masks = frozenset(h.lower() for h in request_header_masks or ())
-        self.request_query_masks = frozenset(q.lower() for q in request_query_masks or ())
-        self.request_body_masks = frozenset(normalize(k) for k in request_body_masks or ())
-        self.response_header_masks = frozenset(h.lower() for h in response_header_masks or ())
-        self.response_body_masks = frozenset(normalize(k) for k in response_body_masks or ())
-        self.request_body_limit = request_max_body_size_limit
-        self.response_body_limit = response_max_body_size_limit
-        self.decompress = not disable_gzip_payload_decompression
-        self.debug = debug
-        self.queue_events = event_queue_size
-        self.default_batch_events = batch_size
-        self.http_timeout = httpx.Timeout(send_timeout / 1000, connect=connect_timeout / 1000)
-        self.keepalive_expiry = keepalive / 1000
+        self.api_version = config.api_version
+        self.user_id_header = config.user_id_header.lower() if config.user_id_header else None
+        self.company_id_header = config.company_id_header.lower() if config.company_id_header else None
+        self.authorization_user_id_field = config.authorization_user_id_field or None
+        self.authorization_company_id_field = config.authorization_company_id_field or None
+        self.client_ip_from_kong = config.client_ip_from_kong
+        self.capture_request_body = not config.disable_capture_request_body
+        self.capture_response_body = not config.disable_capture_response_body
+        self.request_header_masks = frozenset(h.lower() for h in _list(config.request_header_masks))
+        self.request_query_masks = frozenset(q.lower() for q in _list(config.request_query_masks))
+        self.request_body_masks = frozenset(normalize(k) for k in _list(config.request_body_masks))
+        self.response_header_masks = frozenset(h.lower() for h in _list(config.response_header_masks))
+        self.response_body_masks = frozenset(normalize(k) for k in _list(config.response_body_masks))
+        self.request_body_limit = config.request_max_body_size_limit
+        self.response_body_limit = config.response_max_body_size_limit
+        self.decompress = not config.disable_gzip_payload_decompression
+        self.debug = config.debug
+        timeout = httpx.Timeout(config.send_timeout / 1000, connect=config.connect_timeout / 1000)
+        self.limits = SinkLimits(
+            max_batch_events=1000,
+            max_batch_bytes=10_000_000,  # Moesif takes 50 MB per batch; smaller batches retry cheaper
+            envelope_bytes=2,  # "[" and "]"
+            default_batch_events=batch_size,
+            queue_events=config.event_queue_size,
+            http_timeout=timeout,
+            # 0 is OpenResty's "never expire": an idle connection is then kept for the shipper's usual time.
+            keepalive_expiry=config.keepalive / 1000 or DEFAULT_KEEPALIVE_EXPIRY,
+        )
         # Moesif's window (from_options sets it: every CLI-built sink has it); None sends whatever the age.
         self.max_age_ms = None if max_age_days is None else max_age_days * 86_400_000
-        self.sampler = Sampler(self.base, application_id, self.http_timeout, debug=debug, enabled=fetch_config)
+        self.sampler = Sampler(self.base, application_id, timeout, debug=config.debug, enabled=fetch_config)
 
     @classmethod
-    def from_options(cls, opts: dict[str, Any], endpoint: str | None) -> MoesifSink:
-        app_id = read_secret("MOESIF_APPLICATION_ID", opts.get("moesif_application_id_file"), "--moesif-application-id-file")
-        return cls(
-            app_id,
-            endpoint or DEFAULT_ENDPOINT,
-            api_version=opts.get("moesif_api_version") or "1.0",
-            user_id_header=opts.get("moesif_user_id_header"),
-            company_id_header=opts.get("moesif_company_id_header"),
-            authorization_user_id_field=opts.get("moesif_authorization_user_id_field"),
-            authorization_company_id_field=opts.get("moesif_authorization_company_id_field"),
-            client_ip_from_kong=bool(opts.get("moesif_client_ip_from_kong")),
-            disable_capture_request_body=bool(opts.get("moesif_disable_capture_request_body")),
-            disable_capture_response_body=bool(opts.get("moesif_disable_capture_response_body")),
-            request_header_masks=_list(opts.get("moesif_request_header_masks")),
-            request_query_masks=_list(opts.get("moesif_request_query_masks")),
-            request_body_masks=_list(opts.get("moesif_request_body_masks")),
-            response_header_masks=_list(opts.get("moesif_response_header_masks")),
-            response_body_masks=_list(opts.get("moesif_response_body_masks")),
-            event_queue_size=opts.get("moesif_event_queue_size") or 5000,
-            request_max_body_size_limit=opts.get("moesif_request_max_body_size_limit", 100_000),
-            response_max_body_size_limit=opts.get("moesif_response_max_body_size_limit", 100_000),
-            disable_gzip_payload_decompression=bool(opts.get("moesif_disable_gzip_payload_decompression")),
-            connect_timeout=opts.get("moesif_connect_timeout") or 1000,
-            send_timeout=opts.get("moesif_send_timeout") or 2000,
-            keepalive=opts.get("moesif_keepalive", 5000),
-            debug=bool(opts.get("moesif_debug")),
-            max_age_days=MAX_AGE_MS / 86_400_000,
-        )
+    def from_options(cls, opts: Mapping[str, Any], endpoint: str | None) -> MoesifSink:
+        config = config_from_options(MoesifConfig, opts)
+        app_id = read_secret("MOESIF_APPLICATION_ID", config.application_id_file, "--moesif-application-id-file")
+        return cls(app_id, endpoint or DEFAULT_ENDPOINT, config=config, max_age_days=MAX_AGE_MS / 86_400_000)
 
     def encode(self, txn: Transaction) -> bytes:
         if txn.kind not in API_KINDS:
@@ -234,6 +233,9 @@ class MoesifSink(EventBuilder):
 
     def transport(self) -> httpx.BaseTransport | None:
         return None
+
+
+OPTIONS = MoesifSink.OPTIONS  # the CLI reads each sink module's OPTIONS
 
 
 # -- before a backfill --------------------------------------------------------------------------------------------

@@ -110,11 +110,12 @@ def regex_rate(rules: list[RegexRule], mapping: dict[str, str]) -> float | None:
 class Sampler:
     """The application's sampling configuration, fetched with the sender's HTTP client and kept fresh.
 
-    The first fetch happens on the first event once the sender's client is known, and so does the fetch after an
-    answer carried a new config ETag (one bounded wait each, so the events after it are sampled by the new
-    rules); the periodic refreshes run on a background thread, so the reader does not wait on them. Without the
-    sender's client nothing is fetched (the sink was built for `kong-ship parse` or a test: no network call from
-    a reader) and every event is kept at the global rate of 100 %."""
+    Every fetch runs on one timer thread ("moesif-config"), started when the sender hands over its client: the
+    first at once, then every CONFIG_REFRESH seconds, and at once when a batch's answer carries a new config
+    ETag. The reader never makes a request. It waits only while a fetch that decides the next events is in flight
+    (the first one, or one after a new ETag: the plugin sampled the events after a change by the new rules), and
+    no longer than one fetch's connect and read timeouts; a periodic refresh never holds it up. Without the sender's client nothing is fetched (the
+    sink was built for `kong-ship parse` or a test) and every event is kept at the global rate of 100 %."""
 
     def __init__(self, base: str, application_id: str, timeout: httpx.Timeout, *, debug: bool = False, enabled: bool = True):
         self.url = base + "/v1/config"
@@ -129,20 +130,27 @@ class Sampler:
         self.regex_rules: list[RegexRule] = []
         self.etag: str | None = None
         self._client: httpx.Client | None = None
-        self._fetched = False
-        self._changed = False
         self._answered: str | None = None  # the last config ETag a batch's answer carried
-        self._due = 0.0
-        self._refreshing = False
+        # Set while the rules the next events must be sampled by are in hand; clear while they are being fetched.
+        self._settled = threading.Event()
+        self._settled.set()
+        self._wake = threading.Event()  # a new ETag: fetch now, not at the next period
+        # One fetch's worst case (connect, then the answer), so a reader never waits on a hung fetch for longer.
+        self._wait = (timeout.connect or 0.0) + (timeout.read or 0.0)
 
     def use_client(self, client: httpx.Client) -> None:
         self._client = client
+        if self.enabled:
+            self._settled.clear()  # the first fetch decides the first events
+            threading.Thread(target=self._keep_fresh, args=(client,), name="moesif-config", daemon=True).start()
 
     def config_changed(self, etag: str | None) -> None:
-        """An answer's `X-Moesif-Config-ETag`: a new one means the configuration changed; fetch it soon."""
+        """An answer's `X-Moesif-Config-ETag`: a new one means the configuration changed; fetch it now."""
         # Once per new value: a configuration answered without that ETag must not be fetched on every event.
-        if etag and etag != self.etag and etag != self._answered:
-            self._changed = True
+        if etag and etag != self.etag and etag != self._answered and self._client is not None and self.enabled:
+            with self._lock:
+                self._settled.clear()
+                self._wake.set()
         self._answered = etag or self._answered
 
     def refresh(self) -> None:
@@ -180,31 +188,27 @@ class Sampler:
             log.info("moesif: sample_rate %g%%, %d user and %d company rates, %d regex rules",
                      rate, len(users), len(companies), len(rules))
 
-    def _background_refresh(self) -> None:
-        try:
-            self.refresh()
-        finally:
-            self._refreshing = False
-
-    def _keep_fresh(self) -> None:
-        if not self.enabled or self._client is None:
-            return
-        if not self._fetched or self._changed:
-            self._fetched, self._changed = True, False
-            self._due = time.monotonic() + CONFIG_REFRESH
-            self.refresh()
-            return
-        if time.monotonic() < self._due:
-            return
-        self._due = time.monotonic() + CONFIG_REFRESH
-        if not self._refreshing:
-            self._refreshing = True
-            threading.Thread(target=self._background_refresh, name="moesif-config", daemon=True).start()
+    def _keep_fresh(self, client: httpx.Client) -> None:
+        """The timer thread: fetch, then wait for the period or a new ETag; ends when the client is closed
+        (checked every second, so a finished run leaves no thread behind for long)."""
+        due = 0.0
+        while not client.is_closed:
+            if self._wake.is_set() or time.monotonic() >= due:
+                self._wake.clear()
+                due = time.monotonic() + CONFIG_REFRESH
+                self.refresh()
+                with self._lock:
+                    if not self._wake.is_set():  # else another ETag came during the fetch: fetch again first
+                        self._settled.set()
+                continue
+            self._wake.wait(min(1.0, max(0.0, due - time.monotonic())))
+        self._settled.set()  # nobody will fetch any more: never hold a reader up
 
     def rate(self, event: dict[str, Any]) -> float:
         """The event's sample rate, percent: the lowest of the user, company and regex rates that apply, else
         the global rate."""
-        self._keep_fresh()
+        if not self._settled.is_set():  # the first fetch, or one after a new ETag, is in flight
+            self._settled.wait(self._wait)
         with self._lock:
             users, companies, rules, rate = self.user_rates, self.company_rates, self.regex_rules, self.global_rate
         specific = []

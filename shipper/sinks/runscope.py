@@ -10,6 +10,8 @@ request carries one message.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import click
@@ -19,21 +21,27 @@ import orjson
 from shipper.errors import ConfigError
 from shipper.formats.values import parse_query
 from shipper.model import Transaction
-from shipper.sinks.base import FATAL, REJECT, EventSkipped, Verdict, absolute_url, judge_common
+from shipper.sinks.base import FATAL, REJECT, EventSkipped, DEFAULT_KEEPALIVE_EXPIRY, OptionList, SinkLimits, Verdict, absolute_url, judge_common
+from shipper.sinks.config import config_from_options, option, options_of
 from shipper.sinks.credentials import read_secret
 
 DEFAULT_ENDPOINT = "https://api.runscope.com"
 
-OPTIONS = [
-    (("--runscope-access-token-file",), {"type": click.Path(dir_okay=False),
-                                          "help": "File holding the Runscope access token (default: env RUNSCOPE_ACCESS_TOKEN)."}),
-    (("--runscope-bucket-key",), {"envvar": "RUNSCOPE_BUCKET_KEY", "help": "Runscope bucket key [env RUNSCOPE_BUCKET_KEY]."}),
-    (("--runscope-log-body",), {"is_flag": True, "help": "Runscope: include request and response bodies (when the log has them)."}),
-    (("--runscope-timeout",), {"type": click.IntRange(min=1), "default": 10_000, "show_default": True,
-                                "help": "Runscope: request timeout, ms."}),
-    (("--runscope-keepalive",), {"type": click.IntRange(min=0), "default": 30_000, "show_default": True,
-                                  "help": "Runscope: idle connection keep-alive, ms."}),
-]
+@dataclass(frozen=True, slots=True)
+class RunscopeConfig:
+    """The Runscope plugin's options under `--runscope-*` names (TOML keys: the field names)."""
+
+    access_token_file: str | None = option(
+        "--runscope-access-token-file", type=click.Path(dir_okay=False),
+        help="File holding the Runscope access token (default: env RUNSCOPE_ACCESS_TOKEN).")
+    bucket_key: str | None = option("--runscope-bucket-key", envvar="RUNSCOPE_BUCKET_KEY",
+                                    help="Runscope bucket key [env RUNSCOPE_BUCKET_KEY].")
+    log_body: bool = option("--runscope-log-body", default=False, is_flag=True,
+                            help="Runscope: include request and response bodies (when the log has them).")
+    timeout: int = option("--runscope-timeout", default=10_000, type=click.IntRange(min=1),
+                          help="Runscope: request timeout, ms.")
+    keepalive: int = option("--runscope-keepalive", default=30_000, type=click.IntRange(min=0),
+                            help="Runscope: idle connection keep-alive, ms.")
 
 
 def _headers(headers: dict[str, Any]) -> dict[str, Any]:
@@ -66,40 +74,41 @@ def _is_form(headers: dict[str, Any]) -> bool:
 
 class RunscopeSink:
     name: ClassVar[str] = "runscope"
-    parallel_safe = True
-    max_batch_events = 1  # one message per request, as the plugin sent them
-    max_batch_bytes = 10_000_000
-    envelope_bytes = 0
+    parallel_safe: ClassVar[bool] = True  # encode is a pure function of the transaction
+    Config: ClassVar[type[RunscopeConfig]] = RunscopeConfig
+    OPTIONS: ClassVar[OptionList] = options_of(RunscopeConfig)
+    limits: SinkLimits
 
     def __init__(
         self,
         access_token: str,
-        bucket_key: str,
+        bucket_key: str | None,
         endpoint: str = DEFAULT_ENDPOINT,
         *,
-        log_body: bool = False,
-        timeout: int = 10_000,
-        keepalive: int = 30_000,
+        config: RunscopeConfig | None = None,
+        **options: Any,
     ):
+        """`options` set fields of the configuration by name (log_body=…), over `config`; the bucket key is
+        `bucket_key`, whatever the configuration says."""
+        self.config = config = replace(config or RunscopeConfig(), bucket_key=bucket_key, **options)
         if not bucket_key:
             raise ConfigError("RUNSCOPE_BUCKET_KEY is not set: export RUNSCOPE_BUCKET_KEY=... or pass --runscope-bucket-key")
         self.url = f"{endpoint.rstrip('/')}/buckets/{bucket_key}/messages"
         self._headers = {"Authorization": f"Bearer {access_token}", "Content-Type": "application/json"}
-        self.log_body = log_body
-        self.http_timeout = httpx.Timeout(timeout / 1000)
-        self.keepalive_expiry = keepalive / 1000
+        self.log_body = config.log_body
+        self.limits = SinkLimits(
+            max_batch_events=1,  # one message per request, as the plugin sent them
+            max_batch_bytes=10_000_000,
+            http_timeout=httpx.Timeout(config.timeout / 1000),
+            # 0 is OpenResty's "never expire": an idle connection is then kept for the shipper's usual time.
+            keepalive_expiry=config.keepalive / 1000 or DEFAULT_KEEPALIVE_EXPIRY,
+        )
 
     @classmethod
-    def from_options(cls, opts: dict[str, Any], endpoint: str | None) -> RunscopeSink:
-        token = read_secret("RUNSCOPE_ACCESS_TOKEN", opts.get("runscope_access_token_file"), "--runscope-access-token-file")
-        return cls(
-            token,
-            opts.get("runscope_bucket_key") or "",
-            endpoint or DEFAULT_ENDPOINT,
-            log_body=bool(opts.get("runscope_log_body")),
-            timeout=opts.get("runscope_timeout") or 10_000,
-            keepalive=opts.get("runscope_keepalive", 30_000),
-        )
+    def from_options(cls, opts: Mapping[str, Any], endpoint: str | None) -> RunscopeSink:
+        config = config_from_options(RunscopeConfig, opts)
+        token = read_secret("RUNSCOPE_ACCESS_TOKEN", config.access_token_file, "--runscope-access-token-file")
+        return cls(token, config.bucket_key, endpoint or DEFAULT_ENDPOINT, config=config)
 
     def message(self, txn: Transaction) -> dict[str, Any]:
         # A record without a start time is dated when it is sent, as Segment's events are (never 1970): the
@@ -153,3 +162,9 @@ class RunscopeSink:
 
     def transport(self) -> httpx.BaseTransport | None:
         return None
+
+    def use_client(self, client: httpx.Client) -> None:
+        pass  # no requests of its own
+
+
+OPTIONS = RunscopeSink.OPTIONS  # the CLI reads each sink module's OPTIONS

@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import string
 import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -20,7 +22,8 @@ import orjson
 from shipper import __version__
 from shipper.errors import ConfigError
 from shipper.model import Transaction
-from shipper.sinks.base import SPLIT, EventRejected, Verdict, absolute_url, judge_common
+from shipper.sinks.base import SPLIT, EventRejected, OptionList, SinkLimits, Verdict, absolute_url, judge_common
+from shipper.sinks.config import config_from_options, option, options_of
 from shipper.sinks.credentials import read_secret
 
 DEFAULT_ENDPOINT = "https://api.segment.io"
@@ -45,28 +48,25 @@ _SHRINKABLE = (
     "queryJson", "queryObject", "queryString", "rawpath", "uri", "path", "upstreamUri", "payload", "entity", "old_entity",
 )
 
-# (flag declarations, click keyword arguments): the CLI turns these into options of every shipping command.
-OPTIONS = [
-    (
-        ("--segment-write-key-file",),
-        {"type": click.Path(dir_okay=False), "help": "File holding the Segment write key (default: env SEGMENT_WRITE_KEY)."},
-    ),
-    (
-        ("--event-name-template",),
-        {
-            "default": DEFAULT_EVENT_NAME,
-            "show_default": True,
-            "help": "Segment event name; placeholders {method} {path} {host} {status} {service} {route}.",
-        },
-    ),
-    (
-        ("--strip-trailing-slash/--keep-trailing-slash",),
-        {"default": True, "show_default": True, "help": "Strip a trailing slash from {path} and the path property."},
-    ),
-]
+@dataclass(frozen=True, slots=True)
+class SegmentConfig:
+    """The Segment sink's options; the event name and the path also shape `--sink stdout`'s events."""
+
+    write_key_file: str | None = option(
+        "--segment-write-key-file", type=click.Path(dir_okay=False),
+        help="File holding the Segment write key (default: env SEGMENT_WRITE_KEY).",
+    )
+    event_name_template: str = option(
+        "--event-name-template", default=DEFAULT_EVENT_NAME, blank_is_default=True,
+        help="Segment event name; placeholders {method} {path} {host} {status} {service} {route}.",
+    )
+    strip_trailing_slash: bool = option(
+        "--strip-trailing-slash/--keep-trailing-slash", default=True,
+        help="Strip a trailing slash from {path} and the path property.",
+    )
 
 
-_second_cache: list = [None, ""]  # (epoch second, its "YYYY-MM-DDTHH:MM:SS." text): records come in time order
+_second_cache: list[Any] = [None, ""]  # (epoch second, its "YYYY-MM-DDTHH:MM:SS." text): records come in time order
 
 
 def iso_ms(epoch_ms: int | None) -> str:
@@ -169,22 +169,29 @@ def check_template(template: str) -> str:
 
 class SegmentSink:
     name: ClassVar[str] = "segment"
-    parallel_safe = True  # encode is a pure function: it may run in worker processes
-    max_batch_events = MAX_MESSAGES
-    max_batch_bytes = MAX_BODY_BYTES
-    envelope_bytes = len(b'{"batch":[],"sentAt":"2025-01-01T00:00:00.000Z"}')
+    parallel_safe: ClassVar[bool] = True  # encode is a pure function: it may run in worker processes
+    Config: ClassVar[type[SegmentConfig]] = SegmentConfig
+    OPTIONS: ClassVar[OptionList] = options_of(SegmentConfig)
+    limits = SinkLimits(
+        max_batch_events=MAX_MESSAGES,
+        max_batch_bytes=MAX_BODY_BYTES,
+        envelope_bytes=len(b'{"batch":[],"sentAt":"2025-01-01T00:00:00.000Z"}'),
+    )
 
     def __init__(
         self,
         write_key: str,
         endpoint: str = DEFAULT_ENDPOINT,
-        event_name_template: str = DEFAULT_EVENT_NAME,
-        strip_trailing_slash: bool = True,
+        *,
+        config: SegmentConfig | None = None,
         gzip: bool = True,
+        **options: Any,
     ):
+        """`options` set fields of the configuration by name (event_name_template=…), over `config`."""
+        self.config = config = replace(config or SegmentConfig(), **options)
         self.url = endpoint.rstrip("/") + "/v1/batch"
-        self.template = check_template(event_name_template)
-        self.strip_trailing_slash = strip_trailing_slash
+        self.template = check_template(config.event_name_template)
+        self.strip_trailing_slash = config.strip_trailing_slash
         self.gzip = gzip
         token = base64.b64encode(f"{write_key}:".encode()).decode()
         self._headers = {"Authorization": f"Basic {token}", "Content-Type": "application/json"}
@@ -192,14 +199,10 @@ class SegmentSink:
             self._headers["Content-Encoding"] = "gzip"
 
     @classmethod
-    def from_options(cls, opts: dict[str, Any], endpoint: str | None) -> SegmentSink:
-        key = read_secret("SEGMENT_WRITE_KEY", opts.get("segment_write_key_file"), "--segment-write-key-file")
-        return cls(
-            key,
-            endpoint or DEFAULT_ENDPOINT,
-            opts.get("event_name_template") or DEFAULT_EVENT_NAME,
-            opts.get("strip_trailing_slash", True),
-        )
+    def from_options(cls, opts: Mapping[str, Any], endpoint: str | None) -> SegmentSink:
+        config = config_from_options(SegmentConfig, opts)
+        key = read_secret("SEGMENT_WRITE_KEY", config.write_key_file, "--segment-write-key-file")
+        return cls(key, endpoint or DEFAULT_ENDPOINT, config=config)
 
     # -- one event -------------------------------------------------------------------------------------------
     def message(self, txn: Transaction) -> dict[str, Any]:
@@ -391,3 +394,9 @@ class SegmentSink:
 
     def transport(self) -> httpx.BaseTransport | None:
         return None
+
+    def use_client(self, client: httpx.Client) -> None:
+        pass  # no requests of its own
+
+
+OPTIONS = SegmentSink.OPTIONS  # the CLI reads each sink module's OPTIONS

@@ -8,17 +8,18 @@ own transport writes it to stdout instead of the network.
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from typing import Any, BinaryIO, ClassVar
 
 import httpx
 
 from shipper.model import Transaction
-from shipper.sinks.base import FATAL, OK, Verdict
-from shipper.sinks.segment import DEFAULT_EVENT_NAME, SegmentSink
-from shipper.sinks.segment import OPTIONS as SEGMENT_OPTIONS
+from shipper.sinks.base import FATAL, OK, OptionList, SinkLimits, Verdict
+from shipper.sinks.config import config_from_options, options_of
+from shipper.sinks.segment import SegmentConfig, SegmentSink
 
-# The event shape's options, shared with the Segment sink (the CLI lists each option once).
-OPTIONS = [option for option in SEGMENT_OPTIONS if option[0][0] != "--segment-write-key-file"]
+# The event shape's options, shared with the Segment sink (the CLI lists each option once); no write key.
+_NOT_HERE = ("write_key_file",)
 
 
 class _StdoutTransport(httpx.BaseTransport):
@@ -37,21 +38,19 @@ class _StdoutTransport(httpx.BaseTransport):
 
 class StdoutSink:
     name: ClassVar[str] = "stdout"
-    parallel_safe = True  # encode is a pure function: it may run in worker processes
-    max_batch_events = 500
-    max_batch_bytes = 1_000_000
-    envelope_bytes = 0
+    parallel_safe: ClassVar[bool] = True  # encode is a pure function: it may run in worker processes
+    Config: ClassVar[type[SegmentConfig]] = SegmentConfig
+    OPTIONS: ClassVar[OptionList] = options_of(SegmentConfig, without=_NOT_HERE)
+    limits = SinkLimits(max_batch_events=500, max_batch_bytes=1_000_000)
 
     def __init__(self, stream: BinaryIO | None = None, **segment_options: Any):
+        """`segment_options`: the Segment sink's configuration (config=…) or fields of it by name."""
         self._segment = SegmentSink("stdout", gzip=False, **segment_options)
         self._stream = stream or sys.stdout.buffer
 
     @classmethod
-    def from_options(cls, opts: dict[str, Any], endpoint: str | None) -> StdoutSink:
-        return cls(
-            event_name_template=opts.get("event_name_template") or DEFAULT_EVENT_NAME,
-            strip_trailing_slash=opts.get("strip_trailing_slash", True),
-        )
+    def from_options(cls, opts: Mapping[str, Any], endpoint: str | None) -> StdoutSink:
+        return cls(config=config_from_options(SegmentConfig, opts, without=_NOT_HERE))
 
     def encode(self, txn: Transaction) -> bytes:
         return self._segment.encode(txn)
@@ -66,3 +65,9 @@ class StdoutSink:
 
     def transport(self) -> httpx.BaseTransport | None:
         return _StdoutTransport(self._stream)
+
+    def use_client(self, client: httpx.Client) -> None:
+        pass  # no requests of its own
+
+
+OPTIONS = StdoutSink.OPTIONS

@@ -18,6 +18,8 @@ import hashlib
 import hmac
 import os
 import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import click
@@ -26,20 +28,25 @@ import orjson
 
 from shipper.errors import ConfigError
 from shipper.model import Transaction
-from shipper.sinks.base import FATAL, OK, REJECT, RETRY, SPLIT, Verdict, retry_after_seconds, snippet
+from shipper.sinks.base import FATAL, OK, REJECT, RETRY, SPLIT, OptionList, SinkLimits, Verdict, retry_after_seconds, snippet
+from shipper.sinks.config import config_from_options, option, options_of
 from shipper.sinks.credentials import read_secret
 
 SECRET_ENV = "KONG_SHIP_WEBHOOK_SECRET"
 SIGNATURE_HEADER = "x-kong-signature"
 
-OPTIONS = [
-    (("--webhook-header",), {"multiple": True, "metavar": "'NAME: VALUE'",
-                             "help": "Webhook: an HTTP header sent with every request (repeatable)."}),
-    (("--webhook-secret-file",), {"type": click.Path(dir_okay=False),
-                                  "help": f"Webhook: file holding the secret that signs each body (x-kong-signature, "
-                                          f"HMAC-SHA1, as Kong's event hooks) [default: env {SECRET_ENV}; unsigned "
-                                          f"if neither]."}),
-]
+@dataclass(frozen=True, slots=True)
+class WebhookConfig:
+    """The webhook sink's options (TOML keys under [sinks.webhook]: the field names)."""
+
+    header: tuple[str, ...] = option(
+        "--webhook-header", default=(), multiple=True, metavar="'NAME: VALUE'",
+        help="Webhook: an HTTP header sent with every request (repeatable).")
+    secret_file: str | None = option(
+        "--webhook-secret-file", type=click.Path(dir_okay=False),
+        help=f"Webhook: file holding the secret that signs each body (x-kong-signature, HMAC-SHA1, as Kong's event "
+             f"hooks) [default: env {SECRET_ENV}; unsigned if neither].")
+
 
 # RFC 9110 token characters: what a header name may be made of.
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -63,7 +70,7 @@ def signature_ok(secret: bytes, body: bytes, header: str | None) -> bool:
     return hmac.compare_digest(value.lower().encode("ascii", "replace"), expected.encode())
 
 
-def parse_headers(values: tuple[str, ...] | list[str]) -> list[tuple[str, str]]:
+def parse_headers(values: Iterable[str]) -> list[tuple[str, str]]:
     """`'Name: value'` strings as (name, value) pairs; ConfigError names the header, never its value."""
     out = []
     for raw in values:
@@ -83,11 +90,15 @@ def parse_headers(values: tuple[str, ...] | list[str]) -> list[tuple[str, str]]:
 
 class WebhookSink:
     name: ClassVar[str] = "webhook"
-    parallel_safe = True  # encode is a pure function of the transaction
-    max_batch_events = 10_000
-    default_batch_events = 500
-    max_batch_bytes = 1_000_000  # of the body; under `kong-ship receive`'s default 1 MiB request limit
-    envelope_bytes = 2  # "[" and "]"; the batcher counts one comma per event
+    parallel_safe: ClassVar[bool] = True  # encode is a pure function of the transaction
+    Config: ClassVar[type[WebhookConfig]] = WebhookConfig
+    OPTIONS: ClassVar[OptionList] = options_of(WebhookConfig)
+    limits = SinkLimits(
+        max_batch_events=10_000,
+        default_batch_events=500,
+        max_batch_bytes=1_000_000,  # of the body; under `kong-ship receive`'s default 1 MiB request limit
+        envelope_bytes=2,  # "[" and "]"; the batcher counts one comma per event
+    )
 
     def __init__(self, endpoint: str, *, secret: str | None = None, headers: list[tuple[str, str]] | None = None):
         self.url = endpoint
@@ -95,15 +106,15 @@ class WebhookSink:
         self._headers = [("Content-Type", "application/json"), *(headers or [])]
 
     @classmethod
-    def from_options(cls, opts: dict[str, Any], endpoint: str | None) -> WebhookSink:
+    def from_options(cls, opts: Mapping[str, Any], endpoint: str | None) -> WebhookSink:
         if not endpoint:
             raise ConfigError("--sink webhook needs --endpoint URL: where to POST the events")
-        secret_file = opts.get("webhook_secret_file")
-        if secret_file or os.environ.get(SECRET_ENV, "").strip():
-            secret: str | None = read_secret(SECRET_ENV, secret_file, "--webhook-secret-file")
+        config = config_from_options(WebhookConfig, opts)
+        if config.secret_file or os.environ.get(SECRET_ENV, "").strip():
+            secret: str | None = read_secret(SECRET_ENV, config.secret_file, "--webhook-secret-file")
         else:
             secret = None
-        return cls(endpoint, secret=secret, headers=parse_headers(opts.get("webhook_header") or ()))
+        return cls(endpoint, secret=secret, headers=parse_headers(config.header))
 
     @property
     def signed(self) -> bool:
@@ -139,3 +150,9 @@ class WebhookSink:
 
     def transport(self) -> httpx.BaseTransport | None:
         return None
+
+    def use_client(self, client: httpx.Client) -> None:
+        pass  # no requests of its own
+
+
+OPTIONS = WebhookSink.OPTIONS  # the CLI reads each sink module's OPTIONS
