@@ -13,14 +13,20 @@ import os
 import queue
 import signal
 from collections.abc import Iterable, Iterator
-from typing import Any
+from multiprocessing.connection import Connection
+from multiprocessing.context import ForkContext, ForkProcess
+from multiprocessing.queues import Queue as MPQueue
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
 from shipper.formats import ParseError, Parser
-from shipper.model import Position
+from shipper.model import Position, Transaction
 from shipper.processors import Processor, run_chain
-from shipper.sinks.base import EventFiltered, EventRejected, EventSkipped, Sink
+from shipper.sinks.base import EventFiltered, EventRejected, EventSkipped
+
+if TYPE_CHECKING:  # only named in annotations: the sources need not be imported by a worker or `parse`
+    from shipper.sources.reading import Oversize
 
 class Fate(enum.IntEnum):
     """What became of a line, the first item of an `Outcome`; the payload's type depends on it. An IntEnum: a
@@ -41,16 +47,22 @@ EVENT, BLANK, INVALID, REJECTED = Fate.EVENT, Fate.BLANK, Fate.INVALID, Fate.REJ
 SKIPPED, OVERSIZE, FILTERED, FAILED = Fate.SKIPPED, Fate.OVERSIZE, Fate.FILTERED, Fate.FAILED
 
 Outcome = tuple[Fate, Any, bool]  # (fate, payload, anonymous)
-Line = tuple[str, bytes, int, int]  # (file_id, data, offset, end)
+Line = tuple[str, "bytes | Oversize", int, int]  # (file_id, data, offset, end)
+
+
+class Encoder(Protocol):
+    """What the Transformer uses of a sink: its encoder (`kong-ship parse` passes NormalizedLines)."""
+
+    def encode(self, txn: Transaction) -> bytes: ...
 
 
 class Transformer:
-    def __init__(self, parser: Parser, chain: list[Processor], sink: Sink):
+    def __init__(self, parser: Parser, chain: list[Processor], sink: Encoder):
         self.parse = parser.parse
         self.chain = chain
         self.encode = sink.encode
 
-    def __call__(self, file_id: str, data: bytes, offset: int, end: int) -> Outcome:
+    def __call__(self, file_id: str, data: bytes | Oversize, offset: int, end: int) -> Outcome:
         """Never raises: whatever a line holds, it comes back as one outcome, so no line can stop a reader.
         (A try block costs nothing in CPython 3.11 until something is raised.)"""
         if type(data) is not bytes:
@@ -86,7 +98,7 @@ class NormalizedLines:
     Transformer (and so the same boundary) as shipping."""
 
     @staticmethod
-    def encode(txn) -> bytes:
+    def encode(txn: Transaction) -> bytes:
         return orjson.dumps(txn.to_dict(), option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS)
 
 
@@ -106,7 +118,10 @@ class WorkerLost(RuntimeError):
     """A worker process died (killed, out of memory) while chunks were out: their outcomes will never come."""
 
 
-def _worker_main(transformer: Transformer, chunks, results, parent: int, not_mine: list) -> None:
+def _worker_main(
+    transformer: Transformer, chunks: MPQueue[list[Line] | None], results: Connection, parent: int,
+    not_mine: list[Connection],
+) -> None:
     """A worker: chunks in (its own queue), outcomes out (its own pipe), in order, until told to stop or the
     parent is gone. Signals are the parent's business: a Ctrl-C or systemd's SIGTERM reaches the whole process
     group, and the parent ends its workers itself once it has what it needs."""
@@ -153,7 +168,7 @@ def _die_with(parent: int) -> None:
 
 
 class _Worker:
-    def __init__(self, context, transformer: Transformer, earlier: list[_Worker]):
+    def __init__(self, context: ForkContext, transformer: Transformer, earlier: list[_Worker]):
         self.chunks = context.Queue()
         self.chunks.cancel_join_thread()  # chunks left unsent at exit are not needed: never wait to flush them
         reader, writer = context.Pipe(duplex=False)
@@ -247,7 +262,7 @@ class WorkerPool:
             worker.chunks.close()
 
 
-def _kill(processes) -> None:
+def _kill(processes: list[ForkProcess]) -> None:
     for process in processes:
         if process.is_alive():
             process.kill()

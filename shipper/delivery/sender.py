@@ -39,7 +39,7 @@ def tls_context(ca_file: str | None) -> ssl.SSLContext | bool:
 
 
 def _tls_failure(exc: BaseException) -> ssl.SSLCertVerificationError | None:
-    seen = exc
+    seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, ssl.SSLCertVerificationError):
             return seen
@@ -182,7 +182,7 @@ class Sender:
 
     # -- tenacity hooks ----------------------------------------------------------------------------------------
     def _wait(self, state: tenacity.RetryCallState) -> float:
-        verdict = state.outcome.result() if state.outcome else None
+        verdict: Verdict | None = state.outcome.result() if state.outcome else None
         if verdict is not None and verdict.retry_after is not None:
             wait = min(verdict.retry_after, RETRY_AFTER_CAP)
             with self._lock:

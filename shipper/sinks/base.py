@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, Self
+from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
 import httpx
 
@@ -86,6 +86,7 @@ class SinkLimits:
 OptionList = list[tuple[tuple[str, ...], dict[str, Any]]]
 
 
+@runtime_checkable  # so the contract test can ask isinstance(sink, Sink) of every sink as the CLI builds it
 class Sink(Protocol):
     """What the lane, the sender and the command line use of a sink; nothing is read with a fallback, so a
     misspelt attribute fails when the sink is built or type-checked, not silently at run time."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import Field, field, fields
-from typing import Any, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from shipper.sinks.base import OptionList
 
@@ -19,7 +19,9 @@ _BLANK_IS_DEFAULT = "blank_is_default"
 
 
 class DataclassType(Protocol):
-    __dataclass_fields__: dict[str, Field[Any]]
+    """Any dataclass (what `dataclasses.fields` takes), as a type variable's bound."""
+
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
 
 
 ConfigT = TypeVar("ConfigT", bound=DataclassType)

@@ -32,7 +32,9 @@ import orjson
 
 from shipper.model import Transaction
 from shipper.processors.names import normalize
-from shipper.sinks.base import FATAL, SPLIT, EventFiltered, EventSkipped, DEFAULT_KEEPALIVE_EXPIRY, OptionList, SinkLimits, Verdict, judge_common
+from shipper.sinks.base import (
+    DEFAULT_KEEPALIVE_EXPIRY, FATAL, SPLIT, EventFiltered, EventSkipped, OptionList, Sink, SinkLimits, Verdict, judge_common,
+)
 from shipper.sinks.config import config_from_options, option, options_of
 from shipper.sinks.credentials import read_secret
 from shipper.sinks.moesif_event import EventBuilder, transaction_id
@@ -236,6 +238,7 @@ class MoesifSink(EventBuilder):
 
 
 OPTIONS = MoesifSink.OPTIONS  # the CLI reads each sink module's OPTIONS
+_CONTRACT: type[Sink] = MoesifSink  # mypy checks the class against the sink contract here
 
 
 # -- before a backfill --------------------------------------------------------------------------------------------

@@ -21,7 +21,9 @@ import orjson
 from shipper.errors import ConfigError
 from shipper.formats.values import parse_query
 from shipper.model import Transaction
-from shipper.sinks.base import FATAL, REJECT, EventSkipped, DEFAULT_KEEPALIVE_EXPIRY, OptionList, SinkLimits, Verdict, absolute_url, judge_common
+from shipper.sinks.base import (
+    DEFAULT_KEEPALIVE_EXPIRY, FATAL, REJECT, EventSkipped, OptionList, Sink, SinkLimits, Verdict, absolute_url, judge_common,
+)
 from shipper.sinks.config import config_from_options, option, options_of
 from shipper.sinks.credentials import read_secret
 
@@ -168,3 +170,4 @@ class RunscopeSink:
 
 
 OPTIONS = RunscopeSink.OPTIONS  # the CLI reads each sink module's OPTIONS
+_CONTRACT: type[Sink] = RunscopeSink  # mypy checks the class against the sink contract here

@@ -22,7 +22,7 @@ import orjson
 from shipper import __version__
 from shipper.errors import ConfigError
 from shipper.model import Transaction
-from shipper.sinks.base import SPLIT, EventRejected, OptionList, SinkLimits, Verdict, absolute_url, judge_common
+from shipper.sinks.base import SPLIT, EventRejected, OptionList, Sink, SinkLimits, Verdict, absolute_url, judge_common
 from shipper.sinks.config import config_from_options, option, options_of
 from shipper.sinks.credentials import read_secret
 
@@ -400,3 +400,4 @@ class SegmentSink:
 
 
 OPTIONS = SegmentSink.OPTIONS  # the CLI reads each sink module's OPTIONS
+_CONTRACT: type[Sink] = SegmentSink  # mypy checks the class against the sink contract here

@@ -14,7 +14,7 @@ from typing import Any, BinaryIO, ClassVar
 import httpx
 
 from shipper.model import Transaction
-from shipper.sinks.base import FATAL, OK, OptionList, SinkLimits, Verdict
+from shipper.sinks.base import FATAL, OK, OptionList, Sink, SinkLimits, Verdict
 from shipper.sinks.config import config_from_options, options_of
 from shipper.sinks.segment import SegmentConfig, SegmentSink
 
@@ -71,3 +71,4 @@ class StdoutSink:
 
 
 OPTIONS = StdoutSink.OPTIONS
+_CONTRACT: type[Sink] = StdoutSink  # mypy checks the class against the sink contract here

@@ -28,7 +28,9 @@ import orjson
 
 from shipper.errors import ConfigError
 from shipper.model import Transaction
-from shipper.sinks.base import FATAL, OK, REJECT, RETRY, SPLIT, OptionList, SinkLimits, Verdict, retry_after_seconds, snippet
+from shipper.sinks.base import (
+    FATAL, OK, REJECT, RETRY, SPLIT, OptionList, Sink, SinkLimits, Verdict, retry_after_seconds, snippet,
+)
 from shipper.sinks.config import config_from_options, option, options_of
 from shipper.sinks.credentials import read_secret
 
@@ -156,3 +158,4 @@ class WebhookSink:
 
 
 OPTIONS = WebhookSink.OPTIONS  # the CLI reads each sink module's OPTIONS
+_CONTRACT: type[Sink] = WebhookSink  # mypy checks the class against the sink contract here
