@@ -144,3 +144,32 @@ def test_the_readme_option_table_names_the_flags_keys_and_defaults_of_the_config
         assert documented(default_cell, field.default), f"{flag}: README default {default_cell!r}, code {field.default!r}"
         seen.add(flag)
     assert seen == set(by_flag), f"not in the README's [sinks.{name}] table: {sorted(set(by_flag) - seen)}"
+
+
+# -- Moesif's /v1/config: on its own thread, never the reader's ---------------------------------------------------
+def test_moesif_fetches_its_config_on_a_timer_thread_with_the_senders_client():
+    import threading
+
+    import orjson
+
+    from shipper.model import Transaction
+    from shipper.sinks.base import EventSkipped
+    from shipper.sinks.moesif import MoesifSink
+
+    fetched_on: list[str] = []
+    config = {"sample_rate": 0}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        fetched_on.append(threading.current_thread().name)
+        return httpx.Response(200, json=config, headers={"x-moesif-config-etag": f"v{len(fetched_on)}"})
+
+    sink = MoesifSink("app", "http://moesif.test")
+    txn = Transaction(event_id="e1", source_format="kong", method="GET", host="h", path="/", raw_path="/")
+    with httpx.Client(transport=httpx.MockTransport(answer)) as client:
+        sink.use_client(client)
+        with pytest.raises(EventSkipped):  # the reader waited for the first fetch, and did not make it
+            sink.encode(txn)
+        config["sample_rate"] = 100
+        sink.sampler.config_changed("v-new")  # as a batch's answer would: the next event uses the new rules
+        assert orjson.loads(sink.encode(txn))["weight"] == 1
+    assert fetched_on == ["moesif-config", "moesif-config"]

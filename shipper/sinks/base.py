@@ -117,6 +117,17 @@ class Sink(Protocol):
         ...
 
 
+class HttpSink:
+    """The parts of the contract most sinks share: they send over the sender's HTTP client (no transport of
+    their own) and make no requests of their own (nothing to do with the client)."""
+
+    def transport(self) -> httpx.BaseTransport | None:
+        return None
+
+    def use_client(self, client: httpx.Client) -> None:
+        pass
+
+
 def absolute_url(txn: Transaction, raw_path: str | None = None) -> str:
     """The URL the client asked for, `scheme://host:port/path?query`, with the port whenever it is known.
 

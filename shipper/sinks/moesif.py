@@ -33,7 +33,7 @@ import orjson
 from shipper.model import Transaction
 from shipper.processors.names import normalize
 from shipper.sinks.base import (
-    DEFAULT_KEEPALIVE_EXPIRY, FATAL, SPLIT, EventFiltered, EventSkipped, OptionList, Sink, SinkLimits, Verdict, judge_common,
+    DEFAULT_KEEPALIVE_EXPIRY, FATAL, SPLIT, EventFiltered, EventSkipped, HttpSink, OptionList, Sink, SinkLimits, Verdict, judge_common,
 )
 from shipper.sinks.config import config_from_options, option, options_of
 from shipper.sinks.credentials import read_secret
@@ -131,7 +131,7 @@ class MoesifConfig:
                          help="Moesif: log every batch sent and the configuration fetched.")
 
 
-class MoesifSink(EventBuilder):
+class MoesifSink(EventBuilder, HttpSink):
     name: ClassVar[str] = "moesif"
     parallel_safe: ClassVar[bool] = False  # the sampling configuration is fetched and refreshed in this process
     Config: ClassVar[type[MoesifConfig]] = MoesifConfig
@@ -232,9 +232,6 @@ class MoesifSink(EventBuilder):
     def use_client(self, client: httpx.Client) -> None:
         """The sender's HTTP client, for the configuration requests: the same TLS trust (--ca-file) and pool."""
         self.sampler.use_client(client)
-
-    def transport(self) -> httpx.BaseTransport | None:
-        return None
 
 
 OPTIONS = MoesifSink.OPTIONS  # the CLI reads each sink module's OPTIONS

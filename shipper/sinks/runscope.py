@@ -22,7 +22,7 @@ from shipper.errors import ConfigError
 from shipper.formats.values import parse_query
 from shipper.model import Transaction
 from shipper.sinks.base import (
-    DEFAULT_KEEPALIVE_EXPIRY, FATAL, REJECT, EventSkipped, OptionList, Sink, SinkLimits, Verdict, absolute_url, judge_common,
+    DEFAULT_KEEPALIVE_EXPIRY, FATAL, REJECT, EventSkipped, HttpSink, OptionList, Sink, SinkLimits, Verdict, absolute_url, judge_common,
 )
 from shipper.sinks.config import config_from_options, option, options_of
 from shipper.sinks.credentials import read_secret
@@ -74,7 +74,7 @@ def _is_form(headers: dict[str, Any]) -> bool:
     return isinstance(content_type, str) and "application/x-www-form-urlencoded" in content_type.lower()
 
 
-class RunscopeSink:
+class RunscopeSink(HttpSink):
     name: ClassVar[str] = "runscope"
     parallel_safe: ClassVar[bool] = True  # encode is a pure function of the transaction
     Config: ClassVar[type[RunscopeConfig]] = RunscopeConfig
@@ -161,12 +161,6 @@ class RunscopeSink:
         if status == 400:
             return Verdict(REJECT, f"Runscope answered 400: {response.text[:300]}")
         return judge_common(response, "Runscope", "check RUNSCOPE_ACCESS_TOKEN (or --runscope-access-token-file)")
-
-    def transport(self) -> httpx.BaseTransport | None:
-        return None
-
-    def use_client(self, client: httpx.Client) -> None:
-        pass  # no requests of its own
 
 
 OPTIONS = RunscopeSink.OPTIONS  # the CLI reads each sink module's OPTIONS

@@ -22,7 +22,7 @@ import orjson
 from shipper import __version__
 from shipper.errors import ConfigError
 from shipper.model import Transaction
-from shipper.sinks.base import SPLIT, EventRejected, OptionList, Sink, SinkLimits, Verdict, absolute_url, judge_common
+from shipper.sinks.base import SPLIT, EventRejected, HttpSink, OptionList, Sink, SinkLimits, Verdict, absolute_url, judge_common
 from shipper.sinks.config import config_from_options, option, options_of
 from shipper.sinks.credentials import read_secret
 
@@ -167,7 +167,7 @@ def check_template(template: str) -> str:
     return template
 
 
-class SegmentSink:
+class SegmentSink(HttpSink):
     name: ClassVar[str] = "segment"
     parallel_safe: ClassVar[bool] = True  # encode is a pure function: it may run in worker processes
     Config: ClassVar[type[SegmentConfig]] = SegmentConfig
@@ -391,12 +391,6 @@ class SegmentSink:
         if response.status_code == 413:
             return Verdict(SPLIT, "Segment answered 413: batch too large")
         return judge_common(response, "Segment", "check SEGMENT_WRITE_KEY (or --segment-write-key-file)")
-
-    def transport(self) -> httpx.BaseTransport | None:
-        return None
-
-    def use_client(self, client: httpx.Client) -> None:
-        pass  # no requests of its own
 
 
 OPTIONS = SegmentSink.OPTIONS  # the CLI reads each sink module's OPTIONS

@@ -14,7 +14,7 @@ from typing import Any, BinaryIO, ClassVar
 import httpx
 
 from shipper.model import Transaction
-from shipper.sinks.base import FATAL, OK, OptionList, Sink, SinkLimits, Verdict
+from shipper.sinks.base import FATAL, OK, HttpSink, OptionList, Sink, SinkLimits, Verdict
 from shipper.sinks.config import config_from_options, options_of
 from shipper.sinks.segment import SegmentConfig, SegmentSink
 
@@ -36,7 +36,7 @@ class _StdoutTransport(httpx.BaseTransport):
         return httpx.Response(200, request=request)
 
 
-class StdoutSink:
+class StdoutSink(HttpSink):
     name: ClassVar[str] = "stdout"
     parallel_safe: ClassVar[bool] = True  # encode is a pure function: it may run in worker processes
     Config: ClassVar[type[SegmentConfig]] = SegmentConfig
@@ -65,9 +65,6 @@ class StdoutSink:
 
     def transport(self) -> httpx.BaseTransport | None:
         return _StdoutTransport(self._stream)
-
-    def use_client(self, client: httpx.Client) -> None:
-        pass  # no requests of its own
 
 
 OPTIONS = StdoutSink.OPTIONS

@@ -29,7 +29,7 @@ import orjson
 from shipper.errors import ConfigError
 from shipper.model import Transaction
 from shipper.sinks.base import (
-    FATAL, OK, REJECT, RETRY, SPLIT, OptionList, Sink, SinkLimits, Verdict, retry_after_seconds, snippet,
+    FATAL, OK, REJECT, RETRY, SPLIT, HttpSink, OptionList, Sink, SinkLimits, Verdict, retry_after_seconds, snippet,
 )
 from shipper.sinks.config import config_from_options, option, options_of
 from shipper.sinks.credentials import read_secret
@@ -90,7 +90,7 @@ def parse_headers(values: Iterable[str]) -> list[tuple[str, str]]:
     return out
 
 
-class WebhookSink:
+class WebhookSink(HttpSink):
     name: ClassVar[str] = "webhook"
     parallel_safe: ClassVar[bool] = True  # encode is a pure function of the transaction
     Config: ClassVar[type[WebhookConfig]] = WebhookConfig
@@ -149,12 +149,6 @@ class WebhookSink:
         if status == 413:
             return Verdict(SPLIT, "the webhook endpoint answered HTTP 413 (body too large)")
         return Verdict(REJECT, f"the webhook endpoint answered HTTP {status}: {snippet(response)}")
-
-    def transport(self) -> httpx.BaseTransport | None:
-        return None
-
-    def use_client(self, client: httpx.Client) -> None:
-        pass  # no requests of its own
 
 
 OPTIONS = WebhookSink.OPTIONS  # the CLI reads each sink module's OPTIONS
