@@ -1,10 +1,14 @@
 """Wires the flow: source → parse → processors → sink encoding → bounded queue → batches → sender, with
 acknowledgements flowing back into checkpoints.
 
-Each sink gets its own `Lane` (lane.py): its own reader over the files, queue, batches, retries and checkpoints. A sink
-that is down or slow therefore holds back only itself (its reader waits, the file is the buffer) and catches
-up later; the others keep delivering. Reading a file once per sink is the price, and it is small next to
-the independence it buys.
+Each sink gets its own `Lane` (lane.py): its own reader over the files, queue, batches, retries and
+checkpoints. A sink that is down or slow therefore holds back only itself (its reader waits, the file is the
+buffer) and catches up later; the others keep delivering. Reading a file once per sink is the price, and it is
+small next to the independence it buys.
+
+The pipeline itself only wires the parts and runs them: the lanes, the file watcher (sources/watch.py), the
+signals, checkpoints on a timer, the shutdown deadline and the status line. Threads beside it (a command's
+poller) see it through `context`.
 """
 
 from __future__ import annotations
@@ -20,8 +24,7 @@ from shipper.deadletter import DeadLetter
 from shipper.errors import FatalError
 from shipper.formats import Parser
 from shipper.lane import Lane
-from shipper.processors import build_chain
-from shipper.processors.masking import Masker
+from shipper.processors import chain_for
 from shipper.service.notify import Notifier
 from shipper.sinks.base import Sink
 from shipper.sources.watch import Watcher
@@ -50,15 +53,9 @@ class Pipeline:
         self.stopped_by: int | None = None  # the first SIGTERM/SIGINT, which stopped the run
         self.fatal: str | None = None
         self._fatal_lock = threading.Lock()
-        # One set of masks for the events and the dead letters.
-        names = (*settings.mask_headers, *settings.mask_query, *settings.mask_body_keys)
-        masker = Masker(names, settings.ship_raw_bodies)
+        masker, chain = chain_for(settings)  # one set of masks for the events and the dead letters
         self.dead_letter = DeadLetter(settings.dead_letter_path, masker, abort=self.abort)
         parser = Parser(settings.format, settings.nginx_fields)
-        chain = build_chain(
-            settings.jwt_places, settings.jwt_claim, since_ms=settings.since_ms, until_ms=settings.until_ms,
-            masker=masker,
-        )
         self.lanes = [
             Lane(
                 settings,
