@@ -183,7 +183,8 @@ class Lane:
         if self.pool is not None:
             # Numbered as they are read, not as their outcomes come back: lines in the workers' hands count as
             # pending, so a file the source has already let go is not forgotten (save_checkpoints) under them.
-            numbered = seqs = deque()
+            seqs: deque[int] = deque()
+            numbered = seqs
 
             def read(lines=lines):
                 for line in lines:

@@ -98,6 +98,11 @@ class Resume:
                 size = os.stat(path).st_size
             except OSError:
                 continue
-            offset = committed[file_id] if file_id in committed else entry.offset
+            if file_id in committed:
+                offset = committed[file_id]
+            elif entry is not None:
+                offset = entry.offset
+            else:
+                continue
             out[path] = max(0, size - offset)
         return out

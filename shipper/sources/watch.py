@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable
+from typing import Any
 
 log = logging.getLogger("kong-ship")
 
@@ -36,7 +37,7 @@ class Watcher:
         self.patterns = list(patterns)
         self.wake = wake
         self.poll_interval = poll_interval  # only for the warning: what it costs to go without notifications
-        self._observer = None
+        self._observer: Any = None  # a watchdog Observer, once started
 
     def start(self) -> None:
         try:
