@@ -1,5 +1,6 @@
-"""Sinks by name. Adding a vendor is one module with a class following `base.Sink`, a `from_options`
-constructor and its `OPTIONS` (click options), plus one line here."""
+"""Sinks by name. Adding a vendor is one module with a class following `base.Sink` (mypy checks it: see the
+`_CONTRACT` line at the end of each sink module), its frozen configuration (`config.option` fields, from which
+its `OPTIONS` and `from_options` are derived), plus one line here."""
 
 from __future__ import annotations
 
