@@ -52,7 +52,7 @@ class TimeWindow:
 
     def __call__(self, txn: Transaction) -> Transaction | None:
         started = txn.started_at
-        if started is None or self._low <= started < self._high:
+        if started is None or self._low <= started < self._high or txn.started_at_estimated:
             return txn
         return None
 
