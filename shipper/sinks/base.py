@@ -33,7 +33,8 @@ class VerdictKind(enum.StrEnum):
 
 
 # The kinds by their short names, as every sink and the sender import them.
-OK, RETRY, SPLIT, REJECT, FATAL = VerdictKind.OK, VerdictKind.RETRY, VerdictKind.SPLIT, VerdictKind.REJECT, VerdictKind.FATAL
+OK, RETRY, SPLIT = VerdictKind.OK, VerdictKind.RETRY, VerdictKind.SPLIT
+REJECT, FATAL = VerdictKind.REJECT, VerdictKind.FATAL
 
 
 @dataclass(frozen=True, slots=True)
