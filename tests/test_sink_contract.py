@@ -49,7 +49,7 @@ def declared(name: str) -> list[dataclasses.Field]:
 def test_every_sink_satisfies_the_contract(name, built):
     sink = built(name)
     assert isinstance(sink, Sink)
-    assert sink.name == name and isinstance(type(sink).parallel_safe, bool)
+    assert sink.name == name and isinstance(type(sink).parallel_safe, bool) and isinstance(sink.url, str)
     limits = sink.limits
     assert isinstance(limits, SinkLimits)
     assert isinstance(limits.max_batch_events, int) and limits.max_batch_events >= 1

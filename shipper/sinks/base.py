@@ -96,6 +96,7 @@ class Sink(Protocol):
     parallel_safe: ClassVar[bool]  # encode is a pure function of the transaction: it may run in worker processes
     OPTIONS: ClassVar[OptionList]
     limits: SinkLimits
+    url: str  # where the batches go (check-config shows it)
 
     @classmethod
     def from_options(cls, opts: Mapping[str, Any], endpoint: str | None) -> Self:

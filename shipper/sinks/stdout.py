@@ -42,6 +42,7 @@ class StdoutSink(HttpSink):
     Config: ClassVar[type[SegmentConfig]] = SegmentConfig
     OPTIONS: ClassVar[OptionList] = options_of(SegmentConfig, without=_NOT_HERE)
     limits = SinkLimits(max_batch_events=500, max_batch_bytes=1_000_000)
+    url = "stdout:"  # the sink's own transport writes every request to standard output
 
     def __init__(self, stream: BinaryIO | None = None, **segment_options: Any):
         """`segment_options`: the Segment sink's configuration (config=…) or fields of it by name."""
@@ -56,7 +57,7 @@ class StdoutSink(HttpSink):
         return self._segment.encode(txn)
 
     def request(self, events: list[bytes]) -> httpx.Request:
-        return httpx.Request("POST", "stdout:", content=b"\n".join(events) + b"\n")
+        return httpx.Request("POST", self.url, content=b"\n".join(events) + b"\n")
 
     def judge(self, response: httpx.Response) -> Verdict:
         if response.status_code == 200:
