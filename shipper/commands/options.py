@@ -26,7 +26,7 @@ from shipper.processors.identity import DEFAULT_JWT_PLACES
 from shipper.processors.redact import redact_url
 from shipper.processors.window import parse_time
 from shipper.settings import Settings
-from shipper.sinks import SINK_NAMES, sink_module
+from shipper.sinks import SINK_NAMES, sink_class
 
 
 # -- custom types ----------------------------------------------------------------------------------------------
@@ -171,10 +171,11 @@ SINK_GROUPS = {
 
 
 def sink_options() -> list[Callable]:
-    """Every sink's options once each, under its sink's heading (stdout shares Segment's event options)."""
+    """Every sink's options (its class's OPTIONS, part of the Sink contract) once each, under its sink's heading
+    (stdout shares Segment's event options)."""
     seen, out = set(), []
     for name in SINK_NAMES:
-        for decls, kwargs in sink_module(name).OPTIONS:
+        for decls, kwargs in sink_class(name).OPTIONS:
             if decls[0] not in seen:
                 seen.add(decls[0])
                 out.append(SINK_GROUPS.get(name, TUNING).option(*decls, **kwargs))
@@ -303,7 +304,7 @@ def option_names(options: Iterable[Callable]) -> list[str]:
 def sink_option_names() -> frozenset[str]:
     """The names of the options the sinks declare: exactly what reaches `from_options`."""
     return frozenset(
-        click.Option(decls, **kwargs).name for name in SINK_NAMES for decls, kwargs in sink_module(name).OPTIONS
+        click.Option(decls, **kwargs).name for name in SINK_NAMES for decls, kwargs in sink_class(name).OPTIONS
     )
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from shipper.errors import ConfigError
-from shipper.sinks import SINK_NAMES, sink_module
+from shipper.sinks import SINK_NAMES, sink_class
 
 SYSTEM_CONFIG = "/etc/kong-ship/kong-ship.toml"
 
@@ -86,7 +86,7 @@ def load(path: str) -> dict[str, Any]:
 
 def sink_option_names(sink: str) -> set[str]:
     names = set()
-    for decls, _ in sink_module(sink).OPTIONS:
+    for decls, _ in sink_class(sink).OPTIONS:
         flag = decls[0].split("/")[0]
         names.add(flag.lstrip("-").replace("-", "_"))
     return names
@@ -269,7 +269,7 @@ def effective_toml(kw: dict[str, Any], paths: list[str], resolved: dict[str, Any
         credential = CREDENTIALS.get(sink)
         if credential and not kw.get(credential[0]):
             lines.append(f"# the {credential[2]}: from ${credential[1]}, if set (not shown)")
-        for decls, _ in sink_module(sink).OPTIONS:
+        for decls, _ in sink_class(sink).OPTIONS:
             name = decls[0].split("/")[0].lstrip("-").replace("-", "_")
             key = name.removeprefix(f"{sink}_")
             value = kw.get(name)
