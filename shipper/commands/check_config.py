@@ -39,7 +39,8 @@ def check_config(paths: tuple[str, ...], **kw: Any) -> None:
         "workers": kw["workers"],  # `auto` as given: the file stays right on another machine
     }
     endpoints = {name: redact_url(url) if url else None for name, url in sink_urls(kw["endpoint"], settings.sinks).items()}
-    defaults = {sink.name: redact_url(sink.url) for sink in sinks if sink.name != "stdout"}  # stdout has no endpoint
+    # stdout has no endpoint to show
+    defaults: dict[str, str | None] = {sink.name: redact_url(sink.url) for sink in sinks if sink.name != "stdout"}
     click.echo(effective_toml(kw, settings.paths, resolved, settings.sinks, endpoints, defaults), nl=False)
     # The chain each record passes, built as the pipeline builds it (stderr: stdout stays a valid config file).
     chain = f"processors: {describe_chain(chain_for(settings)[1])}"

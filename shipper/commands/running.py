@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -158,7 +159,7 @@ def load_ca_file(path: str | None) -> str | None:
 
 
 # How an option's value becomes its Settings field's, where it is not the value itself.
-_FIELD_VALUE = {
+_FIELD_VALUE: dict[str, Callable[[Any], Any]] = {
     "sinks": lambda names: list(dict.fromkeys(names)),
     "state_dir": lambda path: os.path.abspath(path or default_state_dir()),
     "nginx_field": dict,
@@ -299,7 +300,7 @@ def summary(result, stream) -> None:
     if _stderr.json:
         summary_json(result, stream, rate, mb)
         return
-    rows = [("sink", *SUMMARY_COLUMNS)]
+    rows: list[tuple[str, ...]] = [("sink", *SUMMARY_COLUMNS)]
     for lane in result.lanes:
         values = (
             lane.read, lane.sent, lane.filtered, lane.dead_lettered, lane.rejected, lane.skipped, lane.blank,
