@@ -1,0 +1,259 @@
+"""`receive --listen-tcp`: Kong's tcp-log plugin, NDJSON over TCP (optionally TLS).
+
+What Kong does (kong/plugins/tcp-log/handler.lua): for each request, in a timer, it takes a connection from the
+worker's keepalive pool (or opens one, with a TLS handshake when `tls` is true, without verifying the
+certificate unless `ssl_verify`), sends `cjson.encode(record) .. "\\n"`, and puts the connection back in the pool
+for `keepalive` ms (60 s by default). There is no answer: a record counts as delivered on Kong's side once its
+send returned, so what is lost when we fail is lost for good.
+
+So every connection is read as a stream of lines, each a record, spooled as it arrives (through the spool's
+group commit: fsynced within 100 ms or 1,000 records), and:
+
+- a line over `max_line_bytes` is dead-lettered `too_long` (its first bytes), and the rest of it skipped as it
+  arrives: nothing is buffered beyond the limit;
+- bytes left without a newline when the connection closes (or idles out, or the listener stops) are
+  dead-lettered `unterminated`: a record cut off mid-send;
+- a line that is not a JSON object is dead-lettered with the parser's reason (`not_json`, `not_object`, …);
+- while the spool's backlog is over `--max-backlog-bytes` (`overloaded()`), no connection is read: the kernel's
+  buffers fill and TCP pushes back on Kong, which then waits up to its `timeout` and drops (logging it) rather
+  than having us drop silently;
+- at most `max_connections` connections are served at once (a thread each); beyond, new ones wait in the
+  listen queue until one closes;
+- a connection idle for `idle_timeout` (longer than Kong's default keepalive, so Kong closes first) is closed.
+
+When a connection ends, what it sent is fsynced before our side closes: a client that sees the close (EOF
+after its own shutdown) knows its records are durable.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+from shipper.deadletter import PREFIX_BYTES
+from shipper.sources.http_limits import Throttled
+from shipper.sources.intake import Intake
+from shipper.threads import start_thread
+
+log = logging.getLogger("kong-ship")
+
+MAX_CONNECTIONS = 1024  # Kong keeps up to lua_socket_pool_size (30) idle connections per worker and target
+IDLE_TIMEOUT = 120.0  # seconds; over Kong's keepalive default (60 s), so that Kong closes its idle ones first
+HANDSHAKE_TIMEOUT = 10.0  # Kong's own send timeout default
+POLL = 0.2  # seconds between looks at the stop flag and the backlog while a connection is quiet
+READ_BYTES = 65536
+LISTEN_BACKLOG = 1024
+
+
+class LineFramer:
+    """Splits a byte stream into lines without ever holding more than `limit` bytes of one: a longer line is
+    reported once (`too_long`, with its first bytes) and the rest of it dropped as it arrives."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.buffer = bytearray()
+        self._skipping: tuple[bytes, int] | None = None  # (first bytes, length so far) of an over-long line
+
+    def feed(self, data: bytes) -> Iterator[tuple[str, bytes, int]]:
+        """Yields ("line", line, length) and ("too_long", first bytes, length); a trailing `\\r` is dropped
+        (Kong 0.11 ended records with CRLF)."""
+        start = 0
+        while (end := data.find(b"\n", start)) >= 0:
+            piece = data[start:end]
+            start = end + 1
+            if self._skipping is not None:
+                prefix, length = self._skipping
+                self._skipping = None
+                yield "too_long", prefix, length + len(piece)
+                continue
+            if self.buffer:
+                self.buffer += piece
+                line, self.buffer = bytes(self.buffer), bytearray()
+            else:
+                line = piece
+            if len(line) > self.limit:
+                yield "too_long", line[:PREFIX_BYTES], len(line)
+            elif line.strip():
+                yield "line", line[:-1] if line.endswith(b"\r") else line, len(line)
+        rest = data[start:]
+        if self._skipping is not None:
+            self._skipping = (self._skipping[0], self._skipping[1] + len(rest))
+        elif rest:
+            self.buffer += rest
+            if len(self.buffer) > self.limit:
+                self._skipping = (bytes(self.buffer[:PREFIX_BYTES]), len(self.buffer))
+                self.buffer = bytearray()
+
+    def leftover(self) -> tuple[bytes, int] | None:
+        """What the stream ended in the middle of: (first bytes, length), or None."""
+        if self._skipping is not None:
+            return self._skipping
+        if self.buffer.strip():
+            return bytes(self.buffer), len(self.buffer)
+        return None
+
+
+class TcpLogListener:
+    """Bound at construction (a taken port fails the start), serving in threads of its own once started."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        intake: Intake,
+        *,
+        max_line_bytes: int,
+        overloaded: Callable[[], bool],
+        tls: ssl.SSLContext | None = None,
+        max_connections: int = MAX_CONNECTIONS,
+        idle_timeout: float = IDLE_TIMEOUT,
+    ):
+        self.intake = intake
+        self.max_line_bytes = max_line_bytes
+        self.overloaded = overloaded
+        self.tls = tls
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.connections = 0  # accepted in all
+        self.failed_handshakes = 0
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads: set[threading.Thread] = set()
+        self._overload_warnings = Throttled()
+        self._cap_warnings = Throttled()
+        self._accepting: threading.Thread | None = None
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._sock.bind((host, port))
+            self._sock.listen(LISTEN_BACKLOG)
+            self._sock.settimeout(POLL)
+        except OSError:
+            self._sock.close()
+            raise
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._sock.getsockname()[:2]
+        return host, port
+
+    def start(self, on_death: Callable[[str], None]) -> None:
+        self._accepting = start_thread(self._accept_loop, "tcp-log", on_death)
+
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            # At the cap, stop accepting: newcomers wait in the listen queue (Kong's connect timeout applies),
+            # rather than being closed, which would lose the record Kong is about to send.
+            if not self._slots.acquire(timeout=POLL):
+                self._cap_warnings.warn("receive: tcp-log: %d connections at once (the cap): new ones wait",
+                                        self.max_connections)
+                continue
+            try:
+                conn, peer = self._sock.accept()
+            except (TimeoutError, OSError):
+                self._slots.release()
+                continue
+            with self._lock:
+                self.connections += 1
+            thread = threading.Thread(target=self._serve, args=(conn, peer), name="tcp-log-conn", daemon=True)
+            with self._lock:
+                self._threads.add(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket, peer: tuple) -> None:
+        where = f"{peer[0]}:{peer[1]}"
+        try:
+            self._read(conn, where)
+        except Exception as exc:  # noqa: BLE001 - one connection's failure must not end the listener
+            log.error("receive: tcp-log: connection from %s failed: %r", where, exc)
+        finally:
+            try:
+                conn.close()
+            except OSError:
+                pass
+            self._slots.release()
+            with self._lock:
+                self._threads.discard(threading.current_thread())
+
+    def _read(self, conn: socket.socket, where: str) -> None:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.tls is not None:
+            conn.settimeout(HANDSHAKE_TIMEOUT)
+            try:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            except (OSError, ssl.SSLError) as exc:  # a plain-text client, a wrong protocol, a timeout
+                with self._lock:
+                    self.failed_handshakes += 1
+                log.debug("receive: tcp-log: TLS handshake with %s failed: %s", where, exc)
+                return
+        conn.settimeout(POLL)
+        framer = LineFramer(self.max_line_bytes)
+        last_data = time.monotonic()
+        while not self._stop.is_set():
+            if self.overloaded():
+                # Back-pressure: not reading leaves Kong's sends in the socket buffers, then blocks them.
+                self._overload_warnings.warn(
+                    "receive: tcp-log: backlog over --max-backlog-bytes: not reading until the sinks catch up")
+                self._stop.wait(POLL)
+                last_data = time.monotonic()
+                continue
+            try:
+                data = conn.recv(READ_BYTES)
+            except TimeoutError:
+                if time.monotonic() - last_data >= self.idle_timeout:
+                    break
+                continue
+            except OSError:  # reset by the peer, or a TLS error mid-stream
+                break
+            if not data:
+                break
+            last_data = time.monotonic()
+            self._take(framer.feed(data), where)
+        else:
+            self._drain(conn, framer, where)  # stopping: what already arrived is still taken
+        leftover = framer.leftover()
+        if leftover is not None:
+            first, length = leftover
+            self.intake.reject("unterminated", f"tcp-log from {where}: the connection ended {length} bytes into a "
+                               "record (no newline)", first, truncated=length > len(first))
+        self.intake.commit.sync()  # durable before our side closes: the client may take the close as an ack
+
+    def _drain(self, conn: socket.socket, framer: LineFramer, where: str) -> None:
+        conn.settimeout(0.05)
+        deadline = time.monotonic() + 1.0  # a client that never pauses does not hold the shutdown
+        try:
+            while time.monotonic() < deadline and (data := conn.recv(READ_BYTES)):
+                self._take(framer.feed(data), where)
+        except OSError:  # nothing more for now (timeout), or the peer is gone
+            pass
+
+    def _take(self, items: Iterator[tuple[str, bytes, int]], where: str) -> None:
+        for kind, data, length in items:
+            if kind == "line":
+                self.intake.take(data, where, wait=True)
+            else:
+                self.intake.reject("too_long", f"tcp-log record from {where}: {length} bytes, over --max-body-bytes "
+                                   f"({self.max_line_bytes})", data, truncated=True)
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Stop accepting and reading (idempotent); each connection takes what already arrived, and its
+        records are fsynced, before this returns (or `timeout` passes)."""
+        self._stop.set()
+        if self._accepting is not None:
+            self._accepting.join(timeout)
+            self._accepting = None
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
