@@ -8,6 +8,7 @@ an accepted event survives a crash of kong-ship or an outage of the vendor. The 
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import sys
@@ -16,6 +17,7 @@ from typing import Any
 
 import click
 
+from shipper.commands.listeners import LISTENER_KEYS, Listeners, listener_options
 from shipper.commands.options import apply_options, config_option, shipping_options
 from shipper.commands.running import drive as _drive
 from shipper.commands.running import prepare_spooled
@@ -28,10 +30,12 @@ from shipper.threads import supervised
 log = logging.getLogger("kong-ship")
 
 SECRET_ENV = "KONG_SHIP_RECEIVE_SECRET"
+HTTP_LOG_TOKEN_ENV = "KONG_SHIP_HTTP_LOG_TOKEN"
 PRUNE_INTERVAL = 2.0
 
 _RECEIVE_KEYS = ("listen", "secret_file", "allow_unsigned", "max_body_bytes", "max_backlog_bytes", "on_overload",
-                 "max_connections", "read_timeout")
+                 "max_connections", "read_timeout", "http_log_token_file", "allow_unauthenticated", "tls_cert",
+                 "tls_key")
 
 _receiving = [
     click.option("--listen", required=True, metavar="HOST:PORT",
@@ -40,6 +44,14 @@ _receiving = [
                  help=f"File holding the event hook's secret (config.secret) [default: env {SECRET_ENV}]."),
     click.option("--allow-unsigned", is_flag=True,
                  help="Accept deliveries without checking a signature (only when no secret is configured)."),
+    click.option("--http-log-token-file", type=click.Path(dir_okay=False),
+                 help=f"File holding the token Kong's http-log must present at /http-log (Bearer, or the Basic "
+                      f"password) [default: env {HTTP_LOG_TOKEN_ENV}]."),
+    click.option("--allow-unauthenticated", is_flag=True,
+                 help="Accept http-log requests without a token (only when no token is configured)."),
+    click.option("--tls-cert", type=click.Path(dir_okay=False),
+                 help="Serve HTTPS with this certificate chain (PEM, leaf first); needs --tls-key."),
+    click.option("--tls-key", type=click.Path(dir_okay=False), help="The private key of --tls-cert (PEM)."),
     click.option("--max-body-bytes", type=click.IntRange(min=1024), default=1 << 20, show_default=True,
                  help="Larger request bodies are answered 413 (and not read)."),
     click.option("--max-backlog-bytes", type=click.IntRange(min=1), default=64 << 20, show_default=True,
@@ -58,6 +70,13 @@ _receiving = [
 ]
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def parse_listen(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
@@ -71,16 +90,44 @@ def _secret(kw: dict[str, Any]) -> bytes | None:
         if kw.get("allow_unsigned"):
             raise ConfigError("--allow-unsigned and a secret contradict each other: drop one")
         return read_secret(SECRET_ENV, path, "--secret-file").encode()
-    if not kw.get("allow_unsigned"):
-        raise ConfigError(
-            f"no secret to check deliveries with: set {SECRET_ENV} or --secret-file (the event hook's config.secret), "
-            "or pass --allow-unsigned to accept anything that reaches --listen"
-        )
-    return None
+    return None  # event hooks are refused (401) unless --allow-unsigned: `_check_some_delivery` says if nothing is left
+
+
+def _http_log_auth(kw: dict[str, Any]) -> Any:
+    from shipper.sources.http_log import Auth
+
+    path = kw.get("http_log_token_file")
+    if path or os.environ.get(HTTP_LOG_TOKEN_ENV, "").strip():
+        if kw.get("allow_unauthenticated"):
+            raise ConfigError("--allow-unauthenticated and an http-log token contradict each other: drop one")
+        return Auth(read_secret(HTTP_LOG_TOKEN_ENV, path, "--http-log-token-file").encode(), False)
+    return Auth(None, bool(kw.get("allow_unauthenticated")))
+
+
+def _check_some_delivery(kw: dict[str, Any], hooks: bool, http_log: bool) -> None:
+    """`receive` serves what is configured and refuses the rest; with nothing configured it would only refuse."""
+    if hooks or http_log or kw.get("listen_tcp") or kw.get("listen_udp"):
+        return
+    raise ConfigError(
+        f"nothing to receive: configure event hooks ({SECRET_ENV} or --secret-file, the hook's config.secret; "
+        f"or --allow-unsigned), Kong's http-log ({HTTP_LOG_TOKEN_ENV} or --http-log-token-file; or "
+        "--allow-unauthenticated), or a listener (--listen-tcp, --listen-udp)"
+    )
+
+
+def _tls(kw: dict[str, Any]) -> Any:
+    cert, key = kw.get("tls_cert"), kw.get("tls_key")
+    if not cert and not key:
+        return None
+    if not (cert and key):
+        raise ConfigError("--tls-cert and --tls-key go together: give both")
+    from shipper.sources.tls import server_context
+
+    return server_context(cert, key)
 
 
 @click.command()
-@apply_options(_receiving + shipping_options + [config_option])
+@apply_options(_receiving + listener_options + shipping_options + [config_option])
 def receive(**kw: Any) -> None:
     """Accept Kong event-hook deliveries over HTTP (handler=webhook), check their x-kong-signature, and ship
     the events to the sinks.
@@ -97,6 +144,11 @@ def receive(**kw: Any) -> None:
     opts = {key: kw.pop(key) for key in _RECEIVE_KEYS}
     host, port = parse_listen(opts["listen"])
     secret = _secret(opts)
+    hooks = secret is not None or bool(opts["allow_unsigned"])
+    http_log_auth = _http_log_auth(opts)
+    _check_some_delivery(kw, hooks, http_log_auth.enabled)
+    tls = _tls(opts)
+    listen_opts = {key: kw.pop(key) for key in LISTENER_KEYS}  # --listen-tcp, --listen-udp (listeners.py)
     # A spooled line is the body re-encoded in an envelope: never longer than twice the body, plus the envelope.
     settings, sinks, spool_dir = prepare_spooled(kw, "receive", 2 * opts["max_body_bytes"] + 65536)
     lock = spool_lock(spool_dir, "receive")
@@ -118,7 +170,8 @@ def receive(**kw: Any) -> None:
 
     try:
         receiver = Receiver(
-            host, port, spool, secret=secret, max_body_bytes=opts["max_body_bytes"],
+            host, port, spool, secret=secret, hooks=hooks, http_log_auth=http_log_auth, tls=tls,
+            max_body_bytes=opts["max_body_bytes"],
             max_backlog_bytes=opts["max_backlog_bytes"], backlog=backlog, on_accept=pipeline.wake,
             overload=opts["on_overload"], max_connections=opts["max_connections"], read_timeout=opts["read_timeout"],
         )
@@ -126,6 +179,16 @@ def receive(**kw: Any) -> None:
         spool.close()
         os.close(lock)
         raise ConfigError(f"--listen {opts['listen']}: cannot listen: {exc.strerror}") from None
+    try:
+        listeners = Listeners(
+            listen_opts, spool, dead_letter=pipeline.dead_letter, backlog=backlog, on_spooled=pipeline.wake,
+            max_body_bytes=opts["max_body_bytes"], max_backlog_bytes=opts["max_backlog_bytes"], tls=tls,
+        )
+    except ConfigError:
+        receiver.shutdown()
+        spool.close()
+        os.close(lock)
+        raise
 
     done = threading.Event()
 
@@ -135,6 +198,7 @@ def receive(**kw: Any) -> None:
         # Deliveries arrive on the receiver's own threads: no step, only a look every 0.1 s for the shutdown.
         if feeder.feed(pipeline.context, 0.1, until=done):
             receiver.shutdown()
+            listeners.shutdown()
 
     # Supervised: if housekeeping dies, the run ends (exit 1) rather than accept deliveries into a spool
     # nobody prunes.
@@ -147,26 +211,45 @@ def receive(**kw: Any) -> None:
     everywhere = ""
     if host in ("0.0.0.0", "::"):
         everywhere = " on EVERY address of this host (--listen HOST:PORT to choose one)"
+    if tls is None and not _loopback(bound_host):
+        everywhere += " WITHOUT TLS: tokens and records cross the network in clear (--tls-cert/--tls-key)"
+    scheme = "https" if tls is not None else "http"
+    if not hooks:
+        hook_state = f"REFUSED (401): no secret ({SECRET_ENV}, --secret-file) nor --allow-unsigned"
+    else:
+        hook_state = "signed with x-kong-signature" if secret else "UNSIGNED: --allow-unsigned"
+    if http_log_auth.token is not None:
+        http_log_state = "token required"
+    elif http_log_auth.allow_unauthenticated:
+        http_log_state = "UNAUTHENTICATED: --allow-unauthenticated"
+    else:
+        http_log_state = f"REFUSED (401): no token ({HTTP_LOG_TOKEN_ENV}, --http-log-token-file)"
     log.info(
-        "receiving event hooks at http://%s:%d/%s (%s) → %s (spool %s)",
-        shown, bound_port, everywhere, "signed with x-kong-signature" if secret else "UNSIGNED: --allow-unsigned",
-        ", ".join(settings.sinks), spool_dir,
+        "receiving at %s://%s:%d/%s: event hooks at any path (%s), Kong http-log at /http-log (%s) → %s (spool %s)",
+        scheme, shown, bound_port, everywhere, hook_state, http_log_state, ", ".join(settings.sinks), spool_dir,
     )
     receiver.start(pipeline.fail)
+    listeners.start(pipeline.fail)
     maintainer.start()
     try:
         result = _drive(pipeline, kw.get("metrics_addr"))
     finally:
         done.set()
         receiver.shutdown()
+        listeners.shutdown()  # what was read is fsynced before the spool closes
         maintainer.join(timeout=5)
         spool.close()
         os.close(lock)
     _summary(result, sys.stderr)
     refused = ", ".join(f"{n} × {status}" for status, n in sorted(receiver.counts.items()) if status != 200)
+    kong_records = receiver.records_accepted.get("kong_log", 0)
     sys.stderr.write(
-        f"received {receiver.events_accepted:,} events in {receiver.counts.get(200, 0):,} deliveries"
+        f"received {receiver.events_accepted:,} events"
+        + (f" and {kong_records:,} http-log records" if kong_records else "")
+        + f" in {receiver.counts.get(200, 0):,} deliveries"
         + (f"; refused {refused}" if refused else "") + "\n"
     )
+    for line in listeners.summary():
+        sys.stderr.write(line + "\n")
     if pipeline.forced_by:
         sys.exit(128 + pipeline.forced_by)

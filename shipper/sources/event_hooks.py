@@ -1,23 +1,17 @@
-"""The HTTP side of `kong-ship receive`: accepts Kong event-hook deliveries (`handler=webhook`), checks their
-`x-kong-signature`, and appends each event to the spool, answering 200 only once it is fsynced.
+"""What `kong-ship receive` serves over HTTP: Kong event-hook deliveries (`handler=webhook`) at any path, and
+Kong's http-log at `/http-log` (`http_log.py`). The listener, its bounds and the spool write are
+`http_server.py`'s; here, the routing and the event hooks.
 
-Any path, POST only. In order, a request is answered:
+An event-hook delivery is POSTed. Past the listener's bounds (`http_server.RequestHandler.body`), it is answered:
 
-- 503 and closed at once when `max_connections` connections are already being handled (each holds a thread);
-- 411 without a Content-Length (Kong always sends one), 413 over `max_body_bytes` (the body is not read: the
-  connection is closed after the answer);
-- 503 when bodies being read at once would pass `READING_BODIES` × `max_body_bytes` (a body is read whole
-  before its signature can be checked, so unauthenticated clients could otherwise fill the memory);
-- 503 with Retry-After when the bytes the sinks have not acknowledged yet exceed `max_backlog_bytes` (or the
-  connection is closed without an answer, with `overload="close"`: see below);
+- 401 when event hooks are not configured (no secret and no --allow-unsigned: only http-log is), before the body
+  is read;
 - 401 when a secret is configured and the `x-kong-signature` header is missing or wrong (`sha1=<hex>` as Kong
   sends it, or a bare hex digest; constant-time comparison);
 - 400 when the body is not a JSON object (one event, as Kong sends it) or a non-empty array of objects (a batch,
   as `--sink webhook` sends it), or is nested too deep to be stored;
 - 503 when the spool cannot be written (disk full);
 - 200 `{"accepted": N}` once every event of the body is durable.
-
-A client that takes longer than `read_timeout` to send its request (headers and body) is disconnected.
 
 Kong's webhook handler counts any HTTP answer, a 503 included, as delivered (it retries, for up to the queue's
 `max_retry_time`, 60 s by default, only when the request fails: refused, reset, timed out). With
@@ -28,338 +22,87 @@ retry; by default it answers 503 with Retry-After, the usual way to say "later".
 from __future__ import annotations
 
 import logging
-import socket
-import sys
-import threading
-import time
-from collections.abc import Callable
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import orjson
 
 from shipper.processors.masking import mask_secret_keys
 from shipper.sinks.webhook import SIGNATURE_HEADER, signature_ok
-from shipper.sources.http_limits import Backlog, Budget, Deadlines, Throttled
-from shipper.sources.spool import Spool
-from shipper.threads import start_thread
+from shipper.sources import http_log
+from shipper.sources.http_server import HTTPReceiver, RequestHandler, Route
 
 log = logging.getLogger("kong-ship")
 
 KIND = "event_hook"
-RETRY_AFTER_SECONDS = 2
-READ_TIMEOUT = 10.0  # seconds a client may take to send its request
-MAX_CONNECTIONS = 64
-READING_BODIES = 16  # bodies of --max-body-bytes that may be being read at once
-LISTEN_BACKLOG = 1024  # the stdlib's 5 made a burst of connections wait for SYN retransmits (seconds each)
-_ENVELOPE_BYTES = 96  # what the spool adds around each record, roughly
-_OVERFULL_BODY = b'{"error":"too many connections, retry later"}'
-_OVERFULL = (
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: %d\r\n"
-    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s"
-) % (RETRY_AFTER_SECONDS, len(_OVERFULL_BODY), _OVERFULL_BODY)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive: every reply carries Content-Length
-    server: _Server
-
-    def setup(self) -> None:
-        # Without TCP_NODELAY, Nagle plus the client's delayed ACK stall each small reply by ~40 ms.
-        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.timeout = self.server.receiver.read_timeout  # each wait for the client, headers and idle keep-alive
-        super().setup()
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
-        log.debug("receive: %s %s", self.address_string(), format % args)
-
-    def _reply(self, status: int, obj: dict[str, Any], headers: dict[str, str] | None = None, close: bool = False) -> None:
-        body = orjson.dumps(obj)
-        if close:
-            self.close_connection = True
-        lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", "Content-Type: application/json",
-                 f"Content-Length: {len(body)}"]
-        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-        if self.close_connection:
-            lines.append("Connection: close")
-        self.log_request(status, len(body))
-        # One write for status line, headers and body: split writes stall on Nagle/delayed ACK.
-        self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
-        self.wfile.flush()
-
-    def _refuse(self, status: int, error: str, **kw: Any) -> None:
-        self.server.receiver._count(status)
-        self._reply(status, {"error": error}, **kw)
-
-    def do_POST(self) -> None:  # noqa: N802 - the base class's naming
-        receiver = self.server.receiver
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            self._refuse(411, "send a Content-Length (chunked bodies are not accepted)", close=True)
-            return self._linger()
-        length_header = self.headers.get("Content-Length")
-        try:
-            length = int(length_header) if length_header is not None else -1
-        except ValueError:
-            length = -1
-        if length < 0:
-            self._refuse(411, "a Content-Length is required", close=True)
-            return self._linger()
-        if length > receiver.max_body_bytes:
-            self._refuse(413, f"body over {receiver.max_body_bytes} bytes", close=True)
-            return self._linger(length)
-        if not receiver.reading.take(length):
-            receiver.warn_overload("bodies being read at once over %d bytes", receiver.reading.limit)
-            if receiver.overload == "close":
-                receiver._count(503)
-                self.close_connection = True
-                return
-            self._refuse(503, "too many deliveries being read, retry later",
-                         headers={"Retry-After": str(RETRY_AFTER_SECONDS)}, close=True)
-            return self._linger(length)
-        try:
-            body = self._read_body(length)
-        finally:
-            receiver.reading.give(length)
-        if body is None:
-            self.close_connection = True  # the client gave up, or stalled, mid-body
-            return
-        if receiver.overloaded():
-            receiver.warn_overload(
-                "backlog over --max-backlog-bytes (%d) until the sinks catch up", receiver.max_backlog_bytes
-            )
-            if receiver.overload == "close":
-                receiver._count(503)
-                self.close_connection = True  # no answer: Kong retries a failed request, not a 503
-                return
-            return self._refuse(503, "backlog full, retry later", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
-        if receiver.secret is not None:
-            signature = self.headers.get(SIGNATURE_HEADER)
-            if not signature:
-                receiver.warn_auth("receive: refused a delivery from %s: no %s header", self.client_address[0],
-                                   SIGNATURE_HEADER)
-                return self._refuse(401, f"missing {SIGNATURE_HEADER}")
-            if not signature_ok(receiver.secret, body, signature):
-                receiver.warn_auth("receive: refused a delivery from %s: bad %s (check the secret)",
-                                   self.client_address[0], SIGNATURE_HEADER)
-                return self._refuse(401, f"bad {SIGNATURE_HEADER}")
-        try:
-            parsed = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return self._refuse(400, "the body is not JSON")
-        if isinstance(parsed, dict):
-            events = [parsed]
-        elif isinstance(parsed, list) and parsed and all(isinstance(e, dict) for e in parsed):
-            events = parsed
-        else:
-            return self._refuse(400, "expected a JSON object (an event) or a non-empty array of objects")
-        try:
-            orjson.dumps(events)  # parsed (orjson reads 1024 levels) but perhaps too deep to write (254)
-        except orjson.JSONEncodeError:
-            return self._refuse(400, "the body is nested too deep")
-        # The spool is state on disk: it keeps events as they will ship (entities' keys, secrets, tokens masked),
-        # never as Kong sent them. The signature was checked above, over the bytes received.
-        events = [mask_secret_keys(e) for e in events]
-        try:
-            receiver.spool.append(KIND, events)
-        except (OSError, ValueError) as exc:  # ValueError: the spool was closed during shutdown
-            receiver.spool_failed(exc)
-            return self._refuse(503, "cannot store the event", headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-                                close=True)
-        receiver.accepted(len(events), len(body) + _ENVELOPE_BYTES * len(events))
-        self._reply(200, {"accepted": len(events)})
-
-    def handle_one_request(self) -> None:
-        # From the first byte awaited to the last byte of the body, `read_timeout` in all (idle keep-alive too).
-        deadlines = self.server.receiver.deadlines
-        deadlines.arm(self.connection)
-        try:
-            super().handle_one_request()
-        finally:
-            deadlines.disarm(self.connection)
-
-    def _read_body(self, length: int) -> bytes | None:
-        """The body, read as it arrives (not a buffer of `length` allocated up front), or None when the client
-        closes or passes its deadline."""
-        chunks, remaining = [], length
-        try:
-            while remaining > 0:
-                chunk = self.rfile.read1(min(remaining, 65536))
-                if not chunk:
-                    return None
-                chunks.append(chunk)
-                remaining -= len(chunk)
-        except OSError:  # socket.timeout included
-            return None
-        self.server.receiver.deadlines.disarm(self.connection)  # what follows (spool, fsync) is ours, not theirs
-        return b"".join(chunks)
-
-    def _linger(self, length: int | None = None) -> None:
-        """After refusing a body without reading it: stop writing, then read and discard what the client is still
-        sending (64 KiB at a time, for at most a second), so the close is a FIN and not a reset that would
-        destroy the answer before the client reads it."""
-        self.close_connection = True
-        deadline = time.monotonic() + 1.0
-        remaining = length if length is not None else 1 << 30
-        try:
-            self.connection.shutdown(socket.SHUT_WR)
-            while remaining > 0 and time.monotonic() < deadline:
-                self.connection.settimeout(max(0.01, deadline - time.monotonic()))
-                chunk = self.rfile.read1(min(65536, remaining)) if hasattr(self.rfile, "read1") else b""
-                if not chunk:
-                    break
-                remaining -= len(chunk)
-        except OSError:
-            pass
-
-    def _not_allowed(self) -> None:
-        self._refuse(405, "POST event-hook deliveries here", headers={"Allow": "POST"})
-
-    do_GET = do_PUT = do_PATCH = do_DELETE = _not_allowed  # noqa: N815
-
-    def do_HEAD(self) -> None:  # noqa: N802
-        self.close_connection = True
-        self.wfile.write(b"HTTP/1.1 405 Method Not Allowed\r\nAllow: POST\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+def deliver_event_hooks(handler: RequestHandler) -> None:
+    receiver = handler.server.receiver
+    assert isinstance(receiver, Receiver)
+    if not receiver.hooks:
+        receiver.warn_auth("receive: refused an event-hook delivery from %s: event hooks are not configured "
+                           "(no secret, no --allow-unsigned)", handler.client_address[0])
+        return handler.refuse_unread(401, "event hooks are not configured on this receiver")
+    body = handler.body()
+    if body is None:
+        return
+    if receiver.secret is not None:
+        signature = handler.headers.get(SIGNATURE_HEADER)
+        if not signature:
+            receiver.warn_auth("receive: refused a delivery from %s: no %s header", handler.client_address[0],
+                               SIGNATURE_HEADER)
+            return handler.refuse(401, f"missing {SIGNATURE_HEADER}")
+        if not signature_ok(receiver.secret, body, signature):
+            receiver.warn_auth("receive: refused a delivery from %s: bad %s (check the secret)",
+                               handler.client_address[0], SIGNATURE_HEADER)
+            return handler.refuse(401, f"bad {SIGNATURE_HEADER}")
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return handler.refuse(400, "the body is not JSON")
+    if isinstance(parsed, dict):
+        events = [parsed]
+    elif isinstance(parsed, list) and parsed and all(isinstance(e, dict) for e in parsed):
+        events = parsed
+    else:
+        return handler.refuse(400, "expected a JSON object (an event) or a non-empty array of objects")
+    try:
+        orjson.dumps(events)  # parsed (orjson reads 1024 levels) but perhaps too deep to write (254)
+    except orjson.JSONEncodeError:
+        return handler.refuse(400, "the body is nested too deep")
+    # The spool is state on disk: it keeps events as they will ship (entities' keys, secrets, tokens masked),
+    # never as Kong sent them. The signature was checked above, over the bytes received.
+    handler.spool(KIND, [mask_secret_keys(e) for e in events], len(body))
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = LISTEN_BACKLOG
-    receiver: Receiver
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        # One thread per connection, but no more than max_connections: beyond, a short 503 and close, in the
-        # accepting thread (a non-blocking send of a small answer), so stalled clients cannot pile up threads.
-        if not self.receiver.slots.acquire(blocking=False):
-            self.receiver._count(503)
-            self.receiver.warn_overload("over --max-connections (%d) at once", self.receiver.max_connections)
-            if self.receiver.overload == "503":
-                try:
-                    request.setblocking(False)
-                    request.send(_OVERFULL)
-                except OSError:
-                    pass
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self.receiver.slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.receiver.slots.release()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        exc = sys.exc_info()[1]
-        if isinstance(exc, OSError):
-            return  # a client that went away mid-request
-        log.error("receive: error handling a request from %s: %r", client_address[0], exc)
-
-
-class Receiver:
-    """The HTTP server, bound at construction (so a taken port fails at start), serving in a thread."""
+class Receiver(HTTPReceiver):
+    """Event hooks at any path (`hooks`: a secret is configured or unsigned deliveries allowed; `secret`: the
+    one to check), Kong's http-log at `/http-log` (`http_log_auth`)."""
 
     def __init__(
         self,
         host: str,
         port: int,
-        spool: Spool,
+        spool: Any,
         *,
         secret: bytes | None,
-        max_body_bytes: int,
-        max_backlog_bytes: int,
-        backlog: Callable[[], int],
-        on_accept: Callable[[], None] = lambda: None,
-        overload: str = "503",
-        max_connections: int = MAX_CONNECTIONS,
-        read_timeout: float = READ_TIMEOUT,
+        hooks: bool = True,
+        http_log_auth: http_log.Auth | None = None,
+        **kw: Any,
     ):
-        self.spool = spool
+        super().__init__(host, port, spool, **kw)
         self.secret = secret
-        self.max_body_bytes = max_body_bytes
-        self.max_backlog_bytes = max_backlog_bytes
-        self.backlog = Backlog(backlog)
-        self.on_accept = on_accept
-        self.overload = overload
-        self.max_connections = max_connections
-        self.slots = threading.BoundedSemaphore(max_connections)
-        self.reading = Budget(READING_BODIES * max_body_bytes)
-        self.read_timeout = read_timeout
-        self.deadlines = Deadlines(read_timeout)
-        self.counts: dict[int, int] = {}
-        self.events_accepted = 0
-        self._lock = threading.Lock()
-        self._auth_warnings = Throttled()
-        self._overload_warnings: dict[str, Throttled] = {}
-        self._spool_failing: str | None = None
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        server_class = type("Server", (_Server,), {"address_family": family})
-        self._server: _Server = server_class((host, port), _Handler)
-        self._server.receiver = self
-        self._thread: threading.Thread | None = None
-        self._shutdown_lock = threading.Lock()
-        self._closed = False
+        self.hooks = hooks
+        self.http_log_auth = http_log_auth or http_log.Auth(None, allow_unauthenticated=False)
 
     @property
-    def address(self) -> tuple[str, int]:
-        host, port = self._server.server_address[:2]
-        return host, port
+    def events_accepted(self) -> int:
+        return self.records_accepted.get(KIND, 0)
 
-    def start(self, on_death: Callable[[str], None]) -> None:
-        """Serve in threads of its own; if one of them dies, `on_death` hears of it (the run ends with exit 1
-        rather than stop answering while looking healthy)."""
-        self.deadlines.start(on_death)
-        self._thread = start_thread(lambda: self._server.serve_forever(poll_interval=0.1), "receive", on_death)
+    def route(self, path: str, method: str) -> Route:
+        if path == http_log.PATH:
+            return http_log.deliver if method in http_log.METHODS else self.not_allowed(path)
+        return deliver_event_hooks if method == "POST" else self.not_allowed(path)
 
-    def shutdown(self) -> None:
-        """Stop accepting (idempotent). A request being handled finishes: its events are durable before it is
-        answered, and if the spool is closed under it, it is answered 503."""
-        with self._shutdown_lock:
-            if self._thread is not None:
-                self._server.shutdown()
-                self._thread.join(timeout=5)
-                self._thread = None
-            if not self._closed:
-                self._server.server_close()
-                self.deadlines.stop()
-                self._closed = True
-
-    def overloaded(self) -> bool:
-        return self.backlog.value() > self.max_backlog_bytes
-
-    def spool_failed(self, exc: Exception) -> None:
-        """Logged once per kind of failure (a full disk refuses every delivery until it is freed)."""
-        message = f"receive: cannot write the spool ({getattr(exc, 'strerror', None) or exc}): answering 503"
-        with self._lock:
-            first, self._spool_failing = message != self._spool_failing, message
-        if first:
-            log.error("%s until it can", message)
-
-    def accepted(self, events: int, nbytes: int) -> None:
-        self.backlog.add(nbytes)
-        with self._lock:
-            if self._spool_failing:
-                log.info("receive: the spool is written again")
-                self._spool_failing = None
-            self.events_accepted += events
-            self.counts[200] = self.counts.get(200, 0) + 1
-        self.on_accept()
-
-    def _count(self, status: int) -> None:
-        with self._lock:
-            self.counts[status] = self.counts.get(status, 0) + 1
-
-    def warn_auth(self, message: str, *args: Any) -> None:
-        self._auth_warnings.warn(message, *args)
-
-    def warn_overload(self, why: str, *args: Any) -> None:
-        """Throttled per kind of overload, so that one does not hide another."""
-        with self._lock:
-            throttle = self._overload_warnings.setdefault(why, Throttled())
-        how = "closing connections unanswered" if self.overload == "close" else "answering 503"
-        throttle.warn(f"receive: {why}: {how}", *args)
+    def allowed(self, path: str) -> str:
+        return ", ".join(http_log.METHODS) if path == http_log.PATH else "POST"

@@ -1,0 +1,132 @@
+"""Kong's http-log plugin, received at `/http-log` by `kong-ship receive`.
+
+What Kong sends (kong/plugins/http-log/handler.lua): the `method` configured (POST, PUT or PATCH), with
+`Content-Type` its `content_type` (`application/json`, or the same with `; charset=utf-8`) and a Content-Length;
+the body is one serializer record when `queue.max_batch_size` is 1 (the default), else a JSON array of them.
+It adds the `headers` configured, and `Authorization: Basic …` from userinfo in `http_endpoint` (which a
+configured Authorization header does not override). It retries any answer that is not 2xx.
+
+So a request is answered, in order:
+
+- 401 when no token is configured and not `--allow-unauthenticated`, or when the token (`Authorization: Bearer
+  TOKEN`, or the password of Basic credentials, any user) is missing or wrong (constant-time comparison);
+- 415 when the Content-Type is not `application/json` (a charset, if given, must be UTF-8);
+- then the listener's bounds (411, 413, 503: `http_server.RequestHandler.body`);
+- 400 when the body is not JSON, or is an array with an element that is not an object (the whole request is
+  refused and nothing of it stored: Kong's serializer only writes objects, so such a body is not Kong's, and a
+  partial acceptance would turn the sender's retry into duplicates), or is nested too deep to be stored;
+- 200 `{"accepted": N}` once all N records are fsynced in the spool (an empty array: `{"accepted": 0}`).
+
+Records are spooled as Kong sent them (kind `kong_log`), like the lines file-log writes: the pipeline parses
+them with the Kong parser and applies the masks, the user identification and the sinks as for a log file.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+if TYPE_CHECKING:
+    from shipper.sources.http_server import RequestHandler
+
+KIND = "kong_log"
+PATH = "/http-log"
+METHODS = ("POST", "PUT", "PATCH")
+
+
+@dataclass(frozen=True)
+class Auth:
+    """`token`: what the sender must present (None: none configured); `allow_unauthenticated`: accept anyone
+    (only when no token is configured)."""
+
+    token: bytes | None
+    allow_unauthenticated: bool
+
+    @property
+    def enabled(self) -> bool:
+        return self.token is not None or self.allow_unauthenticated
+
+    def refusal(self, authorization: str | None) -> str | None:
+        """Why a request with this Authorization header is refused; None when it is not."""
+        if self.token is None:
+            return None if self.allow_unauthenticated else "http-log is not configured on this receiver"
+        presented = presented_token(authorization or "")
+        if presented is None:
+            return "missing token (Authorization: Bearer TOKEN, or Basic with TOKEN as the password)"
+        # compare_digest over bytes: its time does not depend on where the first difference is.
+        if not hmac.compare_digest(presented, self.token):
+            return "bad token"
+        return None
+
+
+def presented_token(authorization: str) -> bytes | None:
+    """The token of `Bearer TOKEN`, or the password of `Basic base64(user:password)`; None otherwise."""
+    scheme, _, credentials = authorization.strip().partition(" ")
+    credentials = credentials.strip()
+    if not credentials:
+        return None
+    if scheme.lower() == "bearer":
+        return credentials.encode()
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(credentials, validate=True)
+        except (binascii.Error, ValueError):
+            return None
+        user, colon, password = decoded.partition(b":")
+        return password if colon else None
+    return None
+
+
+def content_type_refusal(value: str | None) -> str | None:
+    media, *params = (value or "").split(";")
+    if media.strip().lower() != "application/json":
+        return f"Content-Type must be application/json, got {value!r}"
+    for param in params:
+        name, _, charset = param.partition("=")
+        if name.strip().lower() == "charset" and charset.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            return f"JSON is read as UTF-8, not {charset.strip()!r}"
+    return None
+
+
+def records_of(parsed: Any) -> tuple[list[dict[str, Any]] | None, str]:
+    """The records of a parsed body, or None and why not."""
+    if isinstance(parsed, dict):
+        return [parsed], ""
+    if isinstance(parsed, list):
+        for i, element in enumerate(parsed):
+            if not isinstance(element, dict):
+                return None, (f"element {i} of the array is not a JSON object but {type(element).__name__}: "
+                              "nothing of this request was stored")
+        return parsed, ""
+    return None, f"expected a JSON object (a record) or an array of them, got {type(parsed).__name__}"
+
+
+def deliver(handler: RequestHandler) -> None:
+    receiver = handler.server.receiver
+    auth: Auth = getattr(receiver, "http_log_auth")
+    refusal = auth.refusal(handler.headers.get("Authorization"))
+    if refusal is not None:
+        receiver.warn_auth("receive: refused an http-log request from %s: %s", handler.client_address[0], refusal)
+        return handler.refuse_unread(401, refusal, headers={"WWW-Authenticate": 'Bearer realm="kong-ship"'})
+    refusal = content_type_refusal(handler.headers.get("Content-Type"))
+    if refusal is not None:
+        return handler.refuse_unread(415, refusal)
+    body = handler.body()
+    if body is None:
+        return
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return handler.refuse(400, f"the body is not JSON: {exc}")
+    records, why = records_of(parsed)
+    if records is None:
+        return handler.refuse(400, why)
+    if not records:
+        receiver.count(200)
+        return handler.reply(200, {"accepted": 0})
+    handler.spool(KIND, records, len(body))
