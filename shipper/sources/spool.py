@@ -235,12 +235,14 @@ class GroupCommit:
                 self._cond.wait(0.1)
             if self._closing:
                 return False
-            if not self._pending:
+            first = not self._pending
+            if first:
                 self._first_at = time.monotonic()
             self._pending.append(record)
             self._pending_bytes += len(record)
             self._added += 1
-            if len(self._pending) >= self.max_records or self._pending_bytes >= self.max_bytes // 2:
+            # The writer sleeps while nothing waits: the first record starts its clock, a full group its write.
+            if first or len(self._pending) >= self.max_records or self._pending_bytes >= self.max_bytes // 2:
                 self._cond.notify_all()
             return True
 

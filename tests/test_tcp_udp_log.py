@@ -1,0 +1,269 @@
+"""`kong-ship receive --listen-tcp/--listen-udp`, as a real process fed the way Kong's tcp-log and udp-log plugins
+feed it (NDJSON over kept-alive TCP connections, optionally TLS; one JSON record per datagram), shipping to the
+strict fake Segment: the exact set of records arrives, once each — across a kill -9 too — and what cannot be a
+record is dead-lettered with its reason."""
+
+from __future__ import annotations
+
+import collections
+import glob
+import socket
+import ssl
+import threading
+import time
+
+import gen
+import orjson
+
+from conftest import FAST, ship_env, wait_until
+from fakes.segment import FakeSegment
+from fakes.tls import private_ca
+
+ENV = ship_env(SEGMENT_WRITE_KEY="test-key")
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def line(seq: int) -> bytes:
+    """One record as tcp-log sends it: cjson.encode(record) .. "\\n"."""
+    return orjson.dumps(gen.kong_record(seq)) + b"\n"
+
+
+class Listening:
+    """A running `kong-ship receive` with a tcp-log (and perhaps a udp-log) listener, shipping to `fake`."""
+
+    def __init__(self, shippers, tmp_path, fake, *more, udp=False, tcp_port=None, udp_port=None):
+        self.tcp_port = tcp_port or free_port()
+        self.udp_port = udp_port or free_port(socket.SOCK_DGRAM)
+        self.state = tmp_path / "state"
+        listeners = ["--listen-tcp", f"127.0.0.1:{self.tcp_port}"]
+        if udp:
+            listeners += ["--listen-udp", f"127.0.0.1:{self.udp_port}"]
+        self.proc = shippers(
+            "receive", "--listen", f"127.0.0.1:{free_port()}", *listeners, "--sink", "segment", "--endpoint",
+            fake.url, "--state-dir", str(self.state), *FAST, *more, env=ENV,
+        )
+        # The UDP socket is bound before the TCP one: once TCP accepts, a datagram is not sent into the void.
+        assert wait_until(self._listening, timeout=20) and self.proc.proc.poll() is None, self.proc.wait()[2]
+
+    def _listening(self) -> bool:
+        if self.proc.proc.poll() is not None:
+            return True
+        try:
+            socket.create_connection(("127.0.0.1", self.tcp_port), timeout=0.2).close()
+            return True
+        except OSError:
+            return False
+
+    def connect(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.tcp_port), timeout=10)
+
+    def spooled(self) -> collections.Counter:
+        seqs: collections.Counter = collections.Counter()
+        for path in glob.glob(str(self.state / "receive" / "spool-*.jsonl")):
+            with open(path, "rb") as f:
+                for raw in f:
+                    if raw.endswith(b"\n"):
+                        seqs[gen.seq_of_url(orjson.loads(raw)["record"]["request"]["uri"])] += 1
+        return seqs
+
+    def dead_letters(self) -> list[dict]:
+        path = self.state / "receive" / "dead-letter.jsonl"
+        return [orjson.loads(raw) for raw in path.read_bytes().splitlines()] if path.exists() else []
+
+
+def close_and_wait(sock: socket.socket) -> None:
+    """Close our side and wait for the receiver to close its own: it does so once what we sent is fsynced."""
+    sock.shutdown(socket.SHUT_WR)
+    assert sock.recv(1) == b""
+    sock.close()
+
+
+def messages(fake) -> list[dict]:
+    with fake._lock:
+        return list(fake.messages)
+
+
+def shipped(fake) -> collections.Counter:
+    return collections.Counter(gen.seq_of_segment_message(m) for m in messages(fake))
+
+
+def test_records_on_kept_alive_connections_split_across_packets_and_bad_lines_dead_lettered(shippers, tmp_path):
+    with FakeSegment() as fake:
+        rx = Listening(shippers, tmp_path, fake)
+        kept = rx.connect()
+        kept.sendall(b"".join(line(n) for n in range(40)))  # several records in one write
+        whole = line(40)
+        kept.sendall(whole[:700])  # one record in two packets, the second a while later
+        time.sleep(0.05)
+        kept.sendall(whole[700:])
+        fake.wait_for(lambda: set(shipped(fake)) == set(range(41)), timeout=15)
+        kept.sendall(line(41) + line(42))  # the same connection, reused later (keepalive)
+
+        bad = rx.connect()
+        bad.sendall(b"this is not json\n[1, 2]\n\n" + line(43) + line(44)[:300])
+        close_and_wait(bad)  # the last record is cut off by the close
+        fake.wait_for(lambda: set(shipped(fake)) == set(range(44)), timeout=15)
+        close_and_wait(kept)
+
+        reasons = [d["reason"] for d in rx.dead_letters()]
+        assert sorted(reasons) == ["not_json", "not_object", "unterminated"], reasons
+        (cut,) = [d for d in rx.dead_letters() if d["reason"] == "unterminated"]
+        assert "300 bytes" in cut["detail"] and "tcp-log" in cut["detail"]
+        code, _, err = rx.proc.stop()
+        assert code == 0, err
+        assert "tcp-log: received 44 records on " in err, err
+        assert shipped(fake) == collections.Counter(range(44))
+
+
+def test_many_connections_at_once(shippers, tmp_path):
+    with FakeSegment() as fake:
+        rx = Listening(shippers, tmp_path, fake)
+        clients, per_client = 40, 25
+        start = threading.Barrier(clients)
+        errors: list[BaseException] = []
+
+        def client(c: int) -> None:
+            try:
+                sock = rx.connect()
+                start.wait(10)
+                for n in range(c * per_client, (c + 1) * per_client):
+                    sock.sendall(line(n))
+                close_and_wait(sock)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert not errors, errors
+        total = clients * per_client
+        fake.wait_for(lambda: len(shipped(fake)) == total, timeout=30)
+        assert shipped(fake) == collections.Counter(range(total))
+        code, _, err = rx.proc.stop()
+        # one more connection: the start-up check's
+        assert code == 0 and f"tcp-log: received {total:,} records on {clients + 1} connections" in err, err
+
+
+def test_kill_9_loses_nothing_once_spooled(shippers, tmp_path):
+    """tcp-log has no acknowledgement: what was read is fsynced within 100 ms (or at once when a connection
+    ends), and survives a kill -9 from then on."""
+    with FakeSegment() as fake:
+        fake.set_down(True)  # nothing is shipped before the crash
+        rx = Listening(shippers, tmp_path, fake)
+        closed = rx.connect()
+        closed.sendall(b"".join(line(n) for n in range(150)))
+        close_and_wait(closed)
+        # Kong never closes a kept-alive connection after a record: these are fsynced by the group commit's
+        # clock, with the connection still open.
+        open_ = rx.connect()
+        open_.sendall(b"".join(line(n) for n in range(150, 300)))
+        assert wait_until(lambda: set(rx.spooled()) == set(range(300)), timeout=10), sorted(rx.spooled())
+        time.sleep(0.2)  # as in the issue: the client is done, 200 ms pass, then the crash
+        rx.proc.kill9()
+        open_.close()
+        fake.set_down(False)
+        rx2 = Listening(shippers, tmp_path, fake, tcp_port=rx.tcp_port)
+        again = rx2.connect()
+        again.sendall(b"".join(line(n) for n in range(300, 320)))
+        close_and_wait(again)
+        fake.wait_for(lambda: set(shipped(fake)) == set(range(320)), timeout=30)
+        ids = collections.defaultdict(set)
+        for m in messages(fake):
+            ids[gen.seq_of_segment_message(m)].add(m["messageId"])
+        assert all(len(v) == 1 for v in ids.values())  # a resend after the crash carries the same messageId
+        assert rx2.proc.stop()[0] == 0
+
+
+def test_a_line_over_max_body_bytes_is_dead_lettered_and_never_buffered_whole(shippers, tmp_path):
+    with FakeSegment() as fake:
+        rx = Listening(shippers, tmp_path, fake, "--max-body-bytes", "4096")
+        sock = rx.connect()
+        huge = orjson.dumps({"request": {"uri": "/?seq=999", "padding": "x" * 200_000}}) + b"\n"
+        for i in range(0, len(huge), 30_000):
+            sock.sendall(huge[i:i + 30_000])
+        sock.sendall(line(1) + line(2))
+        close_and_wait(sock)
+        fake.wait_for(lambda: set(shipped(fake)) == {1, 2}, timeout=15)
+        (long,) = rx.dead_letters()
+        assert long["reason"] == "too_long" and long["truncated"] and str(len(huge) - 1) in long["detail"]
+        assert rx.proc.stop()[0] == 0
+
+
+def test_tls_with_a_private_ca(shippers, tmp_path):
+    ca, cert, key = private_ca(tmp_path)
+    with FakeSegment() as fake:
+        rx = Listening(shippers, tmp_path, fake, "--tls-cert", str(cert), "--tls-key", str(key))
+        context = ssl.create_default_context(cafile=str(ca))
+        with context.wrap_socket(rx.connect(), server_hostname="127.0.0.1") as sock:
+            sock.sendall(b"".join(line(n) for n in range(30)))
+            part = line(30)
+            sock.sendall(part[:500])
+            time.sleep(0.05)
+            sock.sendall(part[500:])
+            fake.wait_for(lambda: set(shipped(fake)) == set(range(31)), timeout=15)
+        plain = rx.connect()  # no handshake: what it writes is not taken for records
+        plain.sendall(line(99))
+        plain.shutdown(socket.SHUT_WR)
+        assert wait_until(lambda: _ended(plain), timeout=15)  # the receiver closed it (perhaps after an alert)
+        plain.close()
+        code, _, err = rx.proc.stop()
+        assert code == 0, err
+        assert "tcp-log at tcp://127.0.0.1" in err and "with TLS" in err and "WITHOUT TLS" not in err
+        assert "failed TLS handshakes" in err
+        assert shipped(fake) == collections.Counter(range(31))
+
+
+def test_a_listener_on_a_non_loopback_address_without_tls_says_so(shippers, tmp_path):
+    with FakeSegment() as fake:
+        port = free_port()
+        proc = shippers("receive", "--listen", f"127.0.0.1:{free_port()}", "--listen-tcp", f"0.0.0.0:{port}",
+                        "--listen-udp", f"0.0.0.0:{free_port(socket.SOCK_DGRAM)}", "--sink", "segment", "--endpoint",
+                        fake.url, "--state-dir", str(tmp_path / "state"), *FAST, env=ENV)
+        assert wait_until(lambda: _accepts(port) or proc.proc.poll() is not None, timeout=20)
+        code, _, err = proc.stop()
+        assert code == 0, err
+        tcp_line = next(x for x in err.splitlines() if "tcp-log at" in x)
+        udp_line = next(x for x in err.splitlines() if "udp-log at" in x)
+        assert "WITHOUT TLS" in tcp_line and "--tls-cert" in tcp_line and "EVERY address" in tcp_line
+        assert "WITHOUT TLS" in udp_line and "udp-log has no TLS" in udp_line
+
+
+def _ended(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(4096) == b""
+    except ConnectionResetError:  # closed with our bytes unread
+        return True
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_udp_datagrams_arrive_and_a_non_json_one_is_dead_lettered(shippers, tmp_path):
+    with FakeSegment() as fake:
+        rx = Listening(shippers, tmp_path, fake, udp=True)
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        total = 300
+        for n in range(total):
+            sender.sendto(orjson.dumps(gen.kong_record(n)), ("127.0.0.1", rx.udp_port))  # no newline, as Kong
+            if n % 20 == 19:
+                time.sleep(0.01)  # Kong's timers send as requests end, not in one burst
+        sender.sendto(b"<14>not a kong record", ("127.0.0.1", rx.udp_port))
+        fake.wait_for(lambda: len(shipped(fake)) == total, timeout=20)
+        assert wait_until(lambda: [d["reason"] for d in rx.dead_letters()] == ["not_json"], timeout=10)
+        sender.close()
+        code, _, err = rx.proc.stop()
+        assert code == 0, err
+        assert shipped(fake) == collections.Counter(range(total))
+        assert f"udp-log: received {total} records in {total + 1} datagrams; 1 dead-lettered" in err, err
