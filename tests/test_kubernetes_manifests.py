@@ -22,12 +22,17 @@ import json
 import pathlib
 import re
 import shutil
+import socket
+import time
 from urllib.parse import urlsplit
 
+import httpx
 import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+
+from conftest import ship_env, wait_until
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "kubernetes"
@@ -397,6 +402,56 @@ def test_the_aggregator_runs_receive_with_flags_the_command_has(tmp_path):
     text = (EXAMPLES / "aggregator.yaml").read_text()
     broken.write_text(text.replace("- --http-log-token-file=", "- --http-log-token=").replace("# - --tls-key=", "# - --tls-keyfile="))
     assert unknown_receive_flags(broken) == ["--http-log-token", "--tls-keyfile"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_aggregators_own_arguments_run_a_real_receive(tmp_path, shippers):
+    """The StatefulSet's args as they are, but on loopback ports, tmp paths and --sink stdout (no Segment here):
+    Kong's http-log batch with the Secret's token is answered 200 and shipped, a wrong token 401, both probes
+    answer, and SIGTERM ends it with exit 0 well within the grace period."""
+    objects = _aggregator()
+    secret = objects["Secret/kong-ship-aggregator"]["stringData"]
+    pod = objects["StatefulSet/kong-ship-aggregator"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    files = {"/etc/kong-ship/secrets/" + key: tmp_path / key for key in secret}
+    for key, path in files.items():
+        path.write_text(secret[key.rsplit("/", 1)[1]])
+    http_port, metrics_port = _free_port(), _free_port()
+    args = []
+    for arg in container["args"]:
+        flag, _, value = arg.partition("=")
+        if flag in ("--sink", "--segment-write-key-file"):
+            continue
+        value = files.get(value, value)
+        value = {":8080": f"127.0.0.1:{http_port}", ":9464": f"127.0.0.1:{metrics_port}",
+                 "/var/lib/kong-ship": tmp_path / "state"}.get(value, value)
+        args.append(f"{flag}={value}" if _ else flag)
+    proc = shippers(*args, "--sink=stdout", env=ship_env())
+    record = json.loads((ROOT / "examples" / "kong-3x.jsonl").read_text().splitlines()[0])
+    url = f"http://127.0.0.1:{http_port}/http-log"
+
+    def post(token: str) -> httpx.Response | None:
+        try:
+            return httpx.post(url, json=[record] * 3, headers={"Authorization": f"Bearer {token}"}, timeout=5)
+        except httpx.TransportError:
+            return None
+
+    answer = wait_until(lambda: post(secret["http-log-token"]), timeout=20)
+    assert answer is not None and answer.status_code == 200, (answer, proc.proc.poll())
+    assert post("wrong").status_code == 401
+    assert httpx.get(f"http://127.0.0.1:{metrics_port}{container['livenessProbe']['httpGet']['path']}").status_code == 200
+    socket.create_connection(("127.0.0.1", http_port), timeout=2).close()  # the readiness probe
+    time.sleep(1)
+    started = time.monotonic()
+    code, out, err = proc.stop(timeout=pod["terminationGracePeriodSeconds"])
+    assert code == 0, err
+    assert time.monotonic() - started < pod["terminationGracePeriodSeconds"] - 10
+    assert len(out.splitlines()) == 3, out
 
 
 def test_the_aggregator_is_hardened_durable_and_stops_gracefully():
