@@ -222,3 +222,22 @@ def test_a_listener_on_every_address_without_tls_says_so(shippers, tmp_path):
         assert rx.send(gen.kong_record(1)).status_code == 200
         code, _, err = rx.proc.stop()
         assert code == 0 and "WITHOUT TLS" in err, err
+
+
+def test_the_kong_log_spool_kind_is_read_by_the_kong_parser_http_and_stream():
+    from shipper.formats import ParseError, Parser
+    from shipper.model import Position
+
+    parser = Parser()
+
+    def envelope(record) -> bytes:
+        return orjson.dumps({"spool": "kong_log", "seq": 7, "received_at": "2026-01-01T00:00:00.000Z", "record": record})
+
+    http = parser.parse(envelope(gen.kong_record(42)))
+    assert http.kind != "stream" and http.event_id == gen.kong_record(42)["request"]["id"]
+    stream = {"session": {"status": 200, "received": 10, "sent": 20}, "started_at": 1700000000000,
+              "route": {"id": "r", "protocols": ["tcp"]}, "latencies": {"session": 5}}
+    parsed = parser.parse(envelope(stream), Position(file_id="spool-a", offset=123, end=456))
+    assert parsed.kind == "stream" and parsed.protocol == "tcp" and parsed.event_id == "spool-a-123"
+    with pytest.raises(ParseError, match="not a Kong record"):
+        parser.parse(envelope({"hello": "world"}))
