@@ -1,6 +1,7 @@
-"""`kong-ship receive --listen HOST:PORT --sink NAME`: accept Kong event-hook deliveries and ship the events.
+"""`kong-ship receive --listen HOST:PORT --sink NAME`: accept Kong event-hook deliveries, and Kong's http-log
+at /http-log, and ship what they carry.
 
-Each delivery's signature is checked, its events are appended to a durable spool (STATE_DIR/receive/) and
+Each delivery's signature (http-log: its token) is checked, its events are appended to a durable spool (STATE_DIR/receive/) and
 only then answered 200; the ordinary pipeline follows the spool with its checkpoints, batches and retries, so
 an accepted event survives a crash of kong-ship or an outage of the vendor. The spool is bounded: past
 `--max-backlog-bytes` not yet acknowledged by every sink, deliveries are refused until the sinks catch up.
@@ -130,7 +131,7 @@ def _tls(kw: dict[str, Any]) -> Any:
 @apply_options(_receiving + listener_options + shipping_options + [config_option])
 def receive(**kw: Any) -> None:
     """Accept Kong event-hook deliveries over HTTP (handler=webhook), check their x-kong-signature, and ship
-    the events to the sinks.
+    the events to the sinks; and Kong's http-log records at /http-log (token: Bearer, or the Basic password).
 
     A delivery is answered 200 only once its events are in a durable spool (STATE_DIR/receive/, which also
     holds this command's checkpoints); 401 to a missing or bad signature, 413 to a body over --max-body-bytes;
