@@ -227,6 +227,10 @@ def test_a_listener_on_a_non_loopback_address_without_tls_says_so(shippers, tmp_
                         "--listen-udp", f"0.0.0.0:{free_port(socket.SOCK_DGRAM)}", "--sink", "segment", "--endpoint",
                         fake.url, "--state-dir", str(tmp_path / "state"), *FAST, env=ENV)
         assert wait_until(lambda: _accepts(port) or proc.proc.poll() is not None, timeout=20)
+        # A record shipped: the pipeline runs (a SIGTERM before its handlers are in place would kill it).
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(line(1))
+            fake.wait_for(lambda: set(shipped(fake)) == {1}, timeout=15)
         code, _, err = proc.stop()
         assert code == 0, err
         tcp_line = next(x for x in err.splitlines() if "tcp-log at" in x)
@@ -267,3 +271,94 @@ def test_udp_datagrams_arrive_and_a_non_json_one_is_dead_lettered(shippers, tmp_
         assert code == 0, err
         assert shipped(fake) == collections.Counter(range(total))
         assert f"udp-log: received {total} records in {total + 1} datagrams; 1 dead-lettered" in err, err
+
+
+# -- the listeners in-process: back-pressure and drops, observed through the `overloaded` they consult ---------
+class Overload:
+    """The listeners' `overloaded()`: the test says whether the backlog is full and sees who asked."""
+
+    def __init__(self) -> None:
+        self.full = True
+        self.asked_by: collections.Counter = collections.Counter()
+
+    def __call__(self) -> bool:
+        self.asked_by[threading.current_thread().name] += 1
+        return self.full
+
+
+def _in_process(tmp_path):
+    from shipper.deadletter import DeadLetter
+    from shipper.sources.intake import KIND, Intake
+    from shipper.sources.spool import GroupCommit, Spool
+
+    spool = Spool(str(tmp_path / "spool"))
+    commit = GroupCommit(spool, KIND, on_write=lambda records, nbytes: None)
+    commit.start(lambda reason: None)
+    intake = Intake("test", commit, DeadLetter(str(tmp_path / "dead.jsonl")), max_record_bytes=1 << 20)
+    return spool, commit, intake
+
+
+def _spooled_seqs(spool) -> list[int]:
+    seqs = []
+    for path in spool.segments():
+        with open(path, "rb") as f:
+            seqs += [gen.seq_of_url(orjson.loads(raw)["record"]["request"]["uri"]) for raw in f]
+    return sorted(seqs)
+
+
+def test_a_full_backlog_stops_reading_tcp_and_reading_resumes_when_it_drains(tmp_path):
+    from shipper.sources.tcp_log import TcpLogListener
+
+    spool, commit, intake = _in_process(tmp_path)
+    overload = Overload()
+    listener = TcpLogListener("127.0.0.1", 0, intake, max_line_bytes=1 << 20, overloaded=overload)
+    listener.start(lambda reason: None)
+    try:
+        sock = socket.create_connection(listener.address, timeout=10)
+        sock.sendall(b"".join(line(n) for n in range(10)))
+        # The connection's reader asks before every read; asked again and again, it has read nothing.
+        assert wait_until(lambda: overload.asked_by["tcp-log-conn"] >= 3, timeout=10)
+        assert commit.sync(10) and _spooled_seqs(spool) == []
+        overload.full = False
+        assert wait_until(lambda: _spooled_seqs(spool) == list(range(10)), timeout=10)
+        close_and_wait(sock)
+        assert intake.snapshot()["records"] == 10 and not intake.snapshot()["dropped"]
+    finally:
+        listener.shutdown()
+        commit.close()
+        spool.close()
+
+
+def test_a_full_backlog_drops_udp_datagrams_and_counts_them(tmp_path):
+    from shipper.sources.udp_log import UdpLogListener
+
+    spool, commit, intake = _in_process(tmp_path)
+    overload = Overload()
+    listener = UdpLogListener("127.0.0.1", 0, intake, max_record_bytes=1 << 20, overloaded=overload)
+    listener.start(lambda reason: None)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for n in range(5):
+            sender.sendto(orjson.dumps(gen.kong_record(n)), listener.address)
+        assert wait_until(lambda: intake.snapshot()["dropped"] == 5, timeout=10)  # read, never left unread
+        overload.full = False
+        for n in range(5, 10):
+            sender.sendto(orjson.dumps(gen.kong_record(n)), listener.address)
+        assert wait_until(lambda: _spooled_seqs(spool) == list(range(5, 10)), timeout=10)
+        assert listener.datagrams == 10 and intake.snapshot()["records"] == 5
+    finally:
+        sender.close()
+        listener.shutdown()
+        commit.close()
+        spool.close()
+
+
+def test_the_framer_never_holds_more_than_the_limit():
+    from shipper.sources.tcp_log import LineFramer
+
+    framer = LineFramer(100)
+    got = list(framer.feed(b'{"a":1}\r\n{"b":'))
+    assert got == [("line", b'{"a":1}', 8)] and framer.leftover() == (b'{"b":', 5)
+    assert list(framer.feed(b"2}\n")) == [("line", b'{"b":2}', 7)] and framer.leftover() is None
+    assert list(framer.feed(b"x" * 150)) == [] and len(framer.buffer) == 0  # over the limit: skipped, not kept
+    assert list(framer.feed(b"x" * 50 + b"\n{}\n")) == [("too_long", b"x" * 150, 200), ("line", b"{}", 2)]
