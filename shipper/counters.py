@@ -43,8 +43,21 @@ COUNTERS: tuple[CounterSpec, ...] = (
         "rejected", "Events the vendor refused for good (dead-lettered).", shared=True,
         metric="events_rejected", status="rejected",
     ),
-    # The sink chose not to send them (Moesif sampling, kinds a vendor has no event for).
-    CounterSpec("skipped", "Events deliberately not sent (sampling).", metric="events_skipped"),
+    # The sink chose not to send them (Moesif sampling, kinds a vendor has no event for), or the lines hold no
+    # access-log record (the two counters below, counted here too: read = shipped + dead-lettered + filtered +
+    # rejected + skipped + blank).
+    CounterSpec(
+        "skipped", "Events and lines deliberately not sent (sampling, container lines with no access-log record).",
+        metric="events_skipped",
+    ),
+    CounterSpec(
+        "not_access_log", "Container stdout lines that are not JSON objects (Kong's text access log, notices).",
+        metric="lines_not_access_log", per_sink=False, status="not access-log records",
+    ),
+    CounterSpec(
+        "stderr_lines", "Container stderr lines (Kong's error log).", metric="stderr_lines", per_sink=False,
+        status="stderr lines",
+    ),
 )
 NAMES = frozenset(spec.name for spec in COUNTERS)
 

@@ -18,14 +18,15 @@ from shipper.delivery.acks import AckTracker
 from shipper.delivery.batcher import Batcher
 from shipper.delivery.queue import BoundedQueue, Closed
 from shipper.delivery.sender import Item, Sender
-from shipper.formats import Parser
+from shipper.formats import CONTAINER_FRAMINGS, Parser
 from shipper.processors import Processor
 from shipper.sinks.base import Sink
 from shipper.sources.files import FileSource
 from shipper.sources.resume import Resume
 from shipper.threads import death_notice, start_thread
 from shipper.transform import (
-    BLANK, EVENT, FAILED, FILTERED, INVALID, OVERSIZE, REJECTED, SKIPPED, Transformer, WorkerLost, WorkerPool,
+    BLANK, EVENT, FAILED, FILTERED, IGNORED, INVALID, OVERSIZE, REJECTED, SKIPPED, Transformer, WorkerLost,
+    WorkerPool, line_bytes,
 )
 
 PARCEL_EVENTS = 128  # events handed to the batcher at once (the last parcel of a read goes at once)
@@ -104,6 +105,8 @@ class Lane:
             max_line_bytes=settings.max_line_bytes,
             rotate_wait=settings.rotate_wait,
             on_opened=self.acks.start,
+            # Container log lines are recognised by themselves; --format cri/docker takes every line as one.
+            framing=settings.format if settings.format in CONTAINER_FRAMINGS else "auto",
         )
         self._threads: list[threading.Thread] = []
         self.transform = Transformer(parser, chain, sink)
@@ -215,18 +218,22 @@ class Lane:
             if outcome == BLANK:
                 counts["blank"] += 1
             elif outcome == INVALID:
-                self._input_error(payload[0], payload[1], file_id, offset, data)
+                self._input_error(payload[0], payload[1], file_id, offset, line_bytes(data))
+            elif outcome == IGNORED:  # Kong's own lines in a container's stream: skipped, and counted by kind
+                counts["skipped"] += 1
+                counts[payload] += 1
             elif outcome == FAILED:  # this sink's own: dead-lettered by each lane it happens in
                 counts["parsed"] += 1
                 counts["dead_lettered"] += 1
                 self.dead_letter.write(
                     payload[0], payload[1], sink=self.sink.name, file=self.source.path_of(file_id), offset=offset,
-                    line=data,
+                    line=line_bytes(data),
                 )
             elif outcome == REJECTED:
                 counts["parsed"] += 1
                 self.dead_letter.write(
-                    "rejected", payload, sink=self.sink.name, file=self.source.path_of(file_id), offset=offset, line=data
+                    "rejected", payload, sink=self.sink.name, file=self.source.path_of(file_id), offset=offset,
+                    line=line_bytes(data),
                 )
                 self.counters.add("rejected", 1)
             elif outcome == SKIPPED:

@@ -24,8 +24,10 @@ from shipper.formats import ParseError, Parser
 from shipper.model import Position, Transaction
 from shipper.processors import Processor, run_chain
 from shipper.sinks.base import EventFiltered, EventRejected, EventSkipped
+# What the container framing makes of a line (light: dataclasses and orjson, nothing of the file source).
+from shipper.sources.container import Framed, Ignored, Unframed
 
-if TYPE_CHECKING:  # only named in annotations: the sources need not be imported by a worker or `parse`
+if TYPE_CHECKING:  # only named in annotations: the file source need not be imported by a worker or `parse`
     from shipper.sources.reading import Oversize
 
 class Fate(enum.IntEnum):
@@ -40,14 +42,16 @@ class Fate(enum.IntEnum):
     OVERSIZE = 5  # the line is longer than --max-line-bytes (the source handed an Oversize marker)
     FILTERED = 6  # a processor dropped the record (outside --since/--until), or the sink raised EventFiltered: payload its reason
     FAILED = 7  # payload: (reason, detail) — this sink's encoder failed on the record (other sinks may not)
+    IGNORED = 8  # a container log line with no access-log record (stderr, text): payload the counter it goes to
 
 
 # The fates by their short names, as the lane, `parse` and the tests import them.
 EVENT, BLANK, INVALID, REJECTED = Fate.EVENT, Fate.BLANK, Fate.INVALID, Fate.REJECTED
 SKIPPED, OVERSIZE, FILTERED, FAILED = Fate.SKIPPED, Fate.OVERSIZE, Fate.FILTERED, Fate.FAILED
+IGNORED = Fate.IGNORED
 
 Outcome = tuple[Fate, Any, bool]  # (fate, payload, anonymous)
-Line = tuple[str, "bytes | Oversize", int, int]  # (file_id, data, offset, end)
+Line = tuple[str, "bytes | Oversize | Framed | Ignored | Unframed", int, int]  # (file_id, data, offset, end)
 
 
 class Encoder(Protocol):
@@ -62,15 +66,24 @@ class Transformer:
         self.chain = chain
         self.encode = sink.encode
 
-    def __call__(self, file_id: str, data: bytes | Oversize, offset: int, end: int) -> Outcome:
+    def __call__(self, file_id: str, data: bytes | Oversize | Framed | Ignored | Unframed, offset: int, end: int) -> Outcome:
         """Never raises: whatever a line holds, it comes back as one outcome, so no line can stop a reader.
         (A try block costs nothing in CPython 3.11 until something is raised.)"""
+        logged_at = None
         if type(data) is not bytes:
-            return (OVERSIZE, None, False)
+            kind = type(data)
+            if kind is Framed:  # a container log line's content, and the runtime's time for a record without one
+                data, logged_at = data.content, data.logged_at  # type: ignore[union-attr]
+            elif kind is Ignored:
+                return (IGNORED, data.counter, False)  # type: ignore[union-attr]
+            elif kind is Unframed:
+                return (INVALID, ("unknown_format", data.detail), False)  # type: ignore[union-attr]
+            else:
+                return (OVERSIZE, None, False)
         if not data or data.isspace():
             return (BLANK, None, False)
         try:
-            txn = run_chain(self.chain, self.parse(data, Position(file_id, offset, end)))
+            txn = run_chain(self.chain, self.parse(data, Position(file_id, offset, end), logged_at))
         except ParseError as exc:
             return (INVALID, (exc.reason, exc.detail), False)
         except Exception as exc:  # noqa: BLE001 - the boundary: a bug or a value nobody foresaw costs one line
@@ -91,6 +104,17 @@ class Transformer:
         except Exception as exc:  # noqa: BLE001 - the same boundary, around this sink's encoder
             return (FAILED, failure(exc), anonymous)
         return (EVENT, event, anonymous)
+
+
+def line_bytes(data: bytes | Oversize | Framed | Ignored | Unframed) -> bytes:
+    """The bytes a dead letter keeps of a line: the line, or a container line's content."""
+    if type(data) is bytes:
+        return data
+    if type(data) is Framed:
+        return data.content
+    if type(data) is Unframed:
+        return data.line
+    return getattr(data, "prefix", b"")
 
 
 class NormalizedLines:

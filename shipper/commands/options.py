@@ -190,7 +190,8 @@ config_option = SERVICE.option(
 
 understanding_options = [
     UNDERSTANDING.option("--format", "fmt", type=click.Choice(FORMATS), default=Settings.format, show_default=True,
-                         help="Log format; auto detects it per line."),
+                         help="Log format; auto detects it per line, container runtime lines (CRI, Docker json-file) "
+                              "included; cri or docker takes every line as one."),
     UNDERSTANDING.option("--nginx-field", "nginx_field", multiple=True, type=NginxFieldType(), metavar="FIELD=KEY",
                          help="Map a transaction field to an Nginx log key (repeatable), e.g. client_ip=real_ip."),
     UNDERSTANDING.option("--jwt-from", "jwt_from", multiple=True, metavar="DOTTED.PATH",

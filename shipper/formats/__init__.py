@@ -3,7 +3,11 @@
 `Parser` decodes the JSON (with the repairs real logs need, see `decode`), detects the format per line unless
 told, and hands the object to the format's module: `kong` (HTTP records), `kong_stream` (TCP/TLS/UDP sessions,
 also under `--format kong`), `nginx`, or a spooled record's. Whatever the format, a record without a usable
-start time leaves here dated when it was read (`Transaction.started_at_estimated`).
+start time leaves here dated when the container runtime wrote it (`logged_at`, container logs) or else when it
+was read (`Transaction.started_at_estimated`).
+
+`cri` and `docker` name container log framings (`shipper/sources/container.py`), not formats: the file source
+unwraps the lines, and what they hold is detected as with `auto`.
 """
 
 from __future__ import annotations
@@ -18,19 +22,21 @@ from shipper.formats.nginx import looks_like_nginx, nginx_fields, parse_nginx
 from shipper.formats.spooled import looks_spooled, parse_spooled
 from shipper.model import Position, Transaction
 
-FORMATS = ("auto", "kong", "nginx")
+FORMATS = ("auto", "kong", "nginx", "cri", "docker")
+CONTAINER_FRAMINGS = ("cri", "docker")
 
-__all__ = ["FORMATS", "ParseError", "Parser"]
+__all__ = ["CONTAINER_FRAMINGS", "FORMATS", "ParseError", "Parser"]
 
 
 class Parser:
     def __init__(self, fmt: str = "auto", nginx_field_map: dict[str, str] | None = None):
         if fmt not in FORMATS:
             raise ValueError(f"unknown format {fmt!r}")
-        self.format = fmt
+        self.format = "auto" if fmt in CONTAINER_FRAMINGS else fmt
         self.nginx_fields = nginx_fields(nginx_field_map)
 
-    def parse(self, line: bytes, position: Position | None = None) -> Transaction:
+    def parse(self, line: bytes, position: Position | None = None, logged_at: int | None = None) -> Transaction:
+        """`logged_at`: when the container runtime wrote the line (epoch ms), for a record without a start time."""
         record = decode_line(line)
         fallback_id = f"{position.file_id}-{position.offset}" if position else ""
         try:
@@ -40,7 +46,11 @@ class Parser:
         except (TypeError, ValueError, AttributeError, KeyError) as exc:
             # A record of the right shape whose fields have the wrong types: never let data kill the shipper.
             raise ParseError("bad_fields", f"{type(exc).__name__}: {exc}"[:200]) from None
-        if txn.started_at is None:
+        if txn.started_at is None and logged_at is not None:
+            # The runtime wrote the line when Kong logged the request, at its end: its start is that minus the
+            # request's latency, when known. A real time of the call, not an estimate (--since/--until apply).
+            txn.started_at = logged_at - int(txn.latency_request or 0)
+        elif txn.started_at is None:
             # One rule for every format and sink: a record with no usable start time is dated when it was read,
             # and says so (vendors need a time; each sink inventing its own made the same line differ).
             txn.started_at = int(time.time() * 1000)

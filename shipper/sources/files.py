@@ -27,12 +27,13 @@ import time
 import zlib
 from collections.abc import Callable, Iterator
 
+from shipper.sources.container import Framer
 from shipper.sources.identity import HEAD_BYTES, Known, choose, family, head_of, identity, new_id, tail_hash
 from shipper.sources.inputs import expand, input_problems, mtime
 from shipper.sources.resume import Stopped
 from shipper.sources.reading import (
     CHUNK, GZIP_MAGIC, Line, OpenFile, Oversize, at_eof, close_file, end_of_last_line, lines_in, pread_before,
-    reader, seek,
+    reader, resume_point, seek,
 )  # fmt: skip
 
 log = logging.getLogger("kong-ship")
@@ -53,7 +54,8 @@ class FileSource:
     `known(fingerprint)` gives the checkpointed positions of the identities with that fingerprint; a newly
     opened file resumes at the one it confirms (see `identity.choose`). Without one a file is read from its
     start, except with `start_at_end` for files already there when the source starts. `follow=False` is for
-    one-shot commands: `read_all()` reads each file once to its end, oldest first.
+    one-shot commands: `read_all()` reads each file once to its end, oldest first. `framing` (None, `auto`, `cri`,
+    `docker`): container runtime lines are unwrapped, `data` is then what `container.py` makes of them.
     """
 
     def __init__(
@@ -67,8 +69,10 @@ class FileSource:
         rotate_wait: float = 5.0,
         idle_close: float = 300.0,
         on_opened: Callable[[str, int], None] | None = None,
+        framing: str | None = "auto",
     ):
         self.patterns = [os.path.abspath(p) for p in patterns]
+        self.framing = framing
         self.follow = follow
         self.max_line_bytes = max_line_bytes
         self.rotate_wait = rotate_wait
@@ -155,7 +159,8 @@ class FileSource:
         try:
             if os.pread(fd, 2, 0) == GZIP_MAGIC:
                 gz = gzip.GzipFile(fileobj=os.fdopen(os.dup(fd), "rb"), mode="rb")
-            handle = OpenFile(path, key, fd, gz)
+            framer = Framer(self.framing, self.max_line_bytes) if self.framing else None
+            handle = OpenFile(path, key, fd, gz, framer=framer)
             if not self._identify(handle) or not self._assign(handle, None if gz else st.st_size):
                 # No complete first line yet, or a copy of an open file: looked at again on the next discovery.
                 if not self.follow and gz is None and handle.file_id is None and st.st_size:
@@ -358,12 +363,15 @@ class FileSource:
             self._read_to[handle.file_id] = Stopped(handle.base, tail_hash(handle.before), None)
         handle.file_id, handle.head = None, b""
         handle.discard_from, handle.discard_prefix = None, b""
+        if handle.framer is not None:
+            handle.framer.reset()  # the pieces of a split container line in the old content went with it
         handle.base = handle.read_pos = 0
         handle.buf = handle.before = handle.recent = b""  # new content: a new identity once its first line is complete
 
     def _retire(self, key: tuple[int, int], handle: OpenFile, static: bool) -> None:
         if handle.file_id is not None:
-            self._read_to[handle.file_id] = Stopped(handle.base, tail_hash(handle.before), key)
+            offset, before = resume_point(handle)
+            self._read_to[handle.file_id] = Stopped(offset, tail_hash(before), key)
         if static:
             try:
                 st = os.fstat(handle.fd)

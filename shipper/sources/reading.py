@@ -11,12 +11,18 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from shipper.sources.identity import TAIL_BYTES
+
+if TYPE_CHECKING:  # container.py builds on this module
+    from shipper.sources.container import Framer
 
 CHUNK = 256 * 1024
 GZIP_MAGIC = b"\x1f\x8b"
 PREFIX_BYTES = 4096  # kept of an oversize line, for the dead-letter file
+# Docker's json-file writer puts `log` first, always: a Kong or Nginx JSON line differs by its third byte.
+DOCKER_PREFIX = b'{"log":'
 
 
 @dataclass(slots=True)
@@ -48,10 +54,12 @@ class OpenFile:
     last_check: float = 0.0
     moved: bool = False  # the path no longer leads to this file (rotated, deleted, re-pointed)
     finished: bool = False  # a static file (gzip, backfill) read to its end
+    framer: Framer | None = None  # container log framing (container.py); None: plain lines only
 
 
-# (file_id, line or Oversize, offset of its first byte, offset just past its newline)
-Line = tuple[str, "bytes | Oversize", int, int]
+# (file_id, line or Oversize, offset of its first byte, offset just past its newline); with a framer, the line
+# may also be what container.py makes of it (its `Item`).
+Line = tuple[str, "bytes | Oversize | Any", int, int]
 
 
 def lines_in(handle: OpenFile, data: bytes, max_line_bytes: int) -> Iterator[Line]:
@@ -67,7 +75,7 @@ def lines_in(handle: OpenFile, data: bytes, max_line_bytes: int) -> Iterator[Lin
         if newline < 0:
             return
         end = handle.read_pos - len(data) + newline + 1
-        yield file_id, Oversize(handle.discard_prefix, end - handle.discard_from), handle.discard_from, end
+        yield from framed(handle, Oversize(handle.discard_prefix, end - handle.discard_from), handle.discard_from, end)
         handle.discard_from, handle.discard_prefix = None, b""
         handle.base, handle.buf = end, b""
         handle.before = before(previous, data, newline + 1)
@@ -84,42 +92,80 @@ def lines_in(handle: OpenFile, data: bytes, max_line_bytes: int) -> Iterator[Lin
         handle.buf = b""
     else:
         handle.buf = rest
-    yield from emit(file_id, lines, start, max_line_bytes)
+    yield from emit(file_id, lines, start, max_line_bytes, handle.framer)
 
 
 def at_eof(handle: OpenFile, unterminated: list[tuple[str, int]]) -> Iterator[Line]:
     """The end of a file that will not grow (gzip, one-shot commands)."""
     assert handle.file_id is not None
+    framer = handle.framer
     if handle.gz is not None and handle.discard_from is not None:
         # A compressed file is final: its oversize last line is complete without a newline.
         start, end = handle.discard_from, handle.read_pos
-        yield handle.file_id, Oversize(handle.discard_prefix, end - start), start, end
+        oversize = Oversize(handle.discard_prefix, end - start)
         handle.discard_from, handle.discard_prefix, handle.base, handle.before = None, b"", end, handle.recent
+        yield from framed(handle, oversize, start, end)
     elif handle.gz is not None and handle.buf:
         line, start = handle.buf, handle.base
         handle.buf, handle.base, handle.before = b"", start + len(line), handle.recent
-        yield from emit(handle.file_id, [line], start, None)
-    elif handle.buf or handle.discard_from is not None:
-        # A plain file's last line may still get its newline: not shipped now, a later run (or tail) will.
-        unterminated.append((handle.path, handle.read_pos - handle.base))
+        yield from emit(handle.file_id, [line], start, None, framer)
+    elif handle.gz is None and (handle.buf or handle.discard_from is not None or pending(handle)):
+        # A plain file's last line (or the pieces of a container line) may still get its newline (its last
+        # piece): not shipped now, a later run (or tail) will.
+        since = handle.base if framer is None or framer.pending_from is None else framer.pending_from
+        unterminated.append((handle.path, handle.read_pos - since))
+    if handle.gz is not None and framer is not None and framer.pending_from is not None:
+        # A compressed file is final: a split container line whose last piece never came ends with it.
+        yield framer.finish(handle.file_id, handle.read_pos)
     handle.finished = True
 
 
-def emit(file_id: str, lines: list[bytes], start: int, limit: int | None) -> Iterator[Line]:
-    """The lines, with their offsets; those over `limit` as `Oversize`."""
+def resume_point(handle: OpenFile) -> tuple[int, bytes]:
+    """Where a copy of a file let go of (the rotated file, compressed) or the file opened again goes on, and the
+    bytes before it: past the last line handed on, or at the first piece of a split container line that still
+    waits for its last piece (read again whole, never in half)."""
+    if pending(handle) and handle.gz is None:
+        offset = handle.framer.pending_from  # type: ignore[union-attr]
+        return offset, pread_before(handle.fd, offset)  # type: ignore[arg-type]
+    return handle.base, handle.before
+
+
+def pending(handle: OpenFile) -> bool:
+    """Is a split container line waiting for its last piece in this file?"""
+    return handle.framer is not None and handle.framer.pending_from is not None
+
+
+def emit(file_id: str, lines: list[bytes], start: int, limit: int | None, framer: Framer | None = None) -> Iterator[Line]:
+    """The lines, with their offsets; those over `limit` as `Oversize`; through the framer, if any, those that
+    may be container log lines (see container.py)."""
     for line in lines:
         end = start + len(line) + 1
         if limit is not None and len(line) > limit:
-            yield file_id, Oversize(line[:PREFIX_BYTES], len(line)), start, end
+            if framer is None:
+                yield file_id, Oversize(line[:PREFIX_BYTES], len(line)), start, end
+            else:
+                yield from framer.frame(file_id, Oversize(line[:PREFIX_BYTES], len(line)), start, end)
+        elif framer is None or (framer.direct and line[:1] == b"{" and not line.startswith(DOCKER_PREFIX)):
+            yield file_id, line, start, end  # the hot path: a plain JSON line
         else:
-            yield file_id, line, start, end
+            yield from framer.frame(file_id, line, start, end)
         start = end
+
+
+def framed(handle: OpenFile, item: Oversize, start: int, end: int) -> Iterator[Line]:
+    assert handle.file_id is not None
+    if handle.framer is None:
+        yield handle.file_id, item, start, end
+    else:
+        yield from handle.framer.frame(handle.file_id, item, start, end)
 
 
 def seek(handle: OpenFile, offset: int) -> None:
     """Position a file at `offset` (a line start): nothing buffered, the bytes before it noted."""
     handle.base = handle.read_pos = offset
     handle.buf = b""
+    if handle.framer is not None:
+        handle.framer.reset()
     handle.before = handle.recent = reader(handle)(offset) if offset else b""
     if handle.gz is not None:
         handle.gz.seek(offset)
