@@ -1,9 +1,9 @@
 """`kong-ship receive --listen HOST:PORT --sink NAME`: accept Kong event-hook deliveries, and Kong's http-log
 at /http-log, and ship what they carry.
 
-Each delivery's signature (http-log: its token) is checked, its events are appended to a durable spool (STATE_DIR/receive/) and
-only then answered 200; the ordinary pipeline follows the spool with its checkpoints, batches and retries, so
-an accepted event survives a crash of kong-ship or an outage of the vendor. The spool is bounded: past
+Each delivery's signature (http-log: its token) is checked, its events are appended to a durable spool
+(STATE_DIR/receive/) and only then answered 200; the ordinary pipeline follows the spool with its checkpoints,
+batches and retries, so an accepted event survives a crash of kong-ship or an outage of the vendor. The spool is bounded: past
 `--max-backlog-bytes` not yet acknowledged by every sink, deliveries are refused until the sinks catch up.
 """
 
