@@ -105,12 +105,13 @@ def test_records_on_kept_alive_connections_split_across_packets_and_bad_lines_de
         kept.sendall(line(41) + line(42))  # the same connection, reused later (keepalive)
 
         bad = rx.connect()
-        bad.sendall(b"this is not json\n[1, 2]\n\n" + line(43) + line(44)[:300])
+        bad.sendall(b"not json: Authorization: Bearer tcp-SECRET-42\n[1, 2]\n\n" + line(43) + line(44)[:300])
         close_and_wait(bad)  # the last record is cut off by the close
         fake.wait_for(lambda: set(shipped(fake)) == set(range(44)), timeout=15)
         close_and_wait(kept)
 
         reasons = [d["reason"] for d in rx.dead_letters()]
+        assert b"tcp-SECRET-42" not in (rx.state / "receive" / "dead-letter.jsonl").read_bytes()  # masked
         assert sorted(reasons) == ["not_json", "not_object", "unterminated"], reasons
         (cut,) = [d for d in rx.dead_letters() if d["reason"] == "unterminated"]
         assert "300 bytes" in cut["detail"] and "tcp-log" in cut["detail"]
