@@ -241,3 +241,26 @@ def test_the_kong_log_spool_kind_is_read_by_the_kong_parser_http_and_stream():
     assert parsed.kind == "stream" and parsed.protocol == "tcp" and parsed.event_id == "spool-a-123"
     with pytest.raises(ParseError, match="not a Kong record"):
         parser.parse(envelope({"hello": "world"}))
+
+
+def test_a_client_stalling_its_tls_handshake_is_cut_off_at_the_read_timeout(shippers, tmp_path):
+    ca, cert, key = private_ca(tmp_path)
+    with FakeSegment() as fake:
+        rx = HttpLog(shippers, tmp_path, fake.url, "--tls-cert", str(cert), "--tls-key", str(key),
+                     "--read-timeout", "1", tls_ca=ca)
+        # A ClientHello announced as 512 bytes, then trickled a byte every 0.3 s: each wait is short, the whole is not.
+        trickler = socket.create_connection(("127.0.0.1", rx.port), timeout=5)
+        trickler.sendall(b"\x16\x03\x01\x02\x00" + b"\x01\x00\x01\xfc\x03\x03")  # record, ClientHello, TLS 1.2
+        started, cut = time.monotonic(), False
+        while time.monotonic() - started < 6:
+            try:
+                trickler.sendall(b"\x41")  # its random, a byte at a time
+            except OSError:
+                cut = True
+                break
+            time.sleep(0.3)
+        assert cut and time.monotonic() - started < 4
+        trickler.close()
+        assert rx.send(gen.kong_record(1)).status_code == 200
+        fake.wait_for(lambda: set(seqs_of(fake)) == {1}, timeout=15)
+        assert rx.proc.stop()[0] == 0

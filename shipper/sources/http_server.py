@@ -65,7 +65,8 @@ class RequestHandler(BaseHTTPRequestHandler):
         context = self.server.receiver.tls
         if context is not None:
             # Here, in the connection's thread, not in the accepting one: a client stalling its handshake holds
-            # only its own thread, for at most the read timeout (ssl.SSLError, an OSError, ends it quietly).
+            # only its own thread, for at most the read timeout (CPython's handshake counts its timeout for the
+            # whole handshake, not per read, so trickling does not extend it); a failed one ends quietly (OSError).
             self.request.settimeout(self.timeout)
             self.request = context.wrap_socket(self.request, server_side=True)
         super().setup()
