@@ -76,6 +76,11 @@ class Masker:
         self.ship_raw_bodies = ship_raw_bodies
         self._entities: dict[str, tuple[Any, dict[str, Any]]] = {}
         self._claims: dict[int, tuple[Any, Any]] = {}  # id(claims) -> (claims, their kept part)
+        self._extra = tuple(sorted(frozenset(normalize(n) for n in extra_names)))
+
+    def __repr__(self) -> str:
+        # Names only (never values): what check-config shows of the masks beyond the default secret names.
+        return f"Masker(extra={list(self._extra)!r}, ship_raw_bodies={self.ship_raw_bodies})"
 
     # -- the processor -------------------------------------------------------------------------------------
     def __call__(self, txn: Transaction) -> Transaction:
