@@ -187,10 +187,11 @@ class GroupCommit:
     Records wait in memory, not in the file: a line is written and fsynced in one go (as `Spool.append` does),
     so the pipeline never reads, ships and checkpoints a line that a crash of the machine could still take
     back (the next records would then reuse its sequence number, and its event id). The price, and exactly
-    what a crash can lose: the records added and not yet written, at most `interval` seconds or `max_records`
-    records of them (kill -9, OOM, power loss alike). When the spool cannot be written (disk full) the group
-    is kept and retried; meanwhile `add` holds TCP readers (back-pressure) and refuses UDP datagrams once
-    `max_bytes` wait. Only `close` gives up on a group, after its timeout, and counts it in `lost`."""
+    what a crash can lose (kill -9, OOM, power loss alike): the records added and not yet fsynced — those of the
+    last `interval` seconds, at most `max_records` of them, and more only while an fsync is slow (the group
+    being written and what arrives meanwhile). When the spool cannot be written (disk full) the group is kept
+    and retried; meanwhile `add` holds TCP readers (back-pressure) and refuses UDP datagrams once `max_bytes`
+    wait. Only `close` gives up on a group, after its timeout, and counts it in `lost`."""
 
     def __init__(
         self,
