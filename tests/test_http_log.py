@@ -264,3 +264,16 @@ def test_a_client_stalling_its_tls_handshake_is_cut_off_at_the_read_timeout(ship
         assert rx.send(gen.kong_record(1)).status_code == 200
         fake.wait_for(lambda: set(seqs_of(fake)) == {1}, timeout=15)
         assert rx.proc.stop()[0] == 0
+
+
+def test_the_jwt_and_mask_options_apply_to_http_log_records_as_to_file_log_lines(shippers, tmp_path):
+    with FakeSegment() as fake:
+        rx = HttpLog(shippers, tmp_path, fake.url, "--mask-query", "page")
+        records = [gen.kong_record(s, jwt_sub=f"user-{s}") for s in range(20)]
+        assert rx.send(records).status_code == 200
+        fake.wait_for(lambda: len(seqs_of(fake)) == 20, timeout=15)
+        assert rx.proc.stop()[0] == 0
+        paged = {r["request"]["querystring"]["seq"] for r in records if "page" in r["request"]["querystring"]}
+        by_seq = {m["properties"]["queryObject"]["seq"]: m for m in fake.messages}
+        assert paged and all(by_seq[s]["properties"]["queryObject"]["page"] == "*****" for s in paged)
+        assert {m["userId"] for m in fake.messages} == {f"user-{s}" for s in range(20)}  # from each record's JWT

@@ -19,7 +19,9 @@ from typing import Any
 import click
 
 from shipper.commands.listeners import LISTENER_KEYS, Listeners, listener_options
-from shipper.commands.options import apply_options, config_option, shipping_options
+from shipper.commands.options import (
+    apply_options, config_option, option_names, shipping_options, understanding_options,
+)
 from shipper.commands.running import drive as _drive
 from shipper.commands.running import prepare_spooled
 from shipper.commands.running import summary as _summary
@@ -69,6 +71,13 @@ _receiving = [
     click.option("--read-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
                  help="Seconds a client may take to send a request (and stay idle between requests)."),
 ]
+
+
+# Network Kong records (http-log, tcp-log, udp-log) are parsed as file-log lines are: the same JWT and mask
+# options as `tail`, so that both ship a record alike. Not --format (the spool names each record's kind) nor
+# --max-line-bytes (a spooled line's bound follows --max-body-bytes).
+_KONG_RECORD_OPTIONS = {"jwt_from", "jwt_claim", "mask_header", "mask_query", "mask_body_key", "ship_raw_bodies"}
+_kong_records = [o for o in understanding_options if set(option_names([o])) <= _KONG_RECORD_OPTIONS]
 
 
 def _loopback(host: str) -> bool:
@@ -128,7 +137,7 @@ def _tls(kw: dict[str, Any]) -> Any:
 
 
 @click.command()
-@apply_options(_receiving + listener_options + shipping_options + [config_option])
+@apply_options(_receiving + listener_options + _kong_records + shipping_options + [config_option])
 def receive(**kw: Any) -> None:
     """Accept Kong event-hook deliveries over HTTP (handler=webhook), check their x-kong-signature, and ship
     the events to the sinks; and Kong's http-log records at /http-log (token: Bearer, or the Basic password).
