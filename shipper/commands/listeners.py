@@ -163,7 +163,8 @@ class Listeners:
         lines = []
         if self.tcp is not None:
             counts = self.tcp_intake.snapshot()
-            line = f"tcp-log: received {counts['records']:,} records on {self.tcp.connections:,} connections"
+            n = self.tcp.connections
+            line = f"tcp-log: received {counts['records']:,} records on {n:,} connection{'' if n == 1 else 's'}"
             if counts["dead_lettered"]:
                 line += f"; {counts['dead_lettered']:,} dead-lettered"
             if self.tcp.failed_handshakes:
