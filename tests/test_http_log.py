@@ -277,3 +277,54 @@ def test_the_jwt_and_mask_options_apply_to_http_log_records_as_to_file_log_lines
         by_seq = {m["properties"]["queryObject"]["seq"]: m for m in fake.messages}
         assert paged and all(by_seq[s]["properties"]["queryObject"]["page"] == "*****" for s in paged)
         assert {m["userId"] for m in fake.messages} == {f"user-{s}" for s in range(20)}  # from each record's JWT
+
+
+def test_requests_arriving_together_share_an_fsync_and_a_failed_write_refuses_its_whole_group(tmp_path):
+    import threading
+
+    from shipper.sources.http_commit import Committer
+    from shipper.sources.spool import Spool
+
+    class SlowSpool(Spool):
+        """Counts its writes, each slow enough for the other requests to queue behind it."""
+
+        writes = 0
+        fail = False
+
+        def append_encoded(self, kind, records):
+            SlowSpool.writes += 1
+            time.sleep(0.05)
+            if self.fail:
+                raise OSError(28, "No space left on device")
+            return super().append_encoded(kind, records)
+
+    spool = SlowSpool(str(tmp_path / "spool"))
+    committer = Committer(spool)
+    start = threading.Barrier(20)
+
+    def request(n: int, outcome: dict) -> None:
+        start.wait()
+        try:
+            committer.append("kong_log", [{"n": n, "i": i} for i in range(3)])
+            outcome[n] = "ok"
+        except OSError as exc:
+            outcome[n] = exc.strerror
+
+    def burst() -> dict:
+        outcome: dict = {}
+        threads = [threading.Thread(target=request, args=(n, outcome)) for n in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return outcome
+
+    assert burst() == {n: "ok" for n in range(20)}
+    assert SlowSpool.writes < 20  # shared: at most one write (and fsync) per request, fewer when they queue
+    lines = [orjson.loads(line) for path in spool.segments() for line in open(path, "rb")]
+    assert sorted((e["record"]["n"], e["record"]["i"]) for e in lines) == [(n, i) for n in range(20) for i in range(3)]
+    assert [e["seq"] for e in lines] == list(range(1, 61)) and {e["spool"] for e in lines} == {"kong_log"}
+    SlowSpool.fail = True
+    assert burst() == {n: "No space left on device" for n in range(20)}
+    assert sum(1 for path in spool.segments() for _ in open(path, "rb")) == 60  # nothing of a refused group stays
+    spool.close()

@@ -13,8 +13,9 @@ Each delivery kind is a `route` of the receiver: a function given the request ha
   connection is closed without an answer, with `overload="close"`: Kong's webhook handler retries only that).
 
 `spool()` answers 503 when the spool cannot be written (disk full), else 200 `{"accepted": N}` once every
-record of the body is durable (one fsync per request). A client that takes longer than `read_timeout` to send
-its request (headers and body) is disconnected. With a TLS context, each connection's handshake runs in its own
+record of the body is durable (at most one fsync per request, shared by requests arriving together: see
+`http_commit.py`). A client that takes longer than `read_timeout` to send its request (headers and body) is
+disconnected. With a TLS context, each connection's handshake runs in its own
 thread, under the same read timeout.
 """
 
@@ -33,6 +34,7 @@ from typing import Any
 
 import orjson
 
+from shipper.sources.http_commit import Committer
 from shipper.sources.http_limits import Backlog, Budget, Deadlines, Throttled
 from shipper.sources.spool import Spool
 from shipper.threads import start_thread
@@ -152,11 +154,12 @@ class RequestHandler(BaseHTTPRequestHandler):
         return body
 
     def spool(self, kind: str, records: list[dict[str, Any]], nbytes: int, **answer: Any) -> None:
-        """Append the records (one fsync) and answer 200 `{"accepted": N, **answer}`, or 503 if the spool
+        """Append the records (an fsync shared with the requests writing at the same moment: http_commit.py)
+        and answer 200 `{"accepted": N, **answer}`, or 503 if the spool
         cannot be written (then nothing of them is kept)."""
         receiver = self.server.receiver
         try:
-            receiver.spool.append(kind, records)
+            receiver.committer.append(kind, records)
         except orjson.JSONEncodeError:  # parsed (orjson reads 1024 levels) but too deep to write (254)
             self.refuse(400, "the body is nested too deep to be stored")
             return
@@ -284,6 +287,7 @@ class HTTPReceiver:
         tls: ssl.SSLContext | None = None,
     ):
         self.spool = spool
+        self.committer = Committer(spool)
         self.max_body_bytes = max_body_bytes
         self.max_backlog_bytes = max_backlog_bytes
         self.backlog = Backlog(backlog)
