@@ -86,9 +86,6 @@ class Framer:
         self.pending_from, self._pieces, self._size, self._time = None, [], 0, None
         self.direct = self.mode == "auto"
 
-    def pending_bytes(self) -> int:
-        return self._size
-
     def frame(self, file_id: str, line: bytes | Oversize, start: int, end: int) -> Iterator[Item]:
         if type(line) is not bytes:
             # A raw line over --max-line-bytes: its content cannot be unwrapped. If a record is being joined it
@@ -115,10 +112,10 @@ class Framer:
                 return
             self.pending_from, self._time, self.direct = start, when, False
         self._size += len(content)
-        if self._size <= self.limit:
-            self._pieces.append(content)
-        elif self._pieces and sum(map(len, self._pieces)) < PREFIX_BYTES:
-            self._pieces.append(content[:PREFIX_BYTES])  # only the dead letter's prefix is kept
+        self._pieces.append(content)
+        if self._size > self.limit:
+            # Over --max-line-bytes: only the dead letter's prefix is kept, so memory stays bounded.
+            self._pieces = [b"".join(self._pieces)[:PREFIX_BYTES]]
         if not partial:
             yield self.finish(file_id, end)
 
