@@ -67,7 +67,7 @@ class Framer:
     """The framing state of one open file: `mode` is `auto`, `cri` or `docker`. Only stdout lines are ever
     joined (stderr is ignored whole, piece by piece), so at most one record is pending."""
 
-    __slots__ = ("mode", "limit", "direct", "pending_from", "_pieces", "_size", "_time")
+    __slots__ = ("mode", "limit", "direct", "pending_from", "_plain_json", "_pieces", "_size", "_time")
 
     def __init__(self, mode: str, limit: int):
         if mode not in FRAMINGS:
@@ -78,13 +78,19 @@ class Framer:
         self._pieces: list[bytes] = []
         self._size = 0
         self._time: bytes | str | None = None
-        # Auto mode with nothing pending: a line starting with `{` other than Docker's goes straight to the
-        # parsers (see `reading.emit`: the hot path pays one byte comparison and one prefix comparison).
-        self.direct = mode == "auto"
+        # In auto mode a line starting with `{` is a plain JSON line (the hot path: `reading.emit` pays one byte
+        # comparison for it), except in a file whose first line is Docker's (dockerd writes nothing else there).
+        self._plain_json = mode == "auto"
+        self.direct = self._plain_json  # ... and nothing is pending
+
+    def start(self, head: bytes) -> None:
+        """A file (re)positioned: nothing pending; `head` is its first line."""
+        self._plain_json = self.mode == "auto" and not head.startswith(DOCKER_PREFIX)
+        self.reset()
 
     def reset(self) -> None:
         self.pending_from, self._pieces, self._size, self._time = None, [], 0, None
-        self.direct = self.mode == "auto"
+        self.direct = self._plain_json
 
     def frame(self, file_id: str, line: bytes | Oversize, start: int, end: int) -> Iterator[Item]:
         if type(line) is not bytes:

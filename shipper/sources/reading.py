@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # container.py builds on this module
 CHUNK = 256 * 1024
 GZIP_MAGIC = b"\x1f\x8b"
 PREFIX_BYTES = 4096  # kept of an oversize line, for the dead-letter file
-# Docker's json-file writer puts `log` first, always: a Kong or Nginx JSON line differs by its third byte.
+# Docker's json-file writer puts `log` first, always (container.py).
 DOCKER_PREFIX = b'{"log":'
 
 
@@ -138,6 +138,8 @@ def pending(handle: OpenFile) -> bool:
 def emit(file_id: str, lines: list[bytes], start: int, limit: int | None, framer: Framer | None = None) -> Iterator[Line]:
     """The lines, with their offsets; those over `limit` as `Oversize`; through the framer, if any, those that
     may be container log lines (see container.py)."""
+    plain = framer is None
+    direct = framer is not None and framer.direct  # changes only in framer.frame
     for line in lines:
         end = start + len(line) + 1
         if limit is not None and len(line) > limit:
@@ -145,10 +147,12 @@ def emit(file_id: str, lines: list[bytes], start: int, limit: int | None, framer
                 yield file_id, Oversize(line[:PREFIX_BYTES], len(line)), start, end
             else:
                 yield from framer.frame(file_id, Oversize(line[:PREFIX_BYTES], len(line)), start, end)
-        elif framer is None or (framer.direct and line[:1] == b"{" and not line.startswith(DOCKER_PREFIX)):
-            yield file_id, line, start, end  # the hot path: a plain JSON line
+                direct = framer.direct
+        elif plain or (direct and line[:1] == b"{"):
+            yield file_id, line, start, end  # the hot path: a plain line, a JSON line with a framer
         else:
-            yield from framer.frame(file_id, line, start, end)
+            yield from framer.frame(file_id, line, start, end)  # type: ignore[union-attr]
+            direct = framer.direct  # type: ignore[union-attr]
         start = end
 
 
@@ -165,7 +169,7 @@ def seek(handle: OpenFile, offset: int) -> None:
     handle.base = handle.read_pos = offset
     handle.buf = b""
     if handle.framer is not None:
-        handle.framer.reset()
+        handle.framer.start(handle.head)
     handle.before = handle.recent = reader(handle)(offset) if offset else b""
     if handle.gz is not None:
         handle.gz.seek(offset)
