@@ -214,7 +214,8 @@ def test_backfill_of_a_docker_json_file_log(segment, tmp_path):
         for seq in range(100):
             out.write(docker(record(seq), piece=500 if seq % 2 else 0))
             out.write(docker(b"[notice] worker started", "stderr"))
-    result = ship("backfill", str(log), *args(segment, tmp_path, "--format", "docker"), env=ENV)
+    # In worker processes: what the framing makes of a line crosses to them and back.
+    result = ship("backfill", str(log), *args(segment, tmp_path, "--format", "docker", "--workers", "2"), env=ENV)
     assert result.returncode == 0, result.stderr
     exactly_once(segment, range(100))
     assert summary_rows(result.stderr)["segment"]["skipped"] == 100
@@ -326,6 +327,34 @@ def test_tail_follows_kubelet_rotation_and_compression_without_loss_or_duplicate
     code, _, err = proc.stop()
     assert code == 0, err
     exactly_once(segment, range(total))
+    assert "not access-log records" in err and "stderr lines" in err  # the live status line, when stopping
     assert sorted(p.name for p in pod.iterdir()) == [
         "0.log", "0.log.20260101-000000.gz", "0.log.20260101-000001.gz", "0.log.20260101-000002"
     ]
+
+
+def test_metrics_count_the_skipped_lines_by_kind(segment, tmp_path, shippers):
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = tmp_path / "0.log"
+    log.write_bytes(cri(record(1)) + cri(TEXT_ACCESS) * 2 + cri(b"[error] boom", "stderr") * 3)
+    proc = shippers("tail", str(log), "--sink", "segment", "--endpoint", segment.url, "--state-dir",
+                    str(tmp_path / "state"), "--metrics-addr", f"127.0.0.1:{port}", *FAST_FOLLOW, env=ENV)  # fmt: skip
+
+    def scrape() -> str:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as answer:
+                return answer.read().decode()
+        except OSError:
+            return ""
+
+    text = wait_until(lambda: (t := scrape()) and "kong_ship_stderr_lines_total 3.0" in t and t)
+    code, _, err = proc.stop()
+    assert code == 0, err
+    assert "kong_ship_lines_not_access_log_total 2.0" in text and "kong_ship_stderr_lines_total 3.0" in text, text
+    assert 'kong_ship_events_skipped_total{sink="segment"} 5.0' in text
+    exactly_once(segment, [1])
