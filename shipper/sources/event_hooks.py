@@ -30,6 +30,7 @@ from shipper.processors.masking import mask_secret_keys
 from shipper.sinks.webhook import SIGNATURE_HEADER, signature_ok
 from shipper.sources import http_log
 from shipper.sources.http_server import HTTPReceiver, RequestHandler, Route
+from shipper.sources.spool import Spool
 
 log = logging.getLogger("kong-ship")
 
@@ -83,7 +84,7 @@ class Receiver(HTTPReceiver):
         self,
         host: str,
         port: int,
-        spool: Any,
+        spool: Spool,
         *,
         secret: bytes | None,
         hooks: bool = True,

@@ -108,7 +108,7 @@ def records_of(parsed: Any) -> tuple[list[dict[str, Any]] | None, str]:
 
 def deliver(handler: RequestHandler) -> None:
     receiver = handler.server.receiver
-    auth: Auth = getattr(receiver, "http_log_auth")
+    auth: Auth = getattr(receiver, "http_log_auth")  # the route's owner (event_hooks.Receiver) holds it
     refusal = auth.refusal(handler.headers.get("Authorization"))
     if refusal is not None:
         receiver.warn_auth("receive: refused an http-log request from %s: %s", handler.client_address[0], refusal)
