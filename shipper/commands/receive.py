@@ -42,7 +42,8 @@ _RECEIVE_KEYS = ("listen", "secret_file", "allow_unsigned", "max_body_bytes", "m
 
 _receiving = [
     click.option("--listen", required=True, metavar="HOST:PORT",
-                 help="Where to accept event-hook deliveries, e.g. 127.0.0.1:8787 ([::1]:8787 for IPv6)."),
+                 help="Where to accept HTTP: event-hook deliveries, and Kong's http-log at /http-log; e.g. "
+                      "127.0.0.1:8787 ([::1]:8787 for IPv6)."),
     click.option("--secret-file", type=click.Path(dir_okay=False),
                  help=f"File holding the event hook's secret (config.secret) [default: env {SECRET_ENV}]."),
     click.option("--allow-unsigned", is_flag=True,
@@ -63,7 +64,8 @@ _receiving = [
     # retries only a failed request and takes any HTTP answer as delivered: behind Kong, `close` loses nothing.
     click.option("--on-overload", type=click.Choice(["503", "close"]), default="503", show_default=True,
                  help="How to refuse when the backlog is full: 503 with Retry-After, or close the connection "
-                      "unanswered (Kong's webhook handler retries that, but takes a 503 as delivered)."),
+                      "unanswered (Kong's webhook handler retries that, but takes a 503 as delivered; "
+                      "http-log retries both)."),
     # Each connection holds a thread and, while its body is read, a buffer: bounded so that stalled or
     # hostile clients (unauthenticated until their body is read) cannot exhaust the unit's MemoryMax.
     click.option("--max-connections", type=click.IntRange(min=1, max=4096), default=64, show_default=True,
