@@ -19,6 +19,15 @@ Positions: a joined record runs from its first piece's offset to its last piece'
 waiting for its last piece, whatever else is handed on (stderr entries written in between) ends, as far as the
 checkpoints know, where that record starts: a checkpoint never lands inside a joined record, so a crash resends
 the whole record, never its second half.
+
+Detection in auto mode costs a plain file one byte comparison per line: a line that does not start with `{` is
+tried as CRI; one that does is a plain JSON line, except in a file whose first line is Docker's (dockerd writes
+nothing else there), where every line is tried as json-file.
+
+Known limit: a line whose pieces the runtime wrote on both sides of a rotation (it reopened the file between
+them) is two fragments: the rotated file's is dead-lettered, as the broken JSON it is, once its compressed copy
+is read (a file that may still grow keeps it waiting); the new file's does not start like a JSON object
+(skipped, `not_access_log`).
 """
 
 from __future__ import annotations
