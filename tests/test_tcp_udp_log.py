@@ -15,7 +15,7 @@ import time
 import gen
 import orjson
 
-from conftest import FAST, ship_env, wait_until
+from conftest import FAST, ship, ship_env, wait_until
 from fakes.segment import FakeSegment
 from fakes.tls import private_ca
 
@@ -36,15 +36,17 @@ def line(seq: int) -> bytes:
 class Listening:
     """A running `kong-ship receive` with a tcp-log (and perhaps a udp-log) listener, shipping to `fake`."""
 
-    def __init__(self, shippers, tmp_path, fake, *more, udp=False, tcp_port=None, udp_port=None):
+    def __init__(self, shippers, tmp_path, fake, *more, udp=False, tcp_port=None, udp_port=None, http=True):
         self.tcp_port = tcp_port or free_port()
         self.udp_port = udp_port or free_port(socket.SOCK_DGRAM)
         self.state = tmp_path / "state"
         listeners = ["--listen-tcp", f"127.0.0.1:{self.tcp_port}"]
         if udp:
             listeners += ["--listen-udp", f"127.0.0.1:{self.udp_port}"]
+        if http:
+            listeners += ["--listen", f"127.0.0.1:{free_port()}"]
         self.proc = shippers(
-            "receive", "--listen", f"127.0.0.1:{free_port()}", *listeners, "--sink", "segment", "--endpoint",
+            "receive", *listeners, "--sink", "segment", "--endpoint",
             fake.url, "--state-dir", str(self.state), *FAST, *more, env=ENV,
         )
         # The UDP socket is bound before the TCP one: once TCP accepts, a datagram is not sent into the void.
@@ -363,3 +365,19 @@ def test_the_framer_never_holds_more_than_the_limit():
     assert list(framer.feed(b"2}\n")) == [("line", b'{"b":2}', 7)] and framer.leftover() is None
     assert list(framer.feed(b"x" * 150)) == [] and len(framer.buffer) == 0  # over the limit: skipped, not kept
     assert list(framer.feed(b"x" * 50 + b"\n{}\n")) == [("too_long", b"x" * 150, 200), ("line", b"{}", 2)]
+
+
+def test_a_tcp_log_listener_alone_needs_no_http_listener_and_no_listener_at_all_is_exit_2(shippers, tmp_path):
+    with FakeSegment() as fake:
+        rx = Listening(shippers, tmp_path, fake, http=False)
+        sock = rx.connect()
+        sock.sendall(b"".join(line(seq) for seq in range(5)))
+        close_and_wait(sock)
+        fake.wait_for(lambda: set(shipped(fake)) == set(range(5)), timeout=15)
+        code, _, err = rx.proc.stop()
+        assert code == 0, err
+        assert "receiving at" not in err  # no HTTP listener was started, so none is announced
+        assert shipped(fake) == collections.Counter(range(5))
+    nothing = ship("receive", "--sink", "stdout", "--state-dir", str(tmp_path / "none"), env=ENV)
+    assert nothing.returncode == 2 and b"nothing to listen on" in nothing.stderr, nothing.stderr
+    assert len(nothing.stderr.strip().splitlines()) == 1

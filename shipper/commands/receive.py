@@ -41,9 +41,9 @@ _RECEIVE_KEYS = ("listen", "secret_file", "allow_unsigned", "max_body_bytes", "m
                  "tls_key")
 
 _receiving = [
-    click.option("--listen", required=True, metavar="HOST:PORT",
+    click.option("--listen", metavar="HOST:PORT",
                  help="Where to accept HTTP: event-hook deliveries, and Kong's http-log at /http-log; e.g. "
-                      "127.0.0.1:8787 ([::1]:8787 for IPv6)."),
+                      "127.0.0.1:8787 ([::1]:8787 for IPv6). Not needed with only --listen-tcp/--listen-udp."),
     click.option("--secret-file", type=click.Path(dir_okay=False),
                  help=f"File holding the event hook's secret (config.secret) [default: env {SECRET_ENV}]."),
     click.option("--allow-unsigned", is_flag=True,
@@ -54,7 +54,7 @@ _receiving = [
     click.option("--allow-unauthenticated", is_flag=True,
                  help="Accept http-log requests without a token (only when no token is configured)."),
     click.option("--tls-cert", type=click.Path(dir_okay=False),
-                 help="Serve HTTPS with this certificate chain (PEM, leaf first); needs --tls-key."),
+                 help="Serve HTTPS (and TLS on --listen-tcp) with this certificate chain (PEM, leaf first); needs --tls-key."),
     click.option("--tls-key", type=click.Path(dir_okay=False), help="The private key of --tls-cert (PEM)."),
     click.option("--max-body-bytes", type=click.IntRange(min=1024), default=1 << 20, show_default=True,
                  help="Larger request bodies are answered 413 (and not read)."),
@@ -154,10 +154,17 @@ def receive(**kw: Any) -> None:
     from shipper.sources.spool import lock as spool_lock
 
     opts = {key: kw.pop(key) for key in _RECEIVE_KEYS}
-    host, port = parse_listen(opts["listen"])
-    secret = _secret(opts)
-    hooks = secret is not None or bool(opts["allow_unsigned"])
-    http_log_auth = _http_log_auth(opts)
+    if not (opts["listen"] or kw.get("listen_tcp") or kw.get("listen_udp")):
+        raise ConfigError(
+            "nothing to listen on: give --listen HOST:PORT (event hooks, Kong's http-log), --listen-tcp or --listen-udp"
+        )
+    # Without --listen there is no HTTP listener: event-hook and http-log settings (from the environment, say)
+    # have nothing to apply to, and a tcp-log or udp-log listener alone is a complete configuration.
+    http = bool(opts["listen"])
+    host, port = parse_listen(opts["listen"]) if http else ("", 0)
+    secret = _secret(opts) if http else None
+    hooks = secret is not None or (http and bool(opts["allow_unsigned"]))
+    http_log_auth = _http_log_auth(opts if http else {})
     _check_some_delivery(kw, hooks, http_log_auth.enabled)
     tls = _tls(opts)
     listen_opts = {key: kw.pop(key) for key in LISTENER_KEYS}  # --listen-tcp, --listen-udp (listeners.py)
@@ -180,13 +187,16 @@ def receive(**kw: Any) -> None:
                     pass
         return total
 
+    receiver = None  # no --listen: only the tcp-log / udp-log listeners
     try:
-        receiver = Receiver(
-            host, port, spool, secret=secret, hooks=hooks, http_log_auth=http_log_auth, tls=tls,
-            max_body_bytes=opts["max_body_bytes"],
-            max_backlog_bytes=opts["max_backlog_bytes"], backlog=backlog, on_accept=pipeline.wake,
-            overload=opts["on_overload"], max_connections=opts["max_connections"], read_timeout=opts["read_timeout"],
-        )
+        if http:
+            receiver = Receiver(
+                host, port, spool, secret=secret, hooks=hooks, http_log_auth=http_log_auth, tls=tls,
+                max_body_bytes=opts["max_body_bytes"],
+                max_backlog_bytes=opts["max_backlog_bytes"], backlog=backlog, on_accept=pipeline.wake,
+                overload=opts["on_overload"], max_connections=opts["max_connections"],
+                read_timeout=opts["read_timeout"],
+            )
     except OSError as exc:
         spool.close()
         os.close(lock)
@@ -197,7 +207,8 @@ def receive(**kw: Any) -> None:
             max_body_bytes=opts["max_body_bytes"], max_backlog_bytes=opts["max_backlog_bytes"], tls=tls,
         )
     except ConfigError:
-        receiver.shutdown()
+        if receiver is not None:
+            receiver.shutdown()
         spool.close()
         os.close(lock)
         raise
@@ -209,7 +220,8 @@ def receive(**kw: Any) -> None:
         feeder = SpoolFeeder(spool, name="receive", prune_every=PRUNE_INTERVAL)
         # Deliveries arrive on the receiver's own threads: no step, only a look every 0.1 s for the shutdown.
         if feeder.feed(pipeline.context, 0.1, until=done):
-            receiver.shutdown()
+            if receiver is not None:
+                receiver.shutdown()
             listeners.shutdown()
 
     # Supervised: if housekeeping dies, the run ends (exit 1) rather than accept deliveries into a spool
@@ -218,6 +230,40 @@ def receive(**kw: Any) -> None:
         target=supervised(maintain, "receive-maintain", pipeline.fail), name="receive-maintain", daemon=True
     )
 
+    if receiver is not None:
+        _announce(receiver, host, tls, hooks, secret, http_log_auth, settings.sinks, spool_dir)
+        receiver.start(pipeline.fail)
+    listeners.start(pipeline.fail)
+    maintainer.start()
+    try:
+        result = _drive(pipeline, kw.get("metrics_addr"))
+    finally:
+        done.set()
+        if receiver is not None:
+            receiver.shutdown()
+        listeners.shutdown()  # what was read is fsynced before the spool closes
+        maintainer.join(timeout=5)
+        spool.close()
+        os.close(lock)
+    _summary(result, sys.stderr)
+    if receiver is not None:
+        refused = ", ".join(f"{n} × {status}" for status, n in sorted(receiver.counts.items()) if status != 200)
+        kong_records = receiver.records_accepted.get("kong_log", 0)
+        sys.stderr.write(
+            f"received {receiver.events_accepted:,} events"
+            + (f" and {kong_records:,} http-log records" if kong_records else "")
+            + f" in {receiver.counts.get(200, 0):,} deliveries"
+            + (f"; refused {refused}" if refused else "") + "\n"
+        )
+    for line in listeners.summary():
+        sys.stderr.write(line + "\n")
+    if pipeline.forced_by:
+        sys.exit(128 + pipeline.forced_by)
+
+
+def _announce(receiver: Any, host: str, tls: Any, hooks: bool, secret: bytes | None, http_log_auth: Any,
+              sinks: Any, spool_dir: str) -> None:
+    """The HTTP listener's startup line: where, with or without TLS, and what each path accepts."""
     bound_host, bound_port = receiver.address
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     everywhere = ""
@@ -238,30 +284,5 @@ def receive(**kw: Any) -> None:
         http_log_state = f"REFUSED (401): no token ({HTTP_LOG_TOKEN_ENV}, --http-log-token-file)"
     log.info(
         "receiving at %s://%s:%d/%s: event hooks at any path (%s), Kong http-log at /http-log (%s) → %s (spool %s)",
-        scheme, shown, bound_port, everywhere, hook_state, http_log_state, ", ".join(settings.sinks), spool_dir,
+        scheme, shown, bound_port, everywhere, hook_state, http_log_state, ", ".join(sinks), spool_dir,
     )
-    receiver.start(pipeline.fail)
-    listeners.start(pipeline.fail)
-    maintainer.start()
-    try:
-        result = _drive(pipeline, kw.get("metrics_addr"))
-    finally:
-        done.set()
-        receiver.shutdown()
-        listeners.shutdown()  # what was read is fsynced before the spool closes
-        maintainer.join(timeout=5)
-        spool.close()
-        os.close(lock)
-    _summary(result, sys.stderr)
-    refused = ", ".join(f"{n} × {status}" for status, n in sorted(receiver.counts.items()) if status != 200)
-    kong_records = receiver.records_accepted.get("kong_log", 0)
-    sys.stderr.write(
-        f"received {receiver.events_accepted:,} events"
-        + (f" and {kong_records:,} http-log records" if kong_records else "")
-        + f" in {receiver.counts.get(200, 0):,} deliveries"
-        + (f"; refused {refused}" if refused else "") + "\n"
-    )
-    for line in listeners.summary():
-        sys.stderr.write(line + "\n")
-    if pipeline.forced_by:
-        sys.exit(128 + pipeline.forced_by)
