@@ -111,6 +111,7 @@ class DeadLetter:
         if self._fd is not None and os.fstat(self._fd).st_nlink == 0:
             self._close_fd()  # deleted under us: what we would write there is lost
         if self._fd is None:
+            assert self.path is not None  # _append is called only when there is a file to write
             self._fd = open_private(self.path, os.O_WRONLY | os.O_APPEND)
         start = os.lseek(self._fd, 0, os.SEEK_END)
         try:

@@ -22,6 +22,7 @@ from shipper.formats import CONTAINER_FRAMINGS, Parser
 from shipper.processors import Processor
 from shipper.sinks.base import Sink
 from shipper.sources.files import FileSource
+from shipper.sources.reading import Oversize
 from shipper.sources.resume import Resume
 from shipper.threads import death_notice, start_thread
 from shipper.transform import (
@@ -243,6 +244,7 @@ class Lane:
                 counts["parsed"] += 1
                 counts["filtered"] += 1
             elif outcome == OVERSIZE:
+                assert isinstance(data, Oversize)  # the transform answers OVERSIZE for an Oversize line only
                 self._input_error(
                     "too_long",
                     f"line of {data.length} bytes is over --max-line-bytes ({self.settings.max_line_bytes})",

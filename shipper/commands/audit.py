@@ -294,8 +294,8 @@ def verify(files: tuple[str, ...], **kw: Any) -> None:
     """
     _setup_logging("warning")
     if files and kw.get("admin_url"):
-        source = click.get_current_context().get_parameter_source("admin_url")
-        if source is not click.core.ParameterSource.COMMANDLINE:
+        admin_url_from = click.get_current_context().get_parameter_source("admin_url")
+        if admin_url_from is not click.core.ParameterSource.COMMANDLINE:
             kw["admin_url"] = None  # KONG_ADMIN_URL or the config file: the FILEs given win
     if files and kw.get("admin_url"):
         raise ConfigError("give either --admin-url or FILE..., not both")

@@ -106,7 +106,7 @@ class Sender:
         self.limiter = TokenBucket(max_rate) if max_rate else None
         self.last_success: float | None = None
         # Told (events, seconds) after every request; the metrics endpoint sets it.
-        self.observe: Callable[[int, float], None] | None = None
+        self.observe: Callable[[int, float], object] | None = None  # its result is ignored
         self._retrying_since: float | None = None
         self._lock = threading.Lock()
         self._closed = False

@@ -64,6 +64,7 @@ def parse_kong(record: dict[str, Any], position: Position | None, fallback_id: s
     tries = get("tries")
     request_id = rget("id")
     status = response.get("status")
+    response_headers = response.get("headers")
     user_agent = headers.get("user-agent")
     upstream_status, upstream_statuses = upstream_status_field(get("upstream_status"), "upstream_status")
     # Kong 3.x fields: absent on most lines of most versions, so each costs one lookup unless present.
@@ -90,7 +91,7 @@ def parse_kong(record: dict[str, Any], position: Position | None, fallback_id: s
         tls=None if tls is None else tls_info(tls),
         user_agent=user_agent if type(user_agent) is str else "",
         status=status_field(status, "response.status"),
-        response_headers=response.get("headers") if type(response.get("headers")) is dict else {},
+        response_headers=response_headers if type(response_headers) is dict else {},
         response_size=count_field(response.get("size"), "response.size"),
         response_body=response.get("body"),
         latency_request=latency_field(latencies.get("request"), "latencies.request"),

@@ -51,9 +51,10 @@ def build_chain(
 
 def run_chain(chain: Sequence[Processor], txn: Transaction) -> Transaction | None:
     for processor in chain:
-        txn = processor(txn)
-        if txn is None:
+        result = processor(txn)
+        if result is None:
             return None
+        txn = result
     return txn
 
 

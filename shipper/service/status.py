@@ -106,9 +106,10 @@ def collect(state_dir: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _bytes(n: int | None) -> str:
-    if n is None:
+def _bytes(count: int | None) -> str:
+    if count is None:
         return "-"
+    n: float = count  # divided down to the unit it is shown in
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

@@ -102,12 +102,12 @@ class Framer:
         self.direct = self._plain_json
 
     def frame(self, file_id: str, line: bytes | Oversize, start: int, end: int) -> Iterator[Item]:
-        if type(line) is not bytes:
+        if isinstance(line, Oversize):
             # A raw line over --max-line-bytes: its content cannot be unwrapped. If a record is being joined it
             # is taken as its next piece, so the record (too long either way) ends here as one dead letter.
             yield self._oversize(file_id, line, start, end)
             return
-        entry = self._cri(line) if self.mode != "docker" else None
+        entry: tuple[str, bool, bytes, bytes | str | None] | None = self._cri(line) if self.mode != "docker" else None
         if entry is None and self.mode != "cri":
             entry = self._docker(line)
         if entry is None:
@@ -210,7 +210,7 @@ def runtime_ms(when: bytes | str | None) -> int | None:
     """The runtime's RFC 3339 time (nanoseconds, `Z` or an offset) as epoch ms; None if it is not one."""
     if when is None:
         return None
-    text = when.decode("ascii", "replace") if type(when) is bytes else when
+    text = when.decode("ascii", "replace") if isinstance(when, bytes) else when
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
     dot = text.find(".")

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -63,7 +63,9 @@ class RequestHandler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         # Without TCP_NODELAY, Nagle plus the client's delayed ACK stall each small reply by ~40 ms.
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.timeout = self.server.receiver.read_timeout  # each wait for the client, headers and idle keep-alive
+        # Each wait for the client, headers and idle keep-alive. typeshed declares `timeout` a ClassVar, but
+        # StreamRequestHandler.setup (super().setup() below) reads it from the instance: a per-handler value holds.
+        self.timeout = self.server.receiver.read_timeout  # type: ignore[misc]
         context = self.server.receiver.tls
         if context is not None:
             # Here, in the connection's thread, not in the accepting one: a client stalling its handshake holds
@@ -325,7 +327,8 @@ class HTTPReceiver:
 
     @property
     def address(self) -> tuple[str, int]:
-        host, port = self._server.server_address[:2]
+        # typeshed's server_address covers every address family; an AF_INET/AF_INET6 server's is (host: str, port, …).
+        host, port = cast(tuple[str, int], self._server.server_address[:2])
         return host, port
 
     def start(self, on_death: Callable[[str], None]) -> None:

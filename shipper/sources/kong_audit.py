@@ -115,7 +115,7 @@ class AdminClient:
         seen: set[str] = set()
         for _ in range(MAX_PAGES):
             answer = self._get(path, params)
-            data = answer.get("data")
+            data: list[Any] = answer["data"]  # _get checked it is there, a list
             yield [r for r in data if isinstance(r, dict)]
             link = answer.get("next")
             if not link or not isinstance(link, str):

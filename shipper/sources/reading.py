@@ -124,9 +124,10 @@ def resume_point(handle: OpenFile) -> tuple[int, bytes]:
     """Where a copy of a file let go of (the rotated file, compressed) or the file opened again goes on, and the
     bytes before it: past the last line handed on, or at the first piece of a split container line that still
     waits for its last piece (read again whole, never in half)."""
-    if pending(handle) and handle.gz is None:
-        offset = handle.framer.pending_from  # type: ignore[union-attr]
-        return offset, pread_before(handle.fd, offset)  # type: ignore[arg-type]
+    framer = handle.framer
+    offset = framer.pending_from if framer is not None else None  # pending(handle), spelled so mypy narrows
+    if offset is not None and handle.gz is None:
+        return offset, pread_before(handle.fd, offset)
     return handle.base, handle.before
 
 
