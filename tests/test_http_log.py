@@ -18,20 +18,15 @@ import httpx
 import orjson
 import pytest
 
-from conftest import FAST, ship, ship_env, wait_until
+from conftest import FAST, ship, ship_env
 from fakes.segment import FakeSegment
 from fakes.tls import private_ca
+from receiving import free_port, start_receive
 
 TOKEN = "http-log-token-7c1e"
 ENV = ship_env(SEGMENT_WRITE_KEY="test-key", KONG_SHIP_HTTP_LOG_TOKEN=TOKEN)
 KONG_HEADERS = {"User-Agent": "lua-resty-http/0.17.1 (Lua) ngx_lua/10026", "Content-Type": "application/json"}
 BIG_BODIES = ("--max-body-bytes", str(8 << 20))  # 1,000 Kong records are ~2 MB
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def seqs_of(fake: FakeSegment) -> collections.Counter:
@@ -53,22 +48,12 @@ class HttpLog:
         self.port = port or free_port()
         scheme = "https" if tls_ca else "http"
         self.url = f"{scheme}://127.0.0.1:{self.port}/http-log"
-        self.proc = shippers(
-            "receive", "--listen", f"{listen}:{self.port}", "--sink", "segment", "--endpoint", endpoint,
-            "--state-dir", str(tmp_path / "state"), *FAST, *BIG_BODIES, *more, env=env,
-        )
+        self.proc = start_receive(shippers, [
+            "--listen", f"{listen}:{self.port}", "--sink", "segment", "--endpoint", endpoint,
+            "--state-dir", str(tmp_path / "state"), *FAST, *BIG_BODIES, *more,
+        ], env, self.port)
         verify = ssl.create_default_context(cafile=str(tls_ca)) if tls_ca else True
         self.client = httpx.Client(timeout=10, verify=verify)
-        assert wait_until(self._listening, timeout=20) and self.proc.proc.poll() is None, self.proc.wait()[2]
-
-    def _listening(self) -> bool:
-        if self.proc.proc.poll() is not None:
-            return True
-        try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-            return True
-        except OSError:
-            return False
 
     def send(self, body, *, method="POST", headers=None, auth=None, content=None):
         all_headers = {**KONG_HEADERS, **(bearer() if auth is None else auth), **(headers or {})}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 
 import httpx
+import pytest
 import orjson
 
 import gen
@@ -91,3 +92,87 @@ def test_json_log_format(tmp_path):
     assert records and all({"time", "level", "message"} <= set(r) for r in records)
     assert any(r["level"] == "warning" and "500" in r["message"] for r in records)
     assert "test-key-do-not-log" not in result.stderr.decode()
+
+
+def test_receive_listener_metrics_http_log_tcp_log_udp_log(shippers, tmp_path):
+    """A real `receive` with all three listeners over TLS (HTTP and tcp-log) and a vendor that is down, so that
+    the backlog fills on purpose: each listener's counts, scraped, are exactly what was sent."""
+    import socket
+    import ssl
+    import time
+
+    from fakes.tls import private_ca
+    from receiving import free_port as free, start_receive
+    from test_tcp_udp_log import line
+
+    ca, cert, key = private_ca(tmp_path)
+    token = "metrics-token"
+    http_port, tcp_port, udp_port, metrics_port = free(), free(), free(socket.SOCK_DGRAM), free()
+    proc = start_receive(shippers, [
+        "--listen", f"127.0.0.1:{http_port}", "--listen-tcp", f"127.0.0.1:{tcp_port}",
+        "--listen-udp", f"127.0.0.1:{udp_port}", "--tls-cert", str(cert), "--tls-key", str(key),
+        "--sink", "segment", "--endpoint", f"http://127.0.0.1:{free()}", "--state-dir", str(tmp_path / "state"),
+        "--max-backlog-bytes", "100000", "--metrics-addr", f"127.0.0.1:{metrics_port}",
+    ], ship_env(SEGMENT_WRITE_KEY="test-key", KONG_SHIP_HTTP_LOG_TOKEN=token), tcp_port)  # the probe: a failed handshake
+    url = f"https://127.0.0.1:{http_port}/http-log"
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+    context = ssl.create_default_context(cafile=str(ca))
+    with httpx.Client(verify=context, timeout=10) as client:
+        assert client.post(url, content=orjson.dumps(gen.kong_record(1)), headers=headers).status_code == 200
+        assert client.post(url, content=orjson.dumps([gen.kong_record(2), gen.kong_record(3)]),
+                           headers=headers).status_code == 200
+        assert client.post(url, content=b"{}", headers={**headers, "Authorization": "Bearer nope"}).status_code == 401
+        assert client.post(url, content=b"{nope", headers=headers).status_code == 400
+        with pytest.raises(httpx.TransportError):  # plain HTTP to the HTTPS port: a failed handshake
+            httpx.post(url.replace("https:", "http:"), content=b"{}", headers=headers, timeout=5)
+
+        with context.wrap_socket(socket.create_connection(("127.0.0.1", tcp_port), timeout=10),
+                                 server_hostname="127.0.0.1") as tls:
+            tls.sendall(b"".join(line(n) for n in range(10, 20)) + b"not json\n")
+            assert wait_until(lambda: scrape(metrics_port).get(
+                'kong_ship_listener_records_received_total{listener="tcp-log"}') == 10)
+        plain = socket.create_connection(("127.0.0.1", tcp_port), timeout=10)  # no handshake
+        plain.sendall(line(99))
+        plain.close()
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for n in range(20, 25):
+            sender.sendto(orjson.dumps(gen.kong_record(n)), ("127.0.0.1", udp_port))
+        sender.sendto(b"not json", ("127.0.0.1", udp_port))
+        assert wait_until(lambda: scrape(metrics_port).get('kong_ship_listener_records_received_total{listener="udp-log"}') == 5
+                          and scrape(metrics_port).get('kong_ship_listener_records_dead_lettered_total{listener="udp-log"}') == 1)
+
+        # Over the backlog (nothing ships: the vendor is down): the next request is 503, datagrams are dropped.
+        assert client.post(url, content=orjson.dumps([gen.kong_record(n) for n in range(100, 200)]),
+                           headers=headers).status_code == 200
+        time.sleep(0.3)  # the backlog is measured at most every 0.1 s
+        assert client.post(url, content=orjson.dumps(gen.kong_record(200)), headers=headers).status_code == 503
+        for n in range(300, 303):
+            sender.sendto(orjson.dumps(gen.kong_record(n)), ("127.0.0.1", udp_port))
+        sender.close()
+
+    expected = {
+        'kong_ship_listener_records_received_total{listener="http-log"}': 103,
+        'kong_ship_listener_records_received_total{listener="event-hooks"}': 0,
+        'kong_ship_listener_records_received_total{listener="tcp-log"}': 10,
+        'kong_ship_listener_records_received_total{listener="udp-log"}': 5,
+        'kong_ship_listener_records_dead_lettered_total{listener="tcp-log"}': 1,
+        'kong_ship_listener_records_dead_lettered_total{listener="udp-log"}': 1,
+        'kong_ship_listener_connections_total{listener="tcp-log"}': 3,  # the start-up probe, TLS, plain
+        'kong_ship_listener_tls_handshakes_failed_total{listener="tcp-log"}': 2,  # the probe and the plain one
+        'kong_ship_listener_tls_handshakes_failed_total{listener="http"}': 1,
+        'kong_ship_listener_datagrams_dropped_total{listener="udp-log"}': 3,
+        'kong_ship_listener_requests_total{listener="http-log",status="200"}': 3,
+        'kong_ship_listener_requests_total{listener="http-log",status="400"}': 1,
+        'kong_ship_listener_requests_total{listener="http-log",status="401"}': 1,
+        'kong_ship_listener_requests_total{listener="http-log",status="503"}': 1,
+    }
+
+    def listener_series() -> dict[str, float]:
+        return {k: v for k, v in scrape(metrics_port).items() if k.startswith("kong_ship_listener_")
+                and not k.split("{")[0].endswith("_created")}
+
+    wait_until(lambda: listener_series() == expected, timeout=10)
+    assert listener_series() == expected
+    code, _, err = proc.stop()
+    assert code == 0, err
+    assert "tcp-log: received 10 records on 3 connections; 1 dead-lettered; 2 failed TLS handshakes" in err, err

@@ -18,14 +18,9 @@ import orjson
 from conftest import FAST, ship, ship_env, wait_until
 from fakes.segment import FakeSegment
 from fakes.tls import private_ca
+from receiving import accepts, free_port, start_receive
 
 ENV = ship_env(SEGMENT_WRITE_KEY="test-key")
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def line(seq: int) -> bytes:
@@ -45,21 +40,10 @@ class Listening:
             listeners += ["--listen-udp", f"127.0.0.1:{self.udp_port}"]
         if http:
             listeners += ["--listen", f"127.0.0.1:{free_port()}"]
-        self.proc = shippers(
-            "receive", *listeners, "--sink", "segment", "--endpoint",
-            fake.url, "--state-dir", str(self.state), *FAST, *more, env=ENV,
-        )
         # The UDP socket is bound before the TCP one: once TCP accepts, a datagram is not sent into the void.
-        assert wait_until(self._listening, timeout=20) and self.proc.proc.poll() is None, self.proc.wait()[2]
-
-    def _listening(self) -> bool:
-        if self.proc.proc.poll() is not None:
-            return True
-        try:
-            socket.create_connection(("127.0.0.1", self.tcp_port), timeout=0.2).close()
-            return True
-        except OSError:
-            return False
+        self.proc = start_receive(shippers, [
+            *listeners, "--sink", "segment", "--endpoint", fake.url, "--state-dir", str(self.state), *FAST, *more,
+        ], ENV, self.tcp_port)
 
     def connect(self) -> socket.socket:
         return socket.create_connection(("127.0.0.1", self.tcp_port), timeout=10)
@@ -229,7 +213,7 @@ def test_a_listener_on_a_non_loopback_address_without_tls_says_so(shippers, tmp_
         proc = shippers("receive", "--listen", f"127.0.0.1:{free_port()}", "--listen-tcp", f"0.0.0.0:{port}",
                         "--listen-udp", f"0.0.0.0:{free_port(socket.SOCK_DGRAM)}", "--sink", "segment", "--endpoint",
                         fake.url, "--state-dir", str(tmp_path / "state"), *FAST, env=ENV)
-        assert wait_until(lambda: _accepts(port) or proc.proc.poll() is not None, timeout=20)
+        assert wait_until(lambda: accepts(port) or proc.proc.poll() is not None, timeout=20)
         # A record shipped: the pipeline runs (a SIGTERM before its handlers are in place would kill it).
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             sock.sendall(line(1))
@@ -247,14 +231,6 @@ def _ended(sock: socket.socket) -> bool:
         return sock.recv(4096) == b""
     except ConnectionResetError:  # closed with our bytes unread
         return True
-
-
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
 
 
 def test_udp_datagrams_arrive_and_a_non_json_one_is_dead_lettered(shippers, tmp_path):

@@ -159,6 +159,23 @@ class Listeners:
                 listener.shutdown()
         self.commit.close()
 
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Each configured listener's counts by name ("tcp-log", "udp-log"): its intake's `records`,
+        `dead_lettered` and `dropped`, and tcp-log's `connections` and `failed_handshakes` or udp-log's
+        `datagrams`."""
+        out: dict[str, dict[str, int]] = {}
+        if self.tcp is not None:
+            out[self.tcp_intake.name] = {**self._intake_counts(self.tcp_intake), "connections": self.tcp.connections,
+                                         "failed_handshakes": self.tcp.failed_handshakes}
+        if self.udp is not None:
+            out[self.udp_intake.name] = {**self._intake_counts(self.udp_intake), "datagrams": self.udp.datagrams}
+        return out
+
+    @staticmethod
+    def _intake_counts(intake: Intake) -> dict[str, int]:
+        counts = intake.snapshot()
+        return {name: counts[name] for name in ("records", "dead_lettered", "dropped")}
+
     def summary(self) -> list[str]:
         lines = []
         if self.tcp is not None:

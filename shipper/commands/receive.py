@@ -236,7 +236,12 @@ def receive(**kw: Any) -> None:
     listeners.start(pipeline.fail)
     maintainer.start()
     try:
-        result = _drive(pipeline, kw.get("metrics_addr"))
+        collectors = []
+        if kw.get("metrics_addr"):  # prometheus-client is imported only when metrics are served
+            from shipper.service.metrics import ReceiveCollector
+
+            collectors.append(ReceiveCollector(receiver, listeners))
+        result = _drive(pipeline, kw.get("metrics_addr"), collectors=collectors)
     finally:
         done.set()
         if receiver is not None:

@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
@@ -262,8 +262,9 @@ def run(settings: Settings, sinks: list, follow: bool, metrics_addr: str | None 
     return pipeline, drive(pipeline, metrics_addr, progress)
 
 
-def drive(pipeline, metrics_addr: str | None = None, progress: bool = False):
-    """Run a pipeline to its end, with the progress bar and the metrics endpoint around it; its RunResult."""
+def drive(pipeline, metrics_addr: str | None = None, progress: bool = False, collectors: Sequence[Any] = ()):
+    """Run a pipeline to its end, with the progress bar and the metrics endpoint around it (serving the
+    `collectors` too: a command's own sources); its RunResult."""
     bar = None
     if progress:
         from shipper.service.progress import Progress
@@ -274,7 +275,7 @@ def drive(pipeline, metrics_addr: str | None = None, progress: bool = False):
     if metrics_addr:
         from shipper.service.metrics import serve
 
-        server = serve(pipeline, metrics_addr)
+        server = serve(pipeline, metrics_addr, collectors)
         log.info("metrics at http://%s/metrics", metrics_addr)
     try:
         result = pipeline.run()

@@ -9,7 +9,8 @@ name and help, is said once in `shipper.counters.COUNTERS`. Names follow Vector'
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -18,7 +19,13 @@ from shipper.counters import COUNTERS
 from shipper.errors import ConfigError
 
 if TYPE_CHECKING:
+    from shipper.commands.listeners import Listeners
     from shipper.pipeline import Pipeline
+    from shipper.sources.event_hooks import Receiver
+
+
+class Collector(Protocol):
+    def collect(self) -> Iterable[Any]: ...
 
 PREFIX = "kong_ship"
 
@@ -72,10 +79,52 @@ class PipelineCollector:
         yield from (queue, in_flight, since, behind)
 
 
-def serve(pipeline: Pipeline, address: str):
+class ReceiveCollector:
+    """`receive`'s listeners, each under its `listener` label: the HTTP listener's deliveries (`http-log`,
+    `event-hooks`) by answer, and the tcp-log and udp-log listeners' records, read from their own counters at
+    scrape time (none of them counts anything for the metrics' sake). A listener not configured has no series."""
+
+    def __init__(self, receiver: Receiver | None, listeners: Listeners):
+        self.receiver = receiver
+        self.listeners = listeners
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        from shipper.sources import event_hooks, http_log
+
+        def family(name: str, help_: str, labels: tuple[str, ...] = ("listener",)) -> CounterMetricFamily:
+            return CounterMetricFamily(f"{PREFIX}_listener_{name}", help_, labels=list(labels))
+
+        received = family("records_received", "Records received and spooled (http-log and event hooks: answered 200).")
+        dead = family("records_dead_lettered", "Records a tcp-log or udp-log listener dead-lettered (not JSON objects, too long, cut off).")
+        connections = family("connections", "tcp-log connections accepted.")
+        dropped = family("datagrams_dropped", "udp-log datagrams read and dropped (backlog full, spool writer behind).")
+        handshakes = family("tls_handshakes_failed", "TLS handshakes that failed (plain-text clients, wrong protocol, timeouts).")
+        requests = family("requests", "HTTP requests by delivery and answer.", ("listener", "status"))
+        receiver = self.receiver
+        if receiver is not None:
+            received.add_metric([http_log.NAME], receiver.records_accepted.get(http_log.KIND, 0))
+            received.add_metric([event_hooks.NAME], receiver.records_accepted.get(event_hooks.KIND, 0))
+            handshakes.add_metric(["http"], receiver.failed_handshakes)
+            for (delivery, status), n in sorted(dict(receiver.requests).items()):
+                requests.add_metric([delivery, str(status)], n)
+        for name, counts in self.listeners.counts().items():
+            received.add_metric([name], counts["records"])
+            dead.add_metric([name], counts["dead_lettered"])
+            if "connections" in counts:
+                connections.add_metric([name], counts["connections"])
+                handshakes.add_metric([name], counts["failed_handshakes"])
+            if "datagrams" in counts:
+                dropped.add_metric([name], counts["dropped"])
+        yield from (received, dead, connections, dropped, handshakes, requests)
+
+
+def serve(pipeline: Pipeline, address: str, collectors: Iterable[Collector] = ()):
+    """Serve the pipeline's metrics, and those of `collectors` (a command's own sources: `receive`'s listeners)."""
     host, port = parse_addr(address)
     registry = CollectorRegistry()
     registry.register(PipelineCollector(pipeline))
+    for collector in collectors:
+        registry.register(collector)  # type: ignore[arg-type]
     batch_events = Histogram(
         f"{PREFIX}_batch_events", "Events per request.", ["sink"], registry=registry,
         buckets=(1, 10, 50, 100, 200, 500, 1000, 2500),

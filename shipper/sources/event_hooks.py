@@ -35,6 +35,7 @@ from shipper.sources.spool import Spool
 log = logging.getLogger("kong-ship")
 
 KIND = "event_hook"
+NAME = "event-hooks"  # their requests' and records' label in the metrics
 
 
 def deliver_event_hooks(handler: RequestHandler) -> None:
@@ -107,3 +108,6 @@ class Receiver(HTTPReceiver):
 
     def allowed(self, path: str) -> str:
         return ", ".join(http_log.METHODS) if path == http_log.PATH else "POST"
+
+    def delivery(self, path: str) -> str:
+        return http_log.NAME if path == http_log.PATH else NAME

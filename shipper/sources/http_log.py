@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 KIND = "kong_log"
 PATH = "/http-log"
+NAME = "http-log"  # its requests' and records' label in the metrics
 METHODS = ("POST", "PUT", "PATCH")
 
 
@@ -127,6 +128,6 @@ def deliver(handler: RequestHandler) -> None:
     if records is None:
         return handler.refuse(400, why)
     if not records:
-        receiver.count(200)
+        receiver.count(200, handler.delivery)
         return handler.reply(200, {"accepted": 0})
     handler.spool(KIND, records, len(body))

@@ -59,6 +59,7 @@ Route = Callable[["RequestHandler"], None]
 class RequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: every reply carries Content-Length
     server: Server
+    delivery = ""  # the route's name once dispatched ("http-log", "event-hooks"): its requests are counted under it
 
     def setup(self) -> None:
         # Without TCP_NODELAY, Nagle plus the client's delayed ACK stall each small reply by ~40 ms.
@@ -72,7 +73,11 @@ class RequestHandler(BaseHTTPRequestHandler):
             # only its own thread, for at most the read timeout (CPython's handshake counts its timeout for the
             # whole handshake, not per read, so trickling does not extend it); a failed one ends quietly (OSError).
             self.request.settimeout(self.timeout)
-            self.request = context.wrap_socket(self.request, server_side=True)
+            try:
+                self.request = context.wrap_socket(self.request, server_side=True)
+            except OSError:  # ssl.SSLError included; counted for the metrics, then ended quietly (handle_error)
+                self.server.receiver.handshake_failed()
+                raise
         super().setup()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
@@ -93,7 +98,7 @@ class RequestHandler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
     def refuse(self, status: int, error: str, **kw: Any) -> None:
-        self.server.receiver.count(status)
+        self.server.receiver.count(status, self.delivery)
         self.reply(status, {"error": error}, **kw)
 
     def refuse_unread(self, status: int, error: str, **kw: Any) -> None:
@@ -129,7 +134,7 @@ class RequestHandler(BaseHTTPRequestHandler):
         if not receiver.reading.take(length):
             receiver.warn_overload("bodies being read at once over %d bytes", receiver.reading.limit)
             if receiver.overload == "close":
-                receiver.count(503)
+                receiver.count(503, self.delivery)
                 self.close_connection = True
                 return None
             self.refuse(503, "too many deliveries being read, retry later",
@@ -148,7 +153,7 @@ class RequestHandler(BaseHTTPRequestHandler):
                 "backlog over --max-backlog-bytes (%d) until the sinks catch up", receiver.max_backlog_bytes
             )
             if receiver.overload == "close":
-                receiver.count(503)
+                receiver.count(503, self.delivery)
                 self.close_connection = True  # no answer: Kong's webhook handler retries a failed request, not a 503
                 return None
             self.refuse(503, "backlog full, retry later", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
@@ -170,7 +175,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             self.refuse(503, "cannot store the records", headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
                         close=True)
             return
-        receiver.accepted(kind, len(records), nbytes + ENVELOPE_BYTES * len(records))
+        receiver.accepted(kind, len(records), nbytes + ENVELOPE_BYTES * len(records), self.delivery)
         self.reply(200, {"accepted": len(records), **answer})
 
     def handle_one_request(self) -> None:
@@ -218,7 +223,9 @@ class RequestHandler(BaseHTTPRequestHandler):
             pass
 
     def _dispatch(self) -> None:
-        route = self.server.receiver.route(self.path.split("?", 1)[0], self.command)
+        path = self.path.split("?", 1)[0]
+        self.delivery = self.server.receiver.delivery(path)
+        route = self.server.receiver.route(path, self.command)
         route(self)
 
     do_POST = do_PUT = do_PATCH = do_GET = do_DELETE = _dispatch  # noqa: N815 - the base class's naming
@@ -301,7 +308,9 @@ class HTTPReceiver:
         self.read_timeout = read_timeout
         self.deadlines = Deadlines(read_timeout)
         self.tls = tls
-        self.counts: dict[int, int] = {}
+        self.counts: dict[int, int] = {}  # every answer by status, those given before any route too
+        self.requests: dict[tuple[str, int], int] = {}  # (delivery, status) → requests, once routed
+        self.failed_handshakes = 0
         self.records_accepted: dict[str, int] = {}  # spool kind → records
         self._lock = threading.Lock()
         self._auth_warnings = Throttled()
@@ -319,6 +328,10 @@ class HTTPReceiver:
         raise NotImplementedError
 
     def allowed(self, path: str) -> str:
+        raise NotImplementedError
+
+    def delivery(self, path: str) -> str:
+        """The name its requests are counted under (the metrics' `listener` label)."""
         raise NotImplementedError
 
     def not_allowed(self, path: str) -> Route:
@@ -361,7 +374,7 @@ class HTTPReceiver:
         if first:
             log.error("%s until it can", message)
 
-    def accepted(self, kind: str, records: int, nbytes: int) -> None:
+    def accepted(self, kind: str, records: int, nbytes: int, delivery: str = "") -> None:
         self.backlog.add(nbytes)
         with self._lock:
             if self._spool_failing:
@@ -369,11 +382,19 @@ class HTTPReceiver:
                 self._spool_failing = None
             self.records_accepted[kind] = self.records_accepted.get(kind, 0) + records
             self.counts[200] = self.counts.get(200, 0) + 1
+            if delivery:
+                self.requests[delivery, 200] = self.requests.get((delivery, 200), 0) + 1
         self.on_accept()
 
-    def count(self, status: int) -> None:
+    def count(self, status: int, delivery: str = "") -> None:
         with self._lock:
             self.counts[status] = self.counts.get(status, 0) + 1
+            if delivery:
+                self.requests[delivery, status] = self.requests.get((delivery, status), 0) + 1
+
+    def handshake_failed(self) -> None:
+        with self._lock:
+            self.failed_handshakes += 1
 
     def warn_auth(self, message: str, *args: Any) -> None:
         self._auth_warnings.warn(message, *args)
