@@ -28,12 +28,12 @@ import zlib
 from collections.abc import Callable, Iterator
 
 from shipper.sources.container import Framer
-from shipper.sources.identity import HEAD_BYTES, Known, choose, family, head_of, identity, new_id, tail_hash
+from shipper.sources.identity import HEAD_BYTES, Known, choose, family, identity, new_id, tail_hash
 from shipper.sources.inputs import expand, input_problems, mtime
 from shipper.sources.resume import Stopped
 from shipper.sources.reading import (
-    CHUNK, GZIP_MAGIC, Line, OpenFile, Oversize, at_eof, close_file, end_of_last_line, lines_in, pread_before,
-    reader, resume_point, seek,
+    CHUNK, GZIP_MAGIC, Line, OpenFile, Oversize, at_eof, caught_up, close_file, copy_so_far, end_of_last_line,
+    head_matches, lines_in, pread_before, progress_of, read_head, reader, resume_point, seek, still_same,
 )  # fmt: skip
 
 log = logging.getLogger("kong-ship")
@@ -161,7 +161,7 @@ class FileSource:
                 gz = gzip.GzipFile(fileobj=os.fdopen(os.dup(fd), "rb"), mode="rb")
             framer = Framer(self.framing, self.max_line_bytes) if self.framing else None
             handle = OpenFile(path, key, fd, gz, framer=framer)
-            if not self._identify(handle) or not self._assign(handle, None if gz else st.st_size):
+            if not read_head(handle) or not self._assign(handle, None if gz else st.st_size):
                 # No complete first line yet, or a copy of an open file: looked at again on the next discovery.
                 if not self.follow and gz is None and handle.file_id is None and st.st_size:
                     self.unterminated.append((path, st.st_size))
@@ -177,19 +177,6 @@ class FileSource:
             self.files[key] = handle
         return True
 
-    def _identify(self, handle: OpenFile) -> bool:
-        if handle.gz is not None:
-            data = handle.gz.read(HEAD_BYTES)
-            handle.gz.seek(0)
-            # A compressed file is final: its only line needs no newline.
-            head = head_of(data) or data or None
-        else:
-            head = head_of(os.pread(handle.fd, HEAD_BYTES, 0))
-        if head is None:
-            return False  # no complete first line yet: nothing to ship, identify it later
-        handle.head = head
-        return True
-
     def _assign(self, handle: OpenFile, size: int | None) -> bool:
         """Give an identified file its identity and position; False to leave it for later (a copy of an open
         file, see the module's docstring)."""
@@ -197,9 +184,9 @@ class FileSource:
         for other in list(self.files.values()):
             if other is handle or other.file_id is None or family(other.file_id) != fingerprint:
                 continue
-            if other.gz is None and not self._still_same(other):
+            if other.gz is None and not still_same(other):
                 self._truncated(other)  # its old identity is free now: this file may be the copy
-            elif self._copy_of(handle, other, size):
+            elif copy_so_far(handle, other, size):
                 return False
         held = {h.file_id for h in self.files.values() if h.file_id}
         known = dict(self._known(fingerprint))
@@ -225,24 +212,6 @@ class FileSource:
         self._on_opened(file_id, offset)
         self._paths[file_id] = handle.path
         return True
-
-    def _copy_of(self, handle: OpenFile, other: OpenFile, size: int | None) -> bool:
-        """Is `handle` (same fingerprint as the open `other`) a copy of it so far: no byte it does not have?"""
-        if handle.gz is not None or other.gz is not None:
-            return True  # a .gz next to its source (or being written): one reader, the other follows it
-        try:
-            other_size = os.fstat(other.fd).st_size
-        except OSError:
-            return False
-        if size is None or size > other_size:
-            return False
-        return pread_before(handle.fd, size) == pread_before(other.fd, size)
-
-    def _still_same(self, handle: OpenFile) -> bool:
-        try:
-            return os.fstat(handle.fd).st_size >= handle.read_pos and self._head_matches(handle)
-        except OSError:
-            return True
 
     # -- reading -----------------------------------------------------------------------------------------------
     def read_round(self) -> Iterator[Line]:
@@ -278,7 +247,7 @@ class FileSource:
     def _read_chunk(self, handle: OpenFile) -> Iterator[Line]:
         if handle.file_id is None and not self._reidentify(handle):
             return
-        if handle.gz is None and self.follow and not self._head_matches(handle):
+        if handle.gz is None and self.follow and not head_matches(handle):
             # Truncated (copytruncate), perhaps already rewritten past our position: checking the first line
             # before every read keeps us from reading the new content from the old offset.
             self._truncated(handle)
@@ -300,7 +269,7 @@ class FileSource:
         yield from lines_in(handle, data, self.max_line_bytes)
 
     def _reidentify(self, handle: OpenFile) -> bool:
-        if not self._identify(handle):
+        if not read_head(handle):
             return False
         return self._assign(handle, os.fstat(handle.fd).st_size)
 
@@ -326,7 +295,7 @@ class FileSource:
                 if not handle.moved:
                     handle.moved = True
                     log.info("rotation: %s was moved or deleted; reading the old file to its end", handle.path)
-                if now - handle.last_data >= self.rotate_wait and self._at_end(handle):
+                if now - handle.last_data >= self.rotate_wait and caught_up(handle):
                     log.info("rotation: done with the old %s", handle.path)
                     self._retire(key, handle, static=False)
                 continue
@@ -337,18 +306,6 @@ class FileSource:
                 # Hundreds of quiet files (old rotations matched by a glob) should not hold hundreds of
                 # descriptors: close it; discovery opens it again when its size changes.
                 self._retire(key, handle, static=True)
-
-    def _at_end(self, handle: OpenFile) -> bool:
-        try:
-            return os.fstat(handle.fd).st_size <= handle.read_pos
-        except OSError:
-            return True
-
-    def _head_matches(self, handle: OpenFile) -> bool:
-        try:
-            return os.pread(handle.fd, len(handle.head), 0) == handle.head
-        except OSError:
-            return True
 
     def _truncated(self, handle: OpenFile) -> None:
         log.warning(
@@ -391,7 +348,7 @@ class FileSource:
     def close(self) -> None:
         with self._lock:
             # Still counted once closed: the last line of a stopped backfill's bar says how far it got.
-            self._closed_progress += _progress_of(list(self.files.values()))
+            self._closed_progress += progress_of(list(self.files.values()))
             for handle in self.files.values():
                 close_file(handle)
             self.files.clear()
@@ -415,7 +372,7 @@ class FileSource:
         with self._lock:
             done = sum(size for _, _, size in self._done) + self._closed_progress
             handles = list(self.files.values())
-        return done + _progress_of(handles)
+        return done + progress_of(handles)
 
     def path_of(self, file_id: str) -> str | None:
         with self._lock:
@@ -434,17 +391,3 @@ class FileSource:
 
     def all_finished(self) -> bool:
         return all(h.finished for h in self.files.values())
-
-
-def _progress_of(handles: list[OpenFile]) -> int:
-    """On-disk bytes consumed of open files: the read position, or the compressed position of a gzip file."""
-    done = 0
-    for handle in handles:
-        if handle.gz is not None:
-            try:
-                done += handle.gz.fileobj.tell()  # type: ignore[union-attr]
-            except (AttributeError, OSError, ValueError):
-                pass
-        else:
-            done += handle.read_pos
-    return done

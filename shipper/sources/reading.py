@@ -1,5 +1,6 @@
 """One open log file and the lines in it: reads in chunks, lines longer than a chunk, lines over the limit, and
-the bytes just before a position (what confirms a checkpoint, see identity.py).
+the bytes just before a position (what confirms a checkpoint, see identity.py); and what the file says of itself
+through its descriptor (its first line, whether it still starts with it, is read up, or copies another file).
 
 Offsets in gzip files count decompressed bytes, so positions survive compression.
 """
@@ -13,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from shipper.sources.identity import TAIL_BYTES
+from shipper.sources.identity import HEAD_BYTES, TAIL_BYTES, head_of
 
 if TYPE_CHECKING:  # container.py builds on this module
     from shipper.sources.container import Framer
@@ -229,3 +230,70 @@ def pread_before(fd: int, offset: int) -> bytes:
         return os.pread(fd, offset - start, start)
     except OSError:
         return b""
+
+
+# -- what an open file says of itself ---------------------------------------------------------------------------
+def read_head(handle: OpenFile) -> bool:
+    """Set `handle.head` to the file's first line; False while it has no complete first line."""
+    if handle.gz is not None:
+        data = handle.gz.read(HEAD_BYTES)
+        handle.gz.seek(0)
+        # A compressed file is final: its only line needs no newline.
+        head = head_of(data) or data or None
+    else:
+        head = head_of(os.pread(handle.fd, HEAD_BYTES, 0))
+    if head is None:
+        return False  # no complete first line yet: nothing to ship, identify it later
+    handle.head = head
+    return True
+
+
+def copy_so_far(handle: OpenFile, other: OpenFile, size: int | None) -> bool:
+    """Is `handle` (same fingerprint as the open `other`) a copy of it so far: no byte it does not have?"""
+    if handle.gz is not None or other.gz is not None:
+        return True  # a .gz next to its source (or being written): one reader, the other follows it
+    try:
+        other_size = os.fstat(other.fd).st_size
+    except OSError:
+        return False
+    if size is None or size > other_size:
+        return False
+    return pread_before(handle.fd, size) == pread_before(other.fd, size)
+
+
+def still_same(handle: OpenFile) -> bool:
+    """Not truncated: as long as what was read, and still starting with its first line (True if unknowable)."""
+    try:
+        return os.fstat(handle.fd).st_size >= handle.read_pos and head_matches(handle)
+    except OSError:
+        return True
+
+
+def caught_up(handle: OpenFile) -> bool:
+    """Nothing on disk past what was read (True if unknowable)."""
+    try:
+        return os.fstat(handle.fd).st_size <= handle.read_pos
+    except OSError:
+        return True
+
+
+def head_matches(handle: OpenFile) -> bool:
+    try:
+        return os.pread(handle.fd, len(handle.head), 0) == handle.head
+    except OSError:
+        return True
+
+
+def progress_of(handles: list[OpenFile]) -> int:
+    """On-disk bytes consumed of open files: the read position, or the compressed position of a gzip file."""
+    done = 0
+    for handle in handles:
+        if handle.gz is not None:
+            try:
+                # fileobj is typed optional: None once closed, and the AttributeError below says so.
+                done += handle.gz.fileobj.tell()  # type: ignore[union-attr]
+            except (AttributeError, OSError, ValueError):
+                pass
+        else:
+            done += handle.read_pos
+    return done
