@@ -18,6 +18,7 @@ import click
 import orjson
 
 from shipper.commands.options import RUN_OPTIONS, SETTINGS_FIELD, SINK_OPTION_NAMES, Endpoint
+from shipper.counters import COUNTERS
 from shipper.errors import ConfigError
 from shipper.formats import Parser
 from shipper.processors.identity import DEFAULT_JWT_PLACES
@@ -290,6 +291,17 @@ def drive(pipeline, metrics_addr: str | None = None, progress: bool = False, col
 # -- the summary -----------------------------------------------------------------------------------------------
 # Every line read is in exactly one of: shipped, filtered, dead-lettered, rejected, skipped, blank (once delivered).
 SUMMARY_COLUMNS = ("read", "shipped", "filtered", "dead-lettered", "rejected", "skipped", "blank", "anonymous", "retries")
+# The counter (a name in COUNTERS) behind each column, in the same order.
+COLUMN_COUNTERS = ("read", "sent", "filtered", "dead_lettered", "rejected", "skipped", "blank", "anonymous", "retries")
+# Counters the status line shows that have no column (the container lines inside `skipped`, by kind): said
+# after the table when not zero, so that a new such counter in COUNTERS shows here without an edit.
+BY_KIND = tuple(spec for spec in COUNTERS if spec.status and spec.name not in COLUMN_COUNTERS)
+
+
+def skipped_by_kind(result) -> dict[str, int]:
+    """The BY_KIND counts that are not zero, by counter name (read from the first lane: every lane reads the
+    same lines)."""
+    return {spec.name: n for lane in result.lanes[:1] for spec in BY_KIND if (n := getattr(lane, spec.name))}
 
 
 def summary(result, stream) -> None:
@@ -303,11 +315,7 @@ def summary(result, stream) -> None:
         return
     rows: list[tuple[str, ...]] = [("sink", *SUMMARY_COLUMNS)]
     for lane in result.lanes:
-        values = (
-            lane.read, lane.sent, lane.filtered, lane.dead_lettered, lane.rejected, lane.skipped, lane.blank,
-            lane.anonymous, lane.retries,
-        )
-        rows.append((lane.sink, *(f"{v:,}" for v in values)))
+        rows.append((lane.sink, *(f"{getattr(lane, name):,}" for name in COLUMN_COUNTERS)))
     width = terminal_width(stream)
     while width and table_width(rows) >= width:
         # "read" and "shipped" stay; then the rightmost column that says nothing (all zero) goes
@@ -321,6 +329,10 @@ def summary(result, stream) -> None:
         for row in rows
     ]
     lines.append(f"elapsed {result.elapsed:.1f} s, {rate:,.0f} records/s, {mb / result.elapsed if result.elapsed > 0 else 0:,.1f} MB/s")
+    by_kind = skipped_by_kind(result)
+    if by_kind:
+        words = {spec.name: spec.status for spec in BY_KIND}
+        lines.append("skipped: " + ", ".join(f"{n:,} {words[name]}" for name, n in by_kind.items()))
     if result.dead_letters:
         reasons = ", ".join(f"{n} {r}" for r, n in sorted(result.dead_letters.items()))
         lines.append(f"dead letters: {reasons} → {result.dead_letter_path}")
@@ -337,11 +349,8 @@ def table_width(rows) -> int:
 
 def summary_json(result, stream, rate: float, mb: float) -> None:
     sinks = [
-        {
-            "sink": lane.sink, "read": lane.read, "shipped": lane.sent, "filtered": lane.filtered,
-            "dead_lettered": lane.dead_lettered, "rejected": lane.rejected, "skipped": lane.skipped,
-            "blank": lane.blank, "anonymous": lane.anonymous, "retries": lane.retries,
-        }
+        {"sink": lane.sink, **{column.replace("-", "_"): getattr(lane, name)
+                               for column, name in zip(SUMMARY_COLUMNS, COLUMN_COUNTERS)}}
         for lane in result.lanes
     ]
     unterminated = [{"file": p, "bytes": n} for lane in result.lanes[:1] for p, n in lane.unterminated]
@@ -350,6 +359,7 @@ def summary_json(result, stream, rate: float, mb: float) -> None:
         "level": "info", "message": "summary", "sinks": sinks, "elapsed_s": round(result.elapsed, 3),
         "records_per_s": round(rate, 1), "mb_per_s": round(mb / result.elapsed if result.elapsed > 0 else 0.0, 3),
         "dead_letters": dict(result.dead_letters), "dead_letter_file": result.dead_letter_path or None,
+        "skipped_by_kind": skipped_by_kind(result),
         "unterminated": unterminated,
     }
     stream.write(orjson.dumps(record).decode() + "\n")
