@@ -95,10 +95,12 @@ class ReceiveCollector:
             return CounterMetricFamily(f"{PREFIX}_listener_{name}", help_, labels=list(labels))
 
         received = family("records_received", "Records received and spooled (http-log and event hooks: answered 200).")
-        dead = family("records_dead_lettered", "Records a tcp-log or udp-log listener dead-lettered (not JSON objects, too long, cut off).")
+        dead = family("records_dead_lettered",
+                      "Records a tcp-log or udp-log listener dead-lettered (not JSON objects, too long, cut off).")
         connections = family("connections", "tcp-log connections accepted.")
         dropped = family("datagrams_dropped", "udp-log datagrams read and dropped (backlog full, spool writer behind).")
-        handshakes = family("tls_handshakes_failed", "TLS handshakes that failed (plain-text clients, wrong protocol, timeouts).")
+        handshakes = family("tls_handshakes_failed",
+                            "TLS handshakes that failed (plain-text clients, wrong protocol, timeouts).")
         requests = family("requests", "HTTP requests by delivery and answer.", ("listener", "status"))
         receiver = self.receiver
         if receiver is not None:

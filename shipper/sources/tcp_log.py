@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from shipper.deadletter import PREFIX_BYTES
+from shipper.sources import sockets
 from shipper.sources.http_limits import Throttled
 from shipper.sources.intake import Intake
 from shipper.threads import start_thread
@@ -127,21 +128,12 @@ class TcpLogListener:
         self._overload_warnings = Throttled()
         self._cap_warnings = Throttled()
         self._accepting: threading.Thread | None = None
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self._sock.bind((host, port))
-            self._sock.listen(LISTEN_BACKLOG)
-            self._sock.settimeout(POLL)
-        except OSError:
-            self._sock.close()
-            raise
+        self._sock = sockets.bound(host, port, socket.SOCK_STREAM, listen_backlog=LISTEN_BACKLOG, timeout=POLL,
+                                   options=[(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)])
 
     @property
     def address(self) -> tuple[str, int]:
-        host, port = self._sock.getsockname()[:2]
-        return host, port
+        return sockets.address(self._sock)
 
     def start(self, on_death: Callable[[str], None]) -> None:
         self._accepting = start_thread(self._accept_loop, "tcp-log", on_death)

@@ -19,6 +19,7 @@ import socket
 import threading
 from collections.abc import Callable
 
+from shipper.sources import sockets
 from shipper.sources.http_limits import Throttled
 from shipper.sources.intake import Intake
 from shipper.threads import start_thread
@@ -42,22 +43,14 @@ class UdpLogListener:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._drop_warnings = Throttled(WARN_EVERY)
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._sock = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
-            self._sock.bind((host, port))
-            self._sock.settimeout(POLL)
-        except OSError:
-            self._sock.close()
-            raise
+        self._sock = sockets.bound(host, port, socket.SOCK_DGRAM, timeout=POLL,
+                                   options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)])
         # Linux reports twice what it grants (the doubled value includes its bookkeeping).
         self.receive_buffer = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
 
     @property
     def address(self) -> tuple[str, int]:
-        host, port = self._sock.getsockname()[:2]
-        return host, port
+        return sockets.address(self._sock)
 
     def start(self, on_death: Callable[[str], None]) -> None:
         self._thread = start_thread(self._read, "udp-log", on_death)
