@@ -307,6 +307,10 @@ def test_backfill_counts_old_records_as_filtered_and_sends_the_rest(tmp_path):
         assert result.returncode == 0, result.stderr
         assert sorted(gen.seq_of_url(e["request"]["uri"]) for e in fake.events) == list(range(15, 40))
         assert fake.too_old == []  # none sent to be dropped
+        err = result.stderr.decode()
+        # said before the run starts: the warning comes before the summary table
+        said = err.index("moesif: 15 of 40 records started before ")  # the time moves on between the two scans
+        assert "they will be counted as filtered, not sent" in err[said:] and said < err.index("sink ")
         row = next(line for line in result.stderr.decode().splitlines() if line.startswith("moesif "))
         assert row.split()[1:4] == ["40", "25", "15"]  # read, shipped, filtered
 

@@ -48,6 +48,14 @@ def backfill(paths: tuple[str, ...], **kw: Any) -> None:
     need_a_match(paths)
     settings, sinks = prepare(paths, kw)
     unreadable = report_inputs(paths)
+    if "moesif" in settings.sinks:
+        # Moesif drops events older than 30 days; say before the run how many that is, so a backfill of old
+        # logs is not mistaken for one that will arrive (the sink counts them as filtered, never sends them).
+        from shipper.sinks.moesif import count_outside_window
+
+        too_old = count_outside_window(expand(settings.paths))
+        if too_old:
+            log.warning(too_old)
     progress = kw["progress"]
     if progress is None:
         progress = sys.stderr.isatty() and not json_stderr()  # a bar is not JSON
