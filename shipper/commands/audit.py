@@ -24,11 +24,7 @@ import click
 import orjson
 
 from shipper.commands.options import apply_options, config_option, shipping_options
-from shipper.commands.running import drive as _drive
-from shipper.commands.running import json_stderr, prepare_spooled, say
-from shipper.commands.running import run as _run
-from shipper.commands.running import setup_logging as _setup_logging
-from shipper.commands.running import summary as _summary
+from shipper.commands.running import drive, json_stderr, prepare_spooled, run, say, setup_logging, summary
 from shipper.errors import ConfigError, FatalError
 from shipper.formats import audit_signature
 from shipper.settings import Settings
@@ -159,8 +155,8 @@ def _tail_once(poller: Poller, spool, settings, sinks, kw) -> int:
         poller.poll()
     except AdminUnavailable as exc:
         raise FatalError(str(exc)) from None
-    pipeline, result = _run(settings, sinks, follow=False, metrics_addr=kw.get("metrics_addr"))
-    _summary(result, sys.stderr)
+    pipeline, result = run(settings, sinks, follow=False, metrics_addr=kw.get("metrics_addr"))
+    summary(result, sys.stderr)
     _poll_summary(poller)
     spool.prune(pipeline.behind)
     if pipeline.forced_by:
@@ -191,7 +187,7 @@ def _tail_forever(poller: Poller, spool, settings, sinks, kw, interval: float) -
     failure: list[str] = []
 
     def loop() -> None:
-        run = pipeline.context
+        context = pipeline.context  # `run` is the command helper
         feeder = SpoolFeeder(spool, name="audit", prune_every=PRUNE_EVERY)
         failing_since: float | None = time.monotonic() if first_failed else None
         last_warning = time.monotonic()
@@ -211,8 +207,8 @@ def _tail_forever(poller: Poller, spool, settings, sinks, kw, interval: float) -
                     failing_since = now
             except FatalError as exc:
                 failure.append(str(exc))
-                run.stop.set()
-                run.wake()
+                context.stop.set()
+                context.wake()
                 return False
             except OSError as exc:  # the spool or the cursor cannot be written (disk full): nothing advanced
                 message = f"audit: cannot keep the records ({exc.strerror or exc})"
@@ -221,8 +217,8 @@ def _tail_forever(poller: Poller, spool, settings, sinks, kw, interval: float) -
                     write_failure = message
             except Exception as exc:  # noqa: BLE001 - a bug must stop the service visibly, not kill a thread silently
                 failure.append(f"audit poller: {type(exc).__name__}: {exc}")
-                run.stop.set()
-                run.wake()
+                context.stop.set()
+                context.wake()
                 return False
             else:
                 if failing_since is not None:
@@ -233,19 +229,19 @@ def _tail_forever(poller: Poller, spool, settings, sinks, kw, interval: float) -
                     write_failure = None
                 if spooled:
                     log.info("audit: %d new records", spooled)
-                    run.wake()
+                    context.wake()
             return True
 
-        feeder.feed(run, interval, poll)
+        feeder.feed(context, interval, poll)
 
     poller_thread = threading.Thread(target=loop, name="audit-poll", daemon=True)
     poller_thread.start()
     try:
-        result = _drive(pipeline, kw.get("metrics_addr"))
+        result = drive(pipeline, kw.get("metrics_addr"))
     finally:
         pipeline.stop.set()
         poller_thread.join(timeout=settings.timeout + 5)
-    _summary(result, sys.stderr)
+    summary(result, sys.stderr)
     _poll_summary(poller)
     if failure:
         raise FatalError(failure[0])
@@ -292,7 +288,7 @@ def verify(files: tuple[str, ...], **kw: Any) -> None:
     ids of the bad ones. Exit 0 only when every signed record verifies (with --require-signed: and none is
     unsigned); 1 otherwise; 2 for a usage error.
     """
-    _setup_logging("warning")
+    setup_logging("warning")
     if files and kw.get("admin_url"):
         admin_url_from = click.get_current_context().get_parameter_source("admin_url")
         if admin_url_from is not click.core.ParameterSource.COMMANDLINE:

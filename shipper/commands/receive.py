@@ -22,9 +22,7 @@ from shipper.commands.listeners import LISTENER_KEYS, Listeners, listener_option
 from shipper.commands.options import (
     apply_options, config_option, option_names, shipping_options, understanding_options,
 )
-from shipper.commands.running import drive as _drive
-from shipper.commands.running import prepare_spooled
-from shipper.commands.running import summary as _summary
+from shipper.commands.running import drive, prepare_spooled, summary
 from shipper.errors import ConfigError
 from shipper.sinks.credentials import read_secret
 from shipper.sources.feeder import SpoolFeeder
@@ -241,7 +239,7 @@ def receive(**kw: Any) -> None:
             from shipper.service.metrics import ReceiveCollector
 
             collectors.append(ReceiveCollector(receiver, listeners))
-        result = _drive(pipeline, kw.get("metrics_addr"), collectors=collectors)
+        result = drive(pipeline, kw.get("metrics_addr"), collectors=collectors)
     finally:
         done.set()
         if receiver is not None:
@@ -250,7 +248,7 @@ def receive(**kw: Any) -> None:
         maintainer.join(timeout=5)
         spool.close()
         os.close(lock)
-    _summary(result, sys.stderr)
+    summary(result, sys.stderr)
     if receiver is not None:
         refused = ", ".join(f"{n} × {status}" for status, n in sorted(receiver.counts.items()) if status != 200)
         kong_records = receiver.records_accepted.get("kong_log", 0)
