@@ -7,14 +7,7 @@ from typing import Any
 
 import click
 
-from shipper.commands.options import (
-    apply_options,
-    config_option,
-    following_options,
-    shipping_options,
-    understanding_options,
-    workers_option,
-)
+from shipper.commands.options import apply_options, tail_options
 from shipper.commands.running import json_stderr, prepare, say, sink_urls
 from shipper.errors import ConfigError
 from shipper.processors import chain_for, describe_chain
@@ -24,7 +17,7 @@ from shipper.sources.files import expand, input_problems
 
 @click.command("check-config")
 @click.argument("paths", nargs=-1)
-@apply_options(shipping_options + understanding_options + following_options + [workers_option("0"), config_option])
+@apply_options(tail_options)  # as `tail` sees the configuration
 def check_config(paths: tuple[str, ...], **kw: Any) -> None:
     """Validate the configuration (file, environment and flags, as `tail` would see them) and print the
     effective settings, secrets redacted. Exit 2 with one line on the first problem."""

@@ -283,6 +283,10 @@ def workers_option(default: str) -> Callable:
     )
 
 
+# `tail`'s options; `check-config` takes the very same, to judge the configuration as `tail` would see it.
+tail_options = shipping_options + understanding_options + following_options + [workers_option("0"), config_option]
+
+
 # -- where each option's value goes ---------------------------------------------------------------------------
 # option name -> the Settings field it fills, where the two names differ (flags are named for the user, fields
 # for the code); every other core option fills the field of its own name.

@@ -7,20 +7,13 @@ from typing import Any
 
 import click
 
-from shipper.commands.options import (
-    apply_options,
-    config_option,
-    following_options,
-    shipping_options,
-    understanding_options,
-    workers_option,
-)
+from shipper.commands.options import apply_options, tail_options
 from shipper.commands.running import prepare, run, summary
 
 
 @click.command()
 @click.argument("paths", nargs=-1)
-@apply_options(shipping_options + understanding_options + following_options + [workers_option("0")] + [config_option])
+@apply_options(tail_options)
 def tail(paths: tuple[str, ...], **kw: Any) -> None:
     """Follow log files (globs allowed; new matching files are picked up) and ship every record, forever.
 
