@@ -38,19 +38,13 @@ NOT_CHECKED = "not_checked"
 def parse_audit_request(
     record: dict[str, Any], envelope: dict[str, Any], position: Position | None, fallback_id: str
 ) -> Transaction:
-    entry, check, admin_url, workspace_name = _unwrap(record)
-    request_id = to_str(entry.get("request_id"))
-    _refuse_invalid(check, "request", request_id)
+    entry, admin_url, shared = _shared_fields(record, envelope, position, fallback_id, "request", "request_id")
     raw_path = to_str(entry.get("path"))
     path, query_string, fragment = split_target(raw_path)
     scheme, host, port, _ = split_url(admin_url) if admin_url else ("", "", None, "")
-    rbac_user = to_str(entry.get("rbac_user_id")) or None
-    details = _details(entry, check)
     return Transaction(
-        event_id=f"kong-audit-request-{request_id}" if request_id else _fallback(fallback_id),
-        source_format="kong_audit",
-        position=position,
-        started_at=_started(entry, envelope),
+        **shared,
+        kind="admin_request",
         method=to_str(entry.get("method")).upper(),
         scheme=scheme,
         host=host,
@@ -62,37 +56,40 @@ def parse_audit_request(
         fragment=fragment,
         client_ip=to_str(entry.get("client_ip")),
         status=status_field(entry.get("status"), "status"),
-        workspace=to_str(entry.get("workspace")) or None,
-        workspace_name=workspace_name,
-        user_id=rbac_user,
-        user_source="rbac" if rbac_user else None,
-        kind="admin_request",
-        details=details,
     )
 
 
 def parse_audit_object(
     record: dict[str, Any], envelope: dict[str, Any], position: Position | None, fallback_id: str
 ) -> Transaction:
-    entry, check, admin_url, workspace_name = _unwrap(record)
-    object_id = to_str(entry.get("id"))
-    _refuse_invalid(check, "object", object_id)
-    rbac_user = to_str(entry.get("rbac_user_id")) or None
-    return Transaction(
-        event_id=f"kong-audit-object-{object_id}" if object_id else _fallback(fallback_id),
-        source_format="kong_audit",
-        position=position,
-        started_at=_started(entry, envelope),
-        workspace=to_str(entry.get("workspace")) or None,
-        workspace_name=workspace_name,
-        user_id=rbac_user,
-        user_source="rbac" if rbac_user else None,
-        kind="config_change",
-        details=_details(entry, check),
-    )
+    _, _, shared = _shared_fields(record, envelope, position, fallback_id, "object", "id")
+    return Transaction(**shared, kind="config_change")
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
+def _shared_fields(
+    record: dict[str, Any], envelope: dict[str, Any], position: Position | None, fallback_id: str, what: str, id_key: str
+) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """(entry, admin_url, the Transaction fields both audit kinds fill); a record whose signature does not verify
+    is refused."""
+    entry, check, admin_url, workspace_name = _unwrap(record)
+    record_id = to_str(entry.get(id_key))
+    _refuse_invalid(check, what, record_id)
+    rbac_user = to_str(entry.get("rbac_user_id")) or None
+    shared = {
+        "event_id": f"kong-audit-{what}-{record_id}" if record_id else _fallback(fallback_id),
+        "source_format": "kong_audit",
+        "position": position,
+        "started_at": _started(entry, envelope),
+        "workspace": to_str(entry.get("workspace")) or None,
+        "workspace_name": workspace_name,
+        "user_id": rbac_user,
+        "user_source": "rbac" if rbac_user else None,
+        "details": _details(entry, check),
+    }
+    return entry, admin_url, shared
+
+
 def _unwrap(record: dict[str, Any]) -> tuple[dict[str, Any], str | None, str, str | None]:
     entry = record.get("entry")
     if isinstance(entry, dict):
