@@ -178,20 +178,16 @@ class Listeners:
 
     def summary(self) -> list[str]:
         lines = []
-        if self.tcp is not None:
-            counts = self.tcp_intake.snapshot()
-            n = self.tcp.connections
-            line = f"tcp-log: received {counts['records']:,} records on {n:,} connection{'' if n == 1 else 's'}"
+        for name, counts in self.counts().items():
+            if "connections" in counts:
+                n = counts["connections"]
+                line = f"{name}: received {counts['records']:,} records on {n:,} connection{'' if n == 1 else 's'}"
+            else:
+                line = f"{name}: received {counts['records']:,} records in {counts['datagrams']:,} datagrams"
             if counts["dead_lettered"]:
                 line += f"; {counts['dead_lettered']:,} dead-lettered"
-            if self.tcp.failed_handshakes:
-                line += f"; {self.tcp.failed_handshakes:,} failed TLS handshakes"
-            lines.append(line)
-        if self.udp is not None:
-            counts = self.udp_intake.snapshot()
-            line = f"udp-log: received {counts['records']:,} records in {self.udp.datagrams:,} datagrams"
-            if counts["dead_lettered"]:
-                line += f"; {counts['dead_lettered']:,} dead-lettered"
+            if counts.get("failed_handshakes"):
+                line += f"; {counts['failed_handshakes']:,} failed TLS handshakes"
             if counts["dropped"]:
                 line += f"; dropped {counts['dropped']:,}"
             lines.append(line)
