@@ -143,19 +143,21 @@ def _add_gateway_properties(txn: Transaction, properties: dict[str, Any]) -> Non
         properties["correlationId"] = value
     value = txn.tls
     if value:
-        for key, prop in _TLS_PROPERTIES:
-            item = value.get(key)
-            if item is not None:
-                properties[prop] = item
+        _add_block(value, _TLS_PROPERTIES, properties)
     value = txn.ai
     if value:
-        for key, prop in _AI_PROPERTIES:
-            item = value.get(key)
-            if item is not None:
-                properties[prop] = item
+        _add_block(value, _AI_PROPERTIES, properties)
     if txn.started_at_estimated or txn.started_at is None:
         # The record had no start time: `timestamp` is when kong-ship read the line (or sent it).
         properties["timestampEstimated"] = True
+
+
+def _add_block(block: Mapping[str, Any], table: tuple[tuple[str, str], ...], properties: dict[str, Any]) -> None:
+    """The keys of a TLS or AI block that has them, as their properties (called only for a record with one)."""
+    for key, prop in table:
+        item = block.get(key)
+        if item is not None:
+            properties[prop] = item
 
 
 def check_template(template: str) -> str:
