@@ -85,21 +85,9 @@ class Masker:
     # -- the processor -------------------------------------------------------------------------------------
     def __call__(self, txn: Transaction) -> Transaction:
         # Written for the common case, a record with no secret: set operations against names seen clean before
-        # and substring tests, inline; the helpers run only where there may be something to mask.
-        header_names = self.header_names
-        known, hit = header_names.known, header_names.hit
-        headers = txn.request_headers
-        if headers:
-            keys = headers.keys()
-            hits = keys & hit if keys <= known else header_names.secrets_in(keys)
-            if hits:
-                txn.request_headers = self._mask_header_values(headers, hits)
-        headers = txn.response_headers
-        if headers:
-            keys = headers.keys()
-            hits = keys & hit if keys <= known else header_names.secrets_in(keys)
-            if hits:
-                txn.response_headers = self._mask_header_values(headers, hits)
+        # and substring tests; the helpers that copy and mask run only where there may be something to mask.
+        txn.request_headers = self.mask_headers(txn.request_headers)
+        txn.response_headers = self.mask_headers(txn.response_headers)
         names = self.names
         query = txn.query
         if query and not query.keys() <= names.clean:
