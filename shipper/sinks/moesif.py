@@ -19,7 +19,6 @@ import gzip
 import logging
 import re
 import time
-import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -35,6 +34,7 @@ from shipper.processors.names import normalize
 from shipper.sinks.base import (
     DEFAULT_KEEPALIVE_EXPIRY, FATAL, SPLIT, EventFiltered, EventSkipped, HttpSink, OptionList, Sink, SinkLimits, Verdict, judge_common,
 )
+from shipper.sinks.compression import gzip_body
 from shipper.sinks.config import config_from_options, option, options_of
 from shipper.sinks.credentials import read_secret
 from shipper.sinks.moesif_event import EventBuilder, transaction_id
@@ -45,7 +45,6 @@ __all__ = ["MoesifConfig", "MoesifSink", "OPTIONS", "count_outside_window", "tra
 log = logging.getLogger("kong-ship")
 
 DEFAULT_ENDPOINT = "https://api.moesif.net"
-GZIP_LEVEL = 1
 # Kinds of Transaction that are HTTP calls: proxied ones, and Kong Admin API requests (audit records). Stream
 # sessions (TCP/TLS/UDP) and config changes have no request/response pair a Moesif API event could hold.
 API_KINDS = frozenset({"api", "admin_request"})
@@ -215,8 +214,7 @@ class MoesifSink(EventBuilder, HttpSink):
     # -- a batch ---------------------------------------------------------------------------------------------
     def request(self, events: list[bytes]) -> httpx.Request:
         body = b"[" + b",".join(events) + b"]"
-        compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
-        return httpx.Request("POST", self.url, headers=self._headers, content=compressor.compress(body) + compressor.flush())
+        return httpx.Request("POST", self.url, headers=self._headers, content=gzip_body(body))
 
     def judge(self, response: httpx.Response) -> Verdict:
         status = response.status_code

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import string
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from shipper import __version__
 from shipper.errors import ConfigError
 from shipper.model import Transaction
 from shipper.sinks.base import SPLIT, EventRejected, HttpSink, OptionList, Sink, SinkLimits, Verdict, absolute_url, judge_common
+from shipper.sinks.compression import gzip_body
 from shipper.sinks.config import config_from_options, option, options_of
 from shipper.sinks.credentials import read_secret
 
@@ -32,9 +32,6 @@ PLACEHOLDERS = ("method", "path", "host", "status", "service", "route")
 MAX_MESSAGE_BYTES = 32_000  # Segment's limit is 32 KB; keep a margin for the batch's separators
 MAX_BODY_BYTES = 475_000  # the official library's packing target, under the 500,000-byte request limit
 MAX_MESSAGES = 2_500
-# Level 1 compresses these repetitive JSON batches about 6:1 (level 6: 8:1) at a third of the CPU; the CPU is
-# what a backfill runs short of, not the bandwidth.
-GZIP_LEVEL = 1
 LIBRARY = {"name": "kong-ship", "version": __version__}
 STREAM_EVENT_NAME = "Kong Stream Session"  # a Kong stream (L4) session, kind "stream"
 KIND_EVENT_NAMES = {
@@ -385,8 +382,7 @@ class SegmentSink(HttpSink):
         # receivedAt - sentAt), so a stale sentAt on a retry would move every event in time.
         body = b'{"batch":[' + b",".join(events) + b'],"sentAt":"' + iso_ms(None).encode() + b'"}'
         if self.gzip:
-            compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
-            body = compressor.compress(body) + compressor.flush()
+            body = gzip_body(body)
         return httpx.Request("POST", self.url, headers=self._headers, content=body)
 
     def judge(self, response: httpx.Response) -> Verdict:
