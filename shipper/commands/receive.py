@@ -148,9 +148,6 @@ def receive(**kw: Any) -> None:
     """
     from shipper.pipeline import Pipeline
     from shipper.sources.event_hooks import Receiver
-    from shipper.sources.spool import Spool
-    from shipper.sources.spool import lock as spool_lock
-
     opts = {key: kw.pop(key) for key in _RECEIVE_KEYS}
     if not (opts["listen"] or kw.get("listen_tcp") or kw.get("listen_udp")):
         raise ConfigError(
@@ -168,8 +165,9 @@ def receive(**kw: Any) -> None:
     listen_opts = {key: kw.pop(key) for key in LISTENER_KEYS}  # --listen-tcp, --listen-udp (listeners.py)
     # A spooled line is the body re-encoded in an envelope: never longer than twice the body, plus the envelope.
     settings, sinks, spool_dir = prepare_spooled(kw, "receive", 2 * opts["max_body_bytes"] + 65536)
-    lock = spool_lock(spool_dir, "receive")
-    spool = Spool(spool_dir)
+    # One writer per spool (its lock), and the pruning of what every sink has acknowledged.
+    feeder = SpoolFeeder.open(spool_dir, "receive", name="receive", prune_every=PRUNE_INTERVAL)
+    spool = feeder.spool
     pipeline = Pipeline(settings, sinks, follow=True)
 
     def backlog() -> int:
@@ -196,8 +194,7 @@ def receive(**kw: Any) -> None:
                 read_timeout=opts["read_timeout"],
             )
     except OSError as exc:
-        spool.close()
-        os.close(lock)
+        feeder.close()
         raise ConfigError(f"--listen {opts['listen']}: cannot listen: {exc.strerror}") from None
     try:
         listeners = Listeners(
@@ -207,15 +204,13 @@ def receive(**kw: Any) -> None:
     except ConfigError:
         if receiver is not None:
             receiver.shutdown()
-        spool.close()
-        os.close(lock)
+        feeder.close()
         raise
 
     done = threading.Event()
 
     def maintain() -> None:
         """Stop accepting as soon as a shutdown starts; delete spool segments every sink has acknowledged."""
-        feeder = SpoolFeeder(spool, name="receive", prune_every=PRUNE_INTERVAL)
         # Deliveries arrive on the receiver's own threads: no step, only a look every 0.1 s for the shutdown.
         if feeder.feed(pipeline.context, 0.1, until=done):
             if receiver is not None:
@@ -246,8 +241,7 @@ def receive(**kw: Any) -> None:
             receiver.shutdown()
         listeners.shutdown()  # what was read is fsynced before the spool closes
         maintainer.join(timeout=5)
-        spool.close()
-        os.close(lock)
+        feeder.close()
     summary(result, sys.stderr)
     if receiver is not None:
         refused = ", ".join(f"{n} × {status}" for status, n in sorted(receiver.counts.items()) if status != 200)
