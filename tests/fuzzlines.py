@@ -10,14 +10,36 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import pathlib
 import random
 from typing import Any, Protocol
+
+from shipper.sinks import sink_class
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 RECORDS: list[dict[str, Any]] = [
     json.loads(line) for path in sorted(EXAMPLES.glob("*.jsonl")) for line in path.read_bytes().splitlines() if line.strip()
 ]
+
+SINK_NAMES = ("segment", "moesif", "runscope", "webhook", "stdout")
+CREDENTIALS = {"SEGMENT_WRITE_KEY": "k", "MOESIF_APPLICATION_ID": "m", "RUNSCOPE_ACCESS_TOKEN": "t"}
+
+
+def build_sinks() -> dict[str, Any]:
+    """As the CLI builds them (`sink_class(name).from_options`), against a closed loopback port."""
+    saved = {k: os.environ.get(k) for k in CREDENTIALS}
+    os.environ.update(CREDENTIALS)
+    try:
+        options = {"runscope_bucket_key": "bucket"}
+        return {name: sink_class(name).from_options(options, "http://127.0.0.1:9/") for name in SINK_NAMES}
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
 
 _MS = 1_763_800_000_123
 TIMES = [_MS / 1000, _MS, _MS * 1000, _MS * 1_000_000, str(_MS / 1000), str(_MS * 1000), f"{_MS / 1000:.3f}"]

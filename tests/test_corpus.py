@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import pathlib
 
 import orjson
@@ -19,7 +18,6 @@ import fuzzlines
 from shipper.formats import Parser
 from shipper.model import Position
 from shipper.processors import build_chain, run_chain
-from shipper.sinks import sink_class
 from shipper.transform import FAILED, INVALID, REJECTED, Transformer
 
 CORPUS = pathlib.Path(__file__).resolve().parent / "corpus" / "kong-records.jsonl"
@@ -145,24 +143,9 @@ def test_every_record_keeps_what_it_says(number):
         assert txn.protocol == "" and txn.details is None
 
 
-def _sinks():
-    credentials = {"SEGMENT_WRITE_KEY": "k", "MOESIF_APPLICATION_ID": "m", "RUNSCOPE_ACCESS_TOKEN": "t"}
-    saved = {k: os.environ.get(k) for k in credentials}
-    os.environ.update(credentials)
-    try:
-        return {name: sink_class(name).from_options({"runscope_bucket_key": "b"}, "http://127.0.0.1:9/")
-                for name in ("segment", "moesif", "runscope", "webhook", "stdout")}  # fmt: skip
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 @pytest.mark.parametrize("sink_name", ["segment", "moesif", "runscope", "webhook", "stdout"])
 def test_no_record_is_dead_lettered_by_any_sink(sink_name):
-    transform = Transformer(Parser(), build_chain(), _sinks()[sink_name])
+    transform = Transformer(Parser(), build_chain(), fuzzlines.build_sinks()[sink_name])
     for number, line in enumerate(LINES, 1):
         outcome, payload, _anonymous = transform("corpus", line, 0, len(line) + 1)
         assert outcome not in (INVALID, FAILED, REJECTED), (sink_name, number, payload)
@@ -171,7 +154,7 @@ def test_no_record_is_dead_lettered_by_any_sink(sink_name):
 # -- the corpus, mutated: its stream, AI, TLS and retry records reach parts of the parser the examples do not ----
 RECORDS = [orjson.loads(line) for line in LINES]
 VALUES = [*fuzzlines.TIMES, *fuzzlines.HUGE, *fuzzlines.NON_FINITE, *fuzzlines.ODD]
-TRANSFORMERS = {name: Transformer(Parser(), build_chain(), sink) for name, sink in _sinks().items()}
+TRANSFORMERS = {name: Transformer(Parser(), build_chain(), sink) for name, sink in fuzzlines.build_sinks().items()}
 
 
 @st.composite

@@ -25,7 +25,6 @@ import gen
 from conftest import FAST, ship, ship_env, summary_rows
 from shipper.formats import Parser
 from shipper.processors import build_chain
-from shipper.sinks import sink_class
 from shipper.transform import BLANK, EVENT, FAILED, FILTERED, INVALID, REJECTED, SKIPPED, Transformer
 
 settings.register_profile(
@@ -34,28 +33,11 @@ settings.register_profile(
 settings.register_profile("long", max_examples=20_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FUZZ = settings(settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci")))
 
-SINK_NAMES = ("segment", "moesif", "runscope", "webhook", "stdout")
-CREDENTIALS = {"SEGMENT_WRITE_KEY": "k", "MOESIF_APPLICATION_ID": "m", "RUNSCOPE_ACCESS_TOKEN": "t"}
 MAX_MS = 253_402_300_799_999
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
-def build_sinks() -> dict[str, Any]:
-    """As the CLI builds them (`sink_class(name).from_options`), against a closed loopback port."""
-    saved = {k: os.environ.get(k) for k in CREDENTIALS}
-    os.environ.update(CREDENTIALS)
-    try:
-        options = {"runscope_bucket_key": "bucket"}
-        return {name: sink_class(name).from_options(options, "http://127.0.0.1:9/") for name in SINK_NAMES}
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-TRANSFORMERS = {name: Transformer(Parser(), build_chain(), sink) for name, sink in build_sinks().items()}
+TRANSFORMERS = {name: Transformer(Parser(), build_chain(), sink) for name, sink in fuzzlines.build_sinks().items()}
 
 
 # -- what a vendor takes ----------------------------------------------------------------------------------------
