@@ -17,12 +17,15 @@ import hashlib
 import hmac
 import os
 import random
+import time
 from typing import Any
 
 import orjson
 
 GENERATOR_VERSION = 1  # bump when the records change, so cached files are regenerated
-BASE_STARTED_AT = 1_763_800_000_000  # epoch ms of seq 0; records are 1 ms apart
+# Epoch ms of seq 0 (records are 1 ms apart): yesterday at 00:00 UTC, so no vendor drops them as too old (Moesif
+# refuses events over 30 days old, and its sink counts them as filtered).
+BASE_STARTED_AT = (int(time.time()) // 86_400 - 1) * 86_400_000
 DISTINCT_TOKENS = 300
 DISTINCT_CONSUMERS = 60
 WORKSPACE = "0da4afe7-44ad-4e81-a953-5d2923ce68ae"

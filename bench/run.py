@@ -41,7 +41,7 @@ sys.path.insert(0, ROOT)
 
 from bench import procs  # noqa: E402
 from bench.fake_vendors import CountingMoesif, CountingSegment, capacity, raw_post  # noqa: E402
-from bench.records import GENERATOR_VERSION, KongRecords, write_log  # noqa: E402
+from bench.records import BASE_STARTED_AT, GENERATOR_VERSION, KongRecords, write_log  # noqa: E402
 
 WRITE_KEY = "bench-write-key"
 APP_ID = "bench-moesif-application-id"
@@ -84,12 +84,13 @@ def cached_log(data_dir: str, count: int) -> tuple[str, int]:
     if os.path.exists(path) and os.path.exists(meta_path):
         with open(meta_path) as f:
             meta = json.load(f)
-        if meta.get("bytes") == os.path.getsize(path) and meta.get("records") == count:
+        fresh = meta.get("base_started_at") == BASE_STARTED_AT  # a log of another day may be too old for a vendor
+        if fresh and meta.get("bytes") == os.path.getsize(path) and meta.get("records") == count:
             return path, meta["bytes"]
     print(f"generating {count:,} records into {path} …", file=sys.stderr, flush=True)
     size = write_log(path, count)
     with open(meta_path, "w") as f:
-        json.dump({"records": count, "bytes": size, "generator": GENERATOR_VERSION}, f)
+        json.dump({"records": count, "bytes": size, "generator": GENERATOR_VERSION, "base_started_at": BASE_STARTED_AT}, f)
     return path, size
 
 
