@@ -110,7 +110,7 @@ class Lane:
             framing=settings.format if settings.format in CONTAINER_FRAMINGS else "auto",
         )
         self._threads: list[threading.Thread] = []
-        self.transform = Transformer(parser, chain, sink)
+        self.transform = Transformer(parser, chain, sink, sink.flat_path(parser, chain))
         self.pool: WorkerPool | None = None
         if settings.workers > 0 and sink.parallel_safe:
             self.pool = WorkerPool(self.transform, settings.workers)

@@ -23,7 +23,7 @@ import orjson
 from shipper.formats import ParseError, Parser
 from shipper.model import Position, Transaction
 from shipper.processors import Processor, run_chain
-from shipper.sinks.base import EventFiltered, EventRejected, EventSkipped
+from shipper.sinks.base import EventFiltered, EventRejected, EventSkipped, FlatEncode, RecordDropped
 # What the container framing makes of a line (light: dataclasses and orjson, nothing of the file source).
 from shipper.sources.container import Framed, Ignored, Unframed
 
@@ -61,10 +61,14 @@ class Encoder(Protocol):
 
 
 class Transformer:
-    def __init__(self, parser: Parser, chain: list[Processor], sink: Encoder):
+    """`flat`, when given, is the sink's flat path (sinks/base.py `FlatEncode`): tried first for every line,
+    with the Transaction path behind it for whatever it hands back."""
+
+    def __init__(self, parser: Parser, chain: list[Processor], sink: Encoder, flat: FlatEncode | None = None):
         self.parse = parser.parse
         self.chain = chain
         self.encode = sink.encode
+        self.flat = flat
 
     def __call__(self, file_id: str, data: bytes | Oversize | Framed | Ignored | Unframed, offset: int, end: int) -> Outcome:
         """Never raises: whatever a line holds, it comes back as one outcome, so no line can stop a reader.
@@ -82,6 +86,16 @@ class Transformer:
                 return (OVERSIZE, None, False)
         if not data or data.isspace():
             return (BLANK, None, False)
+        flat = self.flat
+        if flat is not None:
+            try:
+                made = flat(data, file_id, offset, end, logged_at)
+            except RecordDropped:
+                return (FILTERED, None, False)
+            except Exception:  # noqa: BLE001 - a flat path's surprise costs speed, never the line: the full path decides
+                made = None
+            if made is not None:
+                return (EVENT, made[0], made[1])
         try:
             txn = run_chain(self.chain, self.parse(data, Position(file_id, offset, end), logged_at))
         except ParseError as exc:

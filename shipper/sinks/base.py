@@ -12,13 +12,17 @@ import email.utils
 import enum
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, runtime_checkable
 
 import httpx
 
 from shipper.model import Transaction
+
+if TYPE_CHECKING:  # only types: the formats and the processors never need the sinks, nor the sinks them at run time
+    from shipper.formats import Parser
+    from shipper.processors import Processor
 
 
 class VerdictKind(enum.StrEnum):
@@ -58,6 +62,26 @@ class EventFiltered(Exception):
     """Raised by `Sink.encode` for an event a vendor rule says must not be sent (e.g. older than Moesif accepts):
     counted as filtered, with this reason, and acknowledged. Unlike EventSkipped, the record was not chosen away
     by sampling but could never arrive."""
+
+
+class RecordDropped(Exception):
+    """Raised by a flat path for a record a processor of the chain would drop (outside --since/--until): the
+    same outcome as the Transaction path's (filtered, no reason)."""
+
+
+class FlatEncode(Protocol):
+    """A sink's flat path: from a line's bytes straight to the bytes of its vendor event, reading only the
+    fields the sink ships and masking only what it ships (issue 16).
+
+    It returns `(event, anonymous)` exactly as `encode(run_chain(chain, parse(line)))` would make them, or None
+    when the record needs the Transaction path (anything the flat path does not handle: another kind, a value
+    out of the ordinary, a record the sink would skip or reject). It raises `RecordDropped` for a record the
+    chain drops. Any other exception also sends the line down the Transaction path, so a flat path can cost
+    speed, never a line; `tests/test_flat_paths.py` proves the bytes identical."""
+
+    def __call__(
+        self, data: bytes, file_id: str, offset: int, end: int, logged_at: int | None
+    ) -> tuple[bytes, bool] | None: ...
 
 
 DEFAULT_KEEPALIVE_EXPIRY = 5.0  # seconds an idle connection is kept (httpx's own default)
@@ -118,6 +142,11 @@ class Sink(Protocol):
         (--ca-file) and pool. Most sinks have none and ignore it."""
         ...
 
+    def flat_path(self, parser: Parser, chain: Sequence[Processor]) -> FlatEncode | None:
+        """This sink's flat path for lines read by `parser` and run through `chain`, or None when it has none
+        for them (then every line takes the Transaction path)."""
+        ...
+
 
 class HttpSink:
     """The parts of the contract most sinks share: they send over the sender's HTTP client (no transport of
@@ -128,6 +157,9 @@ class HttpSink:
 
     def use_client(self, client: httpx.Client) -> None:
         pass
+
+    def flat_path(self, parser: Parser, chain: Sequence[Processor]) -> FlatEncode | None:
+        return None
 
 
 def absolute_url(txn: Transaction, raw_path: str | None = None) -> str:
