@@ -13,6 +13,7 @@ import click
 from shipper.commands.options import (
     apply_options,
     config_option,
+    dry_run_option,
     progress_option,
     shipping_options,
     understanding_options,
@@ -27,8 +28,10 @@ from shipper.commands.running import (
     prepare,
     report_inputs,
     run,
+    say,
     summary,
 )
+from shipper.delivery.dry_run import DryRun
 from shipper.sources.files import expand
 
 log = logging.getLogger("kong-ship")
@@ -37,7 +40,7 @@ log = logging.getLogger("kong-ship")
 @click.command()
 @click.argument("paths", nargs=-1)
 @apply_options(shipping_options + understanding_options + window_options
-               + [progress_option, workers_option("auto"), config_option])
+               + [progress_option, workers_option("auto"), config_option, dry_run_option])
 def backfill(paths: tuple[str, ...], **kw: Any) -> None:
     """Ship log files (plain or gzip, oldest first) to their end, wait for every acknowledgement, and exit.
 
@@ -46,7 +49,9 @@ def backfill(paths: tuple[str, ...], **kw: Any) -> None:
     """
     need_paths(paths)
     need_a_match(paths)
-    settings, sinks = prepare(paths, kw)
+    dry_run = DryRun.for_options(kw)
+    settings, sinks = prepare(paths, kw, **dry_run.fields())
+    sinks = dry_run.wrap(sinks)
     unreadable = report_inputs(paths)
     if "moesif" in settings.sinks:
         # Moesif drops events older than 30 days; say before the run how many that is, so a backfill of old
@@ -61,6 +66,7 @@ def backfill(paths: tuple[str, ...], **kw: Any) -> None:
         progress = sys.stderr.isatty() and not json_stderr()  # a bar is not JSON
     pipeline, result = run(settings, sinks, follow=False, metrics_addr=kw["metrics_addr"], progress=progress)
     summary(result, sys.stderr)
+    dry_run.report(say)
     if pipeline.forced_by:
         sys.exit(128 + pipeline.forced_by)
     if pipeline.stopped_by:

@@ -269,6 +269,12 @@ window_options = [
                  help="Only records that started before TIME (same forms as --since)."),
 ]
 
+dry_run_option = DELIVERY.option(
+    "--dry-run", is_flag=True,
+    help="Send nothing: print each request every sink would make (URL, headers with credentials redacted, body "
+         "uncompressed), one JSON line each, on stdout. Checkpoints are neither read nor moved.",
+)
+
 progress_option = SERVICE.option(
     "--progress/--no-progress", default=None,
     help="A progress bar on stderr [default: on when stderr is a terminal].",
@@ -296,7 +302,7 @@ SETTINGS_FIELD = {
     "since": "since_ms", "until": "until_ms",
 }
 # Options of the run around the pipeline: which sinks' URLs, logging, metrics, the progress bar.
-RUN_OPTIONS = frozenset({"endpoint", "log_level", "log_format", "metrics_addr", "progress"})
+RUN_OPTIONS = frozenset({"endpoint", "log_level", "log_format", "metrics_addr", "progress", "dry_run"})
 
 
 def option_names(options: Iterable[Callable]) -> list[str]:
