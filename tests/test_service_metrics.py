@@ -63,10 +63,74 @@ def test_metrics_names_and_values_after_a_small_run(tmp_path, shippers):
     assert values['kong_ship_requests_retried_total{sink="segment"}'] >= 1
     assert values['kong_ship_events_rejected_total{sink="segment"}'] == 0
     assert values['kong_ship_queue_events{sink="segment"}'] == 0
+    assert values['kong_ship_queue_bytes{sink="segment"}'] == 0
+    assert values['kong_ship_queue_capacity_events{sink="segment"}'] == 10_000  # --queue-size's default
+    assert values['kong_ship_queue_capacity_bytes{sink="segment"}'] == 16 << 20
+    assert values[f'kong_ship_file_seconds_behind{{file="{log}",sink="segment"}}'] == 0  # caught up
     assert values['kong_ship_events_in_flight{sink="segment"}'] == 0
     assert 0 <= values['kong_ship_seconds_since_last_delivery{sink="segment"}'] < 30
     assert values['kong_ship_batch_events_count{sink="segment"}'] >= 2
     assert values['kong_ship_request_duration_seconds_count{sink="segment"}'] >= 2
+
+
+def test_write_clock_dates_the_oldest_unshipped_byte_between_scrapes(tmp_path):
+    """The lag in seconds: samples of (size, mtime) taken at scrapes, interpolated at the acknowledged offset."""
+    import os
+
+    from shipper.service.metrics import WriteClock
+
+    log = tmp_path / "kong.json"
+    clock = WriteClock()
+    assert clock.note(str(log)) is None and clock.age(str(log), 0, 1000.0) == 0.0  # not there yet
+    for size, mtime in ((100, 1000.0), (300, 1100.0), (300, 1150.0), (700, 1200.0)):
+        log.write_bytes(b"x" * size)
+        os.utime(log, (mtime, mtime))
+        assert clock.note(str(log)) == size
+    assert clock.samples[str(log)] == [(100, 1000.0), (300, 1100.0), (700, 1200.0)]  # unchanged size: no sample
+    assert clock.age(str(log), 700, 1300.0) == 0.0  # caught up
+    assert clock.age(str(log), 500, 1300.0) == 150.0  # half-way from 300 (t=1100) to 700 (t=1200)
+    assert clock.age(str(log), 200, 1300.0) == 250.0
+    assert clock.age(str(log), 50, 1300.0) == 300.0  # before the first sample: dated at it (a lower bound)
+    log.write_bytes(b"x" * 10)  # copytruncate: a new file under the name
+    os.utime(log, (1250.0, 1250.0))
+    clock.note(str(log))
+    assert clock.samples[str(log)] == [(10, 1250.0)]
+    clock.keep_only(set())
+    assert clock.samples == {}
+
+
+def test_lag_in_seconds_grows_while_the_vendor_is_down(tmp_path, shippers):
+    """A vendor that answers 503: the file's oldest unshipped byte ages, scrape after scrape; queue and capacity
+    are exported for the queue-fill panel."""
+    import os
+    import time
+
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(5))
+    written = time.time() - 60
+    os.utime(log, (written, written))  # the records were written a minute ago
+    port = free_port()
+    with FakeSegment() as segment:
+        segment.script([503] * 1000)
+        proc = shippers("tail", str(log), "--sink", "segment", "--endpoint", segment.url, "--queue-size", "7",
+                        "--state-dir", str(tmp_path / "state"), "--metrics-addr", f"127.0.0.1:{port}", *FAST_FOLLOW,
+                        env=ship_env(SEGMENT_WRITE_KEY="test-key"))
+        key = f'kong_ship_file_seconds_behind{{file="{log}",sink="segment"}}'
+
+        def scraped():
+            try:
+                return scrape(port)
+            except httpx.HTTPError:
+                return None
+
+        first = wait_until(lambda: (v := scraped()) and key in v and v, timeout=10)
+        assert first, "no lag series"
+        assert 60 <= first[key] < 90
+        assert first[f'kong_ship_file_bytes_behind{{file="{log}",sink="segment"}}'] == log.stat().st_size
+        assert first['kong_ship_queue_capacity_events{sink="segment"}'] == 7
+        time.sleep(1.1)
+        assert scrape(port)[key] >= first[key] + 1
+        proc.stop()
 
 
 def test_bad_metrics_address_is_a_usage_error(tmp_path):

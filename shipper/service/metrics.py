@@ -8,11 +8,12 @@ name and help, is said once in `shipper.counters.COUNTERS`. Names follow Vector'
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from shipper.counters import COUNTERS
@@ -37,9 +38,53 @@ def parse_addr(value: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+class WriteClock:
+    """When each file reached which size, as the scrapes saw it: a (size, mtime) sample per scrape that finds the
+    file grown. The age of the oldest byte a sink still owes (at its acknowledged offset) is interpolated between
+    the samples around that offset, as kafka-lag-exporter does with offsets: accurate to about a scrape
+    interval, with nothing added to the per-record path. A byte older than the first sample is dated at that
+    sample (a lower bound: the start of a backfill of an old file reads as old as the file's last write)."""
+
+    KEEP = 720  # samples per file: 3 h at a 15 s scrape interval, then the oldest go
+
+    def __init__(self) -> None:
+        self.samples: dict[str, list[tuple[int, float]]] = {}
+
+    def note(self, path: str) -> int | None:
+        """Sample the file's size and mtime; its size, None if it is gone."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        samples = self.samples.setdefault(path, [])
+        if samples and st.st_size < samples[-1][0]:
+            samples.clear()  # truncated, or another file under the name: the old samples are not its
+        if not samples or st.st_size > samples[-1][0]:
+            samples.append((st.st_size, st.st_mtime))
+            del samples[:-self.KEEP]
+        return st.st_size
+
+    def age(self, path: str, offset: int, now: float) -> float:
+        """Seconds since the byte at `offset` was written; 0 when `offset` is the file's end."""
+        samples = self.samples.get(path)
+        if not samples or offset >= samples[-1][0]:
+            return 0.0
+        written = samples[0][1]
+        for (size0, time0), (size1, time1) in zip(samples, samples[1:]):
+            if size0 <= offset < size1:
+                written = time0 + (time1 - time0) * (offset - size0) / (size1 - size0)
+                break
+        return max(0.0, now - written)
+
+    def keep_only(self, paths: set[str]) -> None:
+        for path in self.samples.keys() - paths:
+            del self.samples[path]
+
+
 class PipelineCollector:
     def __init__(self, pipeline: Pipeline):
         self.pipeline = pipeline
+        self.clock = WriteClock()
 
     def collect(self):
         lanes = self.pipeline.lanes
@@ -67,16 +112,35 @@ class PipelineCollector:
         behind = GaugeMetricFamily(
             f"{PREFIX}_file_bytes_behind", "File size minus the checkpoint: bytes not yet shipped.", labels=["sink", "file"]
         )
+        age = GaugeMetricFamily(
+            f"{PREFIX}_file_seconds_behind", "Age of the oldest byte not yet shipped (estimated from scrapes).",
+            labels=["sink", "file"],
+        )
+        queue_bytes = GaugeMetricFamily(f"{PREFIX}_queue_bytes", "Bytes of the events waiting in the queue.", labels=["sink"])
+        capacity = GaugeMetricFamily(
+            f"{PREFIX}_queue_capacity_events", "Events the queue holds before reading waits.", labels=["sink"]
+        )
+        capacity_bytes = GaugeMetricFamily(
+            f"{PREFIX}_queue_capacity_bytes", "Bytes the queue holds before reading waits.", labels=["sink"]
+        )
         now = time.time()
+        seen: set[str] = set()
         for lane in lanes:
             name = lane.sink.name
             queue.add_metric([name], len(lane.queue))
+            queue_bytes.add_metric([name], lane.queue.nbytes)
+            capacity.add_metric([name], lane.queue.max_items)
+            capacity_bytes.add_metric([name], lane.queue.max_bytes)
             in_flight.add_metric([name], lane.acks.pending())
             last = lane.sender.last_success
             since.add_metric([name], now - last if last else now - self.pipeline.started_at)
             for path, nbytes in lane.behind().items():
                 behind.add_metric([name, path], nbytes)
-        yield from (queue, in_flight, since, behind)
+                size = self.clock.note(path)  # stat after behind()'s: a write between can only understate the age
+                seen.add(path)
+                age.add_metric([name, path], self.clock.age(path, size - nbytes, now) if size is not None else 0.0)
+        self.clock.keep_only(seen)
+        yield from (queue, queue_bytes, capacity, capacity_bytes, in_flight, since, behind, age)
 
 
 class ReceiveCollector:
@@ -123,6 +187,18 @@ class ReceiveCollector:
 def serve(pipeline: Pipeline, address: str, collectors: Iterable[Collector] = ()):
     """Serve the pipeline's metrics, and those of `collectors` (a command's own sources: `receive`'s listeners)."""
     host, port = parse_addr(address)
+    registry = build_registry(pipeline, collectors)
+    from shipper.service.tap import TapHub, serve_http
+
+    try:  # the metrics, and `kong-ship tap`'s /tap (local only)
+        server = serve_http(host, port, make_wsgi_app(registry), TapHub(lane.sender for lane in pipeline.lanes))
+    except OSError as exc:
+        raise ConfigError(f"--metrics-addr {address}: cannot listen: {exc.strerror}") from None
+    return server
+
+
+def build_registry(pipeline: Pipeline, collectors: Iterable[Collector] = ()) -> CollectorRegistry:
+    """Every metric `serve` exports, its histograms wired to the lanes' senders."""
     registry = CollectorRegistry()
     registry.register(PipelineCollector(pipeline))
     for collector in collectors:
@@ -135,8 +211,4 @@ def serve(pipeline: Pipeline, address: str, collectors: Iterable[Collector] = ()
     for lane in pipeline.lanes:
         events, seconds = batch_events.labels(lane.sink.name), latency.labels(lane.sink.name)
         lane.sender.observe = lambda n, s, events=events, seconds=seconds: (events.observe(n), seconds.observe(s))
-    try:
-        server, _ = start_http_server(port, addr=host, registry=registry)
-    except OSError as exc:
-        raise ConfigError(f"--metrics-addr {address}: cannot listen: {exc.strerror}") from None
-    return server
+    return registry
