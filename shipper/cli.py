@@ -24,6 +24,7 @@ from shipper.commands.receive import receive
 from shipper.commands.running import say, use_json_stderr
 from shipper.commands.status import status
 from shipper.commands.tail import tail
+from shipper.commands.tap import tap
 from shipper.errors import ConfigError, FatalError
 from shipper.processors.redact import mask_text
 
@@ -118,3 +119,4 @@ cli.add_command(status)
 cli.add_command(init)
 cli.add_command(receive)
 cli.add_command(audit)
+cli.add_command(tap)

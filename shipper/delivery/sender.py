@@ -107,6 +107,8 @@ class Sender:
         self.last_success: float | None = None
         # Told (events, seconds) after every request; the metrics endpoint sets it.
         self.observe: Callable[[int, float], object] | None = None  # its result is ignored
+        # Handed (sink name, batch) once per batch while a `kong-ship tap` is attached (service/tap.py), else None.
+        self.tap: Callable[[str, list[Item]], None] | None = None
         self._retrying_since: float | None = None
         self._lock = threading.Lock()
         self._closed = False
@@ -115,8 +117,11 @@ class Sender:
         self._paused_until = 0.0
 
     # -- one batch -------------------------------------------------------------------------------------------
-    def deliver(self, items: list[Item]) -> None:
-        """Deliver a batch; acknowledges what was delivered or dead-lettered. Raises FatalDelivery."""
+    def deliver(self, items: list[Item], part: bool = False) -> None:
+        """Deliver a batch; acknowledges what was delivered or dead-lettered. Raises FatalDelivery. `part`: a part
+        of a refused batch, sent again (the tap saw it whole)."""
+        if self.tap is not None and not part:
+            self.tap(self.sink.name, items)
         verdict = self._send([item[3] for item in items])
         if verdict is None:
             raise Aborted()
@@ -129,8 +134,8 @@ class Sender:
                 self._retrying_since = None
         elif verdict.kind in (SPLIT, REJECT) and len(items) > 1:
             half = len(items) // 2
-            self.deliver(items[:half])
-            self.deliver(items[half:])
+            self.deliver(items[:half], part=True)
+            self.deliver(items[half:], part=True)
         elif verdict.kind in (SPLIT, REJECT):
             file_id, seq, end, event = items[0]
             try:
