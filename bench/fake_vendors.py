@@ -236,7 +236,7 @@ class CountingMoesif(CountingVendor):
 
 
 # -- the fake alone ------------------------------------------------------------------------------------------
-def _post_loop(port: int, raw_request: bytes, rounds: int, errors: list[str]) -> None:
+def post_loop(port: int, raw_request: bytes, rounds: int, errors: list[str]) -> None:
     """Post the same pre-built request `rounds` times on one keep-alive connection, reading each reply."""
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -268,7 +268,7 @@ def capacity(
     with make_fake(per_batch) as fake:
         request = raw_request(fake.port)
         errors: list[str] = []
-        threads = [threading.Thread(target=_post_loop, args=(fake.port, request, rounds, errors)) for _ in range(connections)]
+        threads = [threading.Thread(target=post_loop, args=(fake.port, request, rounds, errors)) for _ in range(connections)]
         start = time.perf_counter()
         for t in threads:
             t.start()

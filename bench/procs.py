@@ -138,3 +138,17 @@ def run(argv: list[str], env: dict[str, str], stderr_path: str, *, stop_when=Non
         cpu_seconds=usage.ru_utime + usage.ru_stime,
         stderr=stderr,
     )
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a running process and its descendants, those alive and those reaped
+    (/proc/PID/stat: utime, stime, cutime, cstime), for a process stopped by signal rather than waited for."""
+    ticks = 0
+    for p in _tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        ticks += sum(int(v) for v in fields[11:15])  # fields 14-17 of proc(5); index 0 is field 3
+    return ticks / os.sysconf("SC_CLK_TCK")

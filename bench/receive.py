@@ -21,6 +21,7 @@ TLS costs is mostly the encryption of the bodies, plus one handshake per client.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import http.client
 import ipaddress
@@ -34,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Any
 
 import orjson
 
@@ -41,6 +43,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.fake_vendors import CountingSegment  # noqa: E402
+from bench.light_fake import LightFakes  # noqa: E402
+from bench.procs import tree_cpu_seconds  # noqa: E402
 from bench.records import KongRecords  # noqa: E402
 
 TOKEN = "bench-token"
@@ -169,7 +173,9 @@ def load(target: Target, bodies: list[tuple[int, bytes]], clients: int) -> tuple
 
 
 def one_run(records: int, batch: int, clients: int, gen: KongRecords, work: str, n: int,
-            tls: tuple[str, str] | None) -> dict[str, float]:
+            tls: tuple[str, str] | None, light: bool = False) -> dict[str, float]:
+    """One receiver, loaded; with `light`, its vendor is the light fake in its own process (bench/light_fake.py)
+    instead of the counting fake in this one."""
     first = 1000  # seqs 0..999 are the single 1,000-record request
     total = first + records
     big = orjson.dumps([gen.record(s) for s in range(first)])
@@ -178,7 +184,11 @@ def one_run(records: int, batch: int, clients: int, gen: KongRecords, work: str,
         chunk = [gen.record(s) for s in range(start, min(start + batch, total))]
         bodies.append((len(chunk), orjson.dumps(chunk if batch > 1 else chunk[0])))
     body_bytes = sum(len(b) for _, b in bodies)
-    with CountingSegment(WRITE_KEY, total) as vendor:
+    with contextlib.ExitStack() as stack:
+        if light:
+            vendor: Any = stack.enter_context(LightFakes(total, segment_key=WRITE_KEY)).vendor("segment")
+        else:
+            vendor = stack.enter_context(CountingSegment(WRITE_KEY, total))
         target = Target(free_port(), tls)
         state = os.path.join(work, f"state-{n}")
         proc = start_receiver(target.port, state, vendor.url, os.path.join(work, f"receive-{n}.err"),
@@ -196,15 +206,16 @@ def one_run(records: int, batch: int, clients: int, gen: KongRecords, work: str,
             while vendor.received() < total and time.monotonic() < deadline:
                 time.sleep(0.1)
             tally = vendor.tally(total)
+            cpu = tree_cpu_seconds(proc.pid)
         finally:
             proc.terminate()
             proc.wait(30)
         shutil.rmtree(state, ignore_errors=True)
-    valid = accepted == records and tally["once"] == total
+    valid = accepted == records and tally["once"] == total and not tally.get("errors")
     print(f"run {n}: {accepted / elapsed:,.0f} records/s accepted ({body_bytes / elapsed / 1e6:.1f} MB/s), "
           f"1,000 records in one request: {one_request * 1000:.0f} ms; delivered {tally}", file=sys.stderr)
     return {"rate": accepted / elapsed, "mbps": body_bytes / elapsed / 1e6, "one_request_ms": one_request * 1000,
-            "valid": float(valid)}
+            "valid": float(valid), "cpu_us_per_record": cpu / total * 1e6, "records": total}
 
 
 def main() -> None:
