@@ -26,6 +26,7 @@ import orjson
 from shipper.model import Transaction
 
 DEFAULT_JWT_PLACES = ("request.headers.authorization", "jwt")
+IDENTIFIED = frozenset({"jwt", "consumer", "credential", "basic", "header"})  # the user_source values set here
 _CONSUMER_HEADERS = ("x-consumer-custom-id", "x-consumer-username", "x-consumer-id", "x-credential-identifier")
 
 
@@ -135,49 +136,58 @@ class Identify:
         return f"Identify(jwt_from={list(self.jwt_places)!r}, jwt_claim={self.jwt_claim!r})"
 
     def __call__(self, txn: Transaction) -> Transaction:
+        if txn.user_source in IDENTIFIED and txn.user_id:
+            return txn  # identified before its secrets were masked (receive's Kong records: formats.spooled)
+        basic, claims, user, source = self.who(txn.raw or {}, txn.request_headers, txn.consumer, txn.authenticated_entity)
+        txn.basic_user = basic
+        if claims is not None:
+            txn.jwt_claims = claims
+        if user:
+            txn.user_id, txn.user_source = user, source
+            return txn
+        txn.anonymous_id = anonymous_id(txn.client_ip, txn.user_agent)
+        return txn
+
+    def who(
+        self, raw: dict[str, Any], headers: dict[str, Any], consumer: dict[str, Any] | None,
+        credential: dict[str, Any] | None,
+    ) -> tuple[str | None, dict[str, Any] | None, str | None, str | None]:
+        """(Basic user, the last JWT claims decoded, user id, its source) of a record's parts: what the
+        processor fills in, for a sink's flat path too (issue 16), so both read the evidence one way."""
         places, claim_path = self._places, self._claim_path
-        raw = txn.raw or {}
-        authorization = txn.request_headers.get("authorization")
-        basic = txn.basic_user = basic_user(authorization) if authorization is not None else None
+        authorization = headers.get("authorization")
+        basic = basic_user(authorization) if authorization is not None else None
+        found = None
         for place in places:
             # `request.headers.authorization` must also work for Nginx lines, whose headers are not nested.
             value = _lookup(raw, place)
             if value is None and place[:2] == ("request", "headers"):
-                value = txn.request_headers.get(place[2]) if len(place) == 3 else None
+                value = headers.get(place[2]) if len(place) == 3 else None
             token = _token(value)
             if token is None:
                 continue
             claims = decode_jwt(token)
             if claims is None:
                 continue
-            txn.jwt_claims = claims
+            found = claims
             user = _claim(claims, claim_path)
             if user:
-                txn.user_id, txn.user_source = user, "jwt"
-                return txn
-        consumer = txn.consumer
+                return basic, found, user, "jwt"
         if consumer:
             user = _ident(consumer.get("custom_id")) or _ident(consumer.get("username")) or _ident(consumer.get("id"))
             if user:
-                txn.user_id, txn.user_source = user, "consumer"
-                return txn
-        credential = txn.authenticated_entity
+                return basic, found, user, "consumer"
         if credential:
             user = _ident(credential.get("consumer_id")) or _ident(credential.get("id"))
             if user:
-                txn.user_id, txn.user_source = user, "credential"
-                return txn
+                return basic, found, user, "credential"
         if basic:
-            txn.user_id, txn.user_source = basic, "basic"
-            return txn
-        headers = txn.request_headers
+            return basic, found, basic, "basic"
         for name in _CONSUMER_HEADERS:
             value = headers.get(name)
             if isinstance(value, str) and value:
-                txn.user_id, txn.user_source = value, "header"
-                return txn
-        txn.anonymous_id = anonymous_id(txn.client_ip, txn.user_agent)
-        return txn
+                return basic, found, value, "header"
+        return basic, found, None, None
 
 
 

@@ -94,22 +94,9 @@ class Masker:
             hits = names.secrets_in(query.keys())
             if hits:
                 txn.query = {k: (MASK if k in hits else v) for k, v in query.items()}
-        qs = masked_qs = txn.query_string
-        if qs and "=" in qs and not names.clean.issuperset(_PARAM_KEYS.findall(qs)):
-            masked_qs = txn.query_string = self.mask_params(qs)
         if txn.fragment:
             txn.fragment = self.mask_params(txn.fragment)
-        raw = txn.raw_path
-        if masked_qs is not qs or "#" in raw or "@" in raw or not (
-            raw.endswith(qs) and raw.find("?") == len(raw) - len(qs) - 1  # `path?qs`, already checked
-        ):
-            txn.raw_path = self._with_query(raw, qs, masked_qs)
-        upstream = txn.upstream_uri
-        if upstream:
-            if upstream == raw:  # Kong's upstream URI is often the request's target
-                txn.upstream_uri = txn.raw_path
-            elif "?" in upstream or "#" in upstream or "@" in upstream:
-                txn.upstream_uri = self._with_query(upstream, qs, masked_qs)
+        txn.query_string, txn.raw_path, txn.upstream_uri = self.mask_targets(txn.query_string, txn.raw_path, txn.upstream_uri)
         if "@" in txn.host:
             txn.host = txn.host.rpartition("@")[2]
         if txn.request_body is not None:
@@ -124,7 +111,30 @@ class Masker:
             txn.consumer = self.mask_entity(txn.consumer)
         if txn.authenticated_entity:
             txn.authenticated_entity = self.mask_entity(txn.authenticated_entity)
-        claims = txn.jwt_claims
+        txn.jwt_claims = self.kept_claims(txn.jwt_claims)
+        if txn.details:
+            txn.details = self.mask_value(txn.details)
+        return txn
+
+    def mask_targets(self, qs: str, raw: str, upstream: str | None) -> tuple[str, str, str | None]:
+        """(query string, raw path, upstream URI) masked, each the same object when nothing in it is secret."""
+        masked_qs = qs
+        if qs and "=" in qs and not self.names.clean.issuperset(_PARAM_KEYS.findall(qs)):
+            masked_qs = self.mask_params(qs)
+        masked_raw = raw
+        if masked_qs is not qs or "#" in raw or "@" in raw or not (
+            raw.endswith(qs) and raw.find("?") == len(raw) - len(qs) - 1  # `path?qs`, already checked
+        ):
+            masked_raw = self._with_query(raw, qs, masked_qs)
+        if upstream:
+            if upstream == raw:  # Kong's upstream URI is often the request's target
+                upstream = masked_raw
+            elif "?" in upstream or "#" in upstream or "@" in upstream:
+                upstream = self._with_query(upstream, qs, masked_qs)
+        return masked_qs, masked_raw, upstream
+
+    def kept_claims(self, claims: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The JWT claims that may leave the process (JWT_KEPT_CLAIMS), `claims` itself when that is all."""
         if claims and not claims.keys() <= JWT_KEPT_CLAIMS:
             # identify decodes each token once (a cache): the same claims object comes again and again.
             cached = self._claims.get(id(claims))
@@ -133,10 +143,8 @@ class Masker:
                     self._claims.clear()
                 kept = {k: v for k, v in claims.items() if k in JWT_KEPT_CLAIMS}
                 cached = self._claims[id(claims)] = (claims, kept)
-            txn.jwt_claims = cached[1]
-        if txn.details:
-            txn.details = self.mask_value(txn.details)
-        return txn
+            return cached[1]
+        return claims
 
     def _with_query(self, target: str, qs: str, masked_qs: str) -> str:
         # The raw path and the upstream URI usually carry the very query string just masked: reuse it.

@@ -19,11 +19,11 @@ import gzip
 import logging
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from os import PathLike
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import click
 import httpx
@@ -32,13 +32,19 @@ import orjson
 from shipper.model import Transaction
 from shipper.processors.names import normalize
 from shipper.sinks.base import (
-    DEFAULT_KEEPALIVE_EXPIRY, FATAL, SPLIT, EventFiltered, EventSkipped, HttpSink, OptionList, Sink, SinkLimits, Verdict, judge_common,
+    DEFAULT_KEEPALIVE_EXPIRY, FATAL, SPLIT, EventFiltered, EventSkipped, FlatEncode, HttpSink, OptionList, Sink, SinkLimits,
+    Verdict, judge_common,
 )
 from shipper.sinks.compression import gzip_body
 from shipper.sinks.config import config_from_options, option, options_of
 from shipper.sinks.credentials import read_secret
 from shipper.sinks.moesif_event import EventBuilder, transaction_id
+from shipper.sinks.moesif_flat import moesif_flat_path
 from shipper.sinks.moesif_sampling import Sampler, draw, weight
+
+if TYPE_CHECKING:  # only types: the sinks need neither the formats nor the processors at run time
+    from shipper.formats import Parser
+    from shipper.processors import Processor
 
 __all__ = ["MoesifConfig", "MoesifSink", "OPTIONS", "count_outside_window", "transaction_id"]
 
@@ -203,13 +209,20 @@ class MoesifSink(EventBuilder, HttpSink):
         if (self.max_age_ms is not None and txn.started_at is not None and not txn.started_at_estimated
                 and txn.started_at < time.time() * 1000 - self.max_age_ms):
             raise EventFiltered(TOO_OLD)  # Moesif would drop it: say so instead of counting it as shipped
-        event = self.event(txn)
+        return self.sampled(self.event(txn), txn.event_id)
+
+    def sampled(self, event: dict[str, Any], event_id: str) -> bytes:
+        """The event's bytes with its weight, or EventSkipped when sampling leaves it out (the flat path too)."""
         rate = self.sampler.rate(event)
         # Deterministic per record (the plugin drew math.random()): a resend after a crash decides the same.
-        if not rate > draw(txn.event_id):
+        if not rate > draw(event_id):
             raise EventSkipped()
         event["weight"] = weight(rate)  # on every event, as the plugin: 1 at 100 %
         return orjson.dumps(event)
+
+    def flat_path(self, parser: Parser, chain: Sequence[Processor]) -> FlatEncode | None:
+        """Kong HTTP records under the default chain straight to event bytes (`moesif_flat`)."""
+        return moesif_flat_path(self, parser, chain)
 
     # -- a batch ---------------------------------------------------------------------------------------------
     def request(self, events: list[bytes]) -> httpx.Request:
