@@ -24,8 +24,9 @@ def tap_url(address: str) -> str:
     return f"http://[{host}]:{port}/tap" if ":" in host else f"http://{host}:{port}/tap"
 
 
-def ending(stats: dict[str, Any]) -> str:
-    return (f"tap: {stats.get('shown', 0):,} event(s) shown, {stats.get('filtered', 0):,} filtered out, "
+def ending(shown: int, stats: dict[str, Any]) -> str:
+    """The last line: what this reader printed, and the shipper's counts as of its last report (once a second)."""
+    return (f"tap: {shown:,} event(s) shown, {stats.get('filtered', 0):,} filtered out, "
             f"{stats.get('over_rate', 0):,} over the rate, {stats.get('lost', 0):,} lost (this reader was behind)")
 
 
@@ -44,12 +45,13 @@ def tap(address: str, sink: str | None, contains: tuple[str, ...], fields: tuple
 
     Exit 0 on Ctrl-C or when the shipper stops; 1 when it cannot be reached or refuses.
     """
-    params: list[tuple[str, str | float]] = [("rate", rate), *(("contains", text) for text in contains),
+    params: list[tuple[str, str | int | float | bool | None]] = [("rate", rate), *(("contains", text) for text in contains),
                                              *(("field", field) for field in fields)]
     if sink:
         params.append(("sink", sink))
     url = tap_url(address)
     stats: dict[str, Any] = {}
+    shown = 0
     out = sys.stdout.buffer
     try:
         with httpx.stream("GET", url, params=params, timeout=httpx.Timeout(10.0, read=None)) as response:
@@ -63,16 +65,19 @@ def tap(address: str, sink: str | None, contains: tuple[str, ...], fields: tuple
                 sys.exit(1)
             for line in response.iter_lines():
                 if line.startswith('{"tap":'):
+                    if not stats:
+                        say("info", f"attached to {url} (sinks: {', '.join(orjson.loads(line)['tap']['sinks'])})")
                     stats = orjson.loads(line)["tap"]
                     continue
                 out.write(line.encode() + b"\n")
                 out.flush()
-        say("info", f"the shipper closed the tap; {ending(stats)}")
+                shown += 1
+        say("info", f"the shipper closed the tap; {ending(shown, stats)}")
     except KeyboardInterrupt:
-        say("info", ending(stats))
+        say("info", ending(shown, stats))
     except httpx.TransportError as exc:
         if stats:  # connected, then lost: the shipper went away
-            say("info", f"the shipper closed the tap; {ending(stats)}")
+            say("info", f"the shipper closed the tap; {ending(shown, stats)}")
             return
         say("error", f"cannot connect to {url} ({type(exc).__name__}: {exc}): is kong-ship running with "
                      f"--metrics-addr {address}?")
