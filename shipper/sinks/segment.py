@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import base64
 import string
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import click
 import httpx
@@ -21,10 +21,14 @@ import orjson
 from shipper import __version__
 from shipper.errors import ConfigError
 from shipper.model import Transaction
-from shipper.sinks.base import SPLIT, EventRejected, HttpSink, OptionList, Sink, SinkLimits, Verdict, absolute_url, judge_common
+from shipper.sinks.base import SPLIT, EventRejected, FlatEncode, HttpSink, OptionList, Sink, SinkLimits, Verdict, absolute_url, judge_common
 from shipper.sinks.compression import gzip_body
 from shipper.sinks.config import config_from_options, option, options_of
 from shipper.sinks.credentials import read_secret
+
+if TYPE_CHECKING:  # only types, as in base.py
+    from shipper.formats import Parser
+    from shipper.processors import Processor
 
 DEFAULT_ENDPOINT = "https://api.segment.io"
 DEFAULT_EVENT_NAME = "API Request: {method}"
@@ -202,6 +206,12 @@ class SegmentSink(HttpSink):
         config = config_from_options(SegmentConfig, opts)
         key = read_secret("SEGMENT_WRITE_KEY", config.write_key_file, "--segment-write-key-file")
         return cls(key, endpoint or DEFAULT_ENDPOINT, config=config)
+
+    def flat_path(self, parser: Parser, chain: Sequence[Processor]) -> FlatEncode | None:
+        """Kong HTTP lines straight to events for the default chain (issue 16, `segment_flat`)."""
+        from shipper.sinks.segment_flat import segment_flat_path  # msgspec and the processors: only when shipping
+
+        return segment_flat_path(parser, chain, self.encode)
 
     # -- one event -------------------------------------------------------------------------------------------
     def message(self, txn: Transaction) -> dict[str, Any]:
