@@ -3,6 +3,7 @@
     python bench/receive.py                       # 3 runs of 40,000 records, batches of 100, 4 clients
     python bench/receive.py --batch 1 --records 4000   # http-log's default queue.max_batch_size
     python bench/receive.py --tls                 # https (http-log's https:// endpoint), a self-signed cert
+    python bench/receive.py --light-fake          # the vendor in its own process (bench/light_fake.py)
 
 Each run starts a fresh `kong-ship receive` (its own state directory) shipping to a loopback fake Segment that
 counts records (bench/fake_vendors.py), and `--clients` threads (Kong's workers, each with its keep-alive
@@ -225,12 +226,14 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4, help="concurrent connections (Kong's workers)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--tls", action="store_true", help="HTTPS, with a self-signed certificate made for the run")
+    parser.add_argument("--light-fake", action="store_true",
+                        help="the vendor is bench/light_fake.py in its own process, not the counting fake in this one")
     args = parser.parse_args()
     gen = KongRecords()
     work = tempfile.mkdtemp(prefix="kong-ship-bench-receive-")
     try:
         tls = self_signed(work) if args.tls else None
-        runs = [one_run(args.records, args.batch, args.clients, gen, work, n, tls) for n in range(1, args.runs + 1)]
+        runs = [one_run(args.records, args.batch, args.clients, gen, work, n, tls, args.light_fake) for n in range(1, args.runs + 1)]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if not all(r["valid"] for r in runs):
