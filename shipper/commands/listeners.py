@@ -22,7 +22,7 @@ import click
 
 from shipper.errors import ConfigError
 from shipper.sources.http_limits import Backlog
-from shipper.sources.intake import KIND, Intake
+from shipper.sources.intake import KIND, Intake, KongRecords
 from shipper.sources.spool import GroupCommit, Spool
 from shipper.sources.tcp_log import MAX_CONNECTIONS, TcpLogListener
 from shipper.sources.udp_log import UdpLogListener
@@ -73,6 +73,7 @@ class Listeners:
         max_body_bytes: int,
         max_backlog_bytes: int,
         tls: ssl.SSLContext | None,
+        kong_records: KongRecords | None = None,
     ):
         self.tcp: TcpLogListener | None = None
         self.udp: UdpLogListener | None = None
@@ -89,14 +90,16 @@ class Listeners:
             # UDP first: once the TCP port accepts, both are bound (what a start-up check can wait for).
             if opts.get("listen_udp"):
                 host, port = parse_address(opts["listen_udp"], "--listen-udp")
-                self.udp_intake = Intake("udp-log", self.commit, dead_letter, max_record_bytes=record_limit)
+                self.udp_intake = Intake("udp-log", self.commit, dead_letter, max_record_bytes=record_limit,
+                                         records=kong_records)
                 self.udp = self._bind("--listen-udp", opts["listen_udp"], lambda: UdpLogListener(
                     host, port, self.udp_intake, max_record_bytes=max_body_bytes, overloaded=self.overloaded,
                 ))
                 self._specs.append(("udp", host))
             if opts.get("listen_tcp"):
                 host, port = parse_address(opts["listen_tcp"], "--listen-tcp")
-                self.tcp_intake = Intake("tcp-log", self.commit, dead_letter, max_record_bytes=record_limit)
+                self.tcp_intake = Intake("tcp-log", self.commit, dead_letter, max_record_bytes=record_limit,
+                                         records=kong_records)
                 self.tcp = self._bind("--listen-tcp", opts["listen_tcp"], lambda: TcpLogListener(
                     host, port, self.tcp_intake, max_line_bytes=max_body_bytes, overloaded=self.overloaded, tls=tls,
                     max_connections=opts.get("max_tcp_connections") or MAX_CONNECTIONS,

@@ -148,6 +148,7 @@ def receive(**kw: Any) -> None:
     """
     from shipper.pipeline import Pipeline
     from shipper.sources.event_hooks import Receiver
+    from shipper.sources.intake import KIND as KONG_LOG, KongRecords
     opts = {key: kw.pop(key) for key in _RECEIVE_KEYS}
     if not (opts["listen"] or kw.get("listen_tcp") or kw.get("listen_udp")):
         raise ConfigError(
@@ -169,6 +170,8 @@ def receive(**kw: Any) -> None:
     feeder = SpoolFeeder.open(spool_dir, "receive", name="receive", prune_every=PRUNE_INTERVAL)
     spool = feeder.spool
     pipeline = Pipeline(settings, sinks, follow=True)
+    # Kong's records are spooled identified and masked, with the run's JWT options and masker (intake.py).
+    kong_spooling = KongRecords.for_run(settings, pipeline.dead_letter)
 
     def backlog() -> int:
         owed = pipeline.behind()
@@ -193,6 +196,7 @@ def receive(**kw: Any) -> None:
                 overload=opts["on_overload"], max_connections=opts["max_connections"],
                 read_timeout=opts["read_timeout"],
             )
+            receiver.committer.encoders[KONG_LOG] = lambda record: kong_spooling.encode(record, "http-log record")
     except OSError as exc:
         feeder.close()
         raise ConfigError(f"--listen {opts['listen']}: cannot listen: {exc.strerror}") from None
@@ -200,6 +204,7 @@ def receive(**kw: Any) -> None:
         listeners = Listeners(
             listen_opts, spool, dead_letter=pipeline.dead_letter, backlog=backlog, on_spooled=pipeline.wake,
             max_body_bytes=opts["max_body_bytes"], max_backlog_bytes=opts["max_backlog_bytes"], tls=tls,
+            kong_records=kong_spooling,
         )
     except ConfigError:
         if receiver is not None:

@@ -2,7 +2,11 @@
 kind, and each kind has its own module turning the inner record into a `Transaction`.
 
 `kong_log` is a Kong log-serializer record that came over the network (http-log, tcp-log, udp-log) instead of
-through file-log: the same object, so the same Kong parser reads it (HTTP records, or stream sessions)."""
+through file-log: the same object, so the same Kong parser reads it (HTTP records, or stream sessions). `receive`
+spools it masked (`shipper.sources.intake`), so the user found in its `Authorization` header is kept beside it:
+the envelope's `identity` (`user_id`, `user_source`, `jwt_claims`, `basic_user`), read back here into the
+Transaction; the identity processor keeps a user so found. A `kong_log` line without one (nothing to keep, or
+spooled by an older kong-ship, unmasked) is identified by the processor as a log line is."""
 
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ from shipper.formats.decode import ParseError
 from shipper.formats.kong import parse_kong
 from shipper.formats.kong_stream import looks_like_kong_stream, parse_kong_stream
 from shipper.model import Position, Transaction
+
+IDENTITY = "identity"  # the envelope's member holding who made the call, found before the record was masked
 
 # kind → (module, function(record, envelope, position, fallback_id) -> Transaction)
 KINDS = {
@@ -44,7 +50,26 @@ def parse_kong_log(
     `fallback_id` (the spool file and offset) stays stable across restarts, so a re-read after a crash
     carries the same id for records without a request id (stream sessions)."""
     if isinstance(record.get("request"), dict):
-        return parse_kong(record, position, fallback_id)
-    if looks_like_kong_stream(record):
-        return parse_kong_stream(record, position, fallback_id)
-    raise ParseError("unknown_format", "not a Kong record: no `request` or `session` object")
+        txn = parse_kong(record, position, fallback_id)
+    elif looks_like_kong_stream(record):
+        txn = parse_kong_stream(record, position, fallback_id)
+    else:
+        raise ParseError("unknown_format", "not a Kong record: no `request` or `session` object")
+    identity = envelope.get(IDENTITY)
+    if type(identity) is dict:
+        _identified(txn, identity)
+    return txn
+
+
+def _identified(txn: Transaction, identity: dict[str, Any]) -> None:
+    """The identity found when the record was spooled (strings and a claims object only: anything else is
+    ignored, and the processor identifies the record from what is left)."""
+    user_id, source = identity.get("user_id"), identity.get("user_source")
+    if type(user_id) is str and user_id and type(source) is str:
+        txn.user_id, txn.user_source = user_id, source
+    claims = identity.get("jwt_claims")
+    if type(claims) is dict and claims:
+        txn.jwt_claims = claims
+    basic = identity.get("basic_user")
+    if type(basic) is str and basic:
+        txn.basic_user = basic

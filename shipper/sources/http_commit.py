@@ -10,16 +10,23 @@ most one fsync is made per request.
 Each request's records are encoded in its own thread beforehand (a record too deep to store fails that request
 alone, never its group). A group is all or nothing, as `Spool.append` is: when the write fails (disk full) the
 spool cuts it off again and every request of the group is refused, so nothing refused is shipped later.
+
+A kind may have an encoder of its own (`encoders`): `receive` gives Kong's http-log records one that identifies
+and masks them before they are stored (`intake.KongRecords`); it may keep a record out (None: it dead-lettered
+it). Other kinds are stored as `orjson.dumps` encodes them.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from shipper.sources.spool import Spool
+
+Encoder = Callable[[dict[str, Any]], bytes | None]
 
 
 class _Waiting:
@@ -33,8 +40,9 @@ class _Waiting:
 
 
 class Committer:
-    def __init__(self, spool: Spool):
+    def __init__(self, spool: Spool, encoders: dict[str, Encoder] | None = None):
         self.spool = spool
+        self.encoders: dict[str, Encoder] = dict(encoders or {})  # kind → its encoder; orjson.dumps otherwise
         self._cond = threading.Condition()
         self._queue: list[_Waiting] = []
         self._writing = False
@@ -42,7 +50,11 @@ class Committer:
     def append(self, kind: str, records: list[dict[str, Any]]) -> None:
         """Return once the records are fsynced; raise what `Spool.append` raises (OSError, ValueError once the
         spool is closed; orjson.JSONEncodeError, before anything is queued, for a record too deep to store)."""
-        me = _Waiting(kind, [orjson.dumps(r) for r in records])
+        encode = self.encoders.get(kind, orjson.dumps)
+        lines = [line for line in map(encode, records) if line is not None]
+        if not lines:  # every record was kept out by its encoder (and dead-lettered): nothing to write
+            return
+        me = _Waiting(kind, lines)
         with self._cond:
             self._queue.append(me)
             while not me.done and self._writing:

@@ -17,8 +17,10 @@ So a request is answered, in order:
   partial acceptance would turn the sender's retry into duplicates), or is nested too deep to be stored;
 - 200 `{"accepted": N}` once all N records are fsynced in the spool (an empty array: `{"accepted": 0}`).
 
-Records are spooled as Kong sent them (kind `kong_log`), like the lines file-log writes: the pipeline parses
-them with the Kong parser and applies the masks, the user identification and the sinks as for a log file.
+Records are spooled (kind `kong_log`) identified and masked (`receive` gives the receiver's committer the
+run's `intake.KongRecords` as the kind's encoder): the spool never holds Kong's Authorization headers, cookies or
+API keys. A record that cannot be masked is dead-lettered, and the others of its request stored. The pipeline
+then parses them with the Kong parser, as the lines file-log writes, and ships them as it ships a log file's.
 """
 
 from __future__ import annotations

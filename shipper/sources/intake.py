@@ -1,30 +1,125 @@
-"""What `receive`'s tcp-log and udp-log listeners do with each record they read: check it is a JSON object,
-encode it once, and hand it to the spool's group commit as kind `kong_log` — or dead-letter it, with a reason,
-in the run's dead-letter file (masked, as every dead letter is). Kong expects no answer from either listener,
-so nothing is refused back: a record is either spooled, dead-lettered, or (UDP only) dropped and counted."""
+"""What `receive` does with each Kong record it takes over the network (http-log, tcp-log, udp-log) before it is
+spooled (`KongRecords`), and what the tcp-log and udp-log listeners do with each record they read (`Intake`).
+
+The spool is state on disk: a Kong record is stored as it will ship, never as Kong sent it. So each record is
+identified first (the run's `Identify`: the JWT in `Authorization` is about to be masked), then masked with the
+run's `Masker` (the same --mask-* options as the pipeline, by key at any depth: headers, query parameters in
+every URL, bodies, entities), and spooled with the identity it had (`identity` in the spool envelope: read back by
+`formats.spooled`, kept by `Identify`). The pipeline parses and masks it again, as any log line; it finds nothing
+left to mask. A record that cannot be masked is dead-lettered (masked as every dead letter is), never stored.
+
+The listeners: check each record is a JSON object, encode it once, and hand it to the spool's group commit as
+kind `kong_log` — or dead-letter it, with a reason, in the run's dead-letter file. Kong expects no answer from
+either listener, so nothing is refused back: a record is either spooled, dead-lettered, or (UDP only) dropped
+and counted."""
 
 from __future__ import annotations
 
 import threading
 from collections import Counter
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from shipper.deadletter import DeadLetter
+from shipper.delivery.queue import Closed
 from shipper.formats.decode import ParseError, decode_line
-from shipper.sources.spool import GroupCommit
+from shipper.formats.spooled import IDENTITY, parse_kong_log
+from shipper.processors.identity import Identify
+from shipper.processors.masking import JWT_KEPT_CLAIMS, MASK, Masker
+from shipper.sources.spool import GroupCommit, with_envelope_members
+
+if TYPE_CHECKING:
+    from shipper.settings import Settings
 
 KIND = "kong_log"  # read by the Kong parser, as file-log's lines are (shipper.formats.spooled)
 
 
-class Intake:
-    """One listener's intake; `counts` holds `records` (spooled), `dead_lettered` and `dropped`."""
+def mask_kong_record(masker: Masker, record: dict[str, Any]) -> dict[str, Any]:
+    """A masked copy of a Kong record (`record` itself when nothing in it is secret): `Masker.mask_value`, which
+    masks what the masking processor masks in the Transaction made of it, and custom fields too."""
+    masked: dict[str, Any] = masker.mask_value(record)
+    if masked is record:
+        return record
+    # A repeated secret header keeps its count (`[MASK, MASK]`), as the masking processor leaves it.
+    for side in ("request", "response"):
+        part, masked_part = record.get(side), masked.get(side)
+        if type(part) is not dict or type(masked_part) is not dict or masked_part is part:
+            continue
+        headers, masked_headers = part.get("headers"), masked_part.get("headers")
+        if type(headers) is not dict or type(masked_headers) is not dict or masked_headers is headers:
+            continue
+        for name, value in headers.items():  # masked_headers is a copy (mask_value copies what it changes)
+            if type(value) is list and masked_headers.get(name) == MASK:
+                masked_headers[name] = [MASK] * len(value)
+    return masked
 
-    def __init__(self, name: str, commit: GroupCommit, dead_letter: DeadLetter, *, max_record_bytes: int):
+
+class KongRecords:
+    """How network Kong records are stored: identified, masked, encoded (see the module's docstring)."""
+
+    def __init__(self, masker: Masker, identify: Identify, dead_letter: DeadLetter):
+        self.masker = masker
+        self.identify = identify
+        self.dead_letter = dead_letter
+
+    @classmethod
+    def for_run(cls, settings: Settings, dead_letter: DeadLetter) -> KongRecords:
+        """With the run's masker (the one its dead-letter file masks with) and its JWT options."""
+        return cls(dead_letter.masker, Identify(settings.jwt_places, settings.jwt_claim), dead_letter)
+
+    def encode(self, record: dict[str, Any], source: str) -> bytes | None:
+        """The record as the spool keeps it (what `Spool.append_encoded` takes). Raises orjson.JSONEncodeError
+        when the record is too deep to store (orjson reads 1024 levels but writes 254), as `orjson.dumps` does;
+        None when it could not be masked: then it is dead-lettered, and not stored."""
+        encoded = orjson.dumps(record)
+        try:
+            identity = self.identity(record)
+            masked = orjson.dumps(mask_kong_record(self.masker, record))
+        except Exception as exc:  # noqa: BLE001 - a record we cannot mask costs that record, never the listener
+            self._unmaskable(encoded, source, exc)
+            return None
+        return with_envelope_members(masked, {IDENTITY: identity}) if identity else masked
+
+    def identity(self, record: dict[str, Any]) -> dict[str, Any] | None:
+        """Who made the call, as `Identify` finds it in the record unmasked: `user_id` and `user_source`, the
+        JWT claims that may leave the process, the Basic user name. None when there is nothing to keep."""
+        try:
+            txn = self.identify(parse_kong_log(record, {}, None, ""))
+        except Exception:  # noqa: BLE001 - not a Kong record (the pipeline dead-letters it, with its reason)
+            return None
+        identity: dict[str, Any] = {}
+        if txn.user_id:
+            identity["user_id"], identity["user_source"] = txn.user_id, txn.user_source
+        if txn.jwt_claims:
+            identity["jwt_claims"] = {k: v for k, v in txn.jwt_claims.items() if k in JWT_KEPT_CLAIMS}
+        if txn.basic_user:
+            identity["basic_user"] = txn.basic_user
+        return identity or None
+
+    def _unmaskable(self, encoded: bytes, source: str, exc: Exception) -> None:
+        # Only the exception's type: its message could quote the record.
+        detail = f"{source}: could not be masked ({type(exc).__name__}), so it was not stored"
+        try:
+            self.dead_letter.write("unmaskable", detail, line=encoded)
+        except Closed:
+            raise
+        except Exception:  # noqa: BLE001 - the dead letter masks with the same masker: keep only the size
+            self.dead_letter.write("unmaskable", f"{detail}; its {len(encoded)} bytes are withheld")
+
+
+class Intake:
+    """One listener's intake; `counts` holds `records` (spooled), `dead_lettered` and `dropped`. `records`: how
+    a record is stored (the run's, from `receive`; else the dead-letter file's masker and the default JWT
+    places)."""
+
+    def __init__(self, name: str, commit: GroupCommit, dead_letter: DeadLetter, *, max_record_bytes: int,
+                 records: KongRecords | None = None):
         self.name = name  # "tcp-log", "udp-log": starts the details of its dead letters
         self.commit = commit
         self.dead_letter = dead_letter
         self.max_record_bytes = max_record_bytes
+        self.records = records or KongRecords(dead_letter.masker, Identify(), dead_letter)
         self.counts: Counter[str] = Counter()
         self._lock = threading.Lock()
 
@@ -37,9 +132,12 @@ class Intake:
             self.reject(exc.reason, f"{self.name} record from {peer}: {exc.detail}", line)
             return True
         try:
-            encoded = orjson.dumps(record)
-        except orjson.JSONEncodeError:  # orjson reads 1024 levels but writes 254
+            encoded = self.records.encode(record, f"{self.name} record from {peer}")
+        except orjson.JSONEncodeError:
             self.reject("too_deep", f"{self.name} record from {peer}: nested too deeply to be stored", line)
+            return True
+        if encoded is None:  # dead-lettered by KongRecords
+            self.count("dead_lettered")
             return True
         if len(encoded) > self.max_record_bytes:  # invalid UTF-8 replaced by U+FFFD can grow a record
             self.reject("too_long", f"{self.name} record from {peer}: {len(encoded)} bytes once re-encoded", line)

@@ -7,7 +7,8 @@ these records get the same batching, retries, dead-letter and at-least-once guar
 between "received" and "shipped" loses nothing.
 
 Every line is an envelope `{"spool": KIND, "seq": N, "received_at": ISO, "record": {...}}`: the sequence number
-makes each segment's first line unique, which the file source relies on to tell files apart.
+makes each segment's first line unique, which the file source relies on to tell files apart. A kind may add
+members after the record (`with_envelope_members`: `identity` for `kong_log`, see `shipper.formats.spooled`).
 Segments are `spool-<seq>.jsonl`; a segment that is no longer written and fully acknowledged by every sink is
 deleted by `prune`.
 """
@@ -99,7 +100,8 @@ class Spool:
 
     def append_encoded(self, kind: str, records: list[bytes]) -> int:
         """`append` for records already encoded as JSON objects (orjson.dumps of a dict): the listeners encode
-        each record once, when they check it can be stored, and the envelope is put around the bytes."""
+        each record once, when they check it can be stored, and the envelope is put around the bytes (a record
+        may carry more members of its envelope after it: `with_envelope_members`)."""
         head = b'{"spool":' + orjson.dumps(kind) + b',"seq":'
         tail = b',"received_at":' + orjson.dumps(_now()) + b',"record":'
         with self._lock:
@@ -177,6 +179,12 @@ class Spool:
                 continue
         match = _NAME.search(path)
         return int(match.group(1)) - 1 if match else 0
+
+
+def with_envelope_members(record: bytes, members: dict[str, Any]) -> bytes:
+    """An encoded record for `append_encoded` followed by more members of its envelope (written after
+    `"record":`, so the record's bytes are neither decoded nor copied into a dict again)."""
+    return record + b"".join(b"," + orjson.dumps(name) + b":" + orjson.dumps(value) for name, value in members.items())
 
 
 class GroupCommit:
