@@ -226,3 +226,29 @@ def mutated(draw) -> bytes:
 def test_mutated_records_are_byte_identical(frozen_clock, line):
     for pair in MUTATION_PAIRS.values():
         pair.check(line)
+
+
+def test_the_fast_transaction_id_and_ipv4_test_are_the_standard_ones():
+    """moesif_event's shortcuts (both paths use them): uuid5 without the UUID object, IPv4 by a pattern."""
+    import ipaddress
+    import random
+    import uuid
+
+    from shipper.sinks.moesif_event import NAMESPACE, is_ip, transaction_id
+
+    for name in ["", "a", "é☃", "x" * 1000, "2e0a930eefc714116e734db36df78d47", "f1-12"]:
+        assert transaction_id(name) == str(uuid.uuid5(NAMESPACE, name))
+
+    def standard(value: str) -> bool:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            return False
+        return True
+
+    rng = random.Random(7)
+    octets = ["0", "00", "1", "9", "10", "99", "100", "199", "200", "249", "250", "255", "256", "300", "01", "012", "１"]
+    cases = [".".join(rng.choice(octets) for _ in range(rng.choice([3, 4, 4, 5]))) for _ in range(5000)]
+    cases += ["1.2.3.4\n", " 1.2.3.4", "::1", "::ffff:1.2.3.4", "1.2.3.4%eth0", "255.255.255.255"]
+    assert all(is_ip(value) == standard(value) for value in cases)
+    assert sum(map(is_ip, cases)) > 100

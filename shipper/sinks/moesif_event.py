@@ -11,6 +11,7 @@ import binascii
 import gzip
 import hashlib
 import ipaddress
+import re
 import time
 import uuid
 import zlib
@@ -37,14 +38,27 @@ CLIENT_IP_HEADERS = (
 CONSUMER_KEYS = (("x-consumer-custom-id", "custom_id"), ("x-consumer-username", "username"), ("x-consumer-id", "id"))
 
 
+_NAMESPACE_BYTES = NAMESPACE.bytes
+# An IPv4 address as ipaddress accepts it (four ASCII decimal octets up to 255, no leading zero): the common
+# case answered without building an address object; anything else is asked of ipaddress.
+_IPV4 = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])")
+
+
 def transaction_id(event_id: str) -> str:
-    """A UUID derived from the record (36 characters): a resend is the same transaction to Moesif."""
-    return str(uuid.uuid5(NAMESPACE, event_id))
+    """A UUID derived from the record (36 characters): a resend is the same transaction to Moesif.
+    `str(uuid.uuid5(NAMESPACE, event_id))` (RFC 4122 version 5), without the UUID object: once per event."""
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + event_id.encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def is_ip(value: Any) -> bool:
     if not isinstance(value, str) or not value:
         return False
+    if _IPV4.fullmatch(value):
+        return True
     try:
         ipaddress.ip_address(value)
     except ValueError:
