@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import collections
 import re
+import signal
 import socket
+import threading
 from typing import Any
 
 import orjson
 import pytest
 
-from conftest import FAST, ship, ship_env, summary_rows
+from conftest import FAST, FAST_FOLLOW, ship, ship_env, summary_rows, wait_until
 from fakes.moesif import FakeMoesif
 from fakes.runscope import FakeRunscope
 from fakes.segment import FakeSegment
@@ -180,3 +182,19 @@ def test_dry_run_moves_no_checkpoint(log, tmp_path):
     printed = [orjson.loads(line) for line in dry.stdout.splitlines()]
     assert sum(len(p["body"]["batch"]) for p in printed) == len(RECORDS)
     assert summary_rows(again.stderr)["segment"]["shipped"] == 0
+
+
+def test_tail_dry_run_prints_appended_records_and_ends_cleanly(log, nobody, tmp_path, shippers):
+    tail = shippers("tail", str(log), "--sink", "segment", "--endpoint", nobody, "--state-dir", str(tmp_path / "s"),
+                    "--dry-run", *FAST_FOLLOW, env=ENV)
+    lines: list[bytes] = []
+    threading.Thread(target=lambda: lines.extend(tail.proc.stdout), daemon=True).start()
+    write_records(log, range(100, 110), jwt_sub="late")  # appended while it follows the file
+    batches = lambda: [m for line in list(lines) for m in orjson.loads(line)["body"]["batch"]]  # noqa: E731
+    assert wait_until(lambda: len(batches()) >= len(RECORDS) + 10, timeout=20), len(batches())
+    tail.signal(signal.SIGTERM)
+    assert tail.proc.wait(20) == 0
+    stderr = tail.proc.stderr.read()
+    assert b"dry run: " in stderr and summary_rows(stderr)["segment"]["shipped"] == len(RECORDS) + 10
+    assert sorted(int(SEQ.search(orjson.dumps(m)).group(1)) for m in batches()) == [*RECORDS, *range(100, 110)]
+    assert not (tmp_path / "s").exists() or not list((tmp_path / "s").glob("checkpoints*"))
