@@ -167,7 +167,7 @@ class DryRun:
         atexit.register(shutil.rmtree, self.state_dir, True)
         return {"state_dir": self.state_dir, "dead_letter": None}
 
-    def wrap(self, sinks: list) -> list:
+    def wrap(self, sinks: list[Any]) -> list[Any]:
         if self.printer is None:
             return sinks
         return [DryRunSink(sink, self.printer) for sink in sinks]

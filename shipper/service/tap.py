@@ -24,7 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -261,9 +261,9 @@ def serve_http(host: str, port: int, metrics: WSGIApp, hub: TapHub) -> TapServer
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         return (tap if environ.get("PATH_INFO") == "/tap" else metrics)(environ, start_response)
 
-    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    server_class = type("TapServer", (TapServer,), {"address_family": family[0]})
-    server = make_server(family[4][0], port, app, server_class, handler_class=_QuietHandler)
+    family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    server_class = type("TapServer", (TapServer,), {"address_family": family})
+    server = cast(TapServer, make_server(str(sockaddr[0]), port, app, server_class, handler_class=_QuietHandler))
     server.hub = hub
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     return server
