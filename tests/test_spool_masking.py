@@ -192,3 +192,45 @@ def test_a_spooled_identity_is_kept_by_the_identity_processor_and_an_odd_one_ign
     for odd in (None, {"user_id": 5, "user_source": "jwt"}, {"user_id": "u-1"}, "u-1"):
         txn = shipped(odd)
         assert txn.user_source == "consumer" and txn.user_id != "u-1", odd
+
+
+def test_the_identity_kept_at_spooling_is_what_the_identity_processor_finds_in_the_parsed_record():
+    """KongRecords.identity reads the record's parts itself (no parse): the same evidence, the same verdict."""
+    import base64
+
+    from shipper.deadletter import DeadLetter
+    from shipper.formats.spooled import parse_kong_log
+    from shipper.processors.identity import Identify
+    from shipper.processors.masking import JWT_KEPT_CLAIMS, Masker
+    from shipper.sources.intake import KongRecords
+
+    basic = "Basic " + base64.b64encode(b"bob:hunter2").decode()
+    stream = {"session": {"status": 200}, "started_at": 1700000000000, "consumer": {"id": {"uuid": "c-1"}},
+              "authenticated_entity": {"id": "cred-1"}}
+    records = [stream, {"session": {"status": 200}, "authenticated_entity": {"consumer_id": "c-2"}}]
+    by_header = gen.kong_record(99)
+    by_header["request"]["headers"]["x-consumer-username"] = "carol"
+    records.append(by_header)
+    for seq in range(40):
+        record = gen.kong_record(seq, version="032"[seq % 3], jwt_sub=f"u-{seq}" if seq % 4 else None,
+                                 consumer="alice" if seq % 5 == 0 else None)
+        if seq % 7 == 0:
+            record["request"]["headers"]["authorization"] = basic
+        records.append(record)
+    for jwt_from in (("request.headers.authorization", "jwt"), ("jwt",)):
+        identify = Identify(jwt_from)
+        spooling = KongRecords(Masker(), identify, DeadLetter(None))
+        sources = set()
+        for record in records:
+            txn = identify(parse_kong_log(record, {}, None, ""))
+            expected = {}
+            if txn.user_id:
+                expected.update(user_id=txn.user_id, user_source=txn.user_source)
+            if txn.jwt_claims:
+                expected["jwt_claims"] = {k: v for k, v in txn.jwt_claims.items() if k in JWT_KEPT_CLAIMS}
+            if txn.basic_user:
+                expected["basic_user"] = txn.basic_user
+            assert (spooling.identity(record) or {}) == expected, record
+            sources.add(txn.user_source)
+        assert sources == {"jwt", "consumer", "credential", "basic", "header", None}, sources
+

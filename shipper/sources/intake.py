@@ -24,7 +24,8 @@ import orjson
 from shipper.deadletter import DeadLetter
 from shipper.delivery.queue import Closed
 from shipper.formats.decode import ParseError, decode_line
-from shipper.formats.spooled import IDENTITY, parse_kong_log
+from shipper.formats.kong_fields import entity
+from shipper.formats.spooled import IDENTITY
 from shipper.processors.identity import Identify
 from shipper.processors.masking import JWT_KEPT_CLAIMS, MASK, Masker
 from shipper.sources.spool import GroupCommit, with_envelope_members
@@ -84,17 +85,20 @@ class KongRecords:
     def identity(self, record: dict[str, Any]) -> dict[str, Any] | None:
         """Who made the call, as `Identify` finds it in the record unmasked: `user_id` and `user_source`, the
         JWT claims that may leave the process, the Basic user name. None when there is nothing to keep."""
-        try:
-            txn = self.identify(parse_kong_log(record, {}, None, ""))
-        except Exception:  # noqa: BLE001 - not a Kong record (the pipeline dead-letters it, with its reason)
-            return None
+        # The parts of the record the processor reads, as the Kong parsers hand them to it (HTTP and stream).
+        request = record.get("request")
+        headers = request.get("headers") if type(request) is dict else None
+        basic, claims, user, source = self.identify.who(
+            record, headers if type(headers) is dict else {}, entity(record.get("consumer"), ("id",)),
+            entity(record.get("authenticated_entity"), ("id", "consumer_id")),
+        )
         identity: dict[str, Any] = {}
-        if txn.user_id:
-            identity["user_id"], identity["user_source"] = txn.user_id, txn.user_source
-        if txn.jwt_claims:
-            identity["jwt_claims"] = {k: v for k, v in txn.jwt_claims.items() if k in JWT_KEPT_CLAIMS}
-        if txn.basic_user:
-            identity["basic_user"] = txn.basic_user
+        if user:
+            identity["user_id"], identity["user_source"] = user, source
+        if claims:
+            identity["jwt_claims"] = {k: v for k, v in claims.items() if k in JWT_KEPT_CLAIMS}
+        if basic:
+            identity["basic_user"] = basic
         return identity or None
 
     def _unmaskable(self, encoded: bytes, source: str, exc: Exception) -> None:
