@@ -50,6 +50,13 @@ COUNTERS: tuple[CounterSpec, ...] = (
         "skipped", "Events and lines deliberately not sent (sampling, container lines with no access-log record).",
         metric="events_skipped",
     ),
+    # Routing by tenant (shipper/routing.py): records this lane set aside for another destination, or that no
+    # destination takes (no route matched, no default lane). Counted here too: read = shipped + ... + blank +
+    # routed_elsewhere + unrouted.
+    CounterSpec("routed_elsewhere", "Records another route's lane (or the default lane) ships, not this one.",
+                metric="records_routed_elsewhere"),
+    CounterSpec("unrouted", "Records no route matched, with no default lane: shipped nowhere.",
+                metric="records_unrouted", status="unrouted"),
     CounterSpec(
         "not_access_log", "Container stdout lines that are not JSON objects (Kong's text access log, notices).",
         metric="lines_not_access_log", per_sink=False, status="not access-log records",
@@ -60,6 +67,9 @@ COUNTERS: tuple[CounterSpec, ...] = (
     ),
 )
 NAMES = frozenset(spec.name for spec in COUNTERS)
+ROUTED_ELSEWHERE, UNROUTED = "routed_elsewhere", "unrouted"
+# A FILTERED outcome whose reason is one of these names is counted under it, not under `filtered`.
+DROP_COUNTERS = frozenset({ROUTED_ELSEWHERE, UNROUTED})
 
 
 class LaneCounters:

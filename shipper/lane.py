@@ -12,7 +12,7 @@ import threading
 import time
 from collections import deque
 
-from shipper.counters import LaneCounters, LaneSummary
+from shipper.counters import DROP_COUNTERS, LaneCounters, LaneSummary
 from shipper.deadletter import DeadLetter
 from shipper.delivery.acks import AckTracker
 from shipper.delivery.batcher import Batcher
@@ -242,7 +242,7 @@ class Lane:
                 counts["skipped"] += 1
             elif outcome == FILTERED:
                 counts["parsed"] += 1
-                counts["filtered"] += 1
+                counts[payload if payload in DROP_COUNTERS else "filtered"] += 1  # routed_elsewhere, unrouted
             elif outcome == OVERSIZE:
                 assert isinstance(data, Oversize)  # the transform answers OVERSIZE for an Oversize line only
                 self._input_error(

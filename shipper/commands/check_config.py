@@ -8,10 +8,12 @@ from typing import Any
 import click
 
 from shipper.commands.options import apply_options, tail_options
-from shipper.commands.running import json_stderr, prepare, say, sink_urls
+from shipper.commands.running import json_stderr, prepare, routing_of_command, say, sink_urls
 from shipper.errors import ConfigError
 from shipper.processors import chain_for, describe_chain
 from shipper.processors.redact import redact_url
+from shipper.routing import describe as describe_routes
+from shipper.routing import lanes_line
 from shipper.sources.files import expand, input_problems
 
 
@@ -35,9 +37,13 @@ def check_config(paths: tuple[str, ...], **kw: Any) -> None:
     # stdout has no endpoint to show
     defaults: dict[str, str | None] = {sink.name: redact_url(sink.url) for sink in sinks if sink.name != "stdout"}
     click.echo(effective_toml(kw, settings.paths, resolved, settings.sinks, endpoints, defaults), nl=False)
+    routing = routing_of_command()
+    if routing is not None:  # the [[route]] tables as TOML, credentials as where they come from
+        click.echo("\n".join(describe_routes(routing, redact_url)))
     # The chain each record passes, built as the pipeline builds it (stderr: stdout stays a valid config file).
     chain = f"processors: {describe_chain(chain_for(settings)[1])}"
-    for line in (chain, f"inputs: {counts}", "configuration OK"):
+    lanes = [lanes_line(sinks, routing)] if routing is not None else []
+    for line in (chain, *lanes, f"inputs: {counts}", "configuration OK"):
         if json_stderr():
             say("info", line)  # with --log-format json, every stderr line is JSON
         else:

@@ -23,6 +23,9 @@ from shipper.errors import ConfigError
 from shipper.formats import Parser
 from shipper.processors.identity import DEFAULT_JWT_PLACES
 from shipper.processors.redact import mask_text, redact_url, url_has_userinfo
+from shipper.routing import Routing
+from shipper.routing import build_sinks as build_routed_sinks
+from shipper.routing import from_defaults as routing_from_defaults
 from shipper.settings import Settings, default_state_dir
 from shipper.sinks import SINK_NAMES, sink_class
 from shipper.sources.checkpoints import check_state_dir
@@ -234,10 +237,22 @@ def build_sinks(settings: Settings, endpoints: tuple[Endpoint, ...]) -> list:
 def prepare(paths: tuple[str, ...], kw: dict[str, Any], **fixed: Any) -> tuple[Settings, list]:
     need_paths(paths)
     setup_logging(kw["log_level"], kw["log_format"])
-    settings = build_settings(paths, kw, **fixed)
-    sinks = build_sinks(settings, kw["endpoint"])  # credentials first: the most common mistake
+    routing = routing_of_command()
+    if routing is None:
+        settings = build_settings(paths, kw, **fixed)
+        sinks = build_sinks(settings, kw["endpoint"])  # credentials first: the most common mistake
+    else:  # [[route]] tables: a lane per destination (shipper/routing.py); settings.sinks names every sink used
+        settings = build_settings(paths, {**kw, "sinks": routing.sink_kinds(kw["sinks"])}, **fixed)
+        urls = sink_urls(kw["endpoint"], settings.sinks)
+        sinks = build_routed_sinks(routing, list(dict.fromkeys(kw["sinks"])), settings.sink_options, urls)
     check_state_dir(settings.state_dir)
     return settings, sinks
+
+
+def routing_of_command() -> Routing | None:
+    """The [[route]] tables of the configuration file the running command was given (its click defaults)."""
+    ctx = click.get_current_context(silent=True)
+    return routing_from_defaults(ctx.default_map if ctx is not None else None)
 
 
 def prepare_spooled(kw: dict[str, Any], name: str, max_line_bytes: int) -> tuple[Settings, list, str]:
@@ -290,13 +305,23 @@ def drive(pipeline, metrics_addr: str | None = None, progress: bool = False, col
 
 
 # -- the summary -----------------------------------------------------------------------------------------------
-# Every line read is in exactly one of: shipped, filtered, dead-lettered, rejected, skipped, blank (once delivered).
+# Every line read is in exactly one of: shipped, filtered, dead-lettered, rejected, skipped, blank, and with routes
+# routed-elsewhere, unrouted (once delivered).
 SUMMARY_COLUMNS = ("read", "shipped", "filtered", "dead-lettered", "rejected", "skipped", "blank", "anonymous", "retries")
 # The counter (a name in COUNTERS) behind each column, in the same order.
 COLUMN_COUNTERS = ("read", "sent", "filtered", "dead_lettered", "rejected", "skipped", "blank", "anonymous", "retries")
 # Counters the status line shows that have no column (the container lines inside `skipped`, by kind): said
 # after the table when not zero, so that a new such counter in COUNTERS shows here without an edit.
-BY_KIND = tuple(spec for spec in COUNTERS if spec.status and spec.name not in COLUMN_COUNTERS)
+# Routing by tenant's counters (shipper/routing.py): columns only in a run where some lane counted them.
+ROUTING_COLUMNS = (("routed-elsewhere", "routed_elsewhere"), ("unrouted", "unrouted"))
+BY_KIND = tuple(spec for spec in COUNTERS if spec.status and spec.name not in COLUMN_COUNTERS
+                and spec.name not in dict(ROUTING_COLUMNS).values())
+
+
+def summary_columns(result) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The summary's columns and their counters: the routing ones only when a lane counted any."""
+    extra = [(c, n) for c, n in ROUTING_COLUMNS if any(getattr(lane, n) for lane in result.lanes)]
+    return SUMMARY_COLUMNS + tuple(c for c, _ in extra), COLUMN_COUNTERS + tuple(n for _, n in extra)
 
 
 def skipped_by_kind(result) -> dict[str, int]:
@@ -314,9 +339,10 @@ def summary(result, stream) -> None:
     if _stderr.json:
         summary_json(result, stream, rate, mb)
         return
-    rows: list[tuple[str, ...]] = [("sink", *SUMMARY_COLUMNS)]
+    columns, counters = summary_columns(result)
+    rows: list[tuple[str, ...]] = [("sink", *columns)]
     for lane in result.lanes:
-        rows.append((lane.sink, *(f"{getattr(lane, name):,}" for name in COLUMN_COUNTERS)))
+        rows.append((lane.sink, *(f"{getattr(lane, name):,}" for name in counters)))
     width = terminal_width(stream)
     while width and table_width(rows) >= width:
         # "read" and "shipped" stay; then the rightmost column that says nothing (all zero) goes
@@ -351,7 +377,7 @@ def table_width(rows) -> int:
 def summary_json(result, stream, rate: float, mb: float) -> None:
     sinks = [
         {"sink": lane.sink, **{column.replace("-", "_"): getattr(lane, name)
-                               for column, name in zip(SUMMARY_COLUMNS, COLUMN_COUNTERS)}}
+                               for column, name in zip(*summary_columns(result))}}
         for lane in result.lanes
     ]
     unterminated = [{"file": p, "bytes": n} for lane in result.lanes[:1] for p, n in lane.unterminated]

@@ -153,6 +153,11 @@ def default_map(data: dict[str, Any], path: str, command: click.Command) -> dict
         out[name] = _check(path, where, param, value)
 
     for section, table in data.items():
+        if section in ("route", "routing"):
+            # [[route]] and [routing]: checked and built by shipper/routing.py when a shipping command starts
+            if "sinks" in params:
+                out.setdefault("__routing__", {"path": path})[section] = table
+            continue
         if section == "sinks":
             if not isinstance(table, dict):
                 raise ConfigError(f"{path}: sinks: expected tables like [sinks.segment]")
@@ -185,7 +190,7 @@ def default_map(data: dict[str, Any], path: str, command: click.Command) -> dict
             continue
         keys = SECTIONS.get(section)
         if keys is None:
-            raise ConfigError(f"{path}: [{section}]: unknown section (known: {', '.join([*SECTIONS, 'sinks'])})")
+            raise ConfigError(f"{path}: [{section}]: unknown section (known: {', '.join([*SECTIONS, 'sinks', 'route', 'routing'])})")
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: [{section}]: expected a table")
         for key, value in table.items():

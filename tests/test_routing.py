@@ -1,0 +1,187 @@
+"""Routing by tenant (issue 17): `[[route]]` tables send each workspace's records to its own destination, each a
+lane of its own (queue, retries, checkpoints); a destination that is down holds back only itself, and a record
+no route matches goes to the default lane or is counted `unrouted`, never silently dropped."""
+
+from __future__ import annotations
+
+import collections
+import os
+
+import gen
+import orjson
+import pytest
+from conftest import FAST, FAST_FOLLOW, ship, ship_env, summary_rows, wait_until
+from fakes.segment import FakeSegment
+
+TEAMS = {"team-a": range(0, 300, 3), "team-b": range(1, 300, 3), "team-c": range(2, 300, 3)}  # team-c: no route
+
+
+def write_teams(log, seqs) -> None:
+    """Records of `seqs` in the order given, each in its team's workspace (seq % 3: a, b, c)."""
+    for seq in seqs:
+        team = "team-" + "abc"[seq % 3]
+        gen.write_records(log, [seq], extra={"workspace_name": team, "workspace": f"ws-{team}"})
+
+
+def config(tmp_path, a_url: str, b_url: str, *, default: bool = False, extra: str = "") -> str:
+    (tmp_path / "a.key").write_text("key-a\n")
+    (tmp_path / "b.key").write_text("key-b\n")
+    path = tmp_path / "kong-ship.toml"
+    path.write_text(
+        ("[routing]\ndefault = \"segment\"\n" if default else "")
+        + f"""
+[[route]]
+name = "team-a"
+sink = "segment"
+match = {{ workspace_name = ["team-a"] }}
+write_key_file = "{tmp_path / 'a.key'}"
+endpoint = "{a_url}"
+
+[[route]]
+name = "team-b"
+sink = "segment"
+match = {{ workspace = "ws-team-b" }}
+write_key_file = "{tmp_path / 'b.key'}"
+endpoint = "{b_url}"
+""" + extra
+    )
+    return str(path)
+
+
+def seqs_at(fake: FakeSegment) -> collections.Counter:
+    return collections.Counter(gen.seq_of_segment_message(m) for m in fake.messages)
+
+
+def checkpoint(state, lane: str) -> int:
+    try:
+        saved = orjson.loads((state / f"checkpoints-{lane}.json").read_bytes())
+    except (OSError, ValueError):
+        return -1
+    return max((entry["offset"] for entry in saved["files"].values()), default=-1)
+
+
+def test_one_tenant_down_does_not_hold_back_the_other_and_nothing_is_lost(tmp_path, shippers):
+    log, state = tmp_path / "kong.json", tmp_path / "state"
+    write_teams(log, range(150))
+    with FakeSegment("key-a") as a, FakeSegment("key-b") as b:
+        b.set_down(True)
+        path = config(tmp_path, a.url, b.url)
+        args = ("tail", str(log), "--config", path, "--state-dir", str(state), *FAST_FOLLOW)
+        proc = shippers(*args, env=ship_env())
+        a.wait_for(lambda: len(a.messages) >= 50, timeout=15)
+        write_teams(log, range(150, 300))
+        a.wait_for(lambda: len(a.messages) >= 100, timeout=15)
+        # team-a has everything while team-b's source answers 503 and is retried
+        assert seqs_at(a) == collections.Counter(TEAMS["team-a"])
+        assert b.messages == [] and b.request_count > 0
+        b.set_down(False)
+        b.wait_for(lambda: len(b.messages) >= 100, timeout=30)
+        size = log.stat().st_size
+        assert wait_until(lambda: checkpoint(state, "segment@team-a") == size == checkpoint(state, "segment@team-b"))
+        proc.kill9()  # checkpoints are per destination and survive a kill -9
+
+        write_teams(log, range(300, 330))
+        proc = shippers(*args, env=ship_env())
+        a.wait_for(lambda: len(a.messages) >= 110, timeout=15)
+        b.wait_for(lambda: len(b.messages) >= 110, timeout=15)
+        code, _, err = proc.stop()
+        assert code == 0, err
+    # every record of each team exactly once, at its own source only (a fake refuses another's write key)
+    assert seqs_at(a) == collections.Counter(range(0, 330, 3))
+    assert seqs_at(b) == collections.Counter(range(1, 330, 3))
+    assert not (state / "checkpoints-segment.json").exists()  # no plain segment lane: routes only
+    # team-c matched no route and there is no default: counted as unrouted, 10 after the restart
+    rows = summary_rows(err)
+    assert rows["segment@team-a"]["unrouted"] == 10 and rows["segment@team-a"]["routed-elsewhere"] == 10
+    assert rows["segment@team-b"]["shipped"] == 10
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])  # the decision is made in the worker processes too
+def test_records_no_route_matches_go_to_the_default_and_every_lane_accounts_for_every_line(tmp_path, workers):
+    log, state = tmp_path / "kong.json", tmp_path / "state"
+    write_teams(log, range(300))
+    (tmp_path / "default.key").write_text("key-default\n")
+    with FakeSegment("key-a") as a, FakeSegment("key-b") as b, FakeSegment("key-default") as default:
+        path = config(tmp_path, a.url, b.url, default=True,
+                      extra=f'\n[sinks.segment]\nendpoint = "{default.url}"\nwrite_key_file = "{tmp_path / "default.key"}"\n')
+        done = ship("backfill", str(log), "--config", path, "--state-dir", str(state), "--workers", workers, *FAST,
+                    env=ship_env(SEGMENT_WRITE_KEY="never-used"))
+    err = done.stderr.decode()
+    assert done.returncode == 0, err
+    assert seqs_at(a) == collections.Counter(TEAMS["team-a"])
+    assert seqs_at(b) == collections.Counter(TEAMS["team-b"])
+    assert seqs_at(default) == collections.Counter(TEAMS["team-c"])
+    rows = summary_rows(err)
+    assert set(rows) == {"segment", "segment@team-a", "segment@team-b"}
+    for lane, row in rows.items():
+        assert row["read"] == 300 and row["shipped"] == 100 and row["routed-elsewhere"] == 200, (lane, row)
+        assert "unrouted" not in row  # the column is shown only when some lane counted one
+    for lane in ("segment", "segment@team-a", "segment@team-b"):
+        assert (state / f"checkpoints-{lane}.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_route_never_borrows_the_default_credential_and_takes_its_own_from_the_environment(tmp_path):
+    log = tmp_path / "kong.json"
+    write_teams(log, range(30))
+    with FakeSegment("key-a") as a, FakeSegment("key-b-from-env") as b:
+        path = config(tmp_path, a.url, b.url)
+        text = open(path).read().replace(f'write_key_file = "{tmp_path / "b.key"}"\n', "")
+        open(path, "w").write(text)
+        missing = ship("backfill", str(log), "--config", path, "--state-dir", str(tmp_path / "s1"),
+                       env=ship_env(SEGMENT_WRITE_KEY="the-default-key"))
+        assert missing.returncode == 2
+        lines = missing.stderr.decode().splitlines()
+        assert len(lines) == 1 and "route team-b" in lines[0] and "SEGMENT_WRITE_KEY_TEAM_B" in lines[0], lines
+        assert "the-default-key" not in missing.stderr.decode()
+        done = ship("backfill", str(log), "--config", path, "--state-dir", str(tmp_path / "s2"), *FAST,
+                    env=ship_env(SEGMENT_WRITE_KEY_TEAM_B="key-b-from-env"))
+        assert done.returncode == 0, done.stderr.decode()
+    assert seqs_at(b) == collections.Counter(TEAMS["team-b"][:10])
+
+
+BAD_CONFIGS = {
+    "duplicate": ('[[route]]\nname = "x"\nsink = "segment"\nmatch = { workspace = "a" }\nwrite_key_file = "k"\n'
+                  '[[route]]\nname = "x"\nsink = "moesif"\nmatch = { workspace = "b" }\napplication_id_file = "k"\n',
+                  "route x: a second [[route]] of that name"),
+    "unknown sink": ('[[route]]\nname = "x"\nsink = "kafka"\nmatch = { workspace = "a" }\n',
+                     "route x: sink: unknown sink 'kafka'"),
+    "unsafe name": ('[[route]]\nname = "../x"\nsink = "segment"\nmatch = { workspace = "a" }\n', "route #1: name"),
+    "no match": ('[[route]]\nname = "x"\nsink = "segment"\nwrite_key_file = "k"\n', "route x: match: expected a table"),
+    "unknown key": ('[[route]]\nname = "x"\nsink = "segment"\nmatch = { workspace = "a" }\nwrite_kee_file = "k"\n',
+                    "route x: write_kee_file: unknown key for a segment route"),
+    "unknown match key": ('[[route]]\nname = "x"\nsink = "segment"\nmatch = { tenant = "a" }\n',
+                          "route x: match.tenant: unknown key"),
+    "userinfo": ('[[route]]\nname = "x"\nsink = "segment"\nmatch = { workspace = "a" }\nwrite_key_file = "k"\n'
+                 'endpoint = "https://u:secret-pw@a.example/"\n', "route x: endpoint https://"),
+    "unreadable credential": ('[[route]]\nname = "x"\nsink = "segment"\nmatch = { workspace = "a" }\n'
+                              'write_key_file = "/nonexistent/key"\n', "route x: cannot read"),
+}
+
+
+def test_configuration_errors_exit_2_with_one_line_naming_the_route(tmp_path):
+    log = tmp_path / "kong.json"
+    write_teams(log, range(3))
+    for case, (text, expected) in BAD_CONFIGS.items():
+        path = tmp_path / f"{case.replace(' ', '-')}.toml"
+        path.write_text(text)
+        for command in ("check-config", "tail"):
+            done = ship(command, str(log), "--config", str(path), "--state-dir", str(tmp_path / "state"),
+                        env=ship_env(SEGMENT_WRITE_KEY="k"))
+            lines = done.stderr.decode().splitlines()
+            assert done.returncode == 2 and len(lines) == 1 and expected in lines[0], (case, command, lines)
+    assert not os.path.exists(tmp_path / "state" / "checkpoints-segment@x.json")
+
+
+def test_check_config_shows_the_routes_and_their_lanes_secrets_redacted(tmp_path):
+    log = tmp_path / "kong.json"
+    write_teams(log, range(3))
+    path = config(tmp_path, "https://a.example/", "https://b.example/?token=s3cr3t", default=True)
+    done = ship("check-config", str(log), "--config", path, "--state-dir", str(tmp_path / "state"),
+                env=ship_env(SEGMENT_WRITE_KEY="default-secret"))
+    out, err = done.stdout.decode(), done.stderr.decode()
+    assert done.returncode == 0, err
+    assert '[[route]]\nname = "team-a"\nsink = "segment"\nmatch = { workspace_name = ["team-a"] }' in out
+    assert f'write_key_file = "{tmp_path / "a.key"}"' in out
+    assert "key-a" not in out + err and "default-secret" not in out + err and "s3cr3t" not in out
+    assert ("lanes: segment (records no route matched); segment@team-a (workspace_name in ['team-a']); "
+            "segment@team-b (workspace in ['ws-team-b'])") in err
