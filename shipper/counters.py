@@ -33,7 +33,9 @@ COUNTERS: tuple[CounterSpec, ...] = (
     CounterSpec("blank", "Empty or whitespace-only lines (nothing to ship).", metric="blank_lines", per_sink=False),
     CounterSpec("anonymous", "Transactions with no identified user (sent under an anonymous id)."),
     CounterSpec("dead_lettered", "Lines and events this lane wrote to the dead-letter file."),
-    CounterSpec("filtered", "Transactions outside --since/--until."),
+    # By reason too (LaneCounters.filtered_by): `filter:<name>`, `sample:<rule>`, `window`, a sink's own (Moesif's
+    # 30-day window); exported as kong_ship_events_filtered_total{sink,reason} (service/metrics.py).
+    CounterSpec("filtered", "Transactions dropped by a filter, sampling, --since/--until or a vendor's rule."),
     CounterSpec(
         "attempted", "Events sent in requests, retries included.", shared=True, metric="events_sent"
     ),
@@ -78,6 +80,7 @@ class LaneCounters:
 
     def __init__(self) -> None:
         self.reader: Counter[str] = Counter()
+        self.filtered_by: Counter[str] = Counter()  # the reader's too: `filtered` by reason (the Transformer's)
         self._shared: Counter[str] = Counter()
         self._lock = threading.Lock()
 
@@ -91,6 +94,10 @@ class LaneCounters:
         reader = self.reader
         return {spec.name: (shared if spec.shared else reader).get(spec.name, 0) for spec in COUNTERS}
 
+    def filtered_reasons(self) -> dict[str, int]:
+        """`filtered` by reason, most first (a copy: dict() of a Counter is one step the reader cannot split)."""
+        return dict(sorted(dict(self.filtered_by).items(), key=lambda item: (-item[1], item[0])))
+
 
 @dataclass(frozen=True)
 class LaneSummary:
@@ -101,6 +108,7 @@ class LaneSummary:
     counts: Mapping[str, int] = field(default_factory=dict)
     bytes_read: int = 0
     unterminated: list[tuple[str, int]] = field(default_factory=list)
+    filtered_by: Mapping[str, int] = field(default_factory=dict)  # `filtered` by reason (filter:<name>, sample:…)
 
     def __getattr__(self, name: str) -> int:
         # Only called for names that are not fields: the counters, by their name in COUNTERS.

@@ -243,6 +243,8 @@ class Lane:
             elif outcome == FILTERED:
                 counts["parsed"] += 1
                 counts[payload if payload in DROP_COUNTERS else "filtered"] += 1  # routed_elsewhere, unrouted
+            if payload not in DROP_COUNTERS:  # by reason (LaneCounters.filtered_by); None: the --since/--until window
+                self.counters.filtered_by[payload or "window"] += 1
             elif outcome == OVERSIZE:
                 assert isinstance(data, Oversize)  # the transform answers OVERSIZE for an Oversize line only
                 self._input_error(
@@ -268,7 +270,8 @@ class Lane:
 
     def summary(self) -> LaneSummary:
         return LaneSummary(
-            self.sink.name, self.counters.snapshot(), self.source.bytes_read, list(self.source.unterminated)
+            self.sink.name, self.counters.snapshot(), self.source.bytes_read, list(self.source.unterminated),
+            self.counters.filtered_reasons(),
         )
 
     def close(self) -> None:

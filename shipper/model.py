@@ -207,6 +207,10 @@ class Transaction:
     """Kind-specific facts that have no field above, shipped as event properties: for audit records the audit
     entry minus its signature; for `stream` sessions the upstream bytes (`upstream_received`, `upstream_sent`,
     each only when logged)."""
+    sample_rate: float = 1.0
+    """The rate kong-ship's own sampling (`--sample-rate`, `[sampling]`, processors.sampling) kept this record at,
+    0 < rate ≤ 1; 1.0 when it was not sampled. A kept event stands for 1/rate records: Segment ships it as
+    `properties.sampleRate` (only when below 1), Moesif folds it into `weight`."""
 
     # -- the decoded log line, for processors that read custom fields (`--jwt-from`). Sinks never read it,
     # and the masking processor drops it, so nothing unmasked leaves the process through it.

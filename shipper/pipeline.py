@@ -53,7 +53,7 @@ class Pipeline:
         self.stopped_by: int | None = None  # the first SIGTERM/SIGINT, which stopped the run
         self.fatal: str | None = None
         self._fatal_lock = threading.Lock()
-        masker, chain = chain_for(settings)  # one set of masks for the events and the dead letters
+        masker, _ = chain_for(settings)  # the same masks for the events and the dead letters
         self.dead_letter = DeadLetter(settings.dead_letter_path, masker, abort=self.abort)
         parser = Parser(settings.format, settings.nginx_fields)
         self.lanes = [
@@ -61,7 +61,7 @@ class Pipeline:
                 settings,
                 sink,
                 parser=parser,
-                chain=chain,
+                chain=chain_for(settings, sink.name)[1],  # each lane its own: a filter may be for some sinks only
                 dead_letter=self.dead_letter,
                 report_input_errors=(i == 0),
                 follow=follow,
@@ -97,6 +97,10 @@ class Pipeline:
             counts = lane.counters.snapshot()
             shown = [f"{counts['sent']:,} shipped", f"{lane.acks.pending():,} in flight"]
             shown += [f"{counts[c.name]:,} {c.status}" for c in COUNTERS if c.status and counts[c.name]]
+            reasons = lane.counters.filtered_reasons()
+            if reasons:  # dropped on purpose, by reason (filter:<name>, sample:<rule>, window): the top three
+                top = ", ".join(f"{reason} {n:,}" for reason, n in list(reasons.items())[:3])
+                shown.append(f"{counts['filtered']:,} filtered ({top}{', …' if len(reasons) > 3 else ''})")
             parts.append(f"{lane.sink.name}: " + ", ".join(shown))
         dead = self.dead_letter.total
         return "; ".join(parts) + (f"; {dead:,} dead-lettered" if dead else "")

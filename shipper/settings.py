@@ -11,7 +11,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from shipper.processors.filters import Filter
 from shipper.processors.identity import DEFAULT_JWT_PLACES
+from shipper.processors.sampling import SampleRule
 
 
 def default_state_dir() -> str:
@@ -56,6 +58,12 @@ class Settings:
     until_ms: int | None = None
     max_rate: float | None = None  # --max-rate: events per second per sink
     ca_file: str | None = None  # --ca-file: CAs to trust for the sinks, on top of the default ones
+    # Filters and sampling (processors/filters.py, sampling.py): the flags' common cases, the file's rules.
+    exclude_paths: tuple[str, ...] = ()  # --exclude-path GLOB
+    exclude_statuses: tuple[str, ...] = ()  # --exclude-status SPEC (404, 5xx, 500-504)
+    filters: tuple[Filter, ...] = ()  # [[filter]] tables
+    sample_rate: float | None = None  # --sample-rate, [sampling] rate: None keeps every record
+    sample_rules: tuple[SampleRule, ...] = ()  # [[sampling.rule]] tables
     progress: bool = False  # a progress bar on stderr (backfill on a terminal)
     sink_options: dict[str, Any] = field(default_factory=dict)
 

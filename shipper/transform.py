@@ -22,7 +22,7 @@ import orjson
 
 from shipper.formats import ParseError, Parser
 from shipper.model import Position, Transaction
-from shipper.processors import Processor, run_chain
+from shipper.processors import Dropped, Processor, run_chain
 from shipper.sinks.base import EventFiltered, EventRejected, EventSkipped, FlatEncode, RecordDropped
 # What the container framing makes of a line (light: dataclasses and orjson, nothing of the file source).
 from shipper.sources.container import Framed, Ignored, Unframed
@@ -98,6 +98,8 @@ class Transformer:
                 return (EVENT, made[0], made[1])
         try:
             txn = run_chain(self.chain, self.parse(data, Position(file_id, offset, end), logged_at))
+        except Dropped as exc:  # a named rule (filters, sampling, routing): counted as filtered under its reason
+            return (FILTERED, exc.reason, False)
         except ParseError as exc:
             return (INVALID, (exc.reason, exc.detail), False)
         except Exception as exc:  # noqa: BLE001 - the boundary: a bug or a value nobody foresaw costs one line

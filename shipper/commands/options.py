@@ -18,12 +18,15 @@ from dataclasses import fields
 from typing import Any, NamedTuple
 
 import click
+import orjson
 from click_option_group import OptionGroup
 
 from shipper.errors import ConfigError
 from shipper.formats import FORMATS
+from shipper.processors.filters import Filter, parse_statuses
 from shipper.processors.identity import DEFAULT_JWT_PLACES
 from shipper.processors.redact import redact_url
+from shipper.processors.sampling import SampleRule
 from shipper.processors.window import parse_time
 from shipper.settings import Settings
 from shipper.sinks import SINK_NAMES, sink_class
@@ -126,6 +129,43 @@ class WorkersType(CheckedType):
         if not text.isdigit() or int(text) > 64:
             raise ValueError("expected a number from 0 to 64, or auto")
         return int(text)
+
+
+class StatusSpecType(CheckedType):
+    """`--exclude-status`: a code (404), a class (5xx) or a range (500-504), kept as written."""
+
+    name = "status"
+
+    def parse(self, text: str) -> str:
+        parse_statuses(text)
+        return text.strip()
+
+
+class RuleType(CheckedType):
+    """A `[[filter]]` or `[[sampling.rule]]` table (the file gives it as a table, the flag as JSON): its rule."""
+
+    def __init__(self, rule: type[Filter] | type[SampleRule]) -> None:
+        self.rule = rule
+        self.name = "filter" if rule is Filter else "sample_rule"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, dict):
+            value = orjson.dumps(value).decode()
+        return super().convert(value, param, ctx)
+
+    def problem(self, flag: str, text: str, reason: str) -> str:
+        return f"{flag}: {reason}"  # the JSON itself says little; the reason names the key
+
+    def parse(self, text: str) -> Filter | SampleRule:
+        try:
+            table = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            raise ValueError("expected a JSON object, as the [[filter]] or [[sampling.rule]] table") from None
+        rule = self.rule.from_table(table)
+        unknown = [s for s in getattr(rule, "sinks", ()) if s.partition("@")[0] not in SINK_NAMES]
+        if unknown:
+            raise ValueError(f"sinks: unknown sink {unknown[0]!r} (known: {', '.join(SINK_NAMES)})")
+        return rule
 
 
 # -- option groups ---------------------------------------------------------------------------------------------
@@ -250,6 +290,17 @@ shipping_options = [
     TUNING.option("--ca-file", type=click.Path(exists=True, dir_okay=False), metavar="PEM",
                   help="CA certificate(s) to trust for the sinks' TLS, on top of the default ones (verification is "
                        "always on; `audit tail` verifies the Admin API with them too)."),
+    # Filters and sampling (README "Filters and sampling"): the common cases as flags, the rest in the file.
+    INPUT.option("--exclude-path", multiple=True, metavar="GLOB",
+                 help="Ship no record whose path matches GLOB (repeatable), e.g. /health or '/metrics*'."),
+    INPUT.option("--exclude-status", multiple=True, type=StatusSpecType(), metavar="SPEC",
+                 help="Ship no record with this status (repeatable): 404, 5xx or 500-504."),
+    INPUT.option("--sample-rate", type=click.FloatRange(min=0, max=1), metavar="R",
+                 help="Ship a fraction R of the records (0.1: one in ten), chosen by their id: the same ones on "
+                      "every run."),
+    # The file's [[filter]] and [[sampling.rule]] tables arrive through these (a table each, as JSON).
+    INPUT.option("--filter-rule", multiple=True, type=RuleType(Filter), hidden=True),
+    INPUT.option("--sample-rule", multiple=True, type=RuleType(SampleRule), hidden=True),
 ] + sink_options()
 
 following_options = [
@@ -299,7 +350,8 @@ tail_options = shipping_options + understanding_options + following_options + [w
 SETTINGS_FIELD = {
     "fmt": "format", "nginx_field": "nginx_fields", "jwt_from": "jwt_places", "mask_header": "mask_headers",
     "mask_body_key": "mask_body_keys", "retry_initial_delay": "retry_initial", "retry_max_delay": "retry_max",
-    "since": "since_ms", "until": "until_ms",
+    "since": "since_ms", "until": "until_ms", "exclude_path": "exclude_paths", "exclude_status": "exclude_statuses",
+    "filter_rule": "filters", "sample_rule": "sample_rules",
 }
 # Options of the run around the pipeline: which sinks' URLs, logging, metrics, the progress bar.
 RUN_OPTIONS = frozenset({"endpoint", "log_level", "log_format", "metrics_addr", "progress", "dry_run"})

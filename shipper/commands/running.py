@@ -360,6 +360,7 @@ def summary(result, stream) -> None:
     if by_kind:
         words = {spec.name: spec.status for spec in BY_KIND}
         lines.append("skipped: " + ", ".join(f"{n:,} {words[name]}" for name, n in by_kind.items()))
+    lines += filtered_lines(result)
     if result.dead_letters:
         reasons = ", ".join(f"{n} {r}" for r, n in sorted(result.dead_letters.items()))
         lines.append(f"dead letters: {reasons} → {result.dead_letter_path}")
@@ -368,6 +369,20 @@ def summary(result, stream) -> None:
             lines.append(f"waiting for a newline: {path} ends with {size} bytes of an unfinished line (not shipped)")
     stream.write("\n".join(lines) + "\n")
     stream.flush()
+
+
+def filtered_lines(result) -> list[str]:
+    """The `filtered` column by reason (filter:<name>, sample:<rule>, window): one line when every sink dropped
+    the same, else one per sink that dropped any (a filter may be for some sinks only)."""
+    def said(by: dict[str, int]) -> str:
+        return ", ".join(f"{n:,} {reason}" for reason, n in by.items())
+
+    lanes = [lane for lane in result.lanes if lane.filtered_by]
+    if not lanes:
+        return []
+    if len(lanes) == len(result.lanes) and all(lane.filtered_by == lanes[0].filtered_by for lane in lanes):
+        return [f"filtered: {said(lanes[0].filtered_by)}"]
+    return [f"filtered ({lane.sink}): {said(lane.filtered_by)}" for lane in lanes]
 
 
 def table_width(rows) -> int:
@@ -387,6 +402,7 @@ def summary_json(result, stream, rate: float, mb: float) -> None:
         "records_per_s": round(rate, 1), "mb_per_s": round(mb / result.elapsed if result.elapsed > 0 else 0.0, 3),
         "dead_letters": dict(result.dead_letters), "dead_letter_file": result.dead_letter_path or None,
         "skipped_by_kind": skipped_by_kind(result),
+        "filtered_by_reason": {lane.sink: dict(lane.filtered_by) for lane in result.lanes},
         "unterminated": unterminated,
     }
     stream.write(orjson.dumps(record).decode() + "\n")

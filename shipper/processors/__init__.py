@@ -14,14 +14,17 @@ from types import FunctionType
 from typing import TYPE_CHECKING
 
 from shipper.model import Transaction
+from shipper.processors.filters import Dropped, filters_for, flag_filters
 from shipper.processors.identity import DEFAULT_JWT_PLACES, identify
 from shipper.processors.masking import Masker, drop_raw
+from shipper.processors.sampling import sampling_for
 from shipper.processors.window import time_window
 
 if TYPE_CHECKING:  # only a type here: shipper.settings imports the processors' defaults
     from shipper.settings import Settings
 
 Processor = Callable[[Transaction], Transaction | None]
+__all__ = ["Dropped", "Processor", "build_chain", "chain_for", "describe", "describe_chain", "run_chain"]
 
 
 def build_chain(
@@ -58,12 +61,19 @@ def run_chain(chain: Sequence[Processor], txn: Transaction) -> Transaction | Non
     return txn
 
 
-def chain_for(settings: Settings) -> tuple[Masker, list[Processor]]:
-    """A run's masker (its dead-letter file masks with it too) and its processor chain, from its settings."""
+def chain_for(settings: Settings, sink: str | None = None) -> tuple[Masker, list[Processor]]:
+    """A run's masker (its dead-letter file masks with it too) and its processor chain, from its settings: the
+    chain of `sink`'s lane (its filters, processors/filters.py), or with None every filter (check-config)."""
     masker = Masker((*settings.mask_headers, *settings.mask_query, *settings.mask_body_keys), settings.ship_raw_bodies)
     chain = build_chain(
         settings.jwt_places, settings.jwt_claim, since_ms=settings.since_ms, until_ms=settings.until_ms, masker=masker
     )
+    # Filters, then sampling, after the time window and before identity and masks: the cheapest first, and a
+    # dropped record costs no JWT decoding or masking. Sampling after the filters: its rate is of what is left.
+    rules = filters_for((*flag_filters(settings.exclude_paths, settings.exclude_statuses), *settings.filters), sink)
+    sampling = sampling_for(settings.sample_rate, settings.sample_rules)
+    at = 1 if settings.since_ms is not None or settings.until_ms is not None else 0
+    chain[at:at] = [*rules, *([sampling] if sampling is not None else [])]
     return masker, chain
 
 

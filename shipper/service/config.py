@@ -53,7 +53,11 @@ SECTIONS: dict[str, dict[str, str]] = {
     "state": {"dir": "state_dir", "dead_letter": "dead_letter"},
     "log": {"level": "log_level", "format": "log_format"},
     "metrics": {"addr": "metrics_addr"},
+    "sampling": {"rate": "sample_rate", "rule": "sample_rule"},  # rule: [[sampling.rule]] tables
 }
+# Options given as lists of tables ([[filter]] at the top level, [[sampling.rule]]): each table is judged by the
+# option's type (options.RuleType), and an error names the table by its place, `filter[2]`.
+TABLES = frozenset({"filter_rule", "sample_rule"})
 
 
 def find_config(argv: list[str], environ: dict[str, str] | None = None) -> str | None:
@@ -150,9 +154,15 @@ def default_map(data: dict[str, Any], path: str, command: click.Command) -> dict
             return
         if name == "nginx_field" and isinstance(value, dict):
             value = [f"{k}={v}" for k, v in value.items()]
+        if name in TABLES:
+            out[name] = _tables(path, where, param, value)
+            return
         out[name] = _check(path, where, param, value)
 
     for section, table in data.items():
+        if section == "filter":  # [[filter]] tables (processors/filters.py)
+            put("filter", "filter_rule", table)
+            continue
         if section in ("route", "routing"):
             # [[route]] and [routing]: checked and built by shipper/routing.py when a shipping command starts
             if "sinks" in params:
@@ -201,6 +211,20 @@ def default_map(data: dict[str, Any], path: str, command: click.Command) -> dict
     return out
 
 
+def _tables(path: str, where: str, param: click.Parameter, value: Any) -> list[dict[str, Any]]:
+    """A list of tables, each judged by the option's type; kept as written (click converts them)."""
+    if not isinstance(value, list):
+        raise ConfigError(f"{path}: {where}: expected tables like [[{where}]]")
+    for i, table in enumerate(value, 1):
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: {where}[{i}]: expected a table like [[{where}]]")
+        try:
+            param.type.convert(table, param, None)
+        except ConfigError as exc:  # worded for the flag: `--filter-rule: reason`; the reason is what counts
+            raise ConfigError(f"{path}: {where}[{i}]: {str(exc).partition(': ')[2]}") from None
+    return value
+
+
 # -- the effective configuration, as a TOML file (check-config) ----------------------------------------------
 REDACTED = "(redacted)"
 # The credential each sink reads from a file option or, without one, from the environment.
@@ -227,6 +251,8 @@ def toml_value(value: Any) -> str:
     if isinstance(value, dict):
         items = ", ".join(f"{_toml_key(k)} = {toml_value(v)}" for k, v in value.items())
         return "{ " + items + " }" if items else "{}"
+    if hasattr(value, "to_table"):  # a filter or sampling rule (processors/filters.py, sampling.py)
+        return toml_value(value.to_table())
     raise TypeError(f"no TOML form for {value!r}")
 
 
@@ -284,4 +310,9 @@ def effective_toml(kw: dict[str, Any], paths: list[str], resolved: dict[str, Any
             if credential and name == credential[0] and value is None:
                 continue  # said above
             put(key, name, list(value) if isinstance(value, tuple) else value)
+    # The filters last, as [[filter]] tables: the flags' rules (--exclude-path, --exclude-status) too, by their names.
+    from shipper.processors.filters import flag_filters
+
+    for rule in [*flag_filters(kw.get("exclude_path", ()), kw.get("exclude_status", ())), *kw.get("filter_rule", ())]:
+        lines += ["", "[[filter]]", *(f"{_toml_key(k)} = {toml_value(v)}" for k, v in rule.to_table().items())]
     return "\n".join(lines) + "\n"

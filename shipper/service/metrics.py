@@ -98,6 +98,14 @@ class PipelineCollector:
         for reason, n in sorted(self.pipeline.dead_letter.counts.items()):
             dead.add_metric([reason], n)
         yield dead
+        filtered = CounterMetricFamily(
+            f"{PREFIX}_events_filtered", "Records dropped on purpose, by reason (filter:<name>, sample:<rule>, window).",
+            labels=["sink", "reason"],
+        )
+        for lane in lanes:
+            for reason, n in lane.counters.filtered_reasons().items():
+                filtered.add_metric([lane.sink.name, reason], n)
+        yield filtered
         for spec in exported:
             if spec.per_sink:
                 family = CounterMetricFamily(f"{PREFIX}_{spec.metric}", spec.help, labels=["sink"])

@@ -209,15 +209,18 @@ class MoesifSink(EventBuilder, HttpSink):
         if (self.max_age_ms is not None and txn.started_at is not None and not txn.started_at_estimated
                 and txn.started_at < time.time() * 1000 - self.max_age_ms):
             raise EventFiltered(TOO_OLD)  # Moesif would drop it: say so instead of counting it as shipped
-        return self.sampled(self.event(txn), txn.event_id)
+        return self.sampled(self.event(txn), txn.event_id, txn.sample_rate)
 
-    def sampled(self, event: dict[str, Any], event_id: str) -> bytes:
-        """The event's bytes with its weight, or EventSkipped when sampling leaves it out (the flat path too)."""
+    def sampled(self, event: dict[str, Any], event_id: str, kept_at: float = 1.0) -> bytes:
+        """The event's bytes with its weight, or EventSkipped when sampling leaves it out (the flat path too).
+        `kept_at`: the rate kong-ship's own sampling kept the record at (processors.sampling); its draw is
+        independent of this one, so the event stands for 1/(rate × kept_at) calls: the weights multiply."""
         rate = self.sampler.rate(event)
         # Deterministic per record (the plugin drew math.random()): a resend after a crash decides the same.
         if not rate > draw(event_id):
             raise EventSkipped()
-        event["weight"] = weight(rate)  # on every event, as the plugin: 1 at 100 %
+        # On every event, as the plugin: 1 at 100 %. Rounded: 100 // 20.000000000000004 would be 4, not 5.
+        event["weight"] = weight(rate if kept_at == 1.0 else round(rate * kept_at, 9))
         return orjson.dumps(event)
 
     def flat_path(self, parser: Parser, chain: Sequence[Processor]) -> FlatEncode | None:

@@ -331,6 +331,8 @@ class SegmentSink(HttpSink):
 
     @staticmethod
     def _track(txn: Transaction, event: str, properties: dict[str, Any]) -> dict[str, Any]:
+        if txn.sample_rate < 1.0:  # kong-ship's sampling kept it: it stands for 1/sampleRate calls
+            properties["sampleRate"] = txn.sample_rate
         context: dict[str, Any] = {"library": LIBRARY}
         if txn.client_ip:
             context["ip"] = txn.client_ip
