@@ -312,6 +312,11 @@ def build_route_sink(path: str, route: Route, sink_options: Mapping[str, Any], u
     if route.sink != "webhook" and not route.options.get(file_option) and not os.environ.get(own_env, "").strip():
         raise ConfigError(f"{path}: route {route.name}: no {route.sink} credential: set {key} in its [[route]] "
                           f"table or export {own_env}")
+    if route.sink == "webhook" and not route.options.get(file_option) and os.environ.get(own_env, "").strip() \
+            and not os.environ.get(env, "").strip():
+        # the webhook sink asks for a secret only when its own variable is set: this one would be ignored
+        raise ConfigError(f"{path}: route {route.name}: {own_env} would not be read: set secret_file in its "
+                          f"[[route]] table for a signed webhook")
     opts = {**sink_options, file_option: None, **route.options}
     try:
         with env_suffix(route.env_suffix):
@@ -338,7 +343,8 @@ def describe(routing: Routing, redact) -> list[str]:
             lines.append(f"{name.removeprefix(route.sink + '_')} = {toml_value(value)}")
         key, env = CREDENTIALS[route.sink]
         if f"{route.sink}_{key}" not in route.options:
-            lines.append(f"# the credential: from ${env}_{route.env_suffix} (not shown)")
+            unsigned = " if set; else unsigned" if route.sink == "webhook" else ""
+            lines.append(f"# the credential: from ${env}_{route.env_suffix}{unsigned} (not shown)")
     return lines
 
 
