@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from shipper import __version__
+from shipper.allocator import map_big_buffers, return_free_pages
 from shipper.commands.audit import audit
 from shipper.commands.backfill import backfill
 from shipper.commands.check_config import check_config
@@ -85,6 +86,8 @@ def _json_from_the_start(args: list[str], defaults: dict[str, Any] | None) -> No
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
+    map_big_buffers()  # before any worker forks: heaps that stay flat however long the run (allocator.py)
+    return_free_pages()
     try:
         defaults = _config_defaults(args)
         _json_from_the_start(args, defaults)

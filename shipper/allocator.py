@@ -1,0 +1,71 @@
+"""The C allocator's settings for the process: big buffers in mappings of their own, so memory stays flat.
+
+glibc's malloc serves a request of 128 KiB or more with a mapping of its own, returned to the system when it is
+freed, but the first time such a mapping is freed it raises that bound to the freed size (up to 32 MiB) and the
+bound for giving back the top of a heap to twice that. The shipper's big buffers are short-lived and come back
+every few milliseconds: a chunk of 512 lines pickled for a worker (about 1.4 MB, in the queue's feeder thread),
+the worker's outcomes read back from its pipe (about 0.8 MB, in the reader), a vendor's request body and its
+gzip (up to 500 KB, in each sender thread). Once the bound is raised they are cut from the heaps of the threads'
+arenas instead, and the small events that live longer (queued, in a batch) settle in the holes between them and
+pin those pages: the main process of a backfill with workers held 31-34 MB of heap of which 11-15 MB was free,
+spread over eight arenas and still creeping up after 100k records. Fixing the bound at glibc's default (which
+also stops its adjustment) keeps the heaps for small objects: 12-13 MB of heap, 2 MB free, and a few more
+mmap/munmap calls per chunk and per batch, nothing next to the work on their 512 lines.
+
+What is left creeps more slowly: the lines (about 2.7 KB) and events (about 1.5 KB) are too big for Python's
+own allocator, live for different times, and the pieces glibc splits off between them are seldom the size
+of the next one: free space inside the heaps grows by a few MB per 100k records. `malloc_trim` hands the
+free pages among them back to the system (they are mapped again when used); done every few seconds, by a
+thread of its own, it keeps the resident memory of a long backfill or tail flat.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+import time
+
+M_MMAP_THRESHOLD = -3  # malloc.h
+BIG_BUFFER = 128 * 1024  # glibc's default bound, kept fixed
+TRIM_INTERVAL = 5.0  # seconds between malloc_trim calls
+
+_trimming: threading.Thread | None = None
+
+
+def map_big_buffers() -> bool:
+    """Fix glibc's mmap bound at `BIG_BUFFER`; False where it cannot be set (not glibc, or MALLOC_MMAP_THRESHOLD_
+    in the environment: whoever set it chose for themselves). Call it once, before the worker processes fork
+    (they inherit it)."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    mallopt = _libc_function("mallopt")
+    return mallopt is not None and mallopt(M_MMAP_THRESHOLD, BIG_BUFFER) == 1
+
+
+def return_free_pages(interval: float = TRIM_INTERVAL) -> threading.Thread | None:
+    """Start a daemon thread that gives the heaps' free pages back every `interval` seconds; None without
+    glibc's malloc_trim. (It holds no lock of Python's: ctypes lets go of the GIL for the call, and glibc
+    takes each arena's lock, as a fork does, so forking workers beside it is safe.)"""
+    global _trimming
+    if _trimming is not None:  # once per process (tests call main() many times)
+        return _trimming
+    trim = _libc_function("malloc_trim")
+    if trim is None:
+        return None
+
+    def run() -> None:
+        while True:
+            time.sleep(interval)
+            trim(0)
+
+    _trimming = threading.Thread(target=run, name="malloc-trim", daemon=True)
+    _trimming.start()
+    return _trimming
+
+
+def _libc_function(name: str):
+    try:
+        return getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):  # no C library to load, or one without it (musl, macOS)
+        return None
