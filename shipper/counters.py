@@ -8,10 +8,15 @@ table, so a new counter is one line here.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+import orjson
+
+from shipper.sources.checkpoints import write_atomically
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +102,34 @@ class LaneCounters:
     def filtered_reasons(self) -> dict[str, int]:
         """`filtered` by reason, most first (a copy: dict() of a Counter is one step the reader cannot split)."""
         return dict(sorted(dict(self.filtered_by).items(), key=lambda item: (-item[1], item[0])))
+
+
+class FilteredTotals:
+    """`filtered` by reason over every run with this state directory, for `kong-ship status` (which reads files,
+    not a running process): saved with the checkpoints, as `filtered-<sink>.json`, when it changed. A record
+    read again after a crash is counted again, as the live counters count it."""
+
+    def __init__(self, state_dir: str, sink: str) -> None:
+        self.path = os.path.join(state_dir, f"filtered-{sink}.json")
+        self.before = read_filtered(self.path)  # the earlier runs'
+        self._saved: dict[str, int] = {}
+
+    def save(self, run: dict[str, int]) -> None:
+        if run and run != self._saved:
+            totals = Counter(self.before)
+            totals.update(run)
+            write_atomically(self.path, orjson.dumps(dict(totals)))
+            self._saved = run
+
+
+def read_filtered(path: str) -> dict[str, int]:
+    """A `filtered-<sink>.json` file's counts; {} when it is missing or not ours."""
+    try:
+        with open(path, "rb") as handle:
+            data = orjson.loads(handle.read())
+    except (OSError, orjson.JSONDecodeError):
+        return {}
+    return {k: v for k, v in data.items() if type(v) is int} if isinstance(data, dict) else {}
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import threading
 import time
 from collections import deque
 
-from shipper.counters import DROP_COUNTERS, LaneCounters, LaneSummary
+from shipper.counters import DROP_COUNTERS, FilteredTotals, LaneCounters, LaneSummary
 from shipper.deadletter import DeadLetter
 from shipper.delivery.acks import AckTracker
 from shipper.delivery.batcher import Batcher
@@ -68,6 +68,7 @@ class Lane:
         self.counts = self.counters.reader  # the reader thread's own: no lock
         self.acks = AckTracker()
         self.resume = Resume(settings.state_dir, sink.name, self.acks)
+        self.filtered_totals = FilteredTotals(settings.state_dir, sink.name)
         # A sink may bound its own queue (Moesif's event_queue_size); --queue-size bounds the others.
         queue_events = sink.limits.queue_events or settings.queue_size
         self.queue: BoundedQueue[list[Item]] = BoundedQueue(queue_events, settings.queue_bytes)
@@ -121,6 +122,7 @@ class Lane:
 
     def save_checkpoints(self) -> None:
         self.resume.save(self.source)
+        self.filtered_totals.save(self.counters.filtered_reasons())  # for `kong-ship status`
 
     # -- threads ---------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -243,8 +245,8 @@ class Lane:
             elif outcome == FILTERED:
                 counts["parsed"] += 1
                 counts[payload if payload in DROP_COUNTERS else "filtered"] += 1  # routed_elsewhere, unrouted
-            if payload not in DROP_COUNTERS:  # by reason (LaneCounters.filtered_by); None: the --since/--until window
-                self.counters.filtered_by[payload or "window"] += 1
+                if payload not in DROP_COUNTERS:  # by reason (LaneCounters.filtered_by); None: the time window
+                    self.counters.filtered_by[payload or "window"] += 1
             elif outcome == OVERSIZE:
                 assert isinstance(data, Oversize)  # the transform answers OVERSIZE for an Oversize line only
                 self._input_error(

@@ -252,3 +252,47 @@ def test_the_json_summary_says_the_reasons(tmp_path):
     summary = next(s for s in map(orjson.loads, result.stderr.splitlines()) if s.get("message") == "summary")
     assert summary["filtered_by_reason"] == {"stdout": {"filter:exclude-path": 40}}
     assert summary["sinks"][0]["filtered"] == 40 and summary["sinks"][0]["shipped"] == 20
+
+
+def test_the_metric_the_status_line_and_kong_ship_status_say_the_reasons(tmp_path, shippers):
+    import httpx
+
+    from conftest import FAST_FOLLOW, wait_until
+    from test_service_metrics import free_port, scrape
+
+    log = tmp_path / "kong.json"
+    with open(log, "wb") as handle:
+        handle.writelines(gen.kong_line(gen.kong_record(seq, path="/health")) for seq in range(1, 13))
+        handle.writelines(gen.kong_line(gen.kong_record(seq, path="/orders/1", status=404)) for seq in range(13, 18))
+        handle.writelines(gen.kong_line(gen.kong_record(seq, path="/orders/1", status=200)) for seq in range(18, 21))
+    port = free_port()
+    state = tmp_path / "state"
+    run = ["--sink", "stdout", "--state-dir", str(state), "--exclude-path", "/health", "--exclude-status", "404",
+           *FAST_FOLLOW]
+    proc = shippers("tail", str(log), *run, "--metrics-addr", f"127.0.0.1:{port}")
+    path_metric = 'kong_ship_events_filtered_total{reason="filter:exclude-path",sink="stdout"}'
+    status_metric = 'kong_ship_events_filtered_total{reason="filter:exclude-status",sink="stdout"}'
+
+    def scraped():
+        try:
+            values = scrape(port)
+        except httpx.HTTPError:
+            return None
+        return values if values.get(status_metric) == 5 else None
+
+    values = wait_until(scraped, timeout=15)
+    assert values and values[path_metric] == 12, values
+    code, out, err = proc.stop()
+    assert code == 0, err
+    assert len(out.splitlines()) == 3
+    assert "17 filtered (filter:exclude-path 12, filter:exclude-status 5)" in err, err  # the status line at the end
+    said = ship("status", "--state-dir", str(state))
+    assert said.returncode == 0
+    assert "stdout: 17 filtered (filter:exclude-path 12, filter:exclude-status 5)" in said.stdout.decode()
+    # over the runs: a second run adds its own
+    with open(log, "ab") as handle:
+        handle.writelines(gen.kong_line(gen.kong_record(seq, path="/health")) for seq in range(21, 24))
+    result = ship("backfill", str(log), *run[:-len(FAST_FOLLOW)], *FAST)
+    assert result.returncode == 0, result.stderr
+    said = ship("status", "--state-dir", str(state), "--json")
+    assert orjson.loads(said.stdout)["filtered"] == {"stdout": {"filter:exclude-path": 15, "filter:exclude-status": 5}}

@@ -20,13 +20,17 @@ def status(state_dir: str | None, as_json: bool) -> None:
 
     Reads the state directory only: no running kong-ship is needed.
     """
-    from shipper.service.status import collect, render
+    from shipper.service.status import collect, filtered, render, render_filtered
 
     state_dir = state_dir or default_state_dir()
     if not os.path.isdir(state_dir):
         raise ConfigError(f"state directory {state_dir} does not exist (set --state-dir)")
     rows = collect(state_dir)
+    dropped = filtered(state_dir)  # filters and sampling, by reason, over every run (issue 17)
     if as_json:
-        click.echo(orjson.dumps({"state_dir": state_dir, "files": rows}, option=orjson.OPT_INDENT_2).decode())
+        click.echo(orjson.dumps({"state_dir": state_dir, "files": rows, "filtered": dropped},
+                                option=orjson.OPT_INDENT_2).decode())
     else:
         click.echo(render(rows))
+        if dropped:
+            click.echo(render_filtered(dropped))

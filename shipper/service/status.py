@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from typing import Any
 
+from shipper.counters import read_filtered
 from shipper.sources.checkpoints import CheckpointStore
 from shipper.sources.files import GZIP_MAGIC, HEAD_BYTES
 from shipper.sources.identity import family, head_of, identity
@@ -104,6 +105,26 @@ def collect(state_dir: str) -> list[dict[str, Any]]:
                 }
             )
     return rows
+
+
+def filtered(state_dir: str) -> dict[str, dict[str, int]]:
+    """Per sink, the records its lanes dropped on purpose, by reason, over every run (`counters.FilteredTotals`)."""
+    out = {}
+    for path in sorted(glob.glob(os.path.join(state_dir, "filtered-*.json"))):
+        counts = read_filtered(path)
+        if counts:
+            out[os.path.basename(path)[len("filtered-") : -len(".json")]] = dict(
+                sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+            )
+    return out
+
+
+def render_filtered(by_sink: dict[str, dict[str, int]]) -> str:
+    """`SINK: N filtered (reason n, ...)`, a line per sink."""
+    return "\n".join(
+        f"{sink}: {sum(counts.values()):,} filtered ({', '.join(f'{r} {n:,}' for r, n in counts.items())})"
+        for sink, counts in by_sink.items()
+    )
 
 
 def _bytes(count: int | None) -> str:
