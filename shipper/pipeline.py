@@ -25,6 +25,7 @@ from shipper.errors import FatalError
 from shipper.formats import Parser
 from shipper.lane import Lane
 from shipper.processors import chain_for
+from shipper.routing import lane_chain
 from shipper.service.notify import Notifier
 from shipper.sinks.base import Sink
 from shipper.sources.watch import Watcher
@@ -61,7 +62,8 @@ class Pipeline:
                 settings,
                 sink,
                 parser=parser,
-                chain=chain_for(settings, sink.name)[1],  # each lane its own: a filter may be for some sinks only
+                # each lane its own: a filter may be for some sinks only; a routed lane keeps its own records
+                chain=lane_chain(sink, chain_for(settings, sink.name)[1]),
                 dead_letter=self.dead_letter,
                 report_input_errors=(i == 0),
                 follow=follow,
