@@ -245,7 +245,7 @@ class Lane:
             elif outcome == FILTERED:
                 counts["parsed"] += 1
                 counts[payload if payload in DROP_COUNTERS else "filtered"] += 1  # routed_elsewhere, unrouted
-                if payload not in DROP_COUNTERS:  # by reason (LaneCounters.filtered_by); None: the --since/--until window
+                if payload not in DROP_COUNTERS:  # by reason (LaneCounters.filtered_by); None: the time window
                     self.counters.filtered_by[payload or "window"] += 1
             elif outcome == OVERSIZE:
                 assert isinstance(data, Oversize)  # the transform answers OVERSIZE for an Oversize line only
