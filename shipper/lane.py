@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from itertools import repeat
 
 from shipper.counters import DROP_COUNTERS, FilteredTotals, LaneCounters, LaneSummary
 from shipper.deadletter import DeadLetter
@@ -21,13 +22,14 @@ from shipper.delivery.sender import Item, Sender
 from shipper.formats import CONTAINER_FRAMINGS, Parser
 from shipper.processors import Processor
 from shipper.sinks.base import Sink
+from shipper.sources.blocks import BLOCK_BYTES, Block
 from shipper.sources.files import FileSource
 from shipper.sources.reading import Oversize
 from shipper.sources.resume import Resume
 from shipper.threads import death_notice, start_thread
 from shipper.transform import (
-    BLANK, EVENT, FAILED, FILTERED, IGNORED, INVALID, OVERSIZE, REJECTED, SKIPPED, Transformer, WorkerLost,
-    WorkerPool, line_bytes,
+    BLANK, EVENT, FAILED, FILTERED, IGNORED, INVALID, OVERSIZE, REJECTED, SKIPPED, BlockResult, Fate, Transformer,
+    WorkerLost, WorkerPool, line_bytes,
 )
 
 PARCEL_EVENTS = 128  # events handed to the batcher at once (the last parcel of a read goes at once)
@@ -157,7 +159,8 @@ class Lane:
             self.on_progress()
 
     def _backfill(self) -> None:
-        self._pump(self.source.read_all())
+        # With workers, plain files go to them in blocks (sources/blocks.py): no per-line work here.
+        self._pump(self.source.read_all(blocks=BLOCK_BYTES if self.pool is not None else 0))
 
     def _follow(self) -> None:
         poll = self.settings.poll_interval
@@ -192,9 +195,14 @@ class Lane:
             seqs: deque[int] = deque()
             numbered = seqs
 
+            issue_many = self.acks.issue_many
+
             def read(lines=lines):
                 for line in lines:
-                    seqs.append(issue(line[0]))
+                    if type(line) is Block:
+                        seqs.append(issue_many(line.file_id, line.lines))
+                    else:
+                        seqs.append(issue(line[0]))
                     yield line
 
             outcomes = self.pool.map(read())
@@ -202,9 +210,15 @@ class Lane:
             outcomes = ((line, transform(*line)) for line in lines)
         parcel: list[Item] = []
         parcel_bytes = 0
-        for (file_id, data, offset, end), (outcome, payload, anonymous) in outcomes:
+        for line, result in outcomes:
             if stop.is_set():
                 return False
+            if type(line) is Block:
+                assert numbered is not None
+                if not self._block(line, result, numbered.popleft()):  # type: ignore[arg-type]
+                    return False
+                continue
+            (file_id, data, offset, end), (outcome, payload, anonymous) = line, result  # type: ignore[misc]
             seq = numbered.popleft() if numbered is not None else issue(file_id)
             counts["read"] += 1
             if outcome == EVENT:
@@ -218,45 +232,72 @@ class Lane:
                         return False
                     parcel, parcel_bytes = [], 0
                 continue
-            if outcome == BLANK:
-                counts["blank"] += 1
-            elif outcome == INVALID:
-                self._input_error(payload[0], payload[1], file_id, offset, line_bytes(data))
-            elif outcome == IGNORED:  # Kong's own lines in a container's stream: skipped, and counted by kind
-                counts["skipped"] += 1
-                counts[payload] += 1
-            elif outcome == FAILED:  # this sink's own: dead-lettered by each lane it happens in
-                counts["parsed"] += 1
-                counts["dead_lettered"] += 1
-                self.dead_letter.write(
-                    payload[0], payload[1], sink=self.sink.name, file=self.source.path_of(file_id), offset=offset,
-                    line=line_bytes(data),
-                )
-            elif outcome == REJECTED:
-                counts["parsed"] += 1
-                self.dead_letter.write(
-                    "rejected", payload, sink=self.sink.name, file=self.source.path_of(file_id), offset=offset,
-                    line=line_bytes(data),
-                )
-                self.counters.add("rejected", 1)
-            elif outcome == SKIPPED:
-                counts["parsed"] += 1
-                counts["skipped"] += 1
-            elif outcome == FILTERED:
-                counts["parsed"] += 1
-                counts[payload if payload in DROP_COUNTERS else "filtered"] += 1  # routed_elsewhere, unrouted
-                if payload not in DROP_COUNTERS:  # by reason (LaneCounters.filtered_by); None: the time window
-                    self.counters.filtered_by[payload or "window"] += 1
-            elif outcome == OVERSIZE:
-                assert isinstance(data, Oversize)  # the transform answers OVERSIZE for an Oversize line only
-                self._input_error(
-                    "too_long",
-                    f"line of {data.length} bytes is over --max-line-bytes ({self.settings.max_line_bytes})",
-                    file_id, offset, data.prefix, truncated=True,
-                )
+            self._account(file_id, data, offset, outcome, payload)
             # Only now: a dead letter that could not be written yet has been waited for, never passed over.
             ack(file_id, seq, end)
         return not parcel or self._send_parcel(parcel, parcel_bytes)
+
+    def _block(self, block: Block, result: BlockResult, first: int) -> bool:
+        """A block's result: its events queued in parcels, its other lines counted (dead letters written) and
+        acknowledged, in bulk; line i of the block has sequence number first + i."""
+        events, index, ends, anonymous, others = result
+        file_id, counts = block.file_id, self.counts
+        counts["read"] += len(events)
+        counts["parsed"] += len(events)
+        counts["anonymous"] += anonymous
+        if others:
+            done = []
+            for i, outcome, payload, data, offset, end in others:
+                if outcome is not None:  # None: a piece of a split container line, no line of its own
+                    counts["read"] += 1
+                    self._account(file_id, data, offset, outcome, payload)
+                done.append((file_id, first + i, end))
+            self.acks.ack_many(done)  # after the dead letters were written, as on the line path
+        items = list(zip(repeat(file_id), map(first.__add__, index), ends, events))
+        for at in range(0, len(items), PARCEL_EVENTS):
+            if not self._send_parcel(items[at : at + PARCEL_EVENTS], sum(map(len, events[at : at + PARCEL_EVENTS]))):
+                return False
+        return True
+
+    def _account(self, file_id: str, data, offset: int, outcome: Fate, payload) -> None:
+        """Count a line that is no event, and dead-letter it if it is one."""
+        counts = self.counts
+        if outcome == BLANK:
+            counts["blank"] += 1
+        elif outcome == INVALID:
+            self._input_error(payload[0], payload[1], file_id, offset, line_bytes(data))
+        elif outcome == IGNORED:  # Kong's own lines in a container's stream: skipped, and counted by kind
+            counts["skipped"] += 1
+            counts[payload] += 1
+        elif outcome == FAILED:  # this sink's own: dead-lettered by each lane it happens in
+            counts["parsed"] += 1
+            counts["dead_lettered"] += 1
+            self.dead_letter.write(
+                payload[0], payload[1], sink=self.sink.name, file=self.source.path_of(file_id), offset=offset,
+                line=line_bytes(data),
+            )
+        elif outcome == REJECTED:
+            counts["parsed"] += 1
+            self.dead_letter.write(
+                "rejected", payload, sink=self.sink.name, file=self.source.path_of(file_id), offset=offset,
+                line=line_bytes(data),
+            )
+            self.counters.add("rejected", 1)
+        elif outcome == SKIPPED:
+            counts["parsed"] += 1
+            counts["skipped"] += 1
+        elif outcome == FILTERED:
+            counts["parsed"] += 1
+            counts[payload if payload in DROP_COUNTERS else "filtered"] += 1  # routed_elsewhere, unrouted
+            if payload not in DROP_COUNTERS:  # by reason (LaneCounters.filtered_by); None: the --since/--until window
+                self.counters.filtered_by[payload or "window"] += 1
+        elif outcome == OVERSIZE:
+            assert isinstance(data, Oversize)  # the transform answers OVERSIZE for an Oversize line only
+            self._input_error(
+                "too_long",
+                f"line of {data.length} bytes is over --max-line-bytes ({self.settings.max_line_bytes})",
+                file_id, offset, data.prefix, truncated=True,
+            )
 
     def _send_parcel(self, parcel: list[Item], nbytes: int) -> bool:
         return self.queue.put(parcel, nbytes, self.abort, count=len(parcel))

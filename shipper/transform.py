@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkContext, ForkProcess
 from multiprocessing.queues import Queue as MPQueue
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, overload
 
 import orjson
 
@@ -25,10 +25,11 @@ from shipper.model import Position, Transaction
 from shipper.processors import Dropped, Processor, run_chain
 from shipper.sinks.base import EventFiltered, EventRejected, EventSkipped, FlatEncode, RecordDropped
 # What the container framing makes of a line (light: dataclasses and orjson, nothing of the file source).
-from shipper.sources.container import Framed, Ignored, Unframed
+from shipper.sources.container import Framed, Framer, Ignored, Unframed
+from shipper.sources.reading import PREFIX_BYTES, Oversize
 
 if TYPE_CHECKING:  # only named in annotations: the file source need not be imported by a worker or `parse`
-    from shipper.sources.reading import Oversize
+    from shipper.sources.blocks import Block
 
 class Fate(enum.IntEnum):
     """What became of a line, the first item of an `Outcome`; the payload's type depends on it. An IntEnum: a
@@ -150,6 +151,70 @@ def failure(exc: Exception) -> tuple[str, str]:
     return ("internal_error", f"{type(exc).__name__}: {exc}"[:500])
 
 
+# A block's result (sources/blocks.py), compact to pickle: the events with their lines' indexes in the block and
+# their end offsets, how many were anonymous, and the rare other lines as
+# (index, fate or None for a piece of a split container line, payload, data for a dead letter, offset, end).
+BlockResult = tuple[list[bytes], list[int], list[int], int, list[tuple[int, "Fate | None", Any, Any, int, int]]]
+_KEEP_DATA = {INVALID, REJECTED, FAILED, OVERSIZE}  # the fates whose line goes to the dead-letter file
+
+
+def transform_block(transform: Transformer, block: Block) -> BlockResult:
+    """The block's lines, split as the file source splits them (`reading.emit`), each through `transform`."""
+    file_id, start, limit = block.file_id, block.start, block.limit
+    lines = block.data.split(b"\n")
+    lines.pop()  # the block ends with a newline
+    events: list[bytes] = []
+    index: list[int] = []
+    ends: list[int] = []
+    others: list[tuple[int, Fate | None, Any, Any, int, int]] = []
+    anonymous = 0
+    framer: Framer | None = None
+    made: list[Line]
+    item: bytes | Oversize | Framed | Ignored | Unframed
+    i = 0
+    for i, line in enumerate(lines):
+        end = start + len(line) + 1
+        if len(line) <= limit and (line[:1] == b"{" and (framer is None or framer.direct) or not block.framed):
+            made = [(file_id, line, start, end)]
+        else:
+            data: bytes | Oversize = line if len(line) <= limit else Oversize(line[:PREFIX_BYTES], len(line))
+            if not block.framed:
+                made = [(file_id, data, start, end)]
+            else:
+                if framer is None:
+                    framer = Framer("auto", limit)
+                    framer.start(b"{")
+                made = list(framer.frame(file_id, data, start, end))
+                if not made:  # a piece of a split line: done, but the checkpoint stays at the record's start
+                    others.append((i, None, None, None, start, framer.pending_from))  # type: ignore[arg-type]
+        for _, item, offset, item_end in made:
+            fate, payload, anon = transform(file_id, item, offset, item_end)
+            if fate is EVENT:
+                events.append(payload)
+                index.append(i)
+                ends.append(item_end)
+                anonymous += anon
+            else:
+                others.append((i, fate, payload, item if fate in _KEEP_DATA else None, offset, item_end))
+        start = end
+    if framer is not None and framer.pending_from is not None:
+        # Known limit: a split container line still waiting for its last piece at a block's end, in a file that
+        # is no container log, ends there (the parsers dead-letter what it is); its last piece goes on its own.
+        # It takes the sequence number of its last piece (each line of a block has one).
+        last = max(j for j, other in enumerate(others) if other[1] is None)
+        i = others.pop(last)[0]
+        _, item, offset, item_end = framer.finish(file_id, start)
+        fate, payload, anon = transform(file_id, item, offset, item_end)
+        if fate is EVENT:
+            events.append(payload)
+            index.append(i)
+            ends.append(item_end)
+            anonymous += anon
+        else:
+            others.append((i, fate, payload, item if fate in _KEEP_DATA else None, offset, item_end))
+    return events, index, ends, anonymous, others
+
+
 # -- worker processes -----------------------------------------------------------------------------------------
 LIVENESS_INTERVAL = 1.0  # seconds between looks at the workers while waiting for a chunk
 
@@ -159,7 +224,7 @@ class WorkerLost(RuntimeError):
 
 
 def _worker_main(
-    transformer: Transformer, chunks: MPQueue[list[Line] | None], results: Connection, parent: int,
+    transformer: Transformer, chunks: MPQueue[list[Line] | Block | None], results: Connection, parent: int,
     not_mine: list[Connection],
 ) -> None:
     """A worker: chunks in (its own queue), outcomes out (its own pipe), in order, until told to stop or the
@@ -185,7 +250,10 @@ def _worker_main(
         if lines is None:
             return
         try:
-            results.send([transformer(f, d, o, e) for f, d, o, e in lines])
+            if type(lines) is list:
+                results.send([transformer(f, d, o, e) for f, d, o, e in lines])
+            else:
+                results.send(transform_block(transformer, lines))  # type: ignore[arg-type]
         except OSError:  # BrokenPipeError: the parent is gone, nobody wants these
             return
 
@@ -254,19 +322,35 @@ class WorkerPool:
         # the parent leaves by.
         multiprocessing.util.Finalize(self, _kill, args=([w.process for w in self._workers],), exitpriority=10)
 
-    def _submit(self, chunk: list[Line]) -> int:
+    def _submit(self, chunk: list[Line] | Block) -> int:
         index = self._next
         self._next = (index + 1) % len(self._workers)
         self._workers[index].chunks.put(chunk)
         return index
 
-    def map(self, lines: Iterable[Line], flush_each_round: bool = True) -> Iterator[tuple[Line, Outcome]]:
-        """Yields (line, outcome) in order. Lines are grouped into chunks; the last partial chunk of the input
-        is sent as soon as the input pauses (so tail latency does not wait for a full chunk)."""
-        in_flight: list[tuple[list[Line], int]] = []
+    @overload
+    def map(self, lines: Iterable[Line], flush_each_round: bool = True) -> Iterator[tuple[Line, Outcome]]: ...
+    @overload
+    def map(
+        self, lines: Iterable[Line | Block], flush_each_round: bool = True
+    ) -> Iterator[tuple[Line, Outcome] | tuple[Block, BlockResult]]: ...
+    def map(
+        self, lines: Iterable[Line | Block], flush_each_round: bool = True
+    ) -> Iterator[tuple[Line, Outcome] | tuple[Block, BlockResult]]:
+        """Yields (line, outcome) or (block, its result) in order. Lines are grouped into chunks; a block
+        (sources/blocks.py) is a job of its own. The last partial chunk of the input is sent when it ends."""
+        in_flight: list[tuple[list[Line] | Block, int]] = []
         limit = len(self._workers) * 2
         chunk: list[Line] = []
         for line in lines:
+            if not isinstance(line, tuple):  # a Block: after the lines read before it
+                if chunk:
+                    in_flight.append((chunk, self._submit(chunk)))
+                    chunk = []
+                in_flight.append((line, self._submit(line)))
+                while len(in_flight) >= limit:
+                    yield from self._collect(in_flight.pop(0))
+                continue
             chunk.append(line)
             if len(chunk) >= self.CHUNK_LINES:
                 in_flight.append((chunk, self._submit(chunk)))
@@ -278,10 +362,13 @@ class WorkerPool:
         for item in in_flight:
             yield from self._collect(item)
 
-    def _collect(self, item: tuple[list[Line], int]) -> Iterator[tuple[Line, Outcome]]:
+    def _collect(
+        self, item: tuple[list[Line] | Block, int]
+    ) -> Iterator[tuple[Line, Outcome] | tuple[Block, BlockResult]]:
         chunk, index = item
         worker = self._workers[index]
-        lost = WorkerLost(f"a worker process died (killed? out of memory?) with {len(chunk)} lines in hand")
+        held = len(chunk) if isinstance(chunk, list) else chunk.lines
+        lost = WorkerLost(f"a worker process died (killed? out of memory?) with {held} lines in hand")
         try:
             while not worker.results.poll(LIVENESS_INTERVAL):
                 if not worker.process.is_alive() and not worker.results.poll(0):
@@ -289,7 +376,10 @@ class WorkerPool:
             outcomes = worker.results.recv()
         except (EOFError, OSError):
             raise lost from None
-        yield from zip(chunk, outcomes)
+        if type(chunk) is list:
+            yield from zip(chunk, outcomes)
+        else:
+            yield chunk, outcomes  # type: ignore[misc]
 
     def close(self) -> None:
         """End the workers at once: whatever they still hold is not needed (at the end of a run they are idle;

@@ -34,6 +34,13 @@ class AckTracker:
         acks.next_seq = seq + 1
         return seq
 
+    def issue_many(self, file_id: str, count: int) -> int:
+        """`count` consecutive sequence numbers for the next lines of the file (a block's): the first of them."""
+        acks = self._files[file_id]
+        seq = acks.next_seq
+        acks.next_seq = seq + count
+        return seq
+
     def ack(self, file_id: str, seq: int, end: int) -> None:
         with self._lock:
             self._ack(file_id, seq, end)

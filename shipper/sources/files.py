@@ -26,7 +26,9 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
+from typing import overload
 
+from shipper.sources.blocks import Block, fits_blocks, read_blocks
 from shipper.sources.container import Framer
 from shipper.sources.identity import HEAD_BYTES, Known, choose, family, identity, new_id, tail_hash
 from shipper.sources.inputs import expand, input_problems, mtime
@@ -221,9 +223,14 @@ class FileSource:
                 continue
             yield from self._read_chunk(handle)
 
-    def read_all(self) -> Iterator[Line]:
+    @overload
+    def read_all(self) -> Iterator[Line]: ...
+    @overload
+    def read_all(self, blocks: int) -> Iterator[Line | Block]: ...
+    def read_all(self, blocks: int = 0) -> Iterator[Line | Block]:
         """One-shot commands: every matching file, oldest first, each opened, read to its end and let go before
-        the next (so a copy of it that comes later continues from its end instead of starting over)."""
+        the next (so a copy of it that comes later continues from its end instead of starting over). With
+        `blocks` (bytes), plain files come as blocks of whole lines where they can (see blocks.py)."""
         for path in self._candidates():
             try:
                 st = os.stat(path)
@@ -233,7 +240,12 @@ class FileSource:
             if not stat.S_ISREG(st.st_mode) or key in self.files or not self._open(path, st):
                 continue
             handle = self.files[key]
-            yield from self.read_file_to_end(handle)
+            if blocks and fits_blocks(handle):
+                self.bytes_read += yield from read_blocks(
+                    handle, blocks, self.max_line_bytes, self._read_chunk, self.read_file_to_end
+                )
+            else:
+                yield from self.read_file_to_end(handle)
             self._retire(key, handle, static=True)
 
     def read_file_to_end(self, handle: OpenFile) -> Iterator[Line]:

@@ -1,0 +1,216 @@
+"""Issue 16: backfill workers that take blocks of whole lines (sources/blocks.py, transform.transform_block), as
+processes against the fake Segment: every record exactly once whatever the block size (lines straddling block
+ends, lines longer than a block, lines over --max-line-bytes, blank, invalid and CRLF lines, a file without a
+final newline, several files), the same dead letters and counts as the line path (--workers 0); a kill -9 and a
+restart lose nothing and resend only what the first run delivered; a worker killed ends the run with exit 1;
+Ctrl-C to the process group ends it promptly."""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import gen
+from conftest import FAST, ship, ship_env, summary_rows, wait_until
+from fakes.segment import FakeSegment
+
+MAX_LINE = 4096
+
+
+def env(block: int) -> dict[str, str]:
+    return ship_env(SEGMENT_WRITE_KEY="test-key", KONG_SHIP_BLOCK_BYTES=str(block))
+
+
+def args(fake, tmp_path, state: str, *more: str) -> list[str]:
+    return ["--sink", "segment", "--endpoint", fake.url, "--state-dir", str(tmp_path / state), *FAST, *more]
+
+
+def counts(fake: FakeSegment) -> collections.Counter:
+    return collections.Counter(gen.seq_of_segment_message(m) for m in list(fake.messages))
+
+
+def write_mixed(tmp_path) -> tuple[list[str], set[int], set[tuple[str, int, str]]]:
+    """Three files: records with a blank, a whitespace-only, an invalid, a CRLF and an oversize line between
+    them; one without a final newline (its last record is not shipped); a plain one. Returns the paths, the
+    seqs to arrive and the dead letters expected as (file, offset, reason)."""
+    dead: set[tuple[str, int, str]] = set()
+    arrive: set[int] = set()
+    a = tmp_path / "a.json"
+    parts: list[bytes] = []
+    offset = 0
+
+    def add(line: bytes) -> int:
+        nonlocal offset
+        parts.append(line)
+        start, offset = offset, offset + len(line)
+        return start
+
+    for seq in range(120):
+        add(gen.kong_line(gen.kong_record(seq)))
+        arrive.add(seq)
+        if seq % 17 == 3:
+            add(b"\n")
+            add(b" \t \n")
+        if seq % 23 == 5:
+            dead.add((str(a), add(b"this is no json {\n"), "not_json"))
+        if seq % 29 == 7:
+            dead.add((str(a), add(b'{"pad": "' + b"x" * (3 * MAX_LINE) + b'"}\n'), "too_long"))
+        if seq % 13 == 1:
+            add(gen.kong_line(gen.kong_record(10_000 + seq)).replace(b"\n", b"\r\n"))
+            arrive.add(10_000 + seq)
+    a.write_bytes(b"".join(parts))
+    b = tmp_path / "b.json"
+    gen.write_records(b, range(1000, 1060))
+    unterminated = gen.kong_line(gen.kong_record(1060)).rstrip(b"\n")
+    with open(b, "ab") as handle:
+        handle.write(unterminated)
+    arrive.update(range(1000, 1060))
+    c = tmp_path / "c.json"
+    gen.write_records(c, range(2000, 2040))
+    arrive.update(range(2000, 2040))
+    return [str(a), str(b), str(c)], arrive, dead
+
+
+def dead_letters(path) -> set[tuple[str, int, str]]:
+    entries = [json.loads(line) for line in path.read_text().splitlines()]
+    return {(e["file"], e["offset"], e["reason"]) for e in entries}
+
+
+def test_the_line_path_oracle_holds(tmp_path):
+    """What the block runs are compared with: the line path itself (--workers 0) on the same files."""
+    paths, arrive, dead = write_mixed(tmp_path)
+    with FakeSegment() as fake:
+        result = ship("backfill", *paths, *args(fake, tmp_path, "s0", "--workers", "0", "--max-line-bytes",
+                                                str(MAX_LINE)), env=env(1 << 20))  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        got = counts(fake)
+    assert set(got) == arrive and max(got.values()) == 1
+    assert dead_letters(tmp_path / "s0" / "dead-letter.jsonl") == dead
+
+
+@pytest.mark.parametrize("block", [300, 5000, 70_000, 1 << 20])
+def test_every_record_exactly_once_whatever_the_block_size(tmp_path, block):
+    paths, arrive, dead = write_mixed(tmp_path)
+    with FakeSegment() as fake:
+        lines = ship("backfill", *paths, *args(fake, tmp_path, "s0", "--workers", "0", "--max-line-bytes",
+                                               str(MAX_LINE)), env=env(block))  # fmt: skip
+        assert lines.returncode == 0, lines.stderr
+        fake.messages.clear()
+        blocks = ship("backfill", *paths, *args(fake, tmp_path, "s2", "--workers", "2", "--max-line-bytes",
+                                                str(MAX_LINE)), env=env(block))  # fmt: skip
+        assert blocks.returncode == 0, blocks.stderr
+        got = counts(fake)
+    assert set(got) == arrive and max(got.values()) == 1
+    assert dead_letters(tmp_path / "s2" / "dead-letter.jsonl") == dead
+    # Counted as the line path counts, and the unterminated last line of b.json is reported, not consumed.
+    assert summary_rows(blocks.stderr) == summary_rows(lines.stderr)
+    assert b"b.json" in blocks.stderr and b"newline" in blocks.stderr.lower()
+    # The same checkpoints: each file's offset (past its last newline) and the hash of the bytes before it.
+    assert positions(tmp_path / "s2") == positions(tmp_path / "s0")
+
+
+def positions(state) -> dict[str, tuple[int, str]]:
+    files = json.loads((state / "checkpoints-segment.json").read_text())["files"]
+    return {entry["path"]: (entry["offset"], entry["tail"]) for entry in files.values()}
+
+
+def start(argv: list[str], block: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "shipper", *argv], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=env(block), start_new_session=True)  # fmt: skip
+
+
+def children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as handle:
+        return [int(p) for p in handle.read().split()]
+
+
+SLOW = ["--queue-size", "300", "--batch-size", "100", "--concurrency", "1"]
+
+
+def test_kill_9_mid_run_then_a_restart_loses_nothing(tmp_path):
+    log = tmp_path / "kong.json"
+    seqs = range(4000)
+    gen.write_records(log, seqs)
+    line_ends = list(itertools.accumulate(len(line) for line in log.read_bytes().splitlines(keepends=True)))
+    with FakeSegment() as fake:
+        fake.script(["slow:0.05"] * 1000)
+        argv = ["backfill", str(log), *args(fake, tmp_path, "state", "--workers", "2", *SLOW)]
+        proc = start(argv, 16_384)
+        try:
+            fake.wait_for(lambda: len(fake.messages) >= 600, timeout=60)
+            saved = wait_until(lambda: checkpointed(tmp_path / "state"), timeout=30)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        time.sleep(0.5)  # a request the fake was still answering (slowly) when the shipper died counts too
+        first = counts(fake)
+        assert 600 <= len(first) < len(seqs)
+        fake.clear_script()
+        result = ship(*argv, env=env(16_384))
+        assert result.returncode == 0, result.stderr
+        got = counts(fake)
+    assert set(got) == set(seqs)
+    doubled = {s for s, n in got.items() if n > 1}
+    # Only what the first run delivered past the checkpoint seen before the kill comes again.
+    past_checkpoint = {seq for seq, end in zip(seqs, line_ends) if end > saved}
+    assert doubled <= set(first) & past_checkpoint
+    assert max(got.values()) <= 2
+
+
+def checkpointed(state) -> int:
+    """The checkpointed offset of the one file (0 while none is saved; not the file being written)."""
+    try:
+        files = json.loads((state / "checkpoints-segment.json").read_text())["files"]
+    except (OSError, ValueError, KeyError):
+        return 0
+    return sum(entry["offset"] for entry in files.values())
+
+
+def test_a_worker_killed_ends_the_run_with_exit_1(tmp_path):
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(4000))
+    with FakeSegment() as fake:
+        fake.script(["slow:0.1"] * 1000)
+        proc = start(["backfill", str(log), *args(fake, tmp_path, "state", "--workers", "2", *SLOW)], 16_384)
+        try:
+            fake.wait_for(lambda: len(fake.messages) >= 100, timeout=30)
+            workers = children(proc.pid)
+            assert len(workers) == 2
+            os.kill(workers[0], signal.SIGKILL)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+    assert proc.returncode == 1, err
+    assert b"worker process died" in err
+
+
+def test_ctrl_c_to_the_process_group_ends_it_promptly(tmp_path):
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(4000))
+    with FakeSegment() as fake:
+        fake.script(["slow:0.05"] * 1000)
+        proc = start(["backfill", str(log), *args(fake, tmp_path, "state", "--workers", "2", *SLOW)], 16_384)
+        try:
+            fake.wait_for(lambda: len(fake.messages) >= 100, timeout=30)
+            os.killpg(proc.pid, signal.SIGINT)
+            sent = time.monotonic()
+            _, err = proc.communicate(timeout=30)
+            took = time.monotonic() - sent
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        delivered = len(fake.messages)
+    assert proc.returncode == 130, err
+    assert took < 5, took
+    assert delivered < 4000
