@@ -5,6 +5,7 @@ no route matches goes to the default lane or is counted `unrouted`, never silent
 from __future__ import annotations
 
 import collections
+import hashlib
 import os
 
 import gen
@@ -128,6 +129,11 @@ def test_records_no_route_matches_go_to_the_default_and_every_lane_accounts_for_
     assert "filtered:" not in err  # routing is not counted as a filter's drop
     for lane in ("segment", "segment@team-a", "segment@team-b"):
         assert (state / f"checkpoints-{lane}.json").stat().st_mode & 0o777 == 0o600
+    status = ship("status", "--state-dir", str(state), "--json")
+    assert status.returncode == 0, status.stderr.decode()
+    rows = orjson.loads(status.stdout)["files"]
+    assert {row["sink"] for row in rows} == {"segment", "segment@team-a", "segment@team-b"}
+    assert all(row["done"] for row in rows)
 
 
 def test_a_route_never_borrows_the_default_credential_and_takes_its_own_from_the_environment(tmp_path):
@@ -195,3 +201,19 @@ def test_check_config_shows_the_routes_and_their_lanes_secrets_redacted(tmp_path
     assert "key-a" not in out + err and "default-secret" not in out + err and "s3cr3t" not in out
     assert ("lanes: segment (records no route matched); segment@team-a (workspace_name in ['team-a']); "
             "segment@team-b (workspace in ['ws-team-b'])") in err
+
+
+def test_a_destination_dead_letters_under_its_lane_name(tmp_path):
+    log, dead = tmp_path / "kong.json", tmp_path / "dead.jsonl"
+    write_teams(log, range(30))
+    refused = hashlib.md5(b"request-id:3").hexdigest()  # gen's request id of seq 3 (team-a): the messageId
+    with FakeSegment("key-a", reject_message_ids={refused}) as a, FakeSegment("key-b") as b:
+        path = config(tmp_path, a.url, b.url)
+        done = ship("backfill", str(log), "--config", path, "--state-dir", str(tmp_path / "state"),
+                    "--dead-letter", str(dead), *FAST, env=ship_env())
+    assert done.returncode == 1, done.stderr.decode()  # the vendor refused an event for good
+    assert seqs_at(a) == collections.Counter(set(TEAMS["team-a"][:10]) - {3})
+    assert seqs_at(b) == collections.Counter(TEAMS["team-b"][:10])
+    entries = [orjson.loads(line) for line in dead.read_bytes().splitlines()]
+    assert [(e["reason"], e["sink"]) for e in entries] == [("rejected", "segment@team-a")]
+    assert summary_rows(done.stderr)["segment@team-a"]["rejected"] == 1
