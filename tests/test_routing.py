@@ -13,6 +13,7 @@ import orjson
 import pytest
 from conftest import FAST, FAST_FOLLOW, ship, ship_env, summary_rows, wait_until
 from fakes.segment import FakeSegment
+from fakes.webhook import FakeWebhook
 from test_service_metrics import free_port, scrape
 
 TEAMS = {"team-a": range(0, 300, 3), "team-b": range(1, 300, 3), "team-c": range(2, 300, 3)}  # team-c: no route
@@ -217,3 +218,37 @@ def test_a_destination_dead_letters_under_its_lane_name(tmp_path):
     entries = [orjson.loads(line) for line in dead.read_bytes().splitlines()]
     assert [(e["reason"], e["sink"]) for e in entries] == [("rejected", "segment@team-a")]
     assert summary_rows(done.stderr)["segment@team-a"]["rejected"] == 1
+
+
+def test_a_webhook_route_by_service_signed_with_its_own_secret_beside_a_segment_route(tmp_path):
+    log = tmp_path / "kong.json"
+    write_teams(log, range(30))
+    gen.write_records(log, range(30, 40), extra={"service": {"id": "svc-pay", "name": "payments-api"}})
+    (tmp_path / "pay.secret").write_text("pay-secret\n")
+    with FakeSegment("key-a") as a, FakeWebhook(secret=b"pay-secret", require_headers={"X-Team": "payments"}) as hook:
+        path = tmp_path / "kong-ship.toml"
+        path.write_text(f"""
+[[route]]
+name = "team-a"
+sink = "segment"
+match = {{ workspace_name = "team-a" }}
+write_key_file = "{tmp_path / 'a.key'}"
+endpoint = "{a.url}"
+
+[[route]]
+name = "payments"
+sink = "webhook"
+match = {{ service = ["svc-pay"] }}
+url = "{hook.url}/kong"
+header = ["X-Team: payments"]
+secret_file = "{tmp_path / 'pay.secret'}"
+""")
+        (tmp_path / "a.key").write_text("key-a\n")
+        done = ship("backfill", str(log), "--config", str(path), "--state-dir", str(tmp_path / "state"), *FAST,
+                    env=ship_env(KONG_SHIP_WEBHOOK_SECRET="the-default-secret"))
+    assert done.returncode == 0, done.stderr.decode()
+    assert seqs_at(a) == collections.Counter(TEAMS["team-a"][:10])
+    assert sorted(gen.seq_of_url(e["raw_path"]) for e in hook.events) == list(range(30, 40))
+    rows = summary_rows(done.stderr)
+    assert rows["webhook@payments"]["unrouted"] == 20  # teams b and c: no route, no default
+    assert rows["segment@team-a"]["unrouted"] == 20 and rows["segment@team-a"]["routed-elsewhere"] == 10
