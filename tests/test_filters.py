@@ -108,6 +108,8 @@ def test_the_transformer_counts_a_named_drop_as_filtered_with_its_reason():
     ('[[filter]]\nname = "a"\npaths = "/x"\n', "filter[1]: paths: expected a list"),
     ('[[filter]]\nname = "a"\npaths = ["/x"]\nsinks = ["segmnet"]\n', "filter[1]: sinks: unknown sink 'segmnet'"),
     ("[filter]\nname = 'a'\n", "filter: expected tables like [[filter]]"),
+    ("[[filters]]\nname = 'a'\n", "[filters]: unknown section (known: input, masks, delivery, state, log, "
+     "metrics, sampling, sinks, route, routing, filter)"),
     ("[sampling]\nrate = 2\n", "sampling.rate"),
     ("[sampling]\nrates = 0.1\n", "sampling.rates: unknown key"),
     ('[[sampling.rule]]\nname = "a"\nrate = 0.1\n', "sampling.rule[1]: a sampling rule needs services"),

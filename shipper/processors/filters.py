@@ -95,9 +95,11 @@ class Filter:
         self.reason = f"filter:{name}"
         self._exclude = action == "exclude"
         # The rule as given, for repr, check-config and the effective configuration file.
-        spec = {"paths": list(paths), "methods": [m.upper() for m in methods], "statuses": list(statuses),
-                "services": list(services), "routes": list(routes), "consumers": list(consumers),
-                "workspaces": list(workspaces), "hosts": [h.lower() for h in hosts]}
+        spec: dict[str, list[Any]] = {
+            "paths": list(paths), "methods": [m.upper() for m in methods], "statuses": list(statuses),
+            "services": list(services), "routes": list(routes), "consumers": list(consumers),
+            "workspaces": list(workspaces), "hosts": [h.lower() for h in hosts],
+        }
         self.spec = {k: v for k, v in spec.items() if v}
         if not self.spec:
             raise ValueError("a filter needs at least one of " + ", ".join(MATCHERS))

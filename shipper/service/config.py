@@ -200,7 +200,8 @@ def default_map(data: dict[str, Any], path: str, command: click.Command) -> dict
             continue
         keys = SECTIONS.get(section)
         if keys is None:
-            raise ConfigError(f"{path}: [{section}]: unknown section (known: {', '.join([*SECTIONS, 'sinks', 'route', 'routing'])})")
+            known = ", ".join([*SECTIONS, "sinks", "route", "routing", "filter"])
+            raise ConfigError(f"{path}: [{section}]: unknown section (known: {known})")
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: [{section}]: expected a table")
         for key, value in table.items():
