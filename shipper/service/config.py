@@ -200,8 +200,8 @@ def default_map(data: dict[str, Any], path: str, command: click.Command) -> dict
             continue
         keys = SECTIONS.get(section)
         if keys is None:
-            known = ", ".join([*SECTIONS, "sinks", "route", "routing", "filter"])
-            raise ConfigError(f"{path}: [{section}]: unknown section (known: {known})")
+            sections = ", ".join([*SECTIONS, "sinks", "route", "routing", "filter"])  # `known` is a list above
+            raise ConfigError(f"{path}: [{section}]: unknown section (known: {sections})")
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: [{section}]: expected a table")
         for key, value in table.items():
