@@ -6,7 +6,7 @@ where seconds cannot (run by hand, never by the test suite; needs `valgrind`):
     python bench/instructions.py --against /tmp/before          # this tree vs that one
     python bench/instructions.py --records 5000 --small 500     # more records, steadier
 
-For each tree, `kong-ship backfill --workers 0 --sink segment` to a counting fake runs twice under callgrind, on
+For each tree, `kong-ship backfill --workers 0 --sink segment` (or `--sink moesif`) to a counting fake runs twice under callgrind, on
 `--small` and on `--records` records of the benchmark's log; the difference divided by the difference in
 records is the cost of one record end to end (read, parse, identify, mask, encode, batch, gzip, send), start-up
 excluded. Start-up (the small run less its records) is printed too.
@@ -24,17 +24,19 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.fake_vendors import CountingSegment  # noqa: E402
-from bench.run import WRITE_KEY, cached_log  # noqa: E402
+from bench.fake_vendors import CountingMoesif, CountingSegment  # noqa: E402
+from bench.run import APP_ID, WRITE_KEY, cached_log  # noqa: E402
+
+FAKES = {"segment": lambda records: CountingSegment(WRITE_KEY, records), "moesif": lambda records: CountingMoesif(APP_ID, records)}
 
 
-def count(tree: str, records: int, data_dir: str) -> int:
+def count(tree: str, records: int, data_dir: str, sink: str = "segment") -> int:
     log, _ = cached_log(data_dir, records)
-    env = dict(os.environ, SEGMENT_WRITE_KEY=WRITE_KEY, PYTHONPATH=tree)
-    with CountingSegment(WRITE_KEY, records) as fake, tempfile.TemporaryDirectory() as state:
+    env = dict(os.environ, SEGMENT_WRITE_KEY=WRITE_KEY, MOESIF_APPLICATION_ID=APP_ID, PYTHONPATH=tree)
+    with FAKES[sink](records) as fake, tempfile.TemporaryDirectory() as state:
         out = subprocess.run(
             ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-m", "shipper",
-             "backfill", log, "--sink", "segment", "--endpoint", fake.url, "--state-dir", state, "--workers", "0"],
+             "backfill", log, "--sink", sink, "--endpoint", fake.url, "--state-dir", state, "--workers", "0"],
             cwd=tree, env=env, capture_output=True, text=True, check=False,
         )  # fmt: skip
         tally = fake.tally(records)
@@ -47,6 +49,7 @@ def count(tree: str, records: int, data_dir: str) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--against", help="another checkout of kong-ship (e.g. a git worktree of an older commit)")
+    ap.add_argument("--sink", choices=sorted(FAKES), default="segment", help="the sink shipped to (a counting fake of it)")
     ap.add_argument("--records", type=int, default=5000)
     ap.add_argument("--small", type=int, default=500)
     ap.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "kong-ship-bench"))
@@ -54,7 +57,7 @@ def main() -> None:
     trees = {"this tree": ROOT, **({"against": os.path.abspath(args.against)} if args.against else {})}
     per_record = {}
     for name, tree in trees.items():
-        small, large = count(tree, args.small, args.data_dir), count(tree, args.records, args.data_dir)
+        small, large = (count(tree, n, args.data_dir, args.sink) for n in (args.small, args.records))
         per_record[name] = (large - small) / (args.records - args.small)
         startup = small - per_record[name] * args.small
         print(f"{name:9s} {per_record[name] / 1000:8.1f} k instructions/record   start-up {startup / 1e6:7.0f} M   ({tree})")

@@ -25,6 +25,7 @@ from shipper.formats import Parser
 from shipper.processors import build_chain
 from shipper.sinks.base import RecordDropped
 from shipper.sinks.moesif import MoesifSink
+from shipper.sinks.runscope import RunscopeSink
 from shipper.transform import EVENT, Transformer
 
 CORPUS = pathlib.Path(__file__).resolve().parent / "corpus" / "kong-records.jsonl"
@@ -47,6 +48,19 @@ CONFIGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "small-bodies": ({"request_max_body_size_limit": 20, "response_max_body_size_limit": 20,
                       "disable_gzip_payload_decompression": True}, {"ship_raw_bodies": True}),
 }
+
+RUNSCOPE_CONFIGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "runscope": ({}, {}),
+    "runscope-bodies": ({"log_body": True}, {}),
+    "runscope-masks": ({"log_body": True}, CONFIGS["extra-masks"][1]),
+    "runscope-since-until": ({"log_body": True}, CONFIGS["since-until"][1]),
+}
+
+
+def make_sink(config: str) -> Any:
+    if config in RUNSCOPE_CONFIGS:
+        return RunscopeSink("t", "bucket", "http://127.0.0.1:9/", **RUNSCOPE_CONFIGS[config][0])
+    return MoesifSink("m", "http://127.0.0.1:9/", fetch_config=False, **CONFIGS[config][0])
 
 
 class Counting:
@@ -76,8 +90,8 @@ class Pair:
     """The same configuration twice: one Transformer with the flat path, one without."""
 
     def __init__(self, config: str, fmt: str = "auto", sampling: dict[str, Any] | None = None):
-        sink_options, chain_options = CONFIGS[config]
-        sinks = [MoesifSink("m", "http://127.0.0.1:9/", fetch_config=False, **sink_options) for _ in range(2)]
+        chain_options = {**CONFIGS, **RUNSCOPE_CONFIGS}[config][1]
+        sinks = [make_sink(config) for _ in range(2)]
         for sink in sinks:
             for key, value in (sampling or {}).items():
                 setattr(sink.sampler, key, value)
@@ -154,7 +168,7 @@ def secret_lines() -> list[bytes]:
     return out
 
 
-@pytest.mark.parametrize("config", sorted(CONFIGS))
+@pytest.mark.parametrize("config", sorted(CONFIGS) + sorted(RUNSCOPE_CONFIGS))
 def test_generated_and_secret_records_are_byte_identical_and_flat(config):
     pair = Pair(config)
     lines = generated_lines()
@@ -169,7 +183,7 @@ def test_generated_and_secret_records_are_byte_identical_and_flat(config):
     assert pair.counting.events + pair.counting.dropped >= before + 5
 
 
-@pytest.mark.parametrize("config", ["default", "no-window", "extra-masks"])
+@pytest.mark.parametrize("config", ["default", "no-window", "extra-masks", "runscope-masks"])
 def test_the_corpus_is_byte_identical(config):
     pair = Pair(config)
     lines = [line for line in CORPUS.read_bytes().splitlines() if line.strip()]
@@ -190,6 +204,9 @@ def test_the_kong_format_and_the_examples_are_byte_identical():
     sink, chain = MoesifSink("m", fetch_config=False), build_chain(since_ms=1)
     assert sink.flat_path(Parser(), chain[:-1]) is None and sink.flat_path(Parser(), chain[1:] + chain[:1]) is None
     assert sink.flat_path(Parser(), [*chain, lambda txn: txn]) is None and sink.flat_path(Parser("kong"), chain)
+    runscope = make_sink("runscope")
+    assert runscope.flat_path(Parser("nginx"), chain) is None and runscope.flat_path(Parser(), chain[:-1]) is None
+    assert runscope.flat_path(Parser(), chain) is not None
 
 
 def test_sampling_keeps_and_weighs_alike_and_skips_go_the_transaction_way():
@@ -201,7 +218,7 @@ def test_sampling_keeps_and_weighs_alike_and_skips_go_the_transaction_way():
     assert pair.counting.events == len(kept)
 
 
-MUTATION_PAIRS = {name: Pair(name) for name in ("no-window", "extra-masks", "small-bodies")}
+MUTATION_PAIRS = {name: Pair(name) for name in ("no-window", "extra-masks", "small-bodies", "runscope-bodies")}
 
 
 class _Drawing:

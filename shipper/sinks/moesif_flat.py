@@ -38,9 +38,12 @@ _CONSUMER_IDS = ("id",)
 _CREDENTIAL_IDS = ("id", "consumer_id")
 
 
-def moesif_flat_path(sink: MoesifSink, parser: Parser, chain: Sequence[Processor]) -> MoesifFlat | None:
-    """The flat path for lines `parser` reads and `chain` processes, or None unless the chain is exactly the
-    default one ([time window] identify, masks, drop_raw) and the parser reads Kong records (`auto`, `kong`)."""
+ChainParts = tuple[bool, "TimeWindow | None", Identify, Masker]  # (format auto?, window, identity, masks)
+
+
+def default_chain(parser: Parser, chain: Sequence[Processor]) -> ChainParts | None:
+    """The parts of `chain` when it is exactly the default one ([time window] identify, masks, drop_raw) and
+    `parser` reads Kong records (`auto`, `kong`); else None: a flat path knows only those."""
     if parser.format not in ("auto", "kong"):
         return None
     steps = list(chain)
@@ -52,22 +55,25 @@ def moesif_flat_path(sink: MoesifSink, parser: Parser, chain: Sequence[Processor
     identify, masker, last = rest
     if type(identify) is not Identify or type(masker) is not Masker or last is not drop_raw:
         return None
-    return MoesifFlat(sink, parser.format == "auto", window, identify, masker)
+    return parser.format == "auto", window, identify, masker
 
 
-class MoesifFlat:
-    """A `FlatEncode` for the Moesif sink."""
+def moesif_flat_path(sink: MoesifSink, parser: Parser, chain: Sequence[Processor]) -> MoesifFlat | None:
+    parts = default_chain(parser, chain)
+    return None if parts is None else MoesifFlat(sink, parts)
 
-    def __init__(self, sink: MoesifSink, auto: bool, window: TimeWindow | None, identify: Identify, masker: Masker):
-        self.sink = sink
-        self.auto = auto
-        self.low = window.since_ms if window is not None and window.since_ms is not None else None
-        self.high = window.until_ms if window is not None and window.until_ms is not None else None
-        self.window = window is not None
-        self.identify = identify
-        self.masker = masker
 
-    def __call__(self, data: bytes, file_id: str, offset: int, end: int, logged_at: int | None) -> tuple[bytes, bool] | None:
+class KongFlat:
+    """What every sink's flat path does first: decode the line, keep only a Kong HTTP record with a start time
+    (as `formats.Parser` would read it), and apply the window (RecordDropped outside it)."""
+
+    def __init__(self, parts: ChainParts):
+        self.auto, window, self.identify, self.masker = parts
+        self.low = window.since_ms if window is not None else None
+        self.high = window.until_ms if window is not None else None
+
+    def record(self, data: bytes) -> tuple[dict[str, Any], dict[str, Any], int] | None:
+        """(record, its request, its start in epoch ms), or None for the Transaction path."""
         record = orjson.loads(data)  # a line that needs repairs raises: the parser's decode_line does those
         if type(record) is not dict:
             return None
@@ -82,8 +88,23 @@ class MoesifFlat:
         started = epoch_ms_field(get("started_at"), "started_at")
         if started is None:
             return None  # the parser dates it (container runtime, or the time read)
-        if self.window and not ((self.low is None or self.low <= started) and (self.high is None or started < self.high)):
+        if (self.low is not None and started < self.low) or (self.high is not None and started >= self.high):
             raise RecordDropped()
+        return record, request, started
+
+
+class MoesifFlat(KongFlat):
+    """A `FlatEncode` for the Moesif sink."""
+
+    def __init__(self, sink: MoesifSink, parts: ChainParts):
+        super().__init__(parts)
+        self.sink = sink
+
+    def __call__(self, data: bytes, file_id: str, offset: int, end: int, logged_at: int | None) -> tuple[bytes, bool] | None:
+        found = self.record(data)
+        if found is None:
+            return None
+        record, request, started = found
         sink = self.sink
         if sink.max_age_ms is not None and started < time.time() * 1000 - sink.max_age_ms:
             return None  # EventFiltered on the Transaction path
@@ -97,17 +118,17 @@ class MoesifFlat:
         latencies = get("latencies")
         if type(latencies) is not dict:
             latencies = {}
-        url = _str(rget("url")) or _str(rget("request_uri"))
+        url = plain_str(rget("url")) or plain_str(rget("request_uri"))
         scheme, host, port, url_target = split_url(url) if url else ("", "", None, "")
         if port is not None and not 0 <= port <= 65535:
             return None  # port_field decides (a bad value, or a float port)
-        raw_path = _str(rget("uri")) or url_target
+        raw_path = plain_str(rget("uri")) or url_target
         query_string = split_target(raw_path)[1]
         headers = rget("headers")
         if type(headers) is not dict:
             headers = {}
         if not host:
-            host_header = _str(headers.get("host"))
+            host_header = plain_str(headers.get("host"))
             host = host_header.rpartition(":")[0] or host_header
         request_id = rget("id")
         tries = get("tries")
@@ -142,7 +163,7 @@ class MoesifFlat:
             event_id=request_id if type(request_id) is str and request_id else fallback_id,
             source_format="kong",
             started_at=started,
-            method=_str(rget("method")).upper(),
+            method=plain_str(rget("method")).upper(),
             scheme=scheme,
             host=host,
             port=port,
@@ -151,7 +172,7 @@ class MoesifFlat:
             request_headers=masker.mask_headers(headers),
             request_size=request_size,
             request_body=request_body,
-            client_ip=_str(get("client_ip")),
+            client_ip=plain_str(get("client_ip")),
             tls=None if tls is None else tls_info(tls),
             status=status,
             response_headers=masker.mask_headers(response_headers if type(response_headers) is dict else {}),
@@ -185,7 +206,7 @@ class MoesifFlat:
         return bytes(memoryview(self.sink.sampled(self.sink.event(txn), txn.event_id))), txn.user_id is None
 
 
-def _str(value: Any) -> str:
+def plain_str(value: Any) -> str:
     if type(value) is str:
         return value
     if value is None or type(value) is dict or type(value) is list:

@@ -10,9 +10,9 @@ request carries one message.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import click
 import httpx
@@ -22,10 +22,16 @@ from shipper.errors import ConfigError
 from shipper.formats.values import parse_query
 from shipper.model import Transaction
 from shipper.sinks.base import (
-    DEFAULT_KEEPALIVE_EXPIRY, FATAL, REJECT, EventSkipped, HttpSink, OptionList, Sink, SinkLimits, Verdict, absolute_url, judge_common,
+    DEFAULT_KEEPALIVE_EXPIRY, FATAL, REJECT, EventSkipped, FlatEncode, HttpSink, OptionList, Sink, SinkLimits, Verdict,
+    absolute_url, judge_common,
 )
 from shipper.sinks.config import config_from_options, option, options_of
 from shipper.sinks.credentials import read_secret
+from shipper.sinks.runscope_flat import runscope_flat_path
+
+if TYPE_CHECKING:  # only types: the sinks need neither the formats nor the processors at run time
+    from shipper.formats import Parser
+    from shipper.processors import Processor
 
 DEFAULT_ENDPOINT = "https://api.runscope.com"
 
@@ -150,6 +156,10 @@ class RunscopeSink(HttpSink):
             # UDP) session is none. The Admin API request behind a config change is sent (kind admin_request).
             raise EventSkipped()
         return orjson.dumps(self.message(txn))
+
+    def flat_path(self, parser: Parser, chain: Sequence[Processor]) -> FlatEncode | None:
+        """Kong HTTP records under the default chain straight to message bytes (`runscope_flat`)."""
+        return runscope_flat_path(self, parser, chain)
 
     def request(self, events: list[bytes]) -> httpx.Request:
         return httpx.Request("POST", self.url, headers=self._headers, content=events[0])
