@@ -12,6 +12,14 @@ Only for a plain (not gzip) file read once to its end (backfill) whose first lin
 The reader's position (`base`, `read_pos`, `before`) is moved past each block as the line path would have moved
 it past the block's lines, so checkpoints, rotation hand-over and the progress bar see no difference.
 
+The reader reads each block itself (and counts its newlines: each line gets its ack sequence number when read, in
+file order, so a checkpoint can never pass lines in the workers' hands) and sends the bytes. Measured on the
+benchmark's Kong log (2.7 kB/record): the parent's CPU for handing 20,000 records to 2 workers and taking their
+outcomes back falls from ~10 µs/record (lines in chunks of 512) to ~7.7; reading, cutting, pickling and piping
+the bytes costs ~7.5 µs/record for both ends of the pipe together. Workers that pread their own ranges would save
+the parent its part, but then the line count (the sequence numbers) is known only when the result comes back,
+after lines read later: not done.
+
 `KONG_SHIP_BLOCK_BYTES` sets the block size (for tests and measurements).
 """
 
