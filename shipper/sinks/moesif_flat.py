@@ -8,7 +8,13 @@ own `EventBuilder.event` on a Transaction holding just those parts, so the event
 whichever path a line takes. Anything it does not expect sends the line down the Transaction path: another
 format or kind, a record without a start time, one Moesif's 30-day window filters, one sampling would skip, or
 any value a parser would refuse (the checked coercions raise, and the Transformer falls back on any exception).
-`tests/test_flat_paths.py` proves the bytes identical to the Transaction path's.
+`tests/test_flat_moesif.py` proves the bytes identical to the Transaction path's.
+
+Measured (bench/instructions.py --sink moesif, PYTHONHASHSEED=0, 5,000 records, end to end): 545.8 k → 527.3 k
+instructions/record for this module alone (−3.4 %), 505.0 k → 486.2 k on a later tree (−3.7 %). Little, because
+the event ships nearly every field a Transaction holds (metadata.kong) and the costs that remain are shared by
+both paths: orjson.loads (~70 k), unverified JWT decoding of each new token in PyJWT, the event, orjson.dumps,
+gzip and sending.
 """
 
 from __future__ import annotations
