@@ -46,8 +46,50 @@ def count(tree: str, records: int, data_dir: str, sink: str = "segment") -> int:
     return int(found.group(1))
 
 
+# `--transform`: the transform step alone (Transformer on lines already in memory), flat path or not.
+TRANSFORM = """
+import sys
+sys.path.insert(0, {tree!r})
+from shipper.formats import Parser
+from shipper.processors import build_chain
+from shipper.sinks.segment import SegmentSink
+from shipper.transform import Transformer
+with open({log!r}, "rb") as f:
+    lines = [line.rstrip(b"\\n") for _, line in zip(range({warm}), f)]
+parser, chain, sink = Parser(), build_chain(), SegmentSink("k")
+transform = Transformer(parser, chain, sink, sink.flat_path(parser, chain) if {flat} else None)
+for rounds in (lines, lines[:{records}]):  # a warm-up round first: each JWT decoded, each entity masked once
+    fates = [transform("bench", line, i * 4000, i * 4000 + len(line))[0] for i, line in enumerate(rounds)]
+    assert fates.count(0) == len(rounds), fates[:5]
+"""
+
+
+def count_transform(tree: str, records: int, warm: int, data_dir: str, flat: bool) -> int:
+    log, _ = cached_log(data_dir, max(warm, 5000))
+    code = TRANSFORM.format(tree=tree, log=log, records=records, warm=warm, flat=flat)
+    out = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-c", code],
+        cwd=tree, env=dict(os.environ, PYTHONPATH=tree), capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    found = re.search(r"Collected : (\d+)", out.stderr)
+    if out.returncode != 0 or not found:
+        raise SystemExit(f"{tree}: transform of {records} records failed (exit {out.returncode}): {out.stderr[-600:]}")
+    return int(found.group(1))
+
+
+def transform_only(trees: dict[str, str], args: argparse.Namespace) -> None:
+    """Segment's transform step per record, the Transaction path and the flat path (SegmentSink.flat_path), with
+    warm caches (a long run's state: JWTs decoded, entities masked, names classified once)."""
+    for name, tree in trees.items():
+        for flat in (False, True):
+            small, large = (count_transform(tree, n, args.records, args.data_dir, flat) for n in (args.small, args.records))
+            per = (large - small) / (args.records - args.small)
+            print(f"{name:9s} transform {'flat' if flat else 'full'}: {per / 1000:8.1f} k instructions/record   ({tree})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--transform", action="store_true", help="the Segment transform step alone, full and flat path")
     ap.add_argument("--against", help="another checkout of kong-ship (e.g. a git worktree of an older commit)")
     ap.add_argument("--sink", choices=sorted(FAKES), default="segment", help="the sink shipped to (a counting fake of it)")
     ap.add_argument("--records", type=int, default=5000)
@@ -55,6 +97,8 @@ def main() -> None:
     ap.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "kong-ship-bench"))
     args = ap.parse_args()
     trees = {"this tree": ROOT, **({"against": os.path.abspath(args.against)} if args.against else {})}
+    if args.transform:
+        return transform_only(trees, args)
     per_record = {}
     for name, tree in trees.items():
         small, large = (count(tree, n, args.data_dir, args.sink) for n in (args.small, args.records))

@@ -29,13 +29,12 @@ from shipper.processors import build_chain
 from shipper.processors.masking import drop_raw
 from shipper.sinks.base import RecordDropped
 from shipper.sinks.segment import SegmentSink
-from shipper.sinks.segment_flat import segment_flat_path
 from shipper.transform import Transformer
 
 SINKS = fuzzlines.build_sinks()
 SEGMENT_TEMPLATE = "{method} {path} {host} {status} {service} {route}"
-# name -> (the sink variants to compare, how its flat path is made); one line per sink with a flat path.
-# Segment's is not switched on in SegmentSink.flat_path yet (slower so far): the test builds it directly.
+# name -> (the sink variants to compare, how its flat path is made); one line per sink with a flat path. The
+# path is the one the lane gets: the sink's own `flat_path`.
 FlatMaker = Callable[[Any, Parser, list], Any]
 FLAT_SINKS: dict[str, tuple[list[Callable[[], Any]], FlatMaker]] = {
     "segment": (
@@ -43,7 +42,7 @@ FLAT_SINKS: dict[str, tuple[list[Callable[[], Any]], FlatMaker]] = {
             lambda: SINKS["segment"],
             lambda: SegmentSink("k", event_name_template=SEGMENT_TEMPLATE, strip_trailing_slash=False),
         ],
-        lambda sink, parser, chain: segment_flat_path(parser, chain, sink.encode),
+        lambda sink, parser, chain: sink.flat_path(parser, chain),
     ),
 }
 CHAINS: dict[str, dict[str, Any]] = {
@@ -148,8 +147,8 @@ def test_no_flat_path_for_a_chain_or_format_it_does_not_know(sink_name: str) -> 
     sink = makers[0]()
     assert flat_path(sink, Parser("nginx"), build_chain()) is None
     assert flat_path(sink, Parser(), [*build_chain(), lambda txn: txn]) is None
-    assert flat_path(sink, Parser(), build_chain(jwt_places=("request.querystring.jwt",))) is None
-    assert flat_path(sink, Parser(), [drop_raw]) is not None  # a chain of known parts
+    assert flat_path(sink, Parser(), [drop_raw]) is None  # known parts, but not the default chain
+    assert flat_path(sink, Parser("kong"), build_chain(jwt_places=("request.querystring.jwt",))) is not None
 
 
 # -- mutations ---------------------------------------------------------------------------------------------------

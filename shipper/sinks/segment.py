@@ -82,11 +82,11 @@ def iso_ms(epoch_ms: int | None) -> str:
     return f"{cache[1]}{millis:03d}Z"
 
 
-_COMPONENT_KEYS = tuple(f"pathComponent{i}" for i in range(11))  # [1..10]: no f-string per record
+COMPONENT_KEYS = tuple(f"pathComponent{i}" for i in range(11))  # [1..10]: no f-string per record
 
 # The TLS and AI blocks are small dicts present on few records: their keys are mapped by table.
-_TLS_PROPERTIES = (("version", "tlsVersion"), ("cipher", "tlsCipher"), ("client_verify", "tlsClientVerify"))
-_AI_PROPERTIES = (
+TLS_PROPERTIES = (("version", "tlsVersion"), ("cipher", "tlsCipher"), ("client_verify", "tlsClientVerify"))
+AI_PROPERTIES = (
     ("provider", "aiProvider"),
     ("model", "aiModel"),
     ("prompt_tokens", "aiPromptTokens"),
@@ -144,10 +144,10 @@ def _add_gateway_properties(txn: Transaction, properties: dict[str, Any]) -> Non
         properties["correlationId"] = value
     value = txn.tls
     if value:
-        _add_block(value, _TLS_PROPERTIES, properties)
+        _add_block(value, TLS_PROPERTIES, properties)
     value = txn.ai
     if value:
-        _add_block(value, _AI_PROPERTIES, properties)
+        _add_block(value, AI_PROPERTIES, properties)
     if txn.started_at_estimated or txn.started_at is None:
         # The record had no start time: `timestamp` is when kong-ship read the line (or sent it).
         properties["timestampEstimated"] = True
@@ -168,6 +168,16 @@ def check_template(template: str) -> str:
                 f"--event-name-template: unknown placeholder {{{field}}} (use {', '.join('{%s}' % p for p in PLACEHOLDERS)})"
             )
     return template
+
+
+def event_name(template: str, method: str, path: str, host: str, status: int | None, service: Any, route: Any) -> str:
+    """The event name from a template other than the default (both paths: `segment_flat` too)."""
+    # kong-segment-log lower-cased {host} and {path} in the event name (string.lower), and upper-cased
+    # {method}; the properties keep their case.
+    return template.format(
+        method=method.upper(), path=path.lower(), host=host.lower(), status=status, service=service or "",
+        route=route or "",
+    )
 
 
 class SegmentSink(HttpSink):
@@ -208,10 +218,11 @@ class SegmentSink(HttpSink):
         return cls(key, endpoint or DEFAULT_ENDPOINT, config=config)
 
     def flat_path(self, parser: Parser, chain: Sequence[Processor]) -> FlatEncode | None:
-        """None for now (issue 16): `segment_flat.segment_flat_path` makes the same bytes (tests/test_flat_paths.py)
-        but, as it still builds a Transaction and runs the chain and `encode`, costs more than it saves (+10.7 %
-        instructions per record end to end, bench/instructions.py); it goes on once it writes the event itself."""
-        return None
+        """Kong HTTP lines under the default chain: the `track` message written from the decoded record
+        (`segment_flat`, issue 16), the same bytes as `message` + `encode` (tests/test_flat_paths.py)."""
+        from shipper.sinks.segment_flat import segment_flat_path  # it imports this module's constants
+
+        return segment_flat_path(self, parser, chain)
 
     # -- one event -------------------------------------------------------------------------------------------
     def message(self, txn: Transaction) -> dict[str, Any]:
@@ -251,7 +262,7 @@ class SegmentSink(HttpSink):
         for component in path.split("/"):
             if component:
                 i += 1
-                properties[_COMPONENT_KEYS[i]] = component
+                properties[COMPONENT_KEYS[i]] = component
                 if i == 10:
                     break
         # Kong's numbers as Kong wrote them: 1430, not 1430.0 (a Transaction keeps latencies as floats).
@@ -355,16 +366,7 @@ class SegmentSink(HttpSink):
     def event_name(self, txn: Transaction, path: str, service: str | None, route: str | None) -> str:
         if self.template == DEFAULT_EVENT_NAME:
             return f"API Request: {txn.method}"
-        # kong-segment-log lower-cased {host} and {path} in the event name (string.lower), and upper-cased
-        # {method}; the properties keep their case.
-        return self.template.format(
-            method=txn.method.upper(),
-            path=path.lower(),
-            host=txn.host.lower(),
-            status=txn.status,
-            service=service or "",
-            route=route or "",
-        )
+        return event_name(self.template, txn.method, path, txn.host, txn.status, service, route)
 
     def encode(self, txn: Transaction) -> bytes:
         message = self.message(txn)

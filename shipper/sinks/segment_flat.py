@@ -1,77 +1,294 @@
-"""Segment's flat path (issue 16): a Kong HTTP line → the bytes of its `track` call, without the full Transaction.
+"""Segment's flat path (issue 16): a Kong HTTP line → the bytes of its `track` call in one pass, without a
+Transaction: the record decoded by orjson (as the parser decodes it), then the `track` message written straight
+from the fields Segment ships, in `SegmentSink.message`'s key order, masking only what it ships (the query
+string, object and fragment, the raw path, the upstream URI, the entities whose names it ships).
 
-The line is decoded with msgspec into only the fields Segment ships and identity reads (`formats.kong_flat`), into
-a slim Transaction that the run's own processors (the time window, Identify, the Masker, drop_raw) and
-`SegmentSink.encode` then handle exactly as on the Transaction path: the same code decides, so the bytes are the
-same (`tests/test_flat_paths.py` proves it), and the time saved is the work for what Segment never ships: the
-orjson objects of every header and body, 40 checked fields, masking headers and bodies.
+Deciding as the Transaction path decides: every check `formats.kong.parse_kong` makes that can refuse a record
+(start time, status, sizes, latencies, upstream status, port) is made here too, with the same helpers of
+`formats.values`, *before* the time window, because the parser refuses before the window drops; identity is
+the chain's own `Identify.who` on the same evidence. Anything out of the ordinary is handed back (None) or
+raises, and the line takes the Transaction path, which decides: a string field of another type, a record
+without a start time, a message the sink would reject or shrink. `tests/test_flat_paths.py` proves the bytes
+identical, through `SegmentSink.flat_path`.
 
-Only a chain and a parser known exactly get a flat path: the default chain (`processors.build_chain`), with JWT
-places that are top-level fields or request headers, and the `kong` or `auto` format. Anything else: None, and
-every line takes the Transaction path.
+Only the default chain ([time window], Identify, Masker, drop_raw) and the `kong` or `auto` formats get one
+(`moesif_flat.default_chain`); anything else: None, and every line takes the Transaction path.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from shipper.formats.kong_flat import KongDecoder
-from shipper.model import Transaction
-from shipper.processors.identity import Identify
-from shipper.processors.masking import Masker, drop_raw
-from shipper.processors.window import TimeWindow
-from shipper.sinks.base import FlatEncode, RecordDropped
+import orjson
+
+from shipper.formats.kong_fields import ai_usage, entity, tls_info, trace_id
+from shipper.formats.values import (
+    MAX_LATENCY_MS, count_field, epoch_ms_field, latency_field, parse_query, split_target, split_url, status_field,
+    upstream_status_field,
+)
+from shipper.processors.identity import anonymous_id
+from shipper.processors.masking import MASK
+from shipper.sinks.base import RecordDropped
+from shipper.sinks.moesif_flat import ChainParts, KongFlat, default_chain, plain_str
+from shipper.sinks.segment import (
+    AI_PROPERTIES, COMPONENT_KEYS, DEFAULT_EVENT_NAME, LIBRARY, MAX_MESSAGE_BYTES, TLS_PROPERTIES, event_name, iso_ms,
+)
 
 if TYPE_CHECKING:
     from shipper.formats import Parser
     from shipper.processors import Processor
+    from shipper.sinks.segment import SegmentSink
 
-_KNOWN_PROCESSORS = (TimeWindow, Identify, Masker)
-
-
-class SegmentFlat:
-    """The flat encoder of one Segment sink for one chain: `FlatEncode`."""
-
-    __slots__ = ("transaction", "chain", "encode")
-
-    def __init__(self, decoder: KongDecoder, chain: Sequence[Processor], encode: Callable[[Transaction], bytes]):
-        self.transaction = decoder.transaction
-        self.chain = tuple(chain)
-        self.encode = encode
-
-    def __call__(
-        self, data: bytes, file_id: str, offset: int, end: int, logged_at: int | None
-    ) -> tuple[bytes, bool] | None:
-        # `logged_at` dates only a record without a start time, which the decoder hands back (None).
-        txn = self.transaction(data, file_id, offset)
-        if txn is None:
-            return None
-        for processor in self.chain:
-            result = processor(txn)
-            if result is None:
-                raise RecordDropped
-            txn = result
-        # As the Transformer does: orjson's buffer is at least 4 KiB, a queued event keeps only its own bytes.
-        return bytes(memoryview(self.encode(txn))), txn.user_id is None
+_CONSUMER_IDS = ("id",)
+_CREDENTIAL_IDS = ("id", "consumer_id")
 
 
-def segment_flat_path(
-    parser: Parser, chain: Sequence[Processor], encode: Callable[[Transaction], bytes]
-) -> FlatEncode | None:
+def segment_flat_path(sink: SegmentSink, parser: Parser, chain: Sequence[Processor]) -> SegmentFlat | None:
     """The flat path for lines read by `parser` through `chain`, or None when either is not one it knows."""
-    if parser.format not in ("kong", "auto"):
+    parts = default_chain(parser, chain)
+    return None if parts is None else SegmentFlat(sink, parts)
+
+
+def _latency(value: Any, field: str) -> int | float | None:
+    """`latency_field` as Segment writes it: Kong's integer ms as the int (the sink turns 14.0 back into 14)."""
+    if type(value) is int and 0 <= value <= MAX_LATENCY_MS:
+        return value
+    number = latency_field(value, field)
+    if number is None:
         return None
-    places: list[tuple[str, ...]] = []
-    for processor in chain:
-        if processor is drop_raw:
-            continue
-        kind = type(processor)
-        if kind not in _KNOWN_PROCESSORS:
+    return int(number) if number.is_integer() else number
+
+
+class SegmentFlat(KongFlat):
+    """A `FlatEncode` for the Segment sink."""
+
+    def __init__(self, sink: SegmentSink, parts: ChainParts):
+        super().__init__(parts)
+        self.template = sink.template
+        self.strip_trailing_slash = sink.strip_trailing_slash
+
+    def __call__(self, data: bytes, file_id: str, offset: int, end: int, logged_at: int | None) -> tuple[bytes, bool] | None:
+        # `logged_at` dates only a record without a start time, which goes down the Transaction path.
+        record = orjson.loads(data)  # a line that needs repairs raises: the parser's decode_line does those
+        if type(record) is not dict:
             return None
-        if kind is Identify:
-            places += [tuple(place.split(".")) for place in processor.jwt_places]  # type: ignore[attr-defined]
-    decoder = KongDecoder(places)
-    if not decoder.supports(places):
-        return None
-    return SegmentFlat(decoder, chain, encode)
+        get = record.get
+        request = get("request")
+        if type(request) is not dict:
+            return None
+        if self.auto and "spool" in record and "record" in record:
+            return None  # a spooled record (formats.Parser._dispatch)
+        started = epoch_ms_field(get("started_at"), "started_at")
+        if started is None:
+            return None  # the parser dates it (container runtime, or the time read)
+        rget = request.get
+        response = get("response")
+        if type(response) is not dict:
+            response = {}
+        latencies = get("latencies")
+        if type(latencies) is not dict:
+            latencies = {}
+        # Every check of the parser that may refuse the record, before the window: the parser refuses first.
+        status = status_field(response.get("status"), "response.status")
+        request_size = count_field(rget("size"), "request.size")
+        response_size = count_field(response.get("size"), "response.size")
+        time_request = _latency(latencies.get("request"), "latencies.request")
+        time_kong = _latency(latencies.get("kong"), "latencies.kong")
+        time_receive = _latency(latencies.get("receive"), "latencies.receive")
+        time_proxy = _latency(latencies.get("proxy"), "latencies.proxy")
+        upstream_status, upstream_statuses = upstream_status_field(get("upstream_status"), "upstream_status")
+        url = plain_str(rget("url")) or plain_str(rget("request_uri"))
+        scheme, host, port, url_target = split_url(url) if url else ("", "", None, "")
+        if port is not None and not 0 <= port <= 65535:
+            return None  # port_field decides (a bad value, or a float port)
+        low, high = self.low, self.high
+        if (low is not None and started < low) or (high is not None and started >= high):
+            raise RecordDropped()
+
+        raw_path = plain_str(rget("uri")) or url_target
+        path, query_string, fragment = split_target(raw_path)
+        headers = rget("headers")
+        if type(headers) is not dict:
+            headers = {}
+        if not host:
+            host_header = plain_str(headers.get("host"))
+            host = host_header.rpartition(":")[0] or host_header
+        query = rget("querystring")
+        if type(query) is not dict:
+            query = parse_query(query_string)
+        user_agent = headers.get("user-agent")
+        if type(user_agent) is not str:
+            user_agent = ""
+        client_ip = plain_str(get("client_ip"))
+        request_id = rget("id")
+        event_id = request_id if type(request_id) is str and request_id else f"{file_id}-{offset}"
+        consumer = entity(get("consumer"), _CONSUMER_IDS)
+        credential = entity(get("authenticated_entity"), _CREDENTIAL_IDS)
+
+        # The chain: identity reads the record unmasked, then the masks of what Segment ships.
+        user = self.identify.who(record, headers, consumer, credential)[2]
+        masker = self.masker
+        names = masker.names
+        if query and not query.keys() <= names.clean:
+            hits = names.secrets_in(query.keys())
+            if hits:
+                query = {k: (MASK if k in hits else v) for k, v in query.items()}
+        if fragment:
+            fragment = masker.mask_params(fragment)
+        upstream_uri = get("upstream_uri")
+        query_string, raw_path, upstream_uri = masker.mask_targets(
+            query_string, raw_path, upstream_uri if type(upstream_uri) is str else None
+        )
+        if "@" in host:
+            host = host.rpartition("@")[2]
+        # In the processor's order, so its remembered entities are the same whichever path a line takes.
+        service = get("service")
+        if type(service) is not dict or not service:
+            service = get("api")
+            if type(service) is not dict or not service:
+                service = None
+        route = get("route")
+        if type(route) is not dict or not route:
+            route = None
+        service_name = route_name = None
+        if service is not None:
+            service_name = masker.mask_entity(service).get("name")
+        if route is not None:
+            route_name = masker.mask_entity(route).get("name")
+        if consumer:
+            consumer = masker.mask_entity(consumer)
+        if credential:
+            masker.mask_entity(credential)
+
+        # SegmentSink.message, key for key.
+        if ";" in path:
+            path = path.partition(";")[0] or "/"
+        if self.strip_trailing_slash and len(path) > 1 and path[-1] == "/":
+            path = path[:-1]
+        method = plain_str(rget("method")).upper()
+        if not scheme:
+            scheme = "http"
+        if not host:
+            uri = raw_path
+        elif port is None:
+            uri = f"{scheme}://{host}{raw_path}"
+        else:
+            uri = f"{scheme}://{host}:{port}{raw_path}"
+        properties: dict[str, Any] = {"method": method, "uri": uri, "protocol": scheme, "host": host}
+        if port is not None:
+            properties["port"] = port
+        properties["rawpath"] = raw_path
+        properties["path"] = path
+        if query_string:
+            properties["queryString"] = query_string
+        properties["queryObject"] = query
+        properties["queryJson"] = orjson.dumps(query).decode()
+        if fragment:
+            properties["hash"] = fragment
+        i = 0
+        for component in path.split("/"):
+            if component:
+                i += 1
+                properties[COMPONENT_KEYS[i]] = component
+                if i == 10:
+                    break
+        properties["timeOfProxy"] = -1 if time_proxy is None else time_proxy
+        if time_kong is not None:
+            properties["timeOfKong"] = time_kong
+        if time_request is not None:
+            properties["timeOfRequest"] = time_request
+        if status is not None:
+            properties["statusCode"] = status
+        if service_name:
+            properties["service"] = service_name
+        if route_name:
+            properties["route"] = route_name
+        if request_size is not None:
+            properties["requestSize"] = request_size
+        if response_size is not None:
+            properties["responseSize"] = response_size
+        self.add_gateway_properties(record, request, upstream_uri, upstream_status, upstream_statuses, time_receive, consumer, properties)
+
+        if self.template == DEFAULT_EVENT_NAME:
+            event = f"API Request: {method}"
+        else:
+            event = event_name(self.template, method, path, host, status, service_name, route_name)
+            if not event.strip():
+                return None  # EventRejected on the Transaction path
+        context: dict[str, Any] = {"library": LIBRARY}
+        if client_ip:
+            context["ip"] = client_ip
+        if user_agent:
+            context["userAgent"] = user_agent
+        message: dict[str, Any] = {
+            "type": "track",
+            "event": event,
+            "properties": properties,
+            "context": context,
+            "timestamp": iso_ms(started),
+            "messageId": event_id[:100],
+        }
+        if user:
+            message["userId"] = user
+        else:
+            message["anonymousId"] = anonymous_id(client_ip, user_agent)
+        encoded = orjson.dumps(message)
+        if len(encoded) > MAX_MESSAGE_BYTES:
+            return None  # SegmentSink.encode shrinks it
+        # A copy of its own bytes, as the Transaction path keeps (orjson's buffer is at least 4 KiB).
+        return bytes(memoryview(encoded)), not user
+
+    @staticmethod
+    def add_gateway_properties(
+        record: dict[str, Any], request: dict[str, Any], upstream_uri: str | None, upstream_status: int | None,
+        upstream_statuses: list[int] | None, time_receive: int | float | None, consumer: dict[str, Any] | None,
+        properties: dict[str, Any],
+    ) -> None:
+        """`segment._add_gateway_properties` from the record's fields (Kong logs no upstream address)."""
+        get = record.get
+        if upstream_uri:
+            properties["upstreamUri"] = upstream_uri
+        if upstream_status is not None:
+            properties["upstreamStatus"] = upstream_status
+        if upstream_statuses:
+            properties["upstreamStatuses"] = upstream_statuses
+        tries = get("tries")
+        if type(tries) is list:
+            properties["tries"] = len(tries)
+        value = get("source")
+        if value and type(value) is str:
+            properties["responseSource"] = value
+        if time_receive is not None:
+            properties["timeOfReceive"] = time_receive
+        value = get("workspace")
+        if value and type(value) is str:
+            properties["workspace"] = value
+        value = get("workspace_name")
+        if value and type(value) is str:
+            properties["workspaceName"] = value
+        if consumer:
+            value = consumer.get("username")
+            if value:
+                properties["consumer"] = value
+            value = consumer.get("id")
+            if value:
+                properties["consumerId"] = value
+        value = get("trace_id")
+        if value is not None and (value := trace_id(value)):
+            properties["traceId"] = value
+        value = get("correlation_id")
+        if value and type(value) is str:
+            properties["correlationId"] = value
+        value = request.get("tls")
+        if value is not None and (value := tls_info(value)):
+            for key, prop in TLS_PROPERTIES:
+                item = value.get(key)
+                if item is not None:
+                    properties[prop] = item
+        value = get("ai")
+        if value is not None and (value := ai_usage(value)):
+            for key, prop in AI_PROPERTIES:
+                item = value.get(key)
+                if item is not None:
+                    properties[prop] = item
