@@ -9,6 +9,8 @@ import collections
 import fcntl
 import json
 import os
+import signal
+import threading
 import time
 
 import orjson
@@ -494,13 +496,25 @@ def test_an_admin_api_that_is_down_is_retried_every_interval(tmp_path, token_fil
         record = admin.add_request(T0, signed=False)
         admin.stop()  # down when kong-ship starts
         proc = Shipper(*tail_args(admin, segment.url, tmp_path, token_file, "--interval", "0.2"), env=env())
+        # Its stderr, read as it comes: the Admin API comes back only once kong-ship has found it down (a fixed
+        # sleep was too short for a slow start on a loaded machine, and the test then saw no warning at all).
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(l.decode() for l in proc.proc.stderr), daemon=True)
+        reader.start()
         try:
-            time.sleep(0.8)
-            assert proc.proc.poll() is None and not segment.messages
+            deadline = time.monotonic() + 20
+            while not any("cannot reach the Kong Admin API" in line for line in lines):
+                assert proc.proc.poll() is None and time.monotonic() < deadline, "".join(lines)
+                time.sleep(0.05)
+            time.sleep(0.5)  # a few more polls of the API that is down: still one warning
+            assert not segment.messages
             admin.start()  # back, on the same port
             segment.wait_for(lambda: set(message_ids(segment)) == expected_ids([record]), timeout=15)
         finally:
-            code, _, err = proc.stop()
+            proc.signal(signal.SIGTERM)
+            code = proc.proc.wait(20)
+            reader.join(5)
+        err = "".join(lines)
         assert code == 0, err
         assert err.count("cannot reach the Kong Admin API") == 1, err  # one warning, not one per poll
         assert "answers again" in err
