@@ -15,6 +15,8 @@ import pathlib
 import random
 from typing import Any, Protocol
 
+from hypothesis import strategies as st
+
 from shipper.sinks import sink_class
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
@@ -66,6 +68,19 @@ class RandomChooser:
 
     def number(self, lo: int, hi: int) -> int:
         return self.rng.randint(lo, hi)
+
+
+class DrawChooser:
+    """A `Chooser` on hypothesis's `draw`, so that a failing line shrinks."""
+
+    def __init__(self, draw: Any):
+        self.draw = draw
+
+    def pick(self, options: list[Any]) -> Any:
+        return self.draw(st.sampled_from(options))
+
+    def number(self, lo: int, hi: int) -> int:
+        return self.draw(st.integers(lo, hi))
 
 
 def _paths(node: Any, prefix: tuple = (), depth: int = 0) -> list[tuple]:
@@ -151,3 +166,9 @@ def mutated_line(choose: Chooser) -> bytes:
     if depth is not None:
         text = text.replace(f'"{_RAW}"', "[" * depth + "1" + "]" * depth)
     return damage(text.encode("utf-8", "surrogatepass"), choose).replace(b"\n", b" ")
+
+
+@st.composite
+def mutated_lines(draw: Any) -> bytes:
+    """Hypothesis's strategy of `mutated_line`s."""
+    return mutated_line(DrawChooser(draw))

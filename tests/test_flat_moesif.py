@@ -17,7 +17,6 @@ from typing import Any
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 import fuzzlines
 import gen
@@ -221,25 +220,9 @@ def test_sampling_keeps_and_weighs_alike_and_skips_go_the_transaction_way():
 MUTATION_PAIRS = {name: Pair(name) for name in ("no-window", "extra-masks", "small-bodies", "runscope-bodies")}
 
 
-class _Drawing:
-    def __init__(self, draw):
-        self.draw = draw
-
-    def pick(self, options):
-        return self.draw(st.sampled_from(options))
-
-    def number(self, lo, hi):
-        return self.draw(st.integers(lo, hi))
-
-
-@st.composite
-def mutated(draw) -> bytes:
-    return fuzzlines.mutated_line(_Drawing(draw))
-
-
 @settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow,
                                                                                     HealthCheck.function_scoped_fixture])
-@given(mutated())
+@given(fuzzlines.mutated_lines())
 def test_mutated_records_are_byte_identical(frozen_clock, line):
     for pair in MUTATION_PAIRS.values():
         pair.check(line)

@@ -18,7 +18,6 @@ from typing import Any
 
 import orjson
 from hypothesis import HealthCheck, example, given, settings
-from hypothesis import strategies as st
 
 import fuzzlines
 import gen
@@ -126,27 +125,11 @@ def check_line(line: bytes) -> None:
                 raise AssertionError(f"{name}: {exc!r}: {payload[:2000]!r}") from None
 
 
-class _Drawing:
-    def __init__(self, draw):
-        self.draw = draw
-
-    def pick(self, options):
-        return self.draw(st.sampled_from(options))
-
-    def number(self, lo, hi):
-        return self.draw(st.integers(lo, hi))
-
-
-@st.composite
-def lines(draw) -> bytes:
-    return fuzzlines.mutated_line(_Drawing(draw))
-
-
 def fuzz_test(test):
     """Hypothesis over mutated lines, plus each example record as it is (every one an event for every sink)."""
     for record in fuzzlines.RECORDS:
         test = example(json.dumps(record).encode())(test)
-    return FUZZ(given(lines())(test))
+    return FUZZ(given(fuzzlines.mutated_lines())(test))
 
 
 @fuzz_test
