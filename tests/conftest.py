@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -89,6 +90,34 @@ def read_terminal(master: int) -> bytes:
             break
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+class LogBuilder:
+    """A log file's bytes built line by line, each `add` returning the line's offset (what a dead letter names)."""
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        self.size = 0
+
+    def add(self, line: bytes) -> int:
+        self.lines.append(line)
+        start, self.size = self.size, self.size + len(line)
+        return start
+
+    def data(self) -> bytes:
+        return b"".join(self.lines)
+
+
+@contextlib.contextmanager
+def reaped(proc: subprocess.Popen) -> Iterator[subprocess.Popen]:
+    """`proc` (started with start_new_session=True), its process group SIGKILLed at the end if it still runs,
+    so that a test that fails mid-run leaves no shipper or worker behind."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 15.0, interval: float = 0.02):

@@ -19,7 +19,7 @@ import time
 import pytest
 
 import gen
-from conftest import FAST, ship, ship_env, summary_rows, wait_until
+from conftest import FAST, LogBuilder, reaped, ship, ship_env, summary_rows, wait_until
 from fakes.segment import FakeSegment
 
 MAX_LINE = 4096
@@ -44,15 +44,8 @@ def write_mixed(tmp_path) -> tuple[list[str], set[int], set[tuple[str, int, str]
     dead: set[tuple[str, int, str]] = set()
     arrive: set[int] = set()
     a = tmp_path / "a.json"
-    parts: list[bytes] = []
-    offset = 0
-
-    def add(line: bytes) -> int:
-        nonlocal offset
-        parts.append(line)
-        start, offset = offset, offset + len(line)
-        return start
-
+    log = LogBuilder()
+    add = log.add
     for seq in range(120):
         add(gen.kong_line(gen.kong_record(seq)))
         arrive.add(seq)
@@ -66,7 +59,7 @@ def write_mixed(tmp_path) -> tuple[list[str], set[int], set[tuple[str, int, str]
         if seq % 13 == 1:
             add(gen.kong_line(gen.kong_record(10_000 + seq)).replace(b"\n", b"\r\n"))
             arrive.add(10_000 + seq)
-    a.write_bytes(b"".join(parts))
+    a.write_bytes(log.data())
     b = tmp_path / "b.json"
     gen.write_records(b, range(1000, 1060))
     unterminated = gen.kong_line(gen.kong_record(1060)).rstrip(b"\n")
@@ -179,17 +172,13 @@ def test_a_worker_killed_ends_the_run_with_exit_1(tmp_path):
     gen.write_records(log, range(4000))
     with FakeSegment() as fake:
         fake.script(["slow:0.1"] * 1000)
-        proc = start(["backfill", str(log), *args(fake, tmp_path, "state", "--workers", "2", *SLOW)], 16_384)
-        try:
+        argv = ["backfill", str(log), *args(fake, tmp_path, "state", "--workers", "2", *SLOW)]
+        with reaped(start(argv, 16_384)) as proc:
             fake.wait_for(lambda: len(fake.messages) >= 100, timeout=30)
             workers = children(proc.pid)
             assert len(workers) == 2
             os.kill(workers[0], signal.SIGKILL)
             _, err = proc.communicate(timeout=30)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
     assert proc.returncode == 1, err
     assert b"worker process died" in err
 
@@ -199,17 +188,13 @@ def test_ctrl_c_to_the_process_group_ends_it_promptly(tmp_path):
     gen.write_records(log, range(4000))
     with FakeSegment() as fake:
         fake.script(["slow:0.05"] * 1000)
-        proc = start(["backfill", str(log), *args(fake, tmp_path, "state", "--workers", "2", *SLOW)], 16_384)
-        try:
+        argv = ["backfill", str(log), *args(fake, tmp_path, "state", "--workers", "2", *SLOW)]
+        with reaped(start(argv, 16_384)) as proc:
             fake.wait_for(lambda: len(fake.messages) >= 100, timeout=30)
             os.killpg(proc.pid, signal.SIGINT)
             sent = time.monotonic()
             _, err = proc.communicate(timeout=30)
             took = time.monotonic() - sent
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
         delivered = len(fake.messages)
     assert proc.returncode == 130, err
     assert took < 5, took

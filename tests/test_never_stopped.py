@@ -22,7 +22,7 @@ import pytest
 
 import gen
 import poison
-from conftest import FAST, FAST_FOLLOW, ship, ship_env, summary_rows, wait_until
+from conftest import FAST, FAST_FOLLOW, LogBuilder, ship, ship_env, summary_rows, wait_until
 from fakes.moesif import FakeMoesif
 from fakes.segment import FakeSegment
 from fakes.webhook import FakeWebhook
@@ -188,14 +188,8 @@ def write_poison_log(path) -> tuple[dict[str, set[int]], set[tuple[int, str, str
     sink None for a line no sink understands (written once) — and the number of lines."""
     arrive: dict[str, set[int]] = {"segment": set(), "webhook": set()}
     dead: set[tuple[int, str, str | None]] = set()
-    chunks: list[bytes] = []
-    offset = 0
-
-    def add(line: bytes) -> int:
-        nonlocal offset
-        chunks.append(line)
-        start, offset = offset, offset + len(line)
-        return start
+    log = LogBuilder()
+    add = log.add
 
     def good(seq: int) -> None:
         add(gen.kong_line(gen.kong_record(seq)))
@@ -218,8 +212,8 @@ def write_poison_log(path) -> tuple[dict[str, set[int]], set[tuple[int, str, str
     for seqs in arrive.values():
         seqs.add(500)
     good(501)
-    path.write_bytes(b"".join(chunks))
-    return arrive, dead, len(chunks)
+    path.write_bytes(log.data())
+    return arrive, dead, len(log.lines)
 
 
 def dead_letters(path) -> set[tuple[int, str, str | None]]:

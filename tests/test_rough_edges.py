@@ -15,7 +15,7 @@ import time
 import pytest
 
 import gen
-from conftest import FAST, read_terminal, ship, ship_env, summary_rows, wait_until
+from conftest import FAST, read_terminal, reaped, ship, ship_env, summary_rows, wait_until
 from fakes.segment import FakeSegment
 
 ENV = ship_env(SEGMENT_WRITE_KEY="test-key")
@@ -44,16 +44,12 @@ def test_a_signal_to_the_group_stops_a_backfill_with_workers_at_once_and_the_nex
             _backfill(fake, tmp_path, log, "--max-rate", "2000", "--queue-size", "1000", "--progress"),
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV, start_new_session=True,
         )
-        try:
+        with reaped(proc):
             assert wait_until(lambda: fake.message_count >= 1500, timeout=30), "the backfill never got going"
             os.killpg(proc.pid, signum)
             sent = time.monotonic()
             _, err = proc.communicate(timeout=30)
             took = time.monotonic() - sent
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
         err = err.decode()
         assert proc.returncode == 128 + signum, err
         # in flight: at most the 1,000 queued events at 2,000/s, and the workers' chunks
