@@ -5,11 +5,14 @@ where seconds cannot (run by hand, never by the test suite; needs `valgrind`):
     git worktree add /tmp/before <commit>
     python bench/instructions.py --against /tmp/before          # this tree vs that one
     python bench/instructions.py --records 5000 --small 500     # more records, steadier
+    python bench/instructions.py --transform --records 1000 --small 200   # Segment's transform step alone
 
 For each tree, `kong-ship backfill --workers 0 --sink segment` (or `--sink moesif`) to a counting fake runs twice under callgrind, on
 `--small` and on `--records` records of the benchmark's log; the difference divided by the difference in
 records is the cost of one record end to end (read, parse, identify, mask, encode, batch, gzip, send), start-up
-excluded. Start-up (the small run less its records) is printed too.
+excluded. Start-up (the small run less its records) is printed too. `--transform` counts the transform step alone
+(Transformer on lines in memory, after a warm-up round over the same lines), the Transaction path and the flat
+path (`SegmentSink.flat_path`), so the two can be compared without reading, batching, gzip and sending.
 """
 
 from __future__ import annotations

@@ -164,6 +164,22 @@ def _set_query(record: dict[str, Any], query: str, choose: random.Random) -> Non
         record["upstream_uri"] = request.get("uri", record["upstream_uri"])
 
 
+# Every number and URL the parser checks, each of which may cost a record (bad_value) before any window drops it:
+# a record outside --since/--until with one of these must be dead-lettered on both paths, not filtered on one.
+CHECKED = [("response", "status"), ("response", "size"), ("request", "size"), ("latencies", "request"),
+           ("latencies", "kong"), ("latencies", "receive"), ("latencies", "proxy"), (None, "upstream_status"),
+           ("request", "url"), (None, "started_at")]  # fmt: skip
+ODD_CHECKED = [1000, 99, 70000, -3, 1.5, "404", " 200", "502, 200", "500 : 0", "1e3", "https://h:70000/x",
+               "https://h:8.5/x", "http://[::1]:99999/", "http://u:p@h/x?token=t", 2**63, 2**64 - 1]  # fmt: skip
+
+
+def _odd_checked(record: dict[str, Any], choose: random.Random) -> None:
+    parent, key = choose.choice(CHECKED)
+    node = record if parent is None else record.get(parent)
+    if isinstance(node, dict):
+        node[key] = choose.choice([*ODD_CHECKED, *fuzzlines.HUGE, *fuzzlines.NON_FINITE, *fuzzlines.ODD])
+
+
 def _text_damage(line: bytes, how: str, choose: random.Random) -> bytes:
     headers_at = line.find(b'"headers":{')
     if how == "bad_utf8_skipped" and headers_at > 0:
@@ -207,6 +223,8 @@ def mutated_line(seed: int) -> bytes:
                 record[place] = value
         if choose.random() < 0.3:
             record["started_at"] = choose.choice([*fuzzlines.TIMES, *fuzzlines.HUGE, *fuzzlines.NON_FINITE, None, "x"])
+        if choose.random() < 0.4:
+            _odd_checked(record, choose)
     text = json.dumps(record, separators=(",", ":"), allow_nan=True).encode()
     how = choose.choice(["none", "bad_utf8_skipped", "number_skipped", "duplicate", "crlf", "escaped", "bom", "trailing"])
     return _text_damage(text, how, choose)

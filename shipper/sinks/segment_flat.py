@@ -24,7 +24,7 @@ import orjson
 
 from shipper.formats.kong_fields import ai_usage, entity, tls_info, trace_id
 from shipper.formats.values import (
-    MAX_LATENCY_MS, count_field, epoch_ms_field, latency_field, parse_query, split_target, split_url, status_field,
+    MAX_COUNT, MAX_LATENCY_MS, count_field, epoch_ms_field, latency_field, parse_query, split_target, split_url, status_field,
     upstream_status_field,
 )
 from shipper.processors.identity import anonymous_id
@@ -51,9 +51,8 @@ def segment_flat_path(sink: SegmentSink, parser: Parser, chain: Sequence[Process
 
 
 def _latency(value: Any, field: str) -> int | float | None:
-    """`latency_field` as Segment writes it: Kong's integer ms as the int (the sink turns 14.0 back into 14)."""
-    if type(value) is int and 0 <= value <= MAX_LATENCY_MS:
-        return value
+    """`latency_field` as Segment writes it: an integral number as the int (the sink turns 14.0 back into 14).
+    Kong's integer ms in range are taken inline by the caller."""
     number = latency_field(value, field)
     if number is None:
         return None
@@ -79,9 +78,11 @@ class SegmentFlat(KongFlat):
             return None
         if self.auto and "spool" in record and "record" in record:
             return None  # a spooled record (formats.Parser._dispatch)
-        started = epoch_ms_field(get("started_at"), "started_at")
-        if started is None:
-            return None  # the parser dates it (container runtime, or the time read)
+        started = get("started_at")
+        if not (type(started) is int and 100_000_000_000 <= started < 100_000_000_000_000):  # ms: as is
+            started = epoch_ms_field(started, "started_at")
+            if started is None:
+                return None  # the parser dates it (container runtime, or the time read)
         rget = request.get
         response = get("response")
         if type(response) is not dict:
@@ -90,15 +91,39 @@ class SegmentFlat(KongFlat):
         if type(latencies) is not dict:
             latencies = {}
         # Every check of the parser that may refuse the record, before the window: the parser refuses first.
-        status = status_field(response.get("status"), "response.status")
-        request_size = count_field(rget("size"), "request.size")
-        response_size = count_field(response.get("size"), "response.size")
-        time_request = _latency(latencies.get("request"), "latencies.request")
-        time_kong = _latency(latencies.get("kong"), "latencies.kong")
-        time_receive = _latency(latencies.get("receive"), "latencies.receive")
-        time_proxy = _latency(latencies.get("proxy"), "latencies.proxy")
-        upstream_status, upstream_statuses = upstream_status_field(get("upstream_status"), "upstream_status")
-        url = plain_str(rget("url")) or plain_str(rget("request_uri"))
+        # Each value Kong writes (an int in range, a 3-digit status text) is tested inline, as the helpers' own
+        # fast paths test it; anything else goes to the helper itself.
+        status = response.get("status")
+        if not (type(status) is int and 100 <= status <= 999):
+            status = status_field(status, "response.status")
+        request_size = rget("size")
+        if not (type(request_size) is int and 0 <= request_size <= MAX_COUNT):
+            request_size = count_field(request_size, "request.size")
+        response_size = response.get("size")
+        if not (type(response_size) is int and 0 <= response_size <= MAX_COUNT):
+            response_size = count_field(response_size, "response.size")
+        time_request = latencies.get("request")
+        if not (type(time_request) is int and 0 <= time_request <= MAX_LATENCY_MS):
+            time_request = _latency(time_request, "latencies.request")
+        time_kong = latencies.get("kong")
+        if not (type(time_kong) is int and 0 <= time_kong <= MAX_LATENCY_MS):
+            time_kong = _latency(time_kong, "latencies.kong")
+        time_receive = latencies.get("receive")
+        if not (type(time_receive) is int and 0 <= time_receive <= MAX_LATENCY_MS):
+            time_receive = _latency(time_receive, "latencies.receive")
+        time_proxy = latencies.get("proxy")
+        if not (type(time_proxy) is int and 0 <= time_proxy <= MAX_LATENCY_MS):
+            time_proxy = _latency(time_proxy, "latencies.proxy")  # Kong's -1 (no upstream call): None
+        upstream_status = get("upstream_status")
+        if type(upstream_status) is str and len(upstream_status) == 3 and upstream_status.isdecimal() and upstream_status[0] != "0":
+            upstream_status, upstream_statuses = int(upstream_status), None
+        else:
+            upstream_status, upstream_statuses = upstream_status_field(upstream_status, "upstream_status")
+        url = rget("url")
+        if type(url) is not str:
+            url = plain_str(url)
+        if not url:
+            url = plain_str(rget("request_uri"))
         scheme, host, port, url_target = split_url(url) if url else ("", "", None, "")
         if port is not None and not 0 <= port <= 65535:
             return None  # port_field decides (a bad value, or a float port)
@@ -106,7 +131,11 @@ class SegmentFlat(KongFlat):
         if (low is not None and started < low) or (high is not None and started >= high):
             raise RecordDropped()
 
-        raw_path = plain_str(rget("uri")) or url_target
+        raw_path = rget("uri")
+        if type(raw_path) is not str:
+            raw_path = plain_str(raw_path)
+        if not raw_path:
+            raw_path = url_target
         path, query_string, fragment = split_target(raw_path)
         headers = rget("headers")
         if type(headers) is not dict:
@@ -120,7 +149,9 @@ class SegmentFlat(KongFlat):
         user_agent = headers.get("user-agent")
         if type(user_agent) is not str:
             user_agent = ""
-        client_ip = plain_str(get("client_ip"))
+        client_ip = get("client_ip")
+        if type(client_ip) is not str:
+            client_ip = plain_str(client_ip)
         request_id = rget("id")
         event_id = request_id if type(request_id) is str and request_id else f"{file_id}-{offset}"
         consumer = entity(get("consumer"), _CONSUMER_IDS)
@@ -166,7 +197,8 @@ class SegmentFlat(KongFlat):
             path = path.partition(";")[0] or "/"
         if self.strip_trailing_slash and len(path) > 1 and path[-1] == "/":
             path = path[:-1]
-        method = plain_str(rget("method")).upper()
+        method = rget("method")
+        method = (method if type(method) is str else plain_str(method)).upper()
         if not scheme:
             scheme = "http"
         if not host:
