@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from shipper.formats.kong_fields import ai_usage, entity, tls_info, trace_id, upstream_tries
@@ -11,8 +12,8 @@ from shipper.formats.values import (
 )
 from shipper.model import Position, Transaction
 
-_CONSUMER_IDS = ("id",)
-_CREDENTIAL_IDS = ("id", "consumer_id")
+CONSUMER_IDS = ("id",)
+CREDENTIAL_IDS = ("id", "consumer_id")
 
 
 def looks_like_kong(record: dict[str, Any]) -> bool:
@@ -25,93 +26,132 @@ def _str(value: Any) -> str:
     return value if type(value) is str else to_str(value)
 
 
-def _opt_str(value: Any) -> str | None:
+def opt_str(value: Any) -> str | None:
     return value if type(value) is str else None
 
 
-def _entity(value: Any) -> dict | None:
+def logged_entity(value: Any) -> dict | None:
     # The entity as Kong logged it (no copy: this runs for every line, and the dict is not shared).
     return value if type(value) is dict and value else None
+
+
+# The parts of a record read alike by `parse_kong` and the sinks' flat paths (sinks/*_flat.py), so that both
+# read the same values: each a plain call, since the parser runs it for every line.
+def response_and_latencies(get: Callable[[str], Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`response` and `latencies` of a record (its `get`), each {} when absent or not an object."""
+    response = get("response")
+    latencies = get("latencies")
+    return response if type(response) is dict else {}, latencies if type(latencies) is dict else {}
+
+
+def request_address(rget: Callable[[str], Any], text: Callable[[Any], str]) -> tuple[str, str, int | None, str, dict]:
+    """(scheme, host, port (unchecked), raw target, headers) of a record's `request` (its `get`), the strings
+    read by `text` (the parser's coercion, or a flat path's stricter one)."""
+    # Before 0.12 the absolute URL was `request.request_uri`; after, `request.url` (and `uri` the target).
+    url = text(rget("url")) or text(rget("request_uri"))
+    scheme, host, port, url_target = split_url(url) if url else ("", "", None, "")
+    raw_path = text(rget("uri")) or url_target
+    headers = rget("headers")
+    if type(headers) is not dict:
+        headers = {}
+    if not host:
+        host_header = text(headers.get("host"))
+        host = host_header.rpartition(":")[0] or host_header
+    return scheme, host, port, raw_path, headers
+
+
+def checked_numbers(rget: Callable[[str], Any], response: dict, latencies: dict) -> tuple[Any, ...]:
+    """(request size, status, response size, latencies request, kong, receive, proxy), checked as the parser
+    checks them (a value out of range raises), in the parser's order."""
+    return (
+        count_field(rget("size"), "request.size"),
+        status_field(response.get("status"), "response.status"),
+        count_field(response.get("size"), "response.size"),
+        latency_field(latencies.get("request"), "latencies.request"),
+        latency_field(latencies.get("kong"), "latencies.kong"),
+        latency_field(latencies.get("receive"), "latencies.receive"),
+        latency_field(latencies.get("proxy"), "latencies.proxy"),  # -1: no upstream call
+    )
+
+
+def call_details(get: Callable[[str], Any], rget: Callable[[str], Any]) -> dict[str, Any]:
+    """The Transaction fields of a record (its and its request's `get`) that no sink masks: the client TLS,
+    workspace, upstream status and tries, tracing ids, AI usage, response source (the upstream status checked)."""
+    upstream_status, upstream_statuses = upstream_status_field(get("upstream_status"), "upstream_status")
+    tries = get("tries")
+    # Kong 3.x fields: absent on most lines of most versions, so each costs one lookup unless present.
+    tls, trace, correlation, ai = rget("tls"), get("trace_id"), get("correlation_id"), get("ai")
+    return {
+        "tls": None if tls is None else tls_info(tls),
+        "workspace": opt_str(get("workspace")),
+        "workspace_name": opt_str(get("workspace_name")),
+        "upstream_status": upstream_status,
+        "upstream_statuses": upstream_statuses,
+        "tries": len(tries) if type(tries) is list else None,
+        "upstream_tries": upstream_tries(tries) if type(tries) is list else None,
+        "trace_id": None if trace is None else trace_id(trace),
+        "correlation_id": correlation if type(correlation) is str and correlation else None,
+        "ai": None if ai is None else ai_usage(ai),
+        "response_source": opt_str(get("source")),
+    }
 
 
 def parse_kong(record: dict[str, Any], position: Position | None, fallback_id: str) -> Transaction:
     get = record.get
     request = record["request"]
     rget = request.get
-    response = get("response")
-    if type(response) is not dict:
-        response = {}
-    latencies = get("latencies")
-    if type(latencies) is not dict:
-        latencies = {}
-
-    # Before 0.12 the absolute URL was `request.request_uri`; after, `request.url` (and `uri` the target).
-    url = _str(rget("url")) or _str(rget("request_uri"))
-    scheme, host, port, url_target = split_url(url) if url else ("", "", None, "")
-    raw_path = _str(rget("uri")) or url_target
+    response, latencies = response_and_latencies(get)
+    scheme, host, port, raw_path, headers = request_address(rget, _str)
     path, query_string, fragment = split_target(raw_path)
-
-    headers = rget("headers")
-    if type(headers) is not dict:
-        headers = {}
-    if not host:
-        host_header = _str(headers.get("host"))
-        host = host_header.rpartition(":")[0] or host_header
     query = rget("querystring")
     if type(query) is not dict:
         query = parse_query(query_string)
 
-    tries = get("tries")
     request_id = rget("id")
-    status = response.get("status")
     response_headers = response.get("headers")
     user_agent = headers.get("user-agent")
-    upstream_status, upstream_statuses = upstream_status_field(get("upstream_status"), "upstream_status")
-    # Kong 3.x fields: absent on most lines of most versions, so each costs one lookup unless present.
-    tls, trace, correlation, ai = rget("tls"), get("trace_id"), get("correlation_id"), get("ai")
+    details = call_details(get, rget)
+    # Checked in this order (the first bad value names the dead letter): start, port, the numbers.
+    started_at = epoch_ms_field(get("started_at"), "started_at")
+    method = _str(rget("method")).upper()
+    if port is not None and not 0 <= port <= 65535:
+        port = port_field(port, "request.url")
+    request_size, status, response_size, latency_request, latency_kong, latency_receive, latency_proxy = (
+        checked_numbers(rget, response, latencies)
+    )
 
     return Transaction(
         event_id=request_id if type(request_id) is str and request_id else fallback_id,
         source_format="kong",
         position=position,
-        started_at=epoch_ms_field(get("started_at"), "started_at"),
-        method=_str(rget("method")).upper(),
+        started_at=started_at,
+        method=method,
         scheme=scheme,
         host=host,
-        port=port if port is None or 0 <= port <= 65535 else port_field(port, "request.url"),
+        port=port,
         raw_path=raw_path,
         path=path,
         query_string=query_string,
         query=query,
         fragment=fragment,
         request_headers=headers,
-        request_size=count_field(rget("size"), "request.size"),
+        request_size=request_size,
         request_body=rget("body"),
         client_ip=_str(get("client_ip")),
-        tls=None if tls is None else tls_info(tls),
         user_agent=user_agent if type(user_agent) is str else "",
-        status=status_field(status, "response.status"),
+        status=status,
         response_headers=response_headers if type(response_headers) is dict else {},
-        response_size=count_field(response.get("size"), "response.size"),
+        response_size=response_size,
         response_body=response.get("body"),
-        latency_request=latency_field(latencies.get("request"), "latencies.request"),
-        latency_kong=latency_field(latencies.get("kong"), "latencies.kong"),
-        latency_receive=latency_field(latencies.get("receive"), "latencies.receive"),
-        latency_proxy=latency_field(latencies.get("proxy"), "latencies.proxy"),  # -1: no upstream call
-        service=_entity(get("service")) or _entity(get("api")),
-        route=_entity(get("route")),
-        workspace=_opt_str(get("workspace")),
-        workspace_name=_opt_str(get("workspace_name")),
-        upstream_uri=_opt_str(get("upstream_uri")),
-        upstream_status=upstream_status,
-        upstream_statuses=upstream_statuses,
-        tries=len(tries) if type(tries) is list else None,
-        upstream_tries=upstream_tries(tries) if type(tries) is list else None,
-        trace_id=None if trace is None else trace_id(trace),
-        correlation_id=correlation if type(correlation) is str and correlation else None,
-        ai=None if ai is None else ai_usage(ai),
-        response_source=_opt_str(get("source")),
-        consumer=entity(get("consumer"), _CONSUMER_IDS),
-        authenticated_entity=entity(get("authenticated_entity"), _CREDENTIAL_IDS),
+        latency_request=latency_request,
+        latency_kong=latency_kong,
+        latency_receive=latency_receive,
+        latency_proxy=latency_proxy,
+        service=logged_entity(get("service")) or logged_entity(get("api")),
+        route=logged_entity(get("route")),
+        upstream_uri=opt_str(get("upstream_uri")),
+        consumer=entity(get("consumer"), CONSUMER_IDS),
+        authenticated_entity=entity(get("authenticated_entity"), CREDENTIAL_IDS),
         raw=record,
+        **details,
     )

@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import orjson
 
-from shipper.formats.kong_fields import ai_usage, entity, tls_info, trace_id, upstream_tries
-from shipper.formats.values import (
-    count_field, epoch_ms_field, latency_field, split_target, split_url, status_field, upstream_status_field,
+from shipper.formats.kong import (
+    CONSUMER_IDS, CREDENTIAL_IDS, call_details, checked_numbers, logged_entity, opt_str, request_address,
+    response_and_latencies,
 )
+from shipper.formats.kong_fields import entity
+from shipper.formats.values import epoch_ms_field, split_target
 from shipper.model import Transaction
 from shipper.processors.identity import Identify
 from shipper.processors.masking import Masker, drop_raw
@@ -40,10 +42,7 @@ if TYPE_CHECKING:
     from shipper.processors import Processor
     from shipper.sinks.moesif import MoesifSink
 
-_CONSUMER_IDS = ("id",)
-_CREDENTIAL_IDS = ("id", "consumer_id")
-
-
+Address = tuple[str, str, int | None, str, dict[str, Any]]  # (scheme, host, port, raw target, headers)
 ChainParts = tuple[bool, "TimeWindow | None", Identify, Masker]  # (format auto?, window, identity, masks)
 
 
@@ -98,90 +97,101 @@ class KongFlat:
             raise RecordDropped()
         return record, request, started
 
+    @staticmethod
+    def address(rget: Any) -> Address | None:
+        """`formats.kong.request_address` with the flat paths' strict strings and the host without user info
+        (as the masks leave it); None for the Transaction path when the port is one `port_field` must judge."""
+        scheme, host, port, raw_path, headers = request_address(rget, plain_str)
+        if port is not None and not 0 <= port <= 65535:
+            return None  # a bad value, or a float port
+        if "@" in host:
+            host = host.rpartition("@")[2]
+        return scheme, host, port, raw_path, headers
 
-class MoesifFlat(KongFlat):
-    """A `FlatEncode` for the Moesif sink."""
+    def masked_bodies(self, request_body: Any, response_body: Any) -> tuple[Any, Any]:
+        """The request and response bodies through the chain's body masks (None stays None)."""
+        masker = self.masker
+        if request_body is not None:
+            request_body = masker.mask_body(request_body)
+        if response_body is not None:
+            response_body = masker.mask_body(response_body)
+        return request_body, response_body
 
-    def __init__(self, sink: MoesifSink, parts: ChainParts):
+
+SinkT = TypeVar("SinkT")
+
+
+class SinkFlat(KongFlat, Generic[SinkT]):
+    """A `FlatEncode` for one sink: the gate (`KongFlat.record`), then the subclass's `encode` of what passed."""
+
+    def __init__(self, sink: SinkT, parts: ChainParts):
         super().__init__(parts)
         self.sink = sink
 
     def __call__(self, data: bytes, file_id: str, offset: int, end: int, logged_at: int | None) -> tuple[bytes, bool] | None:
         found = self.record(data)
-        if found is None:
-            return None
-        record, request, started = found
+        return None if found is None else self.encode(*found, f"{file_id}-{offset}")
+
+    def encode(self, record: dict[str, Any], request: dict[str, Any], started: int, fallback_id: str) -> tuple[bytes, bool] | None:
+        """(the sink's bytes, anonymous?), or None for the Transaction path."""
+        raise NotImplementedError
+
+    def request_fields(self, started: int, rget: Any, address: Address, response: dict[str, Any]) -> dict[str, Any]:
+        """The Transaction fields every flat sink fills alike: the request line's parts, both headers masked."""
+        scheme, host, port, _, headers = address
+        response_headers = response.get("headers")
+        masker = self.masker
+        return {
+            "source_format": "kong",
+            "started_at": started,
+            "method": plain_str(rget("method")).upper(),
+            "scheme": scheme,
+            "host": host,
+            "port": port,
+            "request_headers": masker.mask_headers(headers),
+            "response_headers": masker.mask_headers(response_headers if type(response_headers) is dict else {}),
+        }
+
+
+class MoesifFlat(SinkFlat["MoesifSink"]):
+    """A `FlatEncode` for the Moesif sink."""
+
+    def encode(self, record: dict[str, Any], request: dict[str, Any], started: int, fallback_id: str) -> tuple[bytes, bool] | None:
         sink = self.sink
         if sink.max_age_ms is not None and started < time.time() * 1000 - sink.max_age_ms:
             return None  # EventFiltered on the Transaction path
-        return self.encode(record, request, started, f"{file_id}-{offset}")
-
-    def encode(self, record: dict[str, Any], request: dict[str, Any], started: int, fallback_id: str) -> tuple[bytes, bool] | None:
         get, rget = record.get, request.get
-        response = get("response")
-        if type(response) is not dict:
-            response = {}
-        latencies = get("latencies")
-        if type(latencies) is not dict:
-            latencies = {}
-        url = plain_str(rget("url")) or plain_str(rget("request_uri"))
-        scheme, host, port, url_target = split_url(url) if url else ("", "", None, "")
-        if port is not None and not 0 <= port <= 65535:
-            return None  # port_field decides (a bad value, or a float port)
-        raw_path = plain_str(rget("uri")) or url_target
+        response, latencies = response_and_latencies(get)
+        address = self.address(rget)
+        if address is None:
+            return None
+        raw_path, headers = address[3:]
         query_string = split_target(raw_path)[1]
-        headers = rget("headers")
-        if type(headers) is not dict:
-            headers = {}
-        if not host:
-            host_header = plain_str(headers.get("host"))
-            host = host_header.rpartition(":")[0] or host_header
         request_id = rget("id")
-        tries = get("tries")
-        upstream_status, upstream_statuses = upstream_status_field(get("upstream_status"), "upstream_status")
-        response_headers = response.get("headers")
-        tls, trace, correlation, ai = rget("tls"), get("trace_id"), get("correlation_id"), get("ai")
-        consumer = entity(get("consumer"), _CONSUMER_IDS)
-        credential = entity(get("authenticated_entity"), _CREDENTIAL_IDS)
-        status = status_field(response.get("status"), "response.status")
-        request_size = count_field(rget("size"), "request.size")
-        response_size = count_field(response.get("size"), "response.size")
-        latency_request = latency_field(latencies.get("request"), "latencies.request")
-        latency_kong = latency_field(latencies.get("kong"), "latencies.kong")
-        latency_receive = latency_field(latencies.get("receive"), "latencies.receive")
-        latency_proxy = latency_field(latencies.get("proxy"), "latencies.proxy")
+        details = call_details(get, rget)
+        consumer = entity(get("consumer"), CONSUMER_IDS)
+        credential = entity(get("authenticated_entity"), CREDENTIAL_IDS)
+        request_size, status, response_size, latency_request, latency_kong, latency_receive, latency_proxy = (
+            checked_numbers(rget, response, latencies)
+        )
 
         # The chain: identity reads the record unmasked, then the masks of what Moesif ships.
         basic, claims, user, source = self.identify.who(record, headers, consumer, credential)
         masker = self.masker
-        query_string, raw_path, upstream_uri = masker.mask_targets(query_string, raw_path, _opt_str(get("upstream_uri")))
-        if "@" in host:
-            host = host.rpartition("@")[2]
-        request_body, response_body = rget("body"), response.get("body")
-        if request_body is not None:
-            request_body = masker.mask_body(request_body)
-        if response_body is not None:
-            response_body = masker.mask_body(response_body)
+        query_string, raw_path, upstream_uri = masker.mask_targets(query_string, raw_path, opt_str(get("upstream_uri")))
+        request_body, response_body = self.masked_bodies(rget("body"), response.get("body"))
         # In the processor's order, so its remembered entities are the same whichever path a line takes.
-        service = _entity(get("service")) or _entity(get("api"))
-        route = _entity(get("route"))
+        service = logged_entity(get("service")) or logged_entity(get("api"))
+        route = logged_entity(get("route"))
         txn = Transaction(
             event_id=request_id if type(request_id) is str and request_id else fallback_id,
-            source_format="kong",
-            started_at=started,
-            method=plain_str(rget("method")).upper(),
-            scheme=scheme,
-            host=host,
-            port=port,
+            **self.request_fields(started, rget, address, response),
             raw_path=raw_path,
             query_string=query_string,
-            request_headers=masker.mask_headers(headers),
             request_size=request_size,
             request_body=request_body,
             client_ip=plain_str(get("client_ip")),
-            tls=None if tls is None else tls_info(tls),
             status=status,
-            response_headers=masker.mask_headers(response_headers if type(response_headers) is dict else {}),
             response_size=response_size,
             response_body=response_body,
             latency_request=latency_request,
@@ -190,23 +200,14 @@ class MoesifFlat(KongFlat):
             latency_proxy=latency_proxy,
             service=masker.mask_entity(service) if service else service,
             route=masker.mask_entity(route) if route else route,
-            workspace=_opt_str(get("workspace")),
-            workspace_name=_opt_str(get("workspace_name")),
             upstream_uri=upstream_uri,
-            upstream_status=upstream_status,
-            upstream_statuses=upstream_statuses,
-            tries=len(tries) if type(tries) is list else None,
-            upstream_tries=upstream_tries(tries) if type(tries) is list else None,
-            trace_id=None if trace is None else trace_id(trace),
-            correlation_id=correlation if type(correlation) is str and correlation else None,
-            ai=None if ai is None else ai_usage(ai),
-            response_source=_opt_str(get("source")),
             consumer=masker.mask_entity(consumer) if consumer else consumer,
             authenticated_entity=masker.mask_entity(credential) if credential else credential,
             user_id=user or None,
             user_source=source if user else None,
             jwt_claims=masker.kept_claims(claims),
             basic_user=basic,
+            **details,
         )
         # A copy of its own bytes, as the Transaction path keeps (orjson's buffer is at least 4 KiB).
         return bytes(memoryview(self.sink.sampled(self.sink.event(txn), txn.event_id))), txn.user_id is None
@@ -220,9 +221,3 @@ def plain_str(value: Any) -> str:
     raise TypeError("an unusual value: the parser decides")  # to_str's other cases (numbers, booleans)
 
 
-def _opt_str(value: Any) -> str | None:
-    return value if type(value) is str else None
-
-
-def _entity(value: Any) -> dict[str, Any] | None:
-    return value if type(value) is dict and value else None
