@@ -170,7 +170,21 @@ def transform_block(transform: Transformer, block: Block) -> BlockResult:
     anonymous = 0
     framer: Framer | None = None
     made: list[Line]
-    item: bytes | Oversize | Framed | Ignored | Unframed
+
+    def take(i: int, items: list[Line]) -> int:
+        """The items made of line `i` through `transform`, to `events` or `others`; how many were anonymous."""
+        count = 0
+        for _, item, offset, item_end in items:
+            fate, payload, anon = transform(file_id, item, offset, item_end)
+            if fate is EVENT:
+                events.append(payload)
+                index.append(i)
+                ends.append(item_end)
+                count += anon
+            else:
+                others.append((i, fate, payload, item if fate in _KEEP_DATA else None, offset, item_end))
+        return count
+
     i = 0
     for i, line in enumerate(lines):
         end = start + len(line) + 1
@@ -187,15 +201,7 @@ def transform_block(transform: Transformer, block: Block) -> BlockResult:
                 made = list(framer.frame(file_id, data, start, end))
                 if not made:  # a piece of a split line: done, but the checkpoint stays at the record's start
                     others.append((i, None, None, None, start, framer.pending_from))  # type: ignore[arg-type]
-        for _, item, offset, item_end in made:
-            fate, payload, anon = transform(file_id, item, offset, item_end)
-            if fate is EVENT:
-                events.append(payload)
-                index.append(i)
-                ends.append(item_end)
-                anonymous += anon
-            else:
-                others.append((i, fate, payload, item if fate in _KEEP_DATA else None, offset, item_end))
+        anonymous += take(i, made)
         start = end
     if framer is not None and framer.pending_from is not None:
         # Known limit: a split container line still waiting for its last piece at a block's end, in a file that
@@ -203,15 +209,7 @@ def transform_block(transform: Transformer, block: Block) -> BlockResult:
         # It takes the sequence number of its last piece (each line of a block has one).
         last = max(j for j, other in enumerate(others) if other[1] is None)
         i = others.pop(last)[0]
-        _, item, offset, item_end = framer.finish(file_id, start)
-        fate, payload, anon = transform(file_id, item, offset, item_end)
-        if fate is EVENT:
-            events.append(payload)
-            index.append(i)
-            ends.append(item_end)
-            anonymous += anon
-        else:
-            others.append((i, fate, payload, item if fate in _KEEP_DATA else None, offset, item_end))
+        anonymous += take(i, [framer.finish(file_id, start)])
     return events, index, ends, anonymous, others
 
 
