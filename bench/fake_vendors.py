@@ -236,6 +236,21 @@ class CountingMoesif(CountingVendor):
 
 
 # -- the fake alone ------------------------------------------------------------------------------------------
+def timed_threads(threads: list[threading.Thread]) -> float:
+    """Seconds from starting `threads` to the end of the last one."""
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - start
+
+
+def posters(port: int, raw_request: bytes, rounds: int, connections: int, errors: list[str]) -> list[threading.Thread]:
+    """`connections` threads, not yet started, each a `post_loop` of `raw_request` to `port`."""
+    return [threading.Thread(target=post_loop, args=(port, raw_request, rounds, errors)) for _ in range(connections)]
+
+
 def post_loop(port: int, raw_request: bytes, rounds: int, errors: list[str]) -> None:
     """Post the same pre-built request `rounds` times on one keep-alive connection, reading each reply."""
     sock = socket.create_connection(("127.0.0.1", port))
@@ -268,13 +283,7 @@ def capacity(
     with make_fake(per_batch) as fake:
         request = raw_request(fake.port)
         errors: list[str] = []
-        threads = [threading.Thread(target=post_loop, args=(fake.port, request, rounds, errors)) for _ in range(connections)]
-        start = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        elapsed = time.perf_counter() - start
+        elapsed = timed_threads(posters(fake.port, request, rounds, connections, errors))
         if errors or fake.errors:
             raise RuntimeError(f"the fake refused the capacity batches: {(errors + fake.errors)[:3]}")
         return fake.received() / elapsed

@@ -35,7 +35,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -342,21 +341,15 @@ def capacity(vendor: str, credential: str, raw_request: Callable[[int], bytes], 
              connections: int = 2) -> dict[str, float]:
     """Records/s the light fake takes from `connections` clients (threads of this process) posting one
     pre-built batch of `per_batch` records `rounds` times each, and the CPU µs each record cost the fake."""
-    from bench.fake_vendors import post_loop  # noqa: PLC0415 - only the bench process needs it, not the fake's
+    from bench.fake_vendors import posters, timed_threads  # noqa: PLC0415 - the bench process's, not the fake's
 
     keys = {"segment_key": credential} if vendor == "segment" else {"moesif_app": credential}
     with LightFakes(per_batch, **keys) as fakes:
         request = raw_request(fakes.ports[vendor])
         errors: list[str] = []
-        threads = [threading.Thread(target=post_loop, args=(fakes.ports[vendor], request, rounds, errors))
-                   for _ in range(connections)]  # fmt: skip
+        threads = posters(fakes.ports[vendor], request, rounds, connections, errors)
         before = fakes.tally()["cpu_seconds"]
-        start = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        elapsed = time.perf_counter() - start
+        elapsed = timed_threads(threads)
         report = fakes.tally()
     counts = report[vendor]
     if errors or counts["errors"]:

@@ -43,7 +43,7 @@ import orjson
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.fake_vendors import CountingSegment  # noqa: E402
+from bench.fake_vendors import CountingSegment, timed_threads  # noqa: E402
 from bench.light_fake import LightFakes  # noqa: E402
 from bench.procs import tree_cpu_seconds  # noqa: E402
 from bench.records import KongRecords  # noqa: E402
@@ -161,13 +161,7 @@ def load(target: Target, bodies: list[tuple[int, bytes]], clients: int) -> tuple
                 accepted[0] += count
         conn.close()
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - started
+    elapsed = timed_threads([threading.Thread(target=client) for _ in range(clients)])
     if failures:
         print(f"  ({len(failures)} answers were not 200: {sorted(set(failures))})", file=sys.stderr)
     return elapsed, accepted[0]
