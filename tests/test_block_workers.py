@@ -8,6 +8,7 @@ Ctrl-C to the process group ends it promptly."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import json
 import os
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -167,34 +169,36 @@ def checkpointed(state) -> int:
     return sum(entry["offset"] for entry in files.values())
 
 
-def test_a_worker_killed_ends_the_run_with_exit_1(tmp_path):
+@contextlib.contextmanager
+def two_workers_mid_run(tmp_path, delay: float) -> Iterator[tuple[FakeSegment, subprocess.Popen]]:
+    """(fake, process) of a backfill of 4,000 records with 2 workers to a fake answering after `delay` s, once
+    the fake has 100 messages; the process group is killed at the end if it still runs."""
     log = tmp_path / "kong.json"
     gen.write_records(log, range(4000))
     with FakeSegment() as fake:
-        fake.script(["slow:0.1"] * 1000)
+        fake.script([f"slow:{delay}"] * 1000)
         argv = ["backfill", str(log), *args(fake, tmp_path, "state", "--workers", "2", *SLOW)]
         with reaped(start(argv, 16_384)) as proc:
             fake.wait_for(lambda: len(fake.messages) >= 100, timeout=30)
-            workers = children(proc.pid)
-            assert len(workers) == 2
-            os.kill(workers[0], signal.SIGKILL)
-            _, err = proc.communicate(timeout=30)
+            yield fake, proc
+
+
+def test_a_worker_killed_ends_the_run_with_exit_1(tmp_path):
+    with two_workers_mid_run(tmp_path, 0.1) as (_, proc):
+        workers = children(proc.pid)
+        assert len(workers) == 2
+        os.kill(workers[0], signal.SIGKILL)
+        _, err = proc.communicate(timeout=30)
     assert proc.returncode == 1, err
     assert b"worker process died" in err
 
 
 def test_ctrl_c_to_the_process_group_ends_it_promptly(tmp_path):
-    log = tmp_path / "kong.json"
-    gen.write_records(log, range(4000))
-    with FakeSegment() as fake:
-        fake.script(["slow:0.05"] * 1000)
-        argv = ["backfill", str(log), *args(fake, tmp_path, "state", "--workers", "2", *SLOW)]
-        with reaped(start(argv, 16_384)) as proc:
-            fake.wait_for(lambda: len(fake.messages) >= 100, timeout=30)
-            os.killpg(proc.pid, signal.SIGINT)
-            sent = time.monotonic()
-            _, err = proc.communicate(timeout=30)
-            took = time.monotonic() - sent
+    with two_workers_mid_run(tmp_path, 0.05) as (fake, proc):
+        os.killpg(proc.pid, signal.SIGINT)
+        sent = time.monotonic()
+        _, err = proc.communicate(timeout=30)
+        took = time.monotonic() - sent
         delivered = len(fake.messages)
     assert proc.returncode == 130, err
     assert took < 5, took
