@@ -25,7 +25,7 @@ from shipper.processors import build_chain
 from shipper.sinks.base import RecordDropped
 from shipper.sinks.moesif import MoesifSink
 from shipper.sinks.runscope import RunscopeSink
-from shipper.transform import EVENT, Transformer
+from shipper.transform import EVENT, INVALID, Transformer
 
 CORPUS = pathlib.Path(__file__).resolve().parent / "corpus" / "kong-records.jsonl"
 NOW = time.time()  # frozen: a record without a start time is dated when read, on both sides alike
@@ -252,3 +252,25 @@ def test_the_fast_transaction_id_and_ipv4_test_are_the_standard_ones():
     cases += ["1.2.3.4\n", " 1.2.3.4", "::1", "::ffff:1.2.3.4", "1.2.3.4%eth0", "255.255.255.255"]
     assert all(is_ip(value) == standard(value) for value in cases)
     assert sum(map(is_ip, cases)) > 100
+
+
+# Values the parser refuses or may refuse, put in records inside and outside --since/--until: the parser checks
+# them before the window drops a record, so a flat path must too (it once dropped them first: filtered, where the
+# Transaction path dead-letters them as `bad_value`).
+_ODD = (
+    ("response", "status", 1000), ("response", "size", -5), ("request", "size", 1e300), ("latencies", "request", -9),
+    ("latencies", "proxy", "slow"), (None, "upstream_status", "abc"), ("request", "url", "http://h:99999/x"),
+)
+
+
+@pytest.mark.parametrize("config", ["since-until", "runscope-since-until"])
+def test_a_refused_value_outside_the_window_is_a_dead_letter_on_both_paths(config):
+    pair = Pair(config)
+    outside_refused = 0
+    for seq in range(0, 200, 7):  # started_at BASE + seq: before, inside and after the window [50, 150)
+        for block, key, value in _ODD:
+            record = gen.kong_record(seq)
+            (record if block is None else record[block])[key] = value
+            fate = pair.check(gen.kong_line(record), seq)[0]  # the same outcome on both paths, byte for byte
+            outside_refused += fate == INVALID and not 50 <= seq < 150
+    assert outside_refused >= 4 * len(range(0, 50, 7))  # the case is exercised: at least 4 of the values refused

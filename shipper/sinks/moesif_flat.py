@@ -70,7 +70,7 @@ def moesif_flat_path(sink: MoesifSink, parser: Parser, chain: Sequence[Processor
 
 class KongFlat:
     """What every sink's flat path does first: decode the line, keep only a Kong HTTP record with a start time
-    (as `formats.Parser` would read it), and apply the window (RecordDropped outside it)."""
+    (as `formats.Parser` would read it); `window` drops one outside --since/--until."""
 
     def __init__(self, parts: ChainParts):
         self.auto, window, self.identify, self.masker = parts
@@ -93,9 +93,13 @@ class KongFlat:
         started = epoch_ms_field(get("started_at"), "started_at")
         if started is None:
             return None  # the parser dates it (container runtime, or the time read)
+        return record, request, started
+
+    def window(self, started: int) -> None:
+        """RecordDropped outside --since/--until. Each sink's `encode` calls it once the values the parser checks
+        have passed: the parser refuses a bad value (a dead letter) before the window drops the record."""
         if (self.low is not None and started < self.low) or (self.high is not None and started >= self.high):
             raise RecordDropped()
-        return record, request, started
 
     @staticmethod
     def address(rget: Any) -> Address | None:
@@ -174,6 +178,7 @@ class MoesifFlat(SinkFlat["MoesifSink"]):
         request_size, status, response_size, latency_request, latency_kong, latency_receive, latency_proxy = (
             checked_numbers(rget, response, latencies)
         )
+        self.window(started)
 
         # The chain: identity reads the record unmasked, then the masks of what Moesif ships.
         basic, claims, user, source = self.identify.who(record, headers, consumer, credential)

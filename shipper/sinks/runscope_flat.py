@@ -43,6 +43,7 @@ class RunscopeFlat(SinkFlat["RunscopeSink"]):
         address = self.address(rget)
         if address is None:
             return None
+        self.window(started)
         raw_path, headers = address[3:]
         consumer = entity(get("consumer"), CONSUMER_IDS)
         credential = entity(get("authenticated_entity"), CREDENTIAL_IDS)
