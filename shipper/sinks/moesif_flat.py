@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import orjson
 
 from shipper.formats.kong import (
-    CONSUMER_IDS, CREDENTIAL_IDS, call_details, checked_numbers, logged_entity, opt_str, request_address,
+    CONSUMER_IDS, CREDENTIAL_IDS, add_call_details, checked_numbers, logged_entity, opt_str, request_address,
     response_and_latencies,
 )
 from shipper.formats.kong_fields import entity
-from shipper.formats.values import epoch_ms_field, split_target
+from shipper.formats.values import epoch_ms_field, split_target, upstream_status_field
 from shipper.model import Transaction
 from shipper.processors.identity import Identify
 from shipper.processors.masking import Masker, drop_raw
@@ -140,21 +140,6 @@ class SinkFlat(KongFlat, Generic[SinkT]):
         """(the sink's bytes, anonymous?), or None for the Transaction path."""
         raise NotImplementedError
 
-    def request_fields(self, started: int, rget: Any, address: Address, response: dict[str, Any]) -> dict[str, Any]:
-        """The Transaction fields every flat sink fills alike: the request line's parts, both headers masked."""
-        scheme, host, port, _, headers = address
-        response_headers = response.get("headers")
-        masker = self.masker
-        return {
-            "source_format": "kong",
-            "started_at": started,
-            "method": plain_str(rget("method")).upper(),
-            "scheme": scheme,
-            "host": host,
-            "port": port,
-            "request_headers": masker.mask_headers(headers),
-            "response_headers": masker.mask_headers(response_headers if type(response_headers) is dict else {}),
-        }
 
 
 class MoesifFlat(SinkFlat["MoesifSink"]):
@@ -172,7 +157,7 @@ class MoesifFlat(SinkFlat["MoesifSink"]):
         raw_path, headers = address[3:]
         query_string = split_target(raw_path)[1]
         request_id = rget("id")
-        details = call_details(get, rget)
+        upstream_status, upstream_statuses = upstream_status_field(get("upstream_status"), "upstream_status")
         consumer = entity(get("consumer"), CONSUMER_IDS)
         credential = entity(get("authenticated_entity"), CREDENTIAL_IDS)
         request_size, status, response_size, latency_request, latency_kong, latency_receive, latency_proxy = (
@@ -188,15 +173,24 @@ class MoesifFlat(SinkFlat["MoesifSink"]):
         # In the processor's order, so its remembered entities are the same whichever path a line takes.
         service = logged_entity(get("service")) or logged_entity(get("api"))
         route = logged_entity(get("route"))
-        txn = Transaction(
+        scheme, host, port = address[:3]
+        response_headers = response.get("headers")
+        txn = add_call_details(Transaction(
             event_id=request_id if type(request_id) is str and request_id else fallback_id,
-            **self.request_fields(started, rget, address, response),
+            source_format="kong",
+            started_at=started,
+            method=plain_str(rget("method")).upper(),
+            scheme=scheme,
+            host=host,
+            port=port,
             raw_path=raw_path,
             query_string=query_string,
+            request_headers=masker.mask_headers(headers),
             request_size=request_size,
             request_body=request_body,
             client_ip=plain_str(get("client_ip")),
             status=status,
+            response_headers=masker.mask_headers(response_headers if type(response_headers) is dict else {}),
             response_size=response_size,
             response_body=response_body,
             latency_request=latency_request,
@@ -206,14 +200,15 @@ class MoesifFlat(SinkFlat["MoesifSink"]):
             service=masker.mask_entity(service) if service else service,
             route=masker.mask_entity(route) if route else route,
             upstream_uri=upstream_uri,
+            upstream_status=upstream_status,
+            upstream_statuses=upstream_statuses,
             consumer=masker.mask_entity(consumer) if consumer else consumer,
             authenticated_entity=masker.mask_entity(credential) if credential else credential,
             user_id=user or None,
             user_source=source if user else None,
             jwt_claims=masker.kept_claims(claims),
             basic_user=basic,
-            **details,
-        )
+        ), get, rget)
         # A copy of its own bytes, as the Transaction path keeps (orjson's buffer is at least 4 KiB).
         return bytes(memoryview(self.sink.sampled(self.sink.event(txn), txn.event_id))), txn.user_id is None
 

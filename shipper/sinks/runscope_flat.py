@@ -17,7 +17,7 @@ from shipper.formats.kong import CONSUMER_IDS, CREDENTIAL_IDS, checked_numbers, 
 from shipper.formats.kong_fields import entity
 from shipper.formats.values import split_target, upstream_status_field
 from shipper.model import Transaction
-from shipper.sinks.moesif_flat import SinkFlat, default_chain
+from shipper.sinks.moesif_flat import SinkFlat, default_chain, plain_str
 
 if TYPE_CHECKING:
     from shipper.formats import Parser
@@ -53,12 +53,21 @@ class RunscopeFlat(SinkFlat["RunscopeSink"]):
         request_body = response_body = None
         if self.sink.log_body:
             request_body, response_body = self.masked_bodies(rget("body"), response.get("body"))
+        scheme, host, port = address[:3]
+        response_headers = response.get("headers")
         txn = Transaction(
             event_id="",  # not in the message
-            **self.request_fields(started, rget, address, response),
+            source_format="kong",
+            started_at=started,
+            method=plain_str(rget("method")).upper(),
+            scheme=scheme,
+            host=host,
+            port=port,
             raw_path=raw_path,
+            request_headers=masker.mask_headers(headers),
             request_body=request_body,
             status=status,
+            response_headers=masker.mask_headers(response_headers if type(response_headers) is dict else {}),
             response_size=response_size,
             response_body=response_body,
             latency_request=latency_request,
