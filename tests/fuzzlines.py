@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from hypothesis import strategies as st
 
 from shipper.sinks import sink_class
+from shipper.sinks.base import RecordDropped
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 RECORDS: list[dict[str, Any]] = [
@@ -172,3 +173,33 @@ def mutated_line(choose: Chooser) -> bytes:
 def mutated_lines(draw: Any) -> bytes:
     """Hypothesis's strategy of `mutated_line`s."""
     return mutated_line(DrawChooser(draw))
+
+
+class CountingFlat:
+    """A sink's flat path that counts what it did: events, drops (RecordDropped), and lines handed back to the
+    Transaction path (None or an exception) — so a differential test fails when a flat path quietly stops
+    handling ordinary records."""
+
+    def __init__(self, flat: Any):
+        self.flat = flat
+        self.events = self.dropped = self.fallbacks = 0
+
+    @property
+    def handled(self) -> int:
+        return self.events + self.dropped
+
+    def __call__(self, *args: Any) -> Any:
+        try:
+            made = self.flat(*args)
+        except RecordDropped:
+            self.dropped += 1
+            raise
+        except Exception:
+            self.fallbacks += 1
+            raise
+        if made is None:
+            self.fallbacks += 1
+        else:
+            self.events += 1
+        return made
+

@@ -11,7 +11,6 @@ import gzip
 import json
 import pathlib
 import time
-from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -22,7 +21,6 @@ import fuzzlines
 import gen
 from shipper.formats import Parser
 from shipper.processors import build_chain
-from shipper.sinks.base import RecordDropped
 from shipper.sinks.moesif import MoesifSink
 from shipper.sinks.runscope import RunscopeSink
 from shipper.transform import EVENT, INVALID, Transformer
@@ -62,29 +60,6 @@ def make_sink(config: str) -> Any:
     return MoesifSink("m", "http://127.0.0.1:9/", fetch_config=False, **CONFIGS[config][0])
 
 
-class Counting:
-    """A flat path that counts what it did: events, drops, and lines handed back (None or an exception)."""
-
-    def __init__(self, flat: Callable[..., Any]):
-        self.flat = flat
-        self.events = self.dropped = self.fallbacks = 0
-
-    def __call__(self, *args: Any) -> Any:
-        try:
-            made = self.flat(*args)
-        except RecordDropped:
-            self.dropped += 1
-            raise
-        except Exception:
-            self.fallbacks += 1
-            raise
-        if made is None:
-            self.fallbacks += 1
-        else:
-            self.events += 1
-        return made
-
-
 class Pair:
     """The same configuration twice: one Transformer with the flat path, one without."""
 
@@ -98,7 +73,7 @@ class Pair:
         flat_chain, plain_chain = build_chain(**chain_options), build_chain(**chain_options)
         flat = sinks[0].flat_path(parser, flat_chain)
         assert flat is not None
-        self.counting = Counting(flat)
+        self.counting = fuzzlines.CountingFlat(flat)
         self.flat = Transformer(parser, flat_chain, sinks[0], self.counting)
         self.plain = Transformer(parser, plain_chain, sinks[1])
 

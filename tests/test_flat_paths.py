@@ -27,7 +27,6 @@ import shipper.formats
 from shipper.formats import Parser
 from shipper.processors import build_chain
 from shipper.processors.masking import drop_raw
-from shipper.sinks.base import RecordDropped
 from shipper.sinks.segment import SegmentSink
 from shipper.transform import Transformer
 
@@ -64,28 +63,6 @@ SECRET_QUERIES = ["access_token=abc", "Access_Token=abc", "access%5Ftoken=abc", 
                   "%54oken=t", "seq=9&Name=n", "next=%2Fcb%3Ftoken%3Dx", "a=1;password=p", "flag", "x=%FF%FE"]  # fmt: skip
 
 
-class Counting:
-    """A flat path that counts what it handled and what it handed back to the Transaction path."""
-
-    def __init__(self, flat: Any):
-        self.flat, self.handled, self.fallbacks = flat, 0, 0
-
-    def __call__(self, *args: Any) -> Any:
-        try:
-            made = self.flat(*args)
-        except RecordDropped:
-            self.handled += 1
-            raise
-        except Exception:
-            self.fallbacks += 1
-            raise
-        if made is None:
-            self.fallbacks += 1
-        else:
-            self.handled += 1
-        return made
-
-
 class FixedTime:
     """`time` for the parser: a record without a start time is dated when read, the same ms on both paths."""
 
@@ -99,7 +76,7 @@ def fixed_read_time(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(shipper.formats, "time", FixedTime)
 
 
-def pairs(sink_name: str) -> list[tuple[str, Transformer, Transformer, Counting]]:
+def pairs(sink_name: str) -> list[tuple[str, Transformer, Transformer, fuzzlines.CountingFlat]]:
     """(label, with the flat path, without, its counter) for every chain and sink variant."""
     out = []
     parser = Parser()
@@ -110,7 +87,7 @@ def pairs(sink_name: str) -> list[tuple[str, Transformer, Transformer, Counting]
             chain = build_chain(**options)  # one chain for both paths, as the lane gives them (its caches too)
             flat = flat_path(sink, parser, chain)
             assert flat is not None, f"{sink_name} offers no flat path for the chain {chain_name}"
-            counting = Counting(flat)
+            counting = fuzzlines.CountingFlat(flat)
             fast = Transformer(parser, chain, sink, counting)
             full = Transformer(parser, build_chain(**options), sink)
             out.append((f"{chain_name}/{i}", fast, full, counting))
