@@ -29,7 +29,7 @@ from shipper.routing import lane_chain
 from shipper.service.notify import Notifier
 from shipper.sinks.base import Sink
 from shipper.sources.watch import Watcher
-from shipper.threads import RunContext
+from shipper.threads import RunContext, Wakeup
 
 log = logging.getLogger("kong-ship")
 
@@ -48,7 +48,8 @@ class Pipeline:
         self.follow = follow
         self.stop = threading.Event()
         self.abort = threading.Event()
-        self._tick = threading.Event()
+        self._tick = Wakeup()  # lock-free: the signal handlers set it too
+        self._pending: list[int] = []  # signals received, applied by the main loop (no lock in a handler)
         self._signals = 0
         self.forced_by: int | None = None  # the signal that cut shutdown short
         self.stopped_by: int | None = None  # the first SIGTERM/SIGINT, which stopped the run
@@ -121,24 +122,36 @@ class Pipeline:
 
     # -- signals ---------------------------------------------------------------------------------------------
     def _on_signal(self, signum, frame) -> None:
-        self._signals += 1
-        if self._signals == 1:
-            self.stopped_by = signum
-            log.info(
-                "%s: stopping; delivering what is in flight (up to %.0f s)",
-                signal.Signals(signum).name, self.settings.shutdown_timeout,
-            )
-            self.stop.set()
-        else:
-            self.forced_by = signum
-            self.abort.set()
+        # Only a list append and a pipe write: a handler interrupts the main thread anywhere, possibly inside a
+        # lock of an Event or of logging, so what the signal means is done by the main loop (`_apply_signals`).
+        self._pending.append(signum)
         self._tick.set()
 
     def _on_hup(self, signum, frame) -> None:
-        log.info("SIGHUP: re-opening files and re-reading the patterns")
-        for lane in self.lanes:
-            lane.rescan.set()
-            lane.wake.set()
+        self._pending.append(signum)
+        self._tick.set()
+
+    def _apply_signals(self) -> None:
+        """What the signals received since the last look mean, on the main loop's thread."""
+        while self._pending:
+            signum = self._pending.pop(0)
+            if hasattr(signal, "SIGHUP") and signum == signal.SIGHUP:
+                log.info("SIGHUP: re-opening files and re-reading the patterns")
+                for lane in self.lanes:
+                    lane.rescan.set()
+                    lane.wake.set()
+                continue
+            self._signals += 1
+            if self._signals == 1:
+                self.stopped_by = signum
+                log.info(
+                    "%s: stopping; delivering what is in flight (up to %.0f s)",
+                    signal.Signals(signum).name, self.settings.shutdown_timeout,
+                )
+                self.stop.set()
+            else:
+                self.forced_by = signum
+                self.abort.set()
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -172,6 +185,7 @@ class Pipeline:
                 interval = min(self.settings.checkpoint_interval, self.notifier.watchdog_interval or 3600.0)
                 self._tick.wait(0.05 if self.stop.is_set() else interval)
                 self._tick.clear()
+                self._apply_signals()
                 now = time.monotonic()
                 self.notifier.tick(now)
                 if self.abort.is_set() or all(lane.drained() for lane in self.lanes):

@@ -14,7 +14,10 @@ sinks still owe and end it as fatal, and nothing else.
 from __future__ import annotations
 
 import logging
+import os
+import select
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -53,3 +56,47 @@ class RunContext:
     wake: Callable[[], None]  # have the readers look for new lines now (new records were spooled)
     behind: Callable[[], dict[str, int]]  # bytes per path some sink has not acknowledged yet
     fail: Callable[[str], None]  # end the run as fatal (exit 1) with this reason
+
+
+class Wakeup:
+    """What `threading.Event` is to the run's main loop — `set` from any thread, `wait(timeout)`, `clear` — but
+    with no lock: a byte in a non-blocking pipe. A signal handler runs on the main thread between two bytecodes,
+    possibly while that thread is inside `Event.wait` holding the Event's own (non-reentrant) lock; an
+    `Event.set` from the handler then waits for that lock forever, and so does every thread that sets it after
+    (a SIGTERM that hung `tail`, found by CI). A write to a pipe takes no lock of Python's."""
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+        # poll, not select: no FD_SETSIZE bound (a receive with many connections has high descriptors).
+        self._poll = select.poll()
+        self._poll.register(self._read, select.POLLIN)
+        # Closed only once nothing can reach this object: a descriptor number reused after a close must never get
+        # a wake-up byte from a `set` still in someone's hands.
+        weakref.finalize(self, _close_pipe, self._read, self._write)
+
+    def set(self) -> None:
+        try:
+            os.write(self._write, b"\0")
+        except (BlockingIOError, OSError):  # full: a wake-up is pending anyway; closed: the run is over
+            pass
+
+    def wait(self, timeout: float) -> bool:
+        return bool(self._poll.poll(max(0.0, timeout) * 1000))
+
+    def clear(self) -> None:
+        try:
+            while os.read(self._read, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+
+def _close_pipe(*fds: int) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
