@@ -90,9 +90,11 @@ class KongFlat:
             "started_at" in record or "response" in record or "latencies" in record
         )):
             return None  # a spooled record, or one `auto` would not read as Kong's (formats.Parser._dispatch)
-        started = epoch_ms_field(get("started_at"), "started_at")
-        if started is None:
-            return None  # the parser dates it (container runtime, or the time read)
+        started = get("started_at")
+        if not (type(started) is int and 100_000_000_000 <= started < 100_000_000_000_000):  # Kong's ms: as is
+            started = epoch_ms_field(started, "started_at")
+            if started is None:
+                return None  # the parser dates it (container runtime, or the time read)
         return record, request, started
 
     def window(self, started: int) -> None:

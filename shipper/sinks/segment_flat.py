@@ -30,7 +30,7 @@ import orjson
 
 from shipper.formats.kong_fields import ai_usage, entity, tls_info, trace_id
 from shipper.formats.values import (
-    MAX_COUNT, MAX_LATENCY_MS, count_field, epoch_ms_field, latency_field, parse_query, split_target, split_url, status_field,
+    MAX_COUNT, MAX_LATENCY_MS, count_field, latency_field, parse_query, split_target, split_url, status_field,
     upstream_status_field,
 )
 from shipper.processors.identity import anonymous_id
@@ -75,21 +75,11 @@ class SegmentFlat(KongFlat):
 
     def __call__(self, data: bytes, file_id: str, offset: int, end: int, logged_at: int | None) -> tuple[bytes, bool] | None:
         # `logged_at` dates only a record without a start time, which goes down the Transaction path.
-        record = orjson.loads(data)  # a line that needs repairs raises: the parser's decode_line does those
-        if type(record) is not dict:
+        found = self.record(data)
+        if found is None:
             return None
-        get = record.get
-        request = get("request")
-        if type(request) is not dict:
-            return None
-        if self.auto and "spool" in record and "record" in record:
-            return None  # a spooled record (formats.Parser._dispatch)
-        started = get("started_at")
-        if not (type(started) is int and 100_000_000_000 <= started < 100_000_000_000_000):  # ms: as is
-            started = epoch_ms_field(started, "started_at")
-            if started is None:
-                return None  # the parser dates it (container runtime, or the time read)
-        rget = request.get
+        record, request, started = found
+        get, rget = record.get, request.get
         response = get("response")
         if type(response) is not dict:
             response = {}
