@@ -161,6 +161,28 @@ def _add_block(block: Mapping[str, Any], table: tuple[tuple[str, str], ...], pro
             properties[prop] = item
 
 
+def add_target_properties(
+    properties: dict[str, Any], raw_path: str, path: str, query_string: str, query: Any, fragment: str
+) -> None:
+    """`rawpath`, `path`, `queryString`, `queryObject`, `queryJson`, `hash` and `pathComponent1`-`10`, in the
+    plugin's order (the order is in the bytes): written by this one function on the Transaction and flat paths."""
+    properties["rawpath"] = raw_path
+    properties["path"] = path
+    if query_string:
+        properties["queryString"] = query_string
+    properties["queryObject"] = query
+    properties["queryJson"] = orjson.dumps(query).decode()
+    if fragment:
+        properties["hash"] = fragment
+    i = 0
+    for component in path.split("/"):
+        if component:
+            i += 1
+            properties[COMPONENT_KEYS[i]] = component
+            if i == 10:
+                break
+
+
 def check_template(template: str) -> str:
     for _, field, _, _ in string.Formatter().parse(template):
         if field is not None and field not in PLACEHOLDERS:
@@ -250,21 +272,7 @@ class SegmentSink(HttpSink):
         # only when the URL has them, never "" or null.
         if txn.port is not None:
             properties["port"] = txn.port
-        properties["rawpath"] = txn.raw_path
-        properties["path"] = path
-        if txn.query_string:
-            properties["queryString"] = txn.query_string
-        properties["queryObject"] = txn.query
-        properties["queryJson"] = orjson.dumps(txn.query).decode()
-        if txn.fragment:
-            properties["hash"] = txn.fragment
-        i = 0
-        for component in path.split("/"):
-            if component:
-                i += 1
-                properties[COMPONENT_KEYS[i]] = component
-                if i == 10:
-                    break
+        add_target_properties(properties, txn.raw_path, path, txn.query_string, txn.query, txn.fragment)
         # Kong's numbers as Kong wrote them: 1430, not 1430.0 (a Transaction keeps latencies as floats).
         # Kong writes latencies.proxy -1 when there was no upstream call, and the plugin sent that -1 as is;
         # the Kong parser reads it as None, which becomes -1 again here. Nginx has no such marker: None there

@@ -38,7 +38,8 @@ from shipper.processors.masking import MASK
 from shipper.sinks.base import RecordDropped
 from shipper.sinks.moesif_flat import ChainParts, KongFlat, default_chain, plain_str
 from shipper.sinks.segment import (
-    AI_PROPERTIES, COMPONENT_KEYS, DEFAULT_EVENT_NAME, LIBRARY, MAX_MESSAGE_BYTES, TLS_PROPERTIES, event_name, iso_ms,
+    AI_PROPERTIES, DEFAULT_EVENT_NAME, LIBRARY, MAX_MESSAGE_BYTES, TLS_PROPERTIES, add_target_properties, event_name,
+    iso_ms,
 )
 
 if TYPE_CHECKING:
@@ -210,21 +211,7 @@ class SegmentFlat(KongFlat):
         properties: dict[str, Any] = {"method": method, "uri": uri, "protocol": scheme, "host": host}
         if port is not None:
             properties["port"] = port
-        properties["rawpath"] = raw_path
-        properties["path"] = path
-        if query_string:
-            properties["queryString"] = query_string
-        properties["queryObject"] = query
-        properties["queryJson"] = orjson.dumps(query).decode()
-        if fragment:
-            properties["hash"] = fragment
-        i = 0
-        for component in path.split("/"):
-            if component:
-                i += 1
-                properties[COMPONENT_KEYS[i]] = component
-                if i == 10:
-                    break
+        add_target_properties(properties, raw_path, path, query_string, query, fragment)
         properties["timeOfProxy"] = -1 if time_proxy is None else time_proxy
         if time_kong is not None:
             properties["timeOfKong"] = time_kong
