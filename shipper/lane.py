@@ -116,7 +116,7 @@ class Lane:
         self.transform = Transformer(parser, chain, sink, sink.flat_path(parser, chain))
         self.pool: WorkerPool | None = None
         if settings.workers > 0 and sink.parallel_safe:
-            self.pool = WorkerPool(self.transform, settings.workers)
+            self.pool = WorkerPool(self.transform, settings.workers, sink)
 
     def behind(self) -> dict[str, int]:
         """Bytes of each known file past its acknowledged position: what this sink still owes, by path."""

@@ -45,6 +45,7 @@ from shipper.processors import Dropped
 from shipper.processors.redact import redact_url, url_has_userinfo
 from shipper.sinks import sink_class
 from shipper.sinks.base import FlatEncode, OptionList, Sink, Verdict
+from shipper.sinks.compression import PreparedBody
 from shipper.sinks.credentials import env_suffix
 
 if TYPE_CHECKING:
@@ -308,6 +309,18 @@ class RoutedSink:
 
     def flat_path(self, parser: Parser, chain: Sequence[Processor]) -> FlatEncode | None:
         return None  # a flat path runs only the processors it knows: it must never skip the RouteFilter
+
+    def worker_state(self) -> object | None:
+        return self.inner.worker_state()
+
+    def adopt_worker_state(self, state: object) -> None:
+        self.inner.adopt_worker_state(state)
+
+    def prepare(self, events: list[bytes]) -> PreparedBody | None:
+        return self.inner.prepare(events)
+
+    def prepared_request(self, body: PreparedBody) -> httpx.Request:
+        return self.inner.prepared_request(body)
 
 
 def build_sinks(routing: Routing, plain: Sequence[str], sink_options: Mapping[str, Any],

@@ -221,9 +221,18 @@ class WorkerLost(RuntimeError):
     """A worker process died (killed, out of memory) while chunks were out: their outcomes will never come."""
 
 
+class WorkerState:
+    """A job of its own in a worker's queue: the sink's `worker_state`, adopted before the chunks after it."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, state: object):
+        self.state = state
+
+
 def _worker_main(
-    transformer: Transformer, chunks: MPQueue[list[Line] | Block | None], results: Connection, parent: int,
-    not_mine: list[Connection],
+    transformer: Transformer, sink: WorkerSink | None, chunks: MPQueue[list[Line] | Block | WorkerState | None],
+    results: Connection, parent: int, not_mine: list[Connection],
 ) -> None:
     """A worker: chunks in (its own queue), outcomes out (its own pipe), in order, until told to stop or the
     parent is gone. Signals are the parent's business: a Ctrl-C or systemd's SIGTERM reaches the whole process
@@ -247,6 +256,10 @@ def _worker_main(
             return  # the parent is gone
         if lines is None:
             return
+        if type(lines) is WorkerState:
+            assert sink is not None
+            sink.adopt_worker_state(lines.state)
+            continue
         try:
             if type(lines) is list:
                 results.send([transformer(f, d, o, e) for f, d, o, e in lines])
@@ -273,15 +286,24 @@ def _die_with(parent: int) -> None:
         os._exit(0)
 
 
+class WorkerSink(Protocol):
+    """What a worker process uses of the lane's sink (sinks/base.py `Sink`)."""
+
+    def worker_state(self) -> object | None: ...
+
+    def adopt_worker_state(self, state: object) -> None: ...
+
+
 class _Worker:
-    def __init__(self, context: ForkContext, transformer: Transformer, earlier: list[_Worker]):
-        self.chunks = context.Queue()
+    def __init__(self, context: ForkContext, transformer: Transformer, sink: WorkerSink | None, earlier: list[_Worker]):
+        self.state: object | None = None  # the sink's worker_state last sent to this worker
+        self.chunks: MPQueue[list[Line] | Block | WorkerState | None] = context.Queue()
         self.chunks.cancel_join_thread()  # chunks left unsent at exit are not needed: never wait to flush them
         reader, writer = context.Pipe(duplex=False)
         self.results = reader
         self.process = context.Process(
             target=_worker_main, name="kong-ship-worker", daemon=True,
-            args=(transformer, self.chunks, writer, os.getpid(), [reader, *(w.results for w in earlier)]),
+            args=(transformer, sink, self.chunks, writer, os.getpid(), [reader, *(w.results for w in earlier)]),
         )
         self.process.start()
         # Only the worker holds the writing end now: its death is an end of file here, not a silent wait.
@@ -298,7 +320,8 @@ class WorkerPool:
 
     CHUNK_LINES = 512
 
-    def __init__(self, transformer: Transformer, workers: int):
+    def __init__(self, transformer: Transformer, workers: int, sink: WorkerSink | None = None):
+        """`sink`: the lane's sink, whose `worker_state` goes to each worker before the jobs that need it."""
         # fork: the workers inherit the configured parser, processors and sink without pickling them, and
         # start in milliseconds. They only run pure functions, never the parent's threads.
         context = multiprocessing.get_context("fork")
@@ -312,10 +335,11 @@ class WorkerPool:
         try:
             self._workers: list[_Worker] = []
             for _ in range(max(1, workers)):
-                self._workers.append(_Worker(context, transformer, self._workers))
+                self._workers.append(_Worker(context, transformer, sink, self._workers))
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
         self._next = 0
+        self._sink = sink
         # multiprocessing joins its children at exit, and these ignore SIGTERM: killed first, whatever path
         # the parent leaves by.
         multiprocessing.util.Finalize(self, _kill, args=([w.process for w in self._workers],), exitpriority=10)
@@ -323,7 +347,13 @@ class WorkerPool:
     def _submit(self, chunk: list[Line] | Block) -> int:
         index = self._next
         self._next = (index + 1) % len(self._workers)
-        self._workers[index].chunks.put(chunk)
+        worker = self._workers[index]
+        if self._sink is not None:
+            state = self._sink.worker_state()
+            if state is not None and state is not worker.state:
+                worker.chunks.put(WorkerState(state))
+                worker.state = state
+        worker.chunks.put(chunk)
         return index
 
     @overload

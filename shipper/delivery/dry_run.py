@@ -28,6 +28,7 @@ import orjson
 from shipper.processors.names import SECRET_KEYS, is_secret_name, normalize
 from shipper.processors.redact import redact_url
 from shipper.sinks.base import FATAL, FlatEncode, Sink, Verdict
+from shipper.sinks.compression import PreparedBody
 
 if TYPE_CHECKING:
     from shipper.formats import Parser
@@ -143,6 +144,18 @@ class DryRunSink:
 
     def flat_path(self, parser: Parser, chain: Sequence[Processor]) -> FlatEncode | None:
         return self.inner.flat_path(parser, chain)
+
+    def worker_state(self) -> object | None:
+        return self.inner.worker_state()
+
+    def adopt_worker_state(self, state: object) -> None:
+        self.inner.adopt_worker_state(state)
+
+    def prepare(self, events: list[bytes]) -> PreparedBody | None:
+        return self.inner.prepare(events)
+
+    def prepared_request(self, body: PreparedBody) -> httpx.Request:
+        return self.inner.prepared_request(body)
 
 
 class DryRun:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, runtime_checkab
 import httpx
 
 from shipper.model import Transaction
+from shipper.sinks.compression import PreparedBody
 
 if TYPE_CHECKING:  # only types: the formats and the processors never need the sinks, nor the sinks them at run time
     from shipper.formats import Parser
@@ -147,6 +148,26 @@ class Sink(Protocol):
         for them (then every line takes the Transaction path)."""
         ...
 
+    def worker_state(self) -> object | None:
+        """Called in the parent before each job it hands a worker process: what the sink's encoding depends on
+        that changes during a run (Moesif's sampling configuration), or None when nothing does. The same object
+        while it is unchanged: a worker is sent it again only when it is another object (`adopt_worker_state`)."""
+        ...
+
+    def adopt_worker_state(self, state: object) -> None:
+        """Called in a worker process with the parent's `worker_state`, before the jobs handed over after it."""
+        ...
+
+    def prepare(self, events: list[bytes]) -> PreparedBody | None:
+        """A closed batch's request body, made in a worker process (issue 16: the parent only sends it), or None
+        when the sink makes its bodies at each attempt only (`request`). `prepared_request` turns it into the
+        request of an attempt, with the same bytes `request(events)` would send (time stamps aside)."""
+        ...
+
+    def prepared_request(self, body: PreparedBody) -> httpx.Request:
+        """The request of one attempt for a body `prepare` made (stamped afresh, as `request` is)."""
+        ...
+
 
 class HttpSink:
     """The parts of the contract most sinks share: they send over the sender's HTTP client (no transport of
@@ -160,6 +181,18 @@ class HttpSink:
 
     def flat_path(self, parser: Parser, chain: Sequence[Processor]) -> FlatEncode | None:
         return None
+
+    def worker_state(self) -> object | None:
+        return None
+
+    def adopt_worker_state(self, state: object) -> None:
+        pass
+
+    def prepare(self, events: list[bytes]) -> PreparedBody | None:
+        return None
+
+    def prepared_request(self, body: PreparedBody) -> httpx.Request:
+        raise NotImplementedError(f"{type(self).__name__} prepares no bodies")
 
 
 def absolute_url(txn: Transaction, raw_path: str | None = None) -> str:
