@@ -17,11 +17,13 @@ from shipper.counters import DROP_COUNTERS, FilteredTotals, LaneCounters, LaneSu
 from shipper.deadletter import DeadLetter
 from shipper.delivery.acks import AckTracker
 from shipper.delivery.batcher import Batcher
+from shipper.delivery.closed import BatchPlan, ClosedBatch
 from shipper.delivery.queue import BoundedQueue, Closed
 from shipper.delivery.sender import Item, Sender
 from shipper.formats import CONTAINER_FRAMINGS, Parser
 from shipper.processors import Processor
 from shipper.sinks.base import Sink
+from shipper.sinks.compression import PreparedBody
 from shipper.sources.blocks import BLOCK_BYTES, Block
 from shipper.sources.files import FileSource
 from shipper.sources.reading import Oversize
@@ -29,8 +31,9 @@ from shipper.sources.resume import Resume
 from shipper.threads import death_notice, start_thread
 from shipper.transform import (
     BLANK, EVENT, FAILED, FILTERED, IGNORED, INVALID, OVERSIZE, REJECTED, SKIPPED, BlockResult, Fate, Transformer,
-    WorkerLost, WorkerPool, line_bytes,
+    line_bytes,
 )
+from shipper.workers import WorkerLost, WorkerPool
 
 PARCEL_EVENTS = 128  # events handed to the batcher at once (the last parcel of a read goes at once)
 
@@ -73,7 +76,7 @@ class Lane:
         self.filtered_totals = FilteredTotals(settings.state_dir, sink.name)
         # A sink may bound its own queue (Moesif's event_queue_size); --queue-size bounds the others.
         queue_events = sink.limits.queue_events or settings.queue_size
-        self.queue: BoundedQueue[list[Item]] = BoundedQueue(queue_events, settings.queue_bytes)
+        self.queue: BoundedQueue[list[Item] | ClosedBatch] = BoundedQueue(queue_events, settings.queue_bytes)
         self.sender = Sender(
             sink,
             self.acks,
@@ -116,7 +119,9 @@ class Lane:
         self.transform = Transformer(parser, chain, sink, sink.flat_path(parser, chain))
         self.pool: WorkerPool | None = None
         if settings.workers > 0 and sink.parallel_safe:
-            self.pool = WorkerPool(self.transform, settings.workers, sink)
+            # A sink that prepares bodies has a block's batches closed and made in the workers (delivery/closed.py).
+            plan = BatchPlan(batch_events, sink.limits.max_batch_bytes, sink.limits.envelope_bytes)
+            self.pool = WorkerPool(self.transform, settings.workers, sink, plan if sink.prepare([]) is not None else None)
 
     def behind(self) -> dict[str, int]:
         """Bytes of each known file past its acknowledged position: what this sink still owes, by path."""
@@ -242,8 +247,9 @@ class Lane:
         acknowledged, in bulk; line i of the block has sequence number first + i."""
         events, index, ends, anonymous, others = result
         file_id, counts = block.file_id, self.counts
-        counts["read"] += len(events)
-        counts["parsed"] += len(events)
+        count = len(index)
+        counts["read"] += count
+        counts["parsed"] += count
         counts["anonymous"] += anonymous
         if others:
             done = []
@@ -253,6 +259,16 @@ class Lane:
                     self._account(file_id, data, offset, outcome, payload)
                 done.append((file_id, first + i, end))
             self.acks.ack_many(done)  # after the dead letters were written, as on the line path
+        if events and type(events[0]) is PreparedBody:  # batches closed by the worker: queued as they are
+            at = 0
+            for body in events:
+                size = len(body)  # type: ignore[arg-type]
+                seqs = [first + i for i in index[at : at + size]]
+                batch = ClosedBatch(file_id, seqs, ends[at : at + size], body)  # type: ignore[arg-type]
+                if not self.queue.put(batch, len(body.deflated), self.abort, count=size):  # type: ignore[union-attr]
+                    return False
+                at += size
+            return True
         items = list(zip(repeat(file_id), map(first.__add__, index), ends, events))
         for at in range(0, len(items), PARCEL_EVENTS):
             if not self._send_parcel(items[at : at + PARCEL_EVENTS], sum(map(len, events[at : at + PARCEL_EVENTS]))):

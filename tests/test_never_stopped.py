@@ -35,7 +35,8 @@ from shipper.settings import Settings
 from shipper.sinks.segment import SegmentSink
 from shipper.sinks.stdout import StdoutSink
 from shipper.sinks.webhook import WebhookSink
-from shipper.transform import BLANK, EVENT, FAILED, INVALID, Transformer, WorkerLost, WorkerPool
+from shipper.transform import BLANK, EVENT, FAILED, INVALID, Transformer
+from shipper.workers import WorkerLost, WorkerPool
 
 ENV = ship_env(SEGMENT_WRITE_KEY="test-key", MOESIF_APPLICATION_ID="moesif-app")
 SINKS = {"segment": lambda: SegmentSink("k", "http://127.0.0.1:9"), "webhook": lambda: WebhookSink("http://127.0.0.1:9/")}

@@ -278,7 +278,7 @@ def test_a_file_let_go_while_its_lines_are_in_the_workers_is_not_forgotten_under
     from shipper.pipeline import Pipeline
     from shipper.settings import Settings
     from shipper.sinks import sink_class
-    from shipper.transform import WorkerPool
+    from shipper.workers import WorkerPool
 
     log = tmp_path / "kong.json"
     gen.write_records(log, range(20))

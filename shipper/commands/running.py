@@ -31,7 +31,7 @@ from shipper.sinks import SINK_NAMES, sink_class
 from shipper.sources.checkpoints import check_state_dir
 from shipper.sources.files import expand, input_problems
 from shipper.service.progress import terminal_width
-from shipper.transform import default_workers
+from shipper.workers import default_workers
 
 log = logging.getLogger("kong-ship")
 

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 import queue as stdqueue
 
+from shipper.delivery.closed import ClosedBatch
 from shipper.delivery.queue import BoundedQueue, Closed
 from shipper.delivery.sender import Aborted, FatalDelivery, Item, Sender
 from shipper.threads import death_notice, start_thread
@@ -15,7 +16,7 @@ from shipper.threads import death_notice, start_thread
 class Batcher:
     def __init__(
         self,
-        queue: BoundedQueue[list[Item]],
+        queue: BoundedQueue[list[Item] | ClosedBatch],
         sender: Sender,
         *,
         max_events: int,
@@ -36,7 +37,7 @@ class Batcher:
         self.on_idle = on_idle  # told when the last batch in flight is answered
         self._slots = threading.Semaphore(concurrency)
         # Daemon threads, not a ThreadPoolExecutor: a forced shutdown must not wait for a request in flight.
-        self._work: stdqueue.SimpleQueue[list[Item] | None] = stdqueue.SimpleQueue()
+        self._work: stdqueue.SimpleQueue[list[Item] | ClosedBatch | None] = stdqueue.SimpleQueue()
         for i in range(concurrency):
             start_thread(self._worker, f"send-{sender.sink.name}-{i}", on_fatal)
         self._concurrency = concurrency
@@ -55,7 +56,10 @@ class Batcher:
                 parcel = self.queue.get(timeout)
             except Closed:
                 break
-            for item in parcel or ():
+            if type(parcel) is ClosedBatch:  # closed in a worker (delivery/closed.py): on to a sender as it is
+                self._submit(parcel)
+                continue
+            for item in parcel or ():  # type: ignore[union-attr]  # a list: a ClosedBatch went on above
                 item_size = len(item[3]) + 1
                 if batch and (size + item_size > max_bytes or len(batch) >= max_events):
                     self._submit(batch)
@@ -72,7 +76,7 @@ class Batcher:
         self.finished = True
         self.on_idle()
 
-    def _submit(self, batch: list[Item]) -> None:
+    def _submit(self, batch: list[Item] | ClosedBatch) -> None:
         self._slots.acquire()  # waits while `concurrency` batches are in flight
         with self._idle:
             self._in_flight += 1
@@ -82,7 +86,7 @@ class Batcher:
         while (batch := self._work.get()) is not None:
             self._deliver(batch)
 
-    def _deliver(self, batch: list[Item]) -> None:
+    def _deliver(self, batch: list[Item] | ClosedBatch) -> None:
         try:
             self.sender.deliver(batch)
         except Aborted:

@@ -19,8 +19,10 @@ import tenacity
 
 from shipper.deadletter import DeadLetter, Unwritten
 from shipper.delivery.acks import AckTracker
+from shipper.delivery.closed import ClosedBatch
 from shipper.delivery.ratelimit import TokenBucket
 from shipper.sinks.base import FATAL, OK, REJECT, RETRY, SPLIT, Sink, Verdict
+from shipper.sinks.compression import PreparedBody
 
 log = logging.getLogger("kong-ship")
 
@@ -48,7 +50,7 @@ def _tls_failure(exc: BaseException) -> ssl.SSLCertVerificationError | None:
 
 
 # (file_id, seq, end offset, event bytes)
-Item = tuple[str, int, int, bytes]
+Item = tuple[str, int, int, bytes]  # as delivery/closed.py's
 
 
 class Aborted(Exception):
@@ -117,9 +119,12 @@ class Sender:
         self._paused_until = 0.0
 
     # -- one batch -------------------------------------------------------------------------------------------
-    def deliver(self, items: list[Item], part: bool = False) -> None:
+    def deliver(self, items: list[Item] | ClosedBatch, part: bool = False) -> None:
         """Deliver a batch; acknowledges what was delivered or dead-lettered. Raises FatalDelivery. `part`: a part
         of a refused batch, sent again (the tap saw it whole)."""
+        if type(items) is ClosedBatch:
+            return self._deliver_closed(items)
+        assert type(items) is list
         if self.tap is not None and not part:
             self.tap(self.sink.name, items)
         verdict = self._send([item[3] for item in items])
@@ -127,11 +132,7 @@ class Sender:
             raise Aborted()
         if verdict.kind == OK:
             self.acks.ack_many([(f, s, e) for f, s, e, _ in items])
-            self.count("sent", len(items))
-            self.last_success = time.time()
-            if self._retrying_since is not None:
-                log.info("%s: delivering again after %.0f s of retries", self.sink.name, time.monotonic() - self._retrying_since)
-                self._retrying_since = None
+            self._delivered(len(items))
         elif verdict.kind in (SPLIT, REJECT) and len(items) > 1:
             half = len(items) // 2
             self.deliver(items[:half], part=True)
@@ -147,14 +148,37 @@ class Sender:
         else:
             raise FatalDelivery(verdict.reason)
 
-    def _send(self, events: list[bytes]) -> Verdict | None:
+    def _deliver_closed(self, batch: ClosedBatch) -> None:
+        """A batch closed in a worker: its body sent as made; acknowledged as one span. Refused, it becomes
+        items again and is halved as any batch is."""
+        if self.tap is not None:
+            self.tap(self.sink.name, batch.items())
+        verdict = self._send(batch.body)
+        if verdict is None:
+            raise Aborted()
+        if verdict.kind == OK:
+            self.acks.ack_span(*batch.span())
+            self._delivered(len(batch))
+        elif verdict.kind in (SPLIT, REJECT):
+            self.deliver(batch.items(), part=True)
+        else:
+            raise FatalDelivery(verdict.reason)
+
+    def _delivered(self, count: int) -> None:
+        self.count("sent", count)
+        self.last_success = time.time()
+        if self._retrying_since is not None:
+            log.info("%s: delivering again after %.0f s of retries", self.sink.name, time.monotonic() - self._retrying_since)
+            self._retrying_since = None
+
+    def _send(self, events: list[bytes] | PreparedBody) -> Verdict | None:
         try:
             # A copy per batch: a Retrying keeps per-call state, and several batches are in flight at once.
             return self._retrying.copy()(self._attempt, events)
         except Aborted:
             return None
 
-    def _attempt(self, events: list[bytes]) -> Verdict:
+    def _attempt(self, events: list[bytes] | PreparedBody) -> Verdict:
         # After the shutdown timeout the client is closed under our feet: a batch the batcher handed over late
         # stays unacknowledged (read again after a restart) instead of failing on a closed connection pool.
         if self.abort.is_set() or self._closed:
@@ -164,7 +188,10 @@ class Sender:
             wait = self.limiter.reserve(len(events))
             if wait > 0 and self.abort.wait(wait):
                 raise Aborted()
-        request = self.sink.request(events)
+        if type(events) is PreparedBody:
+            request = self.sink.prepared_request(events)
+        else:
+            request = self.sink.request(events)  # type: ignore[arg-type]
         started = time.monotonic()
         try:
             response = self.client.send(request)

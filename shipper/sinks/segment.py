@@ -22,7 +22,7 @@ from shipper import __version__
 from shipper.errors import ConfigError
 from shipper.model import Transaction
 from shipper.sinks.base import SPLIT, EventRejected, FlatEncode, HttpSink, OptionList, Sink, SinkLimits, Verdict, absolute_url, judge_common
-from shipper.sinks.compression import gzip_body
+from shipper.sinks.compression import PreparedBody, gzip_body
 from shipper.sinks.config import config_from_options, option, options_of
 from shipper.sinks.credentials import read_secret
 
@@ -406,6 +406,15 @@ class SegmentSink(HttpSink):
         if self.gzip:
             body = gzip_body(body)
         return httpx.Request("POST", self.url, headers=self._headers, content=body)
+
+    def prepare(self, events: list[bytes]) -> PreparedBody | None:
+        """The body up to sentAt's value, deflated in a worker; None without gzip (nothing costly to move)."""
+        return PreparedBody.make(b'{"batch":[', events, b'],"sentAt":"') if self.gzip else None
+
+    def prepared_request(self, body: PreparedBody) -> httpx.Request:
+        # The same bytes as `request`, sentAt stamped at this attempt as there.
+        content = body.gzip(iso_ms(None).encode() + b'"}')
+        return httpx.Request("POST", self.url, headers=self._headers, content=content)
 
     def judge(self, response: httpx.Response) -> Verdict:
         if response.status_code == 413:
