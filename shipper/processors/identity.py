@@ -28,6 +28,9 @@ from shipper.model import Transaction
 DEFAULT_JWT_PLACES = ("request.headers.authorization", "jwt")
 IDENTIFIED = frozenset({"jwt", "consumer", "credential", "basic", "header"})  # the user_source values set here
 _CONSUMER_HEADERS = ("x-consumer-custom-id", "x-consumer-username", "x-consumer-id", "x-credential-identifier")
+_BASIC_FIRST = frozenset("bB")
+_NO_TOKEN: tuple[None, None] = (None, None)
+_SEEN_MAX = 8192  # JWT-place values remembered per processor; beyond that, work is redone, not wrong
 
 
 @lru_cache(maxsize=8192)
@@ -57,6 +60,10 @@ def _lookup(record: dict[str, Any], dotted: Sequence[str]) -> Any:
             return None
         node = node.get(part)
     return node
+
+
+def _place(dotted: tuple[str, ...]) -> tuple[tuple[str, ...], str | None]:
+    return dotted, dotted[2] if len(dotted) == 3 and dotted[:2] == ("request", "headers") else None
 
 
 def _token(value: Any) -> str | None:
@@ -124,13 +131,15 @@ class Identify:
     """The identity processor, configured once (the JWT places and claim split into paths); its repr is what
     `check-config` shows of it."""
 
-    __slots__ = ("jwt_places", "jwt_claim", "_places", "_claim_path")
+    __slots__ = ("jwt_places", "jwt_claim", "_places", "_claim_path", "_seen")
 
     def __init__(self, jwt_places: Sequence[str] = DEFAULT_JWT_PLACES, jwt_claim: str = "sub"):
         self.jwt_places = tuple(jwt_places)
         self.jwt_claim = jwt_claim
-        self._places = [tuple(p.split(".")) for p in jwt_places]
+        # (the path in the record, the header to try for Nginx lines when the path finds nothing)
+        self._places = [_place(tuple(p.split("."))) for p in jwt_places]
         self._claim_path = tuple(jwt_claim.split("."))
+        self._seen: dict[str, tuple[dict[str, Any] | None, str | None]] = {}  # a place's text -> (claims, user)
 
     def __repr__(self) -> str:
         return f"Identify(jwt_from={list(self.jwt_places)!r}, jwt_claim={self.jwt_claim!r})"
@@ -154,23 +163,36 @@ class Identify:
     ) -> tuple[str | None, dict[str, Any] | None, str | None, str | None]:
         """(Basic user, the last JWT claims decoded, user id, its source) of a record's parts: what the
         processor fills in, for a sink's flat path too (issue 16), so both read the evidence one way."""
-        places, claim_path = self._places, self._claim_path
         authorization = headers.get("authorization")
-        basic = basic_user(authorization) if authorization is not None else None
+        # Kong 2.1+ logs `REDACTED`: only a value starting with a b can be `Basic …`.
+        basic = (
+            basic_user(authorization)
+            if authorization is not None and (type(authorization) is not str or authorization[:1] in _BASIC_FIRST)
+            else None
+        )
         found = None
-        for place in places:
+        seen = self._seen
+        for dotted, header in self._places:
             # `request.headers.authorization` must also work for Nginx lines, whose headers are not nested.
-            value = _lookup(raw, place)
-            if value is None and place[:2] == ("request", "headers"):
-                value = headers.get(place[2]) if len(place) == 3 else None
-            token = _token(value)
-            if token is None:
+            value = _lookup(raw, dotted)
+            if value is None and header is not None:
+                value = headers.get(header)
+            if type(value) is str:
+                # The same few values (tokens, `REDACTED`) come on thousands of lines: each is read once, and
+                # only an identical value gets its reading (claims and user) back.
+                reading = seen.get(value)
+                if reading is None:
+                    if len(seen) >= _SEEN_MAX:
+                        seen.clear()
+                    reading = seen[value] = self._read(value)
+                claims, user = reading
+            elif value is None:
                 continue
-            claims = decode_jwt(token)
+            else:
+                claims, user = self._read(value)
             if claims is None:
                 continue
             found = claims
-            user = _claim(claims, claim_path)
             if user:
                 return basic, found, user, "jwt"
         if consumer:
@@ -188,6 +210,16 @@ class Identify:
             if isinstance(value, str) and value:
                 return basic, found, value, "header"
         return basic, found, None, None
+
+    def _read(self, value: Any) -> tuple[dict[str, Any] | None, str | None]:
+        """(claims, the configured claim) of a JWT place's value; (None, None) when it holds no usable token."""
+        token = _token(value)
+        if token is None:
+            return _NO_TOKEN
+        claims = decode_jwt(token)
+        if claims is None:
+            return _NO_TOKEN
+        return claims, _claim(claims, self._claim_path)
 
 
 
