@@ -79,7 +79,10 @@ def iso_ms(epoch_ms: int | None) -> str:
     if cache[0] != second:
         cache[1] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
         cache[0] = second
-    return f"{cache[1]}{millis:03d}Z"
+    return cache[1] + _MILLIS_TEXT[millis]
+
+
+_MILLIS_TEXT = tuple(f"{millis:03d}Z" for millis in range(1000))  # a table: formatting them cost ~3 % of a flat record
 
 
 COMPONENT_KEYS = tuple(f"pathComponent{i}" for i in range(11))  # [1..10]: no f-string per record

@@ -48,6 +48,8 @@ if TYPE_CHECKING:
     from shipper.sinks.segment import SegmentSink
 
 _CONSUMER_IDS = ("id",)
+_MAX_LATENCY_INT = int(MAX_LATENCY_MS)  # the same bound, compared int to int
+_STATUS_TEXT = {str(status): status for status in range(100, 1000)}  # Kong's upstream status: "502"
 _CREDENTIAL_IDS = ("id", "consumer_id")
 
 
@@ -100,20 +102,21 @@ class SegmentFlat(KongFlat):
         if not (type(response_size) is int and 0 <= response_size <= MAX_COUNT):
             response_size = count_field(response_size, "response.size")
         time_request = latencies.get("request")
-        if not (type(time_request) is int and 0 <= time_request <= MAX_LATENCY_MS):
+        if not (type(time_request) is int and 0 <= time_request <= _MAX_LATENCY_INT):
             time_request = _latency(time_request, "latencies.request")
         time_kong = latencies.get("kong")
-        if not (type(time_kong) is int and 0 <= time_kong <= MAX_LATENCY_MS):
+        if not (type(time_kong) is int and 0 <= time_kong <= _MAX_LATENCY_INT):
             time_kong = _latency(time_kong, "latencies.kong")
         time_receive = latencies.get("receive")
-        if not (type(time_receive) is int and 0 <= time_receive <= MAX_LATENCY_MS):
+        if not (type(time_receive) is int and 0 <= time_receive <= _MAX_LATENCY_INT):
             time_receive = _latency(time_receive, "latencies.receive")
         time_proxy = latencies.get("proxy")
-        if not (type(time_proxy) is int and 0 <= time_proxy <= MAX_LATENCY_MS):
+        if not (type(time_proxy) is int and 0 <= time_proxy <= _MAX_LATENCY_INT):
             time_proxy = _latency(time_proxy, "latencies.proxy")  # Kong's -1 (no upstream call): None
         upstream_status = get("upstream_status")
-        if type(upstream_status) is str and len(upstream_status) == 3 and upstream_status.isdecimal() and upstream_status[0] != "0":
-            upstream_status, upstream_statuses = int(upstream_status), None
+        known_status = _STATUS_TEXT.get(upstream_status) if type(upstream_status) is str else None
+        if known_status is not None:
+            upstream_status, upstream_statuses = known_status, None
         else:
             upstream_status, upstream_statuses = upstream_status_field(upstream_status, "upstream_status")
         url = rget("url")
@@ -252,11 +255,12 @@ class SegmentFlat(KongFlat):
             message["userId"] = user
         else:
             message["anonymousId"] = anonymous_id(client_ip, user_agent)
-        encoded = orjson.dumps(message)
-        if len(encoded) > MAX_MESSAGE_BYTES:
+        encoded = orjson.dumps(message, option=orjson.OPT_APPEND_NEWLINE)
+        if len(encoded) > MAX_MESSAGE_BYTES + 1:
             return None  # SegmentSink.encode shrinks it
-        # A copy of its own bytes, as the Transaction path keeps (orjson's buffer is at least 4 KiB).
-        return bytes(memoryview(encoded)), not user
+        # A copy of its own bytes, as the Transaction path keeps (orjson's buffer is at least 4 KiB): slicing
+        # off the newline makes it for half the cost of bytes(memoryview()).
+        return encoded[:-1], not user
 
     @staticmethod
     def add_gateway_properties(
