@@ -35,7 +35,7 @@ class PreparedBody:
     vendor's envelope head, the events joined by commas, and the envelope up to where each attempt writes its
     own stamp (Segment's `sentAt`). `gzip(tail)` completes it as one ordinary gzip member: the prefix is raw
     deflate ended by a sync flush (RFC 1951 blocks on a byte boundary, none final), the tail is deflated on its
-    own as the final block, and the CRC-32 of the whole is combined from the prefix's. So an attempt costs a few
+    own as the final (stored) block, and the CRC-32 of the whole is combined from the prefix's. So an attempt costs a few
     dozen bytes of deflate, not the batch again, and a retry still carries a fresh stamp.
 
     `sizes` cut the prefix back into its events (`events()`), for what needs them one by one: halving a batch
@@ -55,9 +55,10 @@ class PreparedBody:
         return cls(deflated, zlib.crc32(prefix), len(prefix), len(head), [len(event) for event in events])
 
     def gzip(self, tail: bytes) -> bytes:
-        """The whole body, prefix then `tail`, as one gzip member."""
-        compressor = zlib.compressobj(_LEVEL, zlib.DEFLATED, _RAW_WBITS)
-        final = compressor.compress(tail) + compressor.flush()
+        """The whole body, prefix then `tail` (at most 65,535 bytes), as one gzip member."""
+        # The tail (a stamp of a few dozen bytes) as a final *stored* block: the prefix ends on a byte boundary,
+        # and a compressor's set-up (hundreds of KiB of state) would cost more than the whole request otherwise.
+        final = b"\x01" + struct.pack("<HH", len(tail), len(tail) ^ 0xFFFF) + tail  # BFINAL=1, BTYPE=00 (RFC 1951 3.2.4)
         trailer = struct.pack("<II", zlib.crc32(tail, self.crc), (self.length + len(tail)) & 0xFFFFFFFF)
         return b"".join((_GZIP_HEADER, self.deflated, final, trailer))
 
