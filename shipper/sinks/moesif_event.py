@@ -39,6 +39,11 @@ CONSUMER_KEYS = (("x-consumer-custom-id", "custom_id"), ("x-consumer-username", 
 
 
 _NAMESPACE_BYTES = NAMESPACE.bytes
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+_SUMMARY_KEYS = ("id", "name", "username", "custom_id")
+_CACHE_MAX = 4096  # remembered summaries and forwarded-for lists; beyond that, work is redone, not wrong
+_summaries: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}  # id(entity) -> (entity, its summary)
+_forwarded: dict[str, str | None] = {}  # an X-Forwarded-For text -> its first valid address
 # An IPv4 address as ipaddress accepts it (four ASCII decimal octets up to 255, no leading zero): the common
 # case answered without building an address object; anything else is asked of ipaddress.
 _IPV4 = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])")
@@ -47,11 +52,9 @@ _IPV4 = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])\.){
 def transaction_id(event_id: str) -> str:
     """A UUID derived from the record (36 characters): a resend is the same transaction to Moesif.
     `str(uuid.uuid5(NAMESPACE, event_id))` (RFC 4122 version 5), without the UUID object: once per event."""
-    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + event_id.encode()).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # the RFC 4122 variant
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    h = hashlib.sha1(_NAMESPACE_BYTES + event_id.encode()).hexdigest()
+    # Set in the hex text: the version nibble (5), and the variant bits (10) of the nibble after the third dash.
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
 def is_ip(value: Any) -> bool:
@@ -92,7 +95,17 @@ def client_ip(headers: dict[str, Any], remote: str, from_kong_only: bool = False
             value = headers.get(name)
             if value is None:
                 continue
-            ip = _forwarded_for(value) if name == "x-forwarded-for" else (value if is_ip(value) else None)
+            if name != "x-forwarded-for":
+                ip = value if is_ip(value) else None
+            elif type(value) is str:
+                # The same proxies' lists come on line after line; only the same text gets its answer back.
+                ip = _forwarded.get(value, "")
+                if ip == "":
+                    if len(_forwarded) >= _CACHE_MAX:
+                        _forwarded.clear()
+                    ip = _forwarded[value] = _forwarded_for(value)
+            else:
+                ip = None  # _forwarded_for of a list
             if ip:
                 return ip
     return remote or None
@@ -146,6 +159,19 @@ def _strip_keys(value: Any, names: frozenset[str]) -> Any:
     return value
 
 
+def _summary(entity: dict[str, Any]) -> dict[str, Any]:
+    """An entity's id, name, username and custom_id. The masks hand back one object per entity (and events only
+    read it), so each object's summary is made once and shared, held with the object: never another's."""
+    cached = _summaries.get(id(entity))
+    if cached is not None and cached[0] is entity:
+        return cached[1]
+    summary = {k: entity[k] for k in _SUMMARY_KEYS if entity.get(k) is not None}
+    if len(_summaries) >= _CACHE_MAX:
+        _summaries.clear()
+    _summaries[id(entity)] = (entity, summary)
+    return summary
+
+
 def kong_metadata(txn: Transaction) -> dict[str, Any]:
     """`metadata.kong`: the plugin's two keys (`route_hosts`, `service_name`: dashboards filter on them) and
     kong-ship's richer view of the same call. Keys without a value are left out."""
@@ -156,7 +182,7 @@ def kong_metadata(txn: Transaction) -> dict[str, Any]:
         meta["service_name"] = txn.service["name"]
     for key, entity in (("service", txn.service), ("route", txn.route), ("consumer", txn.consumer)):
         if entity:
-            meta[key] = {k: entity[k] for k in ("id", "name", "username", "custom_id") if entity.get(k) is not None}
+            meta[key] = _summary(entity)
     if txn.workspace or txn.workspace_name:
         meta["workspace"] = {"id": txn.workspace, "name": txn.workspace_name}
     meta["latencies"] = {"request": txn.latency_request, "kong": txn.latency_kong, "proxy": txn.latency_proxy}

@@ -67,7 +67,9 @@ class SegmentConfig:
     )
 
 
-_second_cache: list[Any] = [None, ""]  # (epoch second, its "YYYY-MM-DDTHH:MM:SS." text): records come in time order
+# epoch second -> its "YYYY-MM-DDTHH:MM:SS." text: records come in time order, but Moesif's request and response
+# times (and a batch's sentAt) alternate between seconds, so one remembered second was not enough.
+_second_texts: dict[int, str] = {}
 
 
 def iso_ms(epoch_ms: int | None) -> str:
@@ -75,11 +77,12 @@ def iso_ms(epoch_ms: int | None) -> str:
     if epoch_ms is None:
         epoch_ms = int(datetime.now(UTC).timestamp() * 1000)
     second, millis = divmod(epoch_ms, 1000)
-    cache = _second_cache
-    if cache[0] != second:
-        cache[1] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
-        cache[0] = second
-    return cache[1] + _MILLIS_TEXT[millis]
+    text = _second_texts.get(second)
+    if text is None:
+        if len(_second_texts) >= 4096:
+            _second_texts.clear()
+        text = _second_texts[second] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+    return text + _MILLIS_TEXT[millis]
 
 
 _MILLIS_TEXT = tuple(f"{millis:03d}Z" for millis in range(1000))  # a table: formatting them cost ~3 % of a flat record
