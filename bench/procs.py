@@ -27,6 +27,7 @@ class Finished:
     peak_pss_tree: float  # MiB: the peak of the PSS sum over the process and all its descendants
     peak_processes: int  # most processes seen in the tree at once
     cpu_seconds: float  # user + system of the process and the workers it reaped
+    cpu_seconds_workers: float = 0.0  # of that, the descendants' (their last reading: up to 50 ms short)
     stderr: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -73,12 +74,23 @@ def _pss_kib(pid: int) -> int:
     return 0
 
 
+def _own_ticks(pid: int) -> int:
+    """User + system clock ticks of the process itself (proc(5) fields 14 and 15)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return 0
+    return int(fields[11]) + int(fields[12])
+
+
 class Sampler:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.peak_kib = 0
         self.peak_processes = 0
         self.hwm_kib: dict[int, int] = {}  # pid → its high-water RSS, as last read
+        self.cpu_ticks: dict[int, int] = {}  # pid → its own user + system clock ticks, as last read
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="rss-sampler")
 
@@ -96,6 +108,7 @@ class Sampler:
             for p in pids:
                 # The last reading before a process exits is its peak but for the last 50 ms.
                 self.hwm_kib[p] = max(self.hwm_kib.get(p, 0), _hwm_kib(p))
+                self.cpu_ticks[p] = max(self.cpu_ticks.get(p, 0), _own_ticks(p))
             total = sum(_pss_kib(p) for p in pids)
             self.peak_kib = max(self.peak_kib, total)
             self.peak_processes = max(self.peak_processes, len(pids))
@@ -136,6 +149,7 @@ def run(argv: list[str], env: dict[str, str], stderr_path: str, *, stop_when=Non
         peak_pss_tree=sampler.peak_kib / 1024,
         peak_processes=sampler.peak_processes,
         cpu_seconds=usage.ru_utime + usage.ru_stime,
+        cpu_seconds_workers=sum(t for p, t in sampler.cpu_ticks.items() if p != proc.pid) / os.sysconf("SC_CLK_TCK"),
         stderr=stderr,
     )
 

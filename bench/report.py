@@ -61,6 +61,12 @@ def table(r: dict[str, Any]) -> str:
         rows.append((name, fmt(rate) if rate else "", fmt(mbs, 1) if mbs else "", fmt(ratio, 3) if ratio else "", fmt(rate / peer_rate, 1) if rate else "",
                      fmt(cpu, 1) if cpu else "", mem, target, notes))  # fmt: skip
 
+    def split_cpu(b: dict) -> str:
+        """The CPU column's split between the main process and the workers (older reports have none)."""
+        if not b.get("cpu_us_per_record_workers"):
+            return ""
+        return f" (CPU µs/rec: main {b['cpu_us_per_record_main']:.0f}, workers {b['cpu_us_per_record_workers']:.0f})"
+
     floors = r.get("floors", [])
     add("parse floor (orjson.loads per line)", floor, r["floor"]["mb_per_s"], 1.0, None, "", "",
         f"best of 2 passes; {len(floors)} more beside the runs: {fmt(min(floors, default=0))}–{fmt(max(floors, default=0))}")
@@ -75,8 +81,8 @@ def table(r: dict[str, Any]) -> str:
         runs = b.get("runs", [b])
         add(label, b["records_per_s"], b["mb_per_s"], b["floor_ratio"], b["cpu_us_per_record"], memory_cell(b),
             targets_of(name, b, peer_rate),
-            f"median of {len(runs)}; {delivery(b)}; {b['processes']} process{'es' if b['processes'] > 1 else ''}; "
-            f"fake {fmt(b['fake_cpu_us_per_record'], 1)} µs/rec")  # fmt: skip
+            f"median of {len(runs)}; {delivery(b)}; {b['processes']} process{'es' if b['processes'] > 1 else ''}"
+            f"{split_cpu(b)}; fake {fmt(b['fake_cpu_us_per_record'], 1)} µs/rec")  # fmt: skip
     for name in r["notes"]:
         if name not in r["backfill"]:
             rows.append((f"backfill → {name}", "n/a", "", "", "", "", "", "", r["notes"][name]))
