@@ -1,6 +1,7 @@
 """The `kong-ship` command: the group, `main` and the exit codes. Each command lives in its own module under
-`shipper.commands` (Celery's `celery/bin/` layout); this module only adds them to the group, so imports run one
-way: commands import `shipper.commands.options` and `shipper.commands.running`, nothing imports this module but
+`shipper.commands` (Celery's `celery/bin/` layout); this module only names them for the group, which imports a
+command's module when the command is looked up (`LazyCommands`: a run imports its own command only), so imports
+run one way: commands import `shipper.commands.options` and `shipper.commands.running`, nothing imports this module but
 `python -m shipper` and the console script.
 
 Exit codes: 0 done; 1 a fatal runtime error (the vendor refused our credentials) or, for backfill, events the
@@ -9,25 +10,23 @@ vendor permanently rejected; 2 a usage or configuration error. Errors are one li
 
 from __future__ import annotations
 
+import importlib
 import sys
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
-import click
+# httpx's __init__ imports its own command-line client (`httpx.main`, which kong-ship never calls) whenever click,
+# rich and pygments happen to be installed: rich and pygments, ~60 ms of CPU at every start. A module marked
+# absent makes httpx define its stand-in `main` instead. Before anything imports httpx (the commands do).
+sys.modules.setdefault("httpx._main", None)  # type: ignore[assignment]
 
-from shipper import __version__
-from shipper.allocator import map_big_buffers, return_free_pages
-from shipper.commands.audit import audit
-from shipper.commands.backfill import backfill
-from shipper.commands.check_config import check_config
-from shipper.commands.init import init
-from shipper.commands.parse import parse
-from shipper.commands.receive import receive
-from shipper.commands.running import say, use_json_stderr
-from shipper.commands.status import status
-from shipper.commands.tail import tail
-from shipper.commands.tap import tap
-from shipper.errors import ConfigError, FatalError
-from shipper.processors.redact import mask_text
+import click  # noqa: E402
+
+from shipper import __version__  # noqa: E402
+from shipper.allocator import map_big_buffers, return_free_pages  # noqa: E402
+from shipper.commands.running import say, use_json_stderr  # noqa: E402
+from shipper.errors import ConfigError, FatalError  # noqa: E402
+from shipper.processors.redact import mask_text  # noqa: E402
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # a fatal runtime error; for backfill, events the vendor permanently rejected
@@ -36,7 +35,56 @@ EXIT_INTERRUPTED = 130  # Ctrl-C before the run's own handlers are in place (128
 
 
 # -- the group ------------------------------------------------------------------------------------------------
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+# Each command by name: the module under `shipper.commands` that defines it, as an attribute of the module's name.
+COMMAND_MODULES = {
+    "tail": "tail", "backfill": "backfill", "parse": "parse", "check-config": "check_config", "status": "status",
+    "init": "init", "receive": "receive", "audit": "audit", "tap": "tap",
+}
+
+
+class LazyCommands(MutableMapping[str, click.Command]):
+    """The group's commands (click's `Group.commands`), each command's module imported when the command is first
+    looked up: when it runs, or when `kong-ship --help` shows its short help. A `backfill` does not import what
+    only `audit` (cryptography), `tap` (prometheus_client) or `receive` need. Every name is listed from the start,
+    so click's listing and its "did you mean" suggestions import nothing."""
+
+    def __init__(self, modules: dict[str, str]) -> None:
+        self._modules = dict(modules)
+        self._loaded: dict[str, click.Command] = {}
+
+    def __getitem__(self, name: str) -> click.Command:
+        if name not in self._loaded:
+            module = self._modules[name]  # KeyError: no such command (click's `get` answers None)
+            try:
+                command = getattr(importlib.import_module(f"shipper.commands.{module}"), module)
+            except KeyError as exc:  # not "no such command": a failure inside the command's module
+                raise RuntimeError(f"importing the {name} command: {exc!r}") from exc
+            if command.name != name:
+                raise RuntimeError(f"shipper.commands.{module}.{module} is the {command.name!r} command, not {name!r}")
+            self._loaded[name] = command
+        return self._loaded[name]
+
+    def __setitem__(self, name: str, command: click.Command) -> None:
+        self._loaded[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        if name not in self._loaded and name not in self._modules:
+            raise KeyError(name)
+        self._loaded.pop(name, None)
+        self._modules.pop(name, None)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys([*self._modules, *self._loaded]))
+
+    def __len__(self) -> int:
+        return len(self._modules.keys() | self._loaded.keys())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._modules or name in self._loaded  # without importing
+
+
+@click.group(commands=LazyCommands(COMMAND_MODULES),
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="kong-ship")
 def cli() -> None:
     """Ship Kong Gateway file-log and Nginx JSON access logs to Segment, Moesif or Runscope.
@@ -113,13 +161,3 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     sys.exit(code if isinstance(code, int) else EXIT_OK)
 
-
-cli.add_command(tail)
-cli.add_command(backfill)
-cli.add_command(parse)
-cli.add_command(check_config)
-cli.add_command(status)
-cli.add_command(init)
-cli.add_command(receive)
-cli.add_command(audit)
-cli.add_command(tap)

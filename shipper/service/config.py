@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tomllib
 from typing import Any
 
 import click
@@ -74,6 +73,8 @@ def find_config(argv: list[str], environ: dict[str, str] | None = None) -> str |
 
 
 def load(path: str) -> dict[str, Any]:
+    import tomllib  # here, not at the top: every command start imports this module, most runs have no file
+
     try:
         with open(path, "rb") as handle:
             return tomllib.load(handle)
