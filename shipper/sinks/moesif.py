@@ -40,7 +40,7 @@ from shipper.sinks.config import config_from_options, option, options_of
 from shipper.sinks.credentials import read_secret
 from shipper.sinks.moesif_event import EventBuilder, transaction_id
 from shipper.sinks.moesif_flat import moesif_flat_path
-from shipper.sinks.moesif_sampling import Sampler, draw, weight
+from shipper.sinks.moesif_sampling import Sampler, SamplingConfig, draw, weight
 
 if TYPE_CHECKING:  # only types: the sinks need neither the formats nor the processors at run time
     from shipper.formats import Parser
@@ -138,7 +138,8 @@ class MoesifConfig:
 
 class MoesifSink(EventBuilder, HttpSink):
     name: ClassVar[str] = "moesif"
-    parallel_safe: ClassVar[bool] = False  # the sampling configuration is fetched and refreshed in this process
+    # The sampling configuration is fetched and refreshed in the parent; the workers get it (worker_state).
+    parallel_safe: ClassVar[bool] = True
     Config: ClassVar[type[MoesifConfig]] = MoesifConfig
     OPTIONS: ClassVar[OptionList] = options_of(MoesifConfig)
     limits: SinkLimits
@@ -246,6 +247,17 @@ class MoesifSink(EventBuilder, HttpSink):
     def use_client(self, client: httpx.Client) -> None:
         """The sender's HTTP client, for the configuration requests: the same TLS trust (--ca-file) and pool."""
         self.sampler.use_client(client)
+
+    def worker_state(self) -> SamplingConfig:
+        """The sampling configuration the next events are sampled by (once a fetch that decides them is done, as
+        `sampled` waits for it); the same object until a refresh changes it."""
+        return self.sampler.settled_config()
+
+    def adopt_worker_state(self, state: object) -> None:
+        """In a worker process: sample by the parent's configuration, never fetching, never waiting."""
+        if not isinstance(state, SamplingConfig):
+            raise TypeError(f"a Moesif worker was handed {type(state).__name__}, not a SamplingConfig")
+        self.sampler.adopt(state)
 
 
 OPTIONS = MoesifSink.OPTIONS  # the CLI reads each sink module's OPTIONS

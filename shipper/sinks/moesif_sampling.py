@@ -7,6 +7,10 @@ Where kong-ship differs: the draw is derived from the record's id instead of `ma
 a crash makes the same decision; conditions are Python regular expressions searched anywhere in the value (the
 plugin ran them as Lua patterns, which Moesif's regexes mostly are too); an invalid pattern never matches (the
 plugin then ignored every regex rule).
+
+With worker processes (issue 16) the configuration is still fetched and refreshed in the parent only; each
+worker samples by the parent's `SamplingConfig` of the moment its jobs were handed over (`Sampler.settled_config`
+in the parent, `Sampler.adopt` in the worker: MoesifSink.worker_state / adopt_worker_state).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import logging
 import re
 import threading
 import time
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
@@ -107,6 +112,32 @@ def regex_rate(rules: list[RegexRule], mapping: dict[str, str]) -> float | None:
     return None
 
 
+@dataclass(frozen=True)
+class SamplingConfig:
+    """The rules of one /v1/config answer. Never changed once made (a refresh that changes anything makes
+    another), so a reader takes all of it in one attribute read, and a worker process is sent it again only
+    when it is another object. Pickles whole: a compiled pattern as its source and flags."""
+
+    global_rate: float = 100.0
+    user_rates: dict[str, float] = field(default_factory=dict)
+    company_rates: dict[str, float] = field(default_factory=dict)
+    regex_rules: list[RegexRule] = field(default_factory=list)
+
+
+class _ConfigField:
+    """A Sampler attribute that reads its current SamplingConfig, and sets a copy with the new value (tests set
+    rates by hand)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, sampler: Sampler, owner: type | None = None) -> Any:
+        return getattr(sampler.config, self.name)
+
+    def __set__(self, sampler: Sampler, value: Any) -> None:
+        sampler.config = replace(sampler.config, **{self.name: value})
+
+
 class Sampler:
     """The application's sampling configuration, fetched with the sender's HTTP client and kept fresh.
 
@@ -115,7 +146,13 @@ class Sampler:
     ETag. The reader never makes a request. It waits only while a fetch that decides the next events is in flight
     (the first one, or one after a new ETag: the plugin sampled the events after a change by the new rules), and
     no longer than one fetch's connect and read timeouts; a periodic refresh never holds it up. Without the sender's client nothing is fetched (the
-    sink was built for `kong-ship parse` or a test) and every event is kept at the global rate of 100 %."""
+    sink was built for `kong-ship parse` or a test) and every event is kept at the global rate of 100 %.
+    A worker process's copy (`adopt`) samples by the configuration its parent handed it, and never waits."""
+
+    global_rate = _ConfigField()
+    user_rates = _ConfigField()
+    company_rates = _ConfigField()
+    regex_rules = _ConfigField()
 
     def __init__(self, base: str, application_id: str, timeout: httpx.Timeout, *, debug: bool = False, enabled: bool = True):
         self.url = base + "/v1/config"
@@ -124,10 +161,7 @@ class Sampler:
         self.debug = debug
         self.enabled = enabled
         self._lock = threading.Lock()
-        self.global_rate = 100.0
-        self.user_rates: dict[str, float] = {}
-        self.company_rates: dict[str, float] = {}
-        self.regex_rules: list[RegexRule] = []
+        self.config = SamplingConfig()
         self.etag: str | None = None
         self._client: httpx.Client | None = None
         self._answered: str | None = None  # the last config ETag a batch's answer carried
@@ -181,8 +215,10 @@ class Sampler:
         except (ValueError, TypeError, AttributeError, RecursionError) as exc:
             log.warning("moesif: /v1/config is not understood (%s); sampling keeps its last settings", exc)
             return
+        fetched = SamplingConfig(rate, users, companies, rules)
         with self._lock:
-            self.global_rate, self.user_rates, self.company_rates, self.regex_rules = rate, users, companies, rules
+            if fetched != self.config:  # the same rules again: the same object (the workers have it already)
+                self.config = fetched
             self.etag = response.headers.get("x-moesif-config-etag") or response.headers.get("etag")
         if self.debug:
             log.info("moesif: sample_rate %g%%, %d user and %d company rates, %d regex rules",
@@ -204,13 +240,29 @@ class Sampler:
             self._wake.wait(min(1.0, max(0.0, due - time.monotonic())))
         self._settled.set()  # nobody will fetch any more: never hold a reader up
 
+    def settled_config(self) -> SamplingConfig:
+        """The configuration the next events are sampled by: once a fetch that decides them is in flight (the
+        first one, or one after a new ETag), its outcome, waited for no longer than one fetch's timeouts."""
+        if not self._settled.is_set():
+            self._settled.wait(self._wait)
+        return self.config
+
+    def adopt(self, config: SamplingConfig) -> None:
+        """In a worker process: sample by `config`, the parent's. A forked copy has no fetch thread, and its
+        locks and events are as the fork found them (possibly mid-fetch: held, clear): fresh ones, settled."""
+        self._client = None
+        self.enabled = False
+        self._lock = threading.Lock()
+        self._settled = threading.Event()
+        self._settled.set()
+        self._wake = threading.Event()
+        self.config = config
+
     def rate(self, event: dict[str, Any]) -> float:
         """The event's sample rate, percent: the lowest of the user, company and regex rates that apply, else
         the global rate."""
-        if not self._settled.is_set():  # the first fetch, or one after a new ETag, is in flight
-            self._settled.wait(self._wait)
-        with self._lock:
-            users, companies, rules, rate = self.user_rates, self.company_rates, self.regex_rules, self.global_rate
+        config = self.settled_config()
+        users, companies, rules, rate = config.user_rates, config.company_rates, config.regex_rules, config.global_rate
         specific = []
         user, company = event.get("user_id"), event.get("company_id")
         if user is not None and user in users:
