@@ -72,7 +72,8 @@ class Resume:
     def save(self, source: FileSource) -> None:
         """Write what is acknowledged; then forget the files the source has let go (their position is in the
         store now, and a file opened again starts from it)."""
-        for file_id, offset in self.acks.committed().items():
+        saved = self.acks.committed()
+        for file_id, offset in saved.items():
             entry = self.store.entries.get(file_id)
             if entry is not None and entry.offset == offset:
                 continue
@@ -80,9 +81,11 @@ class Resume:
             self.store.update(file_id, offset, path, source.tail_hash(file_id, offset))
         self.store.save()
         open_ids = source.open_ids()
-        for file_id in list(self.acks.committed()):
+        for file_id, offset in saved.items():
             if file_id not in open_ids:
-                self.acks.forget(file_id)
+                # Only if nothing was acknowledged since `saved`: forgotten later, its last lines' acknowledgements
+                # (which come while the store is written) would never reach the store.
+                self.acks.forget(file_id, offset)
 
     def behind(self, source: FileSource) -> dict[str, int]:
         """Bytes of each known file past its acknowledged position: what this sink still owes, by path."""
