@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import click
-import httpx
 
 from shipper.counters import ROUTED_ELSEWHERE, UNROUTED
 from shipper.errors import ConfigError
@@ -44,8 +43,7 @@ from shipper.model import Transaction
 from shipper.processors import Dropped
 from shipper.processors.redact import redact_url, url_has_userinfo
 from shipper.sinks import sink_class
-from shipper.sinks.base import FlatEncode, OptionList, Sink, Verdict
-from shipper.sinks.compression import PreparedBody
+from shipper.sinks.base import FlatEncode, OptionList, Sink, WrappedSink
 from shipper.sinks.credentials import env_suffix
 
 if TYPE_CHECKING:
@@ -275,52 +273,15 @@ def lane_chain(sink: Any, chain: list[Processor]) -> list[Processor]:
     return lane_chain(inner, chain) if inner is not None else chain
 
 
-class RoutedSink:
-    """A sink under its lane's name (`segment@team-a`), whose lane keeps only its records (`lane_chain`): the
-    Sink contract delegated to `inner`, as delivery/dry_run.py's DryRunSink does."""
+class RoutedSink(WrappedSink):
+    """A sink under its lane's name (`segment@team-a`), whose lane keeps only its records (`lane_chain`)."""
 
     def __init__(self, inner: Sink, name: str, select: Selector):
-        self.inner = inner
+        super().__init__(inner, name)
         self.select = select
-        self.name = name
-        self.parallel_safe = inner.parallel_safe
-        self.OPTIONS = inner.OPTIONS
-        self.limits = inner.limits
-        self.url = inner.url
-
-    @classmethod
-    def from_options(cls, opts: Mapping[str, Any], endpoint: str | None) -> RoutedSink:
-        raise TypeError("a RoutedSink wraps a sink built by its own class (routing.build_sinks)")
-
-    def encode(self, txn: Transaction) -> bytes:
-        return self.inner.encode(txn)
-
-    def request(self, events: list[bytes]) -> httpx.Request:
-        return self.inner.request(events)
-
-    def judge(self, response: httpx.Response) -> Verdict:
-        return self.inner.judge(response)
-
-    def transport(self) -> httpx.BaseTransport | None:
-        return self.inner.transport()
-
-    def use_client(self, client: httpx.Client) -> None:
-        self.inner.use_client(client)
 
     def flat_path(self, parser: Parser, chain: Sequence[Processor]) -> FlatEncode | None:
         return None  # a flat path runs only the processors it knows: it must never skip the RouteFilter
-
-    def worker_state(self) -> object | None:
-        return self.inner.worker_state()
-
-    def adopt_worker_state(self, state: object) -> None:
-        self.inner.adopt_worker_state(state)
-
-    def prepare(self, events: list[bytes]) -> PreparedBody | None:
-        return self.inner.prepare(events)
-
-    def prepared_request(self, body: PreparedBody) -> httpx.Request:
-        return self.inner.prepared_request(body)
 
 
 def build_sinks(routing: Routing, plain: Sequence[str], sink_options: Mapping[str, Any],

@@ -19,21 +19,15 @@ import shutil
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, BinaryIO
+from collections.abc import Callable, Mapping
+from typing import Any, BinaryIO
 
 import httpx
 import orjson
 
 from shipper.processors.names import SECRET_KEYS, is_secret_name, normalize
 from shipper.processors.redact import redact_url
-from shipper.sinks.base import FATAL, FlatEncode, Sink, Verdict
-from shipper.sinks.compression import PreparedBody
-
-if TYPE_CHECKING:
-    from shipper.formats import Parser
-    from shipper.model import Transaction
-    from shipper.processors import Processor
+from shipper.sinks.base import FATAL, Sink, Verdict, WrappedSink
 
 REDACTED = "[redacted]"
 # Header names holding any of these words carry a credential (or, for a signature, something that lets a
@@ -109,27 +103,12 @@ class DryRunTransport(httpx.BaseTransport):
         return httpx.Response(200, request=request, json={})
 
 
-class DryRunSink:
-    """A sink that prints its requests: `inner` in everything but the transport (the Sink contract, delegated)."""
+class DryRunSink(WrappedSink):
+    """A sink that prints its requests: `inner` in everything but the transport."""
 
     def __init__(self, inner: Sink, printer: RequestPrinter):
-        self.inner = inner
+        super().__init__(inner, inner.name)
         self.printer = printer
-        self.name = inner.name
-        self.parallel_safe = inner.parallel_safe
-        self.OPTIONS = inner.OPTIONS
-        self.limits = inner.limits
-        self.url = inner.url
-
-    @classmethod
-    def from_options(cls, opts: Mapping[str, Any], endpoint: str | None) -> DryRunSink:
-        raise TypeError("a DryRunSink wraps a sink built by its own class")
-
-    def encode(self, txn: Transaction) -> bytes:
-        return self.inner.encode(txn)
-
-    def request(self, events: list[bytes]) -> httpx.Request:
-        return self.inner.request(events)
 
     def judge(self, response: httpx.Response) -> Verdict:
         if response.status_code == STDOUT_CLOSED:
@@ -137,25 +116,7 @@ class DryRunSink:
         return self.inner.judge(response)
 
     def transport(self) -> httpx.BaseTransport | None:
-        return DryRunTransport(self.name, self.printer)
-
-    def use_client(self, client: httpx.Client) -> None:
-        self.inner.use_client(client)  # Moesif's /v1/config goes through our transport too
-
-    def flat_path(self, parser: Parser, chain: Sequence[Processor]) -> FlatEncode | None:
-        return self.inner.flat_path(parser, chain)
-
-    def worker_state(self) -> object | None:
-        return self.inner.worker_state()
-
-    def adopt_worker_state(self, state: object) -> None:
-        self.inner.adopt_worker_state(state)
-
-    def prepare(self, events: list[bytes]) -> PreparedBody | None:
-        return self.inner.prepare(events)
-
-    def prepared_request(self, body: PreparedBody) -> httpx.Request:
-        return self.inner.prepared_request(body)
+        return DryRunTransport(self.name, self.printer)  # Moesif's /v1/config (use_client) goes through it too
 
 
 class DryRun:

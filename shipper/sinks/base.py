@@ -195,6 +195,54 @@ class HttpSink:
         raise NotImplementedError(f"{type(self).__name__} prepares no bodies")
 
 
+class WrappedSink:
+    """A sink around another one (`inner`), the Sink contract delegated to it: a routed lane's sink under its
+    lane's name (routing.RoutedSink), a dry run's (delivery/dry_run.DryRunSink). Subclasses override what they
+    change."""
+
+    def __init__(self, inner: Sink, name: str):
+        self.inner = inner
+        self.name = name
+        self.parallel_safe = inner.parallel_safe
+        self.OPTIONS = inner.OPTIONS
+        self.limits = inner.limits
+        self.url = inner.url
+
+    @classmethod
+    def from_options(cls, opts: Mapping[str, Any], endpoint: str | None) -> Self:
+        raise TypeError(f"a {cls.__name__} wraps a sink built by its own class")
+
+    def encode(self, txn: Transaction) -> bytes:
+        return self.inner.encode(txn)
+
+    def request(self, events: list[bytes]) -> httpx.Request:
+        return self.inner.request(events)
+
+    def judge(self, response: httpx.Response) -> Verdict:
+        return self.inner.judge(response)
+
+    def transport(self) -> httpx.BaseTransport | None:
+        return self.inner.transport()
+
+    def use_client(self, client: httpx.Client) -> None:
+        self.inner.use_client(client)
+
+    def flat_path(self, parser: Parser, chain: Sequence[Processor]) -> FlatEncode | None:
+        return self.inner.flat_path(parser, chain)
+
+    def worker_state(self) -> object | None:
+        return self.inner.worker_state()
+
+    def adopt_worker_state(self, state: object) -> None:
+        self.inner.adopt_worker_state(state)
+
+    def prepare(self, events: list[bytes]) -> PreparedBody | None:
+        return self.inner.prepare(events)
+
+    def prepared_request(self, body: PreparedBody) -> httpx.Request:
+        return self.inner.prepared_request(body)
+
+
 def absolute_url(txn: Transaction, raw_path: str | None = None) -> str:
     """The URL the client asked for, `scheme://host:port/path?query`, with the port whenever it is known.
 
