@@ -18,13 +18,11 @@ next to its source) waits until the open file is let go, then continues from whe
 from __future__ import annotations
 
 import glob
-import gzip
 import logging
 import os
 import stat
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from typing import overload
 
@@ -34,8 +32,9 @@ from shipper.sources.identity import HEAD_BYTES, Known, choose, family, identity
 from shipper.sources.inputs import expand, input_problems, mtime
 from shipper.sources.resume import Stopped
 from shipper.sources.reading import (
-    CHUNK, GZIP_MAGIC, Line, OpenFile, Oversize, at_eof, caught_up, close_file, copy_so_far, end_of_last_line,
-    head_matches, lines_in, pread_before, progress_of, read_head, reader, resume_point, seek, still_same,
+    CHUNK, GZIP_ERRORS, GZIP_MAGIC, Line, OpenFile, Oversize, at_eof, caught_up, close_file, copy_so_far,
+    end_of_last_line, head_matches, lines_in, open_gzip, pread_before, progress_of, read_failed, read_head, reader,
+    resume_point, seek, still_same,
 )  # fmt: skip
 
 log = logging.getLogger("kong-ship")
@@ -160,7 +159,7 @@ class FileSource:
         gz = None
         try:
             if os.pread(fd, 2, 0) == GZIP_MAGIC:
-                gz = gzip.GzipFile(fileobj=os.fdopen(os.dup(fd), "rb"), mode="rb")
+                gz = open_gzip(fd)
             framer = Framer(self.framing, self.max_line_bytes) if self.framing else None
             handle = OpenFile(path, key, fd, gz, framer=framer)
             if not read_head(handle) or not self._assign(handle, None if gz else st.st_size):
@@ -169,7 +168,7 @@ class FileSource:
                     self.unterminated.append((path, st.st_size))
                 close_file(handle)
                 return False
-        except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        except GZIP_ERRORS as exc:
             log.error("cannot read %s: %s (skipped)", path, exc)
             os.close(fd)
             if gz is not None:
@@ -230,7 +229,7 @@ class FileSource:
     def read_all(self, blocks: int = 0) -> Iterator[Line | Block]:
         """One-shot commands: every matching file, oldest first, each opened, read to its end and let go before
         the next (so a copy of it that comes later continues from its end instead of starting over). With
-        `blocks` (bytes), plain files come as blocks of whole lines where they can (see blocks.py)."""
+        `blocks` (bytes), files (plain or gzip) come as blocks of whole lines where they can (see blocks.py)."""
         for path in self._candidates():
             try:
                 st = os.stat(path)
@@ -241,9 +240,11 @@ class FileSource:
                 continue
             handle = self.files[key]
             if blocks and fits_blocks(handle):
-                self.bytes_read += yield from read_blocks(
+                # Added after: `self.bytes_read += yield from ...` would lose what the line path counts meanwhile.
+                done = yield from read_blocks(
                     handle, blocks, self.max_line_bytes, self._read_chunk, self.read_file_to_end
                 )
+                self.bytes_read += done
             else:
                 yield from self.read_file_to_end(handle)
             self._retire(key, handle, static=True)
@@ -269,9 +270,8 @@ class FileSource:
                 data = handle.gz.read(CHUNK)
             else:
                 data = os.pread(handle.fd, CHUNK, handle.read_pos)
-        except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
-            log.error("error reading %s at %d: %s (the rest of it is skipped)", handle.path, handle.read_pos, exc)
-            handle.finished = True
+        except GZIP_ERRORS as exc:
+            read_failed(handle, exc)
             return
         if not data:
             if handle.gz is not None or not self.follow:

@@ -2,17 +2,23 @@
 the bytes just before a position (what confirms a checkpoint, see identity.py); and what the file says of itself
 through its descriptor (its first line, whether it still starts with it, is read up, or copies another file).
 
-Offsets in gzip files count decompressed bytes, so positions survive compression.
+Offsets in gzip files count decompressed bytes, so positions survive compression. Gzip files are read with
+ISA-L's igzip (a drop-in `GzipFile`): it decompresses the benchmark's Kong log in half zlib's time (0.31 s
+against 0.68 s for 270 MB, 3.1 against 6.8 µs/record).
 """
 
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
+
+from isal import igzip, isal_zlib
 
 from shipper.sources.identity import HEAD_BYTES, TAIL_BYTES, head_of
 
@@ -24,6 +30,11 @@ GZIP_MAGIC = b"\x1f\x8b"
 PREFIX_BYTES = 4096  # kept of an oversize line, for the dead-letter file
 # Docker's json-file writer puts `log` first, always (container.py).
 DOCKER_PREFIX = b'{"log":'
+# What reading a gzip file may raise: truncated (EOFError), corrupt (isal's or zlib's error), a bad header
+# (gzip.BadGzipFile, an OSError). (isal's stubs call its error an instance; it is a class.)
+GZIP_ERRORS: tuple[type[Exception], ...] = (OSError, EOFError, zlib.error, cast("type[Exception]", isal_zlib.error))
+
+log = logging.getLogger("kong-ship")
 
 
 @dataclass(slots=True)
@@ -189,6 +200,26 @@ def reader(handle: OpenFile) -> Callable[[int], bytes]:
         return gz.read(offset - start)
 
     return read_before
+
+
+class GzipReader(igzip.IGzipFile):
+    """igzip's GzipFile, whose `readinto` decompresses into the caller's buffer (GzipFile's reads into a new bytes
+    object and copies it: a mapping of its own for a big read, see allocator.py)."""
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        self._check_not_closed()  # type: ignore[attr-defined]
+        return self._buffer.readinto(buffer)  # type: ignore[attr-defined,no-any-return]
+
+
+def open_gzip(fd: int) -> gzip.GzipFile:
+    """A decompressing reader of the gzip file open at `fd` (on a descriptor of its own: closed by close_file)."""
+    return GzipReader(fileobj=os.fdopen(os.dup(fd), "rb"), mode="rb")
+
+
+def read_failed(handle: OpenFile, exc: Exception) -> None:
+    """A read error (a corrupt or truncated gzip file, an I/O error): said once, the rest of the file skipped."""
+    log.error("error reading %s at %d: %s (the rest of it is skipped)", handle.path, handle.read_pos, exc)
+    handle.finished = True
 
 
 def close_file(handle: OpenFile) -> None:
