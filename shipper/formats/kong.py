@@ -7,12 +7,13 @@ from typing import Any
 
 from shipper.formats.kong_fields import ai_usage, entity, tls_info, trace_id, upstream_tries
 from shipper.formats.values import (
-    count_field, epoch_ms_field, latency_field, parse_query, port_field, split_target, split_url, status_field, to_str,
-    upstream_status_field,
+    MAX_COUNT, MAX_LATENCY_MS, count_field, epoch_ms_field, latency_field, parse_query, port_field, split_target,
+    split_url, status_field, to_str, upstream_status_field,
 )
 from shipper.model import Position, Transaction
 
 CONSUMER_IDS = ("id",)
+_MAX_LATENCY_INT = int(MAX_LATENCY_MS)  # the same bound, compared int to int
 CREDENTIAL_IDS = ("id", "consumer_id")
 
 
@@ -63,15 +64,26 @@ def request_address(rget: Callable[[str], Any], text: Callable[[Any], str]) -> t
 def checked_numbers(rget: Callable[[str], Any], response: dict, latencies: dict) -> tuple[Any, ...]:
     """(request size, status, response size, latencies request, kong, receive, proxy), checked as the parser
     checks them (a value out of range raises), in the parser's order."""
-    return (
-        count_field(rget("size"), "request.size"),
-        status_field(response.get("status"), "response.status"),
-        count_field(response.get("size"), "response.size"),
-        latency_field(latencies.get("request"), "latencies.request"),
-        latency_field(latencies.get("kong"), "latencies.kong"),
-        latency_field(latencies.get("receive"), "latencies.receive"),
-        latency_field(latencies.get("proxy"), "latencies.proxy"),  # -1: no upstream call
-    )
+    # Kong's values (ints in range) are taken inline, as the helpers' own first test takes them: a call each
+    # cost ~3 % of a Moesif flat record. Anything else goes to the helper, in the same order.
+    request_size = rget("size")
+    if not (type(request_size) is int and 0 <= request_size <= MAX_COUNT):
+        request_size = count_field(request_size, "request.size")
+    status = response.get("status")
+    if not (type(status) is int and 100 <= status <= 999):
+        status = status_field(status, "response.status")
+    response_size = response.get("size")
+    if not (type(response_size) is int and 0 <= response_size <= MAX_COUNT):
+        response_size = count_field(response_size, "response.size")
+    request, kong, receive, proxy = (
+        latencies.get("request"), latencies.get("kong"), latencies.get("receive"), latencies.get("proxy"),
+    )  # fmt: skip
+    bound = _MAX_LATENCY_INT
+    request = float(request) if type(request) is int and 0 <= request <= bound else latency_field(request, "latencies.request")
+    kong = float(kong) if type(kong) is int and 0 <= kong <= bound else latency_field(kong, "latencies.kong")
+    receive = float(receive) if type(receive) is int and 0 <= receive <= bound else latency_field(receive, "latencies.receive")
+    proxy = float(proxy) if type(proxy) is int and 0 <= proxy <= bound else latency_field(proxy, "latencies.proxy")  # -1: none
+    return request_size, status, response_size, request, kong, receive, proxy
 
 
 def add_call_details(txn: Transaction, get: Callable[[str], Any], rget: Callable[[str], Any]) -> Transaction:

@@ -174,7 +174,7 @@ class Identify:
         seen = self._seen
         for dotted, header in self._places:
             # `request.headers.authorization` must also work for Nginx lines, whose headers are not nested.
-            value = _lookup(raw, dotted)
+            value = raw.get(dotted[0]) if len(dotted) == 1 and type(raw) is dict else _lookup(raw, dotted)
             if value is None and header is not None:
                 value = headers.get(header)
             if type(value) is str:
