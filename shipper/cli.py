@@ -18,7 +18,7 @@ from typing import Any
 # httpx's __init__ imports its own command-line client (`httpx.main`, which kong-ship never calls) whenever click,
 # rich and pygments happen to be installed: rich and pygments, ~60 ms of CPU at every start. A module marked
 # absent makes httpx define its stand-in `main` instead. Before anything imports httpx (the commands do).
-sys.modules.setdefault("httpx._main", None)  # type: ignore[assignment]
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
 import click  # noqa: E402
 
