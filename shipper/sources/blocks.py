@@ -89,21 +89,25 @@ def read_blocks(
 def plain_blocks(
     handle: OpenFile, block_bytes: int, limit: int, read_chunk: Callable[[OpenFile], Iterator[Line]]
 ) -> Generator[Block | Line, None, int]:
-    """A plain file's blocks, each read with pread at the line start it begins with."""
+    """A plain file's blocks, each read at the line start it begins with into one buffer reused for every block
+    and copied up to its last newline (one fresh object per block instead of two: 6.7 -> 4.5-4.9 µs/record to
+    read and cut the bench log, see gzip_blocks)."""
     file_id = handle.file_id
     assert file_id is not None
     framed = handle.framer is not None
+    area = bytearray(block_bytes)
+    view = memoryview(area)
     done = 0
     while not handle.finished:
         start = handle.base
         assert handle.read_pos == start and not handle.buf and handle.discard_from is None
         try:
-            data = os.pread(handle.fd, block_bytes, start)
+            got = os.preadv(handle.fd, [view], start)
         except OSError:
             break  # the line path reads again and reports the error
-        cut = data.rfind(b"\n") + 1
+        cut = area.rfind(b"\n", 0, got) + 1
         if cut == 0:
-            if len(data) < block_bytes:
+            if got < block_bytes:
                 break  # the end: nothing, or an unterminated last line
             # A line longer than a block: the line path's chunks until they have passed its newline.
             while handle.base == start and not handle.finished:
@@ -119,8 +123,7 @@ def plain_blocks(
             handle.read_pos, handle.buf, handle.recent = handle.base, b"", handle.before
             handle.discard_from, handle.discard_prefix = None, b""
             continue
-        if cut < len(data):
-            data = data[:cut]
+        data = bytes(view[:cut])
         handle.before = before(handle.before, data, cut)
         handle.recent = handle.before
         handle.base = handle.read_pos = start + cut
