@@ -114,6 +114,11 @@ def client_ip(headers: dict[str, Any], remote: str, from_kong_only: bool = False
 def _text(value: Any) -> str | None:
     """An id from a header or claim as the plugin's tostring() made it; masked, empty or structured values are
     not ids (a repeated header gives its first value)."""
+    kind = type(value)
+    if kind is str:  # the usual ones first: a text, or nothing
+        return value if value and value != MASK else None
+    if value is None:
+        return None
     if isinstance(value, list):
         value = next((v for v in value if isinstance(v, str)), None)
     if isinstance(value, bool) or value is None:
