@@ -91,6 +91,7 @@ def client_ip(headers: dict[str, Any], remote: str, from_kong_only: bool = False
     """The plugin's client address: the first valid one of CLIENT_IP_HEADERS, else the address Kong saw.
     With `from_kong_only`, the address Kong logged alone (any client can send those headers)."""
     if not from_kong_only:
+        ip: str | None
         for name in CLIENT_IP_HEADERS:
             value = headers.get(name)
             if value is None:

@@ -15,10 +15,11 @@ Only the default chain ([time window], Identify, Masker, drop_raw) and the `kong
 (`moesif_flat.default_chain`); anything else: None, and every line takes the Transaction path.
 
 Measured (callgrind, PYTHONHASHSEED=0, the benchmark's Kong 3.x records of ~2.7 KB, warm caches): the transform
-step 329 k instructions a record on the Transaction path, 235 k here (bench/instructions.py --transform); end to
-end 427 k -> 336 k (bench/instructions.py). Of the 235 k, about 72 k are orjson.loads of the whole record and
-its freeing, ~35 k Masker.mask_targets (its regex over the query string), ~21 k Identify.who, ~19 k the two
-orjson.dumps: work both paths share; the rest is reading and checking the fields and building the message.
+step 291 k instructions a record on the Transaction path, 208 k here (bench/instructions.py --transform; 321 k
+and 237 k before issue 16's second round: identity's remembered JWT places, the masks' split-based name check,
+tables for the millisecond and upstream status texts, the event's bytes sliced off orjson's). Of the 208 k,
+about 72 k are orjson.loads of the whole record and its freeing, ~19 k the two orjson.dumps: work both paths
+share; the rest is reading and checking the fields, identity, the masks and building the message.
 """
 
 from __future__ import annotations
