@@ -49,9 +49,17 @@ def request_address(rget: Callable[[str], Any], text: Callable[[Any], str]) -> t
     """(scheme, host, port (unchecked), raw target, headers) of a record's `request` (its `get`), the strings
     read by `text` (the parser's coercion, or a flat path's stricter one)."""
     # Before 0.12 the absolute URL was `request.request_uri`; after, `request.url` (and `uri` the target).
-    url = text(rget("url")) or text(rget("request_uri"))
+    # A text is taken as it is (both coercions do): a call each only for another type.
+    url = rget("url")
+    if type(url) is not str:
+        url = text(url)
+    if not url:
+        url = text(rget("request_uri"))
     scheme, host, port, url_target = split_url(url) if url else ("", "", None, "")
-    raw_path = text(rget("uri")) or url_target
+    raw_path = rget("uri")
+    if type(raw_path) is not str:
+        raw_path = text(raw_path)
+    raw_path = raw_path or url_target
     headers = rget("headers")
     if type(headers) is not dict:
         headers = {}

@@ -165,6 +165,12 @@ def _strip_keys(value: Any, names: frozenset[str]) -> Any:
     return value
 
 
+_OPTIONAL_KEYS = (
+    "upstream_uri", "upstream_status", "upstream_statuses", "tries", "upstream_tries", "source", "request_size",
+    "response_size", "trace_id", "correlation_id", "tls", "ai",
+)  # fmt: skip
+
+
 def _summary(entity: dict[str, Any]) -> dict[str, Any]:
     """An entity's id, name, username and custom_id. The masks hand back one object per entity (and events only
     read it), so each object's summary is made once and shared, held with the object: never another's."""
@@ -194,21 +200,12 @@ def kong_metadata(txn: Transaction) -> dict[str, Any]:
     meta["latencies"] = {"request": txn.latency_request, "kong": txn.latency_kong, "proxy": txn.latency_proxy}
     if txn.latency_receive is not None:
         meta["latencies"]["receive"] = txn.latency_receive
-    optional = (
-        ("upstream_uri", txn.upstream_uri),
-        ("upstream_status", txn.upstream_status),
-        ("upstream_statuses", txn.upstream_statuses),
-        ("tries", txn.tries if txn.tries is not None else (len(txn.upstream_tries) if txn.upstream_tries else None)),
-        ("upstream_tries", txn.upstream_tries),
-        ("source", txn.response_source),
-        ("request_size", txn.request_size),
-        ("response_size", txn.response_size),
-        ("trace_id", txn.trace_id),
-        ("correlation_id", txn.correlation_id),
-        ("tls", txn.tls),
-        ("ai", txn.ai),
-    )
-    for key, value in optional:
+    for key, value in zip(_OPTIONAL_KEYS, (
+        txn.upstream_uri, txn.upstream_status, txn.upstream_statuses,
+        txn.tries if txn.tries is not None else (len(txn.upstream_tries) if txn.upstream_tries else None),
+        txn.upstream_tries, txn.response_source, txn.request_size, txn.response_size, txn.trace_id,
+        txn.correlation_id, txn.tls, txn.ai,
+    )):  # fmt: skip
         if value is not None:
             meta[key] = value
     if txn.kind == "admin_request" and txn.details:

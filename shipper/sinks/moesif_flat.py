@@ -14,7 +14,9 @@ Measured (bench/instructions.py --sink moesif, PYTHONHASHSEED=0, 5,000 records, 
 instructions/record for this module alone (−3.4 %), 505.0 k → 486.2 k on a later tree (−3.7 %). Little, because
 the event ships nearly every field a Transaction holds (metadata.kong) and the costs that remain are shared by
 both paths: orjson.loads (~70 k), unverified JWT decoding of each new token in PyJWT, the event, orjson.dumps,
-gzip and sending.
+gzip and sending. Issue 16's second round, on work both paths share (identity's remembered JWT places, the
+masks' name check, the event's transaction id, entity summaries, forwarded-for addresses and time texts): 488.3 k
+-> 421.6 k end to end; this flat loop alone (records in memory) 379.6 k -> 314 k.
 """
 
 from __future__ import annotations
