@@ -259,16 +259,17 @@ class Lane:
                     self._account(file_id, data, offset, outcome, payload)
                 done.append((file_id, first + i, end))
             self.acks.ack_many(done)  # after the dead letters were written, as on the line path
-        if events and type(events[0]) is PreparedBody:  # batches closed by the worker: queued as they are
-            at = 0
-            for body in events:
-                size = len(body)  # type: ignore[arg-type]
-                seqs = [first + i for i in index[at : at + size]]
-                batch = ClosedBatch(file_id, seqs, ends[at : at + size], body)  # type: ignore[arg-type]
-                if not self.queue.put(batch, len(body.deflated), self.abort, count=size):  # type: ignore[union-attr]
-                    return False
-                at += size
-            return True
+        at = 0
+        while events and type(events[0]) is PreparedBody:  # batches closed by the worker: queued as they are
+            body: PreparedBody = events.pop(0)  # type: ignore[assignment]
+            size = len(body)
+            seqs = [first + i for i in index[at : at + size]]
+            if not self.queue.put(ClosedBatch(file_id, seqs, ends[at : at + size], body), len(body.deflated),
+                                  self.abort, count=size):  # fmt: skip
+                return False
+            at += size
+        if at:  # the events after the closed batches (delivery/closed.py prepare_all): to the batcher as items
+            index, ends = index[at:], ends[at:]
         items = list(zip(repeat(file_id), map(first.__add__, index), ends, events))
         for at in range(0, len(items), PARCEL_EVENTS):
             if not self._send_parcel(items[at : at + PARCEL_EVENTS], sum(map(len, events[at : at + PARCEL_EVENTS]))):

@@ -142,6 +142,7 @@ def failure(exc: Exception) -> tuple[str, str]:
 # A block's result (sources/blocks.py), compact to pickle: the events with their lines' indexes in the block and
 # their end offsets, how many were anonymous, and the rare other lines as
 # (index, fate or None for a piece of a split container line, payload, data for a dead letter, offset, end).
+# (With batches closed in a worker, workers.py puts their PreparedBody objects first in the events' list.)
 BlockResult = tuple[list[bytes], list[int], list[int], int, list[tuple[int, "Fate | None", Any, Any, int, int]]]
 _KEEP_DATA = {INVALID, REJECTED, FAILED, OVERSIZE}  # the fates whose line goes to the dead-letter file
 

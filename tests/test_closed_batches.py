@@ -98,8 +98,15 @@ def test_the_cuts_are_the_batchers(sizes, max_events, max_bytes, envelope):
     batcher.shutdown()
     plan = BatchPlan(max_events, max_bytes, envelope)
     assert [events[start:stop] for start, stop in cut(events, plan)] == batches
+    # Bodies for the batches, but a last one under half the bounds stays events (for the parent's batcher).
     prepared = prepare_all(events, plan, SegmentSink("key").prepare)
-    assert [body.events() for body in prepared] == batches
+    bodies = [thing for thing in prepared if isinstance(thing, PreparedBody)]
+    loose = prepared[len(bodies) :]
+    assert all(not isinstance(thing, PreparedBody) for thing in loose)
+    assert [body.events() for body in bodies] == (batches[:-1] if loose else batches)
+    if loose:
+        assert loose == batches[-1] and len(loose) < max_events // 2
+        assert envelope + sum(len(event) + 1 for event in loose) < max_bytes // 2
 
 
 @settings(max_examples=200, deadline=None)
@@ -176,7 +183,7 @@ def test_a_refused_closed_batch_is_halved_to_the_one_bad_event(tmp_path):
     poisoned = 137
     bad_id = gen.kong_record(poisoned)["request"]["id"]
     with FakeSegment(reject_message_ids=[bad_id]) as fake:
-        out = _run(tmp_path, fake, range(400))
+        out = _run(tmp_path, fake, range(400), "--batch-size", "4")  # 9-10 records a block: 4, 4 and the rest
         arrived = collections.Counter(gen.seq_of_segment_message(m) for m in fake.messages)
     assert out.returncode == 1, out.stderr.decode()[-2000:]  # a backfill with rejected events (README: Exit codes)
     assert set(arrived) == set(range(400)) - {poisoned} and max(arrived.values()) == 1
@@ -185,20 +192,31 @@ def test_a_refused_closed_batch_is_halved_to_the_one_bad_event(tmp_path):
     assert orjson.loads(dead[0]["event"])["messageId"] == bad_id
     rows = summary_rows(out.stderr)["segment"]
     assert (rows["read"], rows["shipped"], rows["rejected"]) == (400, 399, 1)
-    # The batches that arrived whole were the workers' (a batch per block of ~7 records, none split).
-    assert len(fake.batches) > 40
+    assert len(fake.batches) >= 100 and max(len(batch["batch"]) for batch in fake.batches) <= 4
 
 
 def test_a_retried_closed_batch_carries_a_fresh_sent_at(tmp_path):
     with FakeSegment() as fake:
         fake.script([503, 503])
-        out = _run(tmp_path, fake, range(50), "--concurrency", "1", block=1 << 20)
+        out = _run(tmp_path, fake, range(50), "--concurrency", "1", "--batch-size", "50", block=1 << 20)
         attempts = [decode_body(request) for request in fake.requests]
     assert out.returncode == 0, out.stderr.decode()[-2000:]
     assert len(attempts) == 3  # one block, one batch: two refused attempts, then delivered
     assert attempts[0]["batch"] == attempts[1]["batch"] == attempts[2]["batch"]
     assert len({attempt["sentAt"] for attempt in attempts}) == 3
     assert sorted(gen.seq_of_segment_message(m) for m in fake.messages) == list(range(50))
+
+
+def test_the_small_rest_of_each_block_is_merged_by_the_batcher(tmp_path):
+    """9-10 records a block and batches of 8: the workers close one batch of 8 a block and hand the one or two
+    events left over back as events; the batcher merges those into batches of 8 too, not a request for each."""
+    with FakeSegment() as fake:
+        out = _run(tmp_path, fake, range(420), "--batch-size", "8", "--flush-interval", "30")
+        sizes = sorted(len(batch["batch"]) for batch in fake.batches)
+        arrived = sorted(gen.seq_of_segment_message(m) for m in fake.messages)
+    assert out.returncode == 0, out.stderr.decode()[-2000:]
+    assert arrived == list(range(420))
+    assert len(sizes) >= 50 and sizes[1:] == [8] * (len(sizes) - 1)  # the last of the batcher's may be short
 
 
 def test_the_checkpoint_after_closed_batches_is_the_end_of_the_file(tmp_path):
