@@ -7,7 +7,6 @@ Ctrl-C to the process group ends it promptly."""
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import itertools
 import json
@@ -21,22 +20,10 @@ from collections.abc import Iterator
 import pytest
 
 import gen
-from conftest import FAST, LogBuilder, reaped, ship, ship_env, summary_rows, wait_until
+from conftest import LogBuilder, reaped, ship, summary_rows, wait_until
+from blockrun import MAX_LINE, args, counts, env
 from fakes.segment import FakeSegment
 
-MAX_LINE = 4096
-
-
-def env(block: int) -> dict[str, str]:
-    return ship_env(SEGMENT_WRITE_KEY="test-key", KONG_SHIP_BLOCK_BYTES=str(block))
-
-
-def args(fake, tmp_path, state: str, *more: str) -> list[str]:
-    return ["--sink", "segment", "--endpoint", fake.url, "--state-dir", str(tmp_path / state), *FAST, *more]
-
-
-def counts(fake: FakeSegment) -> collections.Counter:
-    return collections.Counter(gen.seq_of_segment_message(m) for m in list(fake.messages))
 
 
 def write_mixed(tmp_path) -> tuple[list[str], set[int], set[tuple[str, int, str]]]:

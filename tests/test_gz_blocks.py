@@ -9,7 +9,6 @@ reported and what came before it shipped once."""
 
 from __future__ import annotations
 
-import collections
 import gzip
 import itertools
 import json
@@ -25,7 +24,8 @@ import orjson
 import pytest
 
 import gen
-from conftest import FAST, LogBuilder, ship, ship_env, summary_rows, wait_until
+from conftest import LogBuilder, ship, summary_rows, wait_until
+from blockrun import MAX_LINE, args, counts, env
 from fakes.segment import FakeSegment
 from shipper.delivery.acks import AckTracker
 from shipper.sources.blocks import Block
@@ -34,26 +34,12 @@ from shipper.sources.identity import TAIL_BYTES, tail_hash
 from shipper.sources.reading import CHUNK
 from shipper.sources.resume import Resume
 
-MAX_LINE = 4096
-
-
-def env(block: int) -> dict[str, str]:
-    return ship_env(SEGMENT_WRITE_KEY="test-key", KONG_SHIP_BLOCK_BYTES=str(block))
-
-
-def args(fake, tmp_path, state: str, *more: str) -> list[str]:
-    return ["--sink", "segment", "--endpoint", fake.url, "--state-dir", str(tmp_path / state), *FAST, *more]
-
-
-def counts(fake: FakeSegment) -> collections.Counter:
-    return collections.Counter(gen.seq_of_segment_message(m) for m in list(fake.messages))
 
 
 def record(seq: int, pad: int = 0) -> bytes:
     rec = gen.kong_record(seq)
     if pad:
-        # A Kong record over --max-line-bytes: shipped if it ever escaped the limit. (Words: the dead-letter
-        # masking takes quadratic time over one long run of letters, 40 ms for a 4 kB prefix.)
+        # A Kong record over --max-line-bytes: shipped if it ever escaped the limit.
         rec["pad"] = ("pad ding " * (pad // 9 + 1))[:pad]
     return gen.kong_line(rec)
 
