@@ -20,8 +20,8 @@ from collections.abc import Iterator
 import pytest
 
 import gen
-from conftest import LogBuilder, reaped, ship, summary_rows, wait_until
-from blockrun import MAX_LINE, args, counts, env
+from conftest import LogBuilder, reaped, ship, summary_rows
+from blockrun import MAX_LINE, SLOW, args, counts, env, kill_9_mid_run_then_restart, positions
 from fakes.segment import FakeSegment
 
 
@@ -99,11 +99,6 @@ def test_every_record_exactly_once_whatever_the_block_size(tmp_path, block):
     assert positions(tmp_path / "s2") == positions(tmp_path / "s0")
 
 
-def positions(state) -> dict[str, tuple[int, str]]:
-    files = json.loads((state / "checkpoints-segment.json").read_text())["files"]
-    return {entry["path"]: (entry["offset"], entry["tail"]) for entry in files.values()}
-
-
 def start(argv: list[str], block: int) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "shipper", *argv], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, env=env(block), start_new_session=True)  # fmt: skip
@@ -114,46 +109,18 @@ def children(pid: int) -> list[int]:
         return [int(p) for p in handle.read().split()]
 
 
-SLOW = ["--queue-size", "300", "--batch-size", "100", "--concurrency", "1"]
-
-
 def test_kill_9_mid_run_then_a_restart_loses_nothing(tmp_path):
     log = tmp_path / "kong.json"
     seqs = range(4000)
     gen.write_records(log, seqs)
     line_ends = list(itertools.accumulate(len(line) for line in log.read_bytes().splitlines(keepends=True)))
-    with FakeSegment() as fake:
-        fake.script(["slow:0.05"] * 1000)
-        argv = ["backfill", str(log), *args(fake, tmp_path, "state", "--workers", "2", *SLOW)]
-        proc = start(argv, 16_384)
-        try:
-            fake.wait_for(lambda: len(fake.messages) >= 600, timeout=60)
-            saved = wait_until(lambda: checkpointed(tmp_path / "state"), timeout=30)
-        finally:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        time.sleep(0.5)  # a request the fake was still answering (slowly) when the shipper died counts too
-        first = counts(fake)
-        assert 600 <= len(first) < len(seqs)
-        fake.clear_script()
-        result = ship(*argv, env=env(16_384))
-        assert result.returncode == 0, result.stderr
-        got = counts(fake)
+    first, got, saved = kill_9_mid_run_then_restart(tmp_path, log, len(seqs))
     assert set(got) == set(seqs)
     doubled = {s for s, n in got.items() if n > 1}
     # Only what the first run delivered past the checkpoint seen before the kill comes again.
     past_checkpoint = {seq for seq, end in zip(seqs, line_ends) if end > saved}
     assert doubled <= set(first) & past_checkpoint
     assert max(got.values()) <= 2
-
-
-def checkpointed(state) -> int:
-    """The checkpointed offset of the one file (0 while none is saved; not the file being written)."""
-    try:
-        files = json.loads((state / "checkpoints-segment.json").read_text())["files"]
-    except (OSError, ValueError, KeyError):
-        return 0
-    return sum(entry["offset"] for entry in files.values())
 
 
 @contextlib.contextmanager

@@ -14,18 +14,14 @@ import itertools
 import json
 import os
 import re
-import signal
-import subprocess
-import sys
-import time
 import zlib
 
 import orjson
 import pytest
 
 import gen
-from conftest import LogBuilder, ship, summary_rows, wait_until
-from blockrun import MAX_LINE, args, counts, env
+from conftest import LogBuilder, ship, summary_rows
+from blockrun import MAX_LINE, args, counts, env, kill_9_mid_run_then_restart, positions
 from fakes.segment import FakeSegment
 from shipper.delivery.acks import AckTracker
 from shipper.sources.blocks import Block
@@ -101,11 +97,6 @@ def content(path: str) -> bytes:
 def dead_letters(state) -> set[tuple[str, int, str]]:
     entries = [json.loads(line) for line in (state / "dead-letter.jsonl").read_text().splitlines()]
     return {(e["file"], e["offset"], e["reason"]) for e in entries}
-
-
-def positions(state) -> dict[str, tuple[int, str]]:
-    files = json.loads((state / "checkpoints-segment.json").read_text())["files"]
-    return {entry["path"]: (entry["offset"], entry["tail"]) for entry in files.values()}
 
 
 def status(state) -> dict:
@@ -239,43 +230,14 @@ def test_a_container_runtimes_gzip_log_keeps_the_line_path(tmp_path):
     assert set(got) == set(range(150)) and max(got.values()) == 1
 
 
-SLOW = ["--queue-size", "300", "--batch-size", "100", "--concurrency", "1"]
-
-
-def checkpointed(state) -> int:
-    try:
-        files = json.loads((state / "checkpoints-segment.json").read_text())["files"]
-    except (OSError, ValueError, KeyError):
-        return 0
-    return sum(entry["offset"] for entry in files.values())
-
-
 def test_kill_9_mid_gzip_file_then_a_restart_resumes_inside_it_and_loses_nothing(tmp_path):
     seqs = range(4000)
     data = b"".join(record(seq) for seq in seqs)
     path = tmp_path / "kong.json.1.gz"
     path.write_bytes(gzip.compress(data))
     line_ends = list(itertools.accumulate(len(line) for line in data.splitlines(keepends=True)))
-    with FakeSegment() as fake:
-        fake.script(["slow:0.05"] * 1000)
-        argv = [sys.executable, "-m", "shipper", "backfill", str(path),
-                *args(fake, tmp_path, "state", "--workers", "2", *SLOW)]  # fmt: skip
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env(16_384),
-                                start_new_session=True)  # fmt: skip
-        try:
-            fake.wait_for(lambda: len(fake.messages) >= 600, timeout=60)
-            saved = wait_until(lambda: checkpointed(tmp_path / "state"), timeout=30)
-        finally:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        time.sleep(0.5)  # a request the fake was still answering (slowly) when the shipper died counts too
-        first = counts(fake)
-        assert 600 <= len(first) < len(seqs)
-        assert saved in line_ends  # a checkpoint is a line end, in decompressed bytes
-        fake.clear_script()
-        result = ship(*argv[3:], env=env(16_384))
-        assert result.returncode == 0, result.stderr
-        got = counts(fake)
+    first, got, saved = kill_9_mid_run_then_restart(tmp_path, path, len(seqs))
+    assert saved in line_ends  # a checkpoint is a line end, in decompressed bytes
     assert set(got) == set(seqs)
     doubled = {s for s, n in got.items() if n > 1}
     # The restart goes on inside the archive: only what the first run delivered past its checkpoint comes again.
