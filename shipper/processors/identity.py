@@ -174,9 +174,14 @@ class Identify:
         seen = self._seen
         for dotted, header in self._places:
             # `request.headers.authorization` must also work for Nginx lines, whose headers are not nested.
-            value = raw.get(dotted[0]) if len(dotted) == 1 and type(raw) is dict else _lookup(raw, dotted)
-            if value is None and header is not None:
-                value = headers.get(header)
+            if header is not None:  # `request.headers.<name>`: _lookup's three steps, inline
+                value = raw.get("request") if isinstance(raw, dict) else None
+                value = value.get("headers") if isinstance(value, dict) else None
+                value = value.get(header) if isinstance(value, dict) else None
+                if value is None:
+                    value = headers.get(header)
+            else:
+                value = raw.get(dotted[0]) if len(dotted) == 1 and type(raw) is dict else _lookup(raw, dotted)
             if type(value) is str:
                 # The same few values (tokens, `REDACTED`) come on thousands of lines: each is read once, and
                 # only an identical value gets its reading (claims and user) back.

@@ -74,7 +74,7 @@ class Masker:
         self.names = NameSet(self.secrets)
         self.header_names = NameSet(self.secrets | URL_HEADERS)
         self.ship_raw_bodies = ship_raw_bodies
-        self._entities: dict[str, tuple[Any, dict[str, Any]]] = {}
+        self.entities: dict[str, tuple[Any, dict[str, Any]]] = {}  # id -> (version, masked): read by the flat paths too
         self._claims: dict[int, tuple[Any, Any]] = {}  # id(claims) -> (claims, their kept part)
         self._extra = tuple(sorted(frozenset(normalize(n) for n in extra_names)))
 
@@ -342,13 +342,13 @@ class Masker:
         if type(ident) is not str:
             return self.mask_value(entity)
         version = entity.get("updated_at") or entity.get("created_at")
-        cached = self._entities.get(ident)
+        cached = self.entities.get(ident)
         if cached is not None and cached[0] == version:
             return cached[1]
         masked = self.mask_value(entity)
-        if len(self._entities) >= _CACHE_MAX:
-            self._entities.clear()
-        self._entities[ident] = (version, masked)
+        if len(self.entities) >= _CACHE_MAX:
+            self.entities.clear()
+        self.entities[ident] = (version, masked)
         return masked
 
 

@@ -31,7 +31,7 @@ import orjson
 
 from shipper.formats.kong_fields import ai_usage, entity, tls_info, trace_id
 from shipper.formats.values import (
-    MAX_COUNT, MAX_LATENCY_MS, count_field, latency_field, parse_query, split_target, split_url, status_field,
+    MAX_COUNT, MAX_LATENCY_MS, count_field, latency_field, parse_query, split_url, status_field,
     upstream_status_field,
 )
 from shipper.processors.identity import anonymous_id
@@ -137,7 +137,8 @@ class SegmentFlat(KongFlat):
             raw_path = plain_str(raw_path)
         if not raw_path:
             raw_path = url_target
-        path, query_string, fragment = split_target(raw_path)
+        rest, _, fragment = raw_path.partition("#")  # inline
+        path, _, query_string = rest.partition("?")
         headers = rget("headers")
         if type(headers) is not dict:
             headers = {}
@@ -155,11 +156,17 @@ class SegmentFlat(KongFlat):
             client_ip = plain_str(client_ip)
         request_id = rget("id")
         event_id = request_id if type(request_id) is str and request_id else f"{file_id}-{offset}"
+        # entity() of each, called only for what it would change: none, an empty or odd one, an id not a string.
         consumer = get("consumer")
-        if consumer is not None:  # entity(None) is None: no call for the records without one
+        if consumer is not None and not (
+            type(consumer) is dict and consumer and type(consumer.get("id", "")) is str
+        ):
             consumer = entity(consumer, _CONSUMER_IDS)
         credential = get("authenticated_entity")
-        if credential is not None:
+        if credential is not None and not (
+            type(credential) is dict and credential and type(credential.get("id", "")) is str
+            and type(credential.get("consumer_id", "")) is str
+        ):
             credential = entity(credential, _CREDENTIAL_IDS)
 
         # The chain: identity reads the record unmasked, then the masks of what Segment ships.
@@ -187,15 +194,32 @@ class SegmentFlat(KongFlat):
         route = get("route")
         if type(route) is not dict or not route:
             route = None
+        # mask_entity's remembered copy read inline (same id, same version), mask_entity itself otherwise.
+        entities = masker.entities
         service_name = route_name = None
         if service is not None:
-            service_name = masker.mask_entity(service).get("name")
+            ident = service.get("id")
+            cached = entities.get(ident) if type(ident) is str else None
+            if cached is None or cached[0] != (service.get("updated_at") or service.get("created_at")):
+                cached = (None, masker.mask_entity(service))
+            service_name = cached[1].get("name")
         if route is not None:
-            route_name = masker.mask_entity(route).get("name")
+            ident = route.get("id")
+            cached = entities.get(ident) if type(ident) is str else None
+            if cached is None or cached[0] != (route.get("updated_at") or route.get("created_at")):
+                cached = (None, masker.mask_entity(route))
+            route_name = cached[1].get("name")
         if consumer:
-            consumer = masker.mask_entity(consumer)
+            ident = consumer.get("id")
+            cached = entities.get(ident) if type(ident) is str else None
+            if cached is None or cached[0] != (consumer.get("updated_at") or consumer.get("created_at")):
+                cached = (None, masker.mask_entity(consumer))
+            consumer = cached[1]
         if credential:
-            masker.mask_entity(credential)
+            ident = credential.get("id")
+            cached = entities.get(ident) if type(ident) is str else None
+            if cached is None or cached[0] != (credential.get("updated_at") or credential.get("created_at")):
+                masker.mask_entity(credential)  # for what it remembers: Segment ships nothing of it
 
         # SegmentSink.message, key for key.
         if ";" in path:
@@ -231,46 +255,7 @@ class SegmentFlat(KongFlat):
             properties["requestSize"] = request_size
         if response_size is not None:
             properties["responseSize"] = response_size
-        self.add_gateway_properties(record, request, upstream_uri, upstream_status, upstream_statuses, time_receive, consumer, properties)
-
-        if self.template == DEFAULT_EVENT_NAME:
-            event = f"API Request: {method}"
-        else:
-            event = event_name(self.template, method, path, host, status, service_name, route_name)
-            if not event.strip():
-                return None  # EventRejected on the Transaction path
-        context: dict[str, Any] = {"library": LIBRARY}
-        if client_ip:
-            context["ip"] = client_ip
-        if user_agent:
-            context["userAgent"] = user_agent
-        message: dict[str, Any] = {
-            "type": "track",
-            "event": event,
-            "properties": properties,
-            "context": context,
-            "timestamp": iso_ms(started),
-            "messageId": event_id[:100],
-        }
-        if user:
-            message["userId"] = user
-        else:
-            message["anonymousId"] = anonymous_id(client_ip, user_agent)
-        encoded = orjson.dumps(message, option=orjson.OPT_APPEND_NEWLINE)
-        if len(encoded) > MAX_MESSAGE_BYTES + 1:
-            return None  # SegmentSink.encode shrinks it
-        # A copy of its own bytes, as the Transaction path keeps (orjson's buffer is at least 4 KiB): slicing
-        # off the newline makes it for half the cost of bytes(memoryview()).
-        return encoded[:-1], not user
-
-    @staticmethod
-    def add_gateway_properties(
-        record: dict[str, Any], request: dict[str, Any], upstream_uri: str | None, upstream_status: int | None,
-        upstream_statuses: list[int] | None, time_receive: int | float | None, consumer: dict[str, Any] | None,
-        properties: dict[str, Any],
-    ) -> None:
-        """`segment._add_gateway_properties` from the record's fields (Kong logs no upstream address)."""
-        get = record.get
+        # segment._add_gateway_properties from the record's fields (Kong logs no upstream address), inline.
         if upstream_uri:
             properties["upstreamUri"] = upstream_uri
         if upstream_status is not None:
@@ -304,7 +289,7 @@ class SegmentFlat(KongFlat):
         value = get("correlation_id")
         if value and type(value) is str:
             properties["correlationId"] = value
-        value = request.get("tls")
+        value = rget("tls")
         if value is not None and (value := tls_info(value)):
             for key, prop in TLS_PROPERTIES:
                 item = value.get(key)
@@ -316,3 +301,33 @@ class SegmentFlat(KongFlat):
                 item = value.get(key)
                 if item is not None:
                     properties[prop] = item
+
+        if self.template == DEFAULT_EVENT_NAME:
+            event = f"API Request: {method}"
+        else:
+            event = event_name(self.template, method, path, host, status, service_name, route_name)
+            if not event.strip():
+                return None  # EventRejected on the Transaction path
+        context: dict[str, Any] = {"library": LIBRARY}
+        if client_ip:
+            context["ip"] = client_ip
+        if user_agent:
+            context["userAgent"] = user_agent
+        message: dict[str, Any] = {
+            "type": "track",
+            "event": event,
+            "properties": properties,
+            "context": context,
+            "timestamp": iso_ms(started),
+            "messageId": event_id[:100],
+        }
+        if user:
+            message["userId"] = user
+        else:
+            message["anonymousId"] = anonymous_id(client_ip, user_agent)
+        encoded = orjson.dumps(message, option=orjson.OPT_APPEND_NEWLINE)
+        if len(encoded) > MAX_MESSAGE_BYTES + 1:
+            return None  # SegmentSink.encode shrinks it
+        # A copy of its own bytes, as the Transaction path keeps (orjson's buffer is at least 4 KiB): slicing
+        # off the newline makes it for half the cost of bytes(memoryview()).
+        return encoded[:-1], not user
