@@ -15,9 +15,10 @@ Only the default chain ([time window], Identify, Masker, drop_raw) and the `kong
 (`moesif_flat.default_chain`); anything else: None, and every line takes the Transaction path.
 
 Measured (callgrind, PYTHONHASHSEED=0, the benchmark's Kong 3.x records of ~2.7 KB, warm caches): the transform
-step 291 k instructions a record on the Transaction path, 208 k here (bench/instructions.py --transform; 321 k
+step 289 k instructions a record on the Transaction path, 201 k here (bench/instructions.py --transform; 321 k
 and 237 k before issue 16's second round: identity's remembered JWT places, the masks' split-based name check,
-tables for the millisecond and upstream status texts, the event's bytes sliced off orjson's). Of the 208 k,
+tables for the millisecond and upstream status texts, the event's bytes sliced off orjson's; 290 k and 208 k
+before its third: fewer calls and loops, the remembered entities read inline). Of the 201 k,
 about 72 k are orjson.loads of the whole record and its freeing, ~19 k the two orjson.dumps: work both paths
 share; the rest is reading and checking the fields, identity, the masks and building the message.
 """
