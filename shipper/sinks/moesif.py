@@ -218,10 +218,14 @@ class MoesifSink(EventBuilder, HttpSink):
         independent of this one, so the event stands for 1/(rate × kept_at) calls: the weights multiply."""
         rate = self.sampler.rate(event)
         # Deterministic per record (the plugin drew math.random()): a resend after a crash decides the same.
-        if not rate > draw(event_id):
+        # Every draw is below 100: at 100 % (no sampling configured) the id is not hashed at all.
+        if rate < 100.0 and not rate > draw(event_id):
             raise EventSkipped()
         # On every event, as the plugin: 1 at 100 %. Rounded: 100 // 20.000000000000004 would be 4, not 5.
-        event["weight"] = weight(rate if kept_at == 1.0 else round(rate * kept_at, 9))
+        if kept_at == 1.0:
+            event["weight"] = 1 if rate == 100.0 else weight(rate)
+        else:
+            event["weight"] = weight(round(rate * kept_at, 9))
         return orjson.dumps(event)
 
     def flat_path(self, parser: Parser, chain: Sequence[Processor]) -> FlatEncode | None:

@@ -263,6 +263,8 @@ class Sampler:
         the global rate."""
         config = self.settled_config()
         users, companies, rules, rate = config.user_rates, config.company_rates, config.regex_rules, config.global_rate
+        if not (users or companies or rules):
+            return rate  # nothing else to apply (the usual configuration): the event is not looked at
         specific = []
         user, company = event.get("user_id"), event.get("company_id")
         if user is not None and user in users:
