@@ -193,6 +193,9 @@ def test_a_refused_closed_batch_is_halved_to_the_one_bad_event(tmp_path):
     rows = summary_rows(out.stderr)["segment"]
     assert (rows["read"], rows["shipped"], rows["rejected"]) == (400, 399, 1)
     assert len(fake.batches) >= 100 and max(len(batch["batch"]) for batch in fake.batches) <= 4
+    # Refused whole (4 events), then its half holding the poisoned one (2), then that one alone: a refused closed
+    # batch is halved at once, not sent whole a second time.
+    assert len(fake.rejections) == 3, fake.rejections
 
 
 def test_a_retried_closed_batch_carries_a_fresh_sent_at(tmp_path):

@@ -133,20 +133,25 @@ class Sender:
         if verdict.kind == OK:
             self.acks.ack_many([(f, s, e) for f, s, e, _ in items])
             self._delivered(len(items))
-        elif verdict.kind in (SPLIT, REJECT) and len(items) > 1:
+        elif verdict.kind in (SPLIT, REJECT):
+            self._refused(items, verdict)
+        else:
+            raise FatalDelivery(verdict.reason)
+
+    def _refused(self, items: list[Item], verdict: Verdict) -> None:
+        """A batch the vendor refused: halved until the offending event stands alone, which is dead-lettered."""
+        if len(items) > 1:
             half = len(items) // 2
             self.deliver(items[:half], part=True)
             self.deliver(items[half:], part=True)
-        elif verdict.kind in (SPLIT, REJECT):
-            file_id, seq, end, event = items[0]
-            try:
-                self.dead_letter.write("rejected", verdict.reason, sink=self.sink.name, event=event)
-            except Unwritten:  # shutdown gave up on a failing disk: not acknowledged, sent again after a restart
-                raise Aborted() from None
-            self.acks.ack(file_id, seq, end)
-            self.count("rejected", 1)
-        else:
-            raise FatalDelivery(verdict.reason)
+            return
+        file_id, seq, end, event = items[0]
+        try:
+            self.dead_letter.write("rejected", verdict.reason, sink=self.sink.name, event=event)
+        except Unwritten:  # shutdown gave up on a failing disk: not acknowledged, sent again after a restart
+            raise Aborted() from None
+        self.acks.ack(file_id, seq, end)
+        self.count("rejected", 1)
 
     def _deliver_closed(self, batch: ClosedBatch) -> None:
         """A batch closed in a worker: its body sent as made; acknowledged as one span. Refused, it becomes
@@ -160,7 +165,7 @@ class Sender:
             self.acks.ack_span(*batch.span())
             self._delivered(len(batch))
         elif verdict.kind in (SPLIT, REJECT):
-            self.deliver(batch.items(), part=True)
+            self._refused(batch.items(), verdict)  # its halves at once: the whole was just refused
         else:
             raise FatalDelivery(verdict.reason)
 
