@@ -17,9 +17,9 @@ from shipper.counters import DROP_COUNTERS, FilteredTotals, LaneCounters, LaneSu
 from shipper.deadletter import DeadLetter
 from shipper.delivery.acks import AckTracker
 from shipper.delivery.batcher import Batcher
-from shipper.delivery.closed import BatchPlan, ClosedBatch
+from shipper.delivery.closed import BatchPlan, ClosedBatch, Item
 from shipper.delivery.queue import BoundedQueue, Closed
-from shipper.delivery.sender import Item, Sender
+from shipper.delivery.sender import Sender
 from shipper.formats import CONTAINER_FRAMINGS, Parser
 from shipper.processors import Processor
 from shipper.sinks.base import Sink

@@ -7,9 +7,9 @@ import time
 from collections.abc import Callable
 import queue as stdqueue
 
-from shipper.delivery.closed import ClosedBatch
+from shipper.delivery.closed import ClosedBatch, Item
 from shipper.delivery.queue import BoundedQueue, Closed
-from shipper.delivery.sender import Aborted, FatalDelivery, Item, Sender
+from shipper.delivery.sender import Aborted, FatalDelivery, Sender
 from shipper.threads import death_notice, start_thread
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from shipper.sinks.compression import PreparedBody
 
-# (file_id, seq, end offset, event bytes): the sender's item, as in delivery/sender.py
+# (file_id, seq, end offset, event bytes): one event as the queue, the batcher and the sender pass it on
 Item = tuple[str, int, int, bytes]
 
 

@@ -19,7 +19,7 @@ import tenacity
 
 from shipper.deadletter import DeadLetter, Unwritten
 from shipper.delivery.acks import AckTracker
-from shipper.delivery.closed import ClosedBatch
+from shipper.delivery.closed import ClosedBatch, Item
 from shipper.delivery.ratelimit import TokenBucket
 from shipper.sinks.base import FATAL, OK, REJECT, RETRY, SPLIT, Sink, Verdict
 from shipper.sinks.compression import PreparedBody
@@ -47,10 +47,6 @@ def _tls_failure(exc: BaseException) -> ssl.SSLCertVerificationError | None:
             return seen
         seen = seen.__cause__ or seen.__context__
     return None
-
-
-# (file_id, seq, end offset, event bytes)
-Item = tuple[str, int, int, bytes]  # as delivery/closed.py's
 
 
 class Aborted(Exception):

@@ -32,7 +32,8 @@ import orjson
 from prometheus_client.exposition import ThreadingWSGIServer
 
 if TYPE_CHECKING:
-    from shipper.delivery.sender import Item, Sender
+    from shipper.delivery.closed import Item
+    from shipper.delivery.sender import Sender
 
 DEFAULT_RATE = 10.0
 BUFFER_EVENTS = 10_000  # per reader; beyond it a batch is lost to that reader, never waited for

@@ -34,7 +34,6 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 
 from shipper.sources.container import Framer, Unframed
-from shipper.sources.identity import TAIL_BYTES
 from shipper.sources.reading import (
     CHUNK, DOCKER_PREFIX, GZIP_ERRORS, PREFIX_BYTES, Line, OpenFile, before, read_failed,
 )  # fmt: skip
@@ -163,12 +162,12 @@ def gzip_blocks(
         cut = area.rfind(b"\n", 0, end) + 1
         done += end - len(carried)
         handle.read_pos += end - len(carried)
-        handle.recent = bytes_before(prior, view, end)
+        handle.recent = before(prior, view, end)
         handle.buf = bytes(view[cut:end])
         handle.last_data = time.monotonic()
         if cut:
             data = bytes(view[:cut])
-            handle.before, handle.base = bytes_before(prior, view, cut), start + cut
+            handle.before, handle.base = before(prior, view, cut), start + cut
             yield Block(file_id, data, start, data.count(b"\n"), limit, framed)
         view.release()
         if failure is not None:
@@ -189,9 +188,3 @@ def gzip_blocks(
                     break
     return done
 
-
-def bytes_before(prior: bytes, view: memoryview, at: int) -> bytes:
-    """The TAIL_BYTES before position `at` of `view`, given the bytes (`prior`) that precede it."""
-    if at >= TAIL_BYTES:
-        return bytes(view[at - TAIL_BYTES : at])
-    return (prior + bytes(view[:at]))[-TAIL_BYTES:]

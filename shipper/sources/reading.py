@@ -235,10 +235,11 @@ def close_file(handle: OpenFile) -> None:
         pass
 
 
-def before(previous: bytes, data: bytes, cut: int) -> bytes:
-    """The TAIL_BYTES before position `cut` of `data`, given the bytes that preceded `data`."""
+def before(previous: bytes, data: bytes | memoryview, cut: int) -> bytes:
+    """The TAIL_BYTES before position `cut` of `data` (bytes, or a view of a reused buffer), given the bytes that
+    preceded `data`."""
     if cut >= TAIL_BYTES:
-        return data[cut - TAIL_BYTES : cut]
+        return bytes(data[cut - TAIL_BYTES : cut])  # bytes of bytes is the same object: no copy
     return (previous + data[:cut])[-TAIL_BYTES:]
 
 
