@@ -14,18 +14,26 @@ them carries an id or a time, so:
 
 `details` is the event. Entity data rides along with CRUD events: the values of secret-bearing keys in it
 (credentials' `key`, `secret`, `password`, the hook's own `config.secret`, an `Authorization` header in
-`config.headers`, …) are masked at any depth by the masking processor, like every record's (and before the
-receiver writes the event to its spool).
+`config.headers`, …) are masked at any depth by the masking processor, like every record's. They are masked
+before the receiver writes the event to its spool too, with the run's masker (`spool_encoder`): the default
+names and the user's `--mask-header`, `--mask-query`, `--mask-body-key`, as Kong's http-log records are
+(`sources.intake`), so a name the user gave never reaches the disk either.
 """
 
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from shipper.formats.decode import ParseError
 from shipper.formats.values import epoch_ms, iso_epoch_ms
 from shipper.model import Position, Transaction
+
+if TYPE_CHECKING:
+    from shipper.processors.masking import Masker
 
 _NAMESPACE = uuid.UUID("6d1f3b52-2a4e-5c1b-9a0e-6b6f6e672d73")  # kong-ship event hooks
 
@@ -51,6 +59,17 @@ def parse_event_hook(
         kind="event_hook",
         details=record,
     )
+
+
+def spool_encoder(masker: Masker) -> Callable[[dict[str, Any]], bytes]:
+    """How `receive` stores an event hook: masked with `masker`, the run's (the one its dead-letter file and its
+    masking processor use), then encoded. An error (a record too deep to encode) fails the delivery, which is
+    then refused and nothing of it stored."""
+
+    def encode(event: dict[str, Any]) -> bytes:
+        return orjson.dumps(masker.mask_value(event))
+
+    return encode
 
 
 def _time_ms(value: Any) -> int | None:
