@@ -3,8 +3,8 @@
 glibc's malloc serves a request of 128 KiB or more with a mapping of its own, returned to the system when it is
 freed, but the first time such a mapping is freed it raises that bound to the freed size (up to 32 MiB) and the
 bound for giving back the top of a heap to twice that. The shipper's big buffers are short-lived and come back
-every few milliseconds: a block of lines for a worker (1 MiB, pickled in the queue's feeder thread; a chunk of
-512 lines when this was measured), the worker's events read back from its pipe (about 0.8 MB, in the reader), a
+every few milliseconds: a block of lines for a worker (1 MiB, pickled in the queue's feeder thread, a chunk of
+512 lines when this was measured; now copied into memory shared with the workers, workers.BlockRing), the worker's events read back from its pipe (about 0.8 MB, in the reader), a
 vendor's request body and its gzip (up to 500 KB, in each sender thread). Once the bound is raised they are cut from the heaps of the threads'
 arenas instead, and the small events that live longer (queued, in a batch) settle in the holes between them and
 pin those pages: in the main process of a backfill with workers, Python's own objects stay the same (allocated
@@ -27,8 +27,10 @@ import os
 import threading
 import time
 
-M_MMAP_THRESHOLD = -3  # malloc.h
+M_TRIM_THRESHOLD = -1  # malloc.h
+M_MMAP_THRESHOLD = -3
 BIG_BUFFER = 128 * 1024  # glibc's default bound, kept fixed
+WORKER_HEAP = 32 * 1024 * 1024  # keep_worker_heap
 TRIM_INTERVAL = 5.0  # seconds between malloc_trim calls
 
 _trimming: threading.Thread | None = None
@@ -42,6 +44,18 @@ def map_big_buffers() -> bool:
         return False
     mallopt = _libc_function("mallopt")
     return mallopt is not None and mallopt(M_MMAP_THRESHOLD, BIG_BUFFER) == 1
+
+
+def keep_worker_heap(bound: int = WORKER_HEAP) -> bool:
+    """In a worker process: serve buffers up to `bound` from the heap and keep that much free at its top, so
+    what one block needs (its 1 MiB of bytes, its lines, their events) is mapped once and used again by the next
+    block, instead of mapped, faulted in page by page and unmapped for every block. A worker's memory is one
+    block's working set, the same from block to block: nothing settles between long-lived objects as in the
+    reader, so its heap stays as big as one block needs."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
+        return False
+    mallopt = _libc_function("mallopt")
+    return mallopt is not None and mallopt(M_MMAP_THRESHOLD, bound) == 1 and mallopt(M_TRIM_THRESHOLD, 2 * bound) == 1
 
 
 def return_free_pages(interval: float = TRIM_INTERVAL) -> threading.Thread | None:

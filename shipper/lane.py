@@ -165,7 +165,10 @@ class Lane:
 
     def _backfill(self) -> None:
         # With workers, plain files go to them in blocks (sources/blocks.py): no per-line work here.
-        self._pump(self.source.read_all(blocks=BLOCK_BYTES if self.pool is not None else 0))
+        if self.pool is not None:  # blocks handed over in memory shared with the workers (workers.BlockRing)
+            self._pump(self.source.read_all(blocks=BLOCK_BYTES, keep=self.pool.keep))
+        else:
+            self._pump(self.source.read_all())
 
     def _follow(self) -> None:
         poll = self.settings.poll_interval

@@ -150,7 +150,7 @@ _KEEP_DATA = {INVALID, REJECTED, FAILED, OVERSIZE}  # the fates whose line goes 
 def transform_block(transform: Transformer, block: Block) -> BlockResult:
     """The block's lines, split as the file source splits them (`reading.emit`), each through `transform`."""
     file_id, start, limit = block.file_id, block.start, block.limit
-    lines = block.data.split(b"\n")
+    lines = block.data.split(b"\n")  # type: ignore[union-attr]  # bytes: a worker takes Shared data out first
     lines.pop()  # the block ends with a newline
     events: list[bytes] = []
     index: list[int] = []

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import overload
 
-from shipper.sources.blocks import Block, fits_blocks, read_blocks
+from shipper.sources.blocks import Block, Keep, fits_blocks, read_blocks
 from shipper.sources.container import Framer
 from shipper.sources.identity import HEAD_BYTES, Known, choose, family, identity, new_id, tail_hash
 from shipper.sources.inputs import expand, input_problems, mtime
@@ -225,11 +225,12 @@ class FileSource:
     @overload
     def read_all(self) -> Iterator[Line]: ...
     @overload
-    def read_all(self, blocks: int) -> Iterator[Line | Block]: ...
-    def read_all(self, blocks: int = 0) -> Iterator[Line | Block]:
+    def read_all(self, blocks: int, keep: Keep = bytes) -> Iterator[Line | Block]: ...
+    def read_all(self, blocks: int = 0, keep: Keep = bytes) -> Iterator[Line | Block]:
         """One-shot commands: every matching file, oldest first, each opened, read to its end and let go before
         the next (so a copy of it that comes later continues from its end instead of starting over). With
-        `blocks` (bytes), files (plain or gzip) come as blocks of whole lines where they can (see blocks.py)."""
+        `blocks` (bytes), files (plain or gzip) come as blocks of whole lines where they can (see blocks.py),
+        their bytes kept by `keep`."""
         for path in self._candidates():
             try:
                 st = os.stat(path)
@@ -242,7 +243,7 @@ class FileSource:
             if blocks and fits_blocks(handle):
                 # Added after: `self.bytes_read += yield from ...` would lose what the line path counts meanwhile.
                 done = yield from read_blocks(
-                    handle, blocks, self.max_line_bytes, self._read_chunk, self.read_file_to_end
+                    handle, blocks, self.max_line_bytes, self._read_chunk, self.read_file_to_end, keep
                 )
                 self.bytes_read += done
             else:
