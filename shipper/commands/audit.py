@@ -23,8 +23,10 @@ from typing import Any
 import click
 import orjson
 
-from shipper.commands.options import apply_options, config_option, shipping_options
+from shipper.commands.audit_files import records_in_files
+from shipper.commands.options import apply_options, config_option, shipping_options, spooled_dry_run_option
 from shipper.commands.running import drive, json_stderr, prepare_spooled, run, say, setup_logging, summary
+from shipper.delivery.dry_run import DryRun
 from shipper.errors import ConfigError, FatalError
 from shipper.formats import audit_signature
 from shipper.settings import Settings
@@ -37,7 +39,6 @@ from shipper.sources.kong_audit import (
     AdminUnavailable,
     Cursor,
     Poller,
-    endpoint_of,
     record_id,
 )
 
@@ -74,6 +75,10 @@ _tail_options = [
                  help="Records per Admin API request (size)."),
 ]
 _TAIL_KEYS = _ADMIN_KEYS + ("interval", "once", "verify_key", "page_size")
+_dry_run_option = spooled_dry_run_option(
+    "The spool and the cursor are throwaway ones too: the audit log is read from its start and nothing of it is "
+    "marked as shipped."
+)
 
 
 def _token(opts: dict[str, Any], required: bool = True) -> str | None:
@@ -106,7 +111,7 @@ def audit() -> None:
 
 # -- tail ------------------------------------------------------------------------------------------------------
 @audit.command()
-@apply_options(_admin_options + _tail_options + shipping_options + [config_option])
+@apply_options(_admin_options + _tail_options + shipping_options + [config_option, _dry_run_option])
 def tail(**kw: Any) -> None:
     """Poll the Admin API's /audit/requests and /audit/objects and ship every record once, across restarts.
 
@@ -126,7 +131,10 @@ def tail(**kw: Any) -> None:
             "no --admin-url: pass the Kong Admin API's URL, e.g. --admin-url http://127.0.0.1:8001 (or set KONG_ADMIN_URL)"
         )
     token = _token(opts)  # before anything else is set up: the most common mistake
+    dry_run = DryRun.for_options(kw)
+    kw.update(dry_run.fields())  # a dry run's spool, cursor, checkpoints and dead letters: a throwaway directory's
     settings, sinks, spool_dir = prepare_spooled(kw, "audit", 16 << 20)
+    sinks = dry_run.wrap(sinks)
     key = audit_signature.load_public_key(opts["verify_key"], "--verify-key") if opts["verify_key"] else None
     client = _client(opts, token, settings.timeout, opts["page_size"])
     lock = spool_lock(spool_dir, "audit tail")
@@ -146,6 +154,7 @@ def tail(**kw: Any) -> None:
         if close_spool:
             spool.close()
         os.close(lock)
+    dry_run.report(say)
     if code:
         sys.exit(code)
 
@@ -301,7 +310,7 @@ def verify(files: tuple[str, ...], **kw: Any) -> None:
     counts: Counter[str] = Counter()
     bad: list[dict[str, Any]] = []
     if files:
-        source: Iterator[tuple[str, dict[str, Any], str | None]] = _from_files(files)
+        source: Iterator[tuple[str, dict[str, Any], str | None]] = records_in_files(files)
     else:
         source = _from_admin(_client(kw, _token(kw, required=False), kw["timeout"]))
     for endpoint, record, where in source:
@@ -342,62 +351,3 @@ def _from_admin(client: AdminClient) -> Iterator[tuple[str, dict[str, Any], str 
         raise FatalError(str(exc)) from None
     finally:
         client.close()
-
-
-def _from_files(files: tuple[str, ...]) -> Iterator[tuple[str, dict[str, Any], str | None]]:
-    for path in files:
-        try:
-            with open(path, "rb") as handle:
-                data = handle.read()
-        except OSError as exc:
-            raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-        try:
-            whole = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            whole = None
-        found: list[tuple[dict[str, Any], str]] = []
-        if whole is not None:
-            found = [(record, f"{path}#{i + 1}") for i, record in enumerate(_records(whole, path))]
-        else:
-            for number, line in enumerate(data.splitlines(), start=1):
-                if not line.strip():
-                    continue
-                try:
-                    value = orjson.loads(line)
-                except orjson.JSONDecodeError as exc:
-                    raise ConfigError(f"{path}:{number}: not JSON ({exc}): expected audit records") from None
-                found.extend((record, f"{path}:{number}") for record in _records(value, f"{path}:{number}"))
-        if found and not any(_looks_like_audit(record) for record, _ in found):
-            # e.g. an access log: "4 records: 0 verified, 4 unsigned" and exit 0 would pass it as checked
-            raise ConfigError(
-                f"{path}: holds no Kong audit records ({len(found):,} JSON object(s) without any of "
-                f"{', '.join(AUDIT_KEYS)}; an access log?): expected what /audit/requests or /audit/objects answer"
-            )
-        for record, where in found:
-            yield endpoint_of(record), record, where
-
-
-# Every audit record has some of these (requests: request_id, request_timestamp, signature; objects: dao_name,
-# operation, entity); an access log record has none of them at its top level.
-AUDIT_KEYS = ("request_id", "request_timestamp", "signature", "dao_name", "operation", "entity")
-
-
-def _looks_like_audit(record: dict[str, Any]) -> bool:
-    return any(key in record for key in AUDIT_KEYS)
-
-
-def _records(value: Any, where: str) -> list[dict[str, Any]]:
-    """The audit records in one JSON value: an Admin API answer, an array, a record, or a spool envelope."""
-    if isinstance(value, dict) and isinstance(value.get("data"), list):
-        value = value["data"]
-    items = value if isinstance(value, list) else [value]
-    out = []
-    for item in items:
-        if isinstance(item, dict) and "spool" in item and isinstance(item.get("record"), dict):
-            item = item["record"]
-        if isinstance(item, dict) and isinstance(item.get("entry"), dict):
-            item = item["entry"]
-        if not isinstance(item, dict):
-            raise ConfigError(f"{where}: expected audit records (JSON objects), got {type(item).__name__}")
-        out.append(item)
-    return out

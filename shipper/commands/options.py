@@ -320,11 +320,15 @@ window_options = [
                  help="Only records that started before TIME (same forms as --since)."),
 ]
 
-dry_run_option = DELIVERY.option(
-    "--dry-run", is_flag=True,
-    help="Send nothing: print each request every sink would make (URL, headers with credentials redacted, body "
-         "uncompressed), one JSON line each, on stdout. Checkpoints are neither read nor moved.",
-)
+DRY_RUN_HELP = ("Send nothing: print each request every sink would make (URL, headers with credentials redacted, "
+                "body uncompressed), one JSON line each, on stdout. Checkpoints are neither read nor moved.")
+dry_run_option = DELIVERY.option("--dry-run", is_flag=True, help=DRY_RUN_HELP)
+
+
+def spooled_dry_run_option(spool: str) -> Callable:
+    """--dry-run of a command that ships from a spool (`receive`, `audit tail`): the same, and what becomes of
+    its spool (`spool`: one sentence)."""
+    return DELIVERY.option("--dry-run", is_flag=True, help=f"{DRY_RUN_HELP} {spool}")
 
 progress_option = SERVICE.option(
     "--progress/--no-progress", default=None,

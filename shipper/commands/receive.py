@@ -20,9 +20,10 @@ import click
 
 from shipper.commands.listeners import LISTENER_KEYS, Listeners, listener_options
 from shipper.commands.options import (
-    apply_options, config_option, option_names, shipping_options, understanding_options,
+    apply_options, config_option, option_names, shipping_options, spooled_dry_run_option, understanding_options,
 )
-from shipper.commands.running import drive, prepare_spooled, summary
+from shipper.commands.running import drive, prepare_spooled, say, summary
+from shipper.delivery.dry_run import DryRun
 from shipper.errors import ConfigError
 from shipper.sinks.credentials import read_secret
 from shipper.sources.feeder import SpoolFeeder
@@ -136,8 +137,14 @@ def _tls(kw: dict[str, Any]) -> Any:
     return server_context(cert, key)
 
 
+_dry_run_option = spooled_dry_run_option(
+    "The spool is a throwaway one too: deliveries are answered as usual and their records printed, never shipped "
+    "(Kong does not send them again)."
+)
+
+
 @click.command()
-@apply_options(_receiving + listener_options + _kong_records + shipping_options + [config_option])
+@apply_options(_receiving + listener_options + _kong_records + shipping_options + [config_option, _dry_run_option])
 def receive(**kw: Any) -> None:
     """Accept Kong event-hook deliveries over HTTP (handler=webhook), check their x-kong-signature, and ship
     the events to the sinks; and Kong's http-log records at /http-log (token: Bearer, or the Basic password).
@@ -165,8 +172,11 @@ def receive(**kw: Any) -> None:
     _check_some_delivery(kw, hooks, http_log_auth.enabled)
     tls = _tls(opts)
     listen_opts = {key: kw.pop(key) for key in LISTENER_KEYS}  # --listen-tcp, --listen-udp (listeners.py)
+    dry_run = DryRun.for_options(kw)
+    kw.update(dry_run.fields())  # a dry run's spool, checkpoints and dead letters: a throwaway directory's
     # A spooled line is the body re-encoded in an envelope: never longer than twice the body, plus the envelope.
     settings, sinks, spool_dir = prepare_spooled(kw, "receive", 2 * opts["max_body_bytes"] + 65536)
+    sinks = dry_run.wrap(sinks)
     # One writer per spool (its lock), and the pruning of what every sink has acknowledged.
     feeder = SpoolFeeder.open(spool_dir, "receive", name="receive", prune_every=PRUNE_INTERVAL)
     spool = feeder.spool
@@ -231,6 +241,8 @@ def receive(**kw: Any) -> None:
         target=supervised(maintain, "receive-maintain", pipeline.fail), name="receive-maintain", daemon=True
     )
 
+    if dry_run.on:
+        log.warning("dry run: what is received is answered as usual, printed on standard output and shipped nowhere")
     if receiver is not None:
         _announce(receiver, host, tls, hooks, secret, http_log_auth, settings.sinks, spool_dir)
         receiver.start(pipeline.fail)
@@ -262,6 +274,7 @@ def receive(**kw: Any) -> None:
         )
     for line in listeners.summary():
         sys.stderr.write(line + "\n")
+    dry_run.report(say)
     if pipeline.forced_by:
         sys.exit(128 + pipeline.forced_by)
 

@@ -1,0 +1,74 @@
+"""The audit records `kong-ship audit verify FILE...` checks: read from files that hold what the Admin API answered
+(`GET /audit/requests` or `/audit/objects`), a JSON array of records, or one record per line (kong-ship's audit
+spool files too, whose envelopes are opened). A file that holds JSON but no audit record (an access log) is a
+usage error, not "0 verified"."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+
+from shipper.errors import ConfigError
+from shipper.sources.kong_audit import endpoint_of
+
+
+def records_in_files(files: tuple[str, ...]) -> Iterator[tuple[str, dict[str, Any], str | None]]:
+    """(endpoint, record, where: `path#n` or `path:line`) for every audit record of `files`, in order."""
+    for path in files:
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+        try:
+            whole = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            whole = None
+        found: list[tuple[dict[str, Any], str]] = []
+        if whole is not None:
+            found = [(record, f"{path}#{i + 1}") for i, record in enumerate(records_of(whole, path))]
+        else:
+            for number, line in enumerate(data.splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    value = orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    raise ConfigError(f"{path}:{number}: not JSON ({exc}): expected audit records") from None
+                found.extend((record, f"{path}:{number}") for record in records_of(value, f"{path}:{number}"))
+        if found and not any(looks_like_audit(record) for record, _ in found):
+            # e.g. an access log: "4 records: 0 verified, 4 unsigned" and exit 0 would pass it as checked
+            raise ConfigError(
+                f"{path}: holds no Kong audit records ({len(found):,} JSON object(s) without any of "
+                f"{', '.join(AUDIT_KEYS)}; an access log?): expected what /audit/requests or /audit/objects answer"
+            )
+        for record, where in found:
+            yield endpoint_of(record), record, where
+
+
+# Every audit record has some of these (requests: request_id, request_timestamp, signature; objects: dao_name,
+# operation, entity); an access log record has none of them at its top level.
+AUDIT_KEYS = ("request_id", "request_timestamp", "signature", "dao_name", "operation", "entity")
+
+
+def looks_like_audit(record: dict[str, Any]) -> bool:
+    return any(key in record for key in AUDIT_KEYS)
+
+
+def records_of(value: Any, where: str) -> list[dict[str, Any]]:
+    """The audit records in one JSON value: an Admin API answer, an array, a record, or a spool envelope."""
+    if isinstance(value, dict) and isinstance(value.get("data"), list):
+        value = value["data"]
+    items = value if isinstance(value, list) else [value]
+    out = []
+    for item in items:
+        if isinstance(item, dict) and "spool" in item and isinstance(item.get("record"), dict):
+            item = item["record"]
+        if isinstance(item, dict) and isinstance(item.get("entry"), dict):
+            item = item["entry"]
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where}: expected audit records (JSON objects), got {type(item).__name__}")
+        out.append(item)
+    return out
