@@ -7,6 +7,7 @@ payloads, stdout, stderr, the spool, the checkpoints, the dead letters) holds a 
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 
 import httpx
@@ -76,9 +77,15 @@ def test_a_user_named_secret_in_an_event_hook_leaves_in_no_byte(shippers, tmp_pa
         wait_until(lambda: dead_letters.exists() and dead_letters.read_bytes().count(b"\n") >= 1, timeout=10)
         assert post(port, [marked_event(2, markers), marked_event(3, markers)]).status_code == 200
         fake.wait_for(lambda: sorted(e["details"]["n"] for e in fake.snapshot()) == [2, 3], timeout=10)
+        lines: list[bytes] = []  # the stdout sink's lane goes at its own pace: the stop waits for its three events
+        reader = threading.Thread(target=lambda: lines.extend(iter(proc.proc.stdout.readline, b"")), daemon=True)
+        reader.start()
+        assert wait_until(lambda: len(lines) == 3, timeout=10)
         spooled = every_byte_under(str(state))  # before the stop: nothing pruned yet is missed
-        code, out, err = proc.stop()
+        code, rest, err = proc.stop()
+        reader.join(timeout=10)
         assert code == 0, err
+        out = b"".join(lines).decode() + rest
     shipped = b"".join(request.body for request in fake.requests)
     everything = {**spooled, **every_byte_under(str(state)), "stdout": out.encode(), "stderr": err.encode(),
                   "vendor": shipped}

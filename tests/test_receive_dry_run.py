@@ -6,6 +6,7 @@ checkpoints and the dead letters live in a throwaway directory under TMPDIR, gon
 from __future__ import annotations
 
 import socket
+import threading
 import uuid
 
 import httpx
@@ -65,8 +66,14 @@ def test_receive_dry_run_prints_masked_requests_sends_nothing_and_keeps_no_state
     assert answer.status_code == 200, answer.text
     # The spool, checkpoints and dead letters are in the throwaway directory, not under --state-dir.
     assert wait_until(lambda: list(scratch.glob("kong-ship-dry-run-*/receive/spool-*.jsonl")), timeout=10)
-    code, out, err = proc.stop()
+    lines: list[bytes] = []  # stdout as it is printed: the stop waits for all three records
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.proc.stdout.readline, b"")), daemon=True)
+    reader.start()
+    assert wait_until(lambda: sum(len(orjson.loads(line)["body"]) for line in list(lines)) == 3, timeout=10)
+    code, rest, err = proc.stop()
+    reader.join(timeout=10)
     assert code == 0, err
+    out = b"".join(lines).decode() + rest
 
     printed = [orjson.loads(line) for line in out.splitlines()]
     assert printed and all(p["sink"] == "webhook" and p["method"] == "POST" for p in printed)
