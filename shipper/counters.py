@@ -107,29 +107,48 @@ class LaneCounters:
 class FilteredTotals:
     """`filtered` by reason over every run with this state directory, for `kong-ship status` (which reads files,
     not a running process): saved with the checkpoints, as `filtered-<sink>.json`, when it changed. A record
-    read again after a crash is counted again, as the live counters count it."""
+    read again after a crash is counted again, as the live counters count it.
+
+    The `unrouted` count (routing.py: no route matched, no default lane) is kept beside the reasons, under its
+    own key `"unrouted"`: it is not a filter's drop (the lane keeps it out of `filtered_by`, so no reason has that
+    name), yet it is a record shipped nowhere that `status` should tell. A file from before it has no such key: 0."""
 
     def __init__(self, state_dir: str, sink: str) -> None:
         self.path = os.path.join(state_dir, f"filtered-{sink}.json")
-        self.before = read_filtered(self.path)  # the earlier runs'
-        self._saved: dict[str, int] = {}
+        saved = read_counts(self.path)
+        self.unrouted_before = saved.pop(UNROUTED, 0)
+        self.before = saved  # the earlier runs' (both)
+        self._saved: tuple[dict[str, int], int] = ({}, 0)
 
-    def save(self, run: dict[str, int]) -> None:
-        if run and run != self._saved:
+    def save(self, run: dict[str, int], unrouted: int = 0) -> None:
+        """`run`: this run's reasons so far; `unrouted`: this run's unrouted count so far."""
+        if (run or unrouted) and (run, unrouted) != self._saved:
             totals = Counter(self.before)
             totals.update(run)
+            if self.unrouted_before + unrouted:
+                totals[UNROUTED] = self.unrouted_before + unrouted
             write_atomically(self.path, orjson.dumps(dict(totals)))
-            self._saved = run
+            self._saved = (run, unrouted)
 
 
-def read_filtered(path: str) -> dict[str, int]:
-    """A `filtered-<sink>.json` file's counts; {} when it is missing or not ours."""
+def read_counts(path: str) -> dict[str, int]:
+    """A `filtered-<sink>.json` file's counts, the reasons and `unrouted`; {} when it is missing or not ours."""
     try:
         with open(path, "rb") as handle:
             data = orjson.loads(handle.read())
     except (OSError, orjson.JSONDecodeError):
         return {}
     return {k: v for k, v in data.items() if type(v) is int} if isinstance(data, dict) else {}
+
+
+def read_filtered(path: str) -> dict[str, int]:
+    """A `filtered-<sink>.json` file's counts by reason (`unrouted`, kept beside them, is no reason)."""
+    return {k: v for k, v in read_counts(path).items() if k != UNROUTED}
+
+
+def read_unrouted(path: str) -> int:
+    """A `filtered-<sink>.json` file's `unrouted` total over every run; 0 in a file from before it was kept."""
+    return read_counts(path).get(UNROUTED, 0)
 
 
 @dataclass(frozen=True)

@@ -129,7 +129,7 @@ class Lane:
 
     def save_checkpoints(self) -> None:
         self.resume.save(self.source)
-        self.filtered_totals.save(self.counters.filtered_reasons())  # for `kong-ship status`
+        self.filtered_totals.save(self.counters.filtered_reasons(), self.counts["unrouted"])  # for `kong-ship status`
 
     # -- threads ---------------------------------------------------------------------------------------------
     def start(self) -> None:

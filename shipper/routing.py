@@ -7,7 +7,8 @@ a lane like any sink's (pipeline.py): its own reader, queue, retries and checkpo
 
 Every lane reads every line, as every sink's lane always has; a destination keeps only its own records. The others
 it counts, never silently drops: `routed_elsewhere` (another route, or the default lane, takes them) or `unrouted`
-(no route matched and there is no default). So in each lane, once delivered:
+(no route matched and there is no default; its total over every run is saved with the checkpoints, for
+`kong-ship status`: counters.FilteredTotals). So in each lane, once delivered:
 read = shipped + filtered + dead-lettered + rejected + skipped + blank + routed_elsewhere + unrouted.
 
 Rules (the README's "Routing by tenant" says them for users):

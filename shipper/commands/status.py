@@ -16,21 +16,25 @@ from shipper.settings import default_state_dir
               help="The state directory [env KONG_SHIP_STATE_DIR; default as for tail].")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON, for scripts.")
 def status(state_dir: str | None, as_json: bool) -> None:
-    """Show, per sink and file, the checkpoint, the file's size and the lag (bytes not yet shipped).
+    """Show, per sink and file, the checkpoint, the file's size and the lag (bytes not yet shipped), and per
+    sink the records dropped on purpose (filtered, by reason) and those no route matched (unrouted), over every run.
 
     Reads the state directory only: no running kong-ship is needed.
     """
-    from shipper.service.status import collect, filtered, render, render_filtered
+    from shipper.service.status import collect, filtered, render, render_filtered, render_unrouted, unrouted
 
     state_dir = state_dir or default_state_dir()
     if not os.path.isdir(state_dir):
         raise ConfigError(f"state directory {state_dir} does not exist (set --state-dir)")
     rows = collect(state_dir)
     dropped = filtered(state_dir)  # filters and sampling, by reason, over every run (issue 17)
+    nowhere = unrouted(state_dir)  # records no route matched, over every run (routing.py)
     if as_json:
-        click.echo(orjson.dumps({"state_dir": state_dir, "files": rows, "filtered": dropped},
+        click.echo(orjson.dumps({"state_dir": state_dir, "files": rows, "filtered": dropped, "unrouted": nowhere},
                                 option=orjson.OPT_INDENT_2).decode())
     else:
         click.echo(render(rows))
         if dropped:
             click.echo(render_filtered(dropped))
+        if nowhere:
+            click.echo(render_unrouted(nowhere))

@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from shipper.counters import read_filtered
+from shipper.counters import read_filtered, read_unrouted
 from shipper.sources.checkpoints import CheckpointStore
 from shipper.sources.files import GZIP_MAGIC, HEAD_BYTES
 from shipper.sources.identity import family, head_of, identity
@@ -117,6 +117,22 @@ def filtered(state_dir: str) -> dict[str, dict[str, int]]:
                 sorted(counts.items(), key=lambda item: (-item[1], item[0]))
             )
     return out
+
+
+def unrouted(state_dir: str) -> dict[str, int]:
+    """Per sink (a route's lane), the records no route matched, over every run: kept beside the filtered totals
+    (`counters.FilteredTotals`); sinks that counted none are left out."""
+    out = {}
+    for path in sorted(glob.glob(os.path.join(state_dir, "filtered-*.json"))):
+        count = read_unrouted(path)
+        if count:
+            out[os.path.basename(path)[len("filtered-") : -len(".json")]] = count
+    return out
+
+
+def render_unrouted(by_sink: dict[str, int]) -> str:
+    """`SINK: N unrouted (no route matched)`, a line per sink."""
+    return "\n".join(f"{sink}: {count:,} unrouted (no route matched)" for sink, count in by_sink.items())
 
 
 def render_filtered(by_sink: dict[str, dict[str, int]]) -> str:
