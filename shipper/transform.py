@@ -17,6 +17,8 @@ from shipper.sources.container import Framed, Framer, Ignored, Unframed
 from shipper.sources.reading import PREFIX_BYTES, Oversize
 
 if TYPE_CHECKING:  # only named in annotations: the file source need not be imported by a worker or `parse`
+    from mmap import mmap
+
     from shipper.sources.blocks import Block
 
 class Fate(enum.IntEnum):
@@ -147,11 +149,21 @@ BlockResult = tuple[list[bytes], list[int], list[int], int, list[tuple[int, "Fat
 _KEEP_DATA = {INVALID, REJECTED, FAILED, OVERSIZE}  # the fates whose line goes to the dead-letter file
 
 
-def transform_block(transform: Transformer, block: Block) -> BlockResult:
-    """The block's lines, split as the file source splits them (`reading.emit`), each through `transform`."""
+def transform_block(transform: Transformer, block: Block, area: mmap | None = None) -> BlockResult:
+    """The block's lines, split as the file source splits them (`reading.emit`), each through `transform`.
+    `area`: where the block's bytes are when `block.data` is `Shared` (a worker's view of workers.BlockRing),
+    read line by line from there, not copied out first."""
     file_id, start, limit = block.file_id, block.start, block.limit
-    lines = block.data.split(b"\n")  # type: ignore[union-attr]  # bytes: a worker takes Shared data out first
-    lines.pop()  # the block ends with a newline
+    kept = block.data
+    buf: Any
+    if type(kept) is bytes:
+        buf, pos, stop = kept, 0, len(kept)
+    else:
+        assert area is not None
+        buf, pos, stop = area, kept.at, kept.at + kept.size  # type: ignore[union-attr]
+    # Cut with find (memchr) rather than bytes.split, whose one-byte split walks the bytes one at a time:
+    # 0.6-0.7 against 1.0-1.9 µs a 2.7 kB line, measured on a 1 MiB block.
+    find = buf.find
     events: list[bytes] = []
     index: list[int] = []
     ends: list[int] = []
@@ -174,8 +186,14 @@ def transform_block(transform: Transformer, block: Block) -> BlockResult:
                 others.append((i, fate, payload, item if fate in _KEEP_DATA else None, offset, item_end))
         return count
 
-    i = 0
-    for i, line in enumerate(lines):
+    i = -1
+    while pos < stop:
+        i += 1
+        cut = find(b"\n", pos, stop)
+        if cut < 0:  # never: a block ends with a newline (and has a sequence number for each one only)
+            break
+        line = buf[pos:cut]
+        pos = cut + 1
         end = start + len(line) + 1
         if len(line) <= limit and (line[:1] == b"{" and (framer is None or framer.direct) or not block.framed):
             made = [(file_id, line, start, end)]

@@ -77,8 +77,7 @@ def _worker_main(
             if type(lines) is list:
                 results.send([transformer(f, d, o, e) for f, d, o, e in lines])
             else:
-                lines.data = ring.take(lines.data)  # type: ignore[union-attr]
-                result = transform_block(transformer, lines)  # type: ignore[arg-type]
+                result = transform_block(transformer, lines, ring.area)  # type: ignore[arg-type]
                 if plan is not None and result[0]:  # the events closed into batches, their bodies made here
                     assert sink is not None
                     result = (prepare_all(result[0], plan, sink.prepare), *result[1:])  # type: ignore[assignment]
@@ -122,8 +121,8 @@ class BlockRing:
     worker copies it out before anything else. Through the queue, a 1 MiB block was pickled by a feeder thread,
     written into a pipe 64 KiB at a time and read and unpickled by the worker: measured as the workers' biggest
     single cost after the transform itself (Connection._recv, 9 % of their time) and 4 µs a record of the
-    reader's. A slot is used again only once the result of the block in it has come back (`release`), so the
-    worker is done with it; when none is free, or a block is bigger than a slot (a gzip block with a long
+    reader's. The worker reads the lines straight out of its slot. A slot is used again only once the result of
+    the block in it has come back (`release`), so the worker is done with it; when none is free, or a block is bigger than a slot (a gzip block with a long
     line carried in), the block goes through the queue as before."""
 
     def __init__(self, slots: int, slot_bytes: int):
@@ -148,7 +147,7 @@ class BlockRing:
             self.free[data.at // self.slot_bytes] = True
 
     def take(self, data: bytes | Shared) -> bytes:
-        """In the worker: the block's bytes, its own."""
+        """The block's bytes, a copy of their own (a worker reads them in place: transform.transform_block)."""
         if type(data) is Shared:
             return self.area[data.at : data.at + data.size]
         return data  # type: ignore[return-value]
