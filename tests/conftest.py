@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -146,3 +147,33 @@ def shippers():
         if proc.proc.poll() is None:
             proc.proc.kill()
             proc.proc.wait(10)
+
+
+@pytest.fixture
+def nobody():
+    """A listening socket nobody answers on: a dry run's endpoint. A connection to it would be a send."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.setblocking(False)
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        connection, _ = listener.accept()
+    except BlockingIOError:
+        pass
+    else:
+        connection.close()
+        pytest.fail("the dry run connected to its endpoint")
+    finally:
+        listener.close()
+
+
+def every_byte_under(root) -> dict[str, bytes]:
+    """Every file under `root`, by path, with its bytes (what a scan for leaked secrets reads)."""
+    out = {}
+    for directory, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(directory, name)
+            with open(path, "rb") as handle:
+                out[path] = handle.read()
+    return out

@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import collections
 import json
-import os
-import socket
 
 import orjson
-import pytest
 
-from conftest import FAST, ship, ship_env
+from conftest import every_byte_under, FAST, ship, ship_env
 from fakes.kong_admin import FakeKongAdmin
 from fakes.segment import FakeSegment
 
@@ -23,33 +20,8 @@ T0 = 1_700_000_000
 ENV = ship_env(SEGMENT_WRITE_KEY=WRITE_KEY)
 
 
-@pytest.fixture
-def nobody():
-    """A listening socket nobody answers on: the dry run's endpoint. A connection to it would be a send."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    listener.setblocking(False)
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    try:
-        connection, _ = listener.accept()
-    except BlockingIOError:
-        pass
-    else:
-        connection.close()
-        pytest.fail("the dry run connected to its endpoint")
-    finally:
-        listener.close()
 
 
-def every_byte_under(root) -> dict[str, bytes]:
-    out = {}
-    for directory, _, files in os.walk(root):
-        for name in files:
-            path = os.path.join(directory, name)
-            with open(path, "rb") as handle:
-                out[path] = handle.read()
-    return out
 
 
 def test_audit_tail_dry_run_prints_everything_moves_nothing(tmp_path, nobody):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import collections
 import re
 import signal
-import socket
 import threading
 from typing import Any
 
@@ -89,23 +88,6 @@ def log(tmp_path):
     return path
 
 
-@pytest.fixture
-def nobody():
-    """A listening socket nobody answers on: the dry run's endpoint. A connection to it would be a leak."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    listener.setblocking(False)
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    try:
-        connection, _ = listener.accept()
-    except BlockingIOError:
-        pass
-    else:
-        connection.close()
-        pytest.fail("the dry run connected to its endpoint")
-    finally:
-        listener.close()
 
 
 @pytest.mark.parametrize("sink", ["segment", "moesif", "runscope", "webhook"])

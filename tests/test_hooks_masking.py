@@ -13,7 +13,7 @@ import uuid
 import httpx
 import orjson
 
-from conftest import FAST, ship_env, wait_until
+from conftest import FAST, every_byte_under, ship_env, wait_until
 from fakes.webhook import FakeWebhook, kong_signature
 from receiving import free_port, start_receive
 
@@ -22,14 +22,6 @@ ENV = ship_env(KONG_SHIP_RECEIVE_SECRET=SECRET)
 MASK = "*****"
 
 
-def every_byte_under(root: str) -> dict[str, bytes]:
-    out = {}
-    for directory, _, files in os.walk(root):
-        for name in files:
-            path = os.path.join(directory, name)
-            with open(path, "rb") as handle:
-                out[path] = handle.read()
-    return out
 
 
 def marked_event(n: int, markers: list[str]) -> dict:

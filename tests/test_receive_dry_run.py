@@ -5,13 +5,11 @@ checkpoints and the dead letters live in a throwaway directory under TMPDIR, gon
 
 from __future__ import annotations
 
-import socket
 import threading
 import uuid
 
 import httpx
 import orjson
-import pytest
 
 import gen
 from conftest import FAST, ship_env, wait_until
@@ -26,23 +24,6 @@ ENV = ship_env(KONG_SHIP_RECEIVE_SECRET=HOOK_SECRET, KONG_SHIP_HTTP_LOG_TOKEN=HT
 MASK = "*****"
 
 
-@pytest.fixture
-def nobody():
-    """A listening socket nobody answers on: the dry run's endpoint. A connection to it would be a send."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    listener.setblocking(False)
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    try:
-        connection, _ = listener.accept()
-    except BlockingIOError:
-        pass
-    else:
-        connection.close()
-        pytest.fail("the dry run connected to its endpoint")
-    finally:
-        listener.close()
 
 
 def test_receive_dry_run_prints_masked_requests_sends_nothing_and_keeps_no_state(shippers, tmp_path, nobody):

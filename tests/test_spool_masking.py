@@ -14,7 +14,7 @@ import gen
 import httpx
 import orjson
 
-from conftest import FAST, ship_env
+from conftest import FAST, every_byte_under, ship_env
 from fakes.segment import FakeSegment
 from receiving import free_port, start_receive
 
@@ -56,14 +56,6 @@ def marked_record(transport: str, n: int, markers: list[str]) -> tuple[dict, str
     return record, sub
 
 
-def every_byte_under(root: str) -> dict[str, bytes]:
-    out = {}
-    for directory, dirs, files in os.walk(root):
-        for name in files:
-            path = os.path.join(directory, name)
-            with open(path, "rb") as f:
-                out[path] = f.read()
-    return out
 
 
 def test_no_secret_of_kongs_network_logs_reaches_the_disk_and_the_jwt_user_still_ships(shippers, tmp_path):
