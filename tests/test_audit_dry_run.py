@@ -10,7 +10,7 @@ import json
 
 import orjson
 
-from conftest import every_byte_under, FAST, ship, ship_env
+from conftest import FAST, every_byte_under, ship, ship_env
 from fakes.kong_admin import FakeKongAdmin
 from fakes.segment import FakeSegment
 
