@@ -24,8 +24,9 @@ form (`names.normalize`: case-folded, percent-decoded until stable, `-` as `_`; 
 Speed: masking runs for every line at ~30k lines/s, and most records carry no secret. Header and query names
 repeat from record to record, so each name is classified once and remembered (`names.NameSet`, bounded); a
 record's names are then checked with set operations done in C, and a string is only taken apart when a cheap
-substring test (`=`, `?`, `#`, `@`) says it could hold a parameter. Entities and JWT claims repeat too: their
-masked form is remembered (shared between records: sinks only read it).
+substring test (`=`, `?`, `#`, `@`) says it could hold a parameter; a plain query string whose names were all
+seen before is checked, and masked, by patterns of those names in one C call each (`params`). Entities and JWT
+claims repeat too: their masked form is remembered (shared between records: sinks only read it).
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ from shipper.processors.names import (  # noqa: F401 - DEFAULT_* and normalize a
     NameSet,
     normalize,
 )
+from shipper.processors.params import MASK, ParamMasks
 
-MASK = "*****"
 JWT_KEPT_CLAIMS = frozenset({"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "sid"})
 URL_HEADERS = frozenset({"referer", "location", "content_location"})  # masked as URLs, normalized names
 BODY_FIELDS = frozenset({"body", "request_body", "response_body"})  # keys whose value is a body (dead letters)
@@ -58,18 +59,16 @@ _MAX_DEPTH = 64
 _CACHE_MAX = 4096  # entities and JWT claims remembered; beyond that, work is redone, not wrong
 _MAX_INFLATE = 10 << 20  # a gzip body is inspected up to this size; larger ones are withheld
 
-_PARAM_KEYS = re.compile(r"(?:^|[&;?])([^&;=?]*)=")  # the names of `a=1&b=2`, `/cb?token=x` (after the `?`)
-_SEPARATORS = re.compile(r"([&;])")
 _BASE64 = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")
-# Userinfo runs to the authority's last `@` (a password with an unescaped `@` in it is masked whole).
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s\"'<>]+@")
 _NOT_JSON = object()
 
 
-class Masker:
-    """The masks, configured once: call it on a Transaction (the processor), or use its parts on anything."""
+class Masker(ParamMasks):
+    """The masks, configured once: call it on a Transaction (the processor), or use its parts on anything
+    (the parameter masks, `mask_query` `mask_params` `mask_targets` `mask_url`, are in `params.ParamMasks`)."""
 
     def __init__(self, extra_names: Iterable[str] = (), ship_raw_bodies: bool = False):
+        super().__init__()
         self.secrets = SECRET_KEYS | frozenset(normalize(n) for n in extra_names)
         self.names = NameSet(self.secrets)
         self.header_names = NameSet(self.secrets | URL_HEADERS)
@@ -88,12 +87,8 @@ class Masker:
         # and substring tests; the helpers that copy and mask run only where there may be something to mask.
         txn.request_headers = self.mask_headers(txn.request_headers)
         txn.response_headers = self.mask_headers(txn.response_headers)
-        names = self.names
-        query = txn.query
-        if query and not query.keys() <= names.clean:
-            hits = names.secrets_in(query.keys())
-            if hits:
-                txn.query = {k: (MASK if k in hits else v) for k, v in query.items()}
+        if txn.query and not txn.query.keys() <= self.names.clean:
+            txn.query = self.mask_query(txn.query)
         if txn.fragment:
             txn.fragment = self.mask_params(txn.fragment)
         txn.query_string, txn.raw_path, txn.upstream_uri = self.mask_targets(txn.query_string, txn.raw_path, txn.upstream_uri)
@@ -116,23 +111,6 @@ class Masker:
             txn.details = self.mask_value(txn.details)
         return txn
 
-    def mask_targets(self, qs: str, raw: str, upstream: str | None) -> tuple[str, str, str | None]:
-        """(query string, raw path, upstream URI) masked, each the same object when nothing in it is secret."""
-        masked_qs = qs
-        if qs and "=" in qs and not self._params_clean(qs):
-            masked_qs = self._mask_param_values(qs)
-        masked_raw = raw
-        if masked_qs is not qs or "#" in raw or "@" in raw or not (
-            raw.endswith(qs) and raw.find("?") == len(raw) - len(qs) - 1  # `path?qs`, already checked
-        ):
-            masked_raw = self._with_query(raw, qs, masked_qs)
-        if upstream:
-            if upstream == raw:  # Kong's upstream URI is often the request's target
-                upstream = masked_raw
-            elif "?" in upstream or "#" in upstream or "@" in upstream:
-                upstream = self._with_query(upstream, qs, masked_qs)
-        return masked_qs, masked_raw, upstream
-
     def kept_claims(self, claims: dict[str, Any] | None) -> dict[str, Any] | None:
         """The JWT claims that may leave the process (JWT_KEPT_CLAIMS), `claims` itself when that is all."""
         if claims and not claims.keys() <= JWT_KEPT_CLAIMS:
@@ -145,19 +123,6 @@ class Masker:
                 cached = self._claims[id(claims)] = (claims, kept)
             return cached[1]
         return claims
-
-    def _with_query(self, target: str, qs: str, masked_qs: str) -> str:
-        # The raw path and the upstream URI usually carry the very query string just masked: reuse it.
-        if "#" in target or "@" in target:
-            return self.mask_url(target, (qs, masked_qs))
-        mark = target.find("?")
-        if mark < 0:
-            return target
-        query = target[mark + 1 :]
-        if query == qs:
-            return target if masked_qs is qs else target[: mark + 1] + masked_qs
-        masked = self.mask_params(query)
-        return target if masked is query else target[: mark + 1] + masked
 
     # -- the parts -----------------------------------------------------------------------------------------
     def mask_headers(self, headers: dict[str, Any]) -> dict[str, Any]:
@@ -179,64 +144,6 @@ class Masker:
             elif type(value) is str:
                 masked[k] = self.mask_url(value)
         return masked
-
-    def mask_params(self, text: str) -> str:
-        """`a=1&token=x` → `a=1&token=*****` (also `;` separators, and a name after a `?`)."""
-        if "=" not in text or self._params_clean(text):
-            return text
-        return self._mask_param_values(text)
-
-    def _params_clean(self, text: str) -> bool:
-        """Whether every parameter name in `text` was seen clean before (False: it must be looked at)."""
-        clean = self.names.clean
-        if ";" in text or "?" in text:
-            return clean.issuperset(_PARAM_KEYS.findall(text))
-        # Only `&` separators: the regex's names are the texts before the first `=` of the parts that have one,
-        # found here at about half its cost.
-        return clean.issuperset([part.partition("=")[0] for part in text.split("&") if "=" in part])
-
-    def _mask_param_values(self, text: str) -> str:
-        names = self.names
-        # Split on `&` alone unless there is a `;`: the same parts as the regex's, and no separators to keep.
-        step = 2 if ";" in text else 1
-        parts = _SEPARATORS.split(text) if step == 2 else text.split("&")
-        changed = False
-        for i in range(0, len(parts), step):
-            key, eq, value = parts[i].partition("=")
-            if not eq:
-                continue
-            if names.is_secret(key.rpartition("?")[2]):
-                parts[i] = f"{key}={MASK}"
-                changed = True
-            elif "?" in value or "#" in value:  # a URL as a value: `next=/cb?token=x`
-                inner = self.mask_target(value)
-                if inner is not value:
-                    parts[i] = f"{key}={inner}"
-                    changed = True
-        if not changed:
-            return text
-        return "".join(parts) if step == 2 else "&".join(parts)
-
-    def mask_target(self, target: str, known: tuple[str, str] | None = None) -> str:
-        """A path with `?query` and `#fragment`: both masked. `known` is a (query, masked query) already done."""
-        if "?" not in target and "#" not in target:
-            return target
-        rest, hash_, fragment = target.partition("#")
-        base, mark, query = rest.partition("?")
-        if known is not None and query == known[0]:
-            masked_query = known[1]
-        else:
-            masked_query = self.mask_params(query) if query else query
-        masked_fragment = self.mask_params(fragment) if fragment else fragment
-        if masked_query is query and masked_fragment is fragment:
-            return target
-        return base + mark + masked_query + hash_ + masked_fragment
-
-    def mask_url(self, url: str, known: tuple[str, str] | None = None) -> str:
-        """A URL (or text holding URLs): userinfo masked, and the parameters of its query and fragment."""
-        if "@" in url and "://" in url:
-            url = _USERINFO.sub(rf"\1{MASK}@", url)
-        return self.mask_target(url, known)
 
     def mask_body(self, body: Any) -> Any:
         """A body by key, in the form it came in (dict, list, JSON text, form text, base64) when nothing is

@@ -36,7 +36,6 @@ from shipper.formats.values import (
     upstream_status_field,
 )
 from shipper.processors.identity import anonymous_id
-from shipper.processors.masking import MASK
 from shipper.sinks.base import RecordDropped
 from shipper.sinks.moesif_flat import ChainParts, KongFlat, default_chain, plain_str
 from shipper.sinks.segment import (
@@ -173,11 +172,8 @@ class SegmentFlat(KongFlat):
         # The chain: identity reads the record unmasked, then the masks of what Segment ships.
         user = self.identify.who(record, headers, consumer, credential)[2]
         masker = self.masker
-        names = masker.names
-        if query and not query.keys() <= names.clean:
-            hits = names.secrets_in(query.keys())
-            if hits:
-                query = {k: (MASK if k in hits else v) for k, v in query.items()}
+        if query and not query.keys() <= masker.names.clean:
+            query = masker.mask_query(query)
         if fragment:
             fragment = masker.mask_params(fragment)
         upstream_uri = get("upstream_uri")

@@ -1,0 +1,214 @@
+"""The masks of parameters: Kong's decoded query object, a query string, a `#fragment`, the query and fragment
+of a raw path or an upstream URI, and the userinfo of a URL. Part of `masking.Masker`, which mixes them in
+(`ParamMasks`); one set of names (`names.NameSet`) decides, as everywhere else.
+
+Speed (issue 16): a query string is looked at on every record, and most hold no secret name. A plain one (only
+`&` separators, no `;`, `?` or `#`: nearly all) has its names taken out by one chain of C calls (`split`, then
+`str.partition` and `itemgetter` through `map`, no Python step a parameter) and checked against the names seen
+clean before with one set operation; only when one is not is anything masked, at the parts whose name is a
+secret. Other texts take the general way (`_params_clean`, `_mask_param_values`). Kong's decoded query object is
+never taken as evidence about the raw query string: with key-auth's `hide_credentials` (or any plugin that
+rewrites the query) it lacks the `apikey` that the raw request line still holds.
+"""
+
+from __future__ import annotations
+
+import re
+from itertools import repeat
+from operator import itemgetter
+from typing import Any
+
+from shipper.processors.names import NameSet
+
+MASK = "*****"
+_PARAM_KEYS = re.compile(r"(?:^|[&;?])([^&;=?]*)=")  # the names of `a=1&b=2`, `/cb?token=x` (after the `?`)
+_SEPARATORS = re.compile(r"([&;])")
+QUERY_NAMES_LEARNED = 64  # names of plain queries in the patterns: each part tries them in turn; more, the slow way
+_EQUALS = repeat("=")  # endless: map stops at the parts' end
+_BEFORE = itemgetter(0)
+# Userinfo runs to the authority's last `@` (a password with an unescaped `@` in it is masked whole).
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s\"'<>]+@")
+
+
+def _one_of(names: list[str]) -> str:
+    return "|".join(re.escape(name) for name in sorted(names, key=len, reverse=True))
+
+
+def _query_of(names: list[str]) -> re.Pattern[str]:
+    """The plain queries (`a=1&b=2`) whose every part is named by one of `names`."""
+    part = f"(?:{_one_of(names)})=[^&]*+"  # possessive: a query that does not match fails at once
+    return re.compile(f"{part}(?:&{part})*+")
+
+
+class ParamMasks:
+    """The parameter masks of a `Masker` (which sets `names` and calls `__init__`)."""
+
+    names: NameSet
+
+    def __init__(self) -> None:
+        self._learned: dict[str, bool] = {}  # names of plain queries -> secret
+        # Patterns over the learned names (see _learn): every name a clean one; every name a learned one; for
+        # each learned secret name, the parts it names (after an `&`) and their masked form.
+        self._plain: tuple[re.Pattern[str] | None, re.Pattern[str] | None, tuple[tuple[re.Pattern[str], str], ...]] = (
+            None, None, ()
+        )  # fmt: skip
+
+    def mask_query(self, query: dict[str, Any]) -> dict[str, Any]:
+        """Kong's decoded query object with the values of secret names masked; `query` itself when none is.
+        (Callers test `query.keys() <= names.clean` first, the usual case, without a call.)"""
+        names = self.names
+        keys = query.keys()
+        hits = keys & names.hit if keys <= names.known else names.secrets_in(keys)
+        if not hits:
+            return query
+        masked = dict(query)
+        for key in hits:
+            masked[key] = MASK
+        return masked
+
+    def mask_targets(self, qs: str, raw: str, upstream: str | None) -> tuple[str, str, str | None]:
+        """(query string, raw path, upstream URI) masked, each the same object when nothing in it is secret."""
+        masked_qs = self.mask_params(qs) if qs else qs
+        if "#" in raw or "@" in raw or not (raw.endswith(qs) and raw.find("?") == len(raw) - len(qs) - 1):
+            masked_raw = self._with_query(raw, qs, masked_qs)
+        elif masked_qs is qs:
+            masked_raw = raw  # `path?qs`, the query string just checked
+        else:
+            masked_raw = raw[: len(raw) - len(qs)] + masked_qs
+        if upstream:
+            if upstream == raw:  # Kong's upstream URI is often the request's target
+                upstream = masked_raw
+            elif "?" in upstream or "#" in upstream or "@" in upstream:
+                upstream = self._with_query(upstream, qs, masked_qs)
+        return masked_qs, masked_raw, upstream
+
+    def _with_query(self, target: str, qs: str, masked_qs: str) -> str:
+        # The raw path and the upstream URI usually carry the very query string just masked: reuse it.
+        if "#" in target or "@" in target:
+            return self.mask_url(target, (qs, masked_qs))
+        mark = target.find("?")
+        if mark < 0:
+            return target
+        query = target[mark + 1 :]
+        if query == qs:
+            return target if masked_qs is qs else target[: mark + 1] + masked_qs
+        masked = self.mask_params(query)
+        return target if masked is query else target[: mark + 1] + masked
+
+    def mask_params(self, text: str) -> str:
+        """`a=1&token=x` → `a=1&token=*****` (also `;` separators, and a name after a `?`)."""
+        if "=" not in text:
+            return text
+        if ";" in text or "?" in text or "#" in text:
+            return text if self._params_clean(text) else self._mask_param_values(text)
+        clean, known, secret = self._plain
+        if clean is not None and clean.fullmatch(text):
+            return text
+        if secret and known.fullmatch(text):  # type: ignore[union-attr]  # set with `secret`
+            # Every part's name is a learned one: mask the parts of each secret name (each after an `&`, so the
+            # pattern starts with a literal, found fast; the replacement is literal too, no template).
+            masked = joined = "&" + text
+            for pattern, replacement in secret:
+                masked = pattern.sub(replacement, masked)
+            return text if masked is joined else masked[1:]
+        return self._mask_plain(text)
+
+    def _mask_plain(self, text: str) -> str:
+        # A plain query: its parameters are its `&` parts, each named by the text before its first `=`. The
+        # names are taken out in C (no Python step a part); a part without `=` yields its whole text, which
+        # names nothing: it is classified with the names, never masked.
+        parts = text.split("&")
+        keys = list(map(_BEFORE, map(str.partition, parts, _EQUALS)))
+        names = self.names
+        if len(self._learned) < QUERY_NAMES_LEARNED and not self._learned.keys() >= set(keys):
+            self._learn(keys)
+        if names.clean.issuperset(keys):
+            return text
+        if names.known.issuperset(keys):
+            hits = names.hit.intersection(keys)
+        else:
+            hits = {key for key in keys if names.is_secret(key)}
+        if not hits:
+            return text
+        changed = False
+        for i, key in enumerate(keys):
+            if key in hits and "=" in parts[i]:
+                parts[i] = f"{key}={MASK}"
+                changed = True
+        return "&".join(parts) if changed else text
+
+    def _learn(self, keys: list[str]) -> None:
+        # The patterns that take a plain query apart in one C call once its names are all learned. A name here
+        # holds no `&` and no `=` (split and partition saw to it), so a pattern's parts are the query's parts
+        # and its names their names. Swapped in as one tuple: a thread never sees a `known` with a secret name
+        # that its `secret` lacks.
+        learned = self._learned
+        size = len(learned)
+        for key in keys:
+            if key not in learned and len(learned) < QUERY_NAMES_LEARNED and len(key) <= 64:
+                learned[key] = self.names.is_secret(key)
+        if len(learned) == size:
+            return  # nothing new (a long name is not learned: it takes the slow way)
+        clean = [k for k, is_secret in learned.items() if not is_secret]
+        secret = [k for k, is_secret in learned.items() if is_secret]
+        self._plain = (
+            _query_of(clean) if clean else None,
+            _query_of(clean + secret),
+            tuple(
+                (re.compile(f"&{re.escape(name)}=[^&]*+"), f"&{name}={MASK}".replace("\\", "\\\\")) for name in secret
+            ),
+        )
+
+    def _params_clean(self, text: str) -> bool:
+        """Whether every parameter name in `text` was seen clean before (False: it must be looked at)."""
+        if "#" in text:
+            return False  # `next=/cb#token=x`: a name past a `#` that the names below would not show
+        clean = self.names.clean
+        if ";" in text or "?" in text:
+            return clean.issuperset(_PARAM_KEYS.findall(text))
+        # Only `&` separators: the regex's names are the texts before the first `=` of the parts that have one,
+        # found here at about half its cost.
+        return clean.issuperset([part.partition("=")[0] for part in text.split("&") if "=" in part])
+
+    def _mask_param_values(self, text: str) -> str:
+        names = self.names
+        # Split on `&` alone unless there is a `;`: the same parts as the regex's, and no separators to keep.
+        step = 2 if ";" in text else 1
+        parts = _SEPARATORS.split(text) if step == 2 else text.split("&")
+        changed = False
+        for i in range(0, len(parts), step):
+            key, eq, value = parts[i].partition("=")
+            if not eq:
+                continue
+            if names.is_secret(key.rpartition("?")[2]):
+                parts[i] = f"{key}={MASK}"
+                changed = True
+            elif "?" in value or "#" in value:  # a URL as a value: `next=/cb?token=x`
+                inner = self.mask_target(value)
+                if inner is not value:
+                    parts[i] = f"{key}={inner}"
+                    changed = True
+        if not changed:
+            return text
+        return "".join(parts) if step == 2 else "&".join(parts)
+
+    def mask_target(self, target: str, known: tuple[str, str] | None = None) -> str:
+        """A path with `?query` and `#fragment`: both masked. `known` is a (query, masked query) already done."""
+        if "?" not in target and "#" not in target:
+            return target
+        rest, hash_, fragment = target.partition("#")
+        base, mark, query = rest.partition("?")
+        if known is not None and query == known[0]:
+            masked_query = known[1]
+        else:
+            masked_query = self.mask_params(query) if query else query
+        masked_fragment = self.mask_params(fragment) if fragment else fragment
+        if masked_query is query and masked_fragment is fragment:
+            return target
+        return base + mark + masked_query + hash_ + masked_fragment
+
+    def mask_url(self, url: str, known: tuple[str, str] | None = None) -> str:
+        """A URL (or text holding URLs): userinfo masked, and the parameters of its query and fragment."""
+        if "@" in url and "://" in url:
+            url = _USERINFO.sub(rf"\1{MASK}@", url)
+        return self.mask_target(url, known)
