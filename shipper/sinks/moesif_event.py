@@ -38,14 +38,15 @@ CLIENT_IP_HEADERS = (
 CONSUMER_KEYS = (("x-consumer-custom-id", "custom_id"), ("x-consumer-username", "username"), ("x-consumer-id", "id"))
 
 
-_NAMESPACE_BYTES = NAMESPACE.bytes
+_NAMESPACE_SHA1 = hashlib.sha1(NAMESPACE.bytes)  # copied per event: cheaper than hashing the namespace again
 _VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 _SUMMARY_KEYS = ("id", "name", "username", "custom_id")
 _CACHE_MAX = 4096  # remembered summaries and forwarded-for lists; beyond that, work is redone, not wrong
 _summaries: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}  # id(entity) -> (entity, its summary)
 _forwarded: dict[str, str | None] = {}  # an X-Forwarded-For text -> its first valid address
-# id()s of a call's service, route and consumer -> (those objects, metadata.kong's keys made of them)
-_entity_metadata: dict[tuple[int, int, int], tuple[Any, Any, Any, dict[str, Any]]] = {}
+# id()s of a call's service, route and consumer, its workspace id and name -> (those objects, metadata.kong's keys
+# made of them)
+_entity_metadata: dict[tuple[int, int, int, Any, Any], tuple[Any, Any, Any, dict[str, Any]]] = {}
 # An IPv4 address as ipaddress accepts it (four ASCII decimal octets up to 255, no leading zero): the common
 # case answered without building an address object; anything else is asked of ipaddress.
 _IPV4 = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])")
@@ -54,7 +55,9 @@ _IPV4 = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])\.){
 def transaction_id(event_id: str) -> str:
     """A UUID derived from the record (36 characters): a resend is the same transaction to Moesif.
     `str(uuid.uuid5(NAMESPACE, event_id))` (RFC 4122 version 5), without the UUID object: once per event."""
-    h = hashlib.sha1(_NAMESPACE_BYTES + event_id.encode()).hexdigest()
+    digest = _NAMESPACE_SHA1.copy()
+    digest.update(event_id.encode())
+    h = digest.hexdigest()
     # Set in the hex text: the version nibble (5), and the variant bits (10) of the nibble after the third dash.
     return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
 
@@ -149,14 +152,14 @@ def _claim(claims: dict[str, Any] | None, name: str | None) -> str | None:
 def session_token(txn: Transaction) -> str | None:
     """The plugin sent the credential's `key`, else its `id`. A key is a secret: kong-ship sends the credential
     id (one per key, so sessions group the same), else a SHA-256 of the key; a token's `sid` last."""
-    credential = txn.authenticated_entity or {}
-    ident = _text(credential.get("id"))
-    if ident:
-        return ident
-    key = _text(credential.get("key"))
-    if key:
-        return "sha256:" + hashlib.sha256(key.encode()).hexdigest()[:32]
-    return _text((txn.jwt_claims or {}).get("sid"))
+    credential = txn.authenticated_entity
+    if credential:
+        if (ident := _text(credential.get("id"))) is not None:
+            return ident
+        if (key := _text(credential.get("key"))) is not None:
+            return "sha256:" + hashlib.sha256(key.encode()).hexdigest()[:32]
+    claims = txn.jwt_claims
+    return _text(claims.get("sid")) if claims else None
 
 
 def _strip_keys(value: Any, names: frozenset[str]) -> Any:
@@ -180,11 +183,15 @@ def _summary(entity: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
-def _entity_keys(service: dict[str, Any] | None, route: dict[str, Any] | None, consumer: dict[str, Any] | None) -> dict[str, Any]:
-    """metadata.kong's first keys, read from the call's entities alone: route_hosts, service_name and their
-    summaries. Kong logs the same few on every line and the masks hand back one object per entity, so these are
-    made once per trio of objects (held with them, as `_summary` holds its object: never another's)."""
-    key = (id(service), id(route), id(consumer))
+def _entity_keys(
+    service: dict[str, Any] | None, route: dict[str, Any] | None, consumer: dict[str, Any] | None,
+    workspace: str | None, workspace_name: str | None,
+) -> dict[str, Any]:
+    """metadata.kong's first keys, read from the call's entities and workspace alone: route_hosts, service_name,
+    the summaries, the workspace. Kong logs the same few on every line and the masks hand back one object per
+    entity, so these are made once per trio of objects and workspace texts (the objects held with them, as
+    `_summary` holds its object: never another's; the texts compared by value)."""
+    key = (id(service), id(route), id(consumer), workspace, workspace_name)
     cached = _entity_metadata.get(key)
     if cached is not None and cached[0] is service and cached[1] is route and cached[2] is consumer:
         return cached[3]
@@ -196,6 +203,8 @@ def _entity_keys(service: dict[str, Any] | None, route: dict[str, Any] | None, c
     for name, entity in (("service", service), ("route", route), ("consumer", consumer)):
         if entity:
             keys[name] = _summary(entity)
+    if workspace or workspace_name:
+        keys["workspace"] = {"id": workspace, "name": workspace_name}
     if len(_entity_metadata) >= _CACHE_MAX:
         _entity_metadata.clear()
     _entity_metadata[key] = (service, route, consumer, keys)
@@ -205,9 +214,7 @@ def _entity_keys(service: dict[str, Any] | None, route: dict[str, Any] | None, c
 def kong_metadata(txn: Transaction) -> dict[str, Any]:
     """`metadata.kong`: the plugin's two keys (`route_hosts`, `service_name`: dashboards filter on them) and
     kong-ship's richer view of the same call. Keys without a value are left out."""
-    meta = _entity_keys(txn.service, txn.route, txn.consumer).copy()
-    if txn.workspace or txn.workspace_name:
-        meta["workspace"] = {"id": txn.workspace, "name": txn.workspace_name}
+    meta = _entity_keys(txn.service, txn.route, txn.consumer, txn.workspace, txn.workspace_name).copy()
     receive = txn.latency_receive
     if receive is None:
         meta["latencies"] = {"request": txn.latency_request, "kong": txn.latency_kong, "proxy": txn.latency_proxy}
@@ -273,11 +280,16 @@ class EventBuilder:
         -username, -id; the token's claim (authorization_user_id_field) or the Basic user; the user_id_header
         response header."""
         headers = txn.request_headers
-        if self.user_id_header and (found := _text(headers.get(self.user_id_header))):
+        get = headers.get
+        found: str | None
+        # A header or key that is absent (the usual case) costs a lookup, not a call of _text.
+        if self.user_id_header and (value := get(self.user_id_header)) is not None and (found := _text(value)):
             return found
-        consumer = txn.consumer or {}
+        consumer = txn.consumer
         for header, key in CONSUMER_KEYS:
-            if found := _text(headers.get(header)) or _text(consumer.get(key)):
+            if (value := get(header)) is not None and (found := _text(value)):
+                return found
+            if consumer and (value := consumer.get(key)) is not None and (found := _text(value)):
                 return found
         if self.authorization_user_id_field:
             found = _claim(txn.jwt_claims, self.authorization_user_id_field)
@@ -297,7 +309,8 @@ class EventBuilder:
             for headers in (txn.request_headers, txn.response_headers):
                 if found := _text(headers.get(self.company_id_header)):
                     return found
-        return _claim(txn.jwt_claims, self.authorization_company_id_field)
+        field = self.authorization_company_id_field
+        return _claim(txn.jwt_claims, field) if field else None
 
     def _body(self, body: Any, headers: dict[str, Any], which: str, limit: int, masks: frozenset[str]) -> dict[str, Any]:
         if isinstance(body, str) and str(headers.get("content-encoding", "")).lower() == "gzip":
@@ -345,17 +358,20 @@ class EventBuilder:
             "time": iso_ms(started),
             "uri": absolute_url(txn, raw_path),
             "verb": txn.method,
-            "headers": self._headers_without(request_headers, self.request_header_masks),
+            "headers": (self._headers_without(request_headers, self.request_header_masks)
+                        if self.request_header_masks else request_headers),
             "ip_address": client_ip(request_headers, txn.client_ip, self.client_ip_from_kong),
             "api_version": self.api_version,
         }
         if self.capture_request_body and txn.request_body is not None:
             request.update(self._body(txn.request_body, request_headers, "request", self.request_body_limit,
                                       self.request_body_masks))
+        response_headers = txn.response_headers
         response: dict[str, Any] = {
             "time": iso_ms(started + int(txn.latency_request or 0)),
             "status": txn.status if txn.status is not None else 0,
-            "headers": self._headers_without(txn.response_headers, self.response_header_masks),
+            "headers": (self._headers_without(response_headers, self.response_header_masks)
+                        if self.response_header_masks else response_headers),
         }
         if self.capture_response_body and txn.response_body is not None:
             response.update(self._body(txn.response_body, txn.response_headers, "response", self.response_body_limit,
