@@ -264,3 +264,16 @@ def test_429_and_5xx_are_retried_with_nothing_lost(tmp_path):
         assert result.returncode == 0, result.stderr
         got = collections.Counter(seq_of(e) for e in fake.events)
         assert set(got) == set(range(300)) and max(got.values()) == 1
+
+
+def test_metadata_workspace_is_each_calls_own_though_its_entities_are_shared():
+    # metadata.kong's entity keys are remembered per entity objects (the masks hand back one per entity): the
+    # workspace remembered with them must be the call's own, not the first call's with those objects.
+    moesif, call = sink(), txn(record())
+    assert call.service and call.route  # the remembered keys are made of these objects
+    seen = []
+    for workspace, name in (("w-1", "team-a"), ("w-2", "team-b"), (None, None), ("w-1", None)):
+        call.workspace, call.workspace_name = workspace, name
+        seen.append(moesif.event(call)["metadata"]["kong"].get("workspace"))
+    assert seen == [{"id": "w-1", "name": "team-a"}, {"id": "w-2", "name": "team-b"}, None, {"id": "w-1", "name": None}]
+    assert moesif.event(call)["metadata"]["kong"]["service"] == {"id": call.service["id"], "name": call.service["name"]}
