@@ -4,8 +4,9 @@ glibc's malloc serves a request of 128 KiB or more with a mapping of its own, re
 freed, but the first time such a mapping is freed it raises that bound to the freed size (up to 32 MiB) and the
 bound for giving back the top of a heap to twice that. The shipper's big buffers are short-lived and come back
 every few milliseconds: a block of lines for a worker (1 MiB, pickled in the queue's feeder thread, a chunk of
-512 lines when this was measured; now copied into memory shared with the workers, workers.BlockRing), the worker's events read back from its pipe (about 0.8 MB, in the reader), a
-vendor's request body and its gzip (up to 500 KB, in each sender thread). Once the bound is raised they are cut from the heaps of the threads'
+512 lines when this was measured; now copied into memory shared with the workers, workers.BlockRing), the
+worker's events read back from its pipe (about 0.8 MB, in the reader), a vendor's request body and its gzip
+(up to 500 KB, in each sender thread). Once the bound is raised they are cut from the heaps of the threads'
 arenas instead, and the small events that live longer (queued, in a batch) settle in the holes between them and
 pin those pages: in the main process of a backfill with workers, Python's own objects stay the same (allocated
 blocks, malloc's used bytes: 17-21 MB) while glibc's heaps, spread over eight arenas, grew from 28 MB (9 free)
@@ -57,7 +58,9 @@ def keep_worker_heap(bound: int = WORKER_HEAP) -> bool:
     if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
         return False
     mallopt = _libc_function("mallopt")
-    return mallopt is not None and mallopt(M_MMAP_THRESHOLD, bound) == 1 and mallopt(M_TRIM_THRESHOLD, 2 * bound) == 1
+    if mallopt is None:
+        return False
+    return mallopt(M_MMAP_THRESHOLD, bound) == 1 and mallopt(M_TRIM_THRESHOLD, 2 * bound) == 1
 
 
 def return_free_pages(interval: float = TRIM_INTERVAL) -> threading.Thread | None:

@@ -59,8 +59,8 @@ Keep = Callable[[memoryview], "bytes | Shared"]  # the bytes of a block, kept wh
 @dataclass(slots=True)
 class Block:
     """Whole lines of a file: `data` starts at offset `start` (a line start) and ends with a newline. `data` is
-    `Shared` between the reader and the worker that takes the block (workers.BlockRing): the worker makes it
-    bytes again before anything reads it."""
+    `Shared` when the reader kept it in memory shared with the workers (workers.BlockRing): the worker that takes
+    the block reads its lines from there."""
 
     file_id: str
     data: bytes | Shared
