@@ -153,9 +153,8 @@ def receive(**kw: Any) -> None:
     holds this command's checkpoints); 401 to a missing or bad signature, 413 to a body over --max-body-bytes;
     503 while more than --max-backlog-bytes wait for the sinks (or, with --on-overload close, no answer). SIGTERM/SIGINT: stop accepting, deliver what is in flight, exit 0.
     """
-    from shipper.formats.event_hook import spool_encoder
     from shipper.pipeline import Pipeline
-    from shipper.sources.event_hooks import KIND as EVENT_HOOK, Receiver
+    from shipper.sources.event_hooks import Receiver
     from shipper.sources.intake import KIND as KONG_LOG, KongRecords
     opts = {key: kw.pop(key) for key in _RECEIVE_KEYS}
     if not (opts["listen"] or kw.get("listen_tcp") or kw.get("listen_udp")):
@@ -205,11 +204,9 @@ def receive(**kw: Any) -> None:
                 max_body_bytes=opts["max_body_bytes"],
                 max_backlog_bytes=opts["max_backlog_bytes"], backlog=backlog, on_accept=pipeline.wake,
                 overload=opts["on_overload"], max_connections=opts["max_connections"],
-                read_timeout=opts["read_timeout"],
+                read_timeout=opts["read_timeout"], masker=kong_spooling.masker,  # event hooks: --mask-* too
             )
             receiver.committer.encoders[KONG_LOG] = lambda record: kong_spooling.encode(record, "http-log record")
-            # Event hooks too are spooled masked with the run's masker (--mask-* included), not only the defaults.
-            receiver.committer.encoders[EVENT_HOOK] = spool_encoder(kong_spooling.masker)
     except OSError as exc:
         feeder.close()
         raise ConfigError(f"--listen {opts['listen']}: cannot listen: {exc.strerror}") from None

@@ -26,7 +26,8 @@ from typing import Any
 
 import orjson
 
-from shipper.processors.masking import mask_secret_keys
+from shipper.formats.event_hook import spool_encoder
+from shipper.processors.masking import Masker
 from shipper.sinks.webhook import SIGNATURE_HEADER, signature_ok
 from shipper.sources import http_log
 from shipper.sources.http_server import HTTPReceiver, RequestHandler, Route
@@ -72,14 +73,16 @@ def deliver_event_hooks(handler: RequestHandler) -> None:
         orjson.dumps(events)  # parsed (orjson reads 1024 levels) but perhaps too deep to write (254)
     except orjson.JSONEncodeError:
         return handler.refuse(400, "the body is nested too deep")
-    # The spool is state on disk: it keeps events as they will ship (entities' keys, secrets, tokens masked),
-    # never as Kong sent them. The signature was checked above, over the bytes received.
-    handler.spool(KIND, [mask_secret_keys(e) for e in events], len(body))
+    # The spool is state on disk: the receiver's encoder masks each event as it is stored (`Receiver`), so it
+    # keeps events as they will ship, never as Kong sent them. The signature was checked above, over the bytes
+    # received.
+    handler.spool(KIND, events, len(body))
 
 
 class Receiver(HTTPReceiver):
     """Event hooks at any path (`hooks`: a secret is configured or unsigned deliveries allowed; `secret`: the
-    one to check), Kong's http-log at `/http-log` (`http_log_auth`)."""
+    one to check), Kong's http-log at `/http-log` (`http_log_auth`). Event hooks are spooled masked with
+    `masker`: the run's, with the user's `--mask-*` names (the default names without one)."""
 
     def __init__(
         self,
@@ -90,9 +93,11 @@ class Receiver(HTTPReceiver):
         secret: bytes | None,
         hooks: bool = True,
         http_log_auth: http_log.Auth | None = None,
+        masker: Masker | None = None,
         **kw: Any,
     ):
         super().__init__(host, port, spool, **kw)
+        self.committer.encoders[KIND] = spool_encoder(masker or Masker())
         self.secret = secret
         self.hooks = hooks
         self.http_log_auth = http_log_auth or http_log.Auth(None, allow_unauthenticated=False)
