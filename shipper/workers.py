@@ -145,12 +145,6 @@ class BlockRing:
         if type(data) is Shared:
             self.free[data.at // self.slot_bytes] = True
 
-    def take(self, data: bytes | Shared) -> bytes:
-        """The block's bytes, a copy of their own (a worker reads them in place: transform.transform_block)."""
-        if type(data) is Shared:
-            return self.area[data.at : data.at + data.size]
-        return data  # type: ignore[return-value]
-
 
 class _Worker:
     def __init__(
