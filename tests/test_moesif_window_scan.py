@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import gen
-from conftest import FAST, ship_env
+from conftest import FAST, ship_env, wait_until
 from fakes.moesif import FakeMoesif
 
 ENV = ship_env(MOESIF_APPLICATION_ID="moesif-app")
@@ -60,12 +59,10 @@ def test_the_window_scan_runs_beside_the_shipping_and_is_said_before_the_summary
     with FakeMoesif() as fake:
         for workers in ("0", "2"):
             marker.unlink(missing_ok=True)
+            before = len(fake.events)  # the first run's are there already
             proc = backfill(WAITING_SCAN.format(marker=str(marker)), log, tmp_path / f"state-{workers}", fake.url,
                             "--workers", workers)  # fmt: skip
-            deadline = time.monotonic() + 10
-            while not fake.events and time.monotonic() < deadline:
-                time.sleep(0.01)
-            shipped_while_scanning = bool(fake.events)
+            shipped_while_scanning = wait_until(lambda: len(fake.events) > before, timeout=10)
             marker.touch()
             out, err = proc.communicate(timeout=60)
             text = err.decode()
