@@ -141,16 +141,6 @@ def read_counts(path: str) -> dict[str, int]:
     return {k: v for k, v in data.items() if type(v) is int} if isinstance(data, dict) else {}
 
 
-def read_filtered(path: str) -> dict[str, int]:
-    """A `filtered-<sink>.json` file's counts by reason (`unrouted`, kept beside them, is no reason)."""
-    return {k: v for k, v in read_counts(path).items() if k != UNROUTED}
-
-
-def read_unrouted(path: str) -> int:
-    """A `filtered-<sink>.json` file's `unrouted` total over every run; 0 in a file from before it was kept."""
-    return read_counts(path).get(UNROUTED, 0)
-
-
 @dataclass(frozen=True)
 class LaneSummary:
     """What one sink's lane did in a run: `summary.sent`, `summary.read`, … (every name in `COUNTERS`), the

@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from shipper.counters import read_filtered, read_unrouted
+from shipper.counters import UNROUTED, read_counts
 from shipper.sources.checkpoints import CheckpointStore
 from shipper.sources.files import GZIP_MAGIC, HEAD_BYTES
 from shipper.sources.identity import family, head_of, identity
@@ -107,27 +107,28 @@ def collect(state_dir: str) -> list[dict[str, Any]]:
     return rows
 
 
+def _totals(state_dir: str) -> list[tuple[str, dict[str, int]]]:
+    """(sink, its `filtered-<sink>.json` counts: the reasons and `unrouted`), for every sink that has the file."""
+    return [
+        (os.path.basename(path)[len("filtered-") : -len(".json")], read_counts(path))
+        for path in sorted(glob.glob(os.path.join(state_dir, "filtered-*.json")))
+    ]
+
+
 def filtered(state_dir: str) -> dict[str, dict[str, int]]:
     """Per sink, the records its lanes dropped on purpose, by reason, over every run (`counters.FilteredTotals`)."""
     out = {}
-    for path in sorted(glob.glob(os.path.join(state_dir, "filtered-*.json"))):
-        counts = read_filtered(path)
-        if counts:
-            out[os.path.basename(path)[len("filtered-") : -len(".json")]] = dict(
-                sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-            )
+    for sink, counts in _totals(state_dir):
+        reasons = {reason: n for reason, n in counts.items() if reason != UNROUTED}
+        if reasons:
+            out[sink] = dict(sorted(reasons.items(), key=lambda item: (-item[1], item[0])))
     return out
 
 
 def unrouted(state_dir: str) -> dict[str, int]:
     """Per sink (a route's lane), the records no route matched, over every run: kept beside the filtered totals
     (`counters.FilteredTotals`); sinks that counted none are left out."""
-    out = {}
-    for path in sorted(glob.glob(os.path.join(state_dir, "filtered-*.json"))):
-        count = read_unrouted(path)
-        if count:
-            out[os.path.basename(path)[len("filtered-") : -len(".json")]] = count
-    return out
+    return {sink: counts[UNROUTED] for sink, counts in _totals(state_dir) if counts.get(UNROUTED)}
 
 
 def render_unrouted(by_sink: dict[str, int]) -> str:
