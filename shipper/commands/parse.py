@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
@@ -17,6 +16,7 @@ from shipper.commands.running import (
     settings_fields,
 )
 from shipper.deadletter import DeadLetter
+from shipper.output import whole_writes
 from shipper.processors import chain_for
 from shipper.processors.redact import mask_text
 from shipper.settings import Settings
@@ -40,7 +40,7 @@ def parse(paths: tuple[str, ...], **kw: Any) -> None:
     masker, chain = chain_for(settings)
     unreadable = report_inputs(paths)
     source = FileSource(list(paths), known=lambda fingerprint: {}, follow=False, max_line_bytes=settings.max_line_bytes)
-    out = sys.stdout.buffer
+    out = whole_writes()
     errors = DeadLetter(None, masker)
     transform = Transformer(parser, chain, NormalizedLines())  # the boundary of shipping: no line stops a parse
     for file_id, data, offset, end in source.read_all():

@@ -13,6 +13,7 @@ import httpx
 import orjson
 
 from shipper.commands.running import say
+from shipper.output import whole_writes
 from shipper.service.metrics import parse_addr
 
 DEFAULT_ADDRESS = "127.0.0.1:9464"
@@ -52,7 +53,7 @@ def tap(address: str, sink: str | None, contains: tuple[str, ...], fields: tuple
     url = tap_url(address)
     stats: dict[str, Any] = {}
     shown = 0
-    out = sys.stdout.buffer
+    out = whole_writes()
     try:
         with httpx.stream("GET", url, params=params, timeout=httpx.Timeout(10.0, read=None)) as response:
             if response.status_code != 200:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import atexit
 import gzip
 import shutil
-import sys
 import tempfile
 import threading
 from collections.abc import Callable, Mapping
@@ -25,6 +24,7 @@ from typing import Any, BinaryIO
 import httpx
 import orjson
 
+from shipper.output import whole_writes
 from shipper.processors.names import SECRET_KEYS, is_secret_name, normalize
 from shipper.processors.redact import redact_url
 from shipper.sinks.base import FATAL, Sink, Verdict, WrappedSink
@@ -70,7 +70,7 @@ class RequestPrinter:
     """Writes the requests of every sink to one stream, a whole line at a time (senders run in threads)."""
 
     def __init__(self, stream: BinaryIO | None = None):
-        self.stream = stream or sys.stdout.buffer
+        self.stream = whole_writes(stream)
         self.lock = threading.Lock()
         self.printed = 0
 

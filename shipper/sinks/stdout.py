@@ -7,13 +7,14 @@ own transport writes it to stdout instead of the network.
 
 from __future__ import annotations
 
-import sys
+import threading
 from collections.abc import Mapping
 from typing import Any, BinaryIO, ClassVar
 
 import httpx
 
 from shipper.model import Transaction
+from shipper.output import whole_writes
 from shipper.sinks.base import FATAL, OK, HttpSink, OptionList, Sink, SinkLimits, Verdict
 from shipper.sinks.config import config_from_options, options_of
 from shipper.sinks.segment import SegmentConfig, SegmentSink
@@ -23,13 +24,18 @@ _NOT_HERE = ("write_key_file",)
 
 
 class _StdoutTransport(httpx.BaseTransport):
-    def __init__(self, stream: BinaryIO):
+    def __init__(self, stream: BinaryIO, lock: threading.Lock):
         self.stream = stream
+        self.lock = lock
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        body = request.read()
         try:
-            self.stream.write(request.read())
-            self.stream.flush()
+            # One batch at a time: the senders run in threads, and a BufferedWriter does not keep a big write
+            # whole against another thread's once the pipe is full (one event was cut in two by a whole batch).
+            with self.lock:
+                self.stream.write(body)
+                self.stream.flush()
         except BrokenPipeError:
             # `kong-ship ... | head`: the reader went away; stop like any Unix tool.
             return httpx.Response(599, request=request, text="stdout closed")
@@ -47,7 +53,8 @@ class StdoutSink(HttpSink):
     def __init__(self, stream: BinaryIO | None = None, **segment_options: Any):
         """`segment_options`: the Segment sink's configuration (config=…) or fields of it by name."""
         self._segment = SegmentSink("stdout", gzip=False, **segment_options)
-        self._stream = stream or sys.stdout.buffer
+        self._stream = whole_writes(stream)
+        self._lock = threading.Lock()  # one for every transport of this sink: they all write to `_stream`
 
     @classmethod
     def from_options(cls, opts: Mapping[str, Any], endpoint: str | None) -> StdoutSink:
@@ -65,7 +72,7 @@ class StdoutSink(HttpSink):
         return Verdict(FATAL, "standard output was closed")
 
     def transport(self) -> httpx.BaseTransport | None:
-        return _StdoutTransport(self._stream)
+        return _StdoutTransport(self._stream, self._lock)
 
 
 OPTIONS = StdoutSink.OPTIONS

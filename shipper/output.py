@@ -1,0 +1,20 @@
+"""Standard output for what kong-ship prints as data (`--sink stdout`, `parse`, `tap`, `--dry-run`)."""
+
+from __future__ import annotations
+
+import io
+import sys
+from typing import BinaryIO
+
+
+def whole_writes(stream: BinaryIO | None = None) -> BinaryIO:
+    """`stream` (standard output's binary layer by default) as one whose `write` writes all it is given.
+
+    Under PYTHONUNBUFFERED=1, common in container images, `sys.stdout.buffer` is the raw file: its `write` is
+    one write(2), which a full pipe or a signal may cut short (the rest was dropped), and into which another
+    thread's write may land part-way (a batch of events cut one event in two). A BufferedWriter over the same
+    descriptor writes everything, under a lock of its own; it never closes the descriptor."""
+    stream = stream if stream is not None else sys.stdout.buffer
+    if isinstance(stream, io.RawIOBase):
+        return open(stream.fileno(), "wb", closefd=False)  # noqa: SIM115  # lives as long as the process
+    return stream
