@@ -10,7 +10,7 @@ import os
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shipper.sources.blocks import Block, Shared
+from shipper.sources.blocks import Block, Shared, newlines
 from shipper.transform import EVENT
 from shipper.workers import BlockRing, WorkerPool
 
@@ -91,3 +91,12 @@ def test_a_ring_never_hands_out_a_slot_still_in_flight(steps):
         out.append((data, ring.keep(memoryview(data))))
     for data, kept in out:
         assert kept_bytes(ring, kept) == data
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=5000), max_size=200), st.integers(min_value=0, max_value=20))
+def test_newlines_counts_what_bytes_count_counts(lengths, trailing):
+    """Lines long and short (both ways of counting in `newlines`), and a partial last line past the end."""
+    area = bytearray(b"".join(b"x" * n + b"\n" for n in lengths) + b"y" * trailing + b"\n")
+    for end in (len(area) - trailing - 1, len(area) - 1, len(area)):
+        assert newlines(area, end) == area.count(b"\n", 0, end)

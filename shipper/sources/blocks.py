@@ -104,6 +104,19 @@ def read_blocks(
     return done
 
 
+def newlines(area: bytearray, end: int) -> int:
+    """The newlines in `area[:end]`: each has its sequence number. bytes.count walks a one-byte needle a byte at
+    a time (0.74 ms a MiB); a find (memchr) per line of Kong's ~2.7 kB takes 0.20 ms; with lines under ~2 kB
+    (32 newlines in the first 64 KiB) count is the cheaper again, and counts the rest."""
+    find = area.find
+    count, at = 0, -1
+    while (at := find(b"\n", at + 1, end)) >= 0:
+        count += 1
+        if count == 32 and at < 32 * 2048:
+            return count + area.count(b"\n", at + 1, end)
+    return count
+
+
 def plain_blocks(
     handle: OpenFile, block_bytes: int, limit: int, read_chunk: Callable[[OpenFile], Iterator[Line]],
     keep: Keep = bytes,
@@ -147,7 +160,7 @@ def plain_blocks(
         handle.base = handle.read_pos = start + cut
         handle.last_data = time.monotonic()
         done += cut
-        yield Block(file_id, keep(view[:cut]), start, area.count(b"\n", 0, cut), limit, framed)
+        yield Block(file_id, keep(view[:cut]), start, newlines(area, cut), limit, framed)
     return done
 
 
@@ -187,7 +200,7 @@ def gzip_blocks(
         handle.last_data = time.monotonic()
         if cut:
             handle.before, handle.base = before(prior, view, cut), start + cut
-            yield Block(file_id, keep(view[:cut]), start, area.count(b"\n", 0, cut), limit, framed)
+            yield Block(file_id, keep(view[:cut]), start, newlines(area, cut), limit, framed)
         view.release()
         if failure is not None:
             read_failed(handle, failure)  # as on the line path: said, and the rest (with `buf`) skipped
