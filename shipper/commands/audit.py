@@ -3,7 +3,9 @@
 `tail` polls `/audit/requests` and `/audit/objects` (see `shipper.sources.kong_audit`), appends what is new to a
 durable spool (STATE_DIR/audit/) and only then advances its cursor; the ordinary pipeline follows the spool with
 its checkpoints, batches and retries, so each record ships once across restarts and none is lost to a crash or a
-vendor outage. `--once` polls once, ships everything and exits (cron, tests).
+vendor outage. `--once` polls once, ships everything and exits (cron, tests). Records are spooled already masked,
+with the run's masker (the default secret names plus `--mask-header`, `--mask-query`, `--mask-body-key`): the
+one the pipeline's chain masks with, so the spool on disk keeps nothing a vendor would not get.
 
 `verify` checks each record's RSA signature over Kong's canonical form (`shipper.formats.audit_signature`), from
 the Admin API or from files, and prints the counts and the ids of the bad records.
@@ -24,11 +26,14 @@ import click
 import orjson
 
 from shipper.commands.audit_files import records_in_files
-from shipper.commands.options import apply_options, config_option, shipping_options, spooled_dry_run_option
+from shipper.commands.options import (
+    apply_options, config_option, option_names, shipping_options, spooled_dry_run_option, understanding_options,
+)
 from shipper.commands.running import drive, json_stderr, prepare_spooled, run, say, setup_logging, summary
 from shipper.delivery.dry_run import DryRun
 from shipper.errors import ConfigError, FatalError
 from shipper.formats import audit_signature
+from shipper.processors import chain_for
 from shipper.settings import Settings
 from shipper.sinks.credentials import read_secret
 from shipper.sources.feeder import SpoolFeeder
@@ -75,6 +80,11 @@ _tail_options = [
                  help="Records per Admin API request (size)."),
 ]
 _TAIL_KEYS = _ADMIN_KEYS + ("interval", "once", "verify_key", "page_size")
+# The user's secret names, as `tail` and `receive` take them: an audit record's `payload`, `entity` and `path` are
+# masked with them. Not the JWT options (an audit record names its RBAC user, it carries no JWT) nor --format,
+# --nginx-field, --max-line-bytes (the spool names each record's kind; its line bound is the command's).
+_MASK_OPTIONS = {"mask_header", "mask_query", "mask_body_key", "ship_raw_bodies"}
+_masks = [o for o in understanding_options if set(option_names([o])) <= _MASK_OPTIONS]
 _dry_run_option = spooled_dry_run_option(
     "The spool and the cursor are throwaway ones too: the audit log is read from its start and nothing of it is "
     "marked as shipped."
@@ -111,15 +121,16 @@ def audit() -> None:
 
 # -- tail ------------------------------------------------------------------------------------------------------
 @audit.command()
-@apply_options(_admin_options + _tail_options + shipping_options + [config_option, _dry_run_option])
+@apply_options(_admin_options + _tail_options + _masks + shipping_options + [config_option, _dry_run_option])
 def tail(**kw: Any) -> None:
     """Poll the Admin API's /audit/requests and /audit/objects and ship every record once, across restarts.
 
     New records go to a durable spool (STATE_DIR/audit/) before the cursor moves; the pipeline ships from the
     spool with checkpoints and retries. Admin requests become `Kong Admin Request` events, database changes
     `Kong Config Change` (Segment and stdout; see the README for Moesif and Runscope), with the RBAC user as the
-    user. SIGTERM/SIGINT: deliver what is in flight, exit 0. With --once: exit 1 if any record was rejected or
-    failed --verify-key.
+    user. Secrets (the default names, --mask-header, --mask-query, --mask-body-key) are masked before a record
+    is spooled. SIGTERM/SIGINT: deliver what is in flight, exit 0. With --once: exit 1 if any record was rejected
+    or failed --verify-key.
     """
     from shipper.sources.spool import Spool
     from shipper.sources.spool import lock as spool_lock
@@ -141,7 +152,9 @@ def tail(**kw: Any) -> None:
     spool = Spool(spool_dir)
     workspace = client.workspace
     cursor = Cursor(os.path.join(spool_dir, "cursor.json"), {"admin_url": client.shown, "workspace": workspace})
-    poller = Poller(client, cursor, spool, verify_key=key, workspace=workspace)
+    # The run's masker, as the pipeline's chain builds it from these settings: the spool is masked as records ship.
+    masker, _ = chain_for(settings)
+    poller = Poller(client, cursor, spool, verify_key=key, workspace=workspace, masker=masker)
     close_spool = True
     try:
         cursor.load()

@@ -261,9 +261,9 @@ def prepare_spooled(kw: dict[str, Any], name: str, max_line_bytes: int) -> tuple
 
     Everything of such a command lives in STATE_DIR/<name>/ (spool, checkpoints, dead letters), so a `tail` on
     the same node may share --state-dir without the two mixing their checkpoints. Spooled records are kong-ship's
-    own JSON envelopes: no format guessing, read from their start in one process. The JWT and mask options apply
-    where the command has them (`receive`, for Kong's records); a command without them (`audit tail`) keeps
-    their defaults."""
+    own JSON envelopes: no format guessing, read from their start in one process. Both spool records masked with
+    the run's `--mask-*` names (`chain_for(settings)`'s masker); the JWT options apply where the command has them
+    (`receive`, for Kong's records): `audit tail` keeps their defaults (audit records carry no JWT)."""
     spool_dir = os.path.join(os.path.abspath(kw["state_dir"] or default_state_dir()), name)
     settings, sinks = prepare(
         (os.path.join(spool_dir, "spool-*.jsonl"),), kw, state_dir=spool_dir, max_line_bytes=max_line_bytes

@@ -9,6 +9,10 @@ endpoint, the newest `request_timestamp` seen and the ids seen at that second: K
 is inclusive and has a resolution of one second, so the next poll asks from that second again and skips the
 records it already has by id (`request_id` for requests, `id` for objects) — records written later in that same
 second are still picked up.
+
+Each record is spooled masked (the spool is state on disk) with the run's `Masker`, the user's `--mask-*` names
+included (the default names when the Poller is given none), after its signature was checked over the record as
+Kong signed it.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import orjson
 from shipper.errors import ConfigError, FatalError
 from shipper.formats import audit_signature
 from shipper.formats.values import to_int
-from shipper.processors.masking import mask_secret_keys
+from shipper.processors.masking import Masker, mask_secret_keys
 from shipper.sources.checkpoints import write_atomically
 
 log = logging.getLogger("kong-ship")
@@ -242,14 +246,19 @@ def _describe(source: dict[str, Any]) -> str:
 
 # -- the poller ------------------------------------------------------------------------------------------------
 class Poller:
-    """One poll: both endpoints, new records to the spool (chronological), then the cursor."""
+    """One poll: both endpoints, new records to the spool (chronological), then the cursor. Records are spooled
+    masked with `masker`: the run's, with the user's `--mask-*` names (the default names without one)."""
 
-    def __init__(self, client: AdminClient, cursor: Cursor, spool, *, verify_key=None, workspace: str | None = None):
+    def __init__(
+        self, client: AdminClient, cursor: Cursor, spool, *, verify_key=None, workspace: str | None = None,
+        masker: Masker | None = None,
+    ):
         self.client = client
         self.cursor = cursor
         self.spool = spool
         self.verify_key = verify_key
         self.workspace = workspace
+        self.mask = masker.mask_value if masker is not None else mask_secret_keys
         self.counts: Counter[str] = Counter()  # fetched per endpoint, and signature results
 
     def poll(self) -> int:
@@ -306,5 +315,6 @@ class Poller:
         if check is not None:
             self.counts[check] += 1
         # The signature is checked above, over the record as Kong signed it; the spool (state on disk) keeps the
-        # record as it will ship, secrets masked (credential keys in `entity`, passwords in `payload`).
-        return {"entry": mask_secret_keys(record), "signature_check": check, "admin_url": self.client.shown, "workspace": self.workspace}
+        # record as it will ship, secrets masked (credential keys in `entity`, passwords in `payload`, the user's
+        # names anywhere, `path`'s query included).
+        return {"entry": self.mask(record), "signature_check": check, "admin_url": self.client.shown, "workspace": self.workspace}
