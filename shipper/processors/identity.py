@@ -20,10 +20,10 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
-import jwt
 import orjson
 
 from shipper.model import Transaction
+from shipper.processors.jwt_payload import unverified_claims
 
 DEFAULT_JWT_PLACES = ("request.headers.authorization", "jwt")
 IDENTIFIED = frozenset({"jwt", "consumer", "credential", "basic", "header"})  # the user_source values set here
@@ -39,13 +39,11 @@ def decode_jwt(token: str) -> dict[str, Any] | None:
     sent on (a 30-digit integer claim, nesting past 254 levels). Cached: the same few tokens
     come back on thousands of lines."""
     try:
-        claims = jwt.decode(token, options={"verify_signature": False})
-    except (jwt.PyJWTError, ValueError, TypeError, RecursionError):
-        return None
-    if not isinstance(claims, dict):
+        claims = unverified_claims(token)
+    except (ValueError, TypeError, RecursionError):
         return None
     try:
-        # PyJWT's JSON keeps integers of any size and any depth; a sink cannot send those (orjson stops at 64
+        # Python's JSON keeps integers of any size and any depth; a sink cannot send those (orjson stops at 64
         # bits and 254 levels), so such a payload is as unusable as a malformed one. Once per distinct token.
         orjson.dumps(claims)
     except orjson.JSONEncodeError:
