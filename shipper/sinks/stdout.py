@@ -31,8 +31,9 @@ class _StdoutTransport(httpx.BaseTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         body = request.read()
         try:
-            # One batch at a time: the senders run in threads, and a BufferedWriter does not keep a big write
-            # whole against another thread's once the pipe is full (one event was cut in two by a whole batch).
+            # One batch at a time: the senders run in threads, and a raw file's write (PYTHONUNBUFFERED) let
+            # another thread's batch land inside a full pipe's write (one event was cut in two by a whole batch).
+            # whole_writes gives a BufferedWriter; the lock keeps a batch whole whatever stream was passed.
             with self.lock:
                 self.stream.write(body)
                 self.stream.flush()
