@@ -50,7 +50,8 @@ def b64(data: bytes, padding: str) -> str:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**63) | st.integers() | st.floats() | st.text(max_size=8),
+    st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**63) | st.integers() | st.floats()
+    | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
     max_leaves=8,
 )
@@ -90,7 +91,7 @@ def tokens(draw: st.DrawFn) -> str:
     """Half of them well-formed but for what the header and payload say (and, at times, the trailing bits of a
     segment); the others mutated in their segments or in their number of segments."""
     clean = draw(st.booleans())
-    parts = [draw(segment_text(headers, clean)), draw(segment_text(payloads, clean)), draw(segment_text(st.none(), clean))]
+    parts = [draw(segment_text(value, clean)) for value in (headers, payloads, st.none())]
     if clean:
         pass
     elif draw(st.integers(min_value=0, max_value=4)) == 0:
