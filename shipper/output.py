@@ -6,6 +6,8 @@ import io
 import sys
 from typing import BinaryIO
 
+from shipper.errors import ConfigError
+
 
 def whole_writes(stream: BinaryIO | None = None) -> BinaryIO:
     """`stream` (standard output's binary layer by default) as one whose `write` writes all it is given.
@@ -14,7 +16,11 @@ def whole_writes(stream: BinaryIO | None = None) -> BinaryIO:
     one write(2), which a full pipe or a signal may cut short (the rest was dropped), and into which another
     thread's write may land part-way (a batch of events cut one event in two). A BufferedWriter over the same
     descriptor writes everything, under a lock of its own; it never closes the descriptor."""
-    stream = stream if stream is not None else sys.stdout.buffer
+    if stream is None:
+        if sys.stdout is None:  # started with descriptor 1 closed (`>&-`): say so, in one line, before any work
+            raise ConfigError("standard output is closed: this command writes its output there (redirect it to a "
+                              "file or to /dev/null)")
+        stream = sys.stdout.buffer
     if isinstance(stream, io.RawIOBase):
         return open(stream.fileno(), "wb", closefd=False)  # noqa: SIM115  # lives as long as the process
     return stream

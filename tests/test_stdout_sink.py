@@ -86,3 +86,21 @@ def test_a_reader_that_goes_away_stops_the_run_with_one_line(tmp_path, unbuffere
     stderr = process.stderr.read().decode()
     assert process.wait(timeout=60) == 1
     assert stderr.strip().splitlines() == ["kong-ship: fatal: standard output was closed"], stderr
+
+
+@pytest.mark.parametrize("command", [["parse"], ["backfill", "--sink", "stdout", "--state-dir", "{state}"]],
+                         ids=["parse", "backfill"])
+def test_a_closed_standard_output_is_one_line_and_exit_2(tmp_path, command):
+    """`kong-ship parse access.log >&-`: nothing can be written, so nothing is read (no checkpoint moves)."""
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(3))
+    result = subprocess.run(
+        [sys.executable, "-m", "shipper", command[0], str(log), *(a.format(state=tmp_path / "s") for a in command[1:])],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ship_env(), preexec_fn=lambda: os.close(1),
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.decode().strip().splitlines() == [
+        "kong-ship: error: standard output is closed: this command writes its output there (redirect it to a file "
+        "or to /dev/null)"
+    ]
+    assert not list((tmp_path / "s").glob("checkpoints-*"))
