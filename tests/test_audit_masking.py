@@ -100,3 +100,34 @@ def test_audit_tail_help_lists_the_mask_options_and_unknown_ones_still_exit_2(tm
     unknown = ship("audit", "tail", "--admin-url", "http://127.0.0.1:1", "--sink", "stdout", "--state-dir",
                    str(tmp_path), "--mask-everything", "x")  # fmt: skip
     assert unknown.returncode == 2 and "--mask-everything" in one_line(unknown.stderr)
+
+
+KEY_PEM = "-----BEGIN PRIVATE KEY-----\nMIIE-AUDIT-MULTIPART-KEY-3f9d\n-----END PRIVATE KEY-----"
+MULTIPART = (  # `POST /certificates` as multipart/form-data: neither JSON nor a form, so no key can be found in it
+    '--XyZ\r\nContent-Disposition: form-data; name="cert"\r\n\r\n-----BEGIN CERTIFICATE-----\r\n--XyZ\r\n'
+    f'Content-Disposition: form-data; name="key"\r\n\r\n{KEY_PEM}\r\n--XyZ--\r\n'
+)
+
+
+@pytest.mark.parametrize("raw", [False, True], ids=["default", "ship-raw-bodies"])
+def test_an_admin_requests_payload_is_masked_as_a_body(tmp_path, token_file, keys, raw):
+    """A request's `payload` is its body: withheld when its keys cannot be inspected (a multipart upload of a
+    certificate's private key), on disk and on the wire, unless --ship-raw-bodies; a form payload still masked."""
+    private, public_pem, _ = keys
+    marker = "MIIE-AUDIT-MULTIPART-KEY-3f9d"
+    with FakeKongAdmin(TOKEN, private_key=private) as admin, FakeSegment() as segment:
+        admin.add_request(T0, path="/certificates", payload=MULTIPART)
+        admin.add_request(T0 + 1, path="/consumers", payload="username=ops&password=FORM-PW-AUDIT-51c2")
+        args = tail_args(admin, segment.url, tmp_path, token_file, "--once", "--verify-key", str(public_pem),
+                         *(["--ship-raw-bodies"] if raw else []))  # fmt: skip
+        result = ship(*args, env=env())
+        assert result.returncode == 0, result.stderr.decode()
+        assert collections.Counter(m["properties"]["signature"] for m in segment.messages) == {"verified": 2}
+        shipped = orjson.dumps(segment.messages)
+        on_disk = b"".join(every_byte_under(tmp_path / "state").values())
+    assert b"FORM-PW-AUDIT-51c2" not in shipped + on_disk  # a form payload: masked by key either way
+    if raw:
+        assert marker.encode() in shipped  # asked for: sent as it is
+    else:
+        assert marker.encode() not in shipped + on_disk
+        assert b"body withheld by kong-ship" in shipped

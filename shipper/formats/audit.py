@@ -14,7 +14,8 @@ Both: `user_id` is the RBAC user (`rbac_user_id`) when Kong recorded one; `start
 the same event to the vendors. `details` is the record without its `signature`, with `signature` set to the
 verification result instead (`verified`, `unsigned`, `invalid`, or `not_checked`). An object's `entity` and a
 request's `payload` are JSON text in the record; they are decoded (when they are JSON). Secrets in `details` (a
-credential's `key`, a `password`, `apikey` in `path`, …) are masked by the masking processor, like every record's.
+credential's `key`, a `password`, `apikey` in `path`, …) are masked by the masking processor, like every record's;
+`payload`, the request's body, is masked as a body (processors.masking.DETAIL_BODIES).
 
 A record whose signature was found invalid raises `ParseError("bad_signature")`: the pipeline dead-letters it
 (the whole spooled line is kept in the dead-letter file) instead of shipping it.

@@ -54,6 +54,10 @@ from shipper.processors.params import MASK, ParamMasks
 JWT_KEPT_CLAIMS = frozenset({"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "sid"})
 URL_HEADERS = frozenset({"referer", "location", "content_location"})  # masked as URLs, normalized names
 BODY_FIELDS = frozenset({"body", "request_body", "response_body"})  # keys whose value is a body (dead letters)
+# The keys of a transaction's `details` that hold a body, by kind: an Admin API request's `payload` (Kong's audit
+# record) is the request body, masked as one (JSON and form by key, base64 looked into, anything else withheld
+# unless --ship-raw-bodies): a multipart upload of a certificate's private key is neither JSON nor a form.
+DETAIL_BODIES: dict[str, tuple[str, ...]] = {"admin_request": ("payload",)}
 WITHHELD = "body withheld by kong-ship: {size} bytes, neither JSON nor form-encoded (--ship-raw-bodies sends it)"
 _MAX_DEPTH = 64
 _CACHE_MAX = 4096  # entities and JWT claims remembered; beyond that, work is redone, not wrong
@@ -108,8 +112,21 @@ class Masker(ParamMasks):
             txn.authenticated_entity = self.mask_entity(txn.authenticated_entity)
         txn.jwt_claims = self.kept_claims(txn.jwt_claims)
         if txn.details:
-            txn.details = self.mask_value(txn.details)
+            txn.details = self.mask_details(txn.details, DETAIL_BODIES.get(txn.kind, ()))
         return txn
+
+    def mask_details(self, details: dict[str, Any], bodies: tuple[str, ...] = ()) -> dict[str, Any]:
+        """`details` (an audit record, an event hook's data) through `mask_value`, and the values of the keys in
+        `bodies` masked as bodies (`mask_body`)."""
+        masked = self.mask_value(details)
+        for key in bodies:
+            value = details.get(key)
+            if value is not None:
+                body = self.mask_body(value)
+                if body is not value:
+                    masked = dict(masked) if masked is details else masked
+                    masked[key] = body
+        return masked
 
     def kept_claims(self, claims: dict[str, Any] | None) -> dict[str, Any] | None:
         """The JWT claims that may leave the process (JWT_KEPT_CLAIMS), `claims` itself when that is all."""

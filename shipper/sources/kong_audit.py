@@ -31,7 +31,7 @@ import orjson
 from shipper.errors import ConfigError, FatalError
 from shipper.formats import audit_signature
 from shipper.formats.values import to_int
-from shipper.processors.masking import Masker, mask_secret_keys
+from shipper.processors.masking import Masker
 from shipper.sources.checkpoints import write_atomically
 
 log = logging.getLogger("kong-ship")
@@ -258,7 +258,7 @@ class Poller:
         self.spool = spool
         self.verify_key = verify_key
         self.workspace = workspace
-        self.mask = masker.mask_value if masker is not None else mask_secret_keys
+        self.masker = masker if masker is not None else Masker()
         self.counts: Counter[str] = Counter()  # fetched per endpoint, and signature results
 
     def poll(self) -> int:
@@ -317,4 +317,6 @@ class Poller:
         # The signature is checked above, over the record as Kong signed it; the spool (state on disk) keeps the
         # record as it will ship, secrets masked (credential keys in `entity`, passwords in `payload`, the user's
         # names anywhere, `path`'s query included).
-        return {"entry": self.mask(record), "signature_check": check, "admin_url": self.client.shown, "workspace": self.workspace}
+        # A request's `payload` is its body, masked as one (masking.DETAIL_BODIES), as the pipeline masks it.
+        entry = self.masker.mask_details(record, ("payload",) if endpoint == "requests" else ())
+        return {"entry": entry, "signature_check": check, "admin_url": self.client.shown, "workspace": self.workspace}
