@@ -15,7 +15,7 @@ import pytest
 from conftest import every_byte_under, ship
 from fakes.kong_admin import FakeKongAdmin
 from fakes.segment import FakeSegment
-from shipper.processors.masking import mask_secret_keys
+from shipper.processors.masking import Masker
 from test_audit import T0, TOKEN, env, keys, one_line, tail_args, token_file  # noqa: F401 - keys, token_file: fixtures
 
 # Unique markers under names that are no default secret name: only the user's options can mask them.
@@ -40,7 +40,7 @@ def add_records(admin: FakeKongAdmin) -> dict[str, list[dict]]:
     tampered = [admin.add_request(T0 + 4, tamper=True, payload=json.dumps({"internal_pin": TAMPERED}))]
     served = orjson.dumps(admin.audit)
     # The markers are there as Kong serves them, and the default masks alone would let each one through.
-    assert all(m.encode() in served and m.encode() in orjson.dumps(mask_secret_keys(admin.audit)) for m in MARKERS)
+    assert all(m.encode() in served and m.encode() in orjson.dumps(Masker().mask_value(admin.audit)) for m in MARKERS)
     return {"requests": requests, "objects": objects, "tampered": tampered}
 
 

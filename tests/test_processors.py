@@ -11,7 +11,7 @@ from shipper.formats import Parser
 from shipper.model import Position, Transaction
 from shipper.processors import build_chain, run_chain
 from shipper.processors.identity import decode_jwt, identify
-from shipper.processors.masking import MASK, drop_raw, mask_secret_keys, mask_secrets
+from shipper.processors.masking import MASK, Masker, drop_raw, mask_secrets
 
 
 def b64url(data: dict) -> str:
@@ -155,10 +155,10 @@ def test_the_default_chain_drops_the_raw_record():
     assert drop_raw(out) is out
 
 
-def test_mask_secret_keys_at_any_depth_without_touching_the_input():
+def test_the_default_masks_reach_any_depth_without_touching_the_input():
     entity = {"consumer": {"id": "c1"}, "Key": "k-123", "nested": [{"password": "p", "name": "n"}, "key"],
               "token": None, "credentials": {"client_secret": "s", "jwk": {"d": "x"}}}
-    masked = mask_secret_keys(entity)
+    masked = Masker().mask_value(entity)
     assert masked == {"consumer": {"id": "c1"}, "Key": MASK, "nested": [{"password": MASK, "name": "n"}, "key"],
                       "token": None, "credentials": {"client_secret": MASK, "jwk": MASK}}
     assert entity["Key"] == "k-123" and entity["nested"][0]["password"] == "p"
@@ -167,4 +167,4 @@ def test_mask_secret_keys_at_any_depth_without_touching_the_input():
     for _ in range(100):
         cursor["a"] = {}
         cursor = cursor["a"]
-    assert MASK in str(mask_secret_keys(deep))  # a pathological nesting ends in a mask, not a RecursionError
+    assert MASK in str(Masker().mask_value(deep))  # a pathological nesting ends in a mask, not a RecursionError

@@ -299,12 +299,6 @@ def _decode_base64(text: str) -> str | None:
 _default = Masker()
 
 
-def mask_secret_keys(value: Any) -> Any:
-    """A copy of `value` with the default masks applied at any depth (for records that are not transactions:
-    Kong entities in audit records and event hooks)."""
-    return _default.mask_value(value)
-
-
 def mask_query_string(query: str, names: Iterable[str] = SECRET_KEYS) -> str:
     """`a=1&token=x` with the parameters named in `names` (and the default secret names) masked."""
     masker = _default if names is SECRET_KEYS else _masker_for(frozenset(names))

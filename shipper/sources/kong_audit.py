@@ -31,7 +31,7 @@ import orjson
 from shipper.errors import ConfigError, FatalError
 from shipper.formats import audit_signature
 from shipper.formats.values import to_int
-from shipper.processors.masking import Masker
+from shipper.processors.masking import DETAIL_BODIES, Masker
 from shipper.sources.checkpoints import write_atomically
 
 log = logging.getLogger("kong-ship")
@@ -317,6 +317,6 @@ class Poller:
         # The signature is checked above, over the record as Kong signed it; the spool (state on disk) keeps the
         # record as it will ship, secrets masked (credential keys in `entity`, passwords in `payload`, the user's
         # names anywhere, `path`'s query included).
-        # A request's `payload` is its body, masked as one (masking.DETAIL_BODIES), as the pipeline masks it.
-        entry = self.masker.mask_details(record, ("payload",) if endpoint == "requests" else ())
+        # As the masking processor masks the transaction it becomes: a request's `payload` as a body.
+        entry = self.masker.mask_details(record, DETAIL_BODIES["admin_request"] if endpoint == "requests" else ())
         return {"entry": entry, "signature_check": check, "admin_url": self.client.shown, "workspace": self.workspace}
