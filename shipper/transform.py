@@ -186,6 +186,32 @@ def transform_block(transform: Transformer, block: Block, area: mmap | None = No
                 others.append((i, fate, payload, item if fate in _KEEP_DATA else None, offset, item_end))
         return count
 
+    if not block.framed:
+        # A plain file's block (the bulk of a backfill): each line straight to `transform`, without the item list
+        # and `take` call the framed loop below needs (8.6 k → ~3 k instructions a line around the transform).
+        i = -1
+        while pos < stop:
+            i += 1
+            cut = find(b"\n", pos, stop)
+            if cut < 0:  # never: a block ends with a newline
+                break
+            end = start + cut + 1 - pos
+            if cut - pos <= limit:
+                line: Any = buf[pos:cut]
+            else:
+                line = Oversize(buf[pos : pos + PREFIX_BYTES], cut - pos)
+            pos = cut + 1
+            fate, payload, anon = transform(file_id, line, start, end)
+            if fate is EVENT:
+                events.append(payload)
+                index.append(i)
+                ends.append(end)
+                anonymous += anon
+            else:
+                others.append((i, fate, payload, line if fate in _KEEP_DATA else None, start, end))
+            start = end
+        return events, index, ends, anonymous, others
+
     i = -1
     while pos < stop:
         i += 1
