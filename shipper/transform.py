@@ -170,77 +170,48 @@ def transform_block(transform: Transformer, block: Block, area: mmap | None = No
     others: list[tuple[int, Fate | None, Any, Any, int, int]] = []
     anonymous = 0
     framer: Framer | None = None
-    made: list[Line]
-
-    def take(i: int, items: list[Line]) -> int:
-        """The items made of line `i` through `transform`, to `events` or `others`; how many were anonymous."""
-        count = 0
+    framed = block.framed
+    items: tuple[Line, ...] | list[Line]
+    i = -1
+    # One loop, the per-item work written once and inline (no call per line: a block is the bulk of a backfill).
+    # A line is one item, or, in a block of container lines, what the Framer makes of it: none (a piece of a
+    # split line), one, or the end of a split line with the record it completes.
+    while True:
+        if pos < stop:
+            i += 1
+            cut = find(b"\n", pos, stop)
+            if cut < 0:  # never: a block ends with a newline (and has a sequence number for each one only)
+                break
+            end = start + cut + 1 - pos
+            line: Any = buf[pos:cut] if cut - pos <= limit else Oversize(buf[pos : min(cut, pos + PREFIX_BYTES)], cut - pos)
+            pos = cut + 1
+            if not framed or (type(line) is bytes and line[:1] == b"{" and (framer is None or framer.direct)):
+                items = ((file_id, line, start, end),)
+            else:
+                if framer is None:
+                    framer = Framer("auto", limit)
+                    framer.start(b"{")
+                items = list(framer.frame(file_id, line, start, end))
+                if not items:  # a piece of a split line: done, but the checkpoint stays at the record's start
+                    others.append((i, None, None, None, start, framer.pending_from))  # type: ignore[arg-type]
+            start = end
+        elif framer is not None and framer.pending_from is not None:
+            # Known limit: a split container line still waiting for its last piece at a block's end, in a file
+            # that is no container log, ends there (the parsers dead-letter what it is); its last piece goes on
+            # its own. It takes the sequence number of its last piece (each line of a block has one).
+            last = max(j for j, other in enumerate(others) if other[1] is None)
+            i = others.pop(last)[0]
+            items = (framer.finish(file_id, start),)
+            framer = None
+        else:
+            break
         for _, item, offset, item_end in items:
             fate, payload, anon = transform(file_id, item, offset, item_end)
             if fate is EVENT:
                 events.append(payload)
                 index.append(i)
                 ends.append(item_end)
-                count += anon
-            else:
-                others.append((i, fate, payload, item if fate in _KEEP_DATA else None, offset, item_end))
-        return count
-
-    if not block.framed:
-        # A plain file's block (the bulk of a backfill): each line straight to `transform`, without the item list
-        # and `take` call the framed loop below needs (8.6 k → ~3 k instructions a line around the transform).
-        i = -1
-        while pos < stop:
-            i += 1
-            cut = find(b"\n", pos, stop)
-            if cut < 0:  # never: a block ends with a newline
-                break
-            end = start + cut + 1 - pos
-            if cut - pos <= limit:
-                line: Any = buf[pos:cut]
-            else:
-                line = Oversize(buf[pos : pos + PREFIX_BYTES], cut - pos)
-            pos = cut + 1
-            fate, payload, anon = transform(file_id, line, start, end)
-            if fate is EVENT:
-                events.append(payload)
-                index.append(i)
-                ends.append(end)
                 anonymous += anon
             else:
-                others.append((i, fate, payload, line if fate in _KEEP_DATA else None, start, end))
-            start = end
-        return events, index, ends, anonymous, others
-
-    i = -1
-    while pos < stop:
-        i += 1
-        cut = find(b"\n", pos, stop)
-        if cut < 0:  # never: a block ends with a newline (and has a sequence number for each one only)
-            break
-        line = buf[pos:cut]
-        pos = cut + 1
-        end = start + len(line) + 1
-        if len(line) <= limit and (line[:1] == b"{" and (framer is None or framer.direct) or not block.framed):
-            made = [(file_id, line, start, end)]
-        else:
-            data: bytes | Oversize = line if len(line) <= limit else Oversize(line[:PREFIX_BYTES], len(line))
-            if not block.framed:
-                made = [(file_id, data, start, end)]
-            else:
-                if framer is None:
-                    framer = Framer("auto", limit)
-                    framer.start(b"{")
-                made = list(framer.frame(file_id, data, start, end))
-                if not made:  # a piece of a split line: done, but the checkpoint stays at the record's start
-                    others.append((i, None, None, None, start, framer.pending_from))  # type: ignore[arg-type]
-        anonymous += take(i, made)
-        start = end
-    if framer is not None and framer.pending_from is not None:
-        # Known limit: a split container line still waiting for its last piece at a block's end, in a file that
-        # is no container log, ends there (the parsers dead-letter what it is); its last piece goes on its own.
-        # It takes the sequence number of its last piece (each line of a block has one).
-        last = max(j for j, other in enumerate(others) if other[1] is None)
-        i = others.pop(last)[0]
-        anonymous += take(i, [framer.finish(file_id, start)])
+                others.append((i, fate, payload, item if fate in _KEEP_DATA else None, offset, item_end))
     return events, index, ends, anonymous, others

@@ -99,6 +99,32 @@ def test_every_record_exactly_once_whatever_the_block_size(tmp_path, block):
     assert positions(tmp_path / "s2") == positions(tmp_path / "s0")
 
 
+def test_an_over_long_line_shorter_than_the_kept_prefix_keeps_only_itself(tmp_path):
+    """--max-line-bytes under the 4 KiB a dead letter keeps of a line: the dead letter of a line over the limit
+    holds that line alone, from a block as on the line path. (A prefix cut from a block must end at the line's
+    end, or it carries the next records' bytes into the dead-letter file.)"""
+    log = tmp_path / "a.json"
+    builder = LogBuilder()
+    builder.add(gen.kong_line(gen.kong_record(0)))
+    long_line = b'{"pad": "' + b"x" * 3800 + b'"}'
+    builder.add(long_line + b"\n")
+    for seq in range(1, 40):
+        builder.add(gen.kong_line(gen.kong_record(seq)))
+    log.write_bytes(builder.data())
+    letters = {}
+    with FakeSegment() as fake:
+        for state, workers in (("s0", "0"), ("s2", "2")):
+            result = ship("backfill", str(log), *args(fake, tmp_path, state, "--workers", workers,
+                                                      "--max-line-bytes", "3500"), env=env(1 << 20))  # fmt: skip
+            assert result.returncode == 0, result.stderr
+            letters[state] = [json.loads(line) for line in (tmp_path / state / "dead-letter.jsonl").read_text().splitlines()]
+        assert set(counts(fake)) == set(range(40))
+    assert [(e["reason"], e["line"]) for e in letters["s2"]] == [(e["reason"], e["line"]) for e in letters["s0"]]
+    [letter] = letters["s2"]
+    assert letter["reason"] == "too_long" and letter["line"].count("x") == 3800
+    assert "request" not in letter["line"]  # nothing of the record after it
+
+
 def start(argv: list[str], block: int) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "shipper", *argv], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, env=env(block), start_new_session=True)  # fmt: skip
