@@ -181,9 +181,13 @@ def transform_block(transform: Transformer, block: Block, area: mmap | None = No
             i += 1
             cut = find(b"\n", pos, stop)
             if cut < 0:  # never: a block ends with a newline (and has a sequence number for each one only)
-                break
+                pos = stop
+                continue
             end = start + cut + 1 - pos
-            line: Any = buf[pos:cut] if cut - pos <= limit else Oversize(buf[pos : min(cut, pos + PREFIX_BYTES)], cut - pos)
+            if cut - pos <= limit:
+                line: Any = buf[pos:cut]
+            else:  # the prefix a dead letter keeps, cut at the line's end
+                line = Oversize(buf[pos : min(cut, pos + PREFIX_BYTES)], cut - pos)
             pos = cut + 1
             if not framed or (type(line) is bytes and line[:1] == b"{" and (framer is None or framer.direct)):
                 items = ((file_id, line, start, end),)
