@@ -168,6 +168,32 @@ def test_moesif_fetches_its_configuration_with_the_same_ca_file(tmp_path):
         assert moesif.config_requests >= 1 and "/v1/config" not in result.stderr.decode()
 
 
+def test_one_tls_context_serves_both_sinks_and_the_ca_file_check(tmp_path, monkeypatch):
+    """The trust store is loaded once per process and CA file (sender.tls_context): --ca-file's check at start and
+    every sink's client share it, and two sinks over TLS with a private CA both deliver."""
+    from shipper.delivery.sender import tls_context
+
+    ca_pem, cert_pem, key_pem = private_ca(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert tls_context(ca_pem.name) is tls_context(str(ca_pem))  # relative or absolute: one file, one context
+    assert tls_context(None) is tls_context(None) and tls_context(None) is not tls_context(str(ca_pem))
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("not a certificate\n")
+    for _ in range(2):  # a file that does not load is refused each time, never remembered
+        with pytest.raises(OSError):  # ssl.SSLError is an OSError
+            tls_context(str(not_pem))
+
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(30))
+    with TLSSegment(cert_pem, key_pem) as segment, tls(FakeMoesif)(cert_pem, key_pem) as moesif:
+        result = ship("backfill", str(log), "--sink", "segment", "--sink", "moesif", "--endpoint",
+                      f"segment={segment.url}", "--endpoint", f"moesif={moesif.url}", "--state-dir",
+                      str(tmp_path / "state"), "--ca-file", str(ca_pem), *FAST, env=ENV)  # fmt: skip
+        assert result.returncode == 0, result.stderr.decode()
+        assert_exactly_once(segment, range(30))
+        assert len(moesif.events) == 30
+
+
 # -- audit verify without RBAC --------------------------------------------------------------------------------------
 def test_audit_verify_needs_no_token_and_a_401_names_the_variable(tmp_path):
     private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
