@@ -54,10 +54,11 @@ from shipper.processors.params import MASK, ParamMasks
 JWT_KEPT_CLAIMS = frozenset({"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "sid"})
 URL_HEADERS = frozenset({"referer", "location", "content_location"})  # masked as URLs, normalized names
 BODY_FIELDS = frozenset({"body", "request_body", "response_body"})  # keys whose value is a body (dead letters)
-# The keys of a transaction's `details` that hold a body, by kind: an Admin API request's `payload` (Kong's audit
-# record) is the request body, masked as one (JSON and form by key, base64 looked into, anything else withheld
-# unless --ship-raw-bodies): a multipart upload of a certificate's private key is neither JSON nor a form.
-DETAIL_BODIES: dict[str, tuple[str, ...]] = {"admin_request": ("payload",)}
+# The keys of a transaction's `details` that hold a body, by kind (`mask_value`'s `bodies` at the top level): an
+# Admin API request's `payload` (Kong's audit record) is the request body, masked as one (JSON and form by key,
+# base64 looked into, anything else withheld unless --ship-raw-bodies): a multipart upload of a certificate's
+# private key is neither JSON nor a form.
+DETAIL_BODIES: dict[str, frozenset[str]] = {"admin_request": BODY_FIELDS | {"payload"}}
 WITHHELD = "body withheld by kong-ship: {size} bytes, neither JSON nor form-encoded (--ship-raw-bodies sends it)"
 _MAX_DEPTH = 64
 _CACHE_MAX = 4096  # entities and JWT claims remembered; beyond that, work is redone, not wrong
@@ -112,21 +113,8 @@ class Masker(ParamMasks):
             txn.authenticated_entity = self.mask_entity(txn.authenticated_entity)
         txn.jwt_claims = self.kept_claims(txn.jwt_claims)
         if txn.details:
-            txn.details = self.mask_details(txn.details, DETAIL_BODIES.get(txn.kind, ()))
+            txn.details = self.mask_value(txn.details, bodies=DETAIL_BODIES.get(txn.kind, BODY_FIELDS))
         return txn
-
-    def mask_details(self, details: dict[str, Any], bodies: tuple[str, ...] = ()) -> dict[str, Any]:
-        """`details` (an audit record, an event hook's data) through `mask_value`, and the values of the keys in
-        `bodies` masked as bodies (`mask_body`)."""
-        masked = self.mask_value(details)
-        for key in bodies:
-            value = details.get(key)
-            if value is not None:
-                body = self.mask_body(value)
-                if body is not value:
-                    masked = dict(masked) if masked is details else masked
-                    masked[key] = body
-        return masked
 
     def kept_claims(self, claims: dict[str, Any] | None) -> dict[str, Any] | None:
         """The JWT claims that may leave the process (JWT_KEPT_CLAIMS), `claims` itself when that is all."""
@@ -201,10 +189,11 @@ class Masker(ParamMasks):
             return self.mask_params(text)
         return None
 
-    def mask_value(self, value: Any, depth: int = 0) -> Any:
+    def mask_value(self, value: Any, depth: int = 0, bodies: frozenset[str] = BODY_FIELDS) -> Any:
         """A dict/list/string with the values of secret keys masked at any depth, strings holding parameters
         or URLs masked, and bodies (`body` keys) masked as bodies. The input is never changed: an unchanged
-        part is returned as it is, a changed one is copied."""
+        part is returned as it is, a changed one is copied. `bodies`: the keys of `value` itself that hold a body
+        (DETAIL_BODIES: an audit request's `payload`); deeper, `body` keys."""
         if depth > _MAX_DEPTH:
             return MASK  # a pathological nesting is not worth the recursion
         kind = type(value)
@@ -216,7 +205,7 @@ class Masker(ParamMasks):
             for k, v in value.items():
                 if k in hits:
                     new = v if v is None else MASK
-                elif k in BODY_FIELDS and v is not None:
+                elif k in bodies and v is not None:
                     new = self.mask_body(v)
                 else:
                     new = self.mask_value(v, depth + 1)

@@ -31,7 +31,7 @@ import orjson
 from shipper.errors import ConfigError, FatalError
 from shipper.formats import audit_signature
 from shipper.formats.values import to_int
-from shipper.processors.masking import DETAIL_BODIES, Masker
+from shipper.processors.masking import BODY_FIELDS, DETAIL_BODIES, Masker
 from shipper.sources.checkpoints import write_atomically
 
 log = logging.getLogger("kong-ship")
@@ -318,5 +318,6 @@ class Poller:
         # record as it will ship, secrets masked (credential keys in `entity`, passwords in `payload`, the user's
         # names anywhere, `path`'s query included).
         # As the masking processor masks the transaction it becomes: a request's `payload` as a body.
-        entry = self.masker.mask_details(record, DETAIL_BODIES["admin_request"] if endpoint == "requests" else ())
+        bodies = DETAIL_BODIES["admin_request"] if endpoint == "requests" else BODY_FIELDS
+        entry = self.masker.mask_value(record, bodies=bodies)
         return {"entry": entry, "signature_check": check, "admin_url": self.client.shown, "workspace": self.workspace}
