@@ -633,6 +633,25 @@ def test_tls_is_verified_by_default_and_ca_file_trusts_a_private_ca(tmp_path, ke
         assert bad_ca.returncode == 2 and "--ca-file" in one_line(bad_ca.stderr)
 
 
+def test_ca_file_adds_to_the_default_cas_for_the_admin_api_as_for_the_sinks(tmp_path, keys, token_file):
+    """--ca-file is trusted on top of the default CAs, never instead of them (its help says so; the sinks do the
+    same): an Admin API whose certificate a default CA signed still verifies with --ca-file given. The default
+    store is made private to the test by $SSL_CERT_FILE, which httpx's default context reads."""
+    _, public_pem, _ = keys
+    (tmp_path / "default").mkdir()
+    (tmp_path / "extra").mkdir()
+    default_ca, cert_pem, key_pem = private_ca(tmp_path / "default")
+    extra_ca, _, _ = private_ca(tmp_path / "extra")
+    with TLSKongAdmin(cert_pem, key_pem, TOKEN) as admin:
+        admin.add_request(T0, signed=False)
+        base = ["audit", "verify", "--public-key", str(public_pem), "--admin-url", admin.url, "--admin-token-file", token_file]
+        for ca_file in ([], ["--ca-file", str(extra_ca)]):
+            result = ship(*base, *ca_file, env=env(SSL_CERT_FILE=str(default_ca)))
+            assert result.returncode == 0, (ca_file, result.stderr.decode())
+        refused = ship(*base, "--ca-file", str(extra_ca), env=env())  # the default store without the signing CA
+        assert refused.returncode == 1 and "--ca-file" in one_line(refused.stderr)
+
+
 def test_one_poller_per_state_dir(tmp_path, token_file):
     with FakeKongAdmin(TOKEN) as admin:
         (tmp_path / "state" / "audit").mkdir(parents=True)

@@ -171,7 +171,7 @@ def test_moesif_fetches_its_configuration_with_the_same_ca_file(tmp_path):
 def test_one_tls_context_serves_both_sinks_and_the_ca_file_check(tmp_path, monkeypatch):
     """The trust store is loaded once per process and CA file (sender.tls_context): --ca-file's check at start and
     every sink's client share it, and two sinks over TLS with a private CA both deliver."""
-    from shipper.delivery.sender import tls_context
+    from shipper.delivery.trust import tls_context
 
     ca_pem, cert_pem, key_pem = private_ca(tmp_path)
     monkeypatch.chdir(tmp_path)

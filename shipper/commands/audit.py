@@ -63,8 +63,8 @@ _admin_options = [
 # `audit tail` takes --ca-file from the shipping options, where it serves the Admin API and the sinks alike.
 _ca_option = click.option(
     "--ca-file", type=click.Path(dir_okay=False),
-    help="CA certificate(s), PEM, to verify the Admin API's TLS certificate with (verification is always on; "
-         "default: the system's CAs).",
+    help="CA certificate(s), PEM, to trust for the Admin API's TLS, on top of the default ones (Mozilla's CAs "
+         "from certifi, or $SSL_CERT_FILE); verification is always on.",
 )
 _ADMIN_KEYS = ("admin_url", "admin_token_file", "no_admin_token", "workspace")
 

@@ -153,7 +153,7 @@ def load_ca_file(path: str | None) -> str | None:
     """Load --ca-file once at start, so a bad file is a usage error (exit 2) and not a failure per request."""
     if not path:
         return None
-    from shipper.delivery.sender import tls_context
+    from shipper.delivery.trust import tls_context
 
     try:
         tls_context(path)

@@ -9,7 +9,6 @@ vendor's answer; stop the shipper on a fatal answer (401/403).
 from __future__ import annotations
 
 import logging
-import os
 import ssl
 import threading
 import time
@@ -22,35 +21,13 @@ from shipper.deadletter import DeadLetter, Unwritten
 from shipper.delivery.acks import AckTracker
 from shipper.delivery.closed import ClosedBatch, Item
 from shipper.delivery.ratelimit import TokenBucket
+from shipper.delivery.trust import tls_context
 from shipper.sinks.base import FATAL, OK, REJECT, RETRY, SPLIT, Sink, Verdict
 from shipper.sinks.compression import PreparedBody
 
 log = logging.getLogger("kong-ship")
 
 RETRY_AFTER_CAP = 3600.0  # a vendor asking for more than an hour is more likely wrong than right
-
-
-def tls_context(ca_file: str | None) -> ssl.SSLContext:
-    """Verification is always on. `--ca-file` adds its CAs to those trusted without it (httpx's: Mozilla's
-    bundle from certifi, or $SSL_CERT_FILE) rather than replacing them: a private CA for a proxy or a
-    self-hosted endpoint, and one file can serve an Admin API and a public vendor alike.
-
-    Made once per process and CA file, and shared by every sender's client (a context is safe to share between
-    threads): loading the trust store takes 50-90 ms of CPU, which each client made itself before, at start-up
-    and on one core, once per sink, and once more for --ca-file's check (`running.load_ca_file`)."""
-    key = os.path.abspath(ca_file) if ca_file else None
-    with _contexts_lock:
-        context = _contexts.get(key)
-        if context is None:
-            context = httpx.create_ssl_context()
-            if key is not None:
-                context.load_verify_locations(cafile=key)
-            _contexts[key] = context
-        return context
-
-
-_contexts: dict[str | None, ssl.SSLContext] = {}
-_contexts_lock = threading.Lock()
 
 
 def _tls_failure(exc: BaseException) -> ssl.SSLCertVerificationError | None:

@@ -28,6 +28,7 @@ from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 import httpx
 import orjson
 
+from shipper.delivery.trust import tls_context
 from shipper.errors import ConfigError, FatalError
 from shipper.formats import audit_signature
 from shipper.formats.values import to_int
@@ -94,13 +95,13 @@ class AdminClient:
         self.prefix = f"/{quote(self.workspace, safe='')}" if self.workspace else ""
         self.page_size = max(1, min(page_size, MAX_PAGE_SIZE))
         self.has_token = bool(token)
-        verify: ssl.SSLContext | bool = True
-        if ca_file:
-            try:
-                verify = ssl.create_default_context(cafile=ca_file)
-            except (OSError, ssl.SSLError) as exc:
-                reason = getattr(exc, "strerror", None) or str(exc)
-                raise ConfigError(f"--ca-file {ca_file}: cannot load it: {reason}") from None
+        # The sinks' trust store (delivery.trust.tls_context): the default CAs plus --ca-file's, loaded once per process,
+        # so the help's and the README's "on top of the default ones" holds for the Admin API too.
+        try:
+            verify = tls_context(ca_file or None)
+        except (OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise ConfigError(f"--ca-file {ca_file}: cannot load it: {reason}") from None
         headers = {"Accept": "application/json", "User-Agent": "kong-ship"}
         if token:
             headers[TOKEN_HEADER] = token
