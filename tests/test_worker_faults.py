@@ -1,0 +1,164 @@
+"""Faults on the block-worker path of `kong-ship backfill` (--workers 2, small blocks: sources/blocks.py,
+transform.transform_block, batches closed in the workers and acknowledged as spans, delivery/closed.py, acks.py),
+as real processes against the fake Segment on loopback, every record with a seq of its own and the set that
+arrived checked: refusals halved down to the one bad event, odd Retry-After values, 5xx storms, a fatal answer
+mid-run (credentials, a redirect) and a re-run after the vendor is fixed, SIGTERM to the process group, a state
+directory that is read-only or a checkpoint file that is garbage, the input changed under the run, and the
+summary's accounting with a --since/--until window and poison lines."""
+
+from __future__ import annotations
+
+import collections
+import email.utils
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import gen
+import poison
+from blockrun import args, checkpointed, counts, env, positions
+from conftest import LogBuilder, reaped, ship, summary_rows, wait_until
+from fakes.segment import FakeSegment
+
+BLOCK = 20_000  # about 10 records (~2 kB each) a block: batches of 4 are closed in the workers, 4 + 4 + the rest
+WORKERS = ["--workers", "2"]
+
+
+def backfill(fake, tmp_path, paths, *more: str, state: str = "state", block: int = BLOCK, timeout: float = 60):
+    paths = [str(p) for p in (paths if isinstance(paths, list) else [paths])]
+    return ship("backfill", *paths, *args(fake, tmp_path, state, *WORKERS, *more), env=env(block), timeout=timeout)
+
+
+def start(fake, tmp_path, path, *more: str, block: int = BLOCK) -> subprocess.Popen:
+    """A backfill as its own process group (systemd's stop signals the whole group), stderr captured."""
+    argv = [sys.executable, "-m", "shipper", "backfill", str(path), *args(fake, tmp_path, "state", *WORKERS, *more)]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env(block),
+                            start_new_session=True)  # fmt: skip
+
+
+def line_ends(path) -> list[int]:
+    return list(itertools.accumulate(len(line) for line in path.read_bytes().splitlines(keepends=True)))
+
+
+def exactly_once(got: collections.Counter, seqs) -> None:
+    missing = sorted(set(seqs) - set(got))
+    doubled = sorted(s for s, n in got.items() if n > 1)
+    extra = sorted(set(got) - set(seqs))
+    assert not missing and not doubled and not extra, (missing[:10], doubled[:10], extra[:10])
+
+
+def no_traceback(stderr: bytes) -> str:
+    text = stderr.decode()
+    assert "Traceback" not in text, text[-3000:]
+    return text
+
+
+def accounted(row: dict[str, int]) -> int:
+    return sum(row[c] for c in ("shipped", "filtered", "dead-lettered", "rejected", "skipped", "blank"))
+
+
+def below_checkpoint(path, seqs, offset: int) -> set[int]:
+    """The seqs (one line each, in file order) of the lines that end at or before `offset`."""
+    return {seq for seq, end in zip(seqs, line_ends(path)) if end <= offset}
+
+
+# -- refusals: 413 / 400 halving a closed batch -----------------------------------------------------------------
+def test_scripted_413_and_400_halve_a_closed_batch_and_lose_nothing(tmp_path):
+    """A closed batch of 8 refused (413), its first half refused (400), that half's first half refused (413):
+    halves of halves, never a single good event left alone to be dead-lettered; every record once, exit 0, and the
+    checkpoint at the file's end."""
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(200))
+    with FakeSegment() as fake:
+        fake.script([413, 400, 413])
+        out = backfill(fake, tmp_path, log, "--batch-size", "8", "--concurrency", "1")
+        got = counts(fake)
+        sizes = [len(r.body) for r in fake.requests[:4]]
+    text = no_traceback(out.stderr)
+    assert out.returncode == 0, text[-2000:]
+    exactly_once(got, range(200))
+    assert not (tmp_path / "state" / "dead-letter.jsonl").exists()
+    assert sizes[0] > sizes[1] > sizes[2] > sizes[3]  # 8, 4, 2, 1: each refusal sent its first half next
+    row = summary_rows(out.stderr)["segment"]
+    assert (row["read"], row["shipped"], row["rejected"]) == (200, 200, 0)
+    assert [offset for offset, _ in positions(tmp_path / "state").values()] == [log.stat().st_size]
+
+
+def test_a_vendor_body_limit_halves_every_closed_batch_and_dead_letters_only_the_one_too_big(tmp_path):
+    """The fake's body limit (413, 3,000 bytes) fits two events, not four: every closed batch is halved; one record padded past
+    the limit alone is refused alone and dead-lettered; a record the vendor refuses by id (400) too. The rest
+    arrive once; exit 1 (rejected events); the checkpoint is at the file's end, so a second run sends nothing."""
+    log = tmp_path / "kong.json"
+    builder = LogBuilder()
+    big, bad = 77, 131
+    for seq in range(200):
+        record = gen.kong_record(seq)
+        if seq == big:
+            record["request"]["querystring"]["pad"] = "p" * 4000  # queryObject: 4 kB more, over the limit alone
+        builder.add(gen.kong_line(record))
+    log.write_bytes(builder.data())
+    bad_id = gen.kong_record(bad)["request"]["id"]
+    with FakeSegment(max_body_bytes=3_000, reject_message_ids=[bad_id]) as fake:
+        out = backfill(fake, tmp_path, log, "--batch-size", "4", "--dead-letter", str(tmp_path / "dead.jsonl"))
+        got = counts(fake)
+        refusals = collections.Counter(status for status, _ in fake.rejections)
+        again = backfill(fake, tmp_path, log, "--batch-size", "4", "--dead-letter", str(tmp_path / "dead.jsonl"))
+        assert counts(fake) == got  # nothing sent again
+    text = no_traceback(out.stderr)
+    assert out.returncode == 1, text[-2000:]
+    exactly_once(got, set(range(200)) - {big, bad})
+    assert refusals[413] >= 40 and refusals[400] >= 1
+    dead = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
+    assert sorted(gen.seq_of_segment_message(json.loads(d["event"])) for d in dead) == [big, bad]
+    assert {d["reason"] for d in dead} == {"rejected"}
+    row = summary_rows(out.stderr)["segment"]
+    assert (row["read"], row["shipped"], row["rejected"]) == (200, 198, 2) and accounted(row) == 200
+    assert [offset for offset, _ in positions(tmp_path / "state").values()] == [log.stat().st_size]
+    assert again.returncode == 0 and summary_rows(again.stderr)["segment"]["read"] == 0
+
+
+# -- retries: 429 with odd Retry-After values, 5xx then success --------------------------------------------------
+def http_date(seconds_from_now: float) -> str:
+    return email.utils.formatdate(time.time() + seconds_from_now, usegmt=True)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "garbage", "1e400", "past-date", "soon-date"])
+def test_429_with_an_odd_retry_after_then_success_every_record_once(tmp_path, value):
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(120))
+    header = {"past-date": http_date(-3600), "soon-date": http_date(2)}.get(value, value)
+    with FakeSegment() as fake:
+        fake.script([(429, {"Retry-After": header})] * 3)
+        started = time.monotonic()
+        out = backfill(fake, tmp_path, log, "--batch-size", "4")
+        took = time.monotonic() - started
+        got = counts(fake)
+    text = no_traceback(out.stderr)
+    assert out.returncode == 0, text[-2000:]
+    exactly_once(got, range(120))
+    assert summary_rows(out.stderr)["segment"]["retries"] >= 3
+    if value == "soon-date":
+        assert took >= 1.0  # the date was honoured (1-2 s from when it was made)
+    else:
+        assert took < 10  # a usable-less value falls back to the (short) exponential backoff
+
+
+def test_5xx_storm_then_success_every_record_once(tmp_path):
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(150))
+    with FakeSegment() as fake:
+        fake.script([500, 502, 503, 504, "reset", 500, 503] * 2)
+        out = backfill(fake, tmp_path, log, "--batch-size", "4")
+        got = counts(fake)
+    text = no_traceback(out.stderr)
+    assert out.returncode == 0, text[-2000:]
+    exactly_once(got, range(150))
+    row = summary_rows(out.stderr)["segment"]
+    assert row["retries"] >= 14 and row["shipped"] == 150 and row["rejected"] == 0
+    assert [offset for offset, _ in positions(tmp_path / "state").values()] == [log.stat().st_size]
