@@ -24,9 +24,9 @@ import click  # noqa: E402
 
 from shipper import __version__  # noqa: E402
 from shipper.allocator import map_big_buffers, return_free_pages  # noqa: E402
-from shipper.commands.running import say, use_json_stderr  # noqa: E402
+from shipper.commands import SUMMARIES  # noqa: E402
+from shipper.commands.stderr import say, use_json_stderr  # noqa: E402
 from shipper.errors import ConfigError, FatalError  # noqa: E402
-from shipper.processors.redact import mask_text  # noqa: E402
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # a fatal runtime error; for backfill, events the vendor permanently rejected
@@ -83,7 +83,17 @@ class LazyCommands(MutableMapping[str, click.Command]):
         return name in self._modules or name in self._loaded  # without importing
 
 
-@click.group(commands=LazyCommands(COMMAND_MODULES),
+class _Group(click.Group):
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The commands' summaries from `shipper.commands.SUMMARIES`, as click would list their `short_help`,
+        without importing every command's module to read it."""
+        rows = [(name, SUMMARIES[name]) for name in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=_Group, commands=LazyCommands(COMMAND_MODULES),
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="kong-ship")
 def cli() -> None:
@@ -151,9 +161,13 @@ def main(argv: list[str] | None = None) -> None:
     except (click.exceptions.Abort, KeyboardInterrupt):  # Ctrl-C before the run's own handlers are in place
         sys.exit(EXIT_INTERRUPTED)
     except ConfigError as exc:
+        from shipper.processors.redact import mask_text  # the masks load only for an error that needs them
+
         say("error", mask_text(str(exc)))
         sys.exit(EXIT_USAGE)
     except FatalError as exc:
+        from shipper.processors.redact import mask_text
+
         say("fatal", mask_text(str(exc)))  # a vendor's answer may quote us
         sys.exit(EXIT_FAILED)
     except click.exceptions.ClickException as exc:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import click
+import pytest
 
 from conftest import ship_env
 
@@ -85,12 +86,23 @@ def test_backfill_help_imports_no_other_command(tmp_path):
     assert code == 0
     assert "shipper.commands.backfill" in modules
     assert not {name for name in modules if name.startswith("shipper.commands.")
-                } - {"shipper.commands.backfill", "shipper.commands.options", "shipper.commands.running"}
+                } - {"shipper.commands.backfill", "shipper.commands.options", "shipper.commands.running", "shipper.commands.stderr"}
     assert "prometheus_client" not in modules and "rich" not in modules
+
+
+@pytest.mark.parametrize("args", [["--version"], ["--help"], []])
+def test_the_groups_own_answers_import_no_command_and_no_http_client(tmp_path, args):
+    """`kong-ship --version`, `--help` and a bare `kong-ship` (the help, exit 2) answer from the group alone: no
+    command's module, no httpx, no sink (0.11 s for --version instead of 0.44 when they came with it)."""
+    code, modules = imported_by(args, tmp_path)
+    assert code in (0, 2)
+    assert {name for name in modules if name.startswith("shipper.commands.")} <= {"shipper.commands.stderr"}
+    assert not {name for name in modules if name.split(".")[0] == "httpx" or name.startswith("shipper.sinks.")}
 
 
 def test_the_help_lists_every_command_with_its_short_help():
     from shipper.cli import COMMAND_MODULES, cli
+    from shipper.commands import SUMMARIES
 
     env = ship_env(PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     out = subprocess.run([sys.executable, "-m", "shipper", "--help"], cwd=ROOT, env=env, capture_output=True,
@@ -100,8 +112,8 @@ def test_the_help_lists_every_command_with_its_short_help():
     for name in COMMAND_MODULES:
         command = cli.commands[name]
         assert command.name == name
-        first_words = command.get_short_help_str(limit=30).removesuffix("...").split()[:3]
-        assert any(line.split()[1:4] == first_words for line in listed if line.split()[:1] == [name]), name
+        assert command.short_help == SUMMARIES[name]  # the summary the group lists is the command's own
+        assert f"  {name}" in out and any(line.split()[1:] == SUMMARIES[name].split() for line in listed), name
 
 
 def test_every_command_module_is_named_for_the_group():

@@ -25,6 +25,7 @@ from typing import Any
 import click
 import orjson
 
+from shipper.commands import SUMMARIES
 from shipper.commands.audit_files import records_in_files
 from shipper.commands.options import (
     apply_options, config_option, option_names, shipping_options, spooled_dry_run_option, understanding_options,
@@ -114,7 +115,7 @@ def _client(opts: dict[str, Any], token: str | None, timeout: float, page_size: 
     )
 
 
-@click.group()
+@click.group(short_help=SUMMARIES["audit"])
 def audit() -> None:
     """Kong Enterprise Admin API audit logs: ship them (tail), check their signatures (verify)."""
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from shipper.commands import SUMMARIES
 from shipper.commands.options import (
     apply_options,
     config_option,
@@ -40,7 +41,7 @@ from shipper.threads import start_thread
 log = logging.getLogger("kong-ship")
 
 
-@click.command()
+@click.command(short_help=SUMMARIES["backfill"])
 @click.argument("paths", nargs=-1)
 @apply_options(shipping_options + understanding_options + window_options
                + [progress_option, workers_option("auto"), config_option, dry_run_option])

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from shipper.commands import SUMMARIES
 from shipper.commands.options import apply_options, tail_options
 from shipper.commands.running import json_stderr, prepare, routing_of_command, say, sink_urls
 from shipper.errors import ConfigError
@@ -17,7 +18,7 @@ from shipper.routing import lanes_line
 from shipper.sources.files import expand, input_problems
 
 
-@click.command("check-config")
+@click.command("check-config", short_help=SUMMARIES["check-config"])
 @click.argument("paths", nargs=-1)
 @apply_options(tail_options)  # as `tail` sees the configuration
 def check_config(paths: tuple[str, ...], **kw: Any) -> None:

@@ -14,6 +14,7 @@ from importlib import resources
 
 import click
 
+from shipper.commands import SUMMARIES
 from shipper.errors import ConfigError
 
 # --print NAME -> the file in shipper/share/
@@ -53,7 +54,7 @@ def _installed_binary() -> str | None:
     return os.path.abspath(found) if os.path.exists(found) else None
 
 
-@click.command()
+@click.command(short_help=SUMMARIES["init"])
 @click.argument("file", required=False, default="kong-ship.toml", metavar="[FILE]")
 @click.option("--force", is_flag=True, help="Replace existing files.")
 @click.option("--print", "show", type=click.Choice(list(SHARED)), metavar="|".join(SHARED),

@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from shipper.commands import SUMMARIES
 from shipper.commands.options import apply_options, config_option, understanding_options, window_options
 from shipper.commands.running import (
     exit_if_unreadable,
@@ -24,7 +25,7 @@ from shipper.sources.files import FileSource, Oversize
 from shipper.transform import EVENT, FAILED, INVALID, NormalizedLines, Transformer
 
 
-@click.command()
+@click.command(short_help=SUMMARIES["parse"])
 @click.argument("paths", nargs=-1)
 @apply_options(understanding_options + window_options + [config_option])
 def parse(paths: tuple[str, ...], **kw: Any) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from shipper.commands import SUMMARIES
 from shipper.commands.listeners import LISTENER_KEYS, Listeners, listener_options
 from shipper.commands.options import (
     apply_options, config_option, option_names, shipping_options, spooled_dry_run_option, understanding_options,
@@ -143,7 +144,7 @@ _dry_run_option = spooled_dry_run_option(
 )
 
 
-@click.command()
+@click.command(short_help=SUMMARIES["receive"])
 @apply_options(_receiving + listener_options + _kong_records + shipping_options + [config_option, _dry_run_option])
 def receive(**kw: Any) -> None:
     """Accept Kong event-hook deliveries over HTTP (handler=webhook), check their x-kong-signature, and ship

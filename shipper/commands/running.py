@@ -1,8 +1,8 @@
 """What every shipping command does around its pipeline: set up logging, turn options into `Settings` and sinks,
 run the pipeline with its progress bar and metrics endpoint, and print the summary.
 
-stderr speaks one language per run: text, or with --log-format json one JSON object per line. `say` writes the
-lines that are not log records (an input error, a fatal end) in that language, so they too follow the flag.
+stderr speaks one language per run: text, or with --log-format json one JSON object per line (stderr.py: `say`
+writes the lines that are not log records, an input error or a fatal end, in that language).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import click
 import orjson
 
 from shipper.commands.options import RUN_OPTIONS, SETTINGS_FIELD, SINK_OPTION_NAMES, Endpoint
+from shipper.commands.stderr import json_stderr, say, use_json_stderr, utc_stamp
 from shipper.counters import COUNTERS
 from shipper.errors import ConfigError
 from shipper.formats import Parser
@@ -37,37 +38,6 @@ log = logging.getLogger("kong-ship")
 
 
 # -- stderr and logging ----------------------------------------------------------------------------------------
-class _StderrStyle:
-    json = False  # --log-format json: every line kong-ship writes to stderr is one JSON object
-
-
-_stderr = _StderrStyle()
-
-
-def json_stderr() -> bool:
-    return _stderr.json
-
-
-def use_json_stderr(on: bool) -> None:
-    """Set before logging is (main reads --log-format from the arguments and the file), so that the errors
-    found before a command runs follow the flag too."""
-    _stderr.json = on
-
-
-def say(level: str, message: str, **fields: Any) -> None:
-    """A line on stderr that is not a log record (an input error, a fatal end): `kong-ship: LEVEL: message`, or
-    with --log-format json one JSON object, like the log lines."""
-    if _stderr.json:
-        click.echo(orjson.dumps({"time": utc_stamp(time.time()), "level": level, "message": message, **fields}).decode(),
-                   err=True)
-    else:
-        click.echo(f"kong-ship: {level}: {message}", err=True)
-
-
-def utc_stamp(now: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
-
-
 class JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         return orjson.dumps(
@@ -336,7 +306,7 @@ def summary(result, stream) -> None:
     read = sum(lane.read for lane in result.lanes[:1])
     rate = read / result.elapsed if result.elapsed > 0 else 0.0
     mb = sum(lane.bytes_read for lane in result.lanes[:1]) / 1e6
-    if _stderr.json:
+    if json_stderr():
         summary_json(result, stream, rate, mb)
         return
     columns, counters = summary_columns(result)

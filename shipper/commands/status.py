@@ -7,11 +7,12 @@ import os
 import click
 import orjson
 
+from shipper.commands import SUMMARIES
 from shipper.errors import ConfigError
 from shipper.settings import default_state_dir
 
 
-@click.command()
+@click.command(short_help=SUMMARIES["status"])
 @click.option("--state-dir", envvar="KONG_SHIP_STATE_DIR", type=click.Path(file_okay=False),
               help="The state directory [env KONG_SHIP_STATE_DIR; default as for tail].")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON, for scripts.")

@@ -7,12 +7,13 @@ from typing import Any
 
 import click
 
+from shipper.commands import SUMMARIES
 from shipper.commands.options import apply_options, dry_run_option, tail_options
 from shipper.commands.running import prepare, run, say, summary
 from shipper.delivery.dry_run import DryRun
 
 
-@click.command()
+@click.command(short_help=SUMMARIES["tail"])
 @click.argument("paths", nargs=-1)
 @apply_options(tail_options + [dry_run_option])
 def tail(paths: tuple[str, ...], **kw: Any) -> None:

@@ -12,6 +12,7 @@ import click
 import httpx
 import orjson
 
+from shipper.commands import SUMMARIES
 from shipper.commands.running import say
 from shipper.output import whole_writes
 from shipper.service.metrics import parse_addr
@@ -31,7 +32,7 @@ def ending(shown: int, stats: dict[str, Any]) -> str:
             f"{stats.get('over_rate', 0):,} over the rate, {stats.get('lost', 0):,} lost (this reader was behind)")
 
 
-@click.command()
+@click.command(short_help=SUMMARIES["tap"])
 @click.option("--address", default=DEFAULT_ADDRESS, show_default=True, metavar="HOST:PORT",
               help="The running kong-ship's --metrics-addr (the tap answers local connections only).")
 @click.option("--sink", metavar="NAME", help="Only this sink's events (default: every sink's).")

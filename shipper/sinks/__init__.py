@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
-from shipper.sinks.base import OptionList, Sink
+if TYPE_CHECKING:  # not at run time: `kong-ship --version` and the config file's reading need no httpx
+    from shipper.sinks.base import OptionList, Sink
 
 _MODULES = {
     "segment": ("shipper.sinks.segment", "SegmentSink"),
@@ -27,7 +28,7 @@ def sink_module(name: str) -> ModuleType:
 
 def sink_class(name: str) -> type[Sink]:
     module, cls = _MODULES[name]
-    return cast(type[Sink], getattr(importlib.import_module(module), cls))
+    return cast("type[Sink]", getattr(importlib.import_module(module), cls))
 
 
 def all_options() -> OptionList:
