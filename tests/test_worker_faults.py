@@ -9,6 +9,7 @@ summary's accounting with a --since/--until window and poison lines."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import email.utils
 import itertools
 import json
@@ -17,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -269,3 +271,159 @@ def test_sigterm_during_a_huge_retry_after_stops_within_the_shutdown_timeout(tmp
     assert took < 4, took
     assert len(first) >= 30 and max(first.values()) == 1 and below_checkpoint(log, seqs, saved) <= set(first)
     assert again.returncode == 0 and set(got) == set(seqs) and max(got.values()) == 1
+
+
+# -- the state directory --------------------------------------------------------------------------------------------
+GARBAGE = {
+    "truncated": b'{"version": 1, "files": {"f0123456789abcdef": {"offs',
+    "garbage": b"garbage\n",
+    "empty": b"",
+    "nul": b"\0" * 64,
+    "a list": b"[]",
+    "no files": b'{"version": 1}',
+    "files a list": b'{"version": 1, "files": []}',
+    "entry a number": b'{"version": 1, "files": {"f0123456789abcdef": 5}}',
+    "offset a string": b'{"version": 1, "files": {"f0123456789abcdef": {"offset": "5"}}}',
+    "offset negative": b'{"version": 1, "files": {"f0123456789abcdef": {"offset": -1}}}',
+    "another version": b'{"version": 2, "files": {}}',
+}
+
+
+@pytest.mark.parametrize("name", sorted(GARBAGE))
+def test_a_garbage_checkpoint_without_a_previous_copy_is_one_line_and_exit_2(tmp_path, name):
+    """Nothing is sent (every file from its start would be a resend of everything, unannounced), one line says
+    which file and what to do."""
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(30))
+    (tmp_path / "state").mkdir(mode=0o700)
+    checkpoint = tmp_path / "state" / "checkpoints-segment.json"
+    checkpoint.write_bytes(GARBAGE[name])
+    with FakeSegment() as fake:
+        out = backfill(fake, tmp_path, log)
+        assert fake.request_count == 0
+    text = no_traceback(out.stderr)
+    assert out.returncode == 2, text
+    (line,) = text.strip().splitlines()
+    assert str(checkpoint) in line and "move it aside" in line
+    assert checkpoint.read_bytes() == GARBAGE[name]  # left as it was, for the operator to look at
+
+
+def test_a_garbage_checkpoint_with_a_good_previous_copy_resumes_there(tmp_path):
+    """Two runs leave a checkpoint and its previous copy; the checkpoint truncated mid-write: the third run
+    resumes from the previous copy, says so, and resends only what came after it."""
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(100))
+    with FakeSegment() as fake:
+        assert backfill(fake, tmp_path, log).returncode == 0
+        gen.write_records(log, range(100, 200))
+        assert backfill(fake, tmp_path, log).returncode == 0
+        checkpoint = tmp_path / "state" / "checkpoints-segment.json"
+        checkpoint.write_bytes(checkpoint.read_bytes()[:40])
+        gen.write_records(log, range(200, 250))
+        out = backfill(fake, tmp_path, log)
+        got = counts(fake)
+    text = no_traceback(out.stderr)
+    assert out.returncode == 0, text[-2000:]
+    assert "recovered the previous good copy" in text
+    assert set(got) == set(range(250)) and {s for s, n in got.items() if n > 1} == set(range(100, 200))
+    assert max(got.values()) == 2
+    assert [offset for offset, _ in positions(tmp_path / "state").values()] == [log.stat().st_size]
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A real 256 KiB tmpfs, to make read-only mid-run (root bypasses file permissions, a read-only mount not)."""
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {result.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_state_directory_made_read_only_mid_run(tmp_path, tiny_fs):
+    """The state directory's file system remounted read-only mid-run: delivery goes on, one error line says the
+    checkpoint cannot be saved, no traceback; the last good checkpoint stays, so the next run (writable again)
+    resends only what came after it and loses nothing."""
+    log = tmp_path / "kong.json"
+    seqs = range(1500)
+    gen.write_records(log, seqs)
+    state = tiny_fs / "state"
+    state.mkdir()
+    with FakeSegment() as fake:
+        fake.script(["slow:0.05"] * 1000)
+        argv = [sys.executable, "-m", "shipper", "backfill", str(log), "--sink", "segment", "--endpoint", fake.url,
+                "--state-dir", str(state), "--flush-interval", "0.05", *WORKERS, *SLOW_ARGS]  # fmt: skip
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env(BLOCK),
+                                start_new_session=True)  # fmt: skip
+        with reaped(proc):
+            fake.wait_for(lambda: len(fake.messages) >= 300, timeout=30)
+            saved = wait_until(lambda: checkpointed(state), timeout=10)  # saved every second
+            subprocess.run(["mount", "-o", "remount,ro", str(tiny_fs)], check=True)
+            fake.clear_script()
+            _, err = proc.communicate(timeout=60)
+        first = counts(fake)
+        subprocess.run(["mount", "-o", "remount,rw", str(tiny_fs)], check=True)
+        after = checkpointed(state)
+        again = ship("backfill", str(log), *argv[5:], env=env(BLOCK))
+        got = counts(fake)
+    text = no_traceback(err)
+    errors = [line for line in text.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "cannot save checkpoint" in errors[0] and "Read-only file system" in errors[0]
+    # Every record was delivered; the run says it ended (exit 0), the checkpoint is the last one saved.
+    assert proc.returncode == 0, text[-2000:]
+    exactly_once(first, seqs)
+    assert saved <= after < log.stat().st_size
+    assert again.returncode == 0, again.stderr.decode()[-2000:]
+    doubled = {s for s, n in got.items() if n > 1}
+    assert doubled == set(seqs) - below_checkpoint(log, seqs, after)
+    print(f"read-only mid-run: exit 0 with {len(doubled)} of 1500 records sent again by the next run")
+
+
+# -- the input changed under the run -------------------------------------------------------------------------------
+@contextlib.contextmanager
+def mid_run(tmp_path, log) -> Iterator[tuple[FakeSegment, subprocess.Popen]]:
+    """A backfill of `log` to a slow fake, once 200 records arrived (the reader is a few hundred ahead)."""
+    with FakeSegment() as fake:
+        fake.script(["slow:0.05"] * 1000)
+        with reaped(start(fake, tmp_path, log, *SLOW_ARGS)) as proc:
+            fake.wait_for(lambda: len(fake.messages) >= 200, timeout=30)
+            yield fake, proc
+
+
+@pytest.mark.parametrize("how", ["truncated to a line end", "appended to", "deleted", "emptied then rewritten"])
+def test_the_input_changed_under_the_run(tmp_path, how):
+    log = tmp_path / "kong.json"
+    seqs = range(1500)
+    gen.write_records(log, seqs)
+    ends = line_ends(log)
+    with mid_run(tmp_path, log) as (fake, proc):
+        if how == "truncated to a line end":
+            os.truncate(log, ends[999])
+            expected = set(range(1000))  # what the file still holds; what was read past the cut may be shipped too
+        elif how == "appended to":
+            gen.write_records(log, range(1500, 1600))
+            expected = set(range(1600))  # this run or the next
+        elif how == "deleted":
+            os.unlink(log)
+            expected = set(seqs)  # the open file is read to its end
+        else:
+            os.truncate(log, 0)
+            expected = set()
+        fake.clear_script()
+        _, err = proc.communicate(timeout=60)
+        first = counts(fake)
+        if how == "emptied then rewritten":
+            gen.write_records(log, range(5000, 5100))
+            expected = set(range(5000, 5100))
+        if how != "deleted":
+            again = backfill(fake, tmp_path, log, *SLOW_ARGS)
+            assert again.returncode == 0, again.stderr.decode()[-2000:]
+        got = counts(fake)
+    text = no_traceback(err)
+    assert proc.returncode == 0, text[-2000:]
+    assert max(got.values()) == 1, sorted(s for s, n in got.items() if n > 1)[:10]
+    assert expected <= set(got) <= expected | set(first)
+    row = summary_rows(err)["segment"]
+    assert row["read"] == row["shipped"] == len(first)
