@@ -427,3 +427,62 @@ def test_the_input_changed_under_the_run(tmp_path, how):
     assert expected <= set(got) <= expected | set(first)
     row = summary_rows(err)["segment"]
     assert row["read"] == row["shipped"] == len(first)
+
+
+# -- the accounting: lines read = shipped + filtered + dead-lettered + rejected + skipped + blank ----------------
+SECOND = 1000
+
+
+def write_windowed_log(path) -> tuple[int, set[int]]:
+    """300 good records a second apart (half a second past each whole second, so no record is on a bound); each
+    poison kind twice, once inside the window (seconds 100-199) and once before it; blank lines. Returns the
+    lines and the seqs to arrive with --since second 100 --until second 200."""
+    log = LogBuilder()
+    arrive: set[int] = set()
+    kinds = sorted(poison.KINDS.items())
+    for seq in range(300):
+        log.add(gen.kong_line(gen.kong_record(seq, started_at=gen.BASE_STARTED_AT + seq * SECOND + 500)))
+        if 100 <= seq < 200:
+            arrive.add(seq)
+        if seq % 10 == 5 and seq // 10 < len(kinds):
+            name, (make, expected) = kinds[seq // 10]
+            inside = 150 * SECOND + seq  # started_at = BASE_STARTED_AT + this (ms): in the window
+            log.add(make(inside))
+            log.add(make(1000 + seq))  # 1 s past BASE_STARTED_AT: before the window
+            if expected["segment"] is None:
+                arrive.add(inside)
+        if seq % 37 == 0:
+            log.add(b"\n")
+    path.write_bytes(log.data())
+    return len(log.lines), arrive
+
+
+def test_the_summary_accounts_for_every_line_with_a_window_and_poison_lines(tmp_path):
+    log = tmp_path / "kong.json"
+    lines, arrive = write_windowed_log(log)
+    since, until = str(gen.BASE_STARTED_AT // 1000 + 100), str(gen.BASE_STARTED_AT // 1000 + 200)
+    reasons = [expected["segment"] for _, expected in poison.KINDS.values()]
+    shipped_kinds, encoding_kinds = reasons.count(None), reasons.count("too_deep")
+    rows = {}
+    with FakeSegment() as fake:
+        for workers, block in (("0", 1 << 20), ("2", 3000), ("2", BLOCK)):
+            fake.messages.clear()
+            state = f"s{workers}-{block}"
+            out = ship("backfill", str(log), *args(fake, tmp_path, state, "--workers", workers, "--since", since,
+                                                   "--until", until, "--batch-size", "4"), env=env(block))  # fmt: skip
+            text = no_traceback(out.stderr)
+            assert out.returncode == 0, text[-2000:]
+            got = counts(fake)
+            exactly_once(got, arrive)
+            rows[state] = row = summary_rows(out.stderr)["segment"]
+            dead = (tmp_path / state / "dead-letter.jsonl").read_text().splitlines()
+            assert row["read"] == lines and accounted(row) == lines, row
+            assert row["shipped"] == len(arrive) and row["dead-lettered"] == len(dead) and row["blank"] == 9
+            # Filtered: the 200 good records outside the window, and before it the poison lines that parse (those
+            # shipped inside it, and those only their encoding refuses: the window is applied first).
+            assert row["filtered"] == 200 + shipped_kinds + encoding_kinds, row
+            assert row["dead-lettered"] == 2 * (len(poison.KINDS) - shipped_kinds) - encoding_kinds, row
+            assert "window" in text  # the filtered line says why
+            assert [o for o, _ in positions(tmp_path / state).values()] == [log.stat().st_size]
+    # The block path counts as the line path does, whatever the block size.
+    assert rows["s2-3000"] == rows["s2-20000"] == rows["s0-1048576"], rows
