@@ -50,7 +50,8 @@ class Log:
     def __init__(self) -> None:
         self.lines: list[bytes] = []
         self.markers: list[str] = []
-        self.ids: list[str] = []  # request ids of the shipped records, in order
+        self.ids: list[str] = []  # request ids of the shipped Kong records, in order
+        self.seqs: list[str] = []  # and their x-seq headers
         self.shipped = 0
         self.dead = 0
         self.n = 0
@@ -67,6 +68,7 @@ class Log:
     def add(self, rec: dict) -> None:
         self.lines.append(gen.kong_line(rec))
         self.ids.append(rec["request"]["id"])
+        self.seqs.append(rec["request"]["headers"]["x-seq"])
         self.shipped += 1
 
     def add_dead(self, line: bytes) -> None:
@@ -242,6 +244,30 @@ def write_log(path) -> Log:
         log.add_dead(gen.kong_line(rec)[:-60] + b"\n")
         log.add_dead(f"GET /x?api%255Fkey={log.marker()} HTTP/1.1 Cookie: sid={log.marker()}\n".encode())
         log.add_dead(b'["not an object", {"X-API-KEY": "' + log.marker().encode() + b'"}]\n')
+        # Nginx lines (the Transaction path, no flat one), and Kong records in CRI framing inside a block of plain
+        # lines (the block's Framer): one whole, one split into a partial and a final piece.
+        for i in range(3):
+            trio = [log.marker() for _ in range(3)]
+            log.lines.append(gen.nginx_line(leaks.nginx_record(seq + i, trio, leaks.fixed_pick(seq + i))))
+            log.shipped += 1
+        for split in (False, True):
+            rec = log.record(seq := seq + 1)
+            rec["request"]["headers"]["X-Auth-Token"] = log.marker()
+            add_query(rec, "access%5Ftoken", log.marker())
+            body = gen.kong_line(rec)[:-1]
+            stamp = b"2024-05-01T10:00:00.000000001Z stdout "
+            if split:
+                log.lines.append(stamp + b"P " + body[:1500] + b"\n")
+                log.lines.append(stamp + b"F " + body[1500:] + b"\n")
+            else:
+                log.lines.append(stamp + b"F " + body + b"\n")
+            log.ids.append(rec["request"]["id"])
+            log.seqs.append(rec["request"]["headers"]["x-seq"])
+            log.shipped += 1
+    # The last line unterminated: reported (by path), never shipped, never shown.
+    rec = log.record(seq + 1)
+    rec["request"]["headers"]["Authorization"] = f"Bearer {log.marker()}"
+    log.lines.append(gen.kong_line(rec)[:-1])
     path.write_bytes(b"".join(log.lines))
     return log
 
@@ -316,6 +342,7 @@ def test_no_secret_leaves_a_block_backfill_with_workers(tmp_path, secret_log, si
             assert result.stdout.count(b"\n") == log.shipped
         letters = [orjson.loads(line) for line in (state / "dead-letter.jsonl").read_bytes().splitlines()]
         assert len(letters) == log.dead
+        assert b"kong.json" in result.stderr and b"newline" in result.stderr.lower()  # the unterminated last line
         too_long = [e for e in letters if e["reason"] == "too_long"]
         assert len(too_long) == 2 * (2 + len(CUT_CONTEXTS)) and all(len(e["line"]) > 3000 for e in too_long)
         assert all("*****" in e["line"] for e in too_long)
@@ -329,29 +356,50 @@ def test_no_secret_leaves_a_block_backfill_with_workers(tmp_path, secret_log, si
             fake.__exit__(None, None, None)
 
 
-@pytest.mark.parametrize("refusal", ["400", "413"])
+class RefusingMoesif(FakeMoesif):
+    """Answers 400 to a batch holding an event of a record whose `x-seq` header is in `refuse`."""
+
+    def __init__(self, application_id: str, refuse: set[str]):
+        super().__init__(application_id)
+        self.refuse_seqs = refuse
+
+    def respond(self, req):
+        if req.method == "POST":  # the sink always gzips its batches
+            events = orjson.loads(gzip.decompress(req.body))
+            if any(event["request"]["headers"].get("x-seq") in self.refuse_seqs for event in events):
+                return self.refuse(400, "events[0]: refused by the test")
+        return super().respond(req)
+
+
+@pytest.mark.parametrize("refusal", ["segment-400", "segment-413", "moesif-400"])
 def test_refused_and_split_batches_made_in_the_workers_leak_nothing(tmp_path, secret_log, refusal):
-    """Segment's batches are closed and compressed in the workers; a batch refused (400: events the fake
-    rejects; 413: a body over the fake's bound) is decompressed into items and halved: down to the offending
-    event, dead-lettered with its event (400), or to halves under the bound, sent again (413). Neither the halves
-    sent again nor the dead letters carry a secret."""
+    """Segment's and Moesif's batches are closed and compressed in the workers; a batch refused (400: events the
+    fake rejects; 413: a body over the fake's bound) is decompressed into items and halved: down to the
+    offending event, dead-lettered with its event (400), or to halves under the bound, sent again (413). Neither
+    the halves sent again nor the dead letters carry a secret."""
     path, log = secret_log
     state = tmp_path / "state"
-    rejected = log.ids[3::7] if refusal == "400" else []
-    fake = FakeSegment(CREDENTIALS["segment"], reject_message_ids=rejected,
-                       max_body_bytes=2_400 if refusal == "413" else 500_000)  # fmt: skip
+    sink = refusal.partition("-")[0]
+    if refusal == "moesif-400":
+        rejected = set(log.seqs[3::7])
+        fake: FakeSegment | FakeMoesif = RefusingMoesif(CREDENTIALS["moesif"], rejected)
+    else:
+        rejected = set(log.ids[3::7]) if refusal == "segment-400" else set()
+        fake = FakeSegment(CREDENTIALS["segment"], reject_message_ids=rejected,
+                           max_body_bytes=2_400 if refusal == "segment-413" else 500_000)  # fmt: skip
     with fake:
-        result = backfill(path, state, "segment", fake.url, "--batch-size", "4", "--concurrency", "1")
+        result = backfill(path, state, sink, fake.url, "--batch-size", "4", "--concurrency", "1")
         letters = [orjson.loads(line) for line in (state / "dead-letter.jsonl").read_bytes().splitlines()]
-        refused = [e for e in letters if e["reason"] == "rejected"]
-        if refusal == "400":  # a backfill with rejected events exits 1 (README: Exit codes)
-            assert result.returncode == 1, result.stderr.decode()[-3000:]
-            assert sorted(orjson.loads(e["event"])["messageId"] for e in refused) == sorted(rejected)
-        else:
+        refused = [orjson.loads(e["event"]) for e in letters if e["reason"] == "rejected"]
+        if refusal == "segment-413":
             assert result.returncode == 0, result.stderr.decode()[-3000:]
             assert len(fake.rejections) >= 5 and {status for status, _ in fake.rejections} == {413}
             assert not refused
-        assert len(fake.messages) + len(refused) == log.shipped
+        else:  # a backfill with rejected events exits 1 (README: Exit codes)
+            assert result.returncode == 1, result.stderr.decode()[-3000:]
+            ids = [e["messageId"] if sink == "segment" else e["request"]["headers"]["x-seq"] for e in refused]
+            assert sorted(ids) == sorted(rejected)
+        assert received(sink, fake) + len(refused) == log.shipped
         found = []
         for where, data in everything_that_left(fake, result, state).items():
             found += scan(log.markers + list(CREDENTIALS.values()), where, data)
