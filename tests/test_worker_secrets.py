@@ -62,12 +62,13 @@ class Log:
         self.markers.append(m)
         return m
 
-    def record(self, seq: int) -> dict:
-        return gen.kong_record(seq, jwt_sub=f"user-{seq % 5}")
+    def record(self, seq: int, version: str = "3") -> dict:
+        return gen.kong_record(seq, version=version, jwt_sub=f"user-{seq % 5}")
 
     def add(self, rec: dict) -> None:
         self.lines.append(gen.kong_line(rec))
-        self.ids.append(rec["request"]["id"])
+        if "id" in rec["request"]:  # Kong 3.x: the Segment messageId
+            self.ids.append(rec["request"]["id"])
         self.seqs.append(rec["request"]["headers"]["x-seq"])
         self.shipped += 1
 
@@ -82,7 +83,7 @@ def add_query(rec: dict, name: str, value: str, *, uri: bool = True, url: bool =
         request["uri"] += f"&{name}={value}"
         request["querystring"][unquote_plus(name)] = value
     if url:
-        request["url"] += f"&{name}={value}"
+        request["url" if "url" in request else "request_uri"] += f"&{name}={value}"  # 0.x: request_uri
 
 
 # The variants the brief names, beyond leaks.SHAPES' random ones: each plants one marker in a record.
@@ -121,6 +122,14 @@ def _all_encoded(rec, m):
 def _fragment(rec, m):
     rec["request"]["uri"] += f"#access_token={m}&state=1"
     rec["request"]["url"] += f"#access_token={m}&state=1"
+
+
+def _url_userinfo(rec, m):
+    rec["request"]["url"] = rec["request"]["url"].replace("https://", f"https://alice:{m}@")
+
+
+def _url_user_token(rec, m):
+    rec["request"]["url"] = rec["request"]["url"].replace("https://", f"https://{m}@")
 
 
 def _fragment_route(rec, m):
@@ -179,7 +188,7 @@ def _authenticated_entity(rec, m):
 
 VARIANTS = [
     _authorization_upper, _api_key_mixed, _proxy_authorization, _set_cookie_list, _tok65n, _api5fkey,
-    _double_encoded, _all_encoded, _fragment, _fragment_route, _only_in_url, _only_in_uri, _upstream_uri,
+    _double_encoded, _all_encoded, _fragment, _url_userinfo, _url_user_token, _fragment_route, _only_in_url, _only_in_uri, _upstream_uri,
     _upstream_uri_fragment, _service_url, _service_secret_field, _route_header, _consumer_credential,
     _request_json_body, _response_json_text, _form_body, _authenticated_entity,
 ]  # fmt: skip
@@ -218,7 +227,7 @@ def write_log(path) -> Log:
     seq = 0
     for round_ in range(2):
         for shape in sorted(leaks.SHAPES):
-            rec = log.record(seq := seq + 1)
+            rec = log.record(seq := seq + 1, version="302"[seq % 3])  # Kong 0.x, 2.x, 3.x
             leaks.SHAPES[shape](rec, log.marker(), leaks.fixed_pick(seq))
             log.add(rec)
         for variant in VARIANTS:
@@ -264,6 +273,9 @@ def write_log(path) -> Log:
             log.ids.append(rec["request"]["id"])
             log.seqs.append(rec["request"]["headers"]["x-seq"])
             log.shipped += 1
+        rec = log.record(seq := seq + 1)
+        rec["request"]["headers"]["Cookie"] = f"sid={log.marker()}"
+        log.add_dead(stamp + b"F " + over_long(rec, MAX_LINE + 1_500))  # over the limit, in CRI framing
     # The last line unterminated: reported (by path), never shipped, never shown.
     rec = log.record(seq + 1)
     rec["request"]["headers"]["Authorization"] = f"Bearer {log.marker()}"
@@ -344,7 +356,7 @@ def test_no_secret_leaves_a_block_backfill_with_workers(tmp_path, secret_log, si
         assert len(letters) == log.dead
         assert b"kong.json" in result.stderr and b"newline" in result.stderr.lower()  # the unterminated last line
         too_long = [e for e in letters if e["reason"] == "too_long"]
-        assert len(too_long) == 2 * (2 + len(CUT_CONTEXTS)) and all(len(e["line"]) > 3000 for e in too_long)
+        assert len(too_long) == 2 * (3 + len(CUT_CONTEXTS)) and all(len(e["line"]) > 3000 for e in too_long)
         assert all("*****" in e["line"] for e in too_long)
         found = []
         for where, data in everything_that_left(fake, result, state).items():
