@@ -100,6 +100,20 @@ def test_config_errors_name_the_file_the_key_and_the_expectation(tmp_path, body,
     assert str(config) in line and message in line, line
 
 
+def test_a_wrong_value_stops_the_commands_that_take_it_an_unknown_key_every_command(tmp_path):
+    """A wrong value stops the commands that take it (`tail` runs with `workers`); `status`, which does not,
+    still answers beside such a service. An unknown key stops every command, `status` too."""
+    (tmp_path / "state").mkdir(mode=0o700)
+    config = write_config(tmp_path, "[delivery]\nworkers = 'many'\n")
+    refused = ship("tail", "x.json", "--sink", "stdout", "--config", str(config), "--state-dir", str(tmp_path / "state"))
+    assert refused.returncode == 2 and "delivery.workers" in refused.stderr.decode()
+    status = ship("status", "--state-dir", str(tmp_path / "state"), env=ship_env(KONG_SHIP_CONFIG=str(config)))
+    assert status.returncode == 0, status.stderr.decode()
+    unknown = write_config(tmp_path, "[delivery]\nworkerz = 2\n")
+    status = ship("status", "--state-dir", str(tmp_path / "state"), env=ship_env(KONG_SHIP_CONFIG=str(unknown)))
+    assert status.returncode == 2 and "delivery.workerz: unknown key" in status.stderr.decode()
+
+
 def test_missing_config_file_is_an_error(tmp_path):
     result = ship("tail", "--config", str(tmp_path / "nope.toml"))
     assert result.returncode == 2 and "does not exist" in result.stderr.decode()

@@ -213,6 +213,12 @@ def default_map(data: dict[str, Any], path: str, command: click.Command) -> dict
     return out
 
 
+def check_sections(data: dict[str, Any], path: str) -> None:
+    """The file's names (sections, keys, sinks) checked whichever command runs, before any: `default_map` for a
+    command without parameters checks them and takes no value."""
+    default_map(data, path, click.Command("kong-ship"))
+
+
 def _tables(path: str, where: str, param: click.Parameter, value: Any) -> list[dict[str, Any]]:
     """A list of tables, each judged by the option's type; kept as written (click converts them)."""
     if not isinstance(value, list):
