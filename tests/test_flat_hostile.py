@@ -479,3 +479,29 @@ def test_text_damage_the_parser_repairs_or_refuses(name: str) -> None:
     assert [o[0] for o in got] == [EVENT, EVENT, EVENT, INVALID, EVENT, EVENT, INVALID, INVALID, EVENT]
     assert {o[1][0] for o in got if o[0] == INVALID} == {"not_json"}  # a lone surrogate: a dead letter, with why
     assert pair.counting.fallbacks == 4  # what orjson refuses is the Transaction path's to repair or refuse
+
+
+SEQUENCE_MUTATIONS = [m_entity, m_entity, m_query, m_query, m_jwt, m_headers]
+
+
+@st.composite
+def related_lines(draw: Any) -> list[bytes]:
+    """2–5 records sharing entity ids, tokens and query names: what the masks, identity and the parameter
+    patterns remember from one line must weigh alike on the next, whichever path each line took."""
+    lines = []
+    for _ in range(draw(st.integers(2, 5))):
+        record = copy.deepcopy(GEN_RECORDS[draw(st.integers(0, len(GEN_RECORDS) - 1))])
+        for mutation in draw(st.lists(st.sampled_from(SEQUENCE_MUTATIONS), min_size=1, max_size=3)):
+            mutation(record, draw)
+        lines.append(dumps(record))
+    return lines
+
+
+@pytest.mark.parametrize("name", ["segment", "moesif", "runscope-bodies-window"])
+@settings(max_examples=60, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large])
+@given(lines=related_lines())
+def test_related_lines_through_fresh_state_give_the_same_outcomes(name: str, lines: list[bytes]) -> None:
+    pair = Pair(name)  # fresh caches on both sides, so the lines' order is what they share
+    for i, line in enumerate(lines):
+        pair.check(line, i)
