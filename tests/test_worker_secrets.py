@@ -188,9 +188,9 @@ def _authenticated_entity(rec, m):
 
 VARIANTS = [
     _authorization_upper, _api_key_mixed, _proxy_authorization, _set_cookie_list, _tok65n, _api5fkey,
-    _double_encoded, _all_encoded, _fragment, _url_userinfo, _url_user_token, _fragment_route, _only_in_url, _only_in_uri, _upstream_uri,
-    _upstream_uri_fragment, _service_url, _service_secret_field, _route_header, _consumer_credential,
-    _request_json_body, _response_json_text, _form_body, _authenticated_entity,
+    _double_encoded, _all_encoded, _fragment, _url_userinfo, _url_user_token, _fragment_route, _only_in_url,
+    _only_in_uri, _upstream_uri, _upstream_uri_fragment, _service_url, _service_secret_field, _route_header,
+    _consumer_credential, _request_json_body, _response_json_text, _form_body, _authenticated_entity,
 ]  # fmt: skip
 
 # Where a secret sits when the 4 KiB an over-long line keeps ends in the middle of it (the text before the marker).
