@@ -89,6 +89,34 @@ def test_corrupt_checkpoint_without_a_good_copy_refuses_to_start(tmp_path):
         CheckpointStore(str(tmp_path), "segment").load()
 
 
+@pytest.mark.parametrize("field, value", [
+    ("updated", "yesterday"), ("updated", None), ("updated", [1]), ("path", 5), ("path", None), ("tail", 7),
+    ("tail", {"a": 1}), ("offset", True), ("offset", 1.5),
+])
+def test_an_entry_with_a_field_of_the_wrong_type_is_refused_when_read_not_when_saved(tmp_path, field, value):
+    """A hand-edited (or foreign) entry, e.g. `"updated": "yesterday"` for a file not in this run: taken as it
+    came, it made every save fail with a TypeError after the run had shipped its records, so each run shipped
+    them again. Now the file is unreadable at start: the previous copy, or a one-line refusal."""
+    store = CheckpointStore(str(tmp_path), "segment")
+    store.update("f1", 10, "/var/log/a.json", "abc")
+    store.update("f2", 20, "/var/log/b.json", None)
+    doc = orjson.loads(orjson.dumps({"version": 1, "files": {
+        k: {"offset": v.offset, "path": v.path, "tail": v.tail, "updated": v.updated} for k, v in store.entries.items()
+    }}))
+    doc["files"]["f2"][field] = value
+    with open(store.path, "wb") as handle:
+        handle.write(orjson.dumps(doc))
+    with pytest.raises(ConfigError, match=f"bad .*{field}.* for f2|bad offset for f2|bad path or tail for f2"):
+        CheckpointStore(str(tmp_path), "segment").load()
+    doc["files"]["f2"][field] = {"updated": 5.5, "path": "/var/log/b.json", "tail": None, "offset": 20}[field]
+    with open(store.path, "wb") as handle:
+        handle.write(orjson.dumps(doc))
+    loaded = CheckpointStore(str(tmp_path), "segment")
+    assert loaded.load()["f2"].offset == 20
+    loaded.update("f1", 11, "/var/log/a.json", "abc")
+    assert loaded.save()  # the round trip the bad entry broke
+
+
 def test_a_state_directory_that_cannot_be_written_is_a_clear_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")

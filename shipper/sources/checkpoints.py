@@ -8,6 +8,7 @@ and with no good copy at all kong-ship refuses to start rather than resend every
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -88,10 +89,17 @@ class CheckpointStore:
             raise ValueError("not a kong-ship checkpoint file")
         out = {}
         for file_id, entry in data["files"].items():
+            # Every field checked here, not where it is used: a hand-edited `"updated": "yesterday"` taken as it
+            # came made every later save fail with a TypeError, after the run had shipped its records.
             offset = entry["offset"]
-            if not isinstance(offset, int) or offset < 0:
+            if type(offset) is not int or offset < 0:
                 raise ValueError(f"bad offset for {file_id}")
-            out[file_id] = Checkpoint(offset, entry.get("path", ""), entry.get("tail"), entry.get("updated", 0.0))
+            path, tail, updated = entry.get("path", ""), entry.get("tail"), entry.get("updated", 0.0)
+            if type(path) is not str or not (tail is None or type(tail) is str):
+                raise ValueError(f"bad path or tail for {file_id}")
+            if type(updated) not in (int, float) or not math.isfinite(updated):
+                raise ValueError(f"bad updated time for {file_id}")
+            out[file_id] = Checkpoint(offset, path, tail, float(updated))
         return out
 
     # -- writing ------------------------------------------------------------------------------------------
