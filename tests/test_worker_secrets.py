@@ -336,9 +336,18 @@ def secret_log(tmp_path_factory):
     return path, write_log(path)
 
 
-@pytest.mark.parametrize("sink", ["segment", "moesif", "runscope", "stdout"])
+@pytest.mark.parametrize("sink", ["segment", "moesif", "runscope", "stdout", "segment.gz"])
 def test_no_secret_leaves_a_block_backfill_with_workers(tmp_path, secret_log, sink):
+    """`segment.gz`: the log gzipped (sources/blocks.py gzip_blocks), whose unterminated last line is shipped. Its
+    blocks end elsewhere: the split CRI record's partial piece ends one, and a split container line waiting at
+    a block's end in a file that is no container log is dead-lettered, its last piece skipped (transform_block's
+    known limit): one record less, one dead letter more."""
     path, log = secret_log
+    shipped, dead = log.shipped, log.dead
+    if sink.endswith(".gz"):
+        sink, path = sink[:-3], tmp_path / "kong.json.gz"
+        path.write_bytes(gzip.compress(secret_log[0].read_bytes(), compresslevel=1, mtime=0))
+        dead += 1  # shipped: one more (the unterminated last line), one less (the split CRI record)
     state = tmp_path / "state"
     fake = FAKES[sink]() if sink in FAKES else None
     if fake is not None:
@@ -349,12 +358,13 @@ def test_no_secret_leaves_a_block_backfill_with_workers(tmp_path, secret_log, si
         # Not vacuous: every record arrived (bodies too), the over-long and broken lines were dead-lettered with
         # what could be kept of them, and the run took the block path (the dead letters of lines cut in a block).
         if fake is not None:
-            assert received(sink, fake) == log.shipped
+            assert received(sink, fake) == shipped
         else:
-            assert result.stdout.count(b"\n") == log.shipped
+            assert result.stdout.count(b"\n") == shipped
         letters = [orjson.loads(line) for line in (state / "dead-letter.jsonl").read_bytes().splitlines()]
-        assert len(letters) == log.dead
-        assert b"kong.json" in result.stderr and b"newline" in result.stderr.lower()  # the unterminated last line
+        assert len(letters) == dead
+        if not path.name.endswith(".gz"):  # a plain file's unterminated last line is reported, not read
+            assert b"kong.json" in result.stderr and b"newline" in result.stderr.lower()
         too_long = [e for e in letters if e["reason"] == "too_long"]
         assert len(too_long) == 2 * (3 + len(CUT_CONTEXTS)) and all(len(e["line"]) > 3000 for e in too_long)
         assert all("*****" in e["line"] for e in too_long)
