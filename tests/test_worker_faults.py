@@ -93,9 +93,10 @@ def test_scripted_413_and_400_halve_a_closed_batch_and_lose_nothing(tmp_path):
 
 
 def test_a_vendor_body_limit_halves_every_closed_batch_and_dead_letters_only_the_one_too_big(tmp_path):
-    """The fake's body limit (413, 3,000 bytes) fits two events, not four: every closed batch is halved; one record padded past
-    the limit alone is refused alone and dead-lettered; a record the vendor refuses by id (400) too. The rest
-    arrive once; exit 1 (rejected events); the checkpoint is at the file's end, so a second run sends nothing."""
+    """The fake's body limit (413, 3,000 bytes) fits two events, not four: every closed batch is halved; one
+    record padded past the limit alone is refused alone and dead-lettered; a record the vendor refuses by id (400)
+    too. The rest arrive once; exit 1 (rejected events); the checkpoint is at the file's end, so a second run
+    sends nothing."""
     log = tmp_path / "kong.json"
     builder = LogBuilder()
     big, bad = 77, 131
@@ -211,6 +212,29 @@ def test_a_fatal_answer_mid_run_stops_with_one_line_and_a_rerun_loses_nothing(tm
     print(f"HTTP {status}: {len(first)} delivered before the stop ({sorted(first)}), "
           f"{len(below_checkpoint(log, seqs, saved))} below the checkpoint, {len(doubled)} sent twice")
 
+
+
+def test_a_fatal_answer_to_the_half_of_a_refused_closed_batch(tmp_path):
+    """A closed batch refused (400), its first half delivered, its second half answered 401: exit 1, nothing
+    dead-lettered, the checkpoint never past a record that arrived; the re-run ships the rest."""
+    log = tmp_path / "kong.json"
+    seqs = range(200)
+    gen.write_records(log, seqs)
+    state = tmp_path / "state"
+    with FakeSegment() as fake:
+        fake.script(["slow:0", "slow:0", 400, "slow:0", 401])
+        out = backfill(fake, tmp_path, log, "--batch-size", "8", "--concurrency", "1")
+        first = counts(fake)
+        saved = checkpointed(state)
+        again = backfill(fake, tmp_path, log, "--batch-size", "8", "--concurrency", "1")
+        got = counts(fake)
+    text = no_traceback(out.stderr)
+    assert out.returncode == 1 and "HTTP 401" in text, text[-2000:]
+    assert len(first) == 20 and max(first.values()) == 1  # two batches of 8, then the delivered half (4)
+    assert below_checkpoint(log, seqs, saved) <= set(first)
+    assert not (state / "dead-letter.jsonl").exists()
+    assert again.returncode == 0 and set(got) == set(seqs)
+    assert {s for s, n in got.items() if n > 1} <= set(first) - below_checkpoint(log, seqs, saved)
 
 # -- SIGTERM to the process group -----------------------------------------------------------------------------
 SLOW_ARGS = ["--queue-size", "300", "--batch-size", "20", "--concurrency", "1", "--shutdown-timeout", "1"]
