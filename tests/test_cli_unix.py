@@ -229,6 +229,17 @@ def test_parse_reads_standard_input_redirected_from_a_file_as_dev_stdin(tmp_path
     assert sorted(int(orjson.loads(line)["query"]["seq"]) for line in result.stdout.splitlines()) == list(range(7))
 
 
+def test_parse_and_backfill_need_no_standard_input(tmp_path):
+    """Started with descriptor 0 closed (`<&-`, some supervisors): nothing reads it, nothing fails."""
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(4))
+    for command in (["parse"], ["backfill", "--sink", "stdout", "--state-dir", str(tmp_path / "s")]):
+        result = subprocess.run([sys.executable, "-m", "shipper", command[0], str(log), *command[1:]],
+                                capture_output=True, env=ship_env(), timeout=60, preexec_fn=lambda: os.close(0))  # fmt: skip
+        assert result.returncode == 0, result.stderr.decode()
+        assert len(result.stdout.splitlines()) == 4 and "Traceback" not in result.stderr.decode()
+
+
 # -- output ------------------------------------------------------------------------------------------------------
 def _many_lines(path, count: int) -> None:
     """`count` records (the same few hundred seqs over and over: fast to write, long to parse)."""
