@@ -87,6 +87,9 @@ class Pair:
         got = self.flat("f1", line, offset, offset + 1)
         want = self.plain("f1", line, offset, offset + 1)
         assert got == want, f"{self.name}: {line[:400]!r}\nflat: {str(got)[:600]}\nfull: {str(want)[:600]}"
+        if got[0] == INVALID:  # a dead letter says why: a short reason and a sentence
+            reason, detail = got[1]
+            assert type(reason) is str and reason.isidentifier() and type(detail) is str and detail, got
         return got
 
 
