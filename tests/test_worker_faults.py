@@ -131,29 +131,45 @@ def test_a_vendor_body_limit_halves_every_closed_batch_and_dead_letters_only_the
 
 
 # -- retries: 429 with odd Retry-After values, 5xx then success --------------------------------------------------
-def http_date(seconds_from_now: float) -> str:
-    return email.utils.formatdate(time.time() + seconds_from_now, usegmt=True)
+def http_date(when: float) -> str:
+    return email.utils.formatdate(when, usegmt=True)
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "garbage", "past-date", "soon-date"])
+class TimedSegment(FakeSegment):
+    """The fake Segment, remembering the wall-clock time each request arrived."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.times: list[float] = []
+
+    def _next(self, req):
+        with self._lock:
+            self.times.append(time.time())
+        return super()._next(req)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "garbage", "past-date", "date"])
 def test_429_with_an_odd_retry_after_then_success_every_record_once(tmp_path, value):
     log = tmp_path / "kong.json"
     gen.write_records(log, range(120))
-    header = {"past-date": http_date(-3600), "soon-date": http_date(2)}.get(value, value)
-    with FakeSegment() as fake:
+    until = int(time.time()) + 3  # a whole second: what an HTTP date can say
+    header = {"past-date": http_date(time.time() - 3600), "date": http_date(until)}.get(value, value)
+    with TimedSegment() as fake:
         fake.script([(429, {"Retry-After": header})] * 3)
-        started = time.monotonic()
         out = backfill(fake, tmp_path, log, "--batch-size", "4")
-        took = time.monotonic() - started
         got = counts(fake)
+        times = fake.times
     text = no_traceback(out.stderr)
     assert out.returncode == 0, text[-2000:]
     exactly_once(got, range(120))
     assert summary_rows(out.stderr)["segment"]["retries"] >= 3
-    if value == "soon-date":
-        assert took >= 1.0  # the date was honoured (1-2 s from when it was made)
+    if value == "date":
+        # The date honoured: nothing sent after the first 429 until it (the slots' requests already out aside).
+        assert times[0] < until - 0.5, "the run started too late for the date to mean a wait"
+        assert times[3] >= until - 0.05, (times[:4], until)
     else:
-        assert took < 10  # a usable-less value falls back to the (short) exponential backoff
+        # A value with no usable wait falls back to the exponential backoff (--retry-max-delay 0.2 s).
+        assert times[3] - times[0] < 3, times[:4]
 
 
 def test_5xx_storm_then_success_every_record_once(tmp_path):
@@ -230,7 +246,9 @@ def test_a_fatal_answer_to_the_half_of_a_refused_closed_batch(tmp_path):
         got = counts(fake)
     text = no_traceback(out.stderr)
     assert out.returncode == 1 and "HTTP 401" in text, text[-2000:]
-    assert len(first) == 20 and max(first.values()) == 1  # two batches of 8, then the delivered half (4)
+    # Two batches of 8, then the delivered half of the refused one (which one the batcher's flush of a block's
+    # remainder decides): 17 to 20 records.
+    assert 16 < len(first) <= 20 and max(first.values()) == 1, sorted(first)
     assert below_checkpoint(log, seqs, saved) <= set(first)
     assert not (state / "dead-letter.jsonl").exists()
     assert again.returncode == 0 and set(got) == set(seqs)
@@ -260,7 +278,7 @@ def test_sigterm_to_the_process_group_mid_run_stops_promptly_and_a_restart_loses
         got = counts(fake)
     text = no_traceback(err)
     assert proc.returncode == 128 + signal.SIGTERM, text[-2000:]
-    assert took < 3, took  # at most the shutdown timeout (1 s), not the rest of the file
+    assert took < 5, took  # the shutdown timeout (1 s) and the exit, not the rest of the file
     assert "interrupted by SIGTERM" in text
     assert max(first.values()) == 1 and 100 <= len(first) < len(seqs)
     # Stopping delivers what is in flight: the checkpoint is where the delivered prefix ends.
@@ -295,7 +313,7 @@ def test_sigterm_during_a_huge_retry_after_stops_within_the_shutdown_timeout(tmp
         got = counts(fake)
     text = no_traceback(err)
     assert proc.returncode == 128 + signal.SIGTERM, text[-2000:]
-    assert took < 3, took
+    assert took < 5, took  # the shutdown timeout (1 s), not the hour asked for
     assert len(first) >= 30 and max(first.values()) == 1 and below_checkpoint(log, seqs, saved) <= set(first)
     assert again.returncode == 0 and set(got) == set(seqs) and max(got.values()) == 1
 
