@@ -326,6 +326,7 @@ GARBAGE = {
     "files a list": b'{"version": 1, "files": []}',
     "entry a number": b'{"version": 1, "files": {"f0123456789abcdef": 5}}',
     "offset a string": b'{"version": 1, "files": {"f0123456789abcdef": {"offset": "5"}}}',
+    "updated a string": b'{"version": 1, "files": {"f0123456789abcdef": {"offset": 5, "updated": "yesterday"}}}',
 }
 
 
