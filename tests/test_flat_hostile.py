@@ -537,3 +537,28 @@ def test_deep_nesting_in_fields_the_sink_skips(name: str) -> None:
     pair, got = _outcomes(name, [_line(change) for change in changes])
     assert [o[0] for o in got] == [EVENT] * len(changes)
     assert pair.counting.events == len(changes)
+
+
+def _names_nested(n: int, sep: str = "?") -> str:
+    return "".join(f"n{i}={sep}" for i in range(n)) + "x"
+
+
+@pytest.mark.parametrize("name", ["segment", "moesif", "runscope"])
+def test_masks_never_recurse_past_the_stack(name: str) -> None:
+    """A `body` nested in a body 600 deep, and targets nested in values 1,000 deep (`?n0=?n1=?...`, any client's
+    to send) in every place a mask walks: both paths ship the record, alike. Before the bounds (masking.mask_body
+    carrying its depth, params.MAX_NESTING), Python's recursion limit made them INVALID `too_deep` on the
+    Transaction path while the flat paths that skip those masks shipped them."""
+    nest = b'{"body":' * 600 + b"1" + b"}" * 600
+    lines = [b'{"request":{"uri":"/","body":' + nest + b'},"started_at":1764000000000}',
+             b'{"request":{"uri":"/"},"service":{"body":' + nest + b'},"started_at":1764000000000}']  # fmt: skip
+    lines += [dumps(r) for r in (
+        {"request": {"uri": "/", "headers": {"referer": "?" + _names_nested(1000)}}, "started_at": 1764000000000},
+        {"request": {"uri": "/", "body": _names_nested(1000)}, "started_at": 1764000000000},
+        {"request": {"uri": "/"}, "upstream_uri": "/?" + _names_nested(1000), "started_at": 1764000000000},
+        {"request": {"uri": "/"}, "service": {"url": "http://h/?" + _names_nested(1000)}, "started_at": 1764000000000},
+        {"request": {"uri": "/p?" + _names_nested(1000)}, "started_at": 1764000000000},
+        {"request": {"uri": "/p#" + _names_nested(1000, "#")}, "started_at": 1764000000000},
+    )]  # fmt: skip
+    _, got = _outcomes(name, lines)
+    assert [o[0] for o in got] == [EVENT] * len(lines)

@@ -117,3 +117,76 @@ def test_kongs_decoded_query_object_is_masked_by_its_own_names() -> None:
     assert list(masked) == list(query) and query["apikey"] == "k"  # same order; the input is not changed
     clean = {"seq": "1", "tag": ["a"]}
     assert masker.mask_query(clean) is clean
+
+
+# -- targets inside values, path parameters, nesting bounds -----------------------------------------------------
+def test_a_value_that_is_a_target_has_its_secrets_masked_encoded_or_not() -> None:
+    masker = Masker()
+    assert masker.mask_params("next=/cb?token=s1&x=1") == f"next=/cb?token={MASK}&x=1"
+    assert masker.mask_params("next=%2Fcb%3Ftoken%3Ds2&x=1") == f"next=%2Fcb%3Ftoken%3D{MASK}&x=1"
+    assert masker.mask_params("next=%252Fcb%253Ftoken%253Ds3") == f"next=%252Fcb%253Ftoken%253D{MASK}"  # twice
+    assert masker.mask_params("r=https%3A%2F%2Fapp%2Fcb%23access_token%3Ds4") == (
+        f"r=https%3A%2F%2Fapp%2Fcb%23access_token%3D{MASK}"
+    )
+    assert masker.mask_params("r=https://u:s5@h/p&x=1") == f"r=https://{MASK}@h/p&x=1"
+    for clean in ("q=a%20b&x=%3F", "email=a%40b.example&x=1", "next=%2Fhome%3Fpage%3D2"):
+        assert masker.mask_params(clean) is clean  # an encoded target without a secret is left as it came
+    # Kong's decoded query object: the same values, once decoded.
+    query = {"next": "/cb?token=s6", "r": "https%3A%2F%2Fapp%23access_token%3Ds7", "tag": ["/a?key=s8", "b"], "x": True}
+    assert not masker.query_is_clean(query)
+    assert masker.mask_query(query) == {"next": f"/cb?token={MASK}", "r": f"https%3A%2F%2Fapp%23access_token%3D{MASK}",
+                                        "tag": [f"/a?key={MASK}", "b"], "x": True}  # fmt: skip
+    seen = {"seq": "1", "q": "a b"}
+    assert masker.mask_query(seen) is seen  # its names now seen clean:
+    assert masker.query_is_clean(seen) and masker.query_is_clean({"seq": ["1", "2"], "q": True})
+    assert not masker.query_is_clean({"seq": ["1", "/a?token=x"]})
+
+
+def test_path_parameters_are_masked_by_the_same_names() -> None:
+    masker = Masker()
+    assert masker.mask_target("/orders;jsessionid=x;token=s1/items?seq=1") == (
+        f"/orders;jsessionid=x;token={MASK}/items?seq=1"
+    )
+    qs, raw, upstream = masker.mask_targets("seq=1", "/o;token=s2?seq=1", "/o;api_key=s3")
+    assert (qs, raw, upstream) == ("seq=1", f"/o;token={MASK}?seq=1", f"/o;api_key={MASK}")
+    plain = "/orders;v=2/items"
+    assert masker.mask_target(plain) is plain
+
+
+def test_targets_nested_in_values_are_bounded_not_recursed_without_end() -> None:
+    """`/p?n0=?n1=?...` (any client can send one): each level is a few frames of recursion. Past MAX_NESTING the
+    value is masked whole; before, 350 levels raised RecursionError and the record was dead-lettered as too deep."""
+    masker = Masker()
+    for sep in ("?", "#"):
+        text = "".join(f"n{i}={sep}" for i in range(400)) + "x"
+        masked = masker.mask_target("/p" + sep + text)
+        assert masked.endswith(MASK) and len(masked) < 200
+    shallow = "next=/a?b=/c?d=/e?token=s"
+    assert masker.mask_params(shallow) == f"next=/a?b=/c?d=/e?token={MASK}"
+
+
+def test_a_body_nested_in_a_body_keeps_the_depth_bound() -> None:
+    """`{"body":{"body":...}}` 500 deep: each `body` key started the depth count again, until RecursionError."""
+    masker = Masker()
+    value: object = 1
+    for _ in range(600):
+        value = {"body": value}
+    masked = masker.mask_body(value)
+    depth = 0
+    while isinstance(masked, dict):
+        masked, depth = masked["body"], depth + 1
+    assert masked == MASK and depth < 100
+
+
+def test_credential_names_beyond_the_list_are_secret_by_their_endings() -> None:
+    for name in ("X-Client-Secret", "X-Password", "X-Refresh-Token", "X-Vault-Token", "Private-Token",
+                 "X-Goog-Api-Key", "X-Amz-Security-Token", "Ocp-Apim-Subscription-Key", "X-Amz-Signature",
+                 "X-Amz-Credential", "X-CSRF-Token", "X-Auth", "new_password", "http_x_vault_token", "sig",
+                 "X%2DVault%2DToken"):  # fmt: skip
+        assert is_secret_name(name, SECRET_KEYS), name
+    for name in ("idempotency-key", "sort_key", "signature", "code", "session", "x-request-id", "token_count",
+                 "x_tokenizer", "monkey"):  # fmt: skip
+        assert not is_secret_name(name, SECRET_KEYS), name
+    masker = Masker()
+    headers = {"X-Vault-Token": "s1", "Accept": "*/*"}
+    assert masker.mask_headers(headers) == {"X-Vault-Token": MASK, "Accept": "*/*"}

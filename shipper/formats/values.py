@@ -93,12 +93,14 @@ def parse_query(query: str) -> dict[str, Any]:
 
 def split_url(url: str) -> tuple[str, str, int | None, str]:
     """`https://host:443/p?q` → (`https`, `host`, 443, `/p?q`) without urllib's overhead; IPv6 hosts keep
-    their brackets."""
+    their brackets; userinfo is dropped."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         return "", "", None, url
     hostport, slash, target = rest.partition("/")
     target = slash + target
+    if "@" in hostport:  # userinfo (`https://TOKEN:x-oauth-basic@host/`) is never the host, nor its port
+        hostport = hostport.rpartition("@")[2]
     if hostport.startswith("["):
         host, _, tail = hostport.partition("]")
         host += "]"

@@ -92,7 +92,7 @@ class Masker(ParamMasks):
         # and substring tests; the helpers that copy and mask run only where there may be something to mask.
         txn.request_headers = self.mask_headers(txn.request_headers)
         txn.response_headers = self.mask_headers(txn.response_headers)
-        if txn.query and not txn.query.keys() <= self.names.clean:
+        if txn.query and not self.query_is_clean(txn.query):
             txn.query = self.mask_query(txn.query)
         if txn.fragment:
             txn.fragment = self.mask_params(txn.fragment)
@@ -150,23 +150,25 @@ class Masker(ParamMasks):
                 masked[k] = self.mask_url(value)
         return masked
 
-    def mask_body(self, body: Any) -> Any:
+    def mask_body(self, body: Any, depth: int = 0) -> Any:
         """A body by key, in the form it came in (dict, list, JSON text, form text, base64) when nothing is
-        secret; masked JSON/form text when something was; a placeholder when its keys cannot be inspected."""
+        secret; masked JSON/form text when something was; a placeholder when its keys cannot be inspected.
+        `depth`: the nesting around it (a `body` inside a body's value is not a fresh start: `{"body":{"body":...`
+        500 deep would recurse until Python's limit)."""
         if isinstance(body, (dict, list)):
-            return self.mask_value(body)
+            return self.mask_value(body, depth)
         if isinstance(body, bytes):
             body = body.decode("utf-8", "replace")
         if not isinstance(body, str):
             return body  # a number or a boolean holds no key
-        masked = self._text_body(body, decode_base64=True)
+        masked = self._text_body(body, True, depth)
         if masked is None:
             if self.ship_raw_bodies:
                 return body
             return {"msg": WITHHELD.format(size=len(body.encode("utf-8", "replace")))}
         return masked
 
-    def _text_body(self, text: str, decode_base64: bool) -> Any:
+    def _text_body(self, text: str, decode_base64: bool, depth: int = 0) -> Any:
         """`text` masked (itself when nothing is secret), or None when its keys cannot be inspected."""
         stripped = text.strip()
         if not stripped:
@@ -176,14 +178,14 @@ class Masker(ParamMasks):
         except orjson.JSONDecodeError:
             value = _NOT_JSON
         if value is not _NOT_JSON:
-            masked = self.mask_value(value)
+            masked = self.mask_value(value, depth + 1)
             return text if masked is value else orjson.dumps(masked).decode()
         if decode_base64 and len(stripped) % 4 == 0 and _BASE64.fullmatch(stripped):
             # Base64 before form: `cGFzc3dvcmQ9eA==` would pass for a form with one odd name.
             inner = _decode_base64(stripped)
             if inner is None:
                 return None
-            masked = self._text_body(inner, decode_base64=False)
+            masked = self._text_body(inner, False, depth)
             return text if masked is inner else masked
         if "=" in stripped and not any(c.isspace() for c in stripped):
             return self.mask_params(text)
@@ -206,7 +208,7 @@ class Masker(ParamMasks):
                 if k in hits:
                     new = v if v is None else MASK
                 elif k in bodies and v is not None:
-                    new = self.mask_body(v)
+                    new = self.mask_body(v, depth + 1)
                 else:
                     new = self.mask_value(v, depth + 1)
                 if new is not v:
@@ -237,7 +239,7 @@ class Masker(ParamMasks):
             else:
                 masked = self.mask_value(inner, depth + 1)
                 return text if masked is inner else orjson.dumps(masked).decode()
-        if "=" not in text and "@" not in text:
+        if "=" not in text and "@" not in text and "%" not in text:
             return text
         if "://" in text:
             return self.mask_url(text)
@@ -245,7 +247,7 @@ class Masker(ParamMasks):
             return self.mask_target(text)
         if "=" in text and not any(c.isspace() for c in text):
             return self.mask_params(text)
-        return text
+        return self.mask_in_value(text)  # `https%3A%2F%2Fapp%2Fcb%23access_token%3Dx`: a target encoded
 
     def mask_entity(self, entity: dict[str, Any]) -> dict[str, Any]:
         # Kong logs the same few services and routes on every line: each is masked once per id and version.

@@ -2,7 +2,8 @@
 parameter names, body keys, the names in dead-lettered lines.
 
 `normalize`: percent-decoded until stable (`%6Bey`, `api%255Fkey`), `+` as a space, case-folded, `-` as `_`.
-`is_secret_name` also matches `user[password]` on `password` and ignores Nginx's `http_` / `sent_http_` prefixes.
+`is_secret_name` also matches `user[password]` on `password`, a name ending like a credential (`SECRET_ENDINGS`),
+a secret name behind `x_`, and ignores Nginx's `http_` / `sent_http_` prefixes.
 `NameSet` remembers its verdicts, so that the names of a record, which repeat from record to record, are checked
 with set operations done in C, and only a name never seen before is normalized.
 """
@@ -15,9 +16,9 @@ from urllib.parse import unquote_plus
 
 DEFAULT_HEADERS = (
     "authorization", "proxy-authorization", "cookie", "set-cookie", "apikey", "api-key", "x-api-key",
-    "x-auth-token", "x-access-token",
+    "x-auth-token", "x-access-token", "x-auth",
 )  # fmt: skip
-DEFAULT_QUERY = ("apikey", "api_key", "key", "token", "access_token")
+DEFAULT_QUERY = ("apikey", "api_key", "key", "token", "access_token", "sig")  # sig: Azure's SAS signature
 DEFAULT_BODY_KEYS = (
     "password", "passwd", "pwd", "secret", "client_secret", "token", "access_token", "refresh_token", "id_token",
     "auth_token", "api_key", "apikey", "jwt", "private_key", "jwk", "authorization", "cookie", "set-cookie",
@@ -38,6 +39,14 @@ def normalize(name: str) -> str:
 # The one set of secret names, normalized: `key`, `secret`, `password` and the rest are secrets wherever they
 # appear (Kong entities in audit records and event hooks use it too).
 SECRET_KEYS = frozenset(normalize(n) for n in (*DEFAULT_HEADERS, *DEFAULT_QUERY, *DEFAULT_BODY_KEYS))
+# Credentials go by many names beyond the list (`X-Vault-Token`, `Private-Token`, `X-Amz-Security-Token`,
+# `Ocp-Apim-Subscription-Key`, `X-Goog-Api-Key`, `X-Client-Secret`, `new_password`, `X-Amz-Signature`): a name
+# ending so is secret too, and one that is a secret name behind `x_`. What this masks by mistake (a pagination
+# `next_page_token`) costs a value; what it misses would leave. Not `_key` alone (`sort_key`, `idempotency_key`).
+SECRET_ENDINGS = (
+    "_token", "_secret", "_password", "_passwd", "_api_key", "_apikey", "_access_key", "_secret_key", "_private_key",
+    "subscription_key", "_signature", "_credential", "_credentials",
+)  # fmt: skip
 REMEMBERED = 4096  # names remembered per NameSet; beyond that, work is redone, not wrong
 
 
@@ -45,7 +54,7 @@ def is_secret_name(name: Any, secrets: frozenset[str]) -> bool:
     if not isinstance(name, str) or not name:
         return False
     norm = normalize(name)
-    if norm in secrets:
+    if norm in secrets or norm.endswith(SECRET_ENDINGS) or (norm.startswith("x_") and norm[2:] in secrets):
         return True
     for prefix in ("http_", "sent_http_"):  # Nginx variables: `http_x_api_key` is the header `X-Api-Key`
         if norm.startswith(prefix) and norm[len(prefix) :] in secrets:

@@ -17,6 +17,9 @@ import re
 from itertools import repeat
 from operator import itemgetter
 from typing import Any
+from urllib.parse import quote, unquote
+
+import orjson
 
 from shipper.processors.names import NameSet
 
@@ -28,6 +31,13 @@ _EQUALS = repeat("=")  # endless: map stops at the parts' end
 _BEFORE = itemgetter(0)
 # Userinfo runs to the authority's last `@` (a password with an unescaped `@` in it is masked whole).
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s\"'<>]+@")
+# A value that is a target percent-encoded once or more, as a redirect is sent (`next=%2Fcb%3Ftoken%3Dx`,
+# `redirect_uri=https%3A%2F%2Fapp%2Fcb%23access_token%3Dx`, `%253F` twice): an encoded `?`, `#` or `://`.
+_ENCODED_TARGET = re.compile(r"%(?:25)*(?:3[Ff]|23|3[Aa]%(?:25)*2[Ff]%(?:25)*2[Ff])")
+_ENCODED_TARGET_BYTES = re.compile(_ENCODED_TARGET.pattern.encode())
+# Targets inside values inside targets...: past this many, a value is masked whole (each level is a few frames
+# of recursion, and `a=?b=?c=?...` has as many levels as a client likes).
+MAX_NESTING = 8
 
 
 def _one_of(names: list[str]) -> str:
@@ -53,23 +63,59 @@ class ParamMasks:
             None, None, ()
         )  # fmt: skip
 
+    def query_is_clean(self, query: dict[str, Any]) -> bool:
+        """Whether Kong's decoded query object has nothing to mask (the usual case, tested before `mask_query`):
+        every name seen clean, and no value that may hold a target (`next=/cb?token=x`, once decoded by Kong)."""
+        return query.keys() <= self.names.clean and not _values_may_hold_targets(query)
+
     def mask_query(self, query: dict[str, Any]) -> dict[str, Any]:
-        """Kong's decoded query object with the values of secret names masked; `query` itself when none is.
-        (Callers test `query.keys() <= names.clean` first, the usual case, without a call.)"""
+        """Kong's decoded query object with the values of secret names masked, and the secret parameters of the
+        values that are targets (`next=/cb?token=x`); `query` itself when nothing is masked."""
         names = self.names
         keys = query.keys()
         hits = keys & names.hit if keys <= names.known else names.secrets_in(keys)
-        if not hits:
-            return query
-        masked = dict(query)
-        for key in hits:
-            masked[key] = MASK
-        return masked
+        masked = dict(query) if hits else None
+        if not _values_may_hold_targets(query):
+            # No value is a target (the usual case): the names decide alone.
+            for key in hits:
+                masked[key] = MASK  # type: ignore[index]  # made with `hits`
+            return query if masked is None else masked
+        for key, value in query.items():
+            if key in hits:
+                masked[key] = MASK  # type: ignore[index]  # made with `hits`
+                continue
+            if type(value) is str:
+                new: Any = self.mask_in_value(value)
+            elif type(value) is list:
+                items = [self.mask_in_value(item) if type(item) is str else item for item in value]
+                new = value if all(a is b for a, b in zip(items, value)) else items
+            else:
+                continue
+            if new is not value:
+                if masked is None:
+                    masked = dict(query)
+                masked[key] = new
+        return query if masked is None else masked
+
+    def mask_in_value(self, value: str, depth: int = 0) -> str:
+        """A value that may itself be a target: `/cb?token=x`, `https://user:pw@host/`, `/p;token=x`, or one of
+        them percent-encoded once or more, as redirects are sent (`%2Fcb%3Ftoken%3Dx`). Its parameters and
+        userinfo masked (an encoded one encoded again, `*` kept); `value` itself when nothing is; MASK whole
+        past MAX_NESTING targets inside values."""
+        if "?" in value or "#" in value or ";" in value or ("@" in value and "://" in value):
+            return MASK if depth >= MAX_NESTING else self.mask_url(value, None, depth + 1)
+        if "%" in value and _ENCODED_TARGET.search(value):
+            if depth >= MAX_NESTING:
+                return MASK
+            decoded = unquote(value)
+            inner = self.mask_in_value(decoded, depth + 1)
+            return value if inner is decoded else quote(inner, safe="*")
+        return value
 
     def mask_targets(self, qs: str, raw: str, upstream: str | None) -> tuple[str, str, str | None]:
         """(query string, raw path, upstream URI) masked, each the same object when nothing in it is secret."""
         masked_qs = self.mask_params(qs) if qs else qs
-        if "#" in raw or "@" in raw or not (raw.endswith(qs) and raw.find("?") == len(raw) - len(qs) - 1):
+        if "#" in raw or "@" in raw or ";" in raw or not (raw.endswith(qs) and raw.find("?") == len(raw) - len(qs) - 1):
             masked_raw = self._with_query(raw, qs, masked_qs)
         elif masked_qs is qs:
             masked_raw = raw  # `path?qs`, the query string just checked
@@ -78,13 +124,13 @@ class ParamMasks:
         if upstream:
             if upstream == raw:  # Kong's upstream URI is often the request's target
                 upstream = masked_raw
-            elif "?" in upstream or "#" in upstream or "@" in upstream:
+            elif "?" in upstream or "#" in upstream or "@" in upstream or ";" in upstream:
                 upstream = self._with_query(upstream, qs, masked_qs)
         return masked_qs, masked_raw, upstream
 
     def _with_query(self, target: str, qs: str, masked_qs: str) -> str:
         # The raw path and the upstream URI usually carry the very query string just masked: reuse it.
-        if "#" in target or "@" in target:
+        if "#" in target or "@" in target or ";" in target:
             return self.mask_url(target, (qs, masked_qs))
         mark = target.find("?")
         if mark < 0:
@@ -95,12 +141,16 @@ class ParamMasks:
         masked = self.mask_params(query)
         return target if masked is query else target[: mark + 1] + masked
 
-    def mask_params(self, text: str) -> str:
-        """`a=1&token=x` → `a=1&token=*****` (also `;` separators, and a name after a `?`)."""
+    def mask_params(self, text: str, depth: int = 0) -> str:
+        """`a=1&token=x` → `a=1&token=*****` (also `;` separators, a name after a `?`, and the parameters of a
+        value that is a target, encoded or not: `next=%2Fcb%3Ftoken%3Dx`). `depth`: targets around this text."""
         if "=" not in text:
             return text
-        if ";" in text or "?" in text or "#" in text:
-            return text if self._params_clean(text) else self._mask_param_values(text)
+        if (
+            ";" in text or "?" in text or "#" in text
+            or ("%" in text and _ENCODED_TARGET.search(text) is not None) or ("@" in text and "://" in text)
+        ):  # _may_hold_target, inline: every query string comes here
+            return text if self._params_clean(text) else self._mask_param_values(text, depth)
         clean, known, secret = self._plain
         if clean is not None and clean.fullmatch(text):
             return text
@@ -161,8 +211,10 @@ class ParamMasks:
 
     def _params_clean(self, text: str) -> bool:
         """Whether every parameter name in `text` was seen clean before (False: it must be looked at)."""
-        if "#" in text:
-            return False  # `next=/cb#token=x`: a name past a `#` that the names below would not show
+        if "#" in text or _may_hold_target(text):
+            # `next=/cb#token=x`, `next=%2Fcb%3Ftoken%3Dx`, `next=https://u:pw@h`: what is secret hides from the
+            # names below
+            return False
         clean = self.names.clean
         if ";" in text or "?" in text:
             return clean.issuperset(_PARAM_KEYS.findall(text))
@@ -170,7 +222,7 @@ class ParamMasks:
         # found here at about half its cost.
         return clean.issuperset([part.partition("=")[0] for part in text.split("&") if "=" in part])
 
-    def _mask_param_values(self, text: str) -> str:
+    def _mask_param_values(self, text: str, depth: int) -> str:
         names = self.names
         # Split on `&` alone unless there is a `;`: the same parts as the regex's, and no separators to keep.
         step = 2 if ";" in text else 1
@@ -183,8 +235,8 @@ class ParamMasks:
             if names.is_secret(key.rpartition("?")[2]):
                 parts[i] = f"{key}={MASK}"
                 changed = True
-            elif "?" in value or "#" in value:  # a URL as a value: `next=/cb?token=x`
-                inner = self.mask_target(value)
+            else:  # a target as a value: `next=/cb?token=x`, encoded or not
+                inner = self.mask_in_value(value, depth)
                 if inner is not value:
                     parts[i] = f"{key}={inner}"
                     changed = True
@@ -192,23 +244,58 @@ class ParamMasks:
             return text
         return "".join(parts) if step == 2 else "&".join(parts)
 
-    def mask_target(self, target: str, known: tuple[str, str] | None = None) -> str:
-        """A path with `?query` and `#fragment`: both masked. `known` is a (query, masked query) already done."""
-        if "?" not in target and "#" not in target:
+    def mask_target(self, target: str, known: tuple[str, str] | None = None, depth: int = 0) -> str:
+        """A path with `;params`, `?query` and `#fragment`: all masked. `known` is a (query, masked query)
+        already done."""
+        if "?" not in target and "#" not in target and ";" not in target:
             return target
         rest, hash_, fragment = target.partition("#")
         base, mark, query = rest.partition("?")
+        masked_base = self._mask_path_params(base, depth) if ";" in base else base
         if known is not None and query == known[0]:
             masked_query = known[1]
         else:
-            masked_query = self.mask_params(query) if query else query
-        masked_fragment = self.mask_params(fragment) if fragment else fragment
-        if masked_query is query and masked_fragment is fragment:
+            masked_query = self.mask_params(query, depth) if query else query
+        masked_fragment = self.mask_params(fragment, depth) if fragment else fragment
+        if masked_base is base and masked_query is query and masked_fragment is fragment:
             return target
-        return base + mark + masked_query + hash_ + masked_fragment
+        return masked_base + mark + masked_query + hash_ + masked_fragment
 
-    def mask_url(self, url: str, known: tuple[str, str] | None = None) -> str:
-        """A URL (or text holding URLs): userinfo masked, and the parameters of its query and fragment."""
+    def _mask_path_params(self, path: str, depth: int) -> str:
+        # `/orders;jsessionid=x;token=y/items`: each segment's `;name=value` parameters, by the same names.
+        segments = path.split("/")
+        changed = False
+        for i, segment in enumerate(segments):
+            if ";" in segment:
+                head, sep, params = segment.partition(";")
+                masked = self.mask_params(params, depth)
+                if masked is not params:
+                    segments[i] = head + sep + masked
+                    changed = True
+        return "/".join(segments) if changed else path
+
+    def mask_url(self, url: str, known: tuple[str, str] | None = None, depth: int = 0) -> str:
+        """A URL (or text holding URLs): userinfo masked, and the parameters of its path, query and fragment."""
         if "@" in url and "://" in url:
             url = _USERINFO.sub(rf"\1{MASK}@", url)
-        return self.mask_target(url, known)
+        return self.mask_target(url, known, depth)
+
+
+def _values_may_hold_targets(query: dict[str, Any]) -> bool:
+    """Whether a value of Kong's query object (a string, a list of them for a repeated name, true for a name
+    without a value) may be a target: a `?`, `#`, `;`, an encoded one, or a URL with userinfo. Looked for in the
+    object's JSON, one C call for all its values whatever their types (names seen clean hold none of these)."""
+    try:
+        data = orjson.dumps(query)
+    except orjson.JSONEncodeError:  # nested past what orjson writes (254 levels): each value looked at
+        return True
+    return (
+        b"?" in data or b"#" in data or b";" in data
+        or (b"%" in data and _ENCODED_TARGET_BYTES.search(data) is not None) or (b"@" in data and b"://" in data)
+    )
+
+
+def _may_hold_target(text: str) -> bool:
+    """Whether `text` may hold a target whose parameters its names do not show: encoded (`%3F`, `%23`, `%3A%2F%2F`)
+    or a URL with userinfo. (A literal `?` or `#` is the callers' own test.)"""
+    return ("%" in text and _ENCODED_TARGET.search(text) is not None) or ("@" in text and "://" in text)

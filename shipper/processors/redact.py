@@ -26,6 +26,14 @@ from shipper.processors.names import normalize
 _SCHEMES = re.compile(r"(?i)\b(bearer|basic|digest)(\s+)[A-Za-z0-9._~+/=-]{8,}")
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*)?")
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*:(?:\\?/){2})[^/?#\s\"'<>]+@")  # also JSON's `:\/\/`
+# What a cut at the text's end (a dead-lettered line kept to its first 4 KiB) leaves of a secret whose end would
+# have given it away: a URL's authority before its `@` (`https://svc:PASSW`), a JWT before its first `.`, a
+# credential after its scheme's name shorter than the rule above needs. Masked from where each begins.
+_CUT_TAIL = re.compile(
+    r"(?i)\b(?P<url>[a-z][a-z0-9+.-]*:(?:\\?/){2})[^/?#\s\"'<>@]*$"
+    r"|\beyJ[A-Za-z0-9_-]*$"
+    r"|\b(?P<scheme>(?:bearer|basic|digest)\s+)[A-Za-z0-9._~+/=-]*$"
+)
 # `"name":` or `\"name\":` — the name only: its value is consumed by _JSON_VALUE when the name is secret, and
 # pairs nested inside the value of a name that is not are still found.
 _JSON_NAME = re.compile(r'(\\?")((?:[^"\\]|\\[^"])*)\1\s*:\s*')
@@ -44,11 +52,14 @@ _HEADER_IN_LINE = re.compile(r"(?m)(^|[\s{,;|\"])([A-Za-z0-9_-]{2,64})(\s*:[ \t]
 _PARAM = re.compile(r"(?<![A-Za-z0-9_.%+\[\]-])([A-Za-z0-9_.%+\[\]-]+)=([^&\s;,\"'<>#?]*)")
 
 
-def mask_text(text: str, masker: Masker | None = None, raw_line: bool = False) -> str:
+def mask_text(text: str, masker: Masker | None = None, raw_line: bool = False, cut: bool = False) -> str:
     """`text` with credentials, tokens and secret-named values masked (see the module's docstring). A
     `raw_line` (a log line that is not JSON) is masked harder: the string values of `body` keys too (their
-    secrets could sit under any name), and `Name: value` after a space."""
+    secrets could sit under any name), and `Name: value` after a space. A `cut` text (the kept start of a line
+    too long to keep whole) also loses what may be the start of a secret at its end (`_CUT_TAIL`)."""
     names = (masker or _default).names
+    if cut:
+        text = _CUT_TAIL.sub(lambda m: (m.group("url") or m.group("scheme") or "") + MASK, text)
     if "@" in text and (":/" in text or ":\\/" in text):
         text = _USERINFO.sub(rf"\1{MASK}@", text)
     if "eyJ" in text:
@@ -60,7 +71,11 @@ def mask_text(text: str, masker: Masker | None = None, raw_line: bool = False) -
             lambda m: m.group(1) + m.group(2) + m.group(3) + MASK if names.is_secret(m.group(2)) else m.group(0), text
         )
     if "=" in text:
-        text = _PARAM.sub(lambda m: f"{m.group(1)}={MASK}" if names.is_secret(m.group(1)) else m.group(0), text)
+        # `export KONG_ADMIN_TOKEN=...` in our own messages: an ellipsis is a placeholder, never a secret.
+        text = _PARAM.sub(
+            lambda m: f"{m.group(1)}={MASK}" if names.is_secret(m.group(1)) and m.group(2) != "..." else m.group(0),
+            text,
+        )
     return text
 
 
@@ -116,8 +131,9 @@ def _object_end(text: str, start: int) -> int:
     return len(text)
 
 
-def mask_line(line: bytes, masker: Masker | None = None) -> str:
-    """A dead-lettered line, masked as far as it can be (JSON by structure, then textually)."""
+def mask_line(line: bytes, masker: Masker | None = None, cut: bool = False) -> str:
+    """A dead-lettered line, masked as far as it can be (JSON by structure, then textually); `cut`: only its
+    start was kept (see `mask_text`)."""
     masker = masker or _default
     text = line.decode("utf-8", "backslashreplace")
     try:
@@ -126,7 +142,7 @@ def mask_line(line: bytes, masker: Masker | None = None) -> str:
         value = None
     if isinstance(value, (dict, list)):
         return mask_text(orjson.dumps(masker.mask_value(value)).decode(), masker)
-    return mask_text(text, masker, raw_line=True)
+    return mask_text(text, masker, raw_line=True, cut=cut)
 
 
 def url_has_userinfo(url: str) -> bool:

@@ -172,7 +172,7 @@ class SegmentFlat(KongFlat):
         # The chain: identity reads the record unmasked, then the masks of what Segment ships.
         user = self.identify.who(record, headers, consumer, credential)[2]
         masker = self.masker
-        if query and not query.keys() <= masker.names.clean:
+        if query and not masker.query_is_clean(query):
             query = masker.mask_query(query)
         if fragment:
             fragment = masker.mask_params(fragment)
