@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from shipper.delivery.queue import Closed
+from shipper.output import printable
 from shipper.processors.masking import Masker
 from shipper.processors.redact import mask_line, mask_text
 from shipper.sources.checkpoints import open_private, write_all
@@ -67,11 +68,11 @@ class DeadLetter:
         if sink:
             entry["sink"] = sink
         if file is not None:
-            entry["file"] = file
+            entry["file"] = printable(file)
             entry["offset"] = offset
         if line is not None:
             # Masked whole, then cut: masking a cut line could miss a secret whose name was cut away.
-            masked = mask_line(line, self.masker).encode("utf-8", "backslashreplace")
+            masked = mask_line(line, self.masker, cut=truncated).encode("utf-8", "backslashreplace")
             entry["line"] = masked[:PREFIX_BYTES].decode("utf-8", "ignore")
             if truncated or len(masked) > PREFIX_BYTES:
                 entry["truncated"] = True

@@ -9,6 +9,16 @@ from typing import BinaryIO
 from shipper.errors import ConfigError
 
 
+def printable(text: str) -> str:
+    """`text` as valid UTF-8 for JSON and a terminal: a file name's bytes that are not UTF-8 (Python's surrogate
+    escapes, `kong\udcff.json`) as `\xff`. For showing a name, never for opening it again."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text
+
+
 def whole_writes(stream: BinaryIO | None = None) -> BinaryIO:
     """`stream` (standard output's binary layer by default) as one whose `write` writes all it is given.
 

@@ -5,9 +5,16 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import orjson
 import pytest
+
+import gen
+from conftest import ship_env, wait_until
 
 from shipper.delivery.acks import AckTracker
 from shipper.errors import ConfigError
@@ -152,3 +159,52 @@ def test_a_deleted_state_directory_is_created_again(tmp_path):
     assert store.save()
     assert oct(os.stat(state).st_mode & 0o777) == "0o700"
     assert oct(os.stat(state / "checkpoints-segment.json").st_mode & 0o777) == "0o600"
+
+
+def test_a_path_that_is_not_utf8_round_trips_through_the_checkpoint_file(tmp_path):
+    """JSON is UTF-8 and a file name need not be: Python holds its other bytes as surrogate escapes, which orjson
+    refuses, so every save failed and every run shipped the file again. The name is kept as its bytes."""
+    odd = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"kong\xff.json"))
+    store = CheckpointStore(str(tmp_path), "segment")
+    store.update("f1", 10, odd, "abc")
+    store.update("f2", 20, str(tmp_path / "plain.json"), None)
+    assert store.save()
+    doc = orjson.loads(open(store.path, "rb").read())
+    assert doc["files"]["f1"]["path"].endswith("kong\\xff.json") and "path_bytes" not in doc["files"]["f2"]
+    loaded = CheckpointStore(str(tmp_path), "segment").load()
+    assert loaded["f1"].path == odd and loaded["f2"].path == str(tmp_path / "plain.json")
+
+
+@pytest.mark.parametrize("command", ["backfill", "tail"])
+def test_a_log_whose_name_is_not_utf8_is_shipped_once_and_checkpointed(tmp_path, command):
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    log = os.fsdecode(os.path.join(os.fsencode(folder), b"kong\xff.json"))
+    gen.write_records(log, range(5))
+    with open(log, "ab") as handle:
+        handle.write(b"not json\n")  # a dead letter names the file too
+    args = [sys.executable, "-m", "shipper", command, f"{folder}/*.json", "--sink", "stdout", "--state-dir",
+            str(tmp_path / "state"), "--flush-interval", "0.05", "--log-format", "json"]  # fmt: skip
+    for run in range(2):
+        if command == "backfill":
+            result = subprocess.run(args, capture_output=True, env=ship_env(), timeout=60)
+            code, out, err = result.returncode, result.stdout, result.stderr.decode()
+        else:
+            proc = subprocess.Popen([*args, "--start-at", "beginning", "--poll-interval", "0.05"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ship_env())  # fmt: skip
+            if run == 1:
+                gen.write_records(log, [100])  # appended: what the second run finds, this one only
+            first = b"".join(proc.stdout.readline() for _ in range(5 if run == 0 else 1))  # type: ignore[union-attr]
+            wait_until(lambda: (tmp_path / "state" / "checkpoints-stdout.json").exists(), timeout=30)
+            time.sleep(0.3)  # a checkpoint save or two
+            proc.send_signal(signal.SIGTERM)
+            rest, raw_err = proc.communicate(timeout=30)
+            code, out, err = proc.returncode, first + rest, raw_err.decode()
+        assert code == 0 and "Traceback" not in err, err
+        # The second run resumes at the end of the first: nothing again (tail: only the record added since).
+        assert len(out.splitlines()) == (5 if run == 0 else 0 if command == "backfill" else 1), out
+    letter = orjson.loads((tmp_path / "state" / "dead-letter.jsonl").read_bytes().splitlines()[0])
+    assert letter["file"].endswith("kong\\xff.json")
+    status = subprocess.run([sys.executable, "-m", "shipper", "status", "--state-dir", str(tmp_path / "state"),
+                             "--json"], capture_output=True, env=ship_env(), timeout=60)  # fmt: skip
+    assert status.returncode == 0 and orjson.loads(status.stdout)["files"][0]["lag"] == 0, status.stderr

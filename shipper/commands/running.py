@@ -22,6 +22,7 @@ from shipper.commands.stderr import json_stderr, say, use_json_stderr, utc_stamp
 from shipper.counters import COUNTERS
 from shipper.errors import ConfigError
 from shipper.formats import Parser
+from shipper.output import printable
 from shipper.processors.identity import DEFAULT_JWT_PLACES
 from shipper.processors.redact import mask_text, redact_url, url_has_userinfo
 from shipper.routing import Routing
@@ -44,7 +45,7 @@ class JSONFormatter(logging.Formatter):
             {
                 "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
                 "level": record.levelname.lower(),
-                "message": record.getMessage(),
+                "message": printable(record.getMessage()),  # a file name that is not UTF-8
             }
         ).decode()
 
@@ -365,7 +366,7 @@ def summary_json(result, stream, rate: float, mb: float) -> None:
                                for column, name in zip(*summary_columns(result))}}
         for lane in result.lanes
     ]
-    unterminated = [{"file": p, "bytes": n} for lane in result.lanes[:1] for p, n in lane.unterminated]
+    unterminated = [{"file": printable(p), "bytes": n} for lane in result.lanes[:1] for p, n in lane.unterminated]
     record = {
         "time": utc_stamp(time.time()),
         "level": "info", "message": "summary", "sinks": sinks, "elapsed_s": round(result.elapsed, 3),

@@ -11,6 +11,8 @@ from typing import Any
 import click
 import orjson
 
+from shipper.output import printable
+
 
 class _StderrStyle:
     json = False  # --log-format json: every line kong-ship writes to stderr is one JSON object
@@ -33,6 +35,7 @@ def say(level: str, message: str, **fields: Any) -> None:
     """A line on stderr that is not a log record (an input error, a fatal end): `kong-ship: LEVEL: message`, or
     with --log-format json one JSON object, like the log lines."""
     if _stderr.json:
+        message = printable(message)  # a file name that is not UTF-8
         click.echo(orjson.dumps({"time": utc_stamp(time.time()), "level": level, "message": message, **fields}).decode(),
                    err=True)
     else:

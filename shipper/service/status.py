@@ -11,6 +11,7 @@ from collections import Counter
 from typing import Any
 
 from shipper.counters import UNROUTED, read_counts
+from shipper.output import printable
 from shipper.sources.checkpoints import CheckpointStore
 from shipper.sources.files import GZIP_MAGIC, HEAD_BYTES
 from shipper.sources.identity import family, head_of, identity
@@ -93,13 +94,13 @@ def collect(state_dir: str) -> list[dict[str, Any]]:
             rows.append(
                 {
                     "sink": sink,
-                    "file": entry.path,
+                    "file": printable(entry.path),
                     "file_id": file_id,
                     "checkpoint": entry.offset,
                     "size": size,
                     "lag": lag,
                     "state": state,
-                    "now_at": now_at,
+                    "now_at": now_at if now_at is None else printable(now_at),
                     "done": None if lag is None else lag == 0,
                     "updated": entry.updated,
                 }

@@ -33,6 +33,18 @@ class Checkpoint:
     updated: float = 0.0
 
 
+def _stored_path(path: str) -> dict[str, str]:
+    """A file's path as the checkpoint file holds it. JSON text is UTF-8, and a name need not be (Python holds its
+    other bytes as surrogate escapes, which orjson refuses: every save failed, and every run shipped the file
+    again): such a name is kept as its bytes in hex, beside a form to show."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = os.fsencode(path)
+        return {"path": raw.decode("utf-8", "backslashreplace"), "path_bytes": raw.hex()}
+    return {"path": path}
+
+
 class CheckpointStore:
     def __init__(self, state_dir: str, sink: str):
         self.path = os.path.join(state_dir, f"checkpoints-{sink}.json")
@@ -97,6 +109,8 @@ class CheckpointStore:
             path, tail, updated = entry.get("path", ""), entry.get("tail"), entry.get("updated", 0.0)
             if type(path) is not str or not (tail is None or type(tail) is str):
                 raise ValueError(f"bad path or tail for {file_id}")
+            if "path_bytes" in entry:  # a name that is not UTF-8 (_stored_path)
+                path = os.fsdecode(bytes.fromhex(entry["path_bytes"]))  # ValueError, TypeError: unreadable
             if type(updated) not in (int, float) or not math.isfinite(updated):
                 raise ValueError(f"bad updated time for {file_id}")
             out[file_id] = Checkpoint(offset, path, tail, float(updated))
@@ -125,7 +139,7 @@ class CheckpointStore:
             {
                 "version": FORMAT_VERSION,
                 "files": {
-                    k: {"offset": v.offset, "path": v.path, "tail": v.tail, "updated": round(v.updated, 3)}
+                    k: {"offset": v.offset, **_stored_path(v.path), "tail": v.tail, "updated": round(v.updated, 3)}
                     for k, v in self.entries.items()
                 },
             },
