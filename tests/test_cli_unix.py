@@ -169,6 +169,66 @@ def test_a_wrong_value_on_any_command_is_one_line_naming_the_option_and_exit_2(t
     _all_usage_errors(cases)
 
 
+def test_a_value_that_is_not_a_finite_number_is_a_usage_error(tmp_path):
+    """click's FloatRange takes `inf` (above any minimum) and `nan` (no comparison holds); they surfaced deep in
+    the run: int(inf) in the rate limiter (a traceback), a timer out of range (a dead thread), a poll that never
+    fires (nothing shipped, not a word). Every float option of every command, from a flag or from the file."""
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(2))
+    state = ("--state-dir", str(tmp_path / "state"))
+    backfill = ("backfill", str(log), "--sink", "stdout", *state)
+    tail = ("tail", str(log), "--sink", "stdout", *state)
+    max_rate = tmp_path / "max_rate.toml"
+    max_rate.write_text("[delivery]\nmax_rate = inf\n")  # TOML has inf and nan literals
+    sample_rate = tmp_path / "sample_rate.toml"
+    sample_rate.write_text("[sampling]\nrate = nan\n")
+    cases: list[Case] = [
+        *[((*backfill, flag, value), flag) for flag, value in (
+            ("--max-rate", "inf"), ("--max-rate", "nan"), ("--max-rate", "1e400"), ("--sample-rate", "nan"),
+            ("--flush-interval", "inf"), ("--flush-interval", "nan"), ("--timeout", "nan"),
+            ("--shutdown-timeout", "inf"), ("--retry-initial-delay", "nan"), ("--retry-max-delay", "inf"))],
+        ((*tail, "--poll-interval", "nan"), "--poll-interval"),
+        ((*tail, "--rotate-wait", "inf"), "--rotate-wait"),
+        (("receive", "--sink", "stdout", *state, "--read-timeout", "nan"), "--read-timeout"),
+        (("audit", "tail", "--sink", "stdout", "--once", *state, "--interval", "nan"), "--interval"),
+        (("audit", "verify", "--timeout", "inf"), "--timeout"),
+        (("tap", "--rate", "nan"), "--rate"),
+        (("tap", "--rate", "inf"), "--rate"),
+        ((*backfill, "--config", str(max_rate)), "max_rate"),
+        ((*backfill, "--config", str(sample_rate)), "sampling.rate"),
+    ]  # fmt: skip
+    _all_usage_errors(cases)
+
+
+def test_every_float_option_refuses_numbers_that_are_not_finite():
+    """The cases above stand for every float option: one declared later with click's own FloatRange (or a bare
+    float) would take `inf` and `nan` again."""
+    import click
+
+    from shipper.cli import cli
+    from shipper.commands.options import FiniteFloatRange
+
+    def floats(command: click.Command, path: str) -> list[str]:
+        found = [f"{path} {p.name}: {type(p.type).__name__}" for p in command.params
+                 if isinstance(p.type, click.types.FloatParamType) and not isinstance(p.type, FiniteFloatRange)]
+        for name, sub in getattr(command, "commands", {}).items():
+            found += floats(sub, f"{path} {name}")
+        return found
+
+    assert not floats(cli, "kong-ship")
+
+
+def test_a_sampling_rate_that_is_not_a_rate_is_a_config_error_not_a_traceback():
+    """The options' types refuse it first; built another way (a route's settings, a caller), the processor still
+    says it as a usage error, never a ValueError escaping `main`."""
+    from shipper.errors import ConfigError
+    from shipper.processors.sampling import Sampling
+
+    for rate in (float("nan"), 1.5, -0.1):
+        with pytest.raises(ConfigError, match="sample rate"):
+            Sampling(rate)
+
+
 def test_a_blank_credential_variable_is_a_missing_one(tmp_path):
     """`export SEGMENT_WRITE_KEY=` (or a value of spaces, a stray newline from `$(cat file)`) is not a key: exit 2
     naming the variable, before anything is read or sent."""

@@ -13,6 +13,7 @@ silently leak into the sinks or be silently dropped.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import fields
 from typing import Any, NamedTuple
@@ -50,6 +51,18 @@ class CheckedType(click.ParamType):
 
     def problem(self, flag: str, text: str, reason: str) -> str:
         return f"{flag} {text}: {reason}"
+
+
+class FiniteFloatRange(click.FloatRange):
+    """Every float option's type. click's FloatRange lets `inf` through (it is above any minimum) and `nan` (no
+    comparison holds): seconds, rates and events per second are finite, and `inf` or `nan` only surfaces deep in
+    the run (a timer out of range, a poll that never fires, int(inf)). From a flag or the file alike."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return super().convert(number, param, ctx)
 
 
 class Moment(NamedTuple):
@@ -266,26 +279,26 @@ shipping_options = [
     STATE.option("--dead-letter", type=click.Path(dir_okay=False),
                  help="Dead-letter file [default: STATE_DIR/dead-letter.jsonl]."),
     TUNING.option("--batch-size", type=click.IntRange(min=1), help="Events per request (default: the vendor's maximum)."),
-    TUNING.option("--flush-interval", type=click.FloatRange(min=0.001), default=Settings.flush_interval,
+    TUNING.option("--flush-interval", type=FiniteFloatRange(min=0.001), default=Settings.flush_interval,
                   show_default=True, help="Seconds before a partial batch is sent."),
     TUNING.option("--queue-size", type=click.IntRange(min=1), default=Settings.queue_size, show_default=True,
                   help="Events queued per sink; when full, reading pauses (the file is the buffer)."),
     TUNING.option("--concurrency", type=click.IntRange(min=1, max=64), default=Settings.concurrency, show_default=True,
                   help="Requests in flight per sink."),
-    TUNING.option("--shutdown-timeout", type=click.FloatRange(min=0), default=Settings.shutdown_timeout,
+    TUNING.option("--shutdown-timeout", type=FiniteFloatRange(min=0), default=Settings.shutdown_timeout,
                   show_default=True, help="Seconds to deliver what is in flight after SIGTERM/SIGINT."),
-    TUNING.option("--retry-initial-delay", type=click.FloatRange(min=0.001), default=Settings.retry_initial,
+    TUNING.option("--retry-initial-delay", type=FiniteFloatRange(min=0.001), default=Settings.retry_initial,
                   show_default=True, help="First backoff step, seconds (then exponential with full jitter)."),
-    TUNING.option("--retry-max-delay", type=click.FloatRange(min=0.001), default=Settings.retry_max, show_default=True,
+    TUNING.option("--retry-max-delay", type=FiniteFloatRange(min=0.001), default=Settings.retry_max, show_default=True,
                   help="Longest backoff between retries, seconds (Retry-After is honoured beyond it)."),
-    TUNING.option("--timeout", type=click.FloatRange(min=0.1), default=Settings.timeout, show_default=True,
+    TUNING.option("--timeout", type=FiniteFloatRange(min=0.1), default=Settings.timeout, show_default=True,
                   help="HTTP request timeout, seconds."),
     SERVICE.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
                    show_default=True),
     SERVICE.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
                    help="Own log lines on stderr: text, or one JSON object per line."),
     SERVICE.option("--metrics-addr", metavar="HOST:PORT", help="Serve Prometheus metrics at http://HOST:PORT/metrics."),
-    TUNING.option("--max-rate", type=click.FloatRange(min=0.001), metavar="N",
+    TUNING.option("--max-rate", type=FiniteFloatRange(min=0.001), metavar="N",
                   help="At most N events per second to each sink (retries count); reading slows to match."),
     TUNING.option("--ca-file", type=click.Path(exists=True, dir_okay=False), metavar="PEM",
                   help="CA certificate(s) to trust for the sinks' TLS, on top of the default ones (verification is "
@@ -295,7 +308,7 @@ shipping_options = [
                  help="Ship no record whose path matches GLOB (repeatable), e.g. /health or '/metrics*'."),
     INPUT.option("--exclude-status", multiple=True, type=StatusSpecType(), metavar="SPEC",
                  help="Ship no record with this status (repeatable): 404, 5xx or 500-504."),
-    INPUT.option("--sample-rate", type=click.FloatRange(min=0, max=1), metavar="R",
+    INPUT.option("--sample-rate", type=FiniteFloatRange(min=0, max=1), metavar="R",
                  help="Ship a fraction R of the records (0.1: one in ten), chosen by their id: the same ones on "
                       "every run."),
     # The file's [[filter]] and [[sampling.rule]] tables arrive through these (a table each, as JSON).
@@ -306,9 +319,9 @@ shipping_options = [
 following_options = [
     INPUT.option("--start-at", type=click.Choice(["beginning", "end"]), default=Settings.start_at, show_default=True,
                  help="Where to start files that have no checkpoint (files appearing later always start at the beginning)."),
-    INPUT.option("--poll-interval", type=click.FloatRange(min=0.01), default=Settings.poll_interval, show_default=True,
+    INPUT.option("--poll-interval", type=FiniteFloatRange(min=0.01), default=Settings.poll_interval, show_default=True,
                  help="Seconds between looks for new data and new files (inotify wakes it sooner)."),
-    INPUT.option("--rotate-wait", type=click.FloatRange(min=0), default=Settings.rotate_wait, show_default=True,
+    INPUT.option("--rotate-wait", type=FiniteFloatRange(min=0), default=Settings.rotate_wait, show_default=True,
                  help="Seconds a rotated-away file must stay quiet before it is let go."),
 ]
 

@@ -13,6 +13,7 @@ import httpx
 import orjson
 
 from shipper.commands import SUMMARIES
+from shipper.commands.options import FiniteFloatRange
 from shipper.commands.running import say
 from shipper.output import whole_writes
 from shipper.service.metrics import parse_addr
@@ -39,7 +40,7 @@ def ending(shown: int, stats: dict[str, Any]) -> str:
 @click.option("--contains", multiple=True, metavar="TEXT", help="Only events whose JSON holds TEXT (repeatable: all).")
 @click.option("--filter", "fields", multiple=True, metavar="PATH=VALUE",
               help="Only events whose dotted PATH equals VALUE, e.g. properties.status=500 (repeatable: all).")
-@click.option("--rate", type=click.FloatRange(min=0), default=10.0, show_default=True, metavar="N",
+@click.option("--rate", type=FiniteFloatRange(min=0), default=10.0, show_default=True, metavar="N",
               help="At most N events per second (0: no limit); the others are counted, not shown.")
 def tap(address: str, sink: str | None, contains: tuple[str, ...], fields: tuple[str, ...], rate: float) -> None:
     """Print the events a running kong-ship sends, as it sends them, after masking (what a mask removed is

@@ -20,6 +20,7 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from shipper.errors import ConfigError
 from shipper.model import Transaction
 from shipper.processors.filters import Dropped, entity_names
 
@@ -113,7 +114,10 @@ class Sampling:
     __slots__ = ("rate", "rules", "_reason")
 
     def __init__(self, rate: float = 1.0, rules: Iterable[SampleRule] = ()) -> None:
-        self.rate = parse_rate(rate)
+        try:
+            self.rate = parse_rate(rate)
+        except ValueError as exc:  # the flag's and the file's types refuse it first; a bad rate is still no crash
+            raise ConfigError(f"sample rate: {exc}") from None
         self.rules = tuple(rules)
         self._reason = f"sample:{GLOBAL}"
 
