@@ -246,6 +246,10 @@ def test_a_blank_credential_variable_is_a_missing_one(tmp_path):
         cases.append((("tail", str(log), "--sink", "segment", "--state-dir", str(tmp_path / "t")),
                       "SEGMENT_WRITE_KEY"))  # fmt: skip
         _all_usage_errors(cases, env=env)
+        # the bucket is a credential too: a blank one went into the URL (`/buckets/  /messages`), retried forever
+        bucket = (("backfill", str(log), "--sink", "runscope", "--endpoint", "http://127.0.0.1:9", "--state-dir",
+                   str(tmp_path / "bucket")), "RUNSCOPE_BUCKET_KEY")  # fmt: skip
+        _all_usage_errors([bucket], env={"RUNSCOPE_ACCESS_TOKEN": "token", "RUNSCOPE_BUCKET_KEY": blank})
 
 
 # -- inputs ------------------------------------------------------------------------------------------------------

@@ -98,6 +98,7 @@ class RunscopeSink(HttpSink):
     ):
         """`options` set fields of the configuration by name (log_body=…), over `config`; the bucket key is
         `bucket_key`, whatever the configuration says."""
+        bucket_key = (bucket_key or "").strip() or None  # blank is unset, as for every credential (credentials.py)
         self.config = config = replace(config or RunscopeConfig(), bucket_key=bucket_key, **options)
         if not bucket_key:
             raise ConfigError("RUNSCOPE_BUCKET_KEY is not set: export RUNSCOPE_BUCKET_KEY=... or pass --runscope-bucket-key")
