@@ -128,6 +128,9 @@ def test_a_wrong_value_on_any_command_is_one_line_naming_the_option_and_exit_2(t
         ((*backfill, "--workers", "9999"), "--workers"),
         ((*backfill, "--metrics-addr", "127.0.0.1:99999"), "--metrics-addr"),
         ((*backfill, "--endpoint", "ftp://example.com"), "--endpoint"),
+        ((*backfill, "--endpoint", "http://"), "no host"),  # else retried forever: `Name or service not known`
+        ((*backfill, "--endpoint", "segment=https://:443"), "no host"),
+        ((*backfill, "--endpoint", "http://127.0.0.1:99999"), "--endpoint"),
         ((*backfill, "--exclude-status", "abc"), "--exclude-status"),
         ((*backfill, "--dead-letter", str(tmp_path)), "--dead-letter"),
         ((*backfill, "--ca-file", str(tmp_path / "no-such.pem")), "--ca-file"),
@@ -148,7 +151,7 @@ def test_a_wrong_value_on_any_command_is_one_line_naming_the_option_and_exit_2(t
         ((*audit_tail, "--interval", "0"), "--interval"),
         (("audit", "verify", "--timeout", "0"), "--timeout"),
         (("tap", "--rate", "-1"), "--rate"),
-        (("tap", "--address", "nohost"), "nohost"),
+        (("tap", "--address", "nohost"), "--address nohost"),  # tap's flag, not the shipper's --metrics-addr
         (("init", "--print", "nonsense"), "--print"),
         (("status", "--state-dir", str(log)), "--state-dir"),
         # an unknown sink, everywhere a sink is named

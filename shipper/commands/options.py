@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import fields
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 import click
 import orjson
@@ -110,6 +111,11 @@ class EndpointType(CheckedType):
         endpoint = self.split(text)
         if not endpoint.url.startswith(("http://", "https://")):
             raise ValueError("expected an http:// or https:// URL")
+        url = urlsplit(endpoint.url)
+        if not url.hostname:  # `http://` or `https://:443` would be retried forever
+            raise ValueError("the URL names no host")
+        if url.port == 0:  # reading .port raises ValueError for one out of range or not a number
+            raise ValueError("port 0 is not a port")
         return endpoint
 
     def problem(self, flag: str, text: str, reason: str) -> str:

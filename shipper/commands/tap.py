@@ -22,7 +22,7 @@ DEFAULT_ADDRESS = "127.0.0.1:9464"
 
 
 def tap_url(address: str) -> str:
-    host, port = parse_addr(address)
+    host, port = parse_addr(address, "--address")
     host = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
     return f"http://[{host}]:{port}/tap" if ":" in host else f"http://{host}:{port}/tap"
 

@@ -31,10 +31,10 @@ class Collector(Protocol):
 PREFIX = "kong_ship"
 
 
-def parse_addr(value: str) -> tuple[str, int]:
+def parse_addr(value: str, flag: str = "--metrics-addr") -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"--metrics-addr {value}: expected HOST:PORT, e.g. 127.0.0.1:9464")
+        raise ConfigError(f"{flag} {value}: expected HOST:PORT, e.g. 127.0.0.1:9464")
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
