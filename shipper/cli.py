@@ -11,6 +11,7 @@ vendor permanently rejected; 2 a usage or configuration error. Errors are one li
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
@@ -105,26 +106,50 @@ def cli() -> None:
 
 
 class _FileDefaults(Mapping[str, Any]):
-    """The config file's values as click's `default_map`, one command's at a time: made when click (or
-    `_json_from_the_start`) asks for a command's, so a run imports its own command only, as without a file (each
-    made at once would import every command: audit's cryptography and tap's and receive's modules, ~0.3 s and
-    ~10 MB in a service that only tails). Unknown sections and keys are refused whichever command runs; a value
-    is checked by the commands that take it."""
+    """The config file's values as click's `default_map`, one command's at a time, read when click (or
+    `_json_from_the_start`) first asks for a command's:
+    - a run imports its own command only, as without a file (each command's made at start imported them all:
+      audit's cryptography and tap's and receive's modules, ~0.3 s and ~13 MB in a service that only tails);
+    - `--version` and the group's `--help` never read it; a command without `--config` (status, init, tap), and
+      any command's `--help` (`lenient`), go on without a file they cannot use, saying so in one line: a broken
+      /etc/kong-ship/kong-ship.toml must not stop what an operator reaches for to mend it.
+    Unknown sections and keys are refused whichever command runs; a value is checked by the commands that take
+    it."""
 
-    def __init__(self, data: dict[str, Any], path: str) -> None:
-        self._data, self._path = data, path
+    def __init__(self, path: str, lenient: bool) -> None:
+        self._path, self._lenient = path, lenient
+        self._data: dict[str, Any] | None = None
         self._made: dict[str, Any] = {}
+
+    def _file(self) -> dict[str, Any]:
+        if self._data is None:
+            from shipper.service import config
+
+            data = config.load(self._path)
+            config.check_sections(data, self._path)  # an unknown section or key: refused, whatever the command
+            self._data = data
+        return self._data
+
+    def _for(self, command: click.Command) -> dict[str, Any]:
+        from shipper.service import config
+
+        try:
+            return config.default_map(self._file(), self._path, command)
+        except ConfigError as exc:
+            if not self._lenient and any(p.name == "config_file" for p in command.params):
+                raise
+            say("warning", f"{exc}; going on without the file")
+            self._data = {}  # said once
+            return {}
 
     def __getitem__(self, name: str) -> Any:
         if name not in self._made:
-            from shipper.service import config
-
             command = cli.commands[name]  # KeyError: not a command, no defaults
             self._made[name] = (
                 # a group (`audit`): each of its commands takes the file's defaults like a top-level one
-                {sub: config.default_map(self._data, self._path, c) for sub, c in command.commands.items()}
+                {sub: self._for(c) for sub, c in command.commands.items()}
                 if isinstance(command, click.Group)
-                else config.default_map(self._data, self._path, command)
+                else self._for(command)
             )
         return self._made[name]
 
@@ -139,11 +164,9 @@ def _config_defaults(argv: list[str]) -> Mapping[str, Any] | None:
     from shipper.service import config
 
     path = config.find_config(argv)
-    if path is None:
+    if path is None or "--version" in argv:
         return None
-    data = config.load(path)
-    config.check_sections(data, path)  # an unknown section or key: refused before any command runs
-    return _FileDefaults(data, path)
+    return _FileDefaults(path, lenient="--help" in argv or "-h" in argv)
 
 
 # click >= 8.2 raises it for a group called without a command (8.1 printed the help and exited 0 itself).
@@ -166,8 +189,23 @@ def _json_from_the_start(args: list[str], defaults: Mapping[str, Any] | None) ->
     use_json_stderr(isinstance(level, Mapping) and level.get("log_format") == "json")
 
 
+def _standard_descriptors() -> None:
+    """Descriptors 0-2 held open (on /dev/null where one was closed: `2>&-` in a cron line), so that no file
+    kong-ship opens later becomes standard error and takes our messages; sys.stderr then writes there rather
+    than being None (an AttributeError at the first message). A closed standard output stays None for
+    `output.whole_writes` to refuse in one line."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: this one
+    if sys.stderr is None:
+        sys.stderr = open(2, "w", closefd=False, errors="backslashreplace")  # noqa: SIM115  # the process's own
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
+    _standard_descriptors()
     map_big_buffers()  # before any worker forks: heaps that stay flat however long the run (allocator.py)
     return_free_pages()
     try:
@@ -197,5 +235,22 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.ClickException as exc:
         say("error", exc.format_message())
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        if exc.filename is not None:
+            raise  # a file's own error that nothing caught: a bug, with its traceback
+        # A write to a stream failed (`--help > /dev/full`: no space left, EIO), click's closed pipe aside.
+        say("fatal", f"cannot write the output: {exc.strerror or exc}")
+        _quiet_stdout()
+        sys.exit(EXIT_FAILED)
     sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+def _quiet_stdout() -> None:
+    # What is left in standard output's buffer would fail again at exit, with Python's own "Exception ignored".
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.close(devnull)
+    except OSError:
+        pass
 

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import gzip
+import os
 import pathlib
+import subprocess
+import sys
 
 import orjson
+import pytest
 
+import gen
 from conftest import ship, ship_env, summary_rows
 
 SAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
@@ -156,3 +161,39 @@ def test_worker_processes_give_the_same_events_in_the_same_order(tmp_path):
     assert outputs["0"] == outputs["2"] and len(outputs["0"].splitlines()) == 3000
     bad = ship("backfill", str(log), "--sink", "stdout", "--workers", "many", "--state-dir", str(tmp_path / "x"))
     assert bad.returncode == 2 and "--workers" in one_line(bad.stderr)
+
+
+@pytest.mark.parametrize("args", [("--version",), ("--help",), ("backfill", "--help"), ("init", "--print", "config")])
+def test_a_broken_config_file_does_not_stop_version_help_or_init(tmp_path, args):
+    """Vector, Fluent Bit and Filebeat answer --version and --help whatever their configuration holds; so do we,
+    and `init --print config` prints a good file beside a broken one (a warning line at most)."""
+    broken = tmp_path / "kong-ship.toml"
+    broken.write_text("[delivery\n")
+    result = ship(*args, env=ship_env(KONG_SHIP_CONFIG=str(broken)))
+    assert result.returncode == 0 and result.stdout, result.stderr.decode()
+    assert len(result.stderr.decode().splitlines()) <= 1
+
+
+@pytest.mark.parametrize("progress", [[], ["--no-progress"]])
+def test_a_backfill_with_standard_error_closed_ships_and_exits_0(tmp_path, progress):
+    """`2>&-` (some cron lines, some daemons): Python's sys.stderr is None and descriptor 2 free for the next
+    file opened. kong-ship holds 0-2 open on /dev/null first; before, it died at its first message, silently."""
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(5))
+    with open(log, "ab") as handle:
+        handle.write(b"not json\n")  # a dead letter: a file opened, and a warning to write
+    result = subprocess.run([sys.executable, "-m", "shipper", "backfill", str(log), "--sink", "stdout",
+                             "--state-dir", str(tmp_path / "s"), *progress], stdout=subprocess.PIPE,
+                            env=ship_env(), timeout=60, preexec_fn=lambda: os.close(2))  # fmt: skip
+    assert result.returncode == 0 and len(result.stdout.splitlines()) == 5
+    letters = (tmp_path / "s" / "dead-letter.jsonl").read_bytes().splitlines()
+    assert len(letters) == 1 and b"not_json" in letters[0]  # whole: no message landed in it
+
+
+@pytest.mark.parametrize("args", [("--help",), ("--version",)])
+def test_help_and_version_into_a_full_disk_are_one_line_and_exit_1(args):
+    with open("/dev/full", "wb") as full:
+        result = subprocess.run([sys.executable, "-m", "shipper", *args], stdout=full, stderr=subprocess.PIPE,
+                                env=ship_env(), timeout=60)  # fmt: skip
+    (line,) = result.stderr.decode().splitlines()
+    assert result.returncode == 1 and "No space left on device" in line, line
