@@ -80,10 +80,10 @@ class DeadLetter:
             entry["event"] = mask_text(event.decode("utf-8", "backslashreplace"), self.masker)
         data = orjson.dumps(entry) + b"\n"
         with self._lock:
+            if self.path:
+                self._append(data)  # Unwritten: neither counted nor said to be in the file
             self.counts[reason] += 1
             self._since_summary[reason] += 1
-            if self.path:
-                self._append(data)
             now = time.monotonic()
             if now - self._last_summary >= SUMMARY_EVERY:
                 self._log_summary(now)

@@ -127,9 +127,11 @@ class Lane:
         """Bytes of each known file past its acknowledged position: what this sink still owes, by path."""
         return self.resume.behind(self.source)
 
-    def save_checkpoints(self) -> None:
-        self.resume.save(self.source)
+    def save_checkpoints(self) -> bool:
+        """False: the checkpoint could not be written (said by the store, retried at the next save)."""
+        saved = self.resume.save(self.source)
         self.filtered_totals.save(self.counters.filtered_reasons(), self.counts["unrouted"])  # for `kong-ship status`
+        return saved
 
     # -- threads ---------------------------------------------------------------------------------------------
     def start(self) -> None:

@@ -17,7 +17,7 @@ import logging
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from shipper.counters import COUNTERS, LaneSummary
 from shipper.deadletter import DeadLetter
@@ -40,6 +40,7 @@ class RunResult:
     elapsed: float
     dead_letters: dict[str, int]
     dead_letter_path: str
+    unsaved: list[str] = field(default_factory=list)  # the sinks whose last checkpoint save failed
 
 
 class Pipeline:
@@ -211,8 +212,7 @@ class Pipeline:
                         lane.save_checkpoints()
                     last_save = now
         finally:
-            for lane in self.lanes:
-                lane.save_checkpoints()
+            unsaved = [lane.sink.name for lane in self.lanes if not lane.save_checkpoints()]
             self._watcher.stop()
             for lane in self.lanes:
                 lane.close()
@@ -225,6 +225,7 @@ class Pipeline:
             elapsed=time.monotonic() - started,
             dead_letters=dict(self.dead_letter.counts),
             dead_letter_path=self.dead_letter.path or "",
+            unsaved=unsaved,
         )
         if self.fatal:
             raise FatalError(self.fatal)

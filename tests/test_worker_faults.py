@@ -411,8 +411,11 @@ def test_a_state_directory_made_read_only_mid_run(tmp_path, tiny_fs):
     text = no_traceback(err)
     errors = [line for line in text.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and "cannot save checkpoint" in errors[0] and "Read-only file system" in errors[0]
-    # Every record was delivered; the run says it ended (exit 0), the checkpoint is the last one saved.
-    assert proc.returncode == 0, text[-2000:]
+    # Every record was delivered, and the run says its end could not be saved: exit 1, one line, after the
+    # summary (a script reading exit 0 as "done" would not know its next run resends); the checkpoint on disk is
+    # the last one saved.
+    assert proc.returncode == 1, text[-2000:]
+    assert "could not be saved at the end" in text.splitlines()[-1]
     exactly_once(first, seqs)
     assert saved <= after < log.stat().st_size
     assert again.returncode == 0, again.stderr.decode()[-2000:]
@@ -430,6 +433,31 @@ def mid_run(tmp_path, log) -> Iterator[tuple[FakeSegment, subprocess.Popen]]:
         with reaped(start(fake, tmp_path, log, *SLOW_ARGS)) as proc:
             fake.wait_for(lambda: len(fake.messages) >= 100, timeout=30)
             yield fake, proc
+
+
+def test_a_dead_letter_never_written_is_not_reported_as_written(tmp_path, tiny_fs):
+    """--dead-letter on a read-only file system and one event the vendor refuses: the write is retried and the
+    line not acknowledged (one error line); stopped, the run must not say "dead letters: 1 rejected → file" of a
+    file that does not exist (it counted before writing)."""
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(100))
+    (tiny_fs / "dl").mkdir()
+    subprocess.run(["mount", "-o", "remount,ro", str(tiny_fs)], check=True)
+    dead = tiny_fs / "dl" / "dead.jsonl"
+    with FakeSegment(reject_message_ids=[gen.kong_record(37)["request"]["id"]]) as fake:
+        argv = [sys.executable, "-m", "shipper", "backfill", str(log), *args(fake, tmp_path, "state", "--workers", "2",
+                "--batch-size", "4", "--dead-letter", str(dead), "--shutdown-timeout", "1")]  # fmt: skip
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env(20_000),
+                                start_new_session=True)  # fmt: skip
+        with reaped(proc):
+            fake.wait_for(lambda: len(fake.messages) >= 99, timeout=30)
+            time.sleep(0.5)
+            os.killpg(proc.pid, signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+    text = err.decode()
+    assert proc.returncode == 143 and "cannot write the dead-letter file" in text and not dead.exists()
+    assert checkpointed(tmp_path / "state") < log.stat().st_size  # the refused event is read again next time
+    assert "dead letters: 1 rejected" not in text and "dead letters in the last" not in text, text[-1500:]
 
 
 @pytest.mark.parametrize("how", ["truncated to a line end", "appended to", "deleted", "emptied then rewritten"])
@@ -526,3 +554,13 @@ def test_the_summary_accounts_for_every_line_with_a_window_and_poison_lines(tmp_
             assert [o for o, _ in positions(tmp_path / state).values()] == [log.stat().st_size]
     # The block path (blocks of one or two records) counts as the line path does.
     assert rows["s2-3000"] == rows["s0-1048576"], rows
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-5", "99999999999"])
+def test_a_block_size_out_of_range_is_one_line_and_exit_2(tmp_path, value):
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(3))
+    result = ship("backfill", str(log), "--sink", "stdout", "--state-dir", str(tmp_path / "s"),
+                  env={**env(1), "KONG_SHIP_BLOCK_BYTES": value})  # fmt: skip
+    (line,) = result.stderr.decode().splitlines()
+    assert result.returncode == 2 and "KONG_SHIP_BLOCK_BYTES" in line and not result.stdout

@@ -37,12 +37,22 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from shipper.errors import ConfigError
 from shipper.sources.container import Framer, Unframed
 from shipper.sources.reading import (
     CHUNK, DOCKER_PREFIX, GZIP_ERRORS, PREFIX_BYTES, Line, OpenFile, before, read_failed,
 )  # fmt: skip
 
-BLOCK_BYTES = int(os.environ.get("KONG_SHIP_BLOCK_BYTES") or 1 << 20)
+def _block_bytes(text: str | None) -> int:
+    if not text:
+        return 1 << 20
+    value = int(text) if text.strip().isdecimal() else 0
+    if not 1 <= value <= 1 << 30:  # imported by the command that runs: main's one line, exit 2
+        raise ConfigError(f"KONG_SHIP_BLOCK_BYTES={text!r}: expected a number of bytes from 1 to 1073741824")
+    return value
+
+
+BLOCK_BYTES = _block_bytes(os.environ.get("KONG_SHIP_BLOCK_BYTES"))
 
 
 class Shared(NamedTuple):

@@ -69,9 +69,9 @@ class Resume:
             if family(file_id) == fingerprint
         }
 
-    def save(self, source: FileSource) -> None:
+    def save(self, source: FileSource) -> bool:
         """Write what is acknowledged; then forget the files the source has let go (their position is in the
-        store now, and a file opened again starts from it)."""
+        store now, and a file opened again starts from it). False: the write failed (logged by the store)."""
         saved = self.acks.committed()
         for file_id, offset in saved.items():
             entry = self.store.entries.get(file_id)
@@ -79,13 +79,14 @@ class Resume:
                 continue
             path = source.path_of(file_id) or (entry.path if entry else "")
             self.store.update(file_id, offset, path, source.tail_hash(file_id, offset))
-        self.store.save()
+        saved_now = self.store.save()
         open_ids = source.open_ids()
         for file_id, offset in saved.items():
             if file_id not in open_ids:
                 # Only if nothing was acknowledged since `saved`: forgotten later, its last lines' acknowledgements
                 # (which come while the store is written) would never reach the store.
                 self.acks.forget(file_id, offset)
+        return saved_now
 
     def behind(self, source: FileSource) -> dict[str, int]:
         """Bytes of each known file past its acknowledged position: what this sink still owes, by path."""
