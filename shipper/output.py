@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import sys
 from typing import BinaryIO
 
@@ -34,3 +35,18 @@ def whole_writes(stream: BinaryIO | None = None) -> BinaryIO:
     if isinstance(stream, io.RawIOBase):
         return open(stream.fileno(), "wb", closefd=False)  # noqa: SIM115  # lives as long as the process
     return stream
+
+
+def cannot_write(stream: BinaryIO, exc: OSError) -> str:
+    """The one-line reason to stop on when `stream` cannot be written (disk full, a quota, EIO; a closed pipe is
+    the caller's own case). When `stream` is standard output, descriptor 1 then points at /dev/null: what a
+    failed write left in its buffer could fail again when the interpreter flushes it at exit (Python's own
+    "Exception ignored" lines). The caller writes nothing more to it: those writes would vanish."""
+    try:
+        if stream.fileno() == 1:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.close(devnull)
+    except (OSError, ValueError):  # no descriptor (a BytesIO), or /dev/null cannot be opened: nothing to quiet
+        pass
+    return f"cannot write to standard output: {exc.strerror or exc}"

@@ -27,6 +27,14 @@ import shipper
 Case = tuple[tuple[str, ...], str]  # the arguments, and a word the one error line must hold
 
 
+def one_error(result: subprocess.CompletedProcess, code: int = 2) -> str:
+    """The one line a run said on stderr, asserting its exit code and that it said one line, no traceback."""
+    lines = result.stderr.decode(errors="replace").strip().splitlines()
+    assert result.returncode == code and len(lines) == 1 and "Traceback" not in lines[0], (result.returncode,
+                                                                                            lines[-5:])
+    return lines[0]
+
+
 def _one_error_line(code: object, stdout: str | bytes, stderr: str | bytes) -> str | None:
     """The reason a run is not a usage error as a Unix tool gives one (exit 2, nothing on stdout, one
     `kong-ship: error:` line on stderr), or None when it is."""
@@ -315,6 +323,34 @@ def _many_lines(path, count: int) -> None:
     with open(path, "ab") as handle:
         for _ in range(count // 200 - 1):
             handle.write(block)
+
+
+def _into_dev_full(*args: str, **env: str) -> subprocess.CompletedProcess:
+    """kong-ship with standard output on /dev/full: every write fails with ENOSPC, as on a full disk."""
+    with open("/dev/full", "wb") as full:
+        return subprocess.run([sys.executable, "-m", "shipper", *args], stdout=full, stderr=subprocess.PIPE,
+                              env=ship_env(**env), timeout=60)  # fmt: skip
+
+
+def test_output_onto_a_full_disk_is_one_line_exit_1_and_moves_no_checkpoint(tmp_path):
+    """`> /dev/full` (a full disk, a quota, EIO): one `fatal: cannot write to standard output` line and exit 1,
+    as `ls --version > /dev/full` does; not a traceback (parse) nor a dead sender thread (--sink stdout,
+    --dry-run). A run that printed nothing moved no checkpoint: its rerun prints everything."""
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(3))
+    big = tmp_path / "big.json"
+    _many_lines(big, 2000)  # more than a buffer: the failure comes at a write, not only at the last flush
+    state = tmp_path / "state"
+    runs = [("parse", str(log)), ("parse", str(big)),
+            ("backfill", str(log), "--sink", "stdout", "--state-dir", str(state)),
+            ("backfill", str(big), "--sink", "stdout", "--state-dir", str(state), "--concurrency", "4"),
+            ("backfill", str(log), "--sink", "segment", "--dry-run", "--state-dir", str(state))]  # fmt: skip
+    for args in runs:
+        result = _into_dev_full(*args, SEGMENT_WRITE_KEY="key")
+        line = one_error(result, code=1)
+        assert line == "kong-ship: fatal: cannot write to standard output: No space left on device", args
+    rerun = ship("backfill", str(log), "--sink", "stdout", "--state-dir", str(state))
+    assert rerun.returncode == 0 and len(rerun.stdout.splitlines()) == 3, rerun.stderr.decode()
 
 
 def test_parse_into_a_pipe_closed_early_ends_quietly(tmp_path):

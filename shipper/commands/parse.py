@@ -17,7 +17,8 @@ from shipper.commands.running import (
     settings_fields,
 )
 from shipper.deadletter import DeadLetter
-from shipper.output import whole_writes
+from shipper.errors import FatalError
+from shipper.output import cannot_write, whole_writes
 from shipper.processors import chain_for
 from shipper.processors.redact import mask_text
 from shipper.settings import Settings
@@ -52,13 +53,23 @@ def parse(paths: tuple[str, ...], **kw: Any) -> None:
             continue
         outcome, payload, _ = transform(file_id, data, offset, end)
         if outcome == EVENT:
-            out.write(payload)
+            try:
+                out.write(payload)
+            except BrokenPipeError:
+                raise  # `parse | head`: click's own quiet exit 1
+            except OSError as exc:  # `> /dev/full`, a quota, EIO: one line and exit 1, not a traceback
+                raise FatalError(cannot_write(out, exc)) from None
         elif outcome in (INVALID, FAILED):
             reason, detail = payload
             errors.write(reason, detail)
             click.echo(f"kong-ship: {where}: {reason}: {mask_text(detail, masker)}", err=True)
     source.close()
-    out.flush()
+    try:
+        out.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise FatalError(cannot_write(out, exc)) from None
     for path, size in source.unterminated:
         click.echo(f"kong-ship: {path}: ends with {size} bytes of an unfinished line (not printed)", err=True)
     if errors.total:

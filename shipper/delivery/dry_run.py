@@ -24,7 +24,7 @@ from typing import Any, BinaryIO
 import httpx
 import orjson
 
-from shipper.output import whole_writes
+from shipper.output import cannot_write, whole_writes
 from shipper.processors.names import SECRET_KEYS, is_secret_name, normalize
 from shipper.processors.redact import redact_url
 from shipper.sinks.base import FATAL, Sink, Verdict, WrappedSink
@@ -73,14 +73,21 @@ class RequestPrinter:
         self.stream = whole_writes(stream)
         self.lock = threading.Lock()
         self.printed = 0
+        self.failure = ""  # why standard output cannot be written, once it cannot: nothing is printed after
 
     def write(self, record: dict[str, Any]) -> bool:
         line = orjson.dumps(record, option=orjson.OPT_NON_STR_KEYS) + b"\n"
         with self.lock:
+            if self.failure:
+                return False
             try:
                 self.stream.write(line)
                 self.stream.flush()
             except BrokenPipeError:
+                self.failure = "standard output was closed"
+                return False
+            except OSError as exc:  # `> /dev/full`, a quota, EIO: the run stops in one line, not a dead thread
+                self.failure = cannot_write(self.stream, exc)
                 return False
             self.printed += 1
         return True
@@ -112,7 +119,7 @@ class DryRunSink(WrappedSink):
 
     def judge(self, response: httpx.Response) -> Verdict:
         if response.status_code == STDOUT_CLOSED:
-            return Verdict(FATAL, "standard output was closed")
+            return Verdict(FATAL, self.printer.failure or "standard output was closed")
         return self.inner.judge(response)
 
     def transport(self) -> httpx.BaseTransport | None:
