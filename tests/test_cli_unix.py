@@ -315,6 +315,28 @@ def test_parse_and_backfill_need_no_standard_input(tmp_path):
         assert len(result.stdout.splitlines()) == 4 and "Traceback" not in result.stderr.decode()
 
 
+def test_an_interrupted_backfill_counts_the_megabytes_it_read(tmp_path):
+    """A file read as blocks (the workers' path) counted its bytes only once read to its end: a run stopped
+    part-way through one big file said `0.0 MB/s`."""
+    log = tmp_path / "kong.json"
+    _many_lines(log, 10_000)  # ~20 MB: interrupted long before its end (stdout, a pipe, is not read)
+    proc = subprocess.Popen([sys.executable, "-m", "shipper", "backfill", str(log), "--sink", "stdout",
+                             "--state-dir", str(tmp_path / "s"), "--workers", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ship_env())  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        proc.stdout.readline()  # shipping: the first blocks are read
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = err.decode()
+    assert proc.returncode == 130 and "interrupted" in text, text
+    rate = [line for line in text.splitlines() if line.startswith("elapsed")]
+    assert rate and not rate[0].endswith(" 0.0 MB/s"), text
+
+
 # -- output ------------------------------------------------------------------------------------------------------
 def _many_lines(path, count: int) -> None:
     """`count` records (the same few hundred seqs over and over: fast to write, long to parse)."""

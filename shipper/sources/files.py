@@ -93,7 +93,9 @@ class FileSource:
         self._warned: set[str] = set()
         self._paths: dict[str, str] = {}  # identity -> the last path it was seen at, for closed files too
         self._start_at_end = start_at_end  # applies to the first discovery only
-        self.bytes_read = 0
+        self._bytes_read = 0  # of the files read as blocks to their end, and of every chunk of the line path
+        # The file being read as blocks: it, and its read position and _bytes_read when its blocks began.
+        self._in_blocks: tuple[OpenFile, int, int] | None = None
         self.unterminated: list[tuple[str, int]] = []  # (path, bytes) of last lines with no newline, backfill
 
     # -- discovery --------------------------------------------------------------------------------------------
@@ -241,14 +243,27 @@ class FileSource:
                 continue
             handle = self.files[key]
             if blocks and fits_blocks(handle):
-                # Added after: `self.bytes_read += yield from ...` would lose what the line path counts meanwhile.
+                self._in_blocks = (handle, handle.read_pos, self._bytes_read)
+                # Added after: `self._bytes_read += yield from ...` would lose what the line path counts meanwhile.
                 done = yield from read_blocks(
                     handle, blocks, self.max_line_bytes, self._read_chunk, self.read_file_to_end, keep
                 )
-                self.bytes_read += done
+                self._in_blocks = None
+                self._bytes_read += done
             else:
                 yield from self.read_file_to_end(handle)
             self._retire(key, handle, static=True)
+
+    @property
+    def bytes_read(self) -> int:
+        """Bytes read so far (uncompressed, for gzip files), the summary's MB/s: a file being read as blocks counts
+        up to its read position, so a run stopped part-way through one big file does not say 0.0 MB/s."""
+        reading = self._in_blocks
+        if reading is None:
+            return self._bytes_read
+        handle, start, counted = reading
+        # What the line path read of it meanwhile is in _bytes_read already (some of it read again as blocks).
+        return max(self._bytes_read, counted + handle.read_pos - start)
 
     def read_file_to_end(self, handle: OpenFile) -> Iterator[Line]:
         # Loop on bytes read, not lines yielded: a chunk inside a long line yields nothing and is not the end.
@@ -278,7 +293,7 @@ class FileSource:
             if handle.gz is not None or not self.follow:
                 yield from at_eof(handle, self.unterminated)
             return
-        self.bytes_read += len(data)
+        self._bytes_read += len(data)
         yield from lines_in(handle, data, self.max_line_bytes)
 
     def _reidentify(self, handle: OpenFile) -> bool:
