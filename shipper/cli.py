@@ -238,19 +238,10 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as exc:
         if exc.filename is not None:
             raise  # a file's own error that nothing caught: a bug, with its traceback
-        # A write to a stream failed (`--help > /dev/full`: no space left, EIO), click's closed pipe aside.
-        say("fatal", f"cannot write the output: {exc.strerror or exc}")
-        _quiet_stdout()
+        # A write to standard output failed (`--help > /dev/full`: no space left, EIO), click's closed pipe aside:
+        # the commands' own writes say so themselves.
+        from shipper.output import cannot_write
+
+        say("fatal", cannot_write(sys.stdout.buffer, exc) if sys.stdout is not None else str(exc))
         sys.exit(EXIT_FAILED)
     sys.exit(code if isinstance(code, int) else EXIT_OK)
-
-
-def _quiet_stdout() -> None:
-    # What is left in standard output's buffer would fail again at exit, with Python's own "Exception ignored".
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 1)
-        os.close(devnull)
-    except OSError:
-        pass
-
