@@ -216,7 +216,9 @@ def main(argv: list[str] | None = None) -> None:
         exc.show()  # `kong-ship`, `kong-ship audit`: click's own answer, the whole help on stderr, exit 2
         sys.exit(EXIT_USAGE)
     except click.exceptions.UsageError as exc:
-        command = exc.ctx.command_path if exc.ctx else "kong-ship"
+        # Without a context (an option's missing argument, found while parsing), the command named in `args`.
+        named = [arg for arg in args if arg in COMMAND_MODULES][:1]
+        command = exc.ctx.command_path if exc.ctx else " ".join(["kong-ship", *named])
         message = " ".join(exc.format_message().split())  # click wraps choice lists over several lines
         say("error", f"{message} (see '{command} --help')")
         sys.exit(EXIT_USAGE)

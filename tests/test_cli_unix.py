@@ -585,3 +585,15 @@ def test_a_config_file_can_be_a_pipe_as_bash_process_substitution_makes_it(tmp_p
     assert result.returncode == 0, result.stderr.decode()
     events = [orjson.loads(line) for line in result.stdout.splitlines()]
     assert len(events) == 3 and all(e["event"].startswith("hit /") for e in events)
+
+
+# -- wording (the review's section 8) ---------------------------------------------------------------------------
+def test_inputs_that_cannot_be_read_are_named_as_what_they_are(tmp_path):
+    (tmp_path / "logs" / "x.json").mkdir(parents=True)  # a glob that matches only a directory
+    only_dirs = ship("parse", str(tmp_path / "logs" / "*.json"))
+    assert only_dirs.returncode == 1 and "matches only directories" in only_dirs.stderr.decode().splitlines()[0]
+    assert "(standard input) is not read" in one_error(ship("parse", "-"))
+    assert one_error(ship("parse", str(tmp_path / "nope.json"))).endswith("nope.json: no such file")
+    assert "--config: expected a file name" in one_error(ship("parse", "x.json", "--config="))
+    missing = one_error(ship("parse", "x.json", "--max-line-bytes"))
+    assert "requires an argument" in missing and "'kong-ship parse --help'" in missing

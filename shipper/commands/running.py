@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import time
+from glob import has_magic
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -86,8 +87,12 @@ def need_paths(paths: tuple[str, ...]) -> None:
 
 
 def need_a_match(paths: tuple[str, ...]) -> None:
+    if "-" in paths:
+        raise ConfigError("- (standard input) is not read: name the log files (gzip files are read as they are)")
     if not expand(list(paths)):
-        raise ConfigError(f"no file matches {' '.join(paths)}")  # nothing to do at all: a usage error
+        # nothing to do at all: a usage error (a literal path is named as `input_problems` names it)
+        raise ConfigError(f"{paths[0]}: no such file" if len(paths) == 1 and not has_magic(paths[0])
+                          else f"no file matches {' '.join(paths)}")
 
 
 def report_inputs(paths: tuple[str, ...]) -> int:

@@ -64,9 +64,14 @@ def find_config(argv: list[str], environ: dict[str, str] | None = None) -> str |
     env = os.environ if environ is None else environ
     for i, arg in enumerate(argv):
         if arg == "--config" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--config="):
-            return arg.split("=", 1)[1]
+            path = argv[i + 1]
+        elif arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+        else:
+            continue
+        if not path:
+            raise ConfigError("--config: expected a file name, got an empty one")
+        return path
     if env.get("KONG_SHIP_CONFIG"):
         return env["KONG_SHIP_CONFIG"]
     return SYSTEM_CONFIG if os.path.exists(SYSTEM_CONFIG) else None

@@ -25,6 +25,8 @@ def input_problems(patterns: list[str]) -> list[str]:
         paths = expand([pattern])
         if not paths:
             problems.append(f"{pattern}: no file matches" if glob.has_magic(pattern) else f"{pattern}: no such file")
+        elif glob.has_magic(pattern) and all(os.path.isdir(path) for path in paths):
+            problems.append(f"{pattern}: matches only directories, no log file")
         for path in paths:
             try:
                 mode = os.stat(path).st_mode
