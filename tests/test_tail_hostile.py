@@ -1,0 +1,265 @@
+"""`kong-ship tail` attacked as a long-running service: a real process against the strict fake Segment, files
+written by a concurrent O_APPEND writer (as Kong's file-log writes), rotations of every kind, kill -9 of the
+process group, vendor outages and odd bytes. Every record carries a unique seq; each test checks the set that
+arrived. SIGSTOP/SIGCONT freezes the shipper so that "two rotations before it looks again" happen for sure, not
+by the luck of timing."""
+
+from __future__ import annotations
+
+import collections
+import gzip
+import os
+import pathlib
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import orjson
+import pytest
+
+import gen
+from conftest import FAST_FOLLOW, reaped, ship_env, wait_until
+from fakes.segment import FakeSegment
+
+ENV = ship_env(SEGMENT_WRITE_KEY="test-key")
+
+
+@pytest.fixture
+def segment():
+    with FakeSegment() as fake:
+        yield fake
+
+
+def counts(fake: FakeSegment) -> collections.Counter:
+    return collections.Counter(gen.seq_of_segment_message(m) for m in list(fake.messages))
+
+
+def exactly_once(fake: FakeSegment, seqs) -> None:
+    got = counts(fake)
+    missing = sorted(set(seqs) - set(got))
+    doubled = sorted(s for s, n in got.items() if n > 1)
+    extra = sorted(set(got) - set(seqs))
+    assert not missing and not doubled and not extra, (len(missing), missing[:10], doubled[:10], extra[:10])
+
+
+def at_least_once_same_ids(fake: FakeSegment, seqs) -> collections.Counter:
+    got = counts(fake)
+    missing = sorted(set(seqs) - set(got))
+    assert not missing and set(got) <= set(seqs), (len(missing), missing[:10])
+    ids: dict[int, set[str]] = collections.defaultdict(set)
+    for message in list(fake.messages):
+        ids[gen.seq_of_segment_message(message)].add(message["messageId"])
+    assert all(len(v) == 1 for v in ids.values()), "a resent record changed its messageId"
+    return got
+
+
+class Tail:
+    """`python -m shipper tail` in its own process group (as systemd runs it), stderr to a file."""
+
+    def __init__(self, tmp_path, fake: FakeSegment, pattern, *more: str, state=None):
+        self.err_path = tmp_path / f"stderr-{time.monotonic_ns()}.txt"
+        state = state or tmp_path / "state"
+        argv = [sys.executable, "-m", "shipper", "tail", str(pattern), "--sink", "segment", "--endpoint", fake.url,
+                "--state-dir", str(state), *FAST_FOLLOW, *more]  # fmt: skip
+        with open(self.err_path, "wb") as err:
+            self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=ENV, start_new_session=True)
+
+    def stderr(self) -> str:
+        return self.err_path.read_text(errors="replace")
+
+    def freeze(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGCONT)
+
+    def kill9(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> str:
+        """SIGTERM: exit 0, no traceback; returns stderr."""
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(30)
+        err = self.stderr()
+        assert "Traceback" not in err, err[-3000:]
+        assert code == 0, err[-3000:]
+        return err
+
+
+@pytest.fixture
+def tails():
+    started: list[Tail] = []
+
+    def start(*args, **kw) -> Tail:
+        tail = Tail(*args, **kw)
+        started.append(tail)
+        return tail
+
+    yield start
+    for tail in started:
+        if tail.proc.poll() is None:
+            os.killpg(tail.proc.pid, signal.SIGCONT)
+            os.killpg(tail.proc.pid, signal.SIGKILL)
+            tail.proc.wait(10)
+
+
+def arrived(fake: FakeSegment, n: int, timeout: float = 20) -> None:
+    fake.wait_for(lambda: len(counts(fake)) >= n, timeout=timeout, what=f"{n} distinct records")
+
+
+SAMPLE = orjson.loads((pathlib.Path(__file__).resolve().parents[1] / "examples" / "kong-3x.jsonl").read_bytes().splitlines()[0])
+
+
+def fixed_line(seq: int) -> bytes:
+    """A record line whose length does not depend on seq (for 5-digit seqs), ending as every Kong line does."""
+    record = orjson.loads(orjson.dumps(SAMPLE))
+    record["request"]["uri"] = f"/orders/{seq}?seq={seq}"
+    record["request"]["url"] = f"https://api.example.com:443/orders/{seq}?seq={seq}"
+    record["request"]["querystring"] = {"seq": str(seq)}
+    record["started_at"] = 1763800000000 + seq
+    record["request"].pop("id", None)
+    return orjson.dumps(record) + b"\n"
+
+
+# -- rotation while writing fast --------------------------------------------------------------------------------
+def rename_rotate(log, writer: gen.Writer, to) -> None:
+    """logrotate's `create`: rename; the writer (paused between two of its writes) then opens the new name."""
+    with writer.pause:
+        os.rename(log, to)
+
+
+def test_two_rename_rotations_before_the_shipper_looks_again(segment, tmp_path, tails):
+    """The shipper is frozen (SIGSTOP) while the log is rotated twice under a concurrent writer, so the middle
+    file exists only as kong.json.1 when it looks again; with the glob, every record arrives once."""
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(100))
+    tail = tails(tmp_path, segment, tmp_path / "kong.json*")
+    arrived(segment, 100)
+    writer = gen.Writer(log, range(100, 1600), rate=3000)
+    writer.start()
+    for _ in range(3):
+        wait_until(lambda: len(writer.seqs) and os.path.exists(log) and os.path.getsize(log) > 50_000, timeout=10)
+        tail.freeze()
+        if os.path.exists(tmp_path / "kong.json.1"):
+            rename_rotate(tmp_path / "kong.json.1", writer, tmp_path / f"kong.json.2.{time.monotonic_ns()}")
+        rename_rotate(log, writer, tmp_path / "kong.json.1")
+        wait_until(lambda: os.path.exists(log) and os.path.getsize(log) > 20_000, timeout=10)
+        rename_rotate(tmp_path / "kong.json.1", writer, tmp_path / f"kong.json.2.{time.monotonic_ns()}")
+        rename_rotate(log, writer, tmp_path / "kong.json.1")
+        time.sleep(0.05)
+        tail.thaw()
+    assert writer.done.wait(30)
+    arrived(segment, 1600)
+    err = tail.stop()
+    exactly_once(segment, range(1600))
+    assert "rotation" in err
+
+
+def test_a_rotated_file_compressed_while_still_being_read(segment, tmp_path, tails):
+    """delaycompress off: the rotated file is gzipped (and the plain one deleted) while kong-ship is in the middle
+    of it, held back by a slow vendor; the .gz, matched by the glob, is not read again, the rest of the plain
+    file is read from the open descriptor, the new file from its start."""
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(3000))
+    segment.script(["slow:0.2"] * 3)
+    tail = tails(tmp_path, segment, tmp_path / "kong.json*", "--batch-size", "100", "--queue-size", "200")
+    segment.wait_for(lambda: segment.request_count >= 1, timeout=15)
+    tail.freeze()
+    rotated = tmp_path / "kong.json.1"
+    os.rename(log, rotated)
+    with open(rotated, "rb") as src, gzip.open(tmp_path / "kong.json.1.gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    os.unlink(rotated)
+    gen.write_records(log, range(3000, 3200))
+    tail.thaw()
+    arrived(segment, 3200, timeout=30)
+    gen.write_records(log, range(3200, 3210))
+    arrived(segment, 3210)
+    tail.stop()
+    exactly_once(segment, range(3210))
+
+
+def test_copytruncate_with_the_writer_going_on_during_the_copy(segment, tmp_path, tails):
+    """copytruncate as logrotate does it, the writer not paused during the copy (only the bytes written between
+    the end of the copy and the truncate are logrotate's own loss: here the copy is topped up to the file's size
+    just before the truncate, so nothing is lost by construction and everything must arrive once)."""
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(50))
+    tail = tails(tmp_path, segment, tmp_path / "kong.json*")
+    arrived(segment, 50)
+    writer = gen.Writer(log, range(50, 1250), rate=3000)
+    writer.start()
+    for n in range(3):
+        wait_until(lambda: os.path.getsize(log) > 100_000, timeout=10)
+        copy = tmp_path / f"kong.json.{n}"
+        shutil.copyfile(log, copy)  # the writer goes on meanwhile
+        with writer.pause:
+            with open(log, "rb") as src, open(copy, "ab") as dst:
+                src.seek(os.path.getsize(copy))
+                shutil.copyfileobj(src, dst)
+            os.truncate(log, 0)
+    assert writer.done.wait(30)
+    wait_until(lambda: len(counts(segment)) >= 1250, timeout=30)
+    tail.stop()
+    exactly_once(segment, range(1250))
+
+
+def test_a_file_truncated_and_rewritten_longer_while_the_shipper_is_frozen(segment, tmp_path, tails):
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(100))
+    tail = tails(tmp_path, segment, log)
+    arrived(segment, 100)
+    tail.freeze()
+    with open(log, "r+b") as handle:
+        handle.truncate(0)
+    gen.write_records(log, range(100, 400))  # longer than what was read: the size alone does not tell
+    tail.thaw()
+    arrived(segment, 400)
+    tail.stop()
+    exactly_once(segment, range(400))
+
+
+def test_symlink_switched_to_the_rotated_file_and_back_to_a_new_one(segment, tmp_path, tails):
+    """kong.json is a symlink; rotation points it at kong.json.1 (the old target renamed), then at a new file."""
+    first = tmp_path / "a.log"
+    gen.write_records(first, range(100))
+    link = tmp_path / "kong.json"
+    link.symlink_to(first)
+    tail = tails(tmp_path, segment, link)
+    arrived(segment, 100)
+    os.rename(first, tmp_path / "kong.json.1")
+    tmp_link = tmp_path / "next"
+    tmp_link.symlink_to(tmp_path / "kong.json.1")
+    os.replace(tmp_link, link)  # kong.json -> kong.json.1: the same file under another name
+    gen.write_records(tmp_path / "kong.json.1", range(100, 150))
+    arrived(segment, 150)
+    second = tmp_path / "b.log"
+    gen.write_records(second, range(150, 200))
+    tmp_link.symlink_to(second)
+    os.replace(tmp_link, link)
+    gen.write_records(tmp_path / "kong.json.1", range(200, 210))  # a late write to the old target
+    arrived(segment, 210)
+    tail.stop()
+    exactly_once(segment, range(210))
+
+
+def test_deleted_and_recreated_at_once_many_times(segment, tmp_path, tails):
+    """Deleted and created again under the same name between two looks, each time with new records (the inode
+    may be reused): every record once."""
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(20))
+    tail = tails(tmp_path, segment, log, "--rotate-wait", "0")
+    arrived(segment, 20)
+    for n in range(1, 6):
+        tail.freeze()
+        os.unlink(log)
+        gen.write_records(log, range(n * 20, n * 20 + 20))
+        tail.thaw()
+        arrived(segment, n * 20 + 20)
+    tail.stop()
+    exactly_once(segment, range(120))
