@@ -1,0 +1,266 @@
+"""`kong-ship receive` against hostile clients, as a real process on loopback with raw sockets: malformed and
+smuggling-shaped HTTP requests (a Content-Length with Transfer-Encoding, chunked bodies with bad sizes, a header
+line without a colon, huge header lines, too many headers, a body cut short, gzip, invalid UTF-8 and NULs,
+pipelined requests, HTTP/1.0, `Expect: 100-continue`), slowloris on headers and bodies while a good client is
+served, tcp-log and udp-log garbage, and running out of file descriptors. After each: the receiver still
+answers, every good record reaches the fake Segment exactly once, its memory stays bounded, and its stderr
+holds no traceback and its exit is 0."""
+
+from __future__ import annotations
+
+import collections
+import gzip
+import os
+import resource
+import socket
+import threading
+import time
+
+import gen
+import orjson
+
+from conftest import FAST, ship_env, wait_until
+from fakes.segment import FakeSegment
+from receiving import free_port, start_receive
+
+TOKEN = "hostile-http-log-token-3b9d"
+ENV = ship_env(SEGMENT_WRITE_KEY="test-key", KONG_SHIP_HTTP_LOG_TOKEN=TOKEN)
+
+
+def vm_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as handle:
+        for row in handle:
+            if row.startswith("VmRSS:"):
+                return int(row.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def shipped(fake: FakeSegment) -> collections.Counter:
+    with fake._lock:
+        return collections.Counter(gen.seq_of_segment_message(m) for m in fake.messages)
+
+
+class Hostile:
+    """A running `kong-ship receive` with http-log (a token), tcp-log and udp-log listeners, shipping to `fake`."""
+
+    def __init__(self, shippers, tmp_path, fake, *more):
+        self.port, self.tcp_port = free_port(), free_port()
+        self.udp_port = free_port(socket.SOCK_DGRAM)
+        self.state = tmp_path / "state"
+        self.proc = start_receive(shippers, [
+            "--listen-udp", f"127.0.0.1:{self.udp_port}", "--listen-tcp", f"127.0.0.1:{self.tcp_port}",
+            "--listen", f"127.0.0.1:{self.port}", "--sink", "segment", "--endpoint", fake.url,
+            "--state-dir", str(self.state), *FAST, *more,
+        ], ENV, self.port)
+        self.pid = self.proc.proc.pid
+
+    def exchange(self, data: bytes, *, shut: bool = False, timeout: float = 10) -> bytes:
+        """Send raw bytes on a new connection; everything answered until the server closes."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
+            sock.sendall(data)
+            if shut:
+                sock.shutdown(socket.SHUT_WR)
+            return read_all(sock)
+
+    def good(self, seq: int) -> None:
+        answer = self.exchange(request(orjson.dumps(gen.kong_record(seq)), b"Connection: close\r\n"))
+        assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b'{"accepted":1}'), answer
+
+    def dead_letter_reasons(self) -> list[str]:
+        path = self.state / "receive" / "dead-letter.jsonl"
+        return [orjson.loads(raw)["reason"] for raw in path.read_bytes().splitlines()] if path.exists() else []
+
+    def stop_cleanly(self) -> str:
+        code, _, err = self.proc.stop()
+        assert code == 0, err
+        assert "Traceback" not in err and "Logging error" not in err, err
+        return err
+
+
+def read_all(sock: socket.socket) -> bytes:
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except ConnectionResetError:
+        pass
+    return b"".join(chunks)
+
+
+def request(body: bytes, extra: bytes = b"", *, length: bool = True, version: bytes = b"HTTP/1.1",
+            auth: bytes = TOKEN.encode()) -> bytes:
+    """An http-log request as Kong sends it, with `extra` header lines (each ending in CRLF) after the others."""
+    head = (b"POST /http-log " + version + b"\r\nHost: kong-ship\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + auth + b"\r\n")  # fmt: skip
+    if length:
+        head += b"Content-Length: %d\r\n" % len(body)
+    return head + extra + b"\r\n" + body
+
+
+def status(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.") else 0
+
+
+def record(seq: int) -> bytes:
+    return orjson.dumps(gen.kong_record(seq))
+
+
+def test_malformed_requests_are_refused_and_the_good_ones_around_them_ship_exactly_once(shippers, tmp_path):
+    with FakeSegment() as fake:
+        rx = Hostile(shippers, tmp_path, fake)
+        before = vm_rss_mib(rx.pid)
+        close = b"Connection: close\r\n"
+        refused = {
+            # Smuggling shapes: a Content-Length and Transfer-Encoding together, chunked with a bad size and a
+            # huge chunk extension. Chunked is never read: 411, and the connection closed.
+            "cl+te": (request(record(901), b"Transfer-Encoding: chunked\r\n"), 411),
+            "bad chunk": (request(b"zzzz;" + b"e" * 100_000 + b"\r\n", b"Transfer-Encoding: chunked\r\n",
+                                  length=False), 411),
+            "negative length": (request(b"{}", b"Content-Length: -1\r\n", length=False), 411),
+            "huge length": (request(b"{}", b"Content-Length: " + b"9" * 40 + b"\r\n", length=False), 413),
+            # A line without a colon first: what follows is not read as headers (no token seen).
+            "no colon": (b"POST /http-log HTTP/1.1\r\nno colon here\r\n" + request(record(902))[25:], 401),
+            "long header line": (b"POST /http-log HTTP/1.1\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", 431),
+            "too many headers": (b"POST /http-log HTTP/1.1\r\n" + b"X-A: a\r\n" * 200 + b"\r\n", 431),
+            "long target": (b"POST /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414),
+            "gzip body": (request(gzip.compress(record(903)), b"Content-Encoding: gzip\r\n" + close), 400),
+            "invalid utf-8": (request(b'{"request": {"uri": "/?seq=904&x=\xff\xfe"}}', close), 400),
+            "raw NUL": (request(b'{"request": {"uri": "/?seq=905&x=\x00"}}', close), 400),
+            "lone surrogate": (request(b'{"request": {"uri": "/?seq=906&x=\\ud800"}}', close), 400),
+            "too deep": (request(b"[" * 100_000 + b"]" * 100_000, close), 400),
+            "not an object": (request(b"[" + record(907) + b", 1]", close), 400),
+        }
+        answers = {name: rx.exchange(data) for name, (data, _) in refused.items()}
+        assert {name: status(a) for name, a in answers.items()} == {name: s for name, (_, s) in refused.items()}
+        # Bytes that are not HTTP (a TLS ClientHello to the plain port): refused, nothing more.
+        assert b"400" in rx.exchange(b"\x16\x03\x01\x00\xff\x01\x00\x00\xfb\x03\x03" + b"\x00" * 300 + b"\r\n\r\n")
+        # A body shorter than its Content-Length, then the close: no answer, nothing stored.
+        cut = record(908)
+        assert rx.exchange(request(cut[:-10], b"Content-Length: %d\r\n" % len(cut), length=False), shut=True) == b""
+
+        rx.good(1)
+        # HTTP/1.0 without keep-alive: answered, then closed by the server (read_all returns).
+        assert status(rx.exchange(request(record(2), version=b"HTTP/1.0"))) == 200
+        # Expect: 100-continue: the interim answer, then the final one.
+        expect = rx.exchange(request(record(3), b"Expect: 100-continue\r\n" + close))
+        assert expect.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"), expect
+        # Three requests pipelined in one write: three answers, in order, each record once.
+        pipelined = rx.exchange(request(record(4)) + request(record(5)) + request(record(6), close))
+        assert pipelined.count(b"HTTP/1.1 200 OK") == 3 and pipelined.count(b'{"accepted":1}') == 3, pipelined
+        # An escaped NUL is valid JSON: stored and shipped.
+        nul = gen.kong_record(7)
+        nul["request"]["headers"]["x-nul"] = "a\x00b"
+        assert status(rx.exchange(request(orjson.dumps(nul), close))) == 200
+        rx.good(8)
+
+        good = set(range(1, 9))
+        fake.wait_for(lambda: set(shipped(fake)) >= good, timeout=20)
+        assert vm_rss_mib(rx.pid) - before < 100
+        rx.stop_cleanly()
+        assert shipped(fake) == collections.Counter(good)  # none of 901-908, and each good one once
+
+
+def trickle(port: int, data: bytes, stop: threading.Event, cut: list[bool]) -> None:
+    """Send `data` a byte every 0.2 s until the server cuts the connection (recorded in `cut`) or `stop`."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            for byte in data:
+                if stop.wait(0.2):
+                    return
+                sock.sendall(bytes([byte]))
+    except OSError:
+        cut.append(True)
+
+
+def test_slowloris_on_headers_and_bodies_is_cut_off_while_a_good_client_is_served(shippers, tmp_path):
+    with FakeSegment() as fake:
+        rx = Hostile(shippers, tmp_path, fake, "--read-timeout", "1", "--max-connections", "64")
+        stop, cut = threading.Event(), []
+        slow_headers = request(record(990))
+        slow_body = request(record(991))
+        attackers = [threading.Thread(target=trickle, args=(rx.port, slow_headers, stop, cut)) for _ in range(20)]
+        attackers += [threading.Thread(target=trickle, args=(rx.port, slow_body[:len(slow_body) - 400], stop, cut))
+                      for _ in range(20)]
+        for t in attackers:
+            t.start()
+        try:
+            time.sleep(0.5)  # all 40 trickling
+            for seq in range(1, 6):  # served while they trickle (slots are left: no 503)
+                rx.good(seq)
+            # Each is cut at its read timeout (1 s; the watchdog looks every 0.25 s): all 40 well within 10 s.
+            assert wait_until(lambda: len(cut) == len(attackers), timeout=10), f"{len(cut)} of {len(attackers)} cut"
+        finally:
+            stop.set()
+            for t in attackers:
+                t.join(10)
+        rx.good(6)
+        fake.wait_for(lambda: set(shipped(fake)) >= set(range(1, 7)), timeout=20)
+        rx.stop_cleanly()
+        assert shipped(fake) == collections.Counter(range(1, 7))
+
+
+def tcp_line(seq: int) -> bytes:
+    return record(seq) + b"\n"
+
+
+def test_tcp_log_and_udp_log_garbage_costs_only_itself(shippers, tmp_path):
+    with FakeSegment() as fake:
+        rx = Hostile(shippers, tmp_path, fake)
+        before = vm_rss_mib(rx.pid)
+        # Idle connections held open meanwhile: they neither block the others nor cost much.
+        idle = [socket.create_connection(("127.0.0.1", rx.tcp_port), timeout=10) for _ in range(200)]
+        with socket.create_connection(("127.0.0.1", rx.tcp_port), timeout=10) as sock:
+            sock.sendall(tcp_line(1) + record(2) + b"\r\n")  # LF and CRLF ends (Kong 0.11 sent CRLF)
+            sock.sendall(b"\x00\xff\xfe garbage\n" + b"A" * (3 << 20) + b"\n" + tcp_line(3))  # 3 MiB: over the limit
+            sock.sendall(b"{}" * 10 + b"\n" + tcp_line(4))
+            sock.shutdown(socket.SHUT_WR)
+            assert read_all(sock) == b""  # tcp-log never answers; its close says the records are durable
+        with socket.create_connection(("127.0.0.1", rx.tcp_port), timeout=10) as sock:
+            sock.sendall(b"B" * (2 << 20))  # megabytes and no newline, then the close
+            sock.shutdown(socket.SHUT_WR)
+            assert read_all(sock) == b""
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.sendto(os.urandom(65507), ("127.0.0.1", rx.udp_port))  # the largest IPv4 datagram, random bytes
+        udp.sendto(b"{" * 65000, ("127.0.0.1", rx.udp_port))
+        udp.sendto(b"\x00" * 100, ("127.0.0.1", rx.udp_port))
+        udp.sendto(record(5), ("127.0.0.1", rx.udp_port))
+        udp.close()
+        for sock in idle:
+            sock.close()
+        rx.good(6)
+        fake.wait_for(lambda: set(shipped(fake)) >= set(range(1, 7)), timeout=20)
+        assert wait_until(lambda: len(rx.dead_letter_reasons()) == 7, timeout=10), rx.dead_letter_reasons()
+        reasons = collections.Counter(rx.dead_letter_reasons())
+        assert reasons["too_long"] == 1 and reasons["unterminated"] == 1, reasons
+        assert vm_rss_mib(rx.pid) - before < 100
+        err = rx.stop_cleanly()
+        assert shipped(fake) == collections.Counter(range(1, 7))
+        assert "udp-log: received 1 records in 4 datagrams; 3 dead-lettered" in err, err
+
+
+def test_running_out_of_file_descriptors_refuses_and_recovers(shippers, tmp_path):
+    with FakeSegment() as fake:
+        rx = Hostile(shippers, tmp_path, fake)
+        rx.good(1)
+        fake.wait_for(lambda: set(shipped(fake)) == {1}, timeout=20)
+        # The receiver's own limit lowered under it: 200 connections cannot all be accepted.
+        soft, hard = resource.prlimit(rx.pid, resource.RLIMIT_NOFILE)
+        used = len(os.listdir(f"/proc/{rx.pid}/fd"))
+        resource.prlimit(rx.pid, resource.RLIMIT_NOFILE, (used + 40, hard))
+        flood = []
+        for n in range(200):
+            flood.append(socket.create_connection(("127.0.0.1", rx.tcp_port if n % 2 else rx.port), timeout=10))
+        assert wait_until(lambda: len(os.listdir(f"/proc/{rx.pid}/fd")) >= used + 39, timeout=10)
+        time.sleep(0.5)  # accepts failing with EMFILE meanwhile
+        for sock in flood:
+            sock.close()
+        resource.prlimit(rx.pid, resource.RLIMIT_NOFILE, (soft, hard))
+        assert rx.proc.proc.poll() is None
+        rx.good(2)
+        with socket.create_connection(("127.0.0.1", rx.tcp_port), timeout=10) as sock:
+            sock.sendall(tcp_line(3))
+            sock.shutdown(socket.SHUT_WR)
+            assert read_all(sock) == b""
+        fake.wait_for(lambda: set(shipped(fake)) == {1, 2, 3}, timeout=20)
+        rx.stop_cleanly()
+        assert shipped(fake) == collections.Counter({1: 1, 2: 1, 3: 1})
