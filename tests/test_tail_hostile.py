@@ -127,8 +127,16 @@ def fixed_line(seq: int) -> bytes:
 
 
 # -- rotation while writing fast --------------------------------------------------------------------------------
+def size(path) -> int:
+    try:
+        return os.path.getsize(path)
+    except FileNotFoundError:
+        return 0
+
+
 def rename_rotate(log, writer: gen.Writer, to) -> None:
     """logrotate's `create`: rename; the writer (paused between two of its writes) then opens the new name."""
+    assert wait_until(lambda: size(log) > 0, timeout=10)
     with writer.pause:
         os.rename(log, to)
 
@@ -143,12 +151,12 @@ def test_two_rename_rotations_before_the_shipper_looks_again(segment, tmp_path, 
     writer = gen.Writer(log, range(100, 1600), rate=3000)
     writer.start()
     for _ in range(3):
-        wait_until(lambda: len(writer.seqs) and os.path.exists(log) and os.path.getsize(log) > 50_000, timeout=10)
+        wait_until(lambda: size(log) > 50_000, timeout=10)
         tail.freeze()
         if os.path.exists(tmp_path / "kong.json.1"):
             rename_rotate(tmp_path / "kong.json.1", writer, tmp_path / f"kong.json.2.{time.monotonic_ns()}")
         rename_rotate(log, writer, tmp_path / "kong.json.1")
-        wait_until(lambda: os.path.exists(log) and os.path.getsize(log) > 20_000, timeout=10)
+        wait_until(lambda: size(log) > 20_000, timeout=10)
         rename_rotate(tmp_path / "kong.json.1", writer, tmp_path / f"kong.json.2.{time.monotonic_ns()}")
         rename_rotate(log, writer, tmp_path / "kong.json.1")
         time.sleep(0.05)
@@ -195,7 +203,7 @@ def test_copytruncate_with_the_writer_going_on_during_the_copy(segment, tmp_path
     writer = gen.Writer(log, range(50, 1250), rate=3000)
     writer.start()
     for n in range(3):
-        wait_until(lambda: os.path.getsize(log) > 100_000, timeout=10)
+        wait_until(lambda: size(log) > 100_000, timeout=10)
         copy = tmp_path / f"kong.json.{n}"
         shutil.copyfile(log, copy)  # the writer goes on meanwhile
         with writer.pause:
@@ -263,3 +271,79 @@ def test_deleted_and_recreated_at_once_many_times(segment, tmp_path, tails):
         arrived(segment, n * 20 + 20)
     tail.stop()
     exactly_once(segment, range(120))
+
+
+# -- crashes ------------------------------------------------------------------------------------------------------
+def test_kill_9_of_the_group_at_random_moments_during_rotations_then_restart(segment, tmp_path, tails):
+    """A writer goes on; logrotate renames (and sometimes compresses) the log; the whole process group is killed
+    at a random moment each round and started again. Nothing is lost, a resent record keeps its messageId, and
+    the last run ends on SIGTERM with exit 0 and a checkpoint that a further run finds nothing to add to."""
+    rng = random.Random(20261202)
+    log = tmp_path / "kong.json"
+    total = 2400
+    writer = gen.Writer(log, range(total), rate=1500)
+    writer.start()
+    segment.script([f"slow:{rng.uniform(0.02, 0.15):.2f}" for _ in range(30)])
+    for n in range(4):
+        tail = tails(tmp_path, segment, tmp_path / "kong.json*", "--batch-size", "50")
+        before = segment.message_count
+        segment.wait_for(lambda: segment.message_count > before, timeout=20)
+        time.sleep(rng.uniform(0.0, 0.2))
+        rename_rotate(log, writer, tmp_path / f"kong.json.{n}")
+        if n % 2:
+            time.sleep(rng.uniform(0.0, 0.1))
+            rotated = tmp_path / f"kong.json.{n - 1}"
+            with open(rotated, "rb") as src, gzip.open(f"{rotated}.gz", "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            os.unlink(rotated)
+        time.sleep(rng.uniform(0.0, 0.3))
+        tail.kill9()
+    assert writer.done.wait(30)
+    tail = tails(tmp_path, segment, tmp_path / "kong.json*")
+    wait_until(lambda: len(counts(segment)) >= total, timeout=30)
+    tail.stop()
+    got = at_least_once_same_ids(segment, range(total))
+    delivered = segment.message_count
+    again = tails(tmp_path, segment, tmp_path / "kong.json*")
+    gen.write_records(log, [total])
+    arrived(segment, total + 1)
+    again.stop()
+    assert segment.message_count == delivered + 1  # the checkpoint SIGTERM saved covers everything
+    assert sum(n - 1 for n in got.values()) < total
+
+
+# -- outages --------------------------------------------------------------------------------------------------------
+def test_vendor_refusing_connections_during_a_rotation_then_back(segment, tmp_path, tails):
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(100))
+    tail = tails(tmp_path, segment, log)
+    arrived(segment, 100)
+    segment.stop()  # connection refused from now on
+    writer = gen.Writer(log, range(100, 700), rate=3000)
+    writer.start()
+    wait_until(lambda: size(log) > 300_000, timeout=10)
+    rename_rotate(log, writer, tmp_path / "kong.json.1")  # not under the pattern: read to its end from the fd
+    assert writer.done.wait(30)
+    time.sleep(0.6)  # longer than --rotate-wait: the old file is let go while nothing can be delivered
+    segment.start()
+    arrived(segment, 700, timeout=30)
+    tail.stop()
+    exactly_once(segment, range(700))
+
+
+def test_429_with_retry_after_during_rotations(segment, tmp_path, tails):
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(10))
+    tail = tails(tmp_path, segment, tmp_path / "kong.json*", "--batch-size", "100")
+    arrived(segment, 10)
+    segment.script([(429, {"Retry-After": "1"})] * 2 + [(429, {"Retry-After": "0"})])
+    writer = gen.Writer(log, range(10, 810), rate=3000)
+    writer.start()
+    for n in range(2):
+        wait_until(lambda: size(log) > 150_000, timeout=10)
+        rename_rotate(log, writer, tmp_path / f"kong.json.{n}")
+    assert writer.done.wait(30)
+    arrived(segment, 810, timeout=30)
+    tail.stop()
+    exactly_once(segment, range(810))
+    assert segment.script_remaining == 0
