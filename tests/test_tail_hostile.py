@@ -22,7 +22,7 @@ import orjson
 import pytest
 
 import gen
-from conftest import FAST_FOLLOW, reaped, ship_env, wait_until
+from conftest import FAST_FOLLOW, ship_env, summary_rows, wait_until
 from fakes.segment import FakeSegment
 
 ENV = ship_env(SEGMENT_WRITE_KEY="test-key")
@@ -347,3 +347,183 @@ def test_429_with_retry_after_during_rotations(segment, tmp_path, tails):
     tail.stop()
     exactly_once(segment, range(810))
     assert segment.script_remaining == 0
+
+
+# -- odd input while following ------------------------------------------------------------------------------------
+def line_of(seq: int) -> bytes:
+    return gen.kong_line(gen.kong_record(seq))
+
+
+def test_a_partial_last_line_completed_long_after_its_file_was_rotated(segment, tmp_path, tails):
+    """Half a line, then rotation; the old file is let go (rotate-wait) and the line is completed in it a second
+    later: the glob finds the rotated file again and ships that line, once."""
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(50))
+    half = line_of(50)
+    with open(log, "ab") as handle:
+        handle.write(half[:700])
+    tail = tails(tmp_path, segment, tmp_path / "kong.json*")
+    arrived(segment, 50)
+    os.rename(log, tmp_path / "kong.json.1")
+    gen.write_records(log, range(51, 60))
+    arrived(segment, 59)
+    time.sleep(1.0)  # well past --rotate-wait 0.3: the old file is closed
+    with open(tmp_path / "kong.json.1", "ab") as handle:
+        handle.write(half[700:])
+    arrived(segment, 60)
+    tail.stop()
+    exactly_once(segment, range(60))
+
+
+def test_a_partial_last_line_across_a_restart(segment, tmp_path, tails):
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(20))
+    half = line_of(20)
+    with open(log, "ab") as handle:
+        handle.write(half[:-300])
+    tail = tails(tmp_path, segment, log)
+    arrived(segment, 20)
+    err = tail.stop()
+    assert "Traceback" not in err
+    with open(log, "ab") as handle:
+        handle.write(half[-300:])
+    gen.write_records(log, range(21, 30))
+    tail = tails(tmp_path, segment, log)
+    arrived(segment, 30)
+    tail.stop()
+    exactly_once(segment, range(30))
+
+
+def test_a_line_over_max_line_bytes_appended_slowly_across_a_rotation(segment, tmp_path, tails):
+    """A 40 KB line arrives in 2 KB pieces; half-way the file is rotated and the rest lands in the rotated file.
+    It is set aside once (dead letter), every other record arrives once."""
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(10))
+    tail = tails(tmp_path, segment, tmp_path / "kong.json*", "--max-line-bytes", "8192")
+    arrived(segment, 10)
+    big = gen.kong_line(gen.kong_record(10, **{}))[:-2] + b',"pad":"' + b"x" * 40_000 + b'"}\n'
+    pieces = [big[i : i + 2048] for i in range(0, len(big), 2048)]
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+    for n, piece in enumerate(pieces):
+        os.write(fd, piece)
+        if n == len(pieces) // 2:
+            os.rename(log, tmp_path / "kong.json.1")
+            gen.write_records(log, range(11, 20))
+        time.sleep(0.01)
+    os.close(fd)
+    gen.write_records(tmp_path / "kong.json.1", range(20, 25))
+    arrived(segment, 24)
+    dead = tmp_path / "state" / "dead-letter.jsonl"
+    assert wait_until(lambda: dead.exists() and dead.read_bytes().count(b"\n") >= 1, timeout=10)
+    err = tail.stop()
+    exactly_once(segment, [s for s in range(25) if s != 10])
+    assert dead.read_bytes().count(b"\n") == 1, dead.read_bytes()[:500]
+    assert summary_rows(err)["segment"]["dead-lettered"] == 1, err[-1500:]
+
+
+def test_crlf_line_ends_ship_every_record_once(segment, tmp_path, tails):
+    log = tmp_path / "kong.json"
+    with open(log, "wb") as handle:
+        handle.write(b"".join(line_of(s)[:-1] + b"\r\n" for s in range(40)))
+    tail = tails(tmp_path, segment, log)
+    arrived(segment, 40)
+    with open(log, "ab") as handle:
+        handle.write(b"".join(line_of(s)[:-1] + b"\r\n" for s in range(40, 50)))
+    arrived(segment, 50)
+    tail.stop()
+    exactly_once(segment, range(50))
+
+
+def test_nuls_of_a_sparse_file_after_copytruncate_with_a_writer_that_keeps_its_offset(segment, tmp_path, tails):
+    """A writer without O_APPEND (not Kong, but nginx-like setups exist) writes at its old offset after a
+    copytruncate: the file starts with a hole of NULs. The records written after the hole arrive once, the
+    copied ones once; no traceback, and the NULs are not taken for a record."""
+    log = tmp_path / "kong.json"
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT, 0o644)
+    for seq in range(30):
+        os.write(fd, line_of(seq))
+    tail = tails(tmp_path, segment, tmp_path / "kong.json*")
+    arrived(segment, 30)
+    shutil.copyfile(log, tmp_path / "kong.json.1")
+    os.truncate(log, 0)
+    os.write(fd, b"\n")  # the first write after the truncate ends the hole (a writer's record separator)
+    for seq in range(30, 60):
+        os.write(fd, line_of(seq))
+    os.close(fd)
+    arrived(segment, 60)
+    tail.stop()
+    exactly_once(segment, range(60))
+
+
+def test_the_log_replaced_by_a_directory_and_back(segment, tmp_path, tails):
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(20))
+    tail = tails(tmp_path, segment, log)
+    arrived(segment, 20)
+    os.unlink(log)
+    os.mkdir(log)
+    assert wait_until(lambda: "is a directory" in tail.stderr(), timeout=10)
+    assert tail.proc.poll() is None
+    os.rmdir(log)
+    gen.write_records(log, range(20, 40))
+    arrived(segment, 40)
+    err = tail.stop()
+    exactly_once(segment, range(40))
+    assert err.count("is a directory") == 1
+
+
+# -- the state directory's disk full ------------------------------------------------------------------------------
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A real 256 KiB tmpfs for the state directory (as test_worker_faults.py mounts one)."""
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {result.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def fill(path) -> None:
+    fd = os.open(path / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for block in (65536, 4096, 512, 1):
+            try:
+                while True:
+                    os.write(fd, b"\0" * block)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+
+
+def test_state_disk_full_while_rotating_then_free_again(segment, tmp_path, tiny_fs, tails):
+    """Checkpoints cannot be saved while the log is rotated twice (delivery goes on); once space is back the
+    checkpoint catches up, SIGTERM exits 0, and a second run resends nothing."""
+    log = tmp_path / "kong.json"
+    state = tiny_fs / "state"
+    gen.write_records(log, range(50))
+    tail = tails(tmp_path, segment, tmp_path / "kong.json*", state=state)
+    arrived(segment, 50)
+    assert wait_until(lambda: (state / "checkpoints-segment.json").exists(), timeout=10)
+    fill(tiny_fs)
+    writer = gen.Writer(log, range(50, 650), rate=3000)
+    writer.start()
+    for n in range(2):
+        wait_until(lambda: size(log) > 150_000, timeout=10)
+        rename_rotate(log, writer, tmp_path / f"kong.json.{n}")
+    assert writer.done.wait(30)
+    arrived(segment, 650)
+    assert wait_until(lambda: "No space left" in tail.stderr(), timeout=10)
+    os.unlink(tiny_fs / "filler")
+    assert wait_until(lambda: "saved again" in tail.stderr(), timeout=10)
+    err = tail.stop()
+    assert "Traceback" not in err
+    exactly_once(segment, range(650))
+    delivered = segment.message_count
+    again = tails(tmp_path, segment, tmp_path / "kong.json*", state=state)
+    gen.write_records(log, [650])
+    arrived(segment, 651)
+    again.stop()
+    assert segment.message_count == delivered + 1
