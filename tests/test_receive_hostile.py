@@ -264,3 +264,62 @@ def test_running_out_of_file_descriptors_refuses_and_recovers(shippers, tmp_path
         fake.wait_for(lambda: set(shipped(fake)) == {1, 2, 3}, timeout=20)
         rx.stop_cleanly()
         assert shipped(fake) == collections.Counter({1: 1, 2: 1, 3: 1})
+
+
+def test_a_client_pipelining_without_reading_the_answers_is_cut_off(shippers, tmp_path):
+    with FakeSegment() as fake:
+        rx = Hostile(shippers, tmp_path, fake, "--read-timeout", "1")
+        hog = socket.create_connection(("127.0.0.1", rx.port), timeout=10)
+        hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        empty = request(b"[]")  # answered {"accepted": 0}: nothing stored, only answers to write
+        cut = False
+        try:
+            started = time.monotonic()
+            # Its answers fill both buffers (the receiver's autotuned send buffer grows to 4 MiB: ~10 s of
+            # answers here), then the receiver's write blocks, and waits --read-timeout at most.
+            while time.monotonic() - started < 60:
+                hog.sendall(empty * 200)
+        except (BrokenPipeError, ConnectionResetError):  # the receiver gave up on it and closed: our sends fail
+            cut = True
+        finally:
+            hog.close()
+        assert cut, "a client that never reads its answers held its connection for 60 s"
+        rx.good(1)
+        fake.wait_for(lambda: set(shipped(fake)) == {1}, timeout=20)
+        rx.stop_cleanly()
+        assert shipped(fake) == collections.Counter({1: 1})
+
+
+def test_kill_9_under_attack_loses_no_answered_record_and_duplicates_none(shippers, tmp_path):
+    with FakeSegment() as fake:
+        fake.set_down(True)  # everything answered is still only in the spool at the crash
+        rx = Hostile(shippers, tmp_path, fake)
+        stop, cut = threading.Event(), []
+        attackers = [threading.Thread(target=trickle, args=(rx.port, request(record(999)), stop, cut))
+                     for _ in range(10)]
+        for t in attackers:
+            t.start()
+        answered: list[int] = []
+        # Pipelined on kept-alive connections, as Kong's workers send: each 200 read is a record made durable.
+        with socket.create_connection(("127.0.0.1", rx.port), timeout=10) as sock:
+            for seq in range(1, 61):
+                sock.sendall(request(record(seq)))
+                head = b""
+                while not head.endswith(b'{"accepted":1}'):
+                    head += sock.recv(4096)
+                answered.append(seq)
+            sock.sendall(request(record(61))[:-20])  # mid-body at the crash: never answered
+            rx.proc.kill9()
+        stop.set()
+        for t in attackers:
+            t.join(10)
+        fake.set_down(False)
+        rx2 = start_receive(shippers, [
+            "--listen", f"127.0.0.1:{rx.port}", "--sink", "segment", "--endpoint", fake.url,
+            "--state-dir", str(rx.state), *FAST,
+        ], ENV, rx.port)
+        fake.wait_for(lambda: set(shipped(fake)) >= set(answered), timeout=30)
+        time.sleep(0.3)  # a duplicate would arrive in the same batches or right after
+        code, _, err = rx2.stop()
+        assert code == 0 and "Traceback" not in err, err
+        assert shipped(fake) == collections.Counter(answered)  # 61 (cut mid-body) and 999 (trickled) never stored
