@@ -312,8 +312,33 @@ def test_kill_9_of_the_group_at_random_moments_during_rotations_then_restart(seg
     assert sum(n - 1 for n in got.values()) < total
 
 
+def test_kill_9_right_after_a_copytruncate_then_restart(segment, tmp_path, tails):
+    """The copy made and the original truncated and written to while a slow vendor holds the first batches;
+    killed, started again: the copy continues the old position, the truncated file is read from its start."""
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(1000))
+    segment.script(["slow:0.3"] * 3)
+    tail = tails(tmp_path, segment, tmp_path / "kong.json*", "--batch-size", "100", "--queue-size", "100")
+    segment.wait_for(lambda: segment.request_count >= 1, timeout=15)
+    tail.freeze()
+    shutil.copyfile(log, tmp_path / "kong.json.1")
+    os.truncate(log, 0)
+    gen.write_records(log, range(1000, 1100))
+    tail.thaw()
+    time.sleep(0.2)  # a random moment after it noticed
+    tail.kill9()
+    gen.write_records(log, range(1100, 1200))
+    tail = tails(tmp_path, segment, tmp_path / "kong.json*")
+    wait_until(lambda: len(counts(segment)) >= 1200, timeout=20)
+    tail.stop()
+    at_least_once_same_ids(segment, range(1200))
+
+
 # -- outages --------------------------------------------------------------------------------------------------------
-def test_vendor_refusing_connections_during_a_rotation_then_back(segment, tmp_path, tails):
+def test_vendor_refusing_connections_during_rotations_then_back(segment, tmp_path, tails):
+    """Connection refused while the log is rotated twice and the rotated files are let go (rotate-wait) with
+    their lines still unacknowledged; the vendor comes back: every record once, and the checkpoint holds the
+    let-go files too: a restart whose glob now matches them resends nothing."""
     log = tmp_path / "kong.json"
     gen.write_records(log, range(100))
     tail = tails(tmp_path, segment, log)
@@ -321,14 +346,39 @@ def test_vendor_refusing_connections_during_a_rotation_then_back(segment, tmp_pa
     segment.stop()  # connection refused from now on
     writer = gen.Writer(log, range(100, 700), rate=3000)
     writer.start()
-    wait_until(lambda: size(log) > 300_000, timeout=10)
-    rename_rotate(log, writer, tmp_path / "kong.json.1")  # not under the pattern: read to its end from the fd
+    for n in range(2):
+        wait_until(lambda: size(log) > 200_000, timeout=10)
+        rename_rotate(log, writer, tmp_path / f"kong.json.{n}")
     assert writer.done.wait(30)
-    time.sleep(0.6)  # longer than --rotate-wait: the old file is let go while nothing can be delivered
+    # --rotate-wait: the old files are let go while nothing can be delivered
+    assert wait_until(lambda: tail.stderr().count("done with the old") >= 2, timeout=10)
     segment.start()
     arrived(segment, 700, timeout=30)
     tail.stop()
     exactly_once(segment, range(700))
+    delivered = segment.message_count
+    again = tails(tmp_path, segment, tmp_path / "kong.json*")
+    gen.write_records(log, [700])
+    arrived(segment, 701)
+    again.stop()
+    assert segment.message_count == delivered + 1
+
+
+def test_sighup_during_rotations(segment, tmp_path, tails):
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(10))
+    tail = tails(tmp_path, segment, tmp_path / "kong.json*")
+    arrived(segment, 10)
+    writer = gen.Writer(log, range(10, 1010), rate=3000)
+    writer.start()
+    for n in range(3):
+        wait_until(lambda: size(log) > 100_000, timeout=10)
+        rename_rotate(log, writer, tmp_path / f"kong.json.{n}")
+        tail.proc.send_signal(signal.SIGHUP)
+    assert writer.done.wait(30)
+    arrived(segment, 1010)
+    tail.stop()
+    exactly_once(segment, range(1010))
 
 
 def test_429_with_retry_after_during_rotations(segment, tmp_path, tails):
@@ -355,8 +405,8 @@ def line_of(seq: int) -> bytes:
 
 
 def test_a_partial_last_line_completed_long_after_its_file_was_rotated(segment, tmp_path, tails):
-    """Half a line, then rotation; the old file is let go (rotate-wait) and the line is completed in it a second
-    later: the glob finds the rotated file again and ships that line, once."""
+    """Half a line, then rotation; the line is completed in the rotated file a second later (the writer took
+    that long): under the glob the rotated file is still followed, and the line ships once."""
     log = tmp_path / "kong.json"
     gen.write_records(log, range(50))
     half = line_of(50)
@@ -367,7 +417,7 @@ def test_a_partial_last_line_completed_long_after_its_file_was_rotated(segment, 
     os.rename(log, tmp_path / "kong.json.1")
     gen.write_records(log, range(51, 60))
     arrived(segment, 59)
-    time.sleep(1.0)  # well past --rotate-wait 0.3: the old file is closed
+    time.sleep(1.0)  # "much later": past --rotate-wait, the writer long gone to the new file
     with open(tmp_path / "kong.json.1", "ab") as handle:
         handle.write(half[700:])
     arrived(segment, 60)
@@ -470,6 +520,21 @@ def test_the_log_replaced_by_a_directory_and_back(segment, tmp_path, tails):
     err = tail.stop()
     exactly_once(segment, range(40))
     assert err.count("is a directory") == 1
+
+
+def test_the_log_replaced_by_a_fifo(segment, tmp_path, tails):
+    """A named pipe where the log was: said once, never opened (an open would block the reader for good)."""
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(10))
+    tail = tails(tmp_path, segment, tmp_path / "kong.json*")
+    arrived(segment, 10)
+    os.rename(log, tmp_path / "kong.json.1")
+    os.mkfifo(log)
+    assert wait_until(lambda: "not a regular file" in tail.stderr(), timeout=10)
+    gen.write_records(tmp_path / "kong.json.1", range(10, 20))
+    arrived(segment, 20)
+    tail.stop()
+    exactly_once(segment, range(20))
 
 
 # -- the state directory's disk full ------------------------------------------------------------------------------
