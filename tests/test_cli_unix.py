@@ -406,19 +406,13 @@ def _drain(stream, into: bytearray) -> threading.Thread:
     return reader
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_stops_parse_at_once_with_whole_lines_and_no_traceback(tmp_path, signum):
-    """Ctrl-C: exit 130 and not a word (no KeyboardInterrupt traceback); SIGTERM: ended by the signal, as `cat`
-    is (a shell sees 143). Every line printed before is a whole JSON object."""
-    log = tmp_path / "kong.json"
-    _many_lines(log, 20_000)  # seconds of parsing: the signal lands in the middle
-    proc = subprocess.Popen([sys.executable, "-m", "shipper", "parse", str(log)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=ship_env())  # fmt: skip
+def _signal_once_printing(proc: subprocess.Popen, signum: int) -> tuple[bytearray, str, int, float]:
+    """Once `proc` has printed its first line, `signum` to it: (all it printed, its stderr, its exit code, the
+    seconds from the signal to its end). Killed if it outlives the test."""
     assert proc.stdout is not None and proc.stderr is not None
     out = bytearray()
     try:
-        first = proc.stdout.readline()
-        out.extend(first)
+        out.extend(proc.stdout.readline())  # it has started printing
         reader = _drain(proc.stdout, out)
         proc.send_signal(signum)
         sent = time.monotonic()
@@ -430,6 +424,18 @@ def test_a_signal_stops_parse_at_once_with_whole_lines_and_no_traceback(tmp_path
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+    return out, err, code, took
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_parse_at_once_with_whole_lines_and_no_traceback(tmp_path, signum):
+    """Ctrl-C: exit 130 and not a word (no KeyboardInterrupt traceback); SIGTERM: ended by the signal, as `cat`
+    is (a shell sees 143). Every line printed before is a whole JSON object."""
+    log = tmp_path / "kong.json"
+    _many_lines(log, 20_000)  # seconds of parsing: the signal lands in the middle
+    proc = subprocess.Popen([sys.executable, "-m", "shipper", "parse", str(log)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=ship_env())  # fmt: skip
+    out, err, code, took = _signal_once_printing(proc, signum)
     assert code == (130 if signum == signal.SIGINT else -signal.SIGTERM), (code, err)
     assert err.strip() == "", err  # click ends a Ctrl-C with a newline, so that the prompt starts on a line of its own
     assert took < 5, f"{took:.1f} s to stop"
@@ -452,21 +458,7 @@ def test_a_signal_to_a_backfill_to_stdout_exits_128_plus_it_and_the_rerun_prints
     # --max-rate keeps the first run at about 3 s, so the signal lands in the middle of it.
     proc = subprocess.Popen([*args, "--max-rate", "1000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=ship_env())  # fmt: skip
-    assert proc.stdout is not None and proc.stderr is not None
-    out = bytearray()
-    try:
-        out.extend(proc.stdout.readline())  # the run has started shipping
-        reader = _drain(proc.stdout, out)
-        proc.send_signal(signum)
-        sent = time.monotonic()
-        err = proc.stderr.read().decode()
-        code = proc.wait(timeout=30)
-        took = time.monotonic() - sent
-        reader.join(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+    out, err, code, took = _signal_once_printing(proc, signum)
     assert code == 128 + signum, err
     assert took < 8, f"{took:.1f} s to stop (the shutdown timeout is 10 s)"
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err

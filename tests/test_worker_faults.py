@@ -258,6 +258,14 @@ def test_a_fatal_answer_to_the_half_of_a_refused_closed_batch(tmp_path):
 SLOW_ARGS = ["--queue-size", "300", "--batch-size", "20", "--concurrency", "1", "--shutdown-timeout", "1"]
 
 
+def sigterm_the_group(proc: subprocess.Popen) -> tuple[bytes, float]:
+    """systemd's stop: SIGTERM to the process group; (stderr, seconds from the signal to the exit)."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    sent = time.monotonic()
+    _, err = proc.communicate(timeout=30)
+    return err, time.monotonic() - sent
+
+
 def test_sigterm_to_the_process_group_mid_run_stops_promptly_and_a_restart_loses_nothing(tmp_path):
     log = tmp_path / "kong.json"
     seqs = range(600)
@@ -267,10 +275,7 @@ def test_sigterm_to_the_process_group_mid_run_stops_promptly_and_a_restart_loses
         fake.script(["slow:0.05"] * 1000)
         with reaped(start(fake, tmp_path, log, *SLOW_ARGS)) as proc:
             fake.wait_for(lambda: len(fake.messages) >= 100, timeout=30)
-            os.killpg(proc.pid, signal.SIGTERM)
-            sent = time.monotonic()
-            _, err = proc.communicate(timeout=30)
-            took = time.monotonic() - sent
+            err, took = sigterm_the_group(proc)
         first = counts(fake)
         saved = checkpointed(state)
         fake.clear_script()
@@ -303,10 +308,7 @@ def test_sigterm_during_a_huge_retry_after_stops_within_the_shutdown_timeout(tmp
             fake.wait_for(lambda: fake.request_count >= 4, timeout=30)
             time.sleep(0.3)
             assert proc.poll() is None and fake.request_count == 4  # paused
-            os.killpg(proc.pid, signal.SIGTERM)
-            sent = time.monotonic()
-            _, err = proc.communicate(timeout=30)
-            took = time.monotonic() - sent
+            err, took = sigterm_the_group(proc)
         first = counts(fake)
         saved = checkpointed(state)
         again = backfill(fake, tmp_path, log, *SLOW_ARGS)
