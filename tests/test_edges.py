@@ -243,3 +243,33 @@ def test_a_huge_retry_after_is_capped_at_an_hour_and_held_by_every_slot():
     assert sender._send([b"{}"]) is None  # aborted while held, never sent
     assert time.monotonic() - started >= 0.25 and "attempted" not in counted
     sender.close()
+
+
+def test_a_sink_that_keeps_failing_says_so_once_a_minute_not_once(caplog, monkeypatch):
+    """An unreachable vendor: the first failure is said, then one line a minute while it lasts (the back-off
+    reaches a minute a try: before, the next line came at the tenth attempt, minutes of silence later)."""
+    import logging
+    import threading
+    from types import SimpleNamespace
+
+    from shipper.deadletter import DeadLetter
+    from shipper.delivery import sender as sender_module
+    from shipper.delivery.acks import AckTracker
+    from shipper.sinks.base import RETRY, Verdict
+    from shipper.sinks.segment import SegmentSink
+
+    monkeypatch.setattr(sender_module, "RETRY_SAY_EVERY", 0.2)
+    sender = sender_module.Sender(SegmentSink("k", endpoint="http://127.0.0.1:9"), AckTracker(), DeadLetter(None),
+                                  threading.Event(), lambda key, n: None)  # fmt: skip
+    verdict = Verdict(RETRY, "ConnectError: [Errno 111] Connection refused")
+    with caplog.at_level(logging.WARNING, logger="kong-ship"):
+        for attempt in range(1, 7):
+            state = SimpleNamespace(outcome=SimpleNamespace(result=lambda: verdict), attempt_number=attempt,
+                                    next_action=SimpleNamespace(sleep=0.5))  # fmt: skip
+            sender._note_retry(state)
+            if attempt == 4:
+                time.sleep(0.25)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "segment: ConnectError: [Errno 111] Connection refused; retry 1 in 0.5 s"
+    assert len(lines) == 2 and "still retrying after 0 s (attempt 5), next in 0.5 s" in lines[1], lines
+    sender.close()

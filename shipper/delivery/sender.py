@@ -28,6 +28,7 @@ from shipper.sinks.compression import PreparedBody
 log = logging.getLogger("kong-ship")
 
 RETRY_AFTER_CAP = 3600.0  # a vendor asking for more than an hour is more likely wrong than right
+RETRY_SAY_EVERY = 60.0  # seconds between the lines that say a sink is still retrying
 
 
 def _tls_failure(exc: BaseException) -> ssl.SSLCertVerificationError | None:
@@ -98,6 +99,7 @@ class Sender:
         # Handed (sink name, batch) once per batch while a `kong-ship tap` is attached (service/tap.py), else None.
         self.tap: Callable[[str, list[Item]], None] | None = None
         self._retrying_since: float | None = None
+        self._retry_said = 0.0  # when the last "still retrying" line was written
         self._lock = threading.Lock()
         self._closed = False
         # A vendor's Retry-After is about the sink, not the batch that happened to get it: until this
@@ -232,12 +234,20 @@ class Sender:
         verdict = state.outcome.result() if state.outcome else None
         reason = verdict.reason if verdict else "?"
         wait = state.next_action.sleep if state.next_action else 0.0
+        now = time.monotonic()
         with self._lock:
             first = self._retrying_since is None
-            if first:
-                self._retrying_since = time.monotonic()
-        if first or state.attempt_number % 10 == 0:
+            since = self._retrying_since = now if self._retrying_since is None else self._retrying_since
+            # The first failure, then one line a minute while it lasts: an unreachable vendor is not silence for
+            # the minutes the back-off reaches (a backfill waits for it, and says so).
+            due = first or now - self._retry_said >= RETRY_SAY_EVERY
+            if due:
+                self._retry_said = now
+        if first:
             log.warning("%s: %s; retry %d in %.1f s", self.sink.name, reason, state.attempt_number, wait)
+        elif due:
+            log.warning("%s: %s; still retrying after %.0f s (attempt %d), next in %.1f s", self.sink.name, reason,
+                        now - since, state.attempt_number, wait)  # fmt: skip
 
     def close(self) -> None:
         self._closed = True
