@@ -280,11 +280,11 @@ def test_kill_9_of_the_group_at_random_moments_during_rotations_then_restart(seg
     the last run ends on SIGTERM with exit 0 and a checkpoint that a further run finds nothing to add to."""
     rng = random.Random(20261202)
     log = tmp_path / "kong.json"
-    total = 2400
+    total = 1800
     writer = gen.Writer(log, range(total), rate=1500)
     writer.start()
     segment.script([f"slow:{rng.uniform(0.02, 0.15):.2f}" for _ in range(30)])
-    for n in range(4):
+    for n in range(3):
         tail = tails(tmp_path, segment, tmp_path / "kong.json*", "--batch-size", "50")
         before = segment.message_count
         segment.wait_for(lambda: segment.message_count > before, timeout=20)
@@ -592,3 +592,25 @@ def test_state_disk_full_while_rotating_then_free_again(segment, tmp_path, tiny_
     arrived(segment, 651)
     again.stop()
     assert segment.message_count == delivered + 1
+
+
+def test_a_long_line_while_the_dead_letter_disk_is_full_is_set_aside_once_space_is_back(segment, tmp_path, tiny_fs, tails):
+    """The dead-letter file (in the state directory) cannot be written: nothing after the long line is
+    acknowledged meanwhile; once space is back, the long line is set aside once and every record arrives once."""
+    log = tmp_path / "kong.json"
+    state = tiny_fs / "state"
+    gen.write_records(log, range(20))
+    tail = tails(tmp_path, segment, log, "--max-line-bytes", "4096", state=state)
+    arrived(segment, 20)
+    assert wait_until(lambda: (state / "checkpoints-segment.json").exists(), timeout=10)
+    fill(tiny_fs)
+    with open(log, "ab") as handle:
+        handle.write(b'{"x":"' + b"y" * 10_000 + b'"}\n')
+    gen.write_records(log, range(20, 40))
+    assert wait_until(lambda: "cannot write the dead-letter file" in tail.stderr(), timeout=10)
+    os.unlink(tiny_fs / "filler")
+    arrived(segment, 40)
+    err = tail.stop()
+    exactly_once(segment, range(40))
+    assert (state / "dead-letter.jsonl").read_bytes().count(b"\n") == 1
+    assert summary_rows(err)["segment"]["dead-lettered"] == 1
