@@ -266,28 +266,52 @@ def test_running_out_of_file_descriptors_refuses_and_recovers(shippers, tmp_path
         assert shipped(fake) == collections.Counter({1: 1, 2: 1, 3: 1})
 
 
+def served_hog(port: int) -> socket.socket:
+    """A kept-alive connection holding the receiver's only slot: its first request answered 200 (record 2)."""
+    def connect() -> socket.socket | None:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=3)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(request(record(2)))
+        answer = b""
+        while not answer.endswith(b"}") and (chunk := sock.recv(4096)):
+            answer += chunk
+        if status(answer) == 200:
+            return sock
+        sock.close()  # 503: the start-up check's connection still held the slot
+        return None
+
+    hog = wait_until(connect, timeout=10, interval=0.1)
+    assert hog, "the only slot never came free"
+    return hog
+
+
 def test_a_client_pipelining_without_reading_the_answers_is_cut_off(shippers, tmp_path):
     with FakeSegment() as fake:
-        rx = Hostile(shippers, tmp_path, fake, "--read-timeout", "1")
-        hog = socket.create_connection(("127.0.0.1", rx.port), timeout=10)
-        hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        # One slot: while the hog holds it, every other client is answered 503; it comes back only once the
+        # receiver gives up on the hog.
+        rx = Hostile(shippers, tmp_path, fake, "--read-timeout", "1", "--max-connections", "1")
+        hog = served_hog(rx.port)
         empty = request(b"[]")  # answered {"accepted": 0}: nothing stored, only answers to write
-        cut = False
         try:
+            # Its answers fill both buffers (the receiver's autotuned send buffer grows to 4 MiB: seconds of
+            # answers here), then the receiver's write blocks, for --read-timeout at most.
             started = time.monotonic()
-            # Its answers fill both buffers (the receiver's autotuned send buffer grows to 4 MiB: ~10 s of
-            # answers here), then the receiver's write blocks, and waits --read-timeout at most.
             while time.monotonic() - started < 60:
                 hog.sendall(empty * 200)
-        except (BrokenPipeError, ConnectionResetError):  # the receiver gave up on it and closed: our sends fail
-            cut = True
-        finally:
-            hog.close()
-        assert cut, "a client that never reads its answers held its connection for 60 s"
-        rx.good(1)
-        fake.wait_for(lambda: set(shipped(fake)) == {1}, timeout=20)
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):  # reset by the receiver, or our sends block
+            pass
+
+        def served() -> bool:
+            answer = rx.exchange(request(record(1), b"Connection: close\r\n"))
+            assert status(answer) in (200, 503), answer
+            return status(answer) == 200
+
+        # The hog is still open and still not reading: the receiver let go of it by itself.
+        assert wait_until(served, timeout=15, interval=0.2), "a client that never reads held the only slot"
+        hog.close()
+        fake.wait_for(lambda: set(shipped(fake)) == {1, 2}, timeout=20)
         rx.stop_cleanly()
-        assert shipped(fake) == collections.Counter({1: 1})
+        assert shipped(fake) == collections.Counter({1: 1, 2: 1})
 
 
 def test_kill_9_under_attack_loses_no_answered_record_and_duplicates_none(shippers, tmp_path):
@@ -323,3 +347,41 @@ def test_kill_9_under_attack_loses_no_answered_record_and_duplicates_none(shippe
         code, _, err = rx2.stop()
         assert code == 0 and "Traceback" not in err, err
         assert shipped(fake) == collections.Counter(answered)  # 61 (cut mid-body) and 999 (trickled) never stored
+
+
+def test_tls_listeners_shrug_off_stalled_handshakes_and_plain_bytes(shippers, tmp_path):
+    import ssl
+
+    from fakes.tls import private_ca
+
+    ca, cert, key = private_ca(tmp_path)
+    with FakeSegment() as fake:
+        rx = Hostile(shippers, tmp_path, fake, "--tls-cert", str(cert), "--tls-key", str(key),
+                     "--read-timeout", "1", "--max-connections", "20")
+        # 30 connections that never start their handshake: 20 take every slot, 10 are over the cap.
+        stalled = [socket.create_connection(("127.0.0.1", rx.port), timeout=10) for _ in range(30)]
+        # Plain HTTP and megabytes of random bytes to both TLS ports: handshakes that fail, nothing stored.
+        plain = [socket.create_connection(("127.0.0.1", port), timeout=10) for port in (rx.port, rx.tcp_port)]
+        for sock in plain:
+            try:
+                sock.sendall(request(record(990)) + os.urandom(1 << 20) + b"\n" + tcp_line(991))
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the receiver closed at the first bad record
+        # Each stalled one is closed by the receiver (over the cap at once, the others at the read timeout),
+        # and none is answered in plain text.
+        answers = [read_all(sock) for sock in stalled + plain]
+        assert not any(a.startswith(b"HTTP/") for a in answers), answers
+        for sock in stalled + plain:
+            sock.close()
+        context = ssl.create_default_context(cafile=str(ca))
+        with context.wrap_socket(socket.create_connection(("127.0.0.1", rx.port), timeout=10),
+                                 server_hostname="127.0.0.1") as tls:
+            tls.sendall(request(record(1), b"Connection: close\r\n"))
+            assert status(read_all(tls)) == 200
+        with context.wrap_socket(socket.create_connection(("127.0.0.1", rx.tcp_port), timeout=10),
+                                 server_hostname="127.0.0.1") as tls:
+            tls.sendall(tcp_line(2))
+        fake.wait_for(lambda: set(shipped(fake)) >= {1, 2}, timeout=20)
+        err = rx.stop_cleanly()
+        assert "failed TLS handshakes" in err, err
+        assert shipped(fake) == collections.Counter({1: 1, 2: 1})
