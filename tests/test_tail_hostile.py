@@ -217,6 +217,30 @@ def test_copytruncate_with_the_writer_going_on_during_the_copy(segment, tmp_path
     exactly_once(segment, range(1250))
 
 
+def test_copytruncate_then_compress_while_frozen_in_the_middle_of_the_file(segment, tmp_path, tails):
+    """logrotate copytruncate + compress (no delaycompress) while kong-ship is frozen half-way through a backlog:
+    the unread rest of the old content exists only inside kong.json.1.gz; it continues from where the truncated
+    file had been read, the truncated file is read from its start."""
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(3000))
+    segment.script(["slow:0.3"] * 2)
+    tail = tails(tmp_path, segment, tmp_path / "kong.json*", "--batch-size", "100", "--queue-size", "200")
+    segment.wait_for(lambda: segment.request_count >= 1, timeout=15)
+    tail.freeze()
+    copy = tmp_path / "kong.json.1"
+    shutil.copyfile(log, copy)
+    os.truncate(log, 0)
+    gen.write_records(log, range(3000, 3100))
+    with open(copy, "rb") as src, gzip.open(f"{copy}.gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    os.unlink(copy)
+    tail.thaw()
+    arrived(segment, 3100)
+    err = tail.stop()
+    exactly_once(segment, range(3100))
+    assert "was truncated" in err
+
+
 def test_a_file_truncated_and_rewritten_longer_while_the_shipper_is_frozen(segment, tmp_path, tails):
     log = tmp_path / "kong.json"
     gen.write_records(log, range(100))
