@@ -385,3 +385,58 @@ def test_tls_listeners_shrug_off_stalled_handshakes_and_plain_bytes(shippers, tm
         err = rx.stop_cleanly()
         assert "failed TLS handshakes" in err, err
         assert shipped(fake) == collections.Counter({1: 1, 2: 1})
+
+
+class PeakRss:
+    """The highest VmRSS of `pid` seen (every 20 ms) until `done()`."""
+
+    def __init__(self, pid: int):
+        self.pid, self.peak, self._stop = pid, vm_rss_mib(pid), threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.02):
+            try:
+                self.peak = max(self.peak, vm_rss_mib(self.pid))
+            except (OSError, AssertionError):
+                return
+
+    def done(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def test_header_floods_without_credentials_are_431_and_keep_memory_bounded(shippers, tmp_path):
+    with FakeSegment() as fake:
+        rx = Hostile(shippers, tmp_path, fake, "--read-timeout", "3")
+        before = vm_rss_mib(rx.pid)
+        watch = PeakRss(rx.pid)
+
+        def flood() -> None:  # no token, no Content-Length: 99 lines of 65,000 bytes (the stdlib allowed 100)
+            try:
+                with socket.create_connection(("127.0.0.1", rx.port), timeout=10) as sock:
+                    sock.sendall(b"POST /http-log HTTP/1.1\r\n")
+                    for i in range(99):
+                        sock.sendall(b"X-%d: " % i + b"a" * 65000 + b"\r\n")
+            except OSError:
+                pass  # cut off once over the bound
+
+        threads = [threading.Thread(target=flood) for _ in range(60)]  # under --max-connections 64
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        grown = watch.done() - before
+        assert grown < 100, f"60 connections sending header lines grew RSS by {grown:.0f} MiB"  # was 364-1,232
+        # Over 64 KiB of header lines in all, however split: 431 and closed (and read by the client).
+        many = b"".join(b"X-%d: %s\r\n" % (i, b"b" * 4000) for i in range(17))
+        assert status(rx.exchange(request(record(900), many))) == 431
+        assert status(rx.exchange(request(record(901), b"X-Big: %s\r\n" % (b"c" * 40000) * 2))) == 431
+        rx.good(1)  # 60 KiB of header lines in all still pass
+        assert status(rx.exchange(request(record(2), b"".join(b"X-%d: %s\r\n" % (i, b"d" * 4000)
+                                                              for i in range(15)) + b"Connection: close\r\n"))) == 200
+        fake.wait_for(lambda: set(shipped(fake)) >= {1, 2}, timeout=20)
+        rx.stop_cleanly()
+        assert shipped(fake) == collections.Counter({1: 1, 2: 1})

@@ -5,6 +5,8 @@ Each delivery kind is a `route` of the receiver: a function given the request ha
 (the checks below, in order) and then `spool()`. `body()` answers, and returns None, with:
 
 - 503 and closed at once when `max_connections` connections are already being handled (each holds a thread);
+- 431 and closed when the header lines pass `MAX_HEADER_BYTES` in all (read through a bounded file, so that is
+  all a client without credentials can make us hold);
 - 411 without a Content-Length (Kong always sends one), 413 over `max_body_bytes` (the body is not read: the
   connection is closed after the answer);
 - 503 when bodies being read at once would pass `READING_BODIES` × `max_body_bytes` (a body is read whole
@@ -35,7 +37,7 @@ from typing import Any, cast
 import orjson
 
 from shipper.sources.http_commit import Committer
-from shipper.sources.http_limits import Backlog, Budget, Deadlines, Throttled
+from shipper.sources.http_limits import Backlog, Budget, Deadlines, HeaderBytes, Throttled
 from shipper.sources.spool import Spool
 from shipper.threads import start_thread
 
@@ -47,6 +49,7 @@ MAX_CONNECTIONS = 64
 READING_BODIES = 16  # bodies of --max-body-bytes that may be being read at once
 LISTEN_BACKLOG = 1024  # the stdlib's 5 made a burst of connections wait for SYN retransmits (seconds each)
 ENVELOPE_BYTES = 96  # what the spool adds around each record, roughly
+MAX_HEADER_BYTES = 64 << 10  # header lines of a request, in all (Kong's stay well under 8 KiB): over, 431 and close
 _OVERFULL_BODY = b'{"error":"too many connections, retry later"}'
 _OVERFULL = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: %d\r\n"
@@ -177,6 +180,20 @@ class RequestHandler(BaseHTTPRequestHandler):
             return
         receiver.accepted(kind, len(records), nbytes + ENVELOPE_BYTES * len(records), self.delivery)
         self.reply(200, {"accepted": len(records), **answer})
+
+    def parse_request(self) -> bool:
+        # The header lines read through a bounded file (http_limits.HeaderBytes): past the bound, the stdlib
+        # answers 431, and what the client still sends is read and dropped so that it reads the answer.
+        rfile, headers = self.rfile, HeaderBytes(self.rfile, MAX_HEADER_BYTES)
+        self.rfile = headers  # type: ignore[assignment]
+        try:
+            parsed: bool = super().parse_request()
+        finally:
+            self.rfile = rfile
+        if headers.passed:
+            self.server.receiver.count(431)
+            self.linger()
+        return parsed
 
     def handle_one_request(self) -> None:
         # From the first byte awaited to the last byte of the body, `read_timeout` in all (idle keep-alive too).
