@@ -440,3 +440,16 @@ def test_header_floods_without_credentials_are_431_and_keep_memory_bounded(shipp
         fake.wait_for(lambda: set(shipped(fake)) >= {1, 2}, timeout=20)
         rx.stop_cleanly()
         assert shipped(fake) == collections.Counter({1: 1, 2: 1})
+
+
+def test_a_body_of_many_tiny_records_keeps_memory_bounded(shippers, tmp_path):
+    with FakeSegment() as fake:
+        rx = Hostile(shippers, tmp_path, fake)
+        before = vm_rss_mib(rx.pid)
+        watch = PeakRss(rx.pid)
+        body = b"[" + b"{}," * 100_000 + b"{}]"  # 100,001 records in 300 KB (orjson's bytes kept 4 KiB each)
+        answer = rx.exchange(request(body, b"Connection: close\r\n"), timeout=60)
+        grown = watch.done() - before
+        assert answer.endswith(b'{"accepted":100001}'), answer[:200]
+        assert grown < 100, f"a 300 KB body of 100k tiny records grew RSS by {grown:.0f} MiB"  # was 423
+        print(f"RSS grew {grown:.0f} MiB")

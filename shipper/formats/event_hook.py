@@ -67,7 +67,8 @@ def spool_encoder(masker: Masker) -> Callable[[dict[str, Any]], bytes]:
     then refused and nothing of it stored."""
 
     def encode(event: dict[str, Any]) -> bytes:
-        return orjson.dumps(masker.mask_value(event))
+        # A copy of exact size: orjson's bytes keep their whole output buffer (4 KiB at least), held until the fsync.
+        return bytes(memoryview(orjson.dumps(masker.mask_value(event))))
 
     return encode
 

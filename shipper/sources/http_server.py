@@ -9,8 +9,9 @@ Each delivery kind is a `route` of the receiver: a function given the request ha
   all a client without credentials can make us hold);
 - 411 without a Content-Length (Kong always sends one), 413 over `max_body_bytes` (the body is not read: the
   connection is closed after the answer);
-- 503 when bodies being read at once would pass `READING_BODIES` × `max_body_bytes` (a body is read whole
-  before it can be checked, so unauthenticated clients could otherwise fill the memory);
+- 503 when bodies being read or stored at once would pass `READING_BODIES` × `max_body_bytes` (a body is read
+  whole before it can be checked, so unauthenticated clients could otherwise fill the memory; it is held until
+  its route returns, as its records, parsed and encoded, take several times its size until the fsync);
 - 503 with Retry-After when the bytes the sinks have not acknowledged yet exceed `max_backlog_bytes` (or the
   connection is closed without an answer, with `overload="close"`: Kong's webhook handler retries only that).
 
@@ -46,7 +47,7 @@ log = logging.getLogger("kong-ship")
 RETRY_AFTER_SECONDS = 2
 READ_TIMEOUT = 10.0  # seconds a client may take to send its request
 MAX_CONNECTIONS = 64
-READING_BODIES = 16  # bodies of --max-body-bytes that may be being read at once
+READING_BODIES = 16  # bodies of --max-body-bytes that may be being read (or stored) at once
 LISTEN_BACKLOG = 1024  # the stdlib's 5 made a burst of connections wait for SYN retransmits (seconds each)
 ENVELOPE_BYTES = 96  # what the spool adds around each record, roughly
 MAX_HEADER_BYTES = 64 << 10  # header lines of a request, in all (Kong's stay well under 8 KiB): over, 431 and close
@@ -62,6 +63,7 @@ Route = Callable[["RequestHandler"], None]
 class RequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: every reply carries Content-Length
     server: Server
+    held = 0  # bytes of the reading budget taken by the request's body, until its route returns
     delivery = ""  # the route's name once dispatched ("http-log", "event-hooks"): its requests are counted under it
 
     def setup(self) -> None:
@@ -120,7 +122,7 @@ class RequestHandler(BaseHTTPRequestHandler):
 
     def body(self) -> bytes | None:
         """The request's body, once it passed the bounds (module docstring); None once refused."""
-        receiver = self.server.receiver
+        receiver, body = self.server.receiver, None
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             self.refuse(411, "send a Content-Length (chunked bodies are not accepted)", close=True)
             self.linger()
@@ -147,7 +149,10 @@ class RequestHandler(BaseHTTPRequestHandler):
         try:
             body = self._read_body(length)
         finally:
-            receiver.reading.give(length)
+            if body is None:
+                receiver.reading.give(length)
+            else:  # held until the route returns: the records parsed from it, then encoded, outweigh the body
+                self.held = length
         if body is None:
             self.close_connection = True  # the client gave up, or stalled, mid-body
             return None
@@ -243,7 +248,12 @@ class RequestHandler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         self.delivery = self.server.receiver.delivery(path)
         route = self.server.receiver.route(path, self.command)
-        route(self)
+        try:
+            route(self)
+        finally:
+            if self.held:
+                self.server.receiver.reading.give(self.held)
+                self.held = 0
 
     do_POST = do_PUT = do_PATCH = do_GET = do_DELETE = _dispatch  # noqa: N815 - the base class's naming
 
