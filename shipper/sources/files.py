@@ -276,9 +276,12 @@ class FileSource:
     def _read_chunk(self, handle: OpenFile) -> Iterator[Line]:
         if handle.file_id is None and not self._reidentify(handle):
             return
-        if handle.gz is None and self.follow and not head_matches(handle):
-            # Truncated (copytruncate), perhaps already rewritten past our position: checking the first line
-            # before every read keeps us from reading the new content from the old offset.
+        if handle.gz is None and self.follow and (
+            not head_matches(handle) or (handle.recent and pread_before(handle.fd, handle.read_pos) != handle.recent)
+        ):
+            # Truncated (copytruncate), perhaps already rewritten past our position: checking the first line and
+            # the bytes just before our position before every read keeps us from reading the new content from
+            # the old offset (a rewrite that begins like the old content, longer than what we had read).
             self._truncated(handle)
             return
         try:

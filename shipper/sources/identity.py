@@ -8,6 +8,10 @@ had it. The content has two parts:
   gateways' logs may begin with the same record, or with a blank line, or differ only after a 5 KB cookie;
 - the *tail hash*: a hash of the `TAIL_BYTES` just before a position, kept with each checkpoint. A file with the
   fingerprint is taken to continue a known position only if its bytes before that position hash the same.
+  4 KiB, not the last line's end: every Kong file-log line ends with the same bytes (its workspace and service
+  ids), so 64 bytes (as before) matched at any line boundary, and a new file beginning like the old one (a blank
+  first line, a long shared first line) whose lines fell at the same offset took the old one's position: its
+  first lines were never read. A hash written before (16 hex digits, no `2:`) still confirms over 64 bytes.
 
 An identity (`file_id`) is the fingerprint, `f` + 16 hex digits, for the first file seen with it (so the ids of
 earlier versions, and the event ids derived from them, stay valid), and the fingerprint plus `.` and a
@@ -26,7 +30,8 @@ from dataclasses import dataclass
 log = logging.getLogger("kong-ship")
 
 HEAD_BYTES = 4096  # the fingerprint covers the first line, or this many bytes if the first line is longer
-TAIL_BYTES = 64  # bytes before a position whose hash confirms it
+TAIL_BYTES = 4096  # bytes before a position whose hash confirms it
+LEGACY_TAIL_BYTES = 64  # what a hash without the `2:` mark covers (checkpoints written before 4 KiB)
 
 
 @dataclass(slots=True, frozen=True)
@@ -57,7 +62,8 @@ def family(file_id: str) -> str:
 
 
 def tail_hash(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=8).hexdigest()
+    """The tail hash of `data`, the (up to) TAIL_BYTES before a position."""
+    return "2:" + hashlib.blake2b(data, digest_size=8).hexdigest()
 
 
 def new_id(fingerprint: str, key: tuple[int, int], taken: Callable[[str], bool]) -> str:
@@ -83,7 +89,10 @@ def confirms(known: Known, size: int | None, read_before: Callable[[int], bytes]
         return False  # shorter than our position: rewritten, truncated, or another file
     if known.tail is None:
         return True  # nothing more to compare (entries written without a tail hash)
-    return tail_hash(read_before(known.offset)) == known.tail
+    before = read_before(known.offset)
+    if not known.tail.startswith("2:"):  # written before TAIL_BYTES was 4 KiB: its last 64 bytes
+        return hashlib.blake2b(before[-LEGACY_TAIL_BYTES:], digest_size=8).hexdigest() == known.tail
+    return tail_hash(before) == known.tail
 
 
 def choose(
