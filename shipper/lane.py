@@ -293,11 +293,11 @@ class Lane:
             counts[payload] += 1
         elif outcome == FAILED:  # this sink's own: dead-lettered by each lane it happens in
             counts["parsed"] += 1
-            counts["dead_lettered"] += 1
             self.dead_letter.write(
                 payload[0], payload[1], sink=self.sink.name, file=self.source.path_of(file_id), offset=offset,
                 line=line_bytes(data),
-            )
+            )  # Unwritten (stopped while its file cannot be written): not counted, read again next time
+            counts["dead_lettered"] += 1
         elif outcome == REJECTED:
             counts["parsed"] += 1
             self.dead_letter.write(
@@ -327,11 +327,11 @@ class Lane:
     def _input_error(
         self, reason: str, detail: str, file_id: str, offset: int, line: bytes, truncated: bool = False
     ) -> None:
-        self.counts["dead_lettered"] += 1
         if self.report_input_errors:
             self.dead_letter.write(
                 reason, detail, file=self.source.path_of(file_id), offset=offset, line=line, truncated=truncated
-            )
+            )  # Unwritten: not counted (as above)
+        self.counts["dead_lettered"] += 1
 
     def summary(self) -> LaneSummary:
         return LaneSummary(

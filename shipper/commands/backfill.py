@@ -25,6 +25,7 @@ from shipper.commands.options import (
 from shipper.commands.running import (
     drive,
     exit_if_unreadable,
+    exit_if_unsaved,
     json_stderr,
     need_a_match,
     need_paths,
@@ -76,12 +77,7 @@ def backfill(paths: tuple[str, ...], **kw: Any) -> None:
     if pipeline.stopped_by:
         how_far(pipeline, result)
         sys.exit(128 + pipeline.stopped_by)  # 130 for Ctrl-C, 143 for SIGTERM: the backfill did not finish
-    if result.unsaved:
-        # Every record was delivered, but a script that reads exit 0 as "done" would not know that its next run
-        # sends again everything after the last checkpoint saved.
-        say("error", f"the checkpoint of {', '.join(result.unsaved)} could not be saved at the end (said above): "
-                     "the next run sends again what came after the last one saved")
-        sys.exit(1)
+    exit_if_unsaved(result)
     if any(lane.rejected for lane in result.lanes):
         sys.exit(1)
     exit_if_unreadable(unreadable)

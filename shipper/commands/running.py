@@ -104,6 +104,16 @@ def report_inputs(paths: tuple[str, ...]) -> int:
     return len(problems)
 
 
+def exit_if_unsaved(result: Any) -> None:
+    """Exit 1 with one line when a sink's last checkpoint save failed (its state file system read-only or full):
+    every record may have been delivered, but a script or systemd reading exit 0 would not know that the next
+    run sends again what came after the last checkpoint saved. `result`: the pipeline's RunResult."""
+    if result.unsaved:
+        say("error", f"the checkpoint of {', '.join(result.unsaved)} could not be saved at the end (said above): "
+                     "the next run sends again what came after the last one saved")
+        sys.exit(1)
+
+
 def exit_if_unreadable(count: int) -> None:
     if count:
         say("error", f"{count} input(s) could not be read (listed above)")

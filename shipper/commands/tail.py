@@ -9,7 +9,7 @@ import click
 
 from shipper.commands import SUMMARIES
 from shipper.commands.options import apply_options, dry_run_option, tail_options
-from shipper.commands.running import prepare, run, say, summary
+from shipper.commands.running import exit_if_unsaved, prepare, run, say, summary
 from shipper.delivery.dry_run import DryRun
 
 
@@ -19,7 +19,8 @@ from shipper.delivery.dry_run import DryRun
 def tail(paths: tuple[str, ...], **kw: Any) -> None:
     """Follow log files (globs allowed; new matching files are picked up) and ship every record, forever.
 
-    SIGTERM/SIGINT: deliver what is in flight (up to --shutdown-timeout), save checkpoints, exit 0.
+    SIGTERM/SIGINT: deliver what is in flight (up to --shutdown-timeout), save checkpoints, exit 0 (1 when the
+    last save failed: the next start sends again what came after the last one saved).
     SIGHUP: re-open files and re-read the patterns.
     """
     dry_run = DryRun.for_options(kw)
@@ -29,3 +30,4 @@ def tail(paths: tuple[str, ...], **kw: Any) -> None:
     dry_run.report(say)
     if pipeline.forced_by:
         sys.exit(128 + pipeline.forced_by)
+    exit_if_unsaved(result)
