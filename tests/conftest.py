@@ -177,3 +177,30 @@ def every_byte_under(root) -> dict[str, bytes]:
             with open(path, "rb") as handle:
                 out[path] = handle.read()
     return out
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A real 256 KiB tmpfs, to fill up and to make read-only mid-run (root bypasses file permissions; a full or
+    read-only mount it cannot)."""
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {result.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def fill(mount) -> None:
+    """Write into `mount` until its file system has not a byte left (ENOSPC)."""
+    fd = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for block in (65536, 4096, 512, 1):
+            try:
+                while True:
+                    os.write(fd, b"\0" * block)
+            except OSError as exc:
+                assert exc.errno == 28, exc
+    finally:
+        os.close(fd)

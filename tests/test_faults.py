@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 import gen
-from conftest import FAST, FAST_FOLLOW, ship, ship_env, wait_until
+from conftest import FAST, FAST_FOLLOW, fill, ship, ship_env, wait_until
 from fakes.segment import FakeSegment
 from shipper.deadletter import DeadLetter
 from shipper.delivery.acks import AckTracker
@@ -339,31 +339,6 @@ def test_hostile_lines_are_dead_lettered_and_nothing_else_is_lost(segment, tmp_p
 
 
 # -- the state directory ------------------------------------------------------------------------------------------
-@pytest.fixture
-def tiny_fs(tmp_path):
-    """A real 256 KiB tmpfs, to fill up and to make read-only (root bypasses file permissions, a read-only
-    mount it cannot)."""
-    mount = tmp_path / "mnt"
-    mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {result.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
-
-
-def fill(mount) -> None:
-    """Write until the file system says ENOSPC."""
-    fd = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    try:
-        while True:
-            os.write(fd, b"\0" * 1024)
-    except OSError as exc:
-        assert exc.errno == 28, exc
-    finally:
-        os.close(fd)
-
-
 def test_read_only_state_dir_is_a_clear_error(segment, tmp_path, tiny_fs):
     (tiny_fs / "state").mkdir()
     subprocess.run(["mount", "-o", "remount,ro", str(tiny_fs)], check=True)

@@ -372,18 +372,6 @@ def test_a_garbage_checkpoint_with_a_good_previous_copy_resumes_there(tmp_path):
     assert [offset for offset, _ in positions(tmp_path / "state").values()] == [log.stat().st_size]
 
 
-@pytest.fixture
-def tiny_fs(tmp_path):
-    """A real 256 KiB tmpfs, to make read-only mid-run (root bypasses file permissions, a read-only mount not)."""
-    mount = tmp_path / "mnt"
-    mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {result.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
-
-
 def test_a_state_directory_made_read_only_mid_run(tmp_path, tiny_fs):
     """The state directory's file system remounted read-only mid-run: delivery goes on, one error line says the
     checkpoint cannot be saved, no traceback; the last good checkpoint stays, so the next run (writable again)
