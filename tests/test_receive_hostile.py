@@ -116,7 +116,7 @@ def test_malformed_requests_are_refused_and_the_good_ones_around_them_ship_exact
             "cl+te": (request(record(901), b"Transfer-Encoding: chunked\r\n"), 411),
             "bad chunk": (request(b"zzzz;" + b"e" * 100_000 + b"\r\n", b"Transfer-Encoding: chunked\r\n",
                                   length=False), 411),
-            "negative length": (request(b"{}", b"Content-Length: -1\r\n", length=False), 411),
+            "negative length": (request(b"{}", b"Content-Length: -1\r\n", length=False), 400),  # not 1*DIGIT
             "huge length": (request(b"{}", b"Content-Length: " + b"9" * 40 + b"\r\n", length=False), 413),
             # A line without a colon first: what follows is not read as headers (no token seen).
             "no colon": (b"POST /http-log HTTP/1.1\r\nno colon here\r\n" + request(record(902))[25:], 401),
@@ -453,3 +453,31 @@ def test_a_body_of_many_tiny_records_keeps_memory_bounded(shippers, tmp_path):
         assert answer.endswith(b'{"accepted":100001}'), answer[:200]
         assert grown < 100, f"a 300 KB body of 100k tiny records grew RSS by {grown:.0f} MiB"  # was 423
         print(f"RSS grew {grown:.0f} MiB")
+
+
+def test_ambiguous_content_lengths_and_transfer_encodings_are_400_and_closed(shippers, tmp_path):
+    with FakeSegment() as fake:
+        rx = Hostile(shippers, tmp_path, fake)
+        body = record(950)
+        digits = str(len(body)).encode()
+        answers = {  # each on a kept-alive connection: one answer, then the close (nothing parsed after it)
+            "right then 5": rx.exchange(request(body, b"Content-Length: 5\r\n"), shut=True),
+            "5 then right": rx.exchange(request(body, b"Content-Length: %s\r\n" % digits, length=False)
+                                        .replace(b"Content-Length", b"Content-Length: 5\r\nContent-Length", 1),
+                                        shut=True),
+            "plus sign": rx.exchange(request(body, b"Content-Length: +%s\r\n" % digits, length=False), shut=True),
+            "underscores": rx.exchange(request(body, b"Content-Length: %s\r\n" % b"_".join(digits[i:i + 1]
+                                                                                       for i in range(len(digits))),
+                                               length=False), shut=True),
+            "two encodings": rx.exchange(request(body, b"Transfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\n"),
+                                         shut=True),
+        }
+        for name, answer in answers.items():
+            assert status(answer) == 400 and answer.count(b"HTTP/1.1") == 1, (name, answer)
+            assert b"Connection: close" in answer and b"ambiguous" in answer, (name, answer)
+        # The same length twice is not ambiguous (RFC 9112 6.3 lets it through).
+        twice = rx.exchange(request(record(1), b"Content-Length: %d\r\nConnection: close\r\n" % len(record(1))))
+        assert status(twice) == 200, twice
+        fake.wait_for(lambda: set(shipped(fake)) >= {1}, timeout=20)
+        rx.stop_cleanly()
+        assert shipped(fake) == collections.Counter({1: 1})

@@ -81,6 +81,21 @@ class HeaderBytes:
         return line
 
 
+def framing_error(headers: Any) -> str | None:
+    """Why the request's headers frame its body ambiguously (RFC 9112 §6.3: answered 400 and closed), else None:
+    several Transfer-Encoding headers, Content-Length values that differ, or one that is not ASCII digits only
+    (Python's int() takes `+12` and `1_2`). A proxy in front that read the other value would take the rest of the
+    body for the next request (request smuggling)."""
+    if len(headers.get_all("Transfer-Encoding") or ()) > 1:
+        return "several Transfer-Encoding headers"
+    lengths = {value.strip(" \t") for value in headers.get_all("Content-Length") or ()}
+    if len(lengths) > 1:
+        return "Content-Length values that differ"
+    if lengths and not all(value.isascii() and value.isdigit() for value in lengths):
+        return "a Content-Length that is not a number"
+    return None
+
+
 class Budget:
     """Bytes that may be reserved at once; `take` never waits (a refused client is told to come back)."""
 

@@ -4,6 +4,8 @@ connection bounds, the request-body checks every delivery passes, the spool writ
 Each delivery kind is a `route` of the receiver: a function given the request handler, which calls `body()`
 (the checks below, in order) and then `spool()`. `body()` answers, and returns None, with:
 
+- 400 and closed, before anything else, when the headers frame the body ambiguously (several Content-Lengths
+  that differ, one not digits only, several Transfer-Encodings: `http_limits.framing_error`);
 - 503 and closed at once when `max_connections` connections are already being handled (each holds a thread);
 - 431 and closed when the header lines pass `MAX_HEADER_BYTES` in all (read through a bounded file, so that is
   all a client without credentials can make us hold);
@@ -38,7 +40,7 @@ from typing import Any, cast
 import orjson
 
 from shipper.sources.http_commit import Committer
-from shipper.sources.http_limits import Backlog, Budget, Deadlines, HeaderBytes, Throttled
+from shipper.sources.http_limits import Backlog, Budget, Deadlines, HeaderBytes, Throttled, framing_error
 from shipper.sources.spool import Spool
 from shipper.threads import start_thread
 
@@ -247,6 +249,10 @@ class RequestHandler(BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         path = self.path.split("?", 1)[0]
         self.delivery = self.server.receiver.delivery(path)
+        if (ambiguous := framing_error(self.headers)) is not None:
+            self.refuse(400, f"the body's length is ambiguous: {ambiguous}", close=True)
+            self.linger()
+            return
         route = self.server.receiver.route(path, self.command)
         try:
             route(self)
