@@ -6,17 +6,20 @@ state directory's disk full, and a stop while it is."""
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import signal
+import subprocess
+import sys
 import time
 
 import orjson
 import pytest
 
 import gen
-from conftest import fill, summary_rows, wait_until
+from conftest import FAST_FOLLOW, fill, reaped, summary_rows, wait_until
 from fakes.segment import FakeSegment
-from tailrun import arrived, exactly_once, fixed_line, rename_rotate, size, tail_starter
+from tailrun import ENV, arrived, exactly_once, fixed_line, rename_rotate, size, tail_starter
 
 
 @pytest.fixture
@@ -318,3 +321,23 @@ def test_a_stop_whose_last_checkpoint_save_failed_says_so_and_exits_1(segment, t
     assert tail.proc.wait(30) == 1
     err = tail.stderr()
     assert "Traceback" not in err and "could not be saved at the end" in err.splitlines()[-1], err[-2000:]
+
+
+def test_more_matching_files_than_descriptors_still_ship_every_record(segment, tmp_path):
+    """80 rotated files under the glob and a limit of 64 descriptors: the reader took every one of them, and
+    nothing could be sent (no socket), saved or even globbed. It holds half the limit open now, closing files
+    read to their end to make room for the others."""
+    for n in range(80):
+        gen.write_records(tmp_path / f"kong.json.{n}", range(n * 5, n * 5 + 5))
+    argv = [sys.executable, "-m", "shipper", "tail", str(tmp_path / "kong.json*"), "--sink", "segment",
+            "--endpoint", segment.url, "--state-dir", str(tmp_path / "state"), *FAST_FOLLOW]  # fmt: skip
+    with open(tmp_path / "err", "wb") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=ENV, start_new_session=True,
+                                preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64)))  # fmt: skip
+    with reaped(proc):
+        arrived(segment, 400, timeout=30)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    text = (tmp_path / "err").read_text()
+    assert "Traceback" not in text and "half the descriptor limit" in text, text[-2000:]
+    exactly_once(segment, range(400))

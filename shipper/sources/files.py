@@ -17,6 +17,7 @@ next to its source) waits until the open file is let go, then continues from whe
 
 from __future__ import annotations
 
+import errno
 import glob
 import logging
 import os
@@ -29,7 +30,7 @@ from typing import overload
 from shipper.sources.blocks import Block, Keep, fits_blocks, read_blocks
 from shipper.sources.container import Framer
 from shipper.sources.identity import HEAD_BYTES, Known, choose, family, identity, new_id, tail_hash
-from shipper.sources.inputs import expand, input_problems, mtime
+from shipper.sources.inputs import expand, input_problems, mtime, open_files_cap
 from shipper.sources.resume import Stopped
 from shipper.sources.reading import (
     CHUNK, GZIP_ERRORS, GZIP_MAGIC, Line, OpenFile, Oversize, at_eof, caught_up, close_file, copy_so_far,
@@ -97,6 +98,9 @@ class FileSource:
         # The file being read as blocks: it, and its read position and _bytes_read when its blocks began.
         self._in_blocks: tuple[OpenFile, int, int] | None = None
         self.unterminated: list[tuple[str, int]] = []  # (path, bytes) of last lines with no newline, backfill
+        # Files held open at most: half the descriptor limit, the rest left to sockets, checkpoints, dead letters
+        # (80 matching files under a limit of 64 took every descriptor: nothing could be sent or saved).
+        self.max_open = open_files_cap()
 
     # -- discovery --------------------------------------------------------------------------------------------
     def discover(self) -> int:
@@ -122,10 +126,23 @@ class FileSource:
                 continue
             if (st.st_dev, st.st_ino, st.st_size) in self._done:
                 continue
+            if len(self.files) >= self.max_open and not self._make_room():
+                self._warn_once("max-open", "%d files open, half the descriptor limit: the others wait for one to be "
+                                "read to its end (LimitNOFILE reads more at once)", len(self.files))  # fmt: skip
+                break
             if self._open(path, st):
                 opened += 1
         self._start_at_end = False
         return opened
+
+    def _make_room(self) -> bool:
+        """Close the open file read to its end that has been quiet longest (opened again when it grows, as an
+        idle one is); False when every open file still has something to read."""
+        done = [(handle.last_data, key) for key, handle in self.files.items() if handle.gz is None and handle.file_id
+                and not handle.buf and caught_up(handle) and os.fstat(handle.fd).st_size == handle.read_pos]  # fmt: skip
+        if done:
+            self._retire(min(done)[1], self.files[min(done)[1]], static=True)
+        return bool(done)
 
     def _candidates(self) -> list[str]:
         paths = []
@@ -152,6 +169,9 @@ class FileSource:
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):  # out of descriptors: this file's turn comes later
+                self._warn_once("no-descriptors", "cannot open %s: %s (it waits for a descriptor)", path, exc.strerror)
+                return False
             # One-shot commands checked their inputs up front (`input_problems`) and report them there.
             if self.follow and path not in self._warned:
                 self._warned.add(path)
@@ -422,3 +442,4 @@ class FileSource:
 
     def all_finished(self) -> bool:
         return all(h.finished for h in self.files.values())
+

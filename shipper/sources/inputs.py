@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import resource
 import stat
 
 
@@ -53,3 +54,9 @@ def mtime(path: str) -> float:
         return os.stat(path).st_mtime
     except OSError:
         return 0.0
+
+
+def open_files_cap() -> int:
+    """Half the soft limit of descriptors (at least 8): how many log files a source holds open at once."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 1 << 20 if soft == resource.RLIM_INFINITY else max(8, soft // 2)
