@@ -481,3 +481,36 @@ def test_ambiguous_content_lengths_and_transfer_encodings_are_400_and_closed(shi
         fake.wait_for(lambda: set(shipped(fake)) >= {1}, timeout=20)
         rx.stop_cleanly()
         assert shipped(fake) == collections.Counter({1: 1})
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_out_of_file_descriptors_the_accept_loops_wait_and_say_so(shippers, tmp_path):
+    with FakeSegment() as fake:
+        rx = Hostile(shippers, tmp_path, fake)
+        rx.good(1)  # the pipeline started (its file watch opened) before the descriptors run out
+        fake.wait_for(lambda: set(shipped(fake)) == {1}, timeout=20)
+        soft, hard = resource.prlimit(rx.pid, resource.RLIMIT_NOFILE)
+        used = len(os.listdir(f"/proc/{rx.pid}/fd"))
+        resource.prlimit(rx.pid, resource.RLIMIT_NOFILE, (used + 10, hard))
+        flood = [socket.create_connection(("127.0.0.1", rx.tcp_port if n % 2 else rx.port), timeout=10)
+                 for n in range(60)]  # half of them cannot be accepted: EMFILE
+        try:
+            time.sleep(1)
+            started, cpu = time.monotonic(), cpu_seconds(rx.pid)
+            time.sleep(2)
+            share = (cpu_seconds(rx.pid) - cpu) / (time.monotonic() - started)
+        finally:
+            for sock in flood:
+                sock.close()
+            resource.prlimit(rx.pid, resource.RLIMIT_NOFILE, (soft, hard))
+        assert rx.proc.proc.poll() is None, rx.proc.stop()[2][-3000:]
+        assert share < 0.2, f"{share:.0%} of a CPU while out of file descriptors"  # was 55-100 %
+        rx.good(2)
+        fake.wait_for(lambda: set(shipped(fake)) == {1, 2}, timeout=20)
+        err = rx.stop_cleanly()
+        for listener in ("http", "tcp-log"):
+            assert f"receive: {listener}: cannot accept connections (Too many open files" in err, err

@@ -3,8 +3,10 @@ request, warnings about refusals, and the spool's backlog."""
 
 from __future__ import annotations
 
+import errno
 import http.client
 import logging
+import resource
 import socket
 import threading
 import time
@@ -14,6 +16,9 @@ from typing import Any
 from shipper.threads import start_thread
 
 log = logging.getLogger("kong-ship")
+
+ACCEPT_PAUSE = 0.1  # seconds a listener waits after an accept() failed for want of descriptors or memory
+OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 class Backlog:
@@ -94,6 +99,18 @@ def framing_error(headers: Any) -> str | None:
     if lengths and not all(value.isascii() and value.isdigit() for value in lengths):
         return "a Content-Length that is not a number"
     return None
+
+
+def accept_failed(exc: OSError, warnings: Throttled, listener: str, wait: Callable[[float], Any] = time.sleep) -> None:
+    """After a listener's accept() failed: out of file descriptors (or kernel memory), its socket stays readable
+    and the connection stays queued, so going straight back to accept spun a CPU at 100 %, silently. Warn (at
+    most every `warnings.every` seconds) and wait `ACCEPT_PAUSE` first; other errors (a timeout, a client gone
+    before it was accepted) pass."""
+    if exc.errno not in OUT_OF_RESOURCES:
+        return
+    warnings.warn("receive: %s: cannot accept connections (%s; open files limit %d): new ones wait",
+                  listener, exc.strerror, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    wait(ACCEPT_PAUSE)
 
 
 class Budget:

@@ -40,7 +40,9 @@ from typing import Any, cast
 import orjson
 
 from shipper.sources.http_commit import Committer
-from shipper.sources.http_limits import Backlog, Budget, Deadlines, HeaderBytes, Throttled, framing_error
+from shipper.sources.http_limits import (
+    Backlog, Budget, Deadlines, HeaderBytes, Throttled, accept_failed, framing_error,
+)
 from shipper.sources.spool import Spool
 from shipper.threads import start_thread
 
@@ -276,6 +278,13 @@ class Server(ThreadingHTTPServer):
     request_queue_size = LISTEN_BACKLOG
     receiver: HTTPReceiver
 
+    def get_request(self) -> tuple[Any, Any]:
+        try:
+            return super().get_request()
+        except OSError as exc:  # socketserver drops it and selects again: out of descriptors, that spun
+            accept_failed(exc, self.receiver.accept_warnings, "http")
+            raise
+
     def process_request(self, request: Any, client_address: Any) -> None:
         # One thread per connection, but no more than max_connections: beyond, a short 503 and close, in the
         # accepting thread (a non-blocking send of a small answer), so stalled clients cannot pile up threads.
@@ -347,6 +356,7 @@ class HTTPReceiver:
         self.records_accepted: dict[str, int] = {}  # spool kind → records
         self._lock = threading.Lock()
         self._auth_warnings = Throttled()
+        self.accept_warnings = Throttled()
         self._overload_warnings: dict[str, Throttled] = {}
         self._spool_failing: str | None = None
         family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator
 
 from shipper.deadletter import PREFIX_BYTES
 from shipper.sources import sockets
-from shipper.sources.http_limits import Throttled
+from shipper.sources.http_limits import Throttled, accept_failed
 from shipper.sources.intake import Intake
 from shipper.threads import start_thread
 
@@ -127,6 +127,7 @@ class TcpLogListener:
         self._threads: set[threading.Thread] = set()
         self._overload_warnings = Throttled()
         self._cap_warnings = Throttled()
+        self._accept_warnings = Throttled()
         self._accepting: threading.Thread | None = None
         self._sock = sockets.bound(host, port, socket.SOCK_STREAM, listen_backlog=LISTEN_BACKLOG, timeout=POLL,
                                    options=[(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)])
@@ -148,8 +149,9 @@ class TcpLogListener:
                 continue
             try:
                 conn, peer = self._sock.accept()
-            except (TimeoutError, OSError):
+            except OSError as exc:  # TimeoutError included: the stop flag is looked at again
                 self._slots.release()
+                accept_failed(exc, self._accept_warnings, "tcp-log", self._stop.wait)
                 continue
             with self._lock:
                 self.connections += 1
