@@ -469,8 +469,8 @@ def test_ambiguous_content_lengths_and_transfer_encodings_are_400_and_closed(shi
             "underscores": rx.exchange(request(body, b"Content-Length: %s\r\n" % b"_".join(digits[i:i + 1]
                                                                                        for i in range(len(digits))),
                                                length=False), shut=True),
-            "two encodings": rx.exchange(request(body, b"Transfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\n"),
-                                         shut=True),
+            "two encodings": rx.exchange(request(body, b"Transfer-Encoding: identity\r\n"
+                                                       b"Transfer-Encoding: chunked\r\n"), shut=True),
         }
         for name, answer in answers.items():
             assert status(answer) == 400 and answer.count(b"HTTP/1.1") == 1, (name, answer)
@@ -514,3 +514,44 @@ def test_out_of_file_descriptors_the_accept_loops_wait_and_say_so(shippers, tmp_
         err = rx.stop_cleanly()
         for listener in ("http", "tcp-log"):
             assert f"receive: {listener}: cannot accept connections (Too many open files" in err, err
+
+
+def held_back(rx: Hostile) -> collections.Counter:
+    """What the `held_back` dead letters say was not written one by one, by reason."""
+    held: collections.Counter = collections.Counter()
+    for raw in (rx.state / "receive" / "dead-letter.jsonl").read_bytes().splitlines():
+        entry = orjson.loads(raw)
+        if entry["reason"] == "held_back":
+            for part in entry["detail"].rsplit(": ", 1)[1].split(", "):
+                n, reason = part.split(" ")
+                held[reason] += int(n.replace(",", ""))
+    return held
+
+
+def test_garbage_on_tcp_log_and_udp_log_is_counted_not_amplified_into_the_dead_letter_file(shippers, tmp_path):
+    with FakeSegment() as fake:
+        rx = Hostile(shippers, tmp_path, fake)
+        path = rx.state / "receive" / "dead-letter.jsonl"
+        sent = b"x\n" * 20_000  # 40 KB: 20,000 lines that are not JSON (each dead letter weighs ~150 bytes)
+        with socket.create_connection(("127.0.0.1", rx.tcp_port), timeout=60) as sock:
+            sock.sendall(sent)
+            sock.shutdown(socket.SHUT_WR)
+            assert read_all(sock) == b""  # closed once everything it sent is handled, its summary written
+        size = path.stat().st_size
+        assert size < 10 * len(sent), f"{len(sent)} bytes sent, {size} bytes of dead letters"  # was 3,100,000
+        reasons = collections.Counter(rx.dead_letter_reasons())
+        assert reasons["held_back"] >= 1 and reasons["not_json"] >= 20, reasons
+        assert reasons["not_json"] + held_back(rx)["not_json"] == 20_000, (reasons, held_back(rx))  # every one counted
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for _ in range(200):
+            udp.sendto(b"y", ("127.0.0.1", rx.udp_port))
+        udp.sendto(record(1), ("127.0.0.1", rx.udp_port))
+        udp.close()
+        fake.wait_for(lambda: set(shipped(fake)) == {1}, timeout=20)
+        err = rx.stop_cleanly()  # the udp-log summary is written by the time it stops, at the latest
+        written_by_tcp, reasons = reasons["not_json"], collections.Counter(rx.dead_letter_reasons())
+        held = held_back(rx)
+        assert reasons["not_json"] + held["not_json"] == 20_200, (reasons, held)
+        assert reasons["not_json"] - written_by_tcp <= 60, reasons  # 200 datagrams in well under 2 s: 20 a second
+        assert "tcp-log: received 0 records on 1 connection; 20,000 dead-lettered" in err, err
+        assert "udp-log: received 1 records in 201 datagrams; 200 dead-lettered" in err, err

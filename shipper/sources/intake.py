@@ -11,11 +11,17 @@ left to mask. A record that cannot be masked is dead-lettered (masked as every d
 The listeners: check each record is a JSON object, encode it once, and hand it to the spool's group commit as
 kind `kong_log` — or dead-letter it, with a reason, in the run's dead-letter file. Kong expects no answer from
 either listener, so nothing is refused back: a record is either spooled, dead-lettered, or (UDP only) dropped
-and counted."""
+and counted.
+
+Nothing authenticates tcp-log or udp-log, and each dead letter weighs ~150 bytes for a 2-byte line: garbage grew
+the dead-letter file 77 times faster than it arrived, with no bound, on the disk the spool is on. So each peer
+host gets `DEAD_LETTERS_PER_SECOND` written a second (`PeerLimit`); the rest are counted, by reason, and said in
+one `held_back` entry per host once its second is over (or its connection ends, or the listener stops)."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +40,7 @@ if TYPE_CHECKING:
     from shipper.settings import Settings
 
 KIND = "kong_log"  # read by the Kong parser, as file-log's lines are (shipper.formats.spooled)
+DEAD_LETTERS_PER_SECOND = 20  # written per peer host and second; a well-behaved Kong sends none
 
 
 def mask_kong_record(masker: Masker, record: dict[str, Any]) -> dict[str, Any]:
@@ -114,8 +121,56 @@ class KongRecords:
             self.dead_letter.write("unmaskable", f"{detail}; its {len(encoded)} bytes are withheld")
 
 
+Summary = tuple[str, float, Counter[str]]  # a host, the seconds its dead letters were held back for, by reason
+
+
+class PeerLimit:
+    """How many dead letters each peer host may have written a second; `allow` says whether this one may, and
+    counts it held back otherwise. `due` takes the summaries to write: (host, seconds, held back by reason)."""
+
+    def __init__(self, per_second: int):
+        self.per_second = per_second
+        self._lock = threading.Lock()
+        self._windows: dict[str, tuple[float, int]] = {}  # host → (its second's start, written in it)
+        self._held: dict[str, tuple[float, Counter[str]]] = {}  # host → (first held back at, by reason)
+        self._swept = time.monotonic()
+
+    def allow(self, host: str, reason: str, now: float) -> bool:
+        with self._lock:
+            start, written = self._windows.get(host, (now, 0))
+            if now - start >= 1.0:
+                start, written = now, 0
+            if written < self.per_second:
+                self._windows[host] = (start, written + 1)
+                return True
+            self._windows[host] = (start, written)
+            self._held.setdefault(host, (now, Counter()))[1][reason] += 1
+            return False
+
+    def due(self, now: float, host: str | None = None, everything: bool = False) -> list[Summary]:
+        """The summaries of the hosts held back from for a second or more (of `host`, or of every host, whatever
+        the time) — a sweep at most every second unless asked for some — and the hosts quiet for a second
+        forgotten (spoofed UDP sources would otherwise pile up)."""
+        with self._lock:
+            if host is None and not everything and now - self._swept < 1.0:
+                return []
+            if host is None:
+                self._swept = now
+            due = []
+            for name, (since, reasons) in list(self._held.items()):
+                if everything or name == host or now - since >= 1.0:
+                    due.append((name, now - since, reasons))
+                    del self._held[name]
+            if host is None:
+                for name, (start, _) in list(self._windows.items()):
+                    if now - start >= 1.0 and name not in self._held:
+                        del self._windows[name]
+            return due
+
+
 class Intake:
-    """One listener's intake; `counts` holds `records` (spooled), `dead_lettered` and `dropped`. `records`: how
+    """One listener's intake; `counts` holds `records` (spooled), `dead_lettered` (of which `dead_letters_held`
+    were counted in a `held_back` summary, not written one by one) and `dropped`. `records`: how
     a record is stored (the run's, from `receive`; else the dead-letter file's masker and the default JWT
     places)."""
 
@@ -128,6 +183,7 @@ class Intake:
         self.records = records or KongRecords(dead_letter.masker, Identify(), dead_letter)
         self.counts: Counter[str] = Counter()
         self._lock = threading.Lock()
+        self._limit = PeerLimit(DEAD_LETTERS_PER_SECOND)
 
     def take(self, line: bytes, peer: str, *, wait: bool) -> bool:
         """Spool or dead-letter one record; False only when it was dropped (the spool writer is behind and
@@ -135,18 +191,20 @@ class Intake:
         try:
             record = decode_line(line)
         except ParseError as exc:
-            self.reject(exc.reason, f"{self.name} record from {peer}: {exc.detail}", line)
+            self.reject(exc.reason, f"{self.name} record from {peer}: {exc.detail}", line, peer=peer)
             return True
         try:
             encoded = self.records.encode(record, f"{self.name} record from {peer}")
         except orjson.JSONEncodeError:
-            self.reject("too_deep", f"{self.name} record from {peer}: nested too deeply to be stored", line)
+            self.reject("too_deep", f"{self.name} record from {peer}: nested too deeply to be stored", line,
+                        peer=peer)
             return True
         if encoded is None:  # dead-lettered by KongRecords
             self.count("dead_lettered")
             return True
         if len(encoded) > self.max_record_bytes:  # invalid UTF-8 replaced by U+FFFD can grow a record
-            self.reject("too_long", f"{self.name} record from {peer}: {len(encoded)} bytes once re-encoded", line)
+            self.reject("too_long", f"{self.name} record from {peer}: {len(encoded)} bytes once re-encoded", line,
+                        peer=peer)
             return True
         if not self.commit.add(encoded, wait=wait):
             self.count("dropped")
@@ -154,9 +212,30 @@ class Intake:
         self.count("records")
         return True
 
-    def reject(self, reason: str, detail: str, line: bytes, *, truncated: bool = False) -> None:
+    def reject(self, reason: str, detail: str, line: bytes, *, truncated: bool = False,
+               peer: str | None = None) -> None:
+        """Dead-letter a record; from a `peer` ("host:port"), only within its host's share a second (PeerLimit)."""
         self.count("dead_lettered")
-        self.dead_letter.write(reason, detail, line=line, truncated=truncated)
+        now = time.monotonic()
+        if peer is not None and not self._limit.allow(peer.rsplit(":", 1)[0], reason, now):
+            self.count("dead_letters_held")
+        else:
+            self.dead_letter.write(reason, detail, line=line, truncated=truncated)
+        self._summarise(self._limit.due(now))
+
+    def held_back(self, peer: str | None = None, *, everything: bool = False) -> None:
+        """Say what was held back: from `peer`'s host now (its connection ends), from every host (`everything`:
+        stopping), else from the hosts held back from for a second (a quiet moment)."""
+        host = None if peer is None else peer.rsplit(":", 1)[0]
+        self._summarise(self._limit.due(time.monotonic(), host, everything))
+
+    def _summarise(self, due: list[Summary]) -> None:
+        for host, seconds, reasons in due:
+            parts = ", ".join(f"{n:,} {reason}" for reason, n in sorted(reasons.items()))
+            self.dead_letter.write(
+                "held_back", f"{self.name} from {host}: {sum(reasons.values()):,} more dead letters in "
+                f"{max(seconds, 0.0):.1f} s not written one by one (over {self._limit.per_second} a second from one "
+                f"host): {parts}")
 
     def count(self, name: str, n: int = 1) -> None:
         with self._lock:

@@ -14,6 +14,8 @@ group commit: fsynced within 100 ms or 1,000 records), and:
 - bytes left without a newline when the connection closes (or idles out, or the listener stops) are
   dead-lettered `unterminated`: a record cut off mid-send;
 - a line that is not a JSON object is dead-lettered with the parser's reason (`not_json`, `not_object`, …);
+- dead letters from one peer host beyond `intake.DEAD_LETTERS_PER_SECOND` a second are counted and summarised
+  (`held_back`), not written one by one: nothing authenticates the port, and garbage is cheap to send;
 - while the spool's backlog is over `--max-backlog-bytes` (`overloaded()`), no connection is read: the kernel's
   buffers fill and TCP pushes back on Kong, which then waits up to its `timeout` and drops (logging it) rather
   than having us drop silently;
@@ -200,6 +202,7 @@ class TcpLogListener:
             try:
                 data = conn.recv(READ_BYTES)
             except TimeoutError:
+                self.intake.held_back()  # a quiet moment: the dead letters held back a second ago are said
                 if time.monotonic() - last_data >= self.idle_timeout:
                     break
                 continue
@@ -215,7 +218,8 @@ class TcpLogListener:
         if leftover is not None:
             first, length = leftover
             self.intake.reject("unterminated", f"tcp-log from {where}: the connection ended {length} bytes into a "
-                               "record (no newline)", first, truncated=length > len(first))
+                               "record (no newline)", first, truncated=length > len(first), peer=where)
+        self.intake.held_back(where)
         self.intake.commit.sync()  # durable before our side closes: the client may take the close as an ack
 
     def _drain(self, conn: socket.socket, framer: LineFramer, where: str) -> None:
@@ -233,7 +237,7 @@ class TcpLogListener:
                 self.intake.take(data, where, wait=True)
             else:
                 self.intake.reject("too_long", f"tcp-log record from {where}: {length} bytes, over --max-body-bytes "
-                                   f"({self.max_line_bytes})", data, truncated=True)
+                                   f"({self.max_line_bytes})", data, truncated=True, peer=where)
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Stop accepting and reading (idempotent); each connection takes what already arrived, and its

@@ -9,7 +9,8 @@ So the socket is read by one thread that never waits on anything else: a large r
 and fsyncs (`RECEIVE_BUFFER`, capped by the kernel's net.core.rmem_max); records go to the spool's group
 commit without waiting; while the backlog is over `--max-backlog-bytes`, or the group commit is full because the
 spool cannot be written, datagrams are still read and dropped, counted, with a warning at most every
-`WARN_EVERY` seconds. A datagram that is not a JSON object is dead-lettered with the parser's reason.
+`WARN_EVERY` seconds. A datagram that is not a JSON object is dead-lettered with the parser's reason (within its
+host's share a second: `intake.PeerLimit`).
 """
 
 from __future__ import annotations
@@ -60,10 +61,11 @@ class UdpLogListener:
             try:
                 data, peer = self._sock.recvfrom(MAX_DATAGRAM)
             except TimeoutError:
+                self.intake.held_back()  # a quiet moment: the dead letters held back a second ago are said
                 continue
             except OSError:
                 if self._stop.is_set():
-                    return
+                    break
                 raise
             self.datagrams += 1
             where = f"{peer[0]}:{peer[1]}"
@@ -75,10 +77,12 @@ class UdpLogListener:
                 continue
             if len(data) > self.max_record_bytes:
                 self.intake.reject("too_long", f"udp-log datagram from {where}: {len(data)} bytes, over "
-                                   f"--max-body-bytes ({self.max_record_bytes})", data[:4096], truncated=True)
+                                   f"--max-body-bytes ({self.max_record_bytes})", data[:4096], truncated=True,
+                                   peer=where)
                 continue
             if not self.intake.take(data, where, wait=False):  # counted as dropped by the intake
                 self._drop("the spool writer is behind", counted=True)
+        self.intake.held_back(everything=True)
 
     def _drop(self, why: str, counted: bool = False) -> None:
         if not counted:
