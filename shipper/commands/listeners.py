@@ -177,7 +177,7 @@ class Listeners:
     @staticmethod
     def _intake_counts(intake: Intake) -> dict[str, int]:
         counts = intake.snapshot()
-        return {name: counts[name] for name in ("records", "dead_lettered", "dropped")}
+        return {name: counts[name] for name in ("records", "dead_lettered", "dead_letters_held", "dropped")}
 
     def summary(self) -> list[str]:
         lines = []
@@ -188,7 +188,8 @@ class Listeners:
             else:
                 line = f"{name}: received {counts['records']:,} records in {counts['datagrams']:,} datagrams"
             if counts["dead_lettered"]:
-                line += f"; {counts['dead_lettered']:,} dead-lettered"
+                held = counts.get("dead_letters_held", 0)  # counted, said in a `held_back` summary entry
+                line += f"; {counts['dead_lettered']:,} dead-lettered" + (f" ({held:,} of them summarised)" if held else "")
             if counts.get("failed_handshakes"):
                 line += f"; {counts['failed_handshakes']:,} failed TLS handshakes"
             if counts["dropped"]:
