@@ -554,5 +554,6 @@ def test_garbage_on_tcp_log_and_udp_log_is_counted_not_amplified_into_the_dead_l
         assert reasons["not_json"] + held["not_json"] == 20_200, (reasons, held)
         assert reasons["not_json"] - written_by_tcp <= 60, reasons  # 200 datagrams in well under 2 s: 20 a second
         tcp_held = 20_000 - written_by_tcp
-        assert f"tcp-log: received 0 records on 1 connection; 20,000 dead-lettered ({tcp_held:,} of them summarised)" in err, err
+        assert f"tcp-log: received 0 records on 1 connection; 20,000 dead-lettered ({tcp_held:,} of them summarised)" \
+            in err, err
         assert "udp-log: received 1 records in 201 datagrams; 200 dead-lettered (" in err, err

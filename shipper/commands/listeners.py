@@ -188,8 +188,9 @@ class Listeners:
             else:
                 line = f"{name}: received {counts['records']:,} records in {counts['datagrams']:,} datagrams"
             if counts["dead_lettered"]:
-                held = counts.get("dead_letters_held", 0)  # counted, said in a `held_back` summary entry
-                line += f"; {counts['dead_lettered']:,} dead-lettered" + (f" ({held:,} of them summarised)" if held else "")
+                line += f"; {counts['dead_lettered']:,} dead-lettered"
+                if held := counts.get("dead_letters_held", 0):  # counted, said in a `held_back` summary entry
+                    line += f" ({held:,} of them summarised)"
             if counts.get("failed_handshakes"):
                 line += f"; {counts['failed_handshakes']:,} failed TLS handshakes"
             if counts["dropped"]:
