@@ -22,6 +22,7 @@ import orjson
 from conftest import FAST, ship_env, wait_until
 from fakes.segment import FakeSegment
 from receiving import free_port, start_receive
+from test_receive_limits import answer
 
 TOKEN = "hostile-http-log-token-3b9d"
 ENV = ship_env(SEGMENT_WRITE_KEY="test-key", KONG_SHIP_HTTP_LOG_TOKEN=TOKEN)
@@ -78,13 +79,8 @@ class Hostile:
 
 
 def read_all(sock: socket.socket) -> bytes:
-    chunks = []
-    try:
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    except ConnectionResetError:
-        pass
-    return b"".join(chunks)
+    """All the server sends until it closes, within the socket's own timeout."""
+    return answer(sock, sock.gettimeout() or 60.0)
 
 
 def request(body: bytes, extra: bytes = b"", *, length: bool = True, version: bytes = b"HTTP/1.1",
@@ -472,9 +468,9 @@ def test_ambiguous_content_lengths_and_transfer_encodings_are_400_and_closed(shi
             "two encodings": rx.exchange(request(body, b"Transfer-Encoding: identity\r\n"
                                                        b"Transfer-Encoding: chunked\r\n"), shut=True),
         }
-        for name, answer in answers.items():
-            assert status(answer) == 400 and answer.count(b"HTTP/1.1") == 1, (name, answer)
-            assert b"Connection: close" in answer and b"ambiguous" in answer, (name, answer)
+        for name, reply in answers.items():
+            assert status(reply) == 400 and reply.count(b"HTTP/1.1") == 1, (name, reply)
+            assert b"Connection: close" in reply and b"ambiguous" in reply, (name, reply)
         # The same length twice is not ambiguous (RFC 9112 6.3 lets it through).
         twice = rx.exchange(request(record(1), b"Content-Length: %d\r\nConnection: close\r\n" % len(record(1))))
         assert status(twice) == 200, twice
@@ -557,3 +553,38 @@ def test_garbage_on_tcp_log_and_udp_log_is_counted_not_amplified_into_the_dead_l
         assert f"tcp-log: received 0 records on 1 connection; 20,000 dead-lettered ({tcp_held:,} of them summarised)" \
             in err, err
         assert "udp-log: received 1 records in 201 datagrams; 200 dead-lettered (" in err, err
+
+
+def test_stalled_unsigned_hook_bodies_do_not_turn_kongs_http_log_away(shippers, tmp_path):
+    """Event hooks on (a secret): a hook's signature is checked only once its body is read, so 16 connections
+    announcing 1 MiB bodies and stalling held the whole reading budget, and Kong's http-log, whose token is
+    checked from its headers, got 503 each --read-timeout. Senders their headers authenticated read on a budget
+    of their own."""
+    with FakeSegment() as fake:
+        port = free_port()
+        env = {**ENV, "KONG_SHIP_RECEIVE_SECRET": "hook-secret-7c1d"}
+        rx = start_receive(shippers, ["--listen", f"127.0.0.1:{port}", "--sink", "segment", "--endpoint", fake.url,
+                                      "--state-dir", str(tmp_path / "state"), "--read-timeout", "30", *FAST],
+                           env, port)  # fmt: skip
+        stalled = []
+        stall = b"POST /hooks HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 1048576\r\n\r\n{"
+        try:
+            for _ in range(16):
+                stalled.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+                stalled[-1].sendall(stall)
+
+            def budget_full() -> bool:  # one more unsigned body is turned away: the 16 hold the hooks' budget
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as probe:
+                    probe.sendall(stall)
+                    return status(answer(probe, 10)) == 503
+
+            assert wait_until(budget_full, timeout=10)
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(request(record(1), b"Connection: close\r\n"))
+                assert status(read_all(sock)) == 200
+            fake.wait_for(lambda: set(shipped(fake)) == {1}, timeout=20)
+        finally:
+            for sock in stalled:
+                sock.close()
+        code, _, err = rx.stop()
+        assert code == 0 and "Traceback" not in err, err

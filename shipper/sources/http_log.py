@@ -119,7 +119,7 @@ def deliver(handler: RequestHandler) -> None:
     refusal = content_type_refusal(handler.headers.get("Content-Type"))
     if refusal is not None:
         return handler.refuse_unread(415, refusal)
-    body = handler.body()
+    body = handler.body(authenticated=auth.token is not None)  # the token was checked above
     if body is None:
         return
     try:

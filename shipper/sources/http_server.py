@@ -13,16 +13,15 @@ Each delivery kind is a `route` of the receiver: a function given the request ha
   connection is closed after the answer);
 - 503 when bodies being read or stored at once would pass `READING_BODIES` × `max_body_bytes` (a body is read
   whole before it can be checked, so unauthenticated clients could otherwise fill the memory; it is held until
-  its route returns, as its records, parsed and encoded, take several times its size until the fsync);
+  its route returns, as its records, parsed and encoded, take several times its size until the fsync); a sender
+  its headers authenticated (http-log's token) has a budget of its own, which unsigned hook bodies cannot fill;
 - 503 with Retry-After when the bytes the sinks have not acknowledged yet exceed `max_backlog_bytes` (or the
   connection is closed without an answer, with `overload="close"`: Kong's webhook handler retries only that).
 
 `spool()` answers 503 when the spool cannot be written (disk full), else 200 `{"accepted": N}` once every
 record of the body is durable (at most one fsync per request, shared by requests arriving together: see
 `http_commit.py`). A client that takes longer than `read_timeout` to send its request (headers and body) is
-disconnected. With a TLS context, each connection's handshake runs in its own
-thread, under the same read timeout.
-"""
+disconnected. With a TLS context, each connection's handshake runs in its own thread, under that timeout."""
 
 from __future__ import annotations
 
@@ -67,7 +66,7 @@ Route = Callable[["RequestHandler"], None]
 class RequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: every reply carries Content-Length
     server: Server
-    held = 0  # bytes of the reading budget taken by the request's body, until its route returns
+    held, held_from = 0, Budget(0)  # bytes of a reading budget (and which) the body took, until its route returns
     delivery = ""  # the route's name once dispatched ("http-log", "event-hooks"): its requests are counted under it
 
     def setup(self) -> None:
@@ -124,9 +123,11 @@ class RequestHandler(BaseHTTPRequestHandler):
         except ValueError:
             return -1
 
-    def body(self) -> bytes | None:
-        """The request's body, once it passed the bounds (module docstring); None once refused."""
+    def body(self, authenticated: bool = False) -> bytes | None:
+        """The request's body, once it passed the bounds (module docstring); None once refused. `authenticated`:
+        its headers proved the sender (a token)."""
         receiver, body = self.server.receiver, None
+        budget = receiver.reading_authenticated if authenticated else receiver.reading
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             self.refuse(411, "send a Content-Length (chunked bodies are not accepted)", close=True)
             self.linger()
@@ -140,8 +141,8 @@ class RequestHandler(BaseHTTPRequestHandler):
             self.refuse(413, f"body over {receiver.max_body_bytes} bytes", close=True)
             self.linger(length)
             return None
-        if not receiver.reading.take(length):
-            receiver.warn_overload("bodies being read at once over %d bytes", receiver.reading.limit)
+        if not budget.take(length):
+            receiver.warn_overload("bodies being read at once over %d bytes", budget.limit)
             if receiver.overload == "close":
                 receiver.count(503, self.delivery)
                 self.close_connection = True
@@ -154,9 +155,9 @@ class RequestHandler(BaseHTTPRequestHandler):
             body = self._read_body(length)
         finally:
             if body is None:
-                receiver.reading.give(length)
+                budget.give(length)
             else:  # held until the route returns: the records parsed from it, then encoded, outweigh the body
-                self.held = length
+                self.held, self.held_from = length, budget
         if body is None:
             self.close_connection = True  # the client gave up, or stalled, mid-body
             return None
@@ -260,7 +261,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             route(self)
         finally:
             if self.held:
-                self.server.receiver.reading.give(self.held)
+                self.held_from.give(self.held)
                 self.held = 0
 
     do_POST = do_PUT = do_PATCH = do_GET = do_DELETE = _dispatch  # noqa: N815 - the base class's naming
@@ -347,6 +348,7 @@ class HTTPReceiver:
         self.max_connections = max_connections
         self.slots = threading.BoundedSemaphore(max_connections)
         self.reading = Budget(READING_BODIES * max_body_bytes)
+        self.reading_authenticated = Budget(READING_BODIES * max_body_bytes)  # body(authenticated=True)
         self.read_timeout = read_timeout
         self.deadlines = Deadlines(read_timeout)
         self.tls = tls
@@ -388,14 +390,12 @@ class HTTPReceiver:
         return host, port
 
     def start(self, on_death: Callable[[str], None]) -> None:
-        """Serve in threads of its own; if one of them dies, `on_death` hears of it (the run ends with exit 1
-        rather than stop answering while looking healthy)."""
+        """Serve in threads of its own; one that dies tells `on_death` (exit 1, not a silent healthy look)."""
         self.deadlines.start(on_death)
         self._thread = start_thread(lambda: self._server.serve_forever(poll_interval=0.1), "receive", on_death)
 
     def shutdown(self) -> None:
-        """Stop accepting (idempotent). A request being handled finishes: its records are durable before it is
-        answered, and if the spool is closed under it, it is answered 503."""
+        """Stop accepting (idempotent). A request being handled finishes (durable, or 503 if the spool closed)."""
         with self._shutdown_lock:
             if self._thread is not None:
                 self._server.shutdown()
