@@ -204,3 +204,20 @@ def fill(mount) -> None:
                 assert exc.errno == 28, exc
     finally:
         os.close(fd)
+
+
+@pytest.fixture
+def segment():
+    """The strict fake Segment (a module may define its own `segment` instead)."""
+    from fakes.segment import FakeSegment
+
+    with FakeSegment() as fake:
+        yield fake
+
+
+@pytest.fixture
+def tails():
+    """Starts `kong-ship tail` processes (tests/tailrun.py); any still running is killed at the end."""
+    from tailrun import tail_starter
+
+    yield from tail_starter()

@@ -14,23 +14,10 @@ import sys
 import time
 
 import orjson
-import pytest
 
 import gen
 from conftest import FAST_FOLLOW, fill, reaped, summary_rows, wait_until
-from fakes.segment import FakeSegment
-from tailrun import ENV, arrived, exactly_once, fixed_line, rename_rotate, size, tail_starter
-
-
-@pytest.fixture
-def segment():
-    with FakeSegment() as fake:
-        yield fake
-
-
-@pytest.fixture
-def tails():
-    yield from tail_starter()
+from tailrun import ENV, arrived, exactly_once, fixed_line, rename_rotate, size
 
 
 # -- odd input while following ------------------------------------------------------------------------------------

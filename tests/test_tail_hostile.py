@@ -13,23 +13,10 @@ import shutil
 import signal
 import time
 
-import pytest
 
 import gen
 from conftest import wait_until
-from fakes.segment import FakeSegment
-from tailrun import arrived, at_least_once_same_ids, counts, exactly_once, rename_rotate, size, tail_starter
-
-
-@pytest.fixture
-def segment():
-    with FakeSegment() as fake:
-        yield fake
-
-
-@pytest.fixture
-def tails():
-    yield from tail_starter()
+from tailrun import arrived, at_least_once_same_ids, counts, exactly_once, rename_rotate, size
 
 
 # -- rotation while writing fast --------------------------------------------------------------------------------
