@@ -15,9 +15,10 @@ def tls_context(ca_file: str | None) -> ssl.SSLContext:
     bundle from certifi, or $SSL_CERT_FILE) rather than replacing them: a private CA for a proxy or a
     self-hosted endpoint, and one file can serve an Admin API and a public vendor alike.
 
-    Made once per process and CA file, and shared by every client (the senders, the Admin API client: a context is safe to share between
-    threads): loading the trust store takes 50-90 ms of CPU, which each client made itself before, at start-up
-    and on one core, once per sink, and once more for --ca-file's check (`running.load_ca_file`)."""
+    Made once per process and CA file, and shared by every client, the senders and the Admin API client (a
+    context is safe to share between threads): loading the trust store takes 50-90 ms of CPU, which each client
+    made itself before, at start-up and on one core, once per sink, and once more for --ca-file's check
+    (`running.load_ca_file`)."""
     key = os.path.abspath(ca_file) if ca_file else None
     with _contexts_lock:
         context = _contexts.get(key)

@@ -283,7 +283,8 @@ class ParamMasks:
 def _values_may_hold_targets(query: dict[str, Any]) -> bool:
     """Whether a value of Kong's query object (a string, a list of them for a repeated name, true for a name
     without a value) may be a target: a `?`, `#`, `;`, an encoded one, or a URL with userinfo. Looked for in the
-    object's JSON, one C call for all its values whatever their types (names seen clean hold none of these)."""
+    object's JSON, one C call for all its values whatever their types (a name holding one of these only takes
+    the callers the longer way, which masks the same)."""
     try:
         data = orjson.dumps(query)
     except orjson.JSONEncodeError:  # nested past what orjson writes (254 levels): each value looked at
