@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+import threading
 from typing import BinaryIO
 
 from shipper.errors import ConfigError
@@ -50,3 +51,29 @@ def cannot_write(stream: BinaryIO, exc: OSError) -> str:
     except (OSError, ValueError):  # no descriptor (a BytesIO), or /dev/null cannot be opened: nothing to quiet
         pass
     return f"cannot write to standard output: {exc.strerror or exc}"
+
+
+class SharedOutput:
+    """Standard output as several sender threads share it (`--sink stdout`, `--dry-run`): each write whole, under
+    one lock (a raw file's write let another thread's batch land inside a full pipe's write), and once a write
+    failed, why (`failure`): nothing is written after it, nor taken as written."""
+
+    def __init__(self, stream: BinaryIO | None = None):
+        self.stream = whole_writes(stream)
+        self.lock = threading.Lock()
+        self.failure = ""
+
+    def write(self, data: bytes) -> bool:
+        """Write and flush `data`; False when standard output cannot be written (`failure` says why)."""
+        with self.lock:
+            if self.failure:
+                return False
+            try:
+                self.stream.write(data)
+                self.stream.flush()
+                return True
+            except BrokenPipeError:  # `... | head`: the reader went away; stop like any Unix tool
+                self.failure = "standard output was closed"
+            except OSError as exc:  # `> /dev/full`, a quota, EIO: the run stops in one line, not a dead thread
+                self.failure = cannot_write(self.stream, exc)
+            return False

@@ -17,14 +17,13 @@ import atexit
 import gzip
 import shutil
 import tempfile
-import threading
 from collections.abc import Callable, Mapping
 from typing import Any, BinaryIO
 
 import httpx
 import orjson
 
-from shipper.output import cannot_write, whole_writes
+from shipper.output import SharedOutput
 from shipper.processors.names import SECRET_KEYS, is_secret_name, normalize
 from shipper.processors.redact import redact_url
 from shipper.sinks.base import FATAL, Sink, Verdict, WrappedSink
@@ -70,25 +69,18 @@ class RequestPrinter:
     """Writes the requests of every sink to one stream, a whole line at a time (senders run in threads)."""
 
     def __init__(self, stream: BinaryIO | None = None):
-        self.stream = whole_writes(stream)
-        self.lock = threading.Lock()
+        self.output = SharedOutput(stream)
         self.printed = 0
-        self.failure = ""  # why standard output cannot be written, once it cannot: nothing is printed after
+
+    @property
+    def failure(self) -> str:
+        """Why standard output cannot be written, once it cannot: nothing is printed after."""
+        return self.output.failure
 
     def write(self, record: dict[str, Any]) -> bool:
-        line = orjson.dumps(record, option=orjson.OPT_NON_STR_KEYS) + b"\n"
-        with self.lock:
-            if self.failure:
-                return False
-            try:
-                self.stream.write(line)
-                self.stream.flush()
-            except BrokenPipeError:
-                self.failure = "standard output was closed"
-                return False
-            except OSError as exc:  # `> /dev/full`, a quota, EIO: the run stops in one line, not a dead thread
-                self.failure = cannot_write(self.stream, exc)
-                return False
+        if not self.output.write(orjson.dumps(record, option=orjson.OPT_NON_STR_KEYS) + b"\n"):
+            return False
+        with self.output.lock:
             self.printed += 1
         return True
 

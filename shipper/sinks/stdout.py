@@ -7,14 +7,13 @@ own transport writes it to stdout instead of the network.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
 from typing import Any, BinaryIO, ClassVar
 
 import httpx
 
 from shipper.model import Transaction
-from shipper.output import cannot_write, whole_writes
+from shipper.output import SharedOutput
 from shipper.sinks.base import FATAL, OK, HttpSink, OptionList, Sink, SinkLimits, Verdict
 from shipper.sinks.config import config_from_options, options_of
 from shipper.sinks.segment import SegmentConfig, SegmentSink
@@ -23,38 +22,15 @@ from shipper.sinks.segment import SegmentConfig, SegmentSink
 _NOT_HERE = ("write_key_file",)
 
 
-class _Output:
-    """Standard output as every sender thread of the sink shares it: the stream, the lock that keeps a batch
-    whole, and why it failed once it did (then no batch is written, nor taken as written)."""
-
-    def __init__(self, stream: BinaryIO):
-        self.stream = stream
-        self.lock = threading.Lock()
-        self.failure = ""
-
-
 class _StdoutTransport(httpx.BaseTransport):
-    def __init__(self, output: _Output):
+    def __init__(self, output: SharedOutput):
         self.output = output
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        body = request.read()
-        output = self.output
-        # One batch at a time: the senders run in threads, and a raw file's write (PYTHONUNBUFFERED) let
-        # another thread's batch land inside a full pipe's write (one event was cut in two by a whole batch).
-        # whole_writes gives a BufferedWriter; the lock keeps a batch whole whatever stream was passed.
-        with output.lock:
-            if not output.failure:
-                try:
-                    output.stream.write(body)
-                    output.stream.flush()
-                    return httpx.Response(200, request=request)
-                except BrokenPipeError:
-                    # `kong-ship ... | head`: the reader went away; stop like any Unix tool.
-                    output.failure = "standard output was closed"
-                except OSError as exc:  # `> /dev/full`, a quota, EIO: a FATAL verdict, the checkpoint stays
-                    output.failure = cannot_write(output.stream, exc)
-        return httpx.Response(599, request=request, text=output.failure)
+        # One batch at a time, whole (the senders run in threads); a failure is a FATAL verdict, the checkpoint stays.
+        if self.output.write(request.read()):
+            return httpx.Response(200, request=request)
+        return httpx.Response(599, request=request, text=self.output.failure)
 
 
 class StdoutSink(HttpSink):
@@ -68,7 +44,7 @@ class StdoutSink(HttpSink):
     def __init__(self, stream: BinaryIO | None = None, **segment_options: Any):
         """`segment_options`: the Segment sink's configuration (config=…) or fields of it by name."""
         self._segment = SegmentSink("stdout", gzip=False, **segment_options)
-        self._output = _Output(whole_writes(stream))  # one for every transport of this sink
+        self._output = SharedOutput(stream)  # one for every transport of this sink
 
     @classmethod
     def from_options(cls, opts: Mapping[str, Any], endpoint: str | None) -> StdoutSink:
