@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from shipper.formats.decode import ParseError
+from shipper.formats.spooled import held_exactly
 from shipper.formats.values import epoch_ms, iso_epoch_ms
 from shipper.model import Position, Transaction
 
@@ -67,8 +68,7 @@ def spool_encoder(masker: Masker) -> Callable[[dict[str, Any]], bytes]:
     then refused and nothing of it stored."""
 
     def encode(event: dict[str, Any]) -> bytes:
-        # A copy of exact size: orjson's bytes keep their whole output buffer (4 KiB at least), held until the fsync.
-        return bytes(memoryview(orjson.dumps(masker.mask_value(event))))
+        return held_exactly(orjson.dumps(masker.mask_value(event)))
 
     return encode
 

@@ -141,7 +141,8 @@ class FileSource:
         done = [(handle.last_data, key) for key, handle in self.files.items() if handle.gz is None and handle.file_id
                 and not handle.buf and caught_up(handle) and os.fstat(handle.fd).st_size == handle.read_pos]  # fmt: skip
         if done:
-            self._retire(min(done)[1], self.files[min(done)[1]], static=True)
+            key = min(done)[1]
+            self._retire(key, self.files[key], static=True)
         return bool(done)
 
     def _candidates(self) -> list[str]:

@@ -24,15 +24,15 @@ from typing import Any
 
 import orjson
 
+from shipper.formats.spooled import held_exactly
 from shipper.sources.spool import Spool
 
 Encoder = Callable[[dict[str, Any]], bytes | None]
 
 
 def exact_dumps(record: dict[str, Any]) -> bytes:
-    """`orjson.dumps`, copied to its exact size: orjson's bytes keep their whole output buffer (4 KiB for `{}`,
-    32 KiB for 3 KB), and a request's records are all held until its fsync."""
-    return bytes(memoryview(orjson.dumps(record)))
+    """`orjson.dumps`, copied to its exact size (a request's records are all held until its fsync)."""
+    return held_exactly(orjson.dumps(record))
 
 
 class _Waiting:

@@ -66,7 +66,7 @@ Route = Callable[["RequestHandler"], None]
 class RequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: every reply carries Content-Length
     server: Server
-    held, held_from = 0, Budget(0)  # bytes of a reading budget (and which) the body took, until its route returns
+    held: tuple[Budget, int] | None = None  # the reading budget, and bytes of it, the body took until its route returns
     delivery = ""  # the route's name once dispatched ("http-log", "event-hooks"): its requests are counted under it
 
     def setup(self) -> None:
@@ -157,7 +157,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             if body is None:
                 budget.give(length)
             else:  # held until the route returns: the records parsed from it, then encoded, outweigh the body
-                self.held, self.held_from = length, budget
+                self.held = (budget, length)
         if body is None:
             self.close_connection = True  # the client gave up, or stalled, mid-body
             return None
@@ -260,9 +260,9 @@ class RequestHandler(BaseHTTPRequestHandler):
         try:
             route(self)
         finally:
-            if self.held:
-                self.held_from.give(self.held)
-                self.held = 0
+            if self.held is not None:
+                self.held[0].give(self.held[1])
+                self.held = None
 
     do_POST = do_PUT = do_PATCH = do_GET = do_DELETE = _dispatch  # noqa: N815 - the base class's naming
 

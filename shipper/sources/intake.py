@@ -31,7 +31,7 @@ from shipper.deadletter import DeadLetter
 from shipper.delivery.queue import Closed
 from shipper.formats.decode import ParseError, decode_line
 from shipper.formats.kong_fields import entity
-from shipper.formats.spooled import IDENTITY
+from shipper.formats.spooled import IDENTITY, held_exactly
 from shipper.processors.identity import Identify
 from shipper.processors.masking import JWT_KEPT_CLAIMS, MASK, Masker
 from shipper.sources.spool import GroupCommit, with_envelope_members
@@ -87,9 +87,7 @@ class KongRecords:
         except Exception as exc:  # noqa: BLE001 - a record we cannot mask costs that record, never the listener
             self._unmaskable(encoded, source, exc)
             return None
-        # A copy of exact size: orjson's bytes keep their whole output buffer (4 KiB for `{}`, 32 KiB for 3 KB),
-        # and a request's records are all held until its fsync (a 300 KB body of `{}`s: +423 MiB).
-        return with_envelope_members(masked, {IDENTITY: identity}) if identity else bytes(memoryview(masked))
+        return with_envelope_members(masked, {IDENTITY: identity}) if identity else held_exactly(masked)
 
     def identity(self, record: dict[str, Any]) -> dict[str, Any] | None:
         """Who made the call, as `Identify` finds it in the record unmasked: `user_id` and `user_source`, the
