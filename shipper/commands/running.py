@@ -13,7 +13,7 @@ import sys
 import time
 from glob import has_magic
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
@@ -35,6 +35,9 @@ from shipper.sources.checkpoints import check_state_dir
 from shipper.sources.files import expand, input_problems
 from shipper.service.progress import terminal_width
 from shipper.workers import default_workers
+
+if TYPE_CHECKING:
+    from shipper.pipeline import RunResult
 
 log = logging.getLogger("kong-ship")
 
@@ -104,10 +107,10 @@ def report_inputs(paths: tuple[str, ...]) -> int:
     return len(problems)
 
 
-def exit_if_unsaved(result: Any) -> None:
+def exit_if_unsaved(result: RunResult) -> None:
     """Exit 1 with one line when a sink's last checkpoint save failed (its state file system read-only or full):
     every record may have been delivered, but a script or systemd reading exit 0 would not know that the next
-    run sends again what came after the last checkpoint saved. `result`: the pipeline's RunResult."""
+    run sends again what came after the last checkpoint saved."""
     if result.unsaved:
         say("error", f"the checkpoint of {', '.join(result.unsaved)} could not be saved at the end (said above): "
                      "the next run sends again what came after the last one saved")

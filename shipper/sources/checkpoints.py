@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import orjson
 
 from shipper.errors import ConfigError
+from shipper.output import printable
 
 log = logging.getLogger("kong-ship")
 
@@ -37,12 +38,8 @@ def _stored_path(path: str) -> dict[str, str]:
     """A file's path as the checkpoint file holds it. JSON text is UTF-8, and a name need not be (Python holds its
     other bytes as surrogate escapes, which orjson refuses: every save failed, and every run shipped the file
     again): such a name is kept as its bytes in hex, beside a form to show."""
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        raw = os.fsencode(path)
-        return {"path": raw.decode("utf-8", "backslashreplace"), "path_bytes": raw.hex()}
-    return {"path": path}
+    shown = printable(path)
+    return {"path": path} if shown is path else {"path": shown, "path_bytes": os.fsencode(path).hex()}
 
 
 class CheckpointStore:
