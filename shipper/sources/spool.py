@@ -39,6 +39,10 @@ COMMIT_INTERVAL = 0.1  # seconds a record from a listener may wait for its fsync
 COMMIT_RECORDS = 1000  # ... or until this many wait, whichever comes first
 COMMIT_BYTES = 8 << 20  # bytes that may wait at once; past it a TCP reader waits and a UDP datagram is dropped
 ENVELOPE_BYTES = 96  # what the envelope adds around a record, roughly (for the backlog's count)
+# What a waiting record weighs beside its bytes: the bytes object (33), its place in the list (8), and its envelope
+# line and the joined write (~2 x 100) once written. Counted against COMMIT_BYTES, or 8 MiB of 2-byte `{}` lines
+# (4 million records while the spool could not be written) weighed over 600 MiB.
+PENDING_RECORD_BYTES = 256
 _NAME = re.compile(r"spool-(\d{20})\.jsonl$")
 
 
@@ -237,7 +241,8 @@ class GroupCommit:
         """Queue one encoded record (a JSON object). Past `max_bytes` waiting: with `wait`, block until the
         group is written; without, refuse (False). False too once closing."""
         with self._cond:
-            while self._pending and self._pending_bytes + len(record) > self.max_bytes and not self._closing:
+            weight = len(record) + PENDING_RECORD_BYTES
+            while self._pending and self._pending_bytes + weight > self.max_bytes and not self._closing:
                 if not wait:
                     return False
                 self._cond.notify_all()
@@ -248,7 +253,7 @@ class GroupCommit:
             if first:
                 self._first_at = time.monotonic()
             self._pending.append(record)
-            self._pending_bytes += len(record)
+            self._pending_bytes += weight
             self._added += 1
             # The writer sleeps while nothing waits: the first record starts its clock, a full group its write.
             if first or len(self._pending) >= self.max_records or self._pending_bytes >= self.max_bytes // 2:
