@@ -38,6 +38,7 @@ from datetime import datetime
 
 import orjson
 
+from shipper.formats.values import MAX_EPOCH_MS, MAX_LATENCY_MS
 from shipper.sources.reading import DOCKER_PREFIX, PREFIX_BYTES, Oversize
 
 FRAMINGS = ("auto", "cri", "docker")
@@ -207,7 +208,10 @@ class Framer:
 
 
 def runtime_ms(when: bytes | str | None) -> int | None:
-    """The runtime's RFC 3339 time (nanoseconds, `Z` or an offset) as epoch ms; None if it is not one."""
+    """The runtime's RFC 3339 time (nanoseconds, `Z` or an offset) as epoch ms; None if it is not one, or not one
+    a sink can date a record by: it must be an ISO date up to 9999, and less any request's latency (at most
+    MAX_LATENCY_MS, subtracted by the parser) still after 1970. (Year 1 made Segment's encoder fail, and Runscope
+    and the webhook send negative times.)"""
     if when is None:
         return None
     text = when.decode("ascii", "replace") if isinstance(when, bytes) else when
@@ -226,4 +230,5 @@ def runtime_ms(when: bytes | str | None) -> int | None:
         return None
     if moment.tzinfo is None:
         return None  # no zone: not a time the runtime wrote
-    return int(moment.timestamp() * 1000)
+    ms = int(moment.timestamp() * 1000)
+    return ms if MAX_LATENCY_MS < ms <= MAX_EPOCH_MS else None
