@@ -29,6 +29,7 @@ log = logging.getLogger("kong-ship")
 
 RETRY_AFTER_CAP = 3600.0  # a vendor asking for more than an hour is more likely wrong than right
 RETRY_SAY_EVERY = 60.0  # seconds between the lines that say a sink is still retrying
+ANSWER_BYTES = 65_536  # of an answer's body read at most: enough for any vendor's error message
 
 
 def _tls_failure(exc: BaseException) -> ssl.SSLCertVerificationError | None:
@@ -38,6 +39,33 @@ def _tls_failure(exc: BaseException) -> ssl.SSLCertVerificationError | None:
             return seen
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def bounded_answer(response: httpx.Response, deadline: float) -> httpx.Response:
+    """The answer as judged: its status and headers, and at most ANSWER_BYTES of its body, read until `deadline`
+    (time.monotonic()). The status line is the vendor's decision; a body that never ends, comes a byte at a time
+    (each byte resets the read timeout) or is cut short is no reason to hold the batch, fill memory or send it
+    again. A body still compressed is judged without its text."""
+    try:
+        response.content  # a transport's own answer (the stdout sink's), read already
+        return response
+    except httpx.ResponseNotRead:
+        pass
+    kept = bytearray()
+    try:
+        for chunk in response.iter_raw():
+            kept += chunk
+            if len(kept) >= ANSWER_BYTES or time.monotonic() >= deadline:
+                break
+    except httpx.HTTPError:
+        pass  # cut mid-body: the status stands
+    finally:
+        response.close()
+    framing = {"content-length", "transfer-encoding", "content-encoding"}
+    headers = [(name, value) for name, value in response.headers.multi_items() if name.lower() not in framing]
+    identity = response.headers.get("content-encoding", "identity").lower() in ("", "identity")
+    body = bytes(kept[:ANSWER_BYTES]) if identity else b""
+    return httpx.Response(response.status_code, headers=headers, content=body, request=response.request)
 
 
 class Aborted(Exception):
@@ -187,8 +215,7 @@ class Sender:
             request = self.sink.request(events)  # type: ignore[arg-type]
         started = time.monotonic()
         try:
-            response = self.client.send(request)
-            response.read()
+            response = self.client.send(request, stream=True)
         except httpx.TransportError as exc:
             failure = _tls_failure(exc)
             if failure is not None:  # retrying cannot make a certificate verify
@@ -203,7 +230,7 @@ class Sender:
             self.count("attempted", len(events))
             if self.observe is not None:
                 self.observe(len(events), time.monotonic() - started)
-        return self.sink.judge(response)
+        return self.sink.judge(bounded_answer(response, started + (self.client.timeout.read or 30.0)))
 
     # -- tenacity hooks ----------------------------------------------------------------------------------------
     def _wait(self, state: tenacity.RetryCallState) -> float:
