@@ -95,6 +95,23 @@ def test_too_deep_a_body_is_400_and_the_receiver_goes_on(shippers, tmp_path):
         fake.wait_for(lambda: sorted(delivered(fake)) == [1], timeout=10)
 
 
+def test_event_hook_bodies_of_tiny_objects_are_413_and_nothing_of_them_is_stored(shippers, tmp_path):
+    """Signed, so past every check but their weight: 1 MiB of `{}` (349,525 events, +150 MiB of RSS) and
+    4,097 small events are refused whole; the events around them ship, each once."""
+    with FakeWebhook() as fake:
+        rx = Receive(shippers, tmp_path, fake)
+        assert rx.post(kong_event(1)).status_code == 200
+        for body in (b"[" + b"{}," * 349_000 + b"{}]", b"[" + b",".join(b'{"n":%d}' % n for n in range(4097)) + b"]"):
+            response = rx.post(None, body=body)
+            assert response.status_code == 413, response.text
+            assert "nothing of this request was stored" in response.json()["error"]
+        assert rx.post([kong_event(2), kong_event(3)]).status_code == 200
+        fake.wait_for(lambda: sorted(delivered(fake)) == [1, 2, 3], timeout=10)
+        code, _, err = rx.proc.stop()
+        assert code == 0 and "Traceback" not in err, err
+        assert delivered(fake) == {1: 1, 2: 1, 3: 1}
+
+
 def test_refused_signatures_are_warned_and_listen_everywhere_is_said(shippers, tmp_path):
     with FakeWebhook() as fake:
         port = free_port()

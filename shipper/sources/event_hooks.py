@@ -8,6 +8,8 @@ An event-hook delivery is POSTed. Past the listener's bounds (`http_server.Reque
   is read;
 - 401 when a secret is configured and the `x-kong-signature` header is missing or wrong (`sha1=<hex>` as Kong
   sends it, or a bare hex digest; constant-time comparison);
+- 413 when the body holds more JSON objects and arrays, or more events, than a body may (as http-log's:
+  `http_limits.crowded_json`, `too_many_records`);
 - 400 when the body is not a JSON object (one event, as Kong sends it) or a non-empty array of objects (a batch,
   as `--sink webhook` sends it), or is nested too deep to be stored;
 - 503 when the spool cannot be written (disk full);
@@ -30,6 +32,7 @@ from shipper.formats.event_hook import spool_encoder
 from shipper.processors.masking import Masker
 from shipper.sinks.webhook import SIGNATURE_HEADER, signature_ok
 from shipper.sources import http_log
+from shipper.sources.http_limits import crowded_json, too_many_records
 from shipper.sources.http_server import HTTPReceiver, RequestHandler, Route
 from shipper.sources.spool import Spool
 
@@ -59,6 +62,8 @@ def deliver_event_hooks(handler: RequestHandler) -> None:
             receiver.warn_auth("receive: refused a delivery from %s: bad %s (check the secret)",
                                handler.client_address[0], SIGNATURE_HEADER)
             return handler.refuse(401, f"bad {SIGNATURE_HEADER}")
+    if (crowded := crowded_json(body, receiver.max_body_bytes)) is not None:
+        return handler.refuse(413, crowded)
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -69,6 +74,8 @@ def deliver_event_hooks(handler: RequestHandler) -> None:
         events = parsed
     else:
         return handler.refuse(400, "expected a JSON object (an event) or a non-empty array of objects")
+    if (refusal := too_many_records(len(events), receiver.max_body_bytes)) is not None:
+        return handler.refuse(413, refusal)
     try:
         orjson.dumps(events)  # parsed (orjson reads 1024 levels) but perhaps too deep to write (254)
     except orjson.JSONEncodeError:

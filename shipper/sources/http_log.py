@@ -12,6 +12,9 @@ So a request is answered, in order:
   TOKEN`, or the password of Basic credentials, any user) is missing or wrong (constant-time comparison);
 - 415 when the Content-Type is not `application/json` (a charset, if given, must be UTF-8);
 - then the listener's bounds (411, 413, 503: `http_server.RequestHandler.body`);
+- 413 when the body holds more JSON objects and arrays, or more records, than a body may (`http_limits.crowded_json`,
+  `too_many_records`: one per 32 and per 256 bytes of --max-body-bytes; Kong's batches that fit it stay far
+  under both): tiny records would otherwise weigh a hundred times their bytes in memory;
 - 400 when the body is not JSON, or is an array with an element that is not an object (the whole request is
   refused and nothing of it stored: Kong's serializer only writes objects, so such a body is not Kong's, and a
   partial acceptance would turn the sender's retry into duplicates), or is nested too deep to be stored;
@@ -32,6 +35,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
+
+from shipper.sources.http_limits import crowded_json, too_many_records
 
 if TYPE_CHECKING:
     from shipper.sources.http_server import RequestHandler
@@ -122,6 +127,8 @@ def deliver(handler: RequestHandler) -> None:
     body = handler.body(authenticated=auth.token is not None)  # the token was checked above
     if body is None:
         return
+    if (crowded := crowded_json(body, receiver.max_body_bytes)) is not None:
+        return handler.refuse(413, crowded)
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -129,6 +136,8 @@ def deliver(handler: RequestHandler) -> None:
     records, why = records_of(parsed)
     if records is None:
         return handler.refuse(400, why)
+    if (refusal := too_many_records(len(records), receiver.max_body_bytes)) is not None:
+        return handler.refuse(413, refusal)
     if not records:
         receiver.count(200, handler.delivery)
         return handler.reply(200, {"accepted": 0})
