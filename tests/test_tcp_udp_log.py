@@ -252,6 +252,46 @@ def test_udp_datagrams_arrive_and_a_non_json_one_is_dead_lettered(shippers, tmp_
         assert f"udp-log: received {total} records in {total + 1} datagrams; 1 dead-lettered" in err, err
 
 
+def test_garbage_from_many_spoofed_udp_sources_is_limited_per_listener_too(shippers, tmp_path):
+    """Dead letters were limited to 20 a second per peer host only, and UDP sources cost nothing to spoof: 19
+    garbage datagrams from each of 60 loopback addresses were 1,140 dead letters written in a second. The
+    listener has a share of its own (100 a second); the rest are counted and said in one `held_back` entry (and
+    the per-host limit still holds for a host over it, without taking the others' share)."""
+    with FakeSegment() as fake:
+        rx = Listening(shippers, tmp_path, fake, udp=True)
+        senders = []
+        for n in range(60):
+            sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sender.bind((f"127.0.0.{n + 2}", 0))
+            senders.append(sender)
+        for i in range(19):  # under the per-host limit of 20 a second: each host alone is allowed every one
+            for sender in senders:
+                sender.sendto(b"spoofed garbage", ("127.0.0.1", rx.udp_port))
+            time.sleep(0.01)  # 60 datagrams, then a pause: nothing lost to a full receive buffer
+        senders[0].sendto(orjson.dumps(gen.kong_record(1)), ("127.0.0.1", rx.udp_port))
+        fake.wait_for(lambda: set(shipped(fake)) == {1}, timeout=20)
+        for sender in senders:
+            sender.close()
+        code, _, err = rx.proc.stop()  # what is held back is said by the stop at the latest
+        assert code == 0, err
+        letters = rx.dead_letters()
+        written = sum(1 for d in letters if d["reason"] == "not_json")
+        held = collections.Counter()
+        for d in letters:
+            if d["reason"] == "held_back":
+                assert "from all hosts" in d["detail"], d["detail"]  # no host went over its own limit
+                for part in d["detail"].rsplit(": ", 1)[1].split(", "):
+                    n, reason = part.split(" ")
+                    held[reason] += int(n.replace(",", ""))
+        datagrams = int(err.split("udp-log: received 1 records in ", 1)[1].split(" ", 1)[0].replace(",", ""))
+        assert datagrams >= 1000, err  # (the loopback's buffer dropped few, if any)
+        assert written + held["not_json"] == datagrams - 1, (written, held, err)  # every one counted
+        # Sent within about a second: 100 a second, and a second window at most, on a slow machine.
+        assert written <= 200, f"{written} dead letters written for {datagrams - 1} garbage datagrams"
+        assert f"{datagrams - 1:,} dead-lettered ({held['not_json']:,} of them summarised)" in err, err
+        assert shipped(fake) == collections.Counter({1: 1})
+
+
 # -- the listeners in-process: back-pressure and drops, observed through the `overloaded` they consult ---------
 class Overload:
     """The listeners' `overloaded()`: the test says whether the backlog is full and sees who asked."""

@@ -15,8 +15,9 @@ and counted.
 
 Nothing authenticates tcp-log or udp-log, and each dead letter weighs ~150 bytes for a 2-byte line: garbage grew
 the dead-letter file 77 times faster than it arrived, with no bound, on the disk the spool is on. So each peer
-host gets `DEAD_LETTERS_PER_SECOND` written a second (`PeerLimit`); the rest are counted, by reason, and said in
-one `held_back` entry per host once its second is over (or its connection ends, or the listener stops)."""
+host gets `DEAD_LETTERS_PER_SECOND` written a second, and each listener `DEAD_LETTERS_PER_SECOND_PER_LISTENER`
+from all hosts together (`PeerLimit`); the rest are counted, by reason, and said in one `held_back` entry per
+host, or one for the listener's limit, once its second is over (or its connection ends, or the listener stops)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
 KIND = "kong_log"  # read by the Kong parser, as file-log's lines are (shipper.formats.spooled)
 DEAD_LETTERS_PER_SECOND = 20  # written per peer host and second; a well-behaved Kong sends none
+DEAD_LETTERS_PER_SECOND_PER_LISTENER = 100  # written per listener and second, whatever the hosts (~15 KB/s)
 
 
 def mask_kong_record(masker: Masker, record: dict[str, Any]) -> dict[str, Any]:
@@ -119,36 +121,56 @@ class KongRecords:
             self.dead_letter.write("unmaskable", f"{detail}; its {len(encoded)} bytes are withheld")
 
 
-Summary = tuple[str, float, Counter[str]]  # a host, the seconds its dead letters were held back for, by reason
+Summary = tuple[str, float, Counter[str]]  # who ("HOST (over …)"), the seconds held back for, by reason
+LISTENER = ""  # PeerLimit's key for what the listener-wide limit held back (no host's name is empty)
+MAX_HOSTS_COUNTED = 1000  # distinct hosts counted in a listener-wide summary (spoofed UDP sources are endless)
 
 
 class PeerLimit:
-    """How many dead letters each peer host may have written a second; `allow` says whether this one may, and
-    counts it held back otherwise. `due` takes the summaries to write: (host, seconds, held back by reason)."""
+    """How many dead letters may be written a second: `per_second` from each peer host (so that one noisy host
+    does not silence another), and `per_second_total` from all of them (UDP sources are trivially spoofed: 20 a
+    second from each of thousands of addresses filled the disk as fast as no limit). `allow` says whether this
+    one may, and counts it held back otherwise: for the listener (its share is spent) or for the host. Only the
+    hosts that had dead letters written this second can reach their own limit, so at most `per_second_total /
+    per_second` hosts a second are summarised one by one; the listener's share, in one summary. `due` takes the
+    summaries to write."""
 
-    def __init__(self, per_second: int):
+    def __init__(self, per_second: int, per_second_total: int):
         self.per_second = per_second
+        self.per_second_total = per_second_total
         self._lock = threading.Lock()
         self._windows: dict[str, tuple[float, int]] = {}  # host → (its second's start, written in it)
-        self._held: dict[str, tuple[float, Counter[str]]] = {}  # host → (first held back at, by reason)
+        self._total: tuple[float, int] = (float("-inf"), 0)  # the listener's second: (start, written in it)
+        self._held: dict[str, tuple[float, Counter[str]]] = {}  # host, or LISTENER → (first held at, by reason)
+        self._hosts_held: set[str] = set()  # hosts the listener-wide limit held back from (MAX_HOSTS_COUNTED)
         self._swept = time.monotonic()
 
     def allow(self, host: str, reason: str, now: float) -> bool:
         with self._lock:
+            total_start, total_written = self._total
+            if now - total_start >= 1.0:
+                total_start, total_written = now, 0
+            self._total = (total_start, total_written)
+            if total_written >= self.per_second_total:
+                self._held.setdefault(LISTENER, (now, Counter()))[1][reason] += 1
+                if len(self._hosts_held) < MAX_HOSTS_COUNTED:
+                    self._hosts_held.add(host)
+                return False
             start, written = self._windows.get(host, (now, 0))
             if now - start >= 1.0:
                 start, written = now, 0
             if written < self.per_second:
                 self._windows[host] = (start, written + 1)
+                self._total = (total_start, total_written + 1)
                 return True
             self._windows[host] = (start, written)
             self._held.setdefault(host, (now, Counter()))[1][reason] += 1
             return False
 
     def due(self, now: float, host: str | None = None, everything: bool = False) -> list[Summary]:
-        """The summaries of the hosts held back from for a second or more (of `host`, or of every host, whatever
-        the time) — a sweep at most every second unless asked for some — and the hosts quiet for a second
-        forgotten (spoofed UDP sources would otherwise pile up)."""
+        """The summaries of what was held back for a second or more (from `host`, or everything, whatever the
+        time) — a sweep at most every second unless asked for some — and the hosts quiet for a second forgotten
+        (spoofed UDP sources would otherwise pile up)."""
         with self._lock:
             if host is None and not everything and now - self._swept < 1.0:
                 return []
@@ -157,7 +179,14 @@ class PeerLimit:
             due = []
             for name, (since, reasons) in list(self._held.items()):
                 if everything or name == host or now - since >= 1.0:
-                    due.append((name, now - since, reasons))
+                    if name == LISTENER:
+                        n = len(self._hosts_held)
+                        who = (f"{n:,}{'+' if n >= MAX_HOSTS_COUNTED else ''} host{'' if n == 1 else 's'} (over "
+                               f"{self.per_second_total} a second from all hosts)")
+                        self._hosts_held = set()
+                    else:
+                        who = f"{name} (over {self.per_second} a second from one host)"
+                    due.append((who, now - since, reasons))
                     del self._held[name]
             if host is None:
                 for name, (start, _) in list(self._windows.items()):
@@ -181,7 +210,7 @@ class Intake:
         self.records = records or KongRecords(dead_letter.masker, Identify(), dead_letter)
         self.counts: Counter[str] = Counter()
         self._lock = threading.Lock()
-        self._limit = PeerLimit(DEAD_LETTERS_PER_SECOND)
+        self._limit = PeerLimit(DEAD_LETTERS_PER_SECOND, DEAD_LETTERS_PER_SECOND_PER_LISTENER)
 
     def take(self, line: bytes, peer: str, *, wait: bool) -> bool:
         """Spool or dead-letter one record; False only when it was dropped (the spool writer is behind and
@@ -228,12 +257,11 @@ class Intake:
         self._summarise(self._limit.due(time.monotonic(), host, everything))
 
     def _summarise(self, due: list[Summary]) -> None:
-        for host, seconds, reasons in due:
+        for who, seconds, reasons in due:
             parts = ", ".join(f"{n:,} {reason}" for reason, n in sorted(reasons.items()))
             self.dead_letter.write(
-                "held_back", f"{self.name} from {host}: {sum(reasons.values()):,} more dead letters in "
-                f"{max(seconds, 0.0):.1f} s not written one by one (over {self._limit.per_second} a second from one "
-                f"host): {parts}")
+                "held_back", f"{self.name} from {who}: {sum(reasons.values()):,} more dead letters in "
+                f"{max(seconds, 0.0):.1f} s not written one by one: {parts}")
 
     def count(self, name: str, n: int = 1) -> None:
         with self._lock:
