@@ -27,7 +27,10 @@ nothing else there), where every line is tried as json-file.
 Known limit: a line whose pieces the runtime wrote on both sides of a rotation (it reopened the file between
 them) is two fragments: the rotated file's is dead-lettered, as the broken JSON it is, once its compressed copy
 is read (a file that may still grow keeps it waiting); the new file's does not start like a JSON object
-(skipped, `not_access_log`).
+(skipped, `not_access_log`). And a Docker entry longer than --max-line-bytes (only under 16 KiB, the runtime's
+split) cannot be told a piece from a whole line by its first 4 KiB: a record split into such entries is one
+dead letter for each of them (and its last entry's, if shorter, is skipped or dead-lettered as a fragment); a
+CRI piece says so in its prefix, and such a record is one dead letter.
 """
 
 from __future__ import annotations
@@ -104,9 +107,20 @@ class Framer:
 
     def frame(self, file_id: str, line: bytes | Oversize, start: int, end: int) -> Iterator[Item]:
         if isinstance(line, Oversize):
-            # A raw line over --max-line-bytes: its content cannot be unwrapped. If a record is being joined it
-            # is taken as its next piece, so the record (too long either way) ends here as one dead letter.
-            yield self._oversize(file_id, line, start, end)
+            # A raw line over --max-line-bytes: its content cannot be unwrapped, but a CRI line's prefix says
+            # what it is. A piece of stdout is taken as the next piece of its record, so the record (too long
+            # either way) ends as one dead letter at its last piece; stderr is skipped as ever. Anything else
+            # (a Docker entry, whose `stream` and trailing newline are past the prefix) ends the record here.
+            cri = self._cri(line.prefix) if self.mode != "docker" else None
+            if cri is not None and cri[0] != "stdout":
+                yield self._clamped(file_id, Ignored(STDERR), start, end)
+            elif cri is not None and cri[1]:
+                if self.pending_from is None:
+                    self.pending_from, self._time, self.direct = start, cri[3], False
+                self._size += line.length
+                self._pieces = [(b"".join(self._pieces) + cri[2])[:PREFIX_BYTES]]
+            else:
+                yield self._oversize(file_id, line, start, end)
             return
         entry: tuple[str, bool, bytes, bytes | str | None] | None = self._cri(line) if self.mode != "docker" else None
         if entry is None and self.mode != "cri":
