@@ -23,6 +23,7 @@ A record whose signature was found invalid raises `ParseError("bad_signature")`:
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
@@ -151,4 +152,34 @@ def _decoded_json(value: Any) -> Any:
                 return orjson.loads(text)
             except orjson.JSONDecodeError:
                 return value
+    return value
+
+
+# -- reading the Admin API's answers ---------------------------------------------------------------------------
+def lenient_json(content: bytes) -> Any:
+    """An answer orjson refuses that is JSON all the same, or None. Kong's JSON encoder writes a string's bytes as
+    they are, so a binary request body in one record's `payload` makes the whole page invalid UTF-8; a number
+    beyond a double (`1e400`) is refused too. Refusing the page would hold back every record behind it on every
+    poll until Kong's TTL deleted it: the page is read with the bytes kept (surrogate escapes: a signature is still
+    checked over the bytes Kong signed, `audit_signature.canonical_bytes`), big integers as floats; what is spooled
+    of such a record is made storable first (`storable`)."""
+    try:
+        return json.loads(content.decode("utf-8", "surrogateescape"), parse_int=_int64_or_float)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _int64_or_float(text: str) -> int | float:
+    number = int(text)
+    return number if -(1 << 63) <= number < (1 << 64) else float(number)
+
+
+def storable(value: Any) -> Any:
+    """`value` with what orjson cannot write replaced: undecodable bytes (surrogate escapes) by `?`."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [storable(v) for v in value]
     return value

@@ -91,7 +91,13 @@ def canonical(record: dict[str, Any]) -> str:
 
 
 def canonical_bytes(record: dict[str, Any]) -> bytes:
-    return canonical(record).encode("utf-8", "surrogatepass")
+    """The canonical form's bytes. A record read from an answer that was not UTF-8 (`kong_audit.lenient_json`)
+    keeps its undecodable bytes as surrogate escapes: they are turned back into those bytes, the ones Kong signed."""
+    text = canonical(record)
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
 
 
 def load_public_key(path: str, flag: str = "--public-key") -> rsa.RSAPublicKey:

@@ -8,7 +8,12 @@ and only then advances the cursor, so a crash at any point resends at most, neve
 endpoint, the newest `request_timestamp` seen and the ids seen at that second: Kong's `after_audit_log_filter`
 is inclusive and has a resolution of one second, so the next poll asks from that second again and skips the
 records it already has by id (`request_id` for requests, `id` for objects) — records written later in that same
-second are still picked up.
+second are still picked up. A record without an id is known by a digest of its content instead.
+
+A `request_timestamp` that places no record in time — missing, not a number, not positive, or later than a day
+from now (milliseconds, `1e30`) — never moves the cursor: one such record would otherwise put it past every record
+Kong writes from then on, and each of them would be skipped as already shipped. Such records are remembered by id
+(`stray`) for as long as the Admin API keeps returning them, and shipped once.
 
 Each record is spooled masked (the spool is state on disk) with the run's `Masker`, the user's `--mask-*` names
 included (the default names when the Poller is given none), after its signature was checked over the record as
@@ -17,8 +22,10 @@ Kong signed it.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import ssl
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,6 +38,7 @@ import orjson
 from shipper.delivery.trust import tls_context
 from shipper.errors import ConfigError, FatalError
 from shipper.formats import audit_signature
+from shipper.formats.audit import lenient_json, storable
 from shipper.formats.values import to_int
 from shipper.processors.masking import BODY_FIELDS, DETAIL_BODIES, Masker
 from shipper.sources.checkpoints import write_atomically
@@ -44,6 +52,9 @@ MAX_PAGES = 100_000  # a guard against a server that never stops answering `next
 
 # endpoint → (spool kind, the field that identifies a record)
 ENDPOINTS = {"requests": ("audit_request", "request_id"), "objects": ("audit_object", "id")}
+# How far ahead of our clock a request_timestamp may be and still place a record in time (Kong's clock may be ahead
+# of ours; a millisecond value or 1e30 is not a second at all).
+FUTURE_SLACK = 86_400
 
 
 class AdminUnavailable(Exception):
@@ -67,6 +78,25 @@ def record_id(endpoint: str, record: dict[str, Any]) -> str | None:
     if value is None or isinstance(value, (dict, list)):
         return None
     return str(value)
+
+
+def record_key(endpoint: str, record: dict[str, Any]) -> str:
+    """What the cursor knows a record by: its id, else a digest of its content (a record without an id, seen again
+    on the next poll, is the same record, not a new one)."""
+    rid = record_id(endpoint, record)
+    if rid is not None:
+        return rid
+    content = orjson.dumps(storable(record), option=orjson.OPT_SORT_KEYS)
+    return "sha256:" + hashlib.sha256(content).hexdigest()
+
+
+def placed_at(record: dict[str, Any], now: float) -> int | None:
+    """The record's `request_timestamp` as Unix seconds, or None when it places the record nowhere (see the
+    module's docstring)."""
+    ts = to_int(record.get("request_timestamp"))
+    if ts is None or ts <= 0 or ts > now + FUTURE_SLACK:
+        return None
+    return ts
 
 
 def endpoint_of(record: dict[str, Any]) -> str:
@@ -175,12 +205,22 @@ class AdminClient:
                 f"the Kong Admin API answered 404 for GET {where}: check --admin-url and --workspace "
                 "(audit logs need Kong Enterprise with audit_log = on)"
             )
+        if 300 <= status < 400:
+            # Not followed (the token would go with it) and not retried: it will say the same at the next poll.
+            moved = urlsplit(response.headers.get("location", ""))
+            to = f" to {urlunsplit((moved.scheme, moved.netloc.rpartition('@')[2], moved.path, '', ''))}" if moved.path else ""
+            raise FatalError(
+                f"the Kong Admin API answered GET {where} with a redirect (HTTP {status}){to}, which is not followed: "
+                "pass the Admin API's own URL as --admin-url"
+            )
         if not 200 <= status < 300:
             raise AdminUnavailable(f"the Kong Admin API answered HTTP {status} for GET {where}")
         try:
             answer = orjson.loads(response.content)
         except orjson.JSONDecodeError:
-            raise AdminUnavailable(f"GET {where} did not answer JSON (is --admin-url the Admin API?)") from None
+            answer = lenient_json(response.content)
+            if answer is None:
+                raise AdminUnavailable(f"GET {where} did not answer JSON (is --admin-url the Admin API?)") from None
         if not isinstance(answer, dict) or not isinstance(answer.get("data"), list):
             raise AdminUnavailable(f"GET {where} did not answer an audit list ({{\"data\": [...]}})")
         return answer
@@ -195,6 +235,7 @@ def _short(text: str) -> str:
 class Edge:
     after: int | None = None  # the newest request_timestamp seen (Unix seconds)
     ids: set[str] = field(default_factory=set)  # the ids seen at that second
+    stray: set[str] = field(default_factory=set)  # the ids of records shipped whose request_timestamp places them nowhere
 
 
 class Cursor:
@@ -228,14 +269,20 @@ class Cursor:
             entry = data.get(endpoint) or {}
             after = to_int(entry.get("after"))
             ids = entry.get("ids") or []
-            self.edges[endpoint] = Edge(after, {str(i) for i in ids if isinstance(i, (str, int))})
+            stray = entry.get("stray") or []
+            self.edges[endpoint] = Edge(
+                after, {str(i) for i in ids if isinstance(i, (str, int))}, {str(i) for i in stray if isinstance(i, str)}
+            )
         return self
 
     def save(self) -> None:
         data = {
             "version": 1,
             "source": self.source,
-            **{e: {"after": edge.after, "ids": sorted(edge.ids)} for e, edge in self.edges.items()},
+            **{
+                e: {"after": edge.after, "ids": sorted(edge.ids), **({"stray": sorted(edge.stray)} if edge.stray else {})}
+                for e, edge in self.edges.items()
+            },
         }
         write_atomically(self.path, orjson.dumps(data, option=orjson.OPT_INDENT_2))
 
@@ -273,19 +320,23 @@ class Poller:
     def _poll(self, endpoint: str) -> int:
         kind, _ = ENDPOINTS[endpoint]
         edge = self.cursor.edges[endpoint]
-        fresh: list[tuple[int | None, str | None, dict[str, Any]]] = []
+        now = time.time()
+        fresh: list[tuple[int | None, str, dict[str, Any]]] = []
         seen: set[str] = set()
+        stray_seen: set[str] = set()
         for page in self.client.pages(endpoint, edge.after):
             for record in page:
-                rid = record_id(endpoint, record)
-                ts = to_int(record.get("request_timestamp"))
-                if edge.after is not None and ts is not None:
-                    if ts < edge.after or (ts == edge.after and rid is not None and rid in edge.ids):
-                        continue  # already shipped (the filter is inclusive), or a server that ignored it
-                if rid is not None:
-                    if rid in seen:
-                        continue  # shifted onto the next page while we paged
-                    seen.add(rid)
+                rid = record_key(endpoint, record)
+                if rid in seen:
+                    continue  # shifted onto the next page while we paged
+                seen.add(rid)
+                ts = placed_at(record, now)
+                if ts is None:
+                    stray_seen.add(rid)
+                    if rid in edge.stray:
+                        continue  # shipped by an earlier poll
+                elif edge.after is not None and (ts < edge.after or (ts == edge.after and rid in edge.ids)):
+                    continue  # already shipped (the filter is inclusive), or a server that ignored it
                 fresh.append((ts, rid, record))
         if not fresh:
             return 0
@@ -294,12 +345,16 @@ class Poller:
         wrapped = [self._wrap(endpoint, record) for _, _, record in fresh]
         self.spool.append(kind, wrapped)  # fsynced: from here on, a crash resends rather than loses
         newest = max((ts for ts, _, _ in fresh if ts is not None), default=None)
+        after, at_edge = edge.after, edge.ids
         if newest is not None and (edge.after is None or newest >= edge.after):
-            at_edge = {rid for ts, rid, _ in fresh if ts == newest and rid is not None}
+            after, at_edge = newest, {rid for ts, rid, _ in fresh if ts == newest}
             if newest == edge.after:
                 at_edge |= edge.ids
-            self.cursor.edges[endpoint] = Edge(newest, at_edge)
-            self.cursor.save()
+        # Strays the Admin API no longer returns are forgotten: it holds them no more (their TTL), or it honours
+        # the filter, which leaves out a record that has no request_timestamp.
+        stray = (edge.stray & stray_seen) | {rid for ts, rid, _ in fresh if ts is None}
+        self.cursor.edges[endpoint] = Edge(after, at_edge, stray)
+        self.cursor.save()
         self.counts[endpoint] += len(fresh)
         return len(fresh)
 
@@ -320,5 +375,10 @@ class Poller:
         # names anywhere, `path`'s query included).
         # As the masking processor masks the transaction it becomes: a request's `payload` as a body.
         bodies = DETAIL_BODIES["admin_request"] if endpoint == "requests" else BODY_FIELDS
+        try:
+            orjson.dumps(record)
+        except orjson.JSONEncodeError:  # read by lenient_json: bytes that are no UTF-8, which the masks cannot read
+            record = storable(record)
         entry = self.masker.mask_value(record, bodies=bodies)
         return {"entry": entry, "signature_check": check, "admin_url": self.client.shown, "workspace": self.workspace}
+

@@ -1,0 +1,241 @@
+"""`kong-ship audit` against a hostile or broken Admin API and real audit records: request timestamps that place a
+record nowhere, records without an id, answers that are not UTF-8 or hold numbers beyond a double, redirects,
+refusals mid-paging, records appearing while paging, Kong's own credentials in every place an audit record carries
+them (scanned for in every byte that leaves), a real SIGINT to the process group and a kill -9 mid-run.
+Real processes against fakes on loopback, as in test_audit.py."""
+
+from __future__ import annotations
+
+import base64
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
+
+from conftest import every_byte_under, reaped, ship, wait_until
+from fakes.httpfake import FakeHTTPServer, Response
+from fakes.kong_admin import FakeKongAdmin, kong_serialize
+from fakes.segment import FakeSegment
+from shipper.formats import audit_signature as sig
+from shipper.sources.kong_audit import AdminClient, Cursor, Poller
+from shipper.sources.spool import Spool
+from test_audit import T0, TOKEN, env, expected_ids, keys, message_ids, one_line, tail_args, token_file  # noqa: F401
+
+NOW = int(time.time())
+
+
+class RawAdmin(FakeHTTPServer):
+    """An Admin API serving records given as raw JSON text (whatever bytes a broken Kong would write), newest
+    first, on one page. `honours_filter`: apply after_audit_log_filter (a record without a numeric timestamp is
+    left out, as SQL leaves out a NULL), or ignore it as a broken server would."""
+
+    def __init__(self, honours_filter: bool = True) -> None:
+        super().__init__()
+        self.honours_filter = honours_filter
+        self.rows: dict[str, list[tuple[float | None, bytes]]] = {"requests": [], "objects": []}
+
+    def add(self, endpoint: str, raw: bytes, when: float | None) -> None:
+        with self._lock:
+            self.rows[endpoint].insert(0, (when, raw))
+
+    def respond(self, req):
+        url = urlsplit(req.path)
+        endpoint = url.path.rsplit("/", 1)[1]
+        after = parse_qs(url.query).get("after_audit_log_filter")
+        with self._lock:
+            rows = list(self.rows[endpoint])
+        if after and self.honours_filter:
+            rows = [(when, raw) for when, raw in rows if when is not None and when >= float(after[0])]
+        body = b'{"data":[' + b",".join(raw for _, raw in rows) + b'],"next":null}'
+        return Response(200, {"Content-Type": "application/json"}, body)
+
+
+def request_text(rid: str, ts_text: str, **extra) -> bytes:
+    fields = {"request_id": rid, "method": "GET", "path": "/status", "status": 200, "client_ip": "10.0.0.1", **extra}
+    return orjson.dumps(fields)[:-1] + b',"request_timestamp":' + ts_text.encode() + b"}"
+
+
+def spooled(directory) -> list[dict]:
+    spool_files = sorted(p for p in os.listdir(directory) if p.startswith("spool-"))
+    return [orjson.loads(line)["record"]["entry"] for p in spool_files for line in open(os.path.join(directory, p), "rb")]
+
+
+def polls(admin, directory, rounds, *, verify_key=None) -> None:
+    """`rounds` polls, each with a fresh Poller over the cursor on disk (as separate runs would)."""
+    client = AdminClient(admin.url, None)
+    spool = Spool(str(directory))
+    try:
+        for add in rounds:
+            add()
+            cursor = Cursor(str(directory / "cursor.json"), {"admin_url": admin.url}).load()
+            Poller(client, cursor, spool, verify_key=verify_key).poll()
+    finally:
+        spool.close()
+        client.close()
+
+
+# -- request timestamps that place a record nowhere ------------------------------------------------------------
+ODD_TIMESTAMPS = {
+    "milliseconds": (str((NOW - 60) * 1000), (NOW - 60) * 1000),
+    "far-future": ("4102444800", 4102444800),  # 2100
+    "beyond-int64": ("100000000000000000000000000000", 1e29),
+    "1e400": ("1e400", float("inf")),
+    "negative": ("-5", -5),
+    "null": ("null", None),
+    "text": ('"yesterday"', None),
+}
+
+
+@pytest.mark.parametrize("honours_filter", [True, False], ids=["filtering", "ignoring-the-filter"])
+@pytest.mark.parametrize("odd", list(ODD_TIMESTAMPS))
+def test_a_record_whose_timestamp_places_it_nowhere_holds_nothing_back_and_ships_once(tmp_path, odd, honours_filter):
+    """One record with a millisecond, future, huge, infinite, negative or missing request_timestamp: before, the
+    cursor jumped to it and every later record was skipped as already shipped (ms, future), the cursor could not be
+    saved (1e29: every poll failed), the page was refused as not JSON (1e400: every poll failed), or it was spooled
+    again at every poll (a server that ignores the filter)."""
+    text, when = ODD_TIMESTAMPS[odd]
+    with RawAdmin(honours_filter) as admin:
+        rounds = [
+            lambda: (admin.add("requests", request_text("r1", str(NOW - 100)), NOW - 100),
+                     admin.add("requests", request_text("odd", text), when)),
+            lambda: admin.add("requests", request_text("r3", str(NOW - 50)), NOW - 50),
+            lambda: admin.add("requests", request_text("r4", str(NOW - 10)), NOW - 10),
+            lambda: None,
+            lambda: admin.add("requests", request_text("r5", str(NOW - 10)), NOW - 10),  # the cursor's second
+        ]  # fmt: skip
+        polls(admin, tmp_path / "audit", rounds)
+    ids = collections.Counter(r["request_id"] for r in spooled(tmp_path / "audit"))
+    assert ids == {"r1": 1, "odd": 1, "r3": 1, "r4": 1, "r5": 1}, ids
+    cursor = json.loads((tmp_path / "audit" / "cursor.json").read_text())
+    assert cursor["requests"]["after"] == NOW - 10
+
+
+def test_records_without_an_id_are_shipped_once(tmp_path):
+    """Kong always writes an id, a broken API may not: a record without one, at the cursor's second, was spooled
+    again at every poll (the cursor remembers records at its second by id)."""
+    with RawAdmin() as admin:
+        rounds = [
+            lambda: admin.add("requests", orjson.dumps({"request_timestamp": NOW - 5, "path": "/a"}), NOW - 5),
+            lambda: admin.add("objects", orjson.dumps({"request_timestamp": NOW - 5, "dao_name": "x"}), NOW - 5),
+            lambda: admin.add("requests", orjson.dumps({"request_timestamp": NOW - 5, "path": "/b"}), NOW - 5),
+            lambda: None,
+        ]
+        polls(admin, tmp_path / "audit", rounds)
+    entries = spooled(tmp_path / "audit")
+    assert sorted(e.get("path", e.get("dao_name")) for e in entries) == ["/a", "/b", "x"]
+
+
+# -- answers that are not UTF-8 ------------------------------------------------------------------------------------
+def test_a_page_that_is_not_utf8_is_read_masked_and_its_signature_still_verifies(tmp_path, keys):
+    """Kong's JSON encoder writes a string's bytes as they are: a binary body sent to the Admin API makes the page
+    invalid UTF-8. Before, the page was refused ('did not answer JSON') at every poll, holding back every record
+    behind it; now it is read, the signature checked over the bytes Kong signed, and the record masked and spooled
+    (its undecodable bytes replaced)."""
+    private, public_pem, _ = keys
+    entity = b'{"id":"c1","key":"ENTITY-KEY-\xff-7d1e"}'
+    record = {"dao_name": "keyauth_credentials", "id": "o1", "operation": "create", "request_id": "q1",
+              "request_timestamp": NOW - 5}  # fmt: skip
+    canonical = "|".join(kong_serialize({**record, "entity": "@ENTITY@"})).encode()
+    signed = canonical.replace(b"@ENTITY@", entity)
+    signature = base64.b64encode(private.sign(signed, padding.PKCS1v15(), hashes.SHA256())).decode()
+    raw = orjson.dumps({**record, "signature": signature})[:-1] + b',"entity":"' + entity.replace(b'"', b'\\"') + b'"}'
+    with RawAdmin() as admin:
+        admin.add("objects", raw, NOW - 5)
+        admin.add("requests", request_text("after-it", str(NOW - 1)), NOW - 1)
+        key = sig.load_public_key(str(public_pem))
+        client = AdminClient(admin.url, None)
+        spool = Spool(str(tmp_path / "audit"))
+        poller = Poller(client, Cursor(str(tmp_path / "audit" / "cursor.json"), {}), spool, verify_key=key)
+        assert poller.poll() == 2
+        spool.close()
+        client.close()
+    assert poller.counts[sig.VERIFIED] == 1 and poller.counts[sig.INVALID] == 0
+    on_disk = b"".join(every_byte_under(tmp_path / "audit").values())
+    assert b"ENTITY-KEY" not in on_disk and b"after-it" in on_disk
+
+
+# -- redirects and refusals --------------------------------------------------------------------------------------
+def test_a_redirect_is_fatal_one_line_and_moves_nothing_with_or_without_once(tmp_path, token_file):
+    """Never followed (the token would go with it): one line naming where it points (no userinfo, no query) and
+    exit 1. Before, without --once, it was retried at every interval forever, as if Kong were down."""
+    with FakeKongAdmin(TOKEN) as admin, FakeSegment() as segment:
+        admin.add_request(T0, signed=False)
+        for more in (["--once"], ["--interval", "0.2", "--log-level", "warning"]):
+            admin.script([(302, {"Location": "https://user:PW-REDIRECT-1@kong.example:8444/login?token=TOK-REDIRECT-2"})])
+            result = ship(*tail_args(admin, segment.url, tmp_path, token_file, *more), env=env(), timeout=30)
+            line = one_line(result.stderr)
+            assert result.returncode == 1, (more, line)
+            assert "redirect (HTTP 302) to https://kong.example:8444/login" in line and "--admin-url" in line
+            assert "PW-REDIRECT-1" not in line and "TOK-REDIRECT-2" not in line
+        assert not segment.messages and not (tmp_path / "state" / "audit" / "cursor.json").exists()
+
+
+class RefusesPageTwo(FakeKongAdmin):
+    def respond(self, req):
+        if "offset=" in req.path and self.refuse_next_pages:
+            return self.refuse(self.refuse_next_pages, "no")
+        return super().respond(req)
+
+
+@pytest.mark.parametrize("status", [401, 403, 503])
+def test_a_refusal_on_a_later_page_spools_nothing_of_the_poll(tmp_path, token_file, status):
+    """401/403 mid-paging: one line, exit 1, cursor unmoved, nothing shipped (the poll is all or nothing); a 5xx
+    is retried without --once and the whole poll then ships once."""
+    with RefusesPageTwo(TOKEN) as admin, FakeSegment() as segment:
+        admin.refuse_next_pages = status
+        records = [admin.add_request(T0 + i, signed=False) for i in range(5)]
+        args = tail_args(admin, segment.url, tmp_path, token_file, "--page-size", "2")
+        if status != 503:
+            result = ship(*args, "--once", env=env())
+            assert result.returncode == 1 and f"HTTP {status}" in one_line(result.stderr)
+            assert not segment.messages and not (tmp_path / "state" / "audit" / "cursor.json").exists()
+            admin.refuse_next_pages = 0
+            assert ship(*args, "--once", env=env()).returncode == 0
+        else:
+            proc = subprocess.Popen([sys.executable, "-m", "shipper", *args, "--interval", "0.2"], env=env(),
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+            with reaped(proc):
+                assert wait_until(lambda: len(admin.rejections) >= 2, timeout=20)
+                assert not segment.messages
+                admin.refuse_next_pages = 0
+                segment.wait_for(lambda: set(message_ids(segment)) == expected_ids(records), timeout=20)
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(20) == 0
+        assert message_ids(segment) == collections.Counter(expected_ids(records))
+
+
+class GrowsWhilePaging(FakeKongAdmin):
+    """Kong writing audit records while we page: each later page is answered after two were added, one with the id
+    of the one before (newest first, so everything shifts by two places: a page repeats records of the one before)."""
+
+    grow = True
+
+    def respond(self, req):
+        if "offset=" in req.path and self.grow:
+            self.added.append(self.add_request(self.next_ts, signed=False))
+            self.added.append(self.add_request(self.next_ts, signed=False, request_id=self.added[-1]["request_id"]))
+        return super().respond(req)
+
+
+def test_records_written_while_paging_and_repeated_ids_ship_once(tmp_path, token_file):
+    with GrowsWhilePaging(TOKEN) as admin, FakeSegment() as segment:
+        admin.next_ts = T0 + 10
+        admin.added = [admin.add_request(T0 + i, signed=False) for i in range(9)]
+        args = tail_args(admin, segment.url, tmp_path, token_file, "--page-size", "3", "--once")
+        assert ship(*args, env=env()).returncode == 0
+        admin.next_ts = T0 + 11
+        assert ship(*args, env=env()).returncode == 0
+        admin.grow = False
+        assert ship(*args, env=env()).returncode == 0
+        got = message_ids(segment)
+        assert set(got) == expected_ids(admin.added) and max(got.values()) == 1, got
+
