@@ -21,7 +21,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from conftest import every_byte_under, reaped, ship, wait_until
+from conftest import FAST, every_byte_under, reaped, ship, wait_until
 from fakes.httpfake import FakeHTTPServer, Response
 from fakes.kong_admin import FakeKongAdmin, kong_serialize
 from fakes.segment import FakeSegment
@@ -239,3 +239,81 @@ def test_records_written_while_paging_and_repeated_ids_ship_once(tmp_path, token
         got = message_ids(segment)
         assert set(got) == expected_ids(admin.added) and max(got.values()) == 1, got
 
+
+# -- Kong's own credentials, in every place an audit record carries them ------------------------------------------
+MULTIPART_KEY = (
+    '--b0\r\nContent-Disposition: form-data; name="cert"\r\n\r\n-----BEGIN CERTIFICATE-----\r\n--b0\r\n'
+    'Content-Disposition: form-data; name="key"\r\n\r\n-----BEGIN PRIVATE KEY-----\nMK-07\n-----END PRIVATE KEY-----\r\n'
+    "--b0--\r\n"
+)
+REQUESTS = [  # (path, payload)
+    ("/consumers", json.dumps({"username": "u", "credentials": {"Password": "MK-01"},
+                               "config": {"api_key": "MK-02", "redis": {"password": "MK-03"}}})),
+    ("/consumers/u/basic-auth", "username=u&pass%77ord=MK-04&CLIENT_SECRET=MK-05&user%5Bpassword%5D=MK-06"),
+    ("/certificates", MULTIPART_KEY),
+    ("/certificates", json.dumps({"cert": "C", "key": "MK-08", "key_alt": "MK-09", "cert_alt": "C2"})),
+    ("/vaults/hcv", json.dumps({"name": "hcv", "config": {"token": "MK-10", "approle_secret_id": "MK-11"}})),
+    ("/consumers/bob/key-auth/MK-12", None),
+    ("/default/key-auths/MK-13?size=1", None),
+    ("/oauth2_tokens/MK-14", None),
+    ("/consumers?apikey=MK-15&size=2", None),
+    ("/consumers/h/hmac-auth", json.dumps({"username": "h", "secret": "MK-16"})),
+    ("/consumers/j/jwt", json.dumps({"key": "iss-1", "secret": "MK-17", "rsa_public_key": "PUBLIC"})),
+    ("/consumers/o/oauth2", json.dumps({"client_id": "c", "client_secret": "MK-18", "name": "app"})),
+    ("/consumers/t/key-auth", base64.b64encode(json.dumps({"token": "MK-19"}).encode()).decode()),
+    ("/plugins", json.dumps(json.dumps({"config": {"session_secret": "MK-31"}}))),
+]
+ENTITIES = [  # (dao_name, entity as the JSON text Kong stores)
+    ("keyauth_credentials", json.dumps({"id": "k1", "key": "MK-21"})),
+    ("certificates", json.dumps({"id": "c1", "key": "MK-22", "key_alt": "MK-23", "cert": "C"})),
+    ("keyauth_credentials", "  \n" + json.dumps({"id": "k2", "key": "MK-24"})),
+    ("basicauth_credentials", json.dumps({"id": "b1", "username": "u", "password": "MK-25"})),
+    ("oauth2_credentials", json.dumps({"id": "o1", "client_secret": "MK-26"})),
+    ("vaults", json.dumps({"id": "v1", "config": {"approle_secret_id": "MK-27", "token": "MK-28"}})),
+    ("plugins", json.dumps({"id": "p1", "config": {"api_key": "MK-29", "headers": {"Authorization": "Bearer MK-30"}}})),
+]
+TAMPERED_MARKER = "MK-20"
+MARKERS = [f"MK-{i:02d}" for i in range(1, 32)] + [REQUESTS[12][1]]  # and the base64 body holding MK-19
+
+
+def add_credentials(admin: FakeKongAdmin) -> None:
+    for i, (path, payload) in enumerate(REQUESTS):
+        admin.add_request(T0 + i, path=path, payload=payload, rbac_user_id="admin-1")
+    for i, (dao, entity) in enumerate(ENTITIES):
+        admin.add_record("objects", {"dao_name": dao, "entity": entity, "entity_key": f"e{i}", "id": f"obj-{i}",
+                                     "operation": "create", "request_id": f"q{i}", "request_timestamp": T0 + i})  # fmt: skip
+    admin.add_request(T0 + 40, tamper=True, payload=json.dumps({"password": TAMPERED_MARKER}))
+    served = orjson.dumps(admin.audit)
+    assert all(m.encode() in served for m in MARKERS if m != "MK-19")  # MK-19 is in a base64 body
+
+
+def test_no_credential_of_an_audit_record_leaves(tmp_path, token_file, keys):
+    """A marker secret in every place: JSON, form (percent-encoded and bracketed names, other case), multipart and
+    base64 request bodies, nested plugin and vault configs, certificates' `key_alt`, Admin API paths that address
+    a credential by its key, entity snapshots (one behind whitespace). Before, `key_alt`, `approle_secret_id`, the
+    keys in paths and the entity behind whitespace reached the vendor and the spool."""
+    private, public_pem, _ = keys
+    with FakeKongAdmin(TOKEN, private_key=private) as admin, FakeSegment() as segment:
+        add_credentials(admin)
+        result = ship(*tail_args(admin, segment.url, tmp_path, token_file, "--once", "--verify-key", str(public_pem),
+                                 "--log-level", "debug"), env=env())  # fmt: skip
+        printed = ship("audit", "tail", "--admin-url", admin.url, "--admin-token-file", token_file, "--sink", "stdout",
+                       "--state-dir", str(tmp_path / "stdout-state"), "--once", "--log-level", "debug", *FAST,
+                       env=env())  # fmt: skip
+    assert result.returncode == 1, result.stderr.decode()  # the tampered record: dead-lettered
+    assert printed.returncode == 0, printed.stderr.decode()
+    assert collections.Counter(m["event"] for m in segment.messages) == {
+        "Kong Admin Request": len(REQUESTS), "Kong Config Change": len(ENTITIES)}
+    left = {
+        "vendor": orjson.dumps(segment.messages) + b"".join(r.body for r in segment.requests),
+        "stderr": result.stderr + printed.stderr,
+        "stdout": result.stdout + printed.stdout,
+        **every_byte_under(tmp_path / "state"),
+        **every_byte_under(tmp_path / "stdout-state"),
+    }
+    assert any(p.endswith("dead-letter.jsonl") for p in left), list(left)
+    leaks = {(marker, where) for marker in MARKERS for where, data in left.items() if marker.encode() in data}
+    assert not leaks, sorted(leaks)
+    shipped = orjson.dumps(segment.messages)
+    assert b"/consumers/bob/key-auth/*****" in shipped and b"/oauth2_tokens/*****" in shipped
+    assert b"/default/key-auths/*****?size=1" in shipped and b"cert_alt" in shipped and b"PUBLIC" in shipped

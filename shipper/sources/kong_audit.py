@@ -17,7 +17,11 @@ Kong writes from then on, and each of them would be skipped as already shipped. 
 
 Each record is spooled masked (the spool is state on disk) with the run's `Masker`, the user's `--mask-*` names
 included (the default names when the Poller is given none), after its signature was checked over the record as
-Kong signed it.
+Kong signed it. Audit records hold Kong's own credentials, so `audit_masker` adds the names of Kong entity fields
+that hold a secret under a name no default matches (`KONG_SECRET_FIELDS`: a certificate's `key_alt`, …), and the
+segment of an Admin API path that addresses a credential by its secret (`/key-auths/<the key>`,
+`/consumers/bob/key-auth/<the key>`, `/oauth2_tokens/<the token>`: Kong takes the key itself in place of the id)
+is masked (`mask_credential_path`).
 """
 
 from __future__ import annotations
@@ -40,7 +44,8 @@ from shipper.errors import ConfigError, FatalError
 from shipper.formats import audit_signature
 from shipper.formats.audit import lenient_json, storable
 from shipper.formats.values import to_int
-from shipper.processors.masking import BODY_FIELDS, DETAIL_BODIES, Masker
+from shipper.processors.masking import BODY_FIELDS, DETAIL_BODIES, Masker, normalize
+from shipper.processors.params import MASK
 from shipper.sources.checkpoints import write_atomically
 
 log = logging.getLogger("kong-ship")
@@ -55,6 +60,38 @@ ENDPOINTS = {"requests": ("audit_request", "request_id"), "objects": ("audit_obj
 # How far ahead of our clock a request_timestamp may be and still place a record in time (Kong's clock may be ahead
 # of ours; a millisecond value or 1e30 is not a second at all).
 FUTURE_SLACK = 86_400
+
+
+# Kong entity and plugin fields that hold a secret under a name none of the default secret names matches: a
+# certificate's alternate private key, a HashiCorp Vault AppRole's secret id, OpenID Connect's private JWKs, SAML's
+# signing key, ACME's EAB HMAC key, AWS Lambda's access key.
+KONG_SECRET_FIELDS = (
+    "key_alt", "approle_secret_id", "secret_id", "client_jwk", "request_signing_key", "eab_hmac_key", "aws_key",
+)  # fmt: skip
+# Admin API collections whose entities Kong also finds by their secret (their schema's endpoint_key): the path
+# segment after one of them may be the secret itself.
+CREDENTIAL_COLLECTIONS = frozenset(
+    normalize(name) for name in ("key-auth", "key-auths", "key-auth-enc", "key-auths-enc", "oauth2_tokens")
+)
+
+
+def audit_masker(names: tuple[str, ...] = (), ship_raw_bodies: bool = False) -> Masker:
+    """The masker audit records are spooled with: the user's names, the default ones and KONG_SECRET_FIELDS."""
+    return Masker((*names, *KONG_SECRET_FIELDS), ship_raw_bodies)
+
+
+def mask_credential_path(path: Any) -> Any:
+    """An Admin API path with the segment after a credential collection masked (`/key-auths/*****`)."""
+    if not isinstance(path, str) or "/" not in path:
+        return path
+    cut = min((i for i in (path.find("?"), path.find("#")) if i >= 0), default=len(path))
+    segments = path[:cut].split("/")
+    masked = False
+    for i in range(len(segments) - 1):
+        if segments[i + 1] not in ("", MASK) and normalize(segments[i]) in CREDENTIAL_COLLECTIONS:
+            segments[i + 1] = MASK
+            masked = True
+    return "/".join(segments) + path[cut:] if masked else path
 
 
 class AdminUnavailable(Exception):
@@ -306,7 +343,7 @@ class Poller:
         self.spool = spool
         self.verify_key = verify_key
         self.workspace = workspace
-        self.masker = masker if masker is not None else Masker()
+        self.masker = masker if masker is not None else audit_masker()
         self.counts: Counter[str] = Counter()  # fetched per endpoint, and signature results
 
     def poll(self) -> int:
@@ -379,6 +416,20 @@ class Poller:
             orjson.dumps(record)
         except orjson.JSONEncodeError:  # read by lenient_json: bytes that are no UTF-8, which the masks cannot read
             record = storable(record)
-        entry = self.masker.mask_value(record, bodies=bodies)
+        entry = self.masker.mask_value(_entities_stripped(record), bodies=bodies)
+        if endpoint == "requests":
+            path = mask_credential_path(entry.get("path"))
+            if path is not entry.get("path"):
+                entry = {**entry, "path": path}
         return {"entry": entry, "signature_check": check, "admin_url": self.client.shown, "workspace": self.workspace}
 
+
+def _entities_stripped(record: dict[str, Any]) -> dict[str, Any]:
+    """The record with an entity snapshot that is JSON text behind whitespace stripped of it: the masks look into
+    JSON text that starts with `{` or `[` (what Kong writes), and would pass ` {"key": …}` as plain text."""
+    out = record
+    for name in ("entity", "old_entity"):
+        value = record.get(name)
+        if isinstance(value, str) and value[:1].isspace() and value.lstrip()[:1] in ("{", "["):
+            out = {**out, name: value.strip()}
+    return out

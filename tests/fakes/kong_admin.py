@@ -163,6 +163,10 @@ class FakeKongAdmin(FakeHTTPServer):
         }
         return self._add("objects", record, signed, tamper)
 
+    def add_record(self, endpoint: str, record: dict[str, Any], *, signed: bool | str = True) -> dict[str, Any]:
+        """Any record, as given (an `entity` that is odd JSON text, say), signed unless told otherwise."""
+        return self._add(endpoint, dict(record), signed, False)
+
     def audit_requests(self) -> list[str]:
         """The paths (with query) of the audit requests received, in order."""
         with self._lock:
