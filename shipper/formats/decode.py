@@ -18,12 +18,18 @@ class ParseError(Exception):
         self.detail = detail
 
 
-_NGINX_ESCAPE = re.compile(rb"\\x([0-9A-Fa-f]{2})")
+# A backslash and what it escapes, so that an escaped backslash (`\\x41`: escape=json's text `\x41`) is never
+# read as the start of a \xHH.
+_NGINX_ESCAPE = re.compile(rb"\\(?:x([0-9A-Fa-f]{2})|.)", re.DOTALL)
 
 
 def _unescape_nginx(match: re.Match) -> bytes:
     # Nginx's default escaping writes `"`, `\`, control bytes and bytes >= 0x80 as \xHH. Turn each back into
-    # what JSON expects: `"` and `\` escaped, control bytes as \u00HH, other bytes raw (UTF-8 sequences).
+    # what JSON expects: `"` and `\` escaped, control bytes as \u00HH, other bytes raw (UTF-8 sequences). Any
+    # other escape is JSON's own (an escape=json line that failed for another reason), kept as it is: replacing
+    # the `\x6E` of its `\\x6E` made the text `\x6E` a newline.
+    if match.group(1) is None:
+        return match.group(0)
     byte = int(match.group(1), 16)
     if byte == 0x22:
         return b'\\"'
