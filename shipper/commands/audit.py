@@ -52,6 +52,10 @@ from shipper.sources.kong_audit import (
 log = logging.getLogger("kong-ship")
 
 PRUNE_EVERY = 10.0  # seconds between deletions of fully shipped spool segments (tail without --once)
+# How long a stop waits for a poll under way. One still waiting on the Admin API (up to --timeout per page) is left
+# behind: a Ctrl-C waited --timeout + 5 s. What it leaves is what a crash leaves, which loses nothing: the spool
+# append is all or nothing and fsynced before the cursor moves, and the cursor is written atomically.
+POLL_STOP_WAIT = 2.0
 
 _admin_options = [
     click.option("--admin-url", envvar="KONG_ADMIN_URL", metavar="URL",
@@ -265,7 +269,7 @@ def _tail_forever(poller: Poller, spool, settings, sinks, kw, interval: float) -
         result = drive(pipeline, kw.get("metrics_addr"))
     finally:
         pipeline.stop.set()
-        poller_thread.join(timeout=settings.timeout + 5)
+        poller_thread.join(timeout=POLL_STOP_WAIT)
     summary(result, sys.stderr)
     _poll_summary(poller)
     if failure:
