@@ -12,8 +12,6 @@ holds each run to the same invariants.
 from __future__ import annotations
 
 import gzip
-import json
-import os
 import pathlib
 from typing import Any
 
@@ -22,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import fuzzlines
 import gen
 from conftest import FAST, every_byte_under, ship, ship_env, summary_rows
 from shipper.sources.container import runtime_ms
@@ -64,7 +63,7 @@ def nginx(seq: int, **change: Any) -> bytes:
 
 def cri(content: bytes, stream: str = "stdout", piece: int = 0, time: str = TIME) -> list[bytes]:
     """The runtime's lines (without newlines) for one line of a stream: `piece`-byte P entries, then an F."""
-    parts = [content[i : i + piece] for i in range(0, len(content), piece)] if piece else [content]
+    parts = [content[i : i + piece] for i in range(0, len(content), piece)] if piece and content else [content]
     tags = ["P"] * (len(parts) - 1) + ["F"]
     return [f"{time} {stream} {tag} ".encode() + part for tag, part in zip(tags, parts)]
 
@@ -225,7 +224,8 @@ def docker_file(tmp_path: pathlib.Path) -> tuple[pathlib.Path, set[str]]:
     want.add("kong-9")
     lines.append(orjson.dumps({"log": "\n", "stream": "stdout", "time": TIME}))  # blank
     lines.append(orjson.dumps({"log": "plain text\n", "stream": "stdout", "time": TIME}))  # skipped
-    lines.append(b'{"log":"{\\"password\\": \\"' + SECRET.encode() + b'\\ud800\\n","stream":"stdout"}')  # lone surrogate
+    # A lone surrogate: no JSON orjson reads, so no entry (dead-lettered as the line it is, masked by its name).
+    lines.append(b'{"log":"{\\"password\\": \\"' + SECRET.encode() + b'\\ud800\\n","stream":"stdout"}')
     lines.append(b'{"log":' + b"[" * 300 + b"]" * 300 + b"}")  # no entry: dead-lettered
     lines += docker(kong(10), piece=500)[:-1]  # no last piece yet
     return write(tmp_path / "0.log", lines), want
@@ -264,3 +264,132 @@ def test_a_split_line_over_max_line_bytes_is_one_too_long_dead_letter(tmp_path, 
         assert run.row["read"] == 7 and run.row["skipped"] == 2, run.row
     else:
         assert {d["reason"] for d in run.dead} == {"too_long"} and run.row["read"] >= 5, run.dead
+
+
+# -- property: damaged framings of real records ---------------------------------------------------------------------
+TIMES = [TIME, "2026-01-01T00:00:00Z", "2026-01-01T00:00:00.1+01:00", "2026-01-01T05:30:00.123456789+05:30",
+         "0001-01-01T00:00:00Z", "9999-12-31T23:59:59.999999999-23:59", "2026-13-45T99:99:99Z"]  # fmt: skip
+NOISE = [b"2026/01/01 00:00:00 [error] 1#0: upstream timed out", b"", b"   ", b"plain text", b"[1,2]", b"{",
+         b'{"password": "' + SECRET.encode() + b'"', b"\xff\xfe", b"\x00", "é".encode()]  # fmt: skip
+
+
+def framed_file(choose: Any, first: int = 0) -> tuple[str, list[bytes], set[str], set[str]]:
+    """(framing, lines, ids that must arrive once, ids that may arrive at most once) of a random container log,
+    its records numbered from `first`."""
+    framing = choose.pick(["cri", "docker"])
+    wrap = cri if framing == "cri" else docker
+    lines: list[bytes] = []
+    must, may = set(), set()
+    broken = False  # a damaged piece may take the next record down with it (it then waits for a last piece)
+    count = choose.number(1, 6)
+    for n in range(count):
+        kind = choose.pick(["kong", "nginx", "noise", "stderr"])
+        piece = choose.pick([0, 0, 1, 7, 100, 999, 4096])
+        when = choose.pick(TIMES)
+        seq = first + n
+        if kind == "kong":
+            content, rid = kong(seq), f"kong-{seq}"
+        elif kind == "nginx":
+            content, rid = nginx(seq, msec=choose.pick([None, f"{1763800000 + n}.5"])), f"ngx-{seq}"
+        else:
+            content, rid = choose.pick(NOISE), None
+        pieces = wrap(content, "stderr" if kind == "stderr" else "stdout", piece=piece, time=when)
+        stderr = wrap(choose.pick(NOISE), "stderr", piece=choose.pick([0, 3]), time=TIME)
+        pieces = interleaved(pieces, stderr * choose.number(0, 2))
+        damage = choose.pick(["none"] * 8 + ["tag", "stream", "cut", "drop_last"])
+        # A line that is no container line goes to the parsers, and to the dead letters, as it is: one of the
+        # middle of a record starts in the middle of its token, where no mask can tell it is one ("a secret in
+        # free text under no name is not recognised"). So only a record's first line loses its framing here.
+        at = 0 if damage in ("tag", "stream") else choose.number(0, len(pieces) - 1)
+        if damage == "tag" and framing == "cri":
+            pieces[at] = pieces[at].replace(b" P ", b" X ", 1).replace(b" F ", b" X ", 1)
+        elif damage == "stream":
+            pieces[at] = pieces[at].replace(b"stdout", b"stdin", 1)
+        elif damage == "cut":
+            pieces[at] = pieces[at][: choose.number(0, len(pieces[at]))]
+        elif damage == "drop_last" and n == count - 1:
+            pieces = pieces[:-1]
+        damaged = damage != "none" and not (damage == "tag" and framing == "docker")
+        if rid is not None:
+            (may if damaged or broken else must).add(rid)
+        broken = broken or damaged
+        lines += pieces
+    return framing, lines, must, may
+
+
+@st.composite
+def framed_files(draw: Any) -> tuple[str, list[bytes], set[str], set[str]]:
+    return framed_file(fuzzlines.DrawChooser(draw))
+
+
+SINKS = {name: sink for name, sink in fuzzlines.build_sinks().items() if name in ("segment", "webhook", "moesif")}
+
+
+@settings(max_examples=200, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(framed_files())
+def test_damaged_framings_of_real_records_never_escape_lose_or_double_a_record(tmp_path, case):
+    from shipper.formats import Parser
+    from shipper.processors import build_chain
+    from shipper.sources.files import FileSource
+    from shipper.transform import EVENT, FAILED, INVALID, Transformer
+
+    framing, lines, must, may = case
+    path = tmp_path / "0.log"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    source = FileSource([str(path)], known=lambda fingerprint: {}, follow=False, framing="auto", max_line_bytes=8192)
+    try:
+        items = list(source.read_all())
+    finally:
+        source.close()
+    for name, sink in SINKS.items():
+        transform = Transformer(Parser(), build_chain(), sink, sink.flat_path(Parser(), build_chain()))
+        got = []
+        for file_id, item, start, end in items:
+            # (an item written between the pieces of a record ends, for the checkpoints, where that record starts)
+            assert 0 <= start < path.stat().st_size and 0 <= end <= path.stat().st_size
+            fate, payload, _ = transform(file_id, item, start, end)
+            if fate in (INVALID, FAILED):
+                assert payload[0] != "internal_error", (name, payload)
+            elif fate == EVENT:
+                assert SECRET.encode() not in payload, (name, payload[:2000])
+                event = orjson.loads(payload)
+                got.append(event.get("messageId") or event.get("event_id"))
+        if name != "moesif":
+            assert must <= set(got) and len(got) == len(set(got)) and set(got) <= must | may, (name, must, may, got)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_file_of_damaged_framings_through_backfill_is_accounted_for(tmp_path, workers):
+    """150 random container logs of one framing end to end in one file (a damaged end of one may take the next
+    one's first record down: only the accounting, uniqueness and secrecy are checked, by `held`)."""
+    chooser = fuzzlines.RandomChooser(seed=31)
+    lines: list[bytes] = []
+    for n in range(300):
+        framing, more, _, _ = framed_file(chooser, first=10 * n)
+        if framing == "cri":  # one framing a file, as a runtime writes it
+            lines += more
+    run = backfill(write(tmp_path / "0.log", lines), tmp_path, workers, "--max-line-bytes", "8192")
+    ids = run.ids()
+    assert len(ids) == len(set(ids)) and run.row["shipped"] > 100, run.row
+
+
+# -- compressed rotations ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("framing", ["cri", "docker"])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_compressed_rotation_ends_its_last_split_line_and_ships_the_rest(tmp_path, workers, framing):
+    """A .gz is final: pieces whose last one never came end with it, dead-lettered as the broken JSON they are
+    (masked: they start with the record's names), and nothing else is lost or doubled; a plain file beside it
+    ships as well."""
+    wrap = cri if framing == "cri" else docker
+    lines: list[bytes] = []
+    for seq in range(1, 40):
+        lines += wrap(kong(seq) if seq % 3 else nginx(seq), piece=(0, 1000, 37)[seq % 3])
+        lines += wrap(b"[warn] noise", "stderr", piece=4)
+    lines += wrap(kong(99), piece=900)[:-1]  # cut by the rotation: its last piece went to the next file
+    data = b"\n".join(lines) + b"\n"
+    (tmp_path / "0.log.20260101-000000.gz").write_bytes(gzip.compress(data))
+    run = backfill(tmp_path / "0.log.20260101-000000.gz", tmp_path, workers)
+    assert sorted(run.ids()) == sorted(f"kong-{s}" if s % 3 else f"ngx-{s}" for s in range(1, 40))
+    stderr_pieces = 3 if framing == "cri" else 4  # skipped piece by piece
+    assert [d["reason"] for d in run.dead] == ["not_json"] and run.row["skipped"] == 39 * stderr_pieces
