@@ -12,7 +12,9 @@ holds each run to the same invariants.
 from __future__ import annotations
 
 import gzip
+import os
 import pathlib
+import time
 from typing import Any
 
 import orjson
@@ -22,7 +24,7 @@ from hypothesis import strategies as st
 
 import fuzzlines
 import gen
-from conftest import FAST, every_byte_under, ship, ship_env, summary_rows
+from conftest import FAST, FAST_FOLLOW, every_byte_under, ship, ship_env, summary_rows, wait_until
 from shipper.sources.container import runtime_ms
 
 SECRET = "ctrhostileSECRET"  # in every Authorization, cookie and token here: must never leave
@@ -393,3 +395,57 @@ def test_a_compressed_rotation_ends_its_last_split_line_and_ships_the_rest(tmp_p
     assert sorted(run.ids()) == sorted(f"kong-{s}" if s % 3 else f"ngx-{s}" for s in range(1, 40))
     stderr_pieces = 3 if framing == "cri" else 4  # skipped piece by piece
     assert [d["reason"] for d in run.dead] == ["not_json"] and run.row["skipped"] == 39 * stderr_pieces
+
+
+# -- following: pieces that come slowly, and a rotation between the pieces of a line ----------------------------------
+def append(path: pathlib.Path, lines: list[bytes], pause: float = 0.0) -> None:
+    for line in lines:
+        with open(path, "ab") as out:
+            out.write(line + b"\n")
+        time.sleep(pause)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_tail_joins_pieces_written_slowly_and_a_rotation_between_pieces_loses_only_that_line(tmp_path, shippers,
+                                                                                            workers):
+    """Pieces of a line written over a second, stderr between them: one record, once. A rotation between the
+    pieces of a line (container.py's known limit): that line only is lost — its first part dead-lettered once the
+    rotated file is compressed, masked; its last piece skipped — and the records around it arrive once."""
+    from fakes.segment import FakeSegment
+
+    pod = tmp_path / "pods" / "kong_kong-1_0f" / "proxy"
+    pod.mkdir(parents=True)
+    log = pod / "0.log"
+    append(log, cri(kong(1), piece=400))
+    state = tmp_path / "state"
+    with FakeSegment() as fake:
+        proc = shippers("tail", str(pod / "*.log*"), "--sink", "segment", "--endpoint", fake.url, "--state-dir",
+                        str(state), "--workers", str(workers), *FAST_FOLLOW,
+                        env=ship_env(SEGMENT_WRITE_KEY="test-key"))  # fmt: skip
+        pieces = cri(kong(2), piece=300)
+        append(log, interleaved(pieces, cri(b"[error] slow upstream", "stderr", piece=6) * 4), pause=0.05)
+        assert wait_until(lambda: len(fake.messages) >= 2, timeout=20)
+        cut = cri(kong(3), piece=500)
+        append(log, cut[:3])  # its first pieces, then the runtime reopens the file
+        time.sleep(0.5)
+        rotated = pod / "0.log.20260101-000000"
+        os.rename(log, rotated)
+        append(log, cut[3:] + cri(kong(4), piece=250) + cri(nginx(5, msec=None)))
+        assert wait_until(lambda: len(fake.messages) >= 4, timeout=20), fake.message_ids()
+        time.sleep(0.5)
+        compressed = pod / "0.log.20260101-000000.gz"  # as the kubelet does it: through a temporary file
+        (pod / "0.log.20260101-000000.tmp").write_bytes(gzip.compress(rotated.read_bytes()))
+        os.rename(pod / "0.log.20260101-000000.tmp", compressed)
+        os.unlink(rotated)
+        dead = state / "dead-letter.jsonl"
+        assert wait_until(lambda: dead.exists() and dead.read_bytes().count(b"\n") >= 1, timeout=20)
+        time.sleep(0.5)  # anything sent twice would arrive by now
+        code, _, err = proc.stop()
+        ids = [m["properties"].get("requestId") or m["messageId"] for m in fake.messages]
+        body = orjson.dumps(fake.messages)
+    assert code == 0 and "Traceback" not in err, err[-3000:]
+    assert sorted(m["messageId"] for m in fake.messages) == ["kong-1", "kong-2", "kong-4", "ngx-5"], ids
+    assert [orjson.loads(x)["reason"] for x in dead.read_bytes().splitlines()] == ["not_json"]
+    assert SECRET.encode() not in body and SECRET not in err
+    for where, data in every_byte_under(state).items():
+        assert SECRET.encode() not in data, where
