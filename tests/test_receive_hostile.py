@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import collections
 import gzip
+import hashlib
+import hmac
 import os
 import resource
 import socket
 import threading
 import time
+import urllib.request
 
 import gen
 import orjson
@@ -123,7 +126,8 @@ def test_malformed_requests_are_refused_and_the_good_ones_around_them_ship_exact
             "invalid utf-8": (request(b'{"request": {"uri": "/?seq=904&x=\xff\xfe"}}', close), 400),
             "raw NUL": (request(b'{"request": {"uri": "/?seq=905&x=\x00"}}', close), 400),
             "lone surrogate": (request(b'{"request": {"uri": "/?seq=906&x=\\ud800"}}', close), 400),
-            "too deep": (request(b"[" * 100_000 + b"]" * 100_000, close), 400),
+            "too deep": (request(b"[" * 2_000 + b"]" * 2_000, close), 400),  # over orjson's 1,024 levels
+            "too many arrays": (request(b"[" * 100_000 + b"]" * 100_000, close), 413),  # counted before parsing
             "not an object": (request(b"[" + record(907) + b", 1]", close), 400),
         }
         answers = {name: rx.exchange(data) for name, (data, _) in refused.items()}
@@ -649,3 +653,97 @@ def test_stalled_unsigned_hook_bodies_do_not_turn_kongs_http_log_away(shippers, 
                 sock.close()
         code, _, err = rx.stop()
         assert code == 0 and "Traceback" not in err, err
+
+
+def test_a_flood_of_connections_at_start_out_of_descriptors_does_not_end_the_run(shippers, tmp_path):
+    """`receive` accepted before the run had imported what it imports on first use (the metrics server's
+    prometheus_client, the file watcher's watchdog): a flood as the listeners came up took every descriptor,
+    the import raised OSError (Too many open files) and the run ended with exit 1. Now: it waits, and once the
+    flood lets go, it serves and ships."""
+    with FakeSegment() as fake:
+        port, tcp_port, metrics_port = free_port(), free_port(), free_port()
+        proc = shippers("receive", "--listen", f"127.0.0.1:{port}", "--listen-tcp", f"127.0.0.1:{tcp_port}",
+                        "--metrics-addr", f"127.0.0.1:{metrics_port}", "--sink", "segment", "--endpoint", fake.url,
+                        "--state-dir", str(tmp_path / "state"), *FAST, env=ENV)
+        resource.prlimit(proc.proc.pid, resource.RLIMIT_NOFILE, (40, 40))  # long before the interpreter is up
+        flood: list[socket.socket] = []
+        # Connections queued as soon as the ports listen, accepted as soon as the listeners start: every
+        # descriptor the process has left is taken before the run gets to its first-use imports.
+        deadline = time.monotonic() + 20
+        while len(flood) < 300 and time.monotonic() < deadline and proc.proc.poll() is None:
+            for target in (port, tcp_port):
+                try:
+                    flood.append(socket.create_connection(("127.0.0.1", target), timeout=1))
+                except OSError:
+                    time.sleep(0.002)
+        assert wait_until(lambda: proc.proc.poll() is not None or len(os.listdir(f"/proc/{proc.proc.pid}/fd")) >= 39,
+                          timeout=10)
+        time.sleep(1)  # accepts failing with EMFILE meanwhile, and the run starting
+        assert proc.proc.poll() is None, proc.wait()[2][-3000:]  # was exit 1: OSError importing prometheus_client
+        for sock in flood:
+            sock.close()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(request(record(1), b"Connection: close\r\n"))
+            assert status(read_all(sock)) == 200
+        with socket.create_connection(("127.0.0.1", tcp_port), timeout=10) as sock:
+            sock.sendall(tcp_line(2))
+            sock.shutdown(socket.SHUT_WR)
+            assert read_all(sock) == b""
+        fake.wait_for(lambda: set(shipped(fake)) == {1, 2}, timeout=20)
+        code, _, err = proc.stop()
+        assert code == 0 and "Traceback" not in err, err[-3000:]
+        assert shipped(fake) == collections.Counter({1: 1, 2: 1})
+
+
+def test_nothing_is_imported_once_the_listeners_accept(shippers, tmp_path):
+    """Any module first imported while serving can fail for want of descriptors (an import opens files), and that
+    ends the run. With Python's import-time report on standard error, in order with the log: between the
+    listeners' start and the last request, deliveries of every kind, refusals, garbage, retried and refused
+    vendor answers, a metrics scrape and a tap import nothing."""
+    with FakeSegment() as fake:
+        fake.script([500, (429, {"Retry-After": "1"}), "reset", 400, 502])
+        udp_port, tcp_port, port, metrics_port = free_port(socket.SOCK_DGRAM), free_port(), free_port(), free_port()
+        env = {**ENV, "PYTHONPROFILEIMPORTTIME": "1", "KONG_SHIP_RECEIVE_SECRET": "hook-secret-5e2a"}
+        proc = start_receive(shippers, [
+            "--listen-udp", f"127.0.0.1:{udp_port}", "--listen-tcp", f"127.0.0.1:{tcp_port}",
+            "--listen", f"127.0.0.1:{port}", "--metrics-addr", f"127.0.0.1:{metrics_port}", "--sink", "segment",
+            "--endpoint", fake.url, "--state-dir", str(tmp_path / "state"), *FAST], env, port)
+
+        def exchange(data: bytes) -> bytes:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(data)
+                return read_all(sock)
+
+        close = b"Connection: close\r\n"
+        assert status(exchange(request(orjson.dumps([gen.kong_record(1, jwt_sub="u1"), gen.kong_record(2)]),
+                                       close))) == 200
+        for bad in (b"nope", b"[" + b"{}," * 40_000 + b"{}]", b"[{}, 1]", b"[" * 300 + b"]" * 300):
+            assert status(exchange(request(bad, close))) in (400, 413)
+        event = orjson.dumps({"source": "crud", "event": "consumers", "entity": {"id": "x", "password": "p"}})
+        signature = "sha1=" + hmac.new(b"hook-secret-5e2a", event, hashlib.sha1).hexdigest()
+        for sign in (signature, "sha1=00"):
+            assert status(exchange(b"POST /hooks HTTP/1.1\r\nContent-Type: application/json\r\nx-kong-signature: "
+                                   + sign.encode() + b"\r\nContent-Length: %d\r\n" % len(event) + close + b"\r\n"
+                                   + event)) in (200, 401)
+        with socket.create_connection(("127.0.0.1", tcp_port), timeout=10) as sock:
+            sock.sendall(tcp_line(3) + b"xx\n\xff\n[1]\n" + b"A" * (2 << 20) + b"\ncut")
+            sock.shutdown(socket.SHUT_WR)
+            assert read_all(sock) == b""
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for datagram in [record(4)] + [b"zz"] * 30:
+            udp.sendto(datagram, ("127.0.0.1", udp_port))
+        udp.close()
+        fake.wait_for(lambda: len(fake.messages) >= 5, timeout=30)  # 1-4, and the event
+        assert b"kong_ship" in urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read()
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/tap", timeout=0.5).read(1)
+        except OSError:
+            pass  # a stream that never ends: opened is enough
+        # The last request: a refusal the log says (its warning marks the end of what is looked at).
+        assert status(exchange(request(b"{}", close, auth=b"wrong"))) == 401
+        code, _, err = proc.stop()
+        assert code == 0, err[-3000:]
+        # The tcp-log listener's startup line: logged as the listeners start accepting, the HTTP one just before.
+        serving = err.split("INFO: receiving Kong tcp-log at", 1)[1].split("refused an http-log request", 1)[0]
+        imported = [row.rsplit("|", 1)[1].strip() for row in serving.splitlines() if row.startswith("import time:")]
+        assert imported == [], f"imported while serving: {imported}"

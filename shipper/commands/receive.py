@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -27,6 +28,7 @@ from shipper.commands.options import (
 from shipper.commands.running import drive, prepare_spooled, say, summary
 from shipper.delivery.dry_run import DryRun
 from shipper.errors import ConfigError
+from shipper.service.notify import Notifier
 from shipper.sinks.credentials import read_secret
 from shipper.sources.feeder import SpoolFeeder
 from shipper.threads import supervised
@@ -225,14 +227,13 @@ def receive(**kw: Any) -> None:
         raise
 
     done = threading.Event()
+    serving = _Serving(receiver, listeners, pipeline.fail)
 
     def maintain() -> None:
         """Stop accepting as soon as a shutdown starts; delete spool segments every sink has acknowledged."""
         # Deliveries arrive on the receiver's own threads: no step, only a look every 0.1 s for the shutdown.
         if feeder.feed(pipeline.context, 0.1, until=done):
-            if receiver is not None:
-                receiver.shutdown()
-            listeners.shutdown()
+            serving.stop()
 
     # Supervised: if housekeeping dies, the run ends (exit 1) rather than accept deliveries into a spool
     # nobody prunes.
@@ -244,8 +245,9 @@ def receive(**kw: Any) -> None:
         log.warning("dry run: what is received is answered as usual, printed on standard output and shipped nowhere")
     if receiver is not None:
         _announce(receiver, host, tls, hooks, secret, http_log_auth, settings.sinks, spool_dir)
-        receiver.start(pipeline.fail)
-    listeners.start(pipeline.fail)
+    # The listeners accept once the run has started (see _Serving); until then clients wait in their queues.
+    pipeline.notifier.close()
+    pipeline.notifier = _ReadyStarts(serving.start)
     maintainer.start()
     try:
         collectors = []
@@ -256,9 +258,7 @@ def receive(**kw: Any) -> None:
         result = drive(pipeline, kw.get("metrics_addr"), collectors=collectors)
     finally:
         done.set()
-        if receiver is not None:
-            receiver.shutdown()
-        listeners.shutdown()  # what was read is fsynced before the spool closes
+        serving.stop()  # what was read is fsynced before the spool closes
         maintainer.join(timeout=5)
         feeder.close()
     summary(result, sys.stderr)
@@ -276,6 +276,50 @@ def receive(**kw: Any) -> None:
     dry_run.report(say)
     if pipeline.forced_by:
         sys.exit(128 + pipeline.forced_by)
+
+
+class _Serving:
+    """Starts the listeners accepting, once, unless they were stopped first; stops them (idempotent).
+
+    They accept only once the run has started: its metrics server bound, its checkpoints read, its file watcher
+    and sinks started, and every module they import on first use imported. Accepting earlier, a flood of clients
+    could take every descriptor before that (their sockets listen from the start: they only wait): an import
+    raised OSError, the metrics server could not bind, and the run ended (exit 1 or 2)."""
+
+    def __init__(self, receiver: Any, listeners: Listeners, on_death: Callable[[str], None]):
+        self.receiver = receiver
+        self.listeners = listeners
+        self.on_death = on_death
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    def start(self) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            if self.receiver is not None:
+                self.receiver.start(self.on_death)
+            self.listeners.start(self.on_death)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            if self.receiver is not None:
+                self.receiver.shutdown()
+            self.listeners.shutdown()
+
+
+class _ReadyStarts(Notifier):
+    """The run's systemd notifier, whose READY=1 (sent once the run has started) first starts the listeners: so
+    `receive` is ready when it accepts."""
+
+    def __init__(self, start: Callable[[], None]):
+        super().__init__()
+        self._start = start
+
+    def ready(self, status: str) -> None:
+        self._start()
+        super().ready(status)
 
 
 def _announce(receiver: Any, host: str, tls: Any, hooks: bool, secret: bytes | None, http_log_auth: Any,
