@@ -17,6 +17,7 @@ import pytest
 import gen
 from conftest import FAST, ship, ship_env
 from fakes.hostile import Cut, Endless, Trickle, hostile
+from fakes.httpfake import Response
 from fakes.moesif import FakeMoesif
 from fakes.runscope import FakeRunscope
 from fakes.webhook import FakeWebhook
@@ -124,3 +125,80 @@ def arrived_in(sink: str, request) -> list[int]:
     if sink == "runscope":
         return [int(data["request"]["headers"]["x-seq"])]
     return [int(e["request_headers"]["x-seq"]) for e in data]
+
+
+# -- Moesif's /v1/config: stalled, endless, garbage -------------------------------------------------------------
+@pytest.mark.parametrize("answer", ["trickle", "endless", "endless-gzip"])
+def test_a_config_answer_that_never_ends_neither_stalls_the_events_nor_fills_memory(tmp_path, answer):
+    """/v1/config answered 200 with a body trickling one byte every 0.4 s, or never ending (64 KiB chunks as fast
+    as loopback takes them; or as gzip, Content-Encoding the client decodes). The fetch gives up at its size or
+    time bound and keeps the last settings (100 %): every record arrives once, without each waiting for the
+    fetch, and the fake saw the client hang up after a bounded part. Before, the whole body was read: an endless
+    one filled memory at loopback speed, and while a trickle went on each event waited one fetch's timeouts
+    (3 s), 150 records for minutes."""
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(150))
+    if answer == "trickle":
+        misbehaviour: Endless | Trickle = Trickle(200, 0.4)
+    else:
+        zipped = answer.endswith("gzip")
+        chunk = gzip.compress(b"{" * (8 << 20)) if zipped else b"{" * 65536
+        misbehaviour = Endless(200, {"Content-Encoding": "gzip"} if zipped else {}, chunk=chunk)
+    with fake_of("moesif") as fake:
+        fake.misbehave("/v1/config", misbehaviour)
+        out = backfill("moesif", fake, tmp_path, log, "--batch-size", "50", "--workers", "0", timeout=40)
+        got = arrived("moesif", fake)
+        fake.wait_for(lambda: fake.ended, timeout=10, what="the config answer ended")
+        sent, ended = fake.sent[0], fake.ended[0]
+    text = no_traceback(out.stderr)
+    assert out.returncode == 0, text[-2000:]
+    exactly_once(got, range(150))
+    assert ended == "hung up" and sent < 64 << 20, (ended, sent)
+    if answer != "trickle":  # (a trickle is given up on when the run may have ended)
+        assert "/v1/config is over" in text, text[-2000:]
+
+
+GARBAGE_CONFIGS = {
+    "list": b"[1, 2]", "null": b"null", "string": b'"sample_rate"', "not-json": b"{{{", "deep": b"[" * 100_000,
+    "nan": b'{"sample_rate": NaN}', "inf": b'{"sample_rate": 1e400}', "negative": b'{"sample_rate": -5}',
+    "string-nan": b'{"sample_rate": "nan"}', "bool": b'{"sample_rate": true}',
+    "users-list": b'{"sample_rate": 100, "user_sample_rate": [["u", 1]]}',
+    "user-inf": b'{"sample_rate": 100, "user_sample_rate": {"user-1": "Infinity"}}',
+    "rules-dict": b'{"regex_config": {"a": 1}}',
+    "rule-rate-nan": b'{"regex_config": [{"sample_rate": "NaN", "conditions": [{"path": "request.verb", '
+                     b'"value": "GET"}]}]}',
+    "rule-bad-regex": b'{"regex_config": [{"sample_rate": 0, "conditions": [{"path": "request.verb", '
+                      b'"value": "(("}]}]}',
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(GARBAGE_CONFIGS))
+def test_a_garbage_config_keeps_every_event_at_100_percent(tmp_path, name):
+    """Whatever /v1/config says that is no configuration (not an object, non-finite or negative rates, a rate
+    that is a boolean, JSON nested 100,000 deep): one line says so, sampling keeps 100 %, every record arrives
+    once with weight 1. A rule whose regex does not compile never matches (its rate 0 would drop everything)."""
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(60))
+    with fake_of("moesif") as fake:
+        fake.respond = config_answer(fake, GARBAGE_CONFIGS[name])
+        out = backfill("moesif", fake, tmp_path, log, "--batch-size", "20")
+        got = arrived("moesif", fake)
+        weights = {e["weight"] for e in fake.events}
+    text = no_traceback(out.stderr)
+    assert out.returncode == 0, text[-2000:]
+    exactly_once(got, range(60))
+    assert weights == {1}
+    if name != "rule-bad-regex":
+        assert "/v1/config is not understood" in text, text[-2000:]
+
+
+def config_answer(fake, body: bytes):
+    """The fake's answers, with /v1/config answered `body` (200, with an ETag)."""
+    usual = fake.respond
+
+    def respond(req):
+        if req.path.startswith("/v1/config"):
+            return Response(200, {"Content-Type": "application/json", "X-Moesif-Config-ETag": "g1"}, body)
+        return usual(req)
+
+    return respond

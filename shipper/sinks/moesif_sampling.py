@@ -16,10 +16,12 @@ in the parent, `Sampler.adopt` in the worker: MoesifSink.worker_state / adopt_wo
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -28,6 +30,7 @@ import httpx
 log = logging.getLogger("kong-ship")
 
 CONFIG_REFRESH = 300.0  # seconds between /v1/config fetches (sooner when an answer's config ETag changes)
+CONFIG_BYTES = 16 << 20  # of a /v1/config answer, decoded: thousands of user and company rates fit many times
 # The plugin's request.route: the path of the absolute uri, without the query; "/" when there is none.
 _ROUTE = re.compile(r"^https?://[^/]+(/[^?]+)")
 
@@ -197,17 +200,22 @@ class Sampler:
         if self.etag:
             headers["If-None-Match"] = self.etag
         try:
-            response = client.get(self.url, headers=headers, timeout=self.timeout)
-        except (httpx.HTTPError, RuntimeError) as exc:  # RuntimeError: the sender's client closed at shutdown
+            status, etag, body = self._fetch(client, headers)
+        # RuntimeError: the sender's client closed at shutdown; ValueError, zlib.error: an encoding not understood
+        except (httpx.HTTPError, RuntimeError, ValueError, zlib.error) as exc:
             log.warning("moesif: cannot fetch /v1/config (%s); sampling keeps its last settings", exc)
             return
-        if response.status_code == 304:
+        if status == 304:
             return
-        if response.status_code != 200:
-            log.warning("moesif: /v1/config answered HTTP %d; sampling keeps its last settings", response.status_code)
+        if status != 200:
+            log.warning("moesif: /v1/config answered HTTP %d; sampling keeps its last settings", status)
+            return
+        if body is None:
+            log.warning("moesif: /v1/config is over %d bytes or took over %.0f s; sampling keeps its last settings",
+                        CONFIG_BYTES, self._wait)
             return
         try:
-            config = response.json()
+            config = json.loads(body)
             rate = sample_rate(config.get("sample_rate", 100))
             users = {str(k): sample_rate(v) for k, v in (config.get("user_sample_rate") or {}).items()}
             companies = {str(k): sample_rate(v) for k, v in (config.get("company_sample_rate") or {}).items()}
@@ -219,10 +227,32 @@ class Sampler:
         with self._lock:
             if fetched != self.config:  # the same rules again: the same object (the workers have it already)
                 self.config = fetched
-            self.etag = response.headers.get("x-moesif-config-etag") or response.headers.get("etag")
+            self.etag = etag
         if self.debug:
             log.info("moesif: sample_rate %g%%, %d user and %d company rates, %d regex rules",
                      rate, len(users), len(companies), len(rules))
+
+    def _fetch(self, client: httpx.Client, headers: dict[str, str]) -> tuple[int, str | None, bytes | None]:
+        """(status, config ETag, body): the body None when it is over CONFIG_BYTES (decoded) or still coming
+        after one fetch's timeouts. A body that never ends, or comes a byte at a time (each byte resets the read
+        timeout), must neither fill memory nor hold the events that wait for this fetch."""
+        deadline = time.monotonic() + self._wait
+        headers = {**headers, "Accept-Encoding": "gzip"}
+        with client.stream("GET", self.url, headers=headers, timeout=self.timeout) as response:
+            etag = response.headers.get("x-moesif-config-etag") or response.headers.get("etag")
+            if response.status_code != 200:
+                return response.status_code, etag, b""
+            encoding = response.headers.get("content-encoding", "identity").strip().lower()
+            if encoding not in ("", "identity", "gzip", "deflate"):
+                raise ValueError(f"an answer in Content-Encoding {encoding[:20]!r}")
+            # Decoded here, a bounded part at a time: a small gzip answer may stand for gigabytes.
+            decoder = None if encoding in ("", "identity") else zlib.decompressobj(zlib.MAX_WBITS | 32)
+            kept = bytearray()
+            for chunk in response.iter_raw():
+                kept += decoder.decompress(chunk, CONFIG_BYTES + 1 - len(kept)) if decoder else chunk
+                if len(kept) > CONFIG_BYTES or (decoder and decoder.unconsumed_tail) or time.monotonic() > deadline:
+                    return 200, etag, None
+            return 200, etag, bytes(kept)
 
     def _keep_fresh(self, client: httpx.Client) -> None:
         """The timer thread: fetch, then wait for the period or a new ETag; ends when the client is closed
@@ -243,8 +273,8 @@ class Sampler:
     def settled_config(self) -> SamplingConfig:
         """The configuration the next events are sampled by: once a fetch that decides them is in flight (the
         first one, or one after a new ETag), its outcome, waited for no longer than one fetch's timeouts."""
-        if not self._settled.is_set():
-            self._settled.wait(self._wait)
+        if not self._settled.is_set() and not self._settled.wait(self._wait):
+            self._settled.set()  # waited one fetch's timeouts: the events after it do not wait for it again
         return self.config
 
     def adopt(self, config: SamplingConfig) -> None:
