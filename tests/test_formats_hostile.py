@@ -326,3 +326,18 @@ def test_the_default_escaping_repair_never_rewrites_an_escape_json_lines_text(te
     # ... and the default escaping itself is still read: every byte escaped, the text as it was.
     escaped = "".join(f"\\x{byte:02X}" if byte in (0x22, 0x5C) or byte > 0x7F else chr(byte) for byte in text.encode())
     assert decode_line(b'{"request_uri":"' + escaped.encode() + b'"}')["request_uri"] == text
+
+
+def test_nginx_header_keys_in_any_case_are_headers_identity_and_the_user_agent_find():
+    """`"http_Authorization":"$http_authorization"` (nginx's $http_ variables take any case, and so may the
+    log_format's keys): its token named nobody and `http_User_Agent` was no user agent."""
+    from shipper.transform import NormalizedLines
+
+    transform = Transformer(Parser(), build_chain(), NormalizedLines())
+    record = {"request_method": "GET", "request_uri": "/x", "status": "200", "http_User_Agent": "curl/8",
+              "http_Authorization": "Bearer " + token({"sub": "mixed"}), "sent_http_Content_Type": "text/plain"}
+    fate, payload, _ = transform("f", orjson.dumps(record), 0, 1)
+    event = orjson.loads(payload)
+    assert fate == EVENT and event["user_id"] == "mixed" and event["user_agent"] == "curl/8", event
+    assert event["request_headers"]["authorization"] == "*****"
+    assert event["response_headers"] == {"content-type": "text/plain"}

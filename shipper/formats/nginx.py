@@ -91,10 +91,12 @@ def parse_nginx(
     for key, value in record.items():
         if not isinstance(value, str) or not value or value == "-":
             continue
+        # Header names in lower case, as Kong logs them and identity looks them up (`authorization`,
+        # `user-agent`): nginx's $http_ variables take any case, and so do the keys a log_format names them by.
         if key.startswith("http_"):
-            request_headers[key[5:].replace("_", "-")] = value
+            request_headers[key[5:].replace("_", "-").lower()] = value
         elif key.startswith("sent_http_"):
-            response_headers[key[10:].replace("_", "-")] = value
+            response_headers[key[10:].replace("_", "-").lower()] = value
     host = to_str(get(fields["host"])) or request_headers.get("host", "")
     if host:
         request_headers.setdefault("host", host)
