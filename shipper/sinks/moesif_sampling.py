@@ -242,6 +242,11 @@ class Sampler:
             etag = response.headers.get("x-moesif-config-etag") or response.headers.get("etag")
             if response.status_code != 200:
                 return response.status_code, etag, b""
+            try:
+                read = response.content  # a transport's own answer (a test's), read already
+                return 200, etag, read if len(read) <= CONFIG_BYTES else None
+            except httpx.ResponseNotRead:
+                pass
             encoding = response.headers.get("content-encoding", "identity").strip().lower()
             if encoding not in ("", "identity", "gzip", "deflate"):
                 raise ValueError(f"an answer in Content-Encoding {encoding[:20]!r}")
