@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 import gen
-from conftest import FAST, ship, ship_env
+from conftest import FAST, every_byte_under, ship, ship_env
 from fakes.hostile import Cut, Endless, Trickle, hostile
 from fakes.httpfake import Response
 from fakes.moesif import FakeMoesif
@@ -116,15 +116,15 @@ def test_an_answer_whose_body_never_ends_trickles_or_is_cut_is_judged_by_its_sta
         assert ended == "hung up" and sent < 30, (ended, sent)
 
 
+def seq_of_event(sink: str, event: dict) -> int:
+    return int((event["request"]["headers"] if sink != "webhook" else event["request_headers"])["x-seq"])
+
+
 def arrived_in(sink: str, request) -> list[int]:
     """The seqs a request the hostile fake answered carried (it kept nothing of them)."""
     body = gzip.decompress(request.body) if request.headers.get("content-encoding") == "gzip" else request.body
     data = orjson.loads(body)
-    if sink == "moesif":
-        return [int(e["request"]["headers"]["x-seq"]) for e in data]
-    if sink == "runscope":
-        return [int(data["request"]["headers"]["x-seq"])]
-    return [int(e["request_headers"]["x-seq"]) for e in data]
+    return [seq_of_event(sink, e) for e in (data if isinstance(data, list) else [data])]
 
 
 # -- Moesif's /v1/config: stalled, endless, garbage -------------------------------------------------------------
@@ -202,3 +202,58 @@ def config_answer(fake, body: bytes):
         return usual(req)
 
     return respond
+
+
+# -- a vendor quoting our credentials ---------------------------------------------------------------------------
+def echoing(sink: str, fake, refuse: set[int], status: int = 400):
+    """The fake's answers, with a request carrying a seq of `refuse` answered `status` and a body quoting the
+    request's credentials back in the shapes vendors use (its headers as JSON, a sentence, `Name: value`)."""
+    usual = fake.respond
+
+    def respond(req):
+        if req.method == "POST" and (status != 400 or set(arrived_in(sink, req)) & refuse):
+            credential = {"moesif": req.headers.get("x-moesif-application-id"),
+                          "runscope": (req.headers.get("authorization") or "").removeprefix("Bearer "),
+                          "webhook": req.headers.get("x-api-key")}[sink]  # fmt: skip
+            quoted = {"error": f"invalid token {credential} for this event", "headers": dict(req.headers),
+                      "detail": f"header X-Api-Key: {credential}; key {credential} revoked"}  # fmt: skip
+            return Response(status, {"Content-Type": "application/json"}, json.dumps(quoted).encode())
+        return usual(req)
+
+    return respond
+
+
+HEADER_KEY = "ZQ9100004HOOKHEADERQZ"  # a --webhook-header credential (X-Api-Key)
+
+
+@pytest.mark.parametrize("sink", SINKS)
+@pytest.mark.parametrize("status", [400, 501])
+def test_a_vendor_quoting_our_credential_in_its_refusal_never_gets_it_written(tmp_path, sink, status):
+    """A refusal whose body quotes the request's credential back (the Moesif application id, the Runscope token,
+    the webhook's X-Api-Key header) under names no mask knows: 400 (the event alone dead-lettered with the
+    vendor's answer as its detail) and 501 (fatal, the answer on stderr). The credential appears nowhere: not in
+    the dead letters, stderr or stdout (before, the detail and the fatal line quoted it). The other records of
+    the 400 run arrive once."""
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(30))
+    refuse = {7, 22}
+    with fake_of(sink, **({"require_headers": {"X-Api-Key": HEADER_KEY}} if sink == "webhook" else {})) as fake:
+        fake.respond = echoing(sink, fake, refuse, status)
+        more = ["--webhook-header", f"X-Api-Key: {HEADER_KEY}"] if sink == "webhook" else []
+        out = backfill(sink, fake, tmp_path, log, "--batch-size", "8", "--log-level", "debug", *more)
+        got = arrived(sink, fake)
+    text = no_traceback(out.stderr)
+    assert out.returncode == 1, text[-2000:]
+    state = tmp_path / "state"
+    if status == 400:
+        exactly_once(got, set(range(30)) - refuse)
+        letters = [json.loads(line) for line in (state / "dead-letter.jsonl").read_text().splitlines()]
+        assert sorted(seq_of_event(sink, json.loads(d["event"])) for d in letters) == sorted(refuse)
+        assert all(d["reason"] == "rejected" and "400" in d["detail"] for d in letters), letters
+    else:
+        assert "fatal" in text and "501" in text, text[-2000:]
+    credentials = [CREDENTIALS[sink] if sink != "webhook" else HEADER_KEY]
+    leaked = [f"{where}" for where, data in {"stderr": out.stderr, "stdout": out.stdout,
+                                             **every_byte_under(state)}.items()
+              if any(c[:9].encode() in data for c in credentials)]  # fmt: skip
+    assert not leaked, (leaked, text[-1500:])

@@ -12,8 +12,8 @@ import email.utils
 import enum
 import math
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, runtime_checkable
 
 import httpx
@@ -292,6 +292,17 @@ def _usable(seconds: float) -> float | None:
 def snippet(response: httpx.Response, limit: int = 300) -> str:
     text = response.text.strip().replace("\n", " ")
     return text[:limit]
+
+
+def without_secrets(verdict: Verdict, secrets: Iterable[str]) -> Verdict:
+    """`verdict` with the sink's own credentials (those of 6 characters or more) masked in its reason: a vendor's
+    answer, quoted in a dead letter's detail or a fatal line, may quote them back under names no mask knows
+    (`{"headers": {"x-moesif-application-id": …}}`, "invalid token …")."""
+    reason = verdict.reason
+    for secret in secrets:
+        if len(secret) >= 6 and secret in reason:
+            reason = reason.replace(secret, "*****")
+    return verdict if reason is verdict.reason else replace(verdict, reason=reason)
 
 
 def judge_common(response: httpx.Response, vendor: str, credential_hint: str) -> Verdict:

@@ -33,7 +33,7 @@ from shipper.model import Transaction
 from shipper.processors.names import normalize
 from shipper.sinks.base import (
     DEFAULT_KEEPALIVE_EXPIRY, FATAL, SPLIT, EventFiltered, EventSkipped, FlatEncode, HttpSink, OptionList, Sink, SinkLimits,
-    Verdict, judge_common,
+    Verdict, judge_common, without_secrets,
 )
 from shipper.sinks.compression import PreparedBody, gzip_body
 from shipper.sinks.config import config_from_options, option, options_of
@@ -245,6 +245,9 @@ class MoesifSink(EventBuilder, HttpSink):
         return httpx.Request("POST", self.url, headers=self._headers, content=body.gzip(b""))
 
     def judge(self, response: httpx.Response) -> Verdict:
+        return without_secrets(self._judge(response), (self._headers["X-Moesif-Application-Id"],))
+
+    def _judge(self, response: httpx.Response) -> Verdict:
         status = response.status_code
         self.sampler.config_changed(response.headers.get("x-moesif-config-etag"))
         if self.debug:
