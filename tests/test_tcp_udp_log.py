@@ -292,6 +292,37 @@ def test_garbage_from_many_spoofed_udp_sources_is_limited_per_listener_too(shipp
         assert shipped(fake) == collections.Counter({1: 1})
 
 
+def test_a_client_reconnecting_for_each_few_garbage_lines_is_limited_too(shippers, tmp_path):
+    """A connection's end said what its host had held back at once, whatever the limits: 500 connections of 3
+    garbage lines each wrote 488 summaries in 1.2 s. That early summary now takes a place in the listener's share
+    (100 a second); the rest wait for the next second's summary."""
+    with FakeSegment() as fake:
+        rx = Listening(shippers, tmp_path, fake, http=False)
+        started = time.monotonic()
+        for _ in range(500):
+            sock = rx.connect()
+            sock.sendall(b"not json\n" * 3)
+            close_and_wait(sock)  # each handled, and its end seen, before the next
+        seconds = time.monotonic() - started
+        with rx.connect() as sock:
+            sock.sendall(line(1))
+        fake.wait_for(lambda: set(shipped(fake)) == {1}, timeout=20)
+        code, _, err = rx.proc.stop()
+        assert code == 0, err
+        letters = rx.dead_letters()
+        held = collections.Counter()
+        for d in letters:
+            if d["reason"] == "held_back":
+                for part in d["detail"].rsplit(": ", 1)[1].split(", "):
+                    n, reason = part.split(" ")
+                    held[reason] += int(n.replace(",", ""))
+        written = sum(1 for d in letters if d["reason"] == "not_json")
+        assert written + held["not_json"] == 1500, (written, held)  # every one counted
+        # 100 entries a second at most (dead letters and early summaries alike), and the summaries of the stop.
+        assert len(letters) <= 100 * (int(seconds) + 2), f"{len(letters)} dead-letter entries in {seconds:.1f} s"
+        assert shipped(fake) == collections.Counter({1: 1})
+
+
 # -- the listeners in-process: back-pressure and drops, observed through the `overloaded` they consult ---------
 class Overload:
     """The listeners' `overloaded()`: the test says whether the backlog is full and sees who asked."""

@@ -14,8 +14,9 @@ group commit: fsynced within 100 ms or 1,000 records), and:
 - bytes left without a newline when the connection closes (or idles out, or the listener stops) are
   dead-lettered `unterminated`: a record cut off mid-send;
 - a line that is not a JSON object is dead-lettered with the parser's reason (`not_json`, `not_object`, …);
-- dead letters from one peer host beyond `intake.DEAD_LETTERS_PER_SECOND` a second are counted and summarised
-  (`held_back`), not written one by one: nothing authenticates the port, and garbage is cheap to send;
+- dead letters beyond `intake.DEAD_LETTERS_PER_SECOND` a second from one peer host, or beyond
+  `DEAD_LETTERS_PER_SECOND_PER_LISTENER` from all, are counted and summarised (`held_back`), not written one by
+  one: nothing authenticates the port, and garbage is cheap to send;
 - while the spool's backlog is over `--max-backlog-bytes` (`overloaded()`), no connection is read: the kernel's
   buffers fill and TCP pushes back on Kong, which then waits up to its `timeout` and drops (logging it) rather
   than having us drop silently;
@@ -154,6 +155,7 @@ class TcpLogListener:
             except OSError as exc:  # TimeoutError included: the stop flag is looked at again
                 self._slots.release()
                 accept_failed(exc, self._accept_warnings, "tcp-log", self._stop.wait)
+                self.intake.held_back()  # a quiet moment here too: no connection may be left to say it
                 continue
             with self._lock:
                 self.connections += 1
@@ -255,3 +257,4 @@ class TcpLogListener:
             threads = list(self._threads)
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        self.intake.held_back(everything=True)  # what is still held back, from any host, is said
