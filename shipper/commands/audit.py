@@ -35,6 +35,7 @@ from shipper.commands.running import drive, json_stderr, prepare_spooled, run, s
 from shipper.delivery.dry_run import DryRun
 from shipper.errors import ConfigError, FatalError
 from shipper.formats import audit_signature
+from shipper.formats.audit import audit_masker
 from shipper.settings import Settings
 from shipper.sinks.credentials import read_secret
 from shipper.sources.feeder import SpoolFeeder
@@ -45,7 +46,6 @@ from shipper.sources.kong_audit import (
     AdminUnavailable,
     Cursor,
     Poller,
-    audit_masker,
     record_id,
 )
 
@@ -160,7 +160,8 @@ def tail(**kw: Any) -> None:
     cursor = Cursor(os.path.join(spool_dir, "cursor.json"), {"admin_url": client.shown, "workspace": workspace})
     # The run's masks (the user's names from these settings), and Kong's own secret fields: the spool is masked as
     # records ship.
-    masker = audit_masker((*settings.mask_headers, *settings.mask_query, *settings.mask_body_keys), settings.ship_raw_bodies)
+    names = (*settings.mask_headers, *settings.mask_query, *settings.mask_body_keys)
+    masker = audit_masker(names, settings.ship_raw_bodies)
     poller = Poller(client, cursor, spool, verify_key=key, workspace=workspace, masker=masker)
     close_spool = True
     try:

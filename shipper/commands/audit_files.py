@@ -11,7 +11,6 @@ from typing import Any
 import orjson
 
 from shipper.errors import ConfigError
-from shipper.sources.kong_audit import endpoint_of
 
 
 def records_in_files(files: tuple[str, ...]) -> Iterator[tuple[str, dict[str, Any], str | None]]:
@@ -46,6 +45,11 @@ def records_in_files(files: tuple[str, ...]) -> Iterator[tuple[str, dict[str, An
             )
         for record, where in found:
             yield endpoint_of(record), record, where
+
+
+def endpoint_of(record: dict[str, Any]) -> str:
+    """Which endpoint a record came from, by its shape."""
+    return "objects" if ("dao_name" in record or "entity" in record or "operation" in record) else "requests"
 
 
 # Every audit record has some of these (requests: request_id, request_timestamp, signature; objects: dao_name,

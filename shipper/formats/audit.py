@@ -33,6 +33,8 @@ from shipper.formats.values import (
     epoch_ms, iso_epoch_ms, parse_query, port_field, split_target, split_url, status_field, to_number, to_str,
 )
 from shipper.model import Position, Transaction
+from shipper.processors.masking import Masker, normalize
+from shipper.processors.params import MASK
 
 NOT_CHECKED = "not_checked"
 
@@ -183,3 +185,47 @@ def storable(value: Any) -> Any:
     if isinstance(value, list):
         return [storable(v) for v in value]
     return value
+
+
+# -- the masks audit records need beyond every record's (`kong_audit.Poller` spools records masked with them) ---
+# Kong entity and plugin fields that hold a secret under a name none of the default secret names matches: a
+# certificate's alternate private key, a HashiCorp Vault AppRole's secret id, OpenID Connect's private JWKs, SAML's
+# signing key, ACME's EAB HMAC key, AWS Lambda's access key.
+KONG_SECRET_FIELDS = (
+    "key_alt", "approle_secret_id", "secret_id", "client_jwk", "request_signing_key", "eab_hmac_key", "aws_key",
+)  # fmt: skip
+# Admin API collections whose entities Kong also finds by their secret (their schema's endpoint_key): the path
+# segment after one of them may be the secret itself.
+CREDENTIAL_COLLECTIONS = frozenset(
+    normalize(name) for name in ("key-auth", "key-auths", "key-auth-enc", "key-auths-enc", "oauth2_tokens")
+)
+
+
+def audit_masker(names: tuple[str, ...] = (), ship_raw_bodies: bool = False) -> Masker:
+    """The masker audit records are spooled with: the user's names, the default ones and KONG_SECRET_FIELDS."""
+    return Masker((*names, *KONG_SECRET_FIELDS), ship_raw_bodies)
+
+
+def mask_credential_path(path: Any) -> Any:
+    """An Admin API path with the segment after a credential collection masked (`/key-auths/*****`)."""
+    if not isinstance(path, str) or "/" not in path:
+        return path
+    cut = min((i for i in (path.find("?"), path.find("#")) if i >= 0), default=len(path))
+    segments = path[:cut].split("/")
+    masked = False
+    for i in range(len(segments) - 1):
+        if segments[i + 1] not in ("", MASK) and normalize(segments[i]) in CREDENTIAL_COLLECTIONS:
+            segments[i + 1] = MASK
+            masked = True
+    return "/".join(segments) + path[cut:] if masked else path
+
+
+def entities_stripped(record: dict[str, Any]) -> dict[str, Any]:
+    """The record with an entity snapshot that is JSON text behind whitespace stripped of it: the masks look into
+    JSON text that starts with `{` or `[` (what Kong writes), and would pass ` {"key": …}` as plain text."""
+    out = record
+    for name in ("entity", "old_entity"):
+        value = record.get(name)
+        if isinstance(value, str) and value[:1].isspace() and value.lstrip()[:1] in ("{", "["):
+            out = {**out, name: value.strip()}
+    return out

@@ -17,23 +17,25 @@ Kong writes from then on, and each of them would be skipped as already shipped. 
 
 Each record is spooled masked (the spool is state on disk) with the run's `Masker`, the user's `--mask-*` names
 included (the default names when the Poller is given none), after its signature was checked over the record as
-Kong signed it. Audit records hold Kong's own credentials, so `audit_masker` adds the names of Kong entity fields
-that hold a secret under a name no default matches (`KONG_SECRET_FIELDS`: a certificate's `key_alt`, …), and the
-segment of an Admin API path that addresses a credential by its secret (`/key-auths/<the key>`,
-`/consumers/bob/key-auth/<the key>`, `/oauth2_tokens/<the token>`: Kong takes the key itself in place of the id)
-is masked (`mask_credential_path`).
+Kong signed it. Audit records hold Kong's own credentials, so the masker (`formats.audit.audit_masker`) knows
+the names of Kong entity fields that hold a secret under a name no default matches (`KONG_SECRET_FIELDS`: a
+certificate's `key_alt`, …), and the segment of an Admin API path that addresses a credential by its secret
+(`/key-auths/<the key>`, `/consumers/bob/key-auth/<the key>`, `/oauth2_tokens/<the token>`: Kong takes the key
+itself in place of the id) is masked (`mask_credential_path`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import ssl
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
 import httpx
@@ -42,10 +44,9 @@ import orjson
 from shipper.delivery.trust import tls_context
 from shipper.errors import ConfigError, FatalError
 from shipper.formats import audit_signature
-from shipper.formats.audit import lenient_json, storable
+from shipper.formats.audit import audit_masker, entities_stripped, lenient_json, mask_credential_path, storable
 from shipper.formats.values import to_int
-from shipper.processors.masking import BODY_FIELDS, DETAIL_BODIES, Masker, normalize
-from shipper.processors.params import MASK
+from shipper.processors.masking import BODY_FIELDS, DETAIL_BODIES, Masker
 from shipper.sources.checkpoints import write_atomically
 
 log = logging.getLogger("kong-ship")
@@ -60,38 +61,7 @@ ENDPOINTS = {"requests": ("audit_request", "request_id"), "objects": ("audit_obj
 # How far ahead of our clock a request_timestamp may be and still place a record in time (Kong's clock may be ahead
 # of ours; a millisecond value or 1e30 is not a second at all).
 FUTURE_SLACK = 86_400
-
-
-# Kong entity and plugin fields that hold a secret under a name none of the default secret names matches: a
-# certificate's alternate private key, a HashiCorp Vault AppRole's secret id, OpenID Connect's private JWKs, SAML's
-# signing key, ACME's EAB HMAC key, AWS Lambda's access key.
-KONG_SECRET_FIELDS = (
-    "key_alt", "approle_secret_id", "secret_id", "client_jwk", "request_signing_key", "eab_hmac_key", "aws_key",
-)  # fmt: skip
-# Admin API collections whose entities Kong also finds by their secret (their schema's endpoint_key): the path
-# segment after one of them may be the secret itself.
-CREDENTIAL_COLLECTIONS = frozenset(
-    normalize(name) for name in ("key-auth", "key-auths", "key-auth-enc", "key-auths-enc", "oauth2_tokens")
-)
-
-
-def audit_masker(names: tuple[str, ...] = (), ship_raw_bodies: bool = False) -> Masker:
-    """The masker audit records are spooled with: the user's names, the default ones and KONG_SECRET_FIELDS."""
-    return Masker((*names, *KONG_SECRET_FIELDS), ship_raw_bodies)
-
-
-def mask_credential_path(path: Any) -> Any:
-    """An Admin API path with the segment after a credential collection masked (`/key-auths/*****`)."""
-    if not isinstance(path, str) or "/" not in path:
-        return path
-    cut = min((i for i in (path.find("?"), path.find("#")) if i >= 0), default=len(path))
-    segments = path[:cut].split("/")
-    masked = False
-    for i in range(len(segments) - 1):
-        if segments[i + 1] not in ("", MASK) and normalize(segments[i]) in CREDENTIAL_COLLECTIONS:
-            segments[i + 1] = MASK
-            masked = True
-    return "/".join(segments) + path[cut:] if masked else path
+HELD_IN_MEMORY = 4 << 20  # bytes of a poll's new records held in memory; beyond, in a temporary file
 
 
 class AdminUnavailable(Exception):
@@ -100,14 +70,13 @@ class AdminUnavailable(Exception):
 
 def shown_url(url: str) -> str:
     """The URL without any user:password@ part, for messages."""
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        netloc = host + (f":{parts.port}" if parts.port else "")
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # `http://[::1` (the message says it is no URL): its userinfo by the text
+        return re.sub(r"//[^/@]*@", "//", url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))  # the port as given, valid or not
 
 
 def record_id(endpoint: str, record: dict[str, Any]) -> str | None:
@@ -136,11 +105,6 @@ def placed_at(record: dict[str, Any], now: float) -> int | None:
     return ts
 
 
-def endpoint_of(record: dict[str, Any]) -> str:
-    """Which endpoint a record came from, by its shape (for files given to `audit verify`)."""
-    return "objects" if ("dao_name" in record or "entity" in record or "operation" in record) else "requests"
-
-
 class AdminClient:
     def __init__(
         self,
@@ -152,9 +116,16 @@ class AdminClient:
         timeout: float = 30.0,
         page_size: int = MAX_PAGE_SIZE,
     ):
-        parts = urlsplit(admin_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigError(f"--admin-url {admin_url}: expected an http:// or https:// URL, e.g. http://127.0.0.1:8001")
+        try:  # a port that is no number (or out of range) and an unclosed `[` raised a traceback, not exit 2
+            parts = urlsplit(admin_url)
+            valid = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 0) >= 0
+            httpx.URL(admin_url)
+        except (ValueError, httpx.InvalidURL):
+            valid = False
+        if not valid:
+            raise ConfigError(
+                f"--admin-url {shown_url(admin_url)}: expected an http:// or https:// URL, e.g. http://127.0.0.1:8001"
+            )
         self.base = admin_url.rstrip("/")
         self.base_path = parts.path.rstrip("/")
         self.shown = shown_url(self.base)
@@ -162,7 +133,7 @@ class AdminClient:
         self.prefix = f"/{quote(self.workspace, safe='')}" if self.workspace else ""
         self.page_size = max(1, min(page_size, MAX_PAGE_SIZE))
         self.has_token = bool(token)
-        # The sinks' trust store (delivery.trust.tls_context): the default CAs plus --ca-file's, loaded once per process,
+        # The sinks' trust store (delivery.trust.tls_context): the default CAs plus --ca-file's, loaded once a process,
         # so the help's and the README's "on top of the default ones" holds for the Admin API too.
         try:
             verify = tls_context(ca_file or None)
@@ -198,7 +169,8 @@ class AdminClient:
                 log.warning("audit: %s%s repeats its `next` link %s; stopping this poll there", self.shown, path, link)
                 return
             seen.add(key)
-        log.warning("audit: %s: more than %d pages in one poll; the rest waits for the next poll", self.shown, MAX_PAGES)
+        log.warning("audit: %s: more than %d pages in one poll; the rest waits for the next poll", self.shown,
+                    MAX_PAGES)
 
     def _follow(self, link: str, after: int | None) -> tuple[str, dict[str, str]]:
         """The request a `next` link stands for. Kong writes it as a path (`/audit/requests?offset=…`), without
@@ -245,7 +217,8 @@ class AdminClient:
         if 300 <= status < 400:
             # Not followed (the token would go with it) and not retried: it will say the same at the next poll.
             moved = urlsplit(response.headers.get("location", ""))
-            to = f" to {urlunsplit((moved.scheme, moved.netloc.rpartition('@')[2], moved.path, '', ''))}" if moved.path else ""
+            shown = urlunsplit((moved.scheme, moved.netloc.rpartition("@")[2], moved.path, "", ""))
+            to = f" to {shown}" if moved.path else ""
             raise FatalError(
                 f"the Kong Admin API answered GET {where} with a redirect (HTTP {status}){to}, which is not followed: "
                 "pass the Admin API's own URL as --admin-url"
@@ -272,7 +245,7 @@ def _short(text: str) -> str:
 class Edge:
     after: int | None = None  # the newest request_timestamp seen (Unix seconds)
     ids: set[str] = field(default_factory=set)  # the ids seen at that second
-    stray: set[str] = field(default_factory=set)  # the ids of records shipped whose request_timestamp places them nowhere
+    stray: set[str] = field(default_factory=set)  # ids of records shipped whose request_timestamp places them nowhere
 
 
 class Cursor:
@@ -317,11 +290,15 @@ class Cursor:
             "version": 1,
             "source": self.source,
             **{
-                e: {"after": edge.after, "ids": sorted(edge.ids), **({"stray": sorted(edge.stray)} if edge.stray else {})}
+                e: {"after": edge.after, "ids": sorted(edge.ids), **_strays(edge)}
                 for e, edge in self.edges.items()
             },
         }
         write_atomically(self.path, orjson.dumps(data, option=orjson.OPT_INDENT_2))
+
+
+def _strays(edge: Edge) -> dict[str, list[str]]:
+    return {"stray": sorted(edge.stray)} if edge.stray else {}
 
 
 def _describe(source: dict[str, Any]) -> str:
@@ -355,45 +332,65 @@ class Poller:
         return total
 
     def _poll(self, endpoint: str) -> int:
+        """What is new, held page by page as it will be spooled (masked) in a temporary file, not in memory: a
+        first poll of a Kong that keeps 30 days of audit records held them all (8 KiB a record: 100,000 records,
+        840 MiB). Spooled once the last page is read, the oldest page first (`_spool_held`)."""
         kind, _ = ENDPOINTS[endpoint]
         edge = self.cursor.edges[endpoint]
         now = time.time()
-        fresh: list[tuple[int | None, str, dict[str, Any]]] = []
         seen: set[str] = set()
         stray_seen: set[str] = set()
-        for page in self.client.pages(endpoint, edge.after):
-            for record in page:
-                rid = record_key(endpoint, record)
-                if rid in seen:
-                    continue  # shifted onto the next page while we paged
-                seen.add(rid)
-                ts = placed_at(record, now)
-                if ts is None:
-                    stray_seen.add(rid)
-                    if rid in edge.stray:
-                        continue  # shipped by an earlier poll
-                elif edge.after is not None and (ts < edge.after or (ts == edge.after and rid in edge.ids)):
-                    continue  # already shipped (the filter is inclusive), or a server that ignored it
-                fresh.append((ts, rid, record))
-        if not fresh:
-            return 0
-        fresh.reverse()  # pages come newest first
-        fresh.sort(key=lambda item: item[0] if item[0] is not None else -1)  # stable: same-second order kept
-        wrapped = [self._wrap(endpoint, record) for _, _, record in fresh]
-        self.spool.append(kind, wrapped)  # fsynced: from here on, a crash resends rather than loses
-        newest = max((ts for ts, _, _ in fresh if ts is not None), default=None)
+        strays: set[str] = set()  # new ones
+        newest: int | None = None
+        at_newest: set[str] = set()
+        with tempfile.SpooledTemporaryFile(HELD_IN_MEMORY, dir=self.spool.directory) as held:
+            pages: list[tuple[int, int]] = []  # (offset in `held`, records) of each page's new records
+            for page in self.client.pages(endpoint, edge.after):
+                fresh: list[tuple[int | None, dict[str, Any]]] = []
+                for record in page:
+                    rid = record_key(endpoint, record)
+                    if rid in seen:
+                        continue  # shifted onto the next page while we paged
+                    seen.add(rid)
+                    ts = placed_at(record, now)
+                    if ts is None:
+                        stray_seen.add(rid)
+                        if rid in edge.stray:
+                            continue  # shipped by an earlier poll
+                        strays.add(rid)
+                    elif edge.after is not None and (ts < edge.after or (ts == edge.after and rid in edge.ids)):
+                        continue  # already shipped (the filter is inclusive), or a server that ignored it
+                    elif newest is None or ts >= newest:
+                        at_newest = at_newest if ts == newest else set()
+                        newest = ts
+                        at_newest.add(rid)
+                    fresh.append((ts, record))
+                if fresh:
+                    fresh.reverse()  # pages come newest first
+                    fresh.sort(key=lambda item: -1 if item[0] is None else item[0])  # stable: same-second order kept
+                    pages.append((held.tell(), len(fresh)))
+                    held.write(b"".join(orjson.dumps(self._wrap(endpoint, record)) + b"\n" for _, record in fresh))
+            count = sum(n for _, n in pages)
+            if not count:
+                return 0
+            self._spool_held(kind, held, pages)
         after, at_edge = edge.after, edge.ids
         if newest is not None and (edge.after is None or newest >= edge.after):
-            after, at_edge = newest, {rid for ts, rid, _ in fresh if ts == newest}
-            if newest == edge.after:
-                at_edge |= edge.ids
+            after, at_edge = newest, at_newest | (edge.ids if newest == edge.after else set())
         # Strays the Admin API no longer returns are forgotten: it holds them no more (their TTL), or it honours
         # the filter, which leaves out a record that has no request_timestamp.
-        stray = (edge.stray & stray_seen) | {rid for ts, rid, _ in fresh if ts is None}
-        self.cursor.edges[endpoint] = Edge(after, at_edge, stray)
+        self.cursor.edges[endpoint] = Edge(after, at_edge, (edge.stray & stray_seen) | strays)
         self.cursor.save()
-        self.counts[endpoint] += len(fresh)
-        return len(fresh)
+        self.counts[endpoint] += count
+        return count
+
+    def _spool_held(self, kind: str, held: IO[bytes], pages: list[tuple[int, int]]) -> None:
+        """The held records to the spool, oldest page first, each append fsynced: once the last one returns, a
+        crash resends rather than loses (before it, the cursor has not moved: a crash resends what was spooled)."""
+        for offset, records in reversed(pages):
+            held.seek(offset)
+            lines = [held.readline()[:-1] for _ in range(records)]
+            self.spool.append_encoded(kind, lines)
 
     def _wrap(self, endpoint: str, record: dict[str, Any]) -> dict[str, Any]:
         if self.verify_key is not None:
@@ -416,20 +413,10 @@ class Poller:
             orjson.dumps(record)
         except orjson.JSONEncodeError:  # read by lenient_json: bytes that are no UTF-8, which the masks cannot read
             record = storable(record)
-        entry = self.masker.mask_value(_entities_stripped(record), bodies=bodies)
+        entry = self.masker.mask_value(entities_stripped(record), bodies=bodies)
         if endpoint == "requests":
             path = mask_credential_path(entry.get("path"))
             if path is not entry.get("path"):
                 entry = {**entry, "path": path}
         return {"entry": entry, "signature_check": check, "admin_url": self.client.shown, "workspace": self.workspace}
 
-
-def _entities_stripped(record: dict[str, Any]) -> dict[str, Any]:
-    """The record with an entity snapshot that is JSON text behind whitespace stripped of it: the masks look into
-    JSON text that starts with `{` or `[` (what Kong writes), and would pass ` {"key": …}` as plain text."""
-    out = record
-    for name in ("entity", "old_entity"):
-        value = record.get(name)
-        if isinstance(value, str) and value[:1].isspace() and value.lstrip()[:1] in ("{", "["):
-            out = {**out, name: value.strip()}
-    return out
