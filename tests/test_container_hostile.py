@@ -449,3 +449,15 @@ def test_tail_joins_pieces_written_slowly_and_a_rotation_between_pieces_loses_on
     assert SECRET.encode() not in body and SECRET not in err
     for where, data in every_byte_under(state).items():
         assert SECRET.encode() not in data, where
+
+
+@pytest.mark.parametrize("framing", ["cri", "docker"])
+def test_parse_prints_the_joined_records_and_names_the_rest(tmp_path, framing):
+    path, want = (cri_file if framing == "cri" else docker_file)(tmp_path)
+    for fmt in ("auto", framing):
+        result = ship("parse", str(path), "--format", fmt, env=ship_env(), timeout=60)
+        stderr = result.stderr.decode("utf-8", "replace")
+        assert result.returncode == 0 and "Traceback" not in stderr, stderr[-3000:]
+        assert sorted(orjson.loads(x)["event_id"] for x in result.stdout.splitlines()) == sorted(want)
+        assert SECRET.encode() not in result.stdout and SECRET not in stderr
+        assert "unfinished line (not printed)" in stderr and "internal_error" not in stderr
