@@ -33,7 +33,8 @@ COLUMNS = ("shipped", "filtered", "dead-lettered", "rejected", "skipped", "blank
 
 
 def secret_jwt(seq: int) -> str:
-    return gen.jwt_for(f"user-{seq}").rsplit(".", 1)[0] + "." + SECRET + f"sig{seq}"
+    """A well-formed token for `user-<seq>` whose signature holds the marker (20 base64url characters)."""
+    return gen.jwt_for(f"user-{seq}").rsplit(".", 1)[0] + "." + SECRET + f"{seq % 10000:04d}"
 
 
 def kong(seq: int, **change: Any) -> bytes:
@@ -204,6 +205,8 @@ def test_cri_pieces_of_every_size_interleaved_with_stderr_arrive_whole_and_once(
     run = backfill(path, tmp_path, workers)
     assert sorted(run.ids()) == sorted(want)
     assert run.row["blank"] == 1 and run.row["dead-lettered"] == 1 and run.dead[0]["reason"] == "not_json"
+    users = {e["messageId"]: e.get("userId") for e in run.events}
+    assert all(users[rid] == "user-" + rid.split("-")[1] for rid in want), users  # each token read whole
     assert "unfinished line" in run.stderr
 
 
