@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 import gen
-from conftest import FAST, every_byte_under, ship, ship_env
+from conftest import FAST, every_byte_under, ship, ship_env, summary_rows
 from fakes.hostile import Cut, Endless, Trickle, hostile
 from fakes.httpfake import Response
 from fakes.moesif import FakeMoesif
@@ -257,3 +257,53 @@ def test_a_vendor_quoting_our_credential_in_its_refusal_never_gets_it_written(tm
                                              **every_byte_under(state)}.items()
               if any(c[:9].encode() in data for c in credentials)]  # fmt: skip
     assert not leaked, (leaked, text[-1500:])
+
+
+# -- Moesif's regex_config: patterns that backtrack for ever ----------------------------------------------------
+HOSTILE_RULES = [r"(a+)+$", r"^(\w+\s?)*$", r"\d*\d*\d*x", r".*.*=x", r"(a|a)*$"]
+
+
+def test_regex_config_patterns_that_backtrack_for_ever_are_refused_and_the_others_still_apply(tmp_path):
+    """/v1/config's regex_config holds rules whose patterns take exponential or polynomial time on the paths
+    clients send (`(a+)+$` on /aaa…a!, `\\d*\\d*\\d*x` on /111…1), each at sample rate 0, beside `^/health$` at 0.
+    Each hostile pattern is refused with one line and never matches; /health is still sampled away; every
+    other record arrives once, weight 1. Before, the first pumped path held the process (and its GIL) for
+    ever: Python's re cannot be interrupted."""
+    log = tmp_path / "kong.json"
+    paths = {}
+    for seq in range(60):
+        path = "/" + ("a" * 3000 + "!" if seq % 3 == 0 else "1" * 3000 if seq % 3 == 1 else "ok")
+        paths[seq] = "/health" if seq % 5 == 0 else path
+        with open(log, "ab") as handle:
+            handle.write(gen.kong_line(gen.kong_record(seq, path=paths[seq], status=200)))
+    rules = [{"sample_rate": 0, "conditions": [{"path": "request.route", "value": value}]}
+             for value in [*HOSTILE_RULES, "^/health$"]]  # fmt: skip
+    config = {"sample_rate": 100, "user_sample_rate": {}, "company_sample_rate": {}, "regex_config": rules}
+    with fake_of("moesif", config=config) as fake:
+        out = backfill("moesif", fake, tmp_path, log, "--batch-size", "20", timeout=40)
+        got = arrived("moesif", fake)
+        weights = {e["weight"] for e in fake.events}
+    text = no_traceback(out.stderr)
+    assert out.returncode == 0, text[-2000:]
+    health = {seq for seq, path in paths.items() if path == "/health"}
+    exactly_once(got, set(range(60)) - health)
+    assert weights == {1}
+    assert summary_rows(out.stderr)["moesif"]["skipped"] == len(health)
+    assert text.count("it never matches") == len(HOSTILE_RULES), text[-3000:]
+
+
+REFUSED = [*HOSTILE_RULES, r"(.*)*x", r"(a|ab)*c", r"(\w+)\1", r"(?:a{1,20})*b", r"/users/.*/orders/.*x",
+           r"^.*a.*b.*c", r"(?=.*a.*b)", r"x(?:.*|b).*y", r"[a-z]+[a-z0-9]+!"]  # fmt: skip
+KEPT = [r"^/health$", r"GET|POST", r"^/users/[^/]+/orders/[^/]+$", r"^/api/.*/orders/.*$", r"^2\d\d$", r"/v1/.*",
+        r"/users/[^/]+/orders/[^/]+$", r"^(GET|POST)$", r"mutation\s+createUser", r"^10\.0\.\d+\.\d+$",
+        r"(?i)^/HEALTH", r"query\s*\{", r"^/a{1,3}$"]  # fmt: skip
+
+
+def test_which_patterns_are_refused():
+    """Refused: a repeat over a variable repeat or an alternation, a backreference, two wide repeats that can take
+    the same characters unanchored (one such pair anchored at the start is quadratic at worst, and kept). Kept:
+    the rules Moesif's dashboards write (routes, verbs, statuses, addresses, GraphQL operations)."""
+    from shipper.sinks.moesif_regex import backtracks_safely
+
+    assert [p for p in REFUSED if backtracks_safely(p)] == []
+    assert [p for p in KEPT if not backtracks_safely(p)] == []

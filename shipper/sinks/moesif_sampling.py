@@ -27,6 +27,8 @@ from typing import Any
 
 import httpx
 
+from shipper.sinks.moesif_regex import MATCH_CHARS, backtracks_safely
+
 log = logging.getLogger("kong-ship")
 
 CONFIG_REFRESH = 300.0  # seconds between /v1/config fetches (sooner when an answer's config ETag changes)
@@ -77,9 +79,14 @@ def parse_regex_config(rules: Any) -> list[RegexRule]:
         compiled: list[tuple[str, re.Pattern[str] | None]] = []
         for path, value in table.items():
             try:
-                compiled.append((path, re.compile(value)))
-            except re.error:
-                compiled.append((path, None))  # never matches
+                pattern: re.Pattern[str] | None = re.compile(value)
+            except (re.error, RecursionError, OverflowError):
+                pattern = None  # never matches
+            if pattern is not None and not backtracks_safely(value):
+                log.warning("moesif: a regex_config condition on %s (%.60r) could take exponential or polynomial time "
+                            "to match: it never matches", path, value)
+                pattern = None
+            compiled.append((path, pattern))
         out.append((rate, compiled))
     return out
 
@@ -110,7 +117,8 @@ def regex_rate(rules: list[RegexRule], mapping: dict[str, str]) -> float | None:
     for rate, conditions in rules:
         if not conditions:
             continue  # the plugin's rule with no condition never matched
-        if all(p is not None and path in mapping and p.search(mapping[path]) for path, p in conditions):
+        # At most MATCH_CHARS of each value: what a pattern may take time over is bounded (see below).
+        if all(p is not None and path in mapping and p.search(mapping[path], 0, MATCH_CHARS) for path, p in conditions):
             return rate
     return None
 
