@@ -341,3 +341,61 @@ def test_nginx_header_keys_in_any_case_are_headers_identity_and_the_user_agent_f
     assert fate == EVENT and event["user_id"] == "mixed" and event["user_agent"] == "curl/8", event
     assert event["request_headers"]["authorization"] == "*****"
     assert event["response_headers"] == {"content-type": "text/plain"}
+
+
+# -- Kong records of odd shapes, through real runs ------------------------------------------------------------------
+def kong_changes() -> list[Any]:
+    """Changes to a real Kong record (tests/gen.py) where the brief's hostile Kong shapes go, each with marker
+    secrets under names the masks know."""
+    def header(**values: Any) -> Any:
+        return lambda r: r["request"]["headers"].update(values)
+
+    def request(**values: Any) -> Any:
+        return lambda r: r["request"].update(values)
+
+    def top(**values: Any) -> Any:
+        return lambda r: r.update(values)
+
+    return [
+        header(Authorization="Bearer " + SECRET, authorization="REDACTED", AUTHORIZATION=[SECRET]),
+        header(cookie=["a=" + SECRET, "b=" + SECRET]), header(**{"X-Api-Key": SECRET, "x-api-key": [SECRET]}),
+        header(authorization=["REDACTED", bearer({"sub": "second"})]), header(authorization=bearer({"sub": 7})),
+        request(querystring={"flag": True, "token": SECRET, "l": ["x", True], "access_token": [SECRET, SECRET]}),
+        request(querystring=[["token", SECRET]]), request(querystring="token=" + SECRET),
+        request(url=f"http://u:{SECRET}@h/p?x=1"), request(url="http://[::1]:8000/p?token=" + SECRET),
+        request(url=f"h.example/p?token={SECRET}"), request(url=f"http://h\u00e9/\u00fc?token={SECRET}"),
+        request(url=f"//h/p?api_key={SECRET}"), request(uri=f"/p#access_token={SECRET}"),
+        request(body={"a": [{"client_secret": SECRET}]}), request(body=f"password={SECRET}&a=1"),
+        top(consumer=[{"id": "x"}]), top(consumer=None), top(consumer={"id": {"uuid": "u-1"}, "username": ""}),
+        top(authenticated_entity=["x"]), top(authenticated_entity={"consumer_id": {"uuid": "c-9"}}),
+        top(tries={"a": 1}), top(tries=[[1], None, "x", {"ip": 5, "port": "99999", "code": "5xx"}]),
+        top(started_at="1763800000.5"), top(started_at=1763800000123456), top(started_at=1763800000123456789),
+        top(started_at=str(1763800000123)), top(started_at=None), top(started_at="2026-01-01T00:00:00Z"),
+        top(latencies={"request": "12", "kong": "-3", "proxy": -1, "receive": "1e3"}),
+        top(upstream_uri=f"/p?api_key={SECRET}"), top(jwt=SECRET + ".a.b"), top(jwt=bearer({"sub": "field"})),
+        top(service={"id": "s", "host": "h", "path": f"/p?token={SECRET}", "url": f"https://a:{SECRET}@x"}),
+        lambda r: r["response"]["headers"].update({"Set-Cookie": [SECRET, SECRET]}),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_odd_kong_shapes_ship_and_leak_nothing_through_backfill(tmp_path, workers):
+    lines, want = [], set()
+    for seq, change in enumerate(kong_changes()):
+        record = gen.kong_record(seq)
+        record["request"]["id"] = f"kong-{seq}"
+        change(record)
+        lines.append(orjson.dumps(record))
+        want.add(f"kong-{seq}")
+    path = tmp_path / "kong.json"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    state = tmp_path / "state"
+    result = ship("backfill", str(path), "--sink", "stdout", "--state-dir", str(state), "--workers", str(workers),
+                  *FAST, env=ship_env(), timeout=120)  # fmt: skip
+    events, row, dead, _ = finished(result, state)
+    assert sorted(e["messageId"] for e in events) == sorted(want) and not dead, dead
+    assert row["read"] == row["shipped"] == len(lines), row
+    users = {e["messageId"]: e.get("userId") for e in events}
+    # A repeated Authorization header: the first of its values holding a token (its first value was taken).
+    assert users["kong-3"] == "second" and users["kong-4"] == "7" and users["kong-32"] == "field", users
+    assert users["kong-18"] == "u-1" and users["kong-20"] == "c-9", users  # ids logged as objects

@@ -70,8 +70,6 @@ def _place(dotted: tuple[str, ...]) -> tuple[tuple[str, ...], str | None]:
 
 
 def _token(value: Any) -> str | None:
-    if isinstance(value, list):  # a repeated header: the first usable one
-        value = next((v for v in value if isinstance(v, str)), None)
     if not isinstance(value, str):
         return None
     value = value.strip()
@@ -224,6 +222,13 @@ class Identify:
 
     def _read(self, value: Any) -> tuple[dict[str, Any] | None, str | None]:
         """(claims, the configured claim) of a JWT place's value; (None, None) when it holds no usable token."""
+        if type(value) is list:
+            # A repeated header: the first of its texts that holds a token (the first text was taken, and so
+            # `["REDACTED", "Bearer <token>"]` or `["Basic …", "Bearer <token>"]` named nobody).
+            for item in value:
+                if type(item) is str and (reading := self._read(item))[0] is not None:
+                    return reading
+            return _NO_TOKEN
         token = _token(value)
         if token is None:
             return _NO_TOKEN
