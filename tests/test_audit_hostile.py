@@ -414,7 +414,45 @@ def test_an_admin_url_that_is_no_url_is_one_line_and_exit_2(tmp_path, keys, url)
     or an attempt to connect."""
     _, public_pem, _ = keys
     for args in (["audit", "verify", "--public-key", str(public_pem)],
-                 ["audit", "tail", "--no-admin-token", "--sink", "stdout", "--state-dir", str(tmp_path), "--once"]):  # fmt: skip
+                 ["audit", "tail", "--no-admin-token", "--sink", "stdout", "--state-dir", str(tmp_path),
+                  "--once"]):  # fmt: skip
         result = ship(*args, "--admin-url", url, env=env())
         assert result.returncode == 2, (args, result.stderr.decode())
         assert "--admin-url" in one_line(result.stderr) and "PW-URL-1" not in result.stderr.decode()
+
+
+@pytest.mark.parametrize("cursor", ['{"requests": [1]}', '{"requests": {"after": "abc"}}', '{"objects": 5}',
+                                    '{"requests": {"after": 5, "ids": "abc"}}',
+                                    '{"requests": {"after": 5, "ids": ["a"], "stray": [{}]}}'])  # fmt: skip
+def test_a_cursor_not_as_kong_ship_writes_it_is_one_line_and_exit_2(tmp_path, token_file, cursor):
+    """Before: a traceback (`"requests": [1]`), three ids read from `"ids": "abc"`, or everything Kong holds sent
+    again (`"after": "abc"` read as no cursor at all)."""
+    with FakeKongAdmin(TOKEN) as admin:
+        (tmp_path / "state" / "audit").mkdir(parents=True)
+        (tmp_path / "state" / "audit" / "cursor.json").write_text(cursor)
+        result = ship(*tail_args(admin, "http://127.0.0.1:1", tmp_path, token_file, "--once"), env=env())
+        assert result.returncode == 2 and "cursor" in one_line(result.stderr) and "delete it" in result.stderr.decode()
+        assert admin.request_count == 0
+
+
+def test_verify_prints_a_forged_id_escaped(tmp_path, keys):
+    """An id is the forger's text too: its escape sequences and newlines reached the terminal as they were, and bytes
+    that are no UTF-8 (an Admin API answer read leniently) stopped the report with a traceback."""
+    _, public_pem, _ = keys
+    forged = request_text("evil\x1b[2J\nOK: all verified", str(NOW), signature="AAAA")
+    binary = b'{"request_id":"bin-\xff-id","request_timestamp":1,"signature":"AAAA","method":"GET"}'
+    with RawAdmin() as admin:
+        admin.add("requests", forged, NOW)
+        admin.add("requests", binary, 1)
+        for more in ([], ["--json"]):
+            args = ["audit", "verify", "--public-key", str(public_pem), "--admin-url", admin.url, *more]
+            result = ship(*args, env=env())
+            assert result.returncode == 1, result.stderr.decode()
+            assert b"\x1b" not in result.stdout and result.stderr == b"", result.stderr.decode()
+            if not more:
+                lines = result.stdout.decode().splitlines()
+                assert lines[0] == "2 records: 0 verified, 0 unsigned, 2 invalid" and len(lines) == 3, lines
+                assert "invalid: request bin-\\xff-id" in lines
+            else:
+                bad = json.loads(result.stdout)["bad"]
+                assert sorted(item["id"] for item in bad) == ["bin-\\xff-id", "evil\\u001b[2J\\nOK: all verified"]

@@ -34,6 +34,7 @@ from shipper.commands.options import (
 from shipper.commands.running import drive, json_stderr, prepare_spooled, run, say, setup_logging, summary
 from shipper.delivery.dry_run import DryRun
 from shipper.errors import ConfigError, FatalError
+from shipper.output import printable
 from shipper.formats import audit_signature
 from shipper.formats.audit import audit_masker
 from shipper.settings import Settings
@@ -101,7 +102,9 @@ def _token(opts: dict[str, Any], required: bool = True) -> str | None:
     env_set = bool(os.environ.get(TOKEN_ENV, "").strip())
     if opts.get("no_admin_token"):
         if opts.get("admin_token_file") or env_set:
-            raise ConfigError(f"--no-admin-token and a token ({TOKEN_ENV} or --admin-token-file) contradict each other: drop one")
+            raise ConfigError(
+                f"--no-admin-token and a token ({TOKEN_ENV} or --admin-token-file) contradict each other: drop one"
+            )
         return None
     if opts.get("admin_token_file") or env_set:
         return read_secret(TOKEN_ENV, opts.get("admin_token_file"), "--admin-token-file")
@@ -145,7 +148,8 @@ def tail(**kw: Any) -> None:
     opts["ca_file"] = kw.get("ca_file")
     if not opts["admin_url"]:
         raise ConfigError(
-            "no --admin-url: pass the Kong Admin API's URL, e.g. --admin-url http://127.0.0.1:8001 (or set KONG_ADMIN_URL)"
+            "no --admin-url: pass the Kong Admin API's URL, e.g. --admin-url http://127.0.0.1:8001 "
+            "(or set KONG_ADMIN_URL)"
         )
     token = _token(opts)  # before anything else is set up: the most common mistake
     dry_run = DryRun.for_options(kw)
@@ -284,7 +288,8 @@ def _poll_summary(poller: Poller) -> None:
     if json_stderr():  # --log-format json: every stderr line is JSON
         fields = {"requests": counts["requests"], "objects": counts["objects"]}
         if poller.verify_key is not None:
-            fields.update({name: counts[name] for name in (audit_signature.VERIFIED, audit_signature.UNSIGNED, audit_signature.INVALID)})
+            results = (audit_signature.VERIFIED, audit_signature.UNSIGNED, audit_signature.INVALID)
+            fields.update({name: counts[name] for name in results})
         say("info", "audit summary", **fields)
         return
     line = f"audit: {counts['requests']:,} admin requests and {counts['objects']:,} config changes fetched"
@@ -338,7 +343,7 @@ def verify(files: tuple[str, ...], **kw: Any) -> None:
         result = audit_signature.check(record, key)
         counts[result] += 1
         if result == audit_signature.INVALID or (result == audit_signature.UNSIGNED and kw["require_signed"]):
-            item = {"result": result, "kind": endpoint[:-1], "id": record_id(endpoint, record)}
+            item = {"result": result, "kind": endpoint[:-1], "id": _shown_id(record_id(endpoint, record))}
             if where:
                 item["where"] = where
             bad.append(item)
@@ -355,11 +360,20 @@ def verify(files: tuple[str, ...], **kw: Any) -> None:
             f"{counts[audit_signature.UNSIGNED]:,} unsigned, {counts[audit_signature.INVALID]:,} invalid"
         )
         for item in bad:
-            click.echo(
-                f"{item['result']}: {item['kind']} {item['id'] or '(no id)'}" + (f" ({item['where']})" if "where" in item else "")
-            )
+            where = f" ({item['where']})" if "where" in item else ""
+            click.echo(f"{item['result']}: {item['kind']} {item['id'] or '(no id)'}{where}")
     if failed:
         sys.exit(1)
+
+
+def _shown_id(rid: str | None) -> str | None:
+    """A record's id as it may be printed: a forged one is the attacker's text, and its control characters (`\x1b[`
+    sequences, a newline that adds a line of its own) or bytes that are no UTF-8 would reach the terminal, or stop
+    the report (UnicodeEncodeError); they are escaped as JSON escapes them."""
+    if rid is None:
+        return None
+    text = printable(rid)
+    return text if text.isprintable() else orjson.dumps(text).decode()[1:-1]
 
 
 def _from_admin(client: AdminClient) -> Iterator[tuple[str, dict[str, Any], str | None]]:

@@ -277,12 +277,18 @@ class Cursor:
             )
         for endpoint in ENDPOINTS:
             entry = data.get(endpoint) or {}
-            after = to_int(entry.get("after"))
-            ids = entry.get("ids") or []
-            stray = entry.get("stray") or []
-            self.edges[endpoint] = Edge(
-                after, {str(i) for i in ids if isinstance(i, (str, int))}, {str(i) for i in stray if isinstance(i, str)}
-            )
+            entry = entry if isinstance(entry, dict) else {"after": "not an object"}
+            after, ids, stray = entry.get("after"), entry.get("ids") or [], entry.get("stray") or []
+            # What this class writes, or a corrupt cursor: `"ids": "abc"` was read as three ids, `"requests": [1]`
+            # stopped the command with a traceback, `"after": "x"` resent everything.
+            if not (
+                (after is None or type(after) is int) and isinstance(ids, list) and isinstance(stray, list)
+                and all(isinstance(i, (str, int)) for i in ids + stray)
+            ):  # fmt: skip
+                raise ConfigError(
+                    f"the audit cursor {self.path} is not as kong-ship writes it ({endpoint}): fix or delete it"
+                )
+            self.edges[endpoint] = Edge(after, {str(i) for i in ids}, {str(i) for i in stray})
         return self
 
     def save(self) -> None:
