@@ -399,3 +399,13 @@ def test_odd_kong_shapes_ship_and_leak_nothing_through_backfill(tmp_path, worker
     # A repeated Authorization header: the first of its values holding a token (its first value was taken).
     assert users["kong-3"] == "second" and users["kong-4"] == "7" and users["kong-32"] == "field", users
     assert users["kong-18"] == "u-1" and users["kong-20"] == "c-9", users  # ids logged as objects
+
+
+@pytest.mark.parametrize("first", ["REDACTED", "Bearer a.b.c", 5, "Basic !!"])
+def test_a_repeated_authorization_header_gives_the_basic_user_of_its_first_basic_value(first):
+    """Its first value was taken, whatever it was: `bob` went unnamed behind a REDACTED or a Bearer value."""
+    repeated = [first, "Basic Ym9iOnB3"]
+    txn = Transaction(event_id="e", source_format="kong", position=None, raw={},
+                      request_headers={"authorization": repeated})  # fmt: skip
+    txn = Identify()(txn)
+    assert txn.basic_user == "bob" and txn.user_id == "bob" and txn.user_source == "basic"

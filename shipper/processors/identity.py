@@ -105,8 +105,8 @@ def basic_user(value: Any) -> str | None:
     """The user name of `Basic base64(user:password)`; None for anything else or anything malformed (bad
     base64, no colon, an empty name). Kong 2.1+ logs `REDACTED`, so this sees old Kong, Nginx and custom
     fields only."""
-    if type(value) is list:  # a repeated header: the first one
-        value = value[0] if value else None
+    if type(value) is list:  # a repeated header: the first of its values that is one (as for a token)
+        return next((user for item in value if type(item) is str and (user := basic_user(item))), None)
     if type(value) is not str or value[:6].lower() != "basic ":
         return None
     try:
