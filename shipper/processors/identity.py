@@ -106,7 +106,7 @@ def basic_user(value: Any) -> str | None:
     base64, no colon, an empty name). Kong 2.1+ logs `REDACTED`, so this sees old Kong, Nginx and custom
     fields only."""
     if type(value) is list:  # a repeated header: the first of its values that is one (as for a token)
-        return next((user for item in value if type(item) is str and (user := basic_user(item))), None)
+        return next((name for item in value if type(item) is str and (name := basic_user(item))), None)
     if type(value) is not str or value[:6].lower() != "basic ":
         return None
     try:
