@@ -456,3 +456,18 @@ def test_verify_prints_a_forged_id_escaped(tmp_path, keys):
             else:
                 bad = json.loads(result.stdout)["bad"]
                 assert sorted(item["id"] for item in bad) == ["bin-\\xff-id", "evil\\u001b[2J\\nOK: all verified"]
+
+
+def test_tail_logs_a_forged_id_escaped(tmp_path, keys):
+    """The warning for a record whose signature does not verify named its id as it was: a forged id wrote a log
+    line of its own ('kong-ship: INFO: all good') and its escape sequences reached the terminal."""
+    _, public_pem, _ = keys
+    forged = request_text("evil\x1b[2J\nkong-ship: INFO: all good", str(NOW), signature="AAAA")
+    with RawAdmin() as admin:
+        admin.add("requests", forged, NOW)
+        result = ship("audit", "tail", "--admin-url", admin.url, "--no-admin-token", "--sink", "stdout", "--state-dir",
+                      str(tmp_path), "--once", "--verify-key", str(public_pem), env=env())  # fmt: skip
+    assert result.returncode == 1, result.stderr.decode()
+    err = result.stderr.decode()
+    assert "\x1b" not in err and "\nkong-ship: INFO: all good" not in err
+    assert "request evil\\u001b[2J\\nkong-ship: INFO: all good" in err

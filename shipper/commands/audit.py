@@ -34,7 +34,6 @@ from shipper.commands.options import (
 from shipper.commands.running import drive, json_stderr, prepare_spooled, run, say, setup_logging, summary
 from shipper.delivery.dry_run import DryRun
 from shipper.errors import ConfigError, FatalError
-from shipper.output import printable
 from shipper.formats import audit_signature
 from shipper.formats.audit import audit_masker
 from shipper.settings import Settings
@@ -48,6 +47,7 @@ from shipper.sources.kong_audit import (
     Cursor,
     Poller,
     record_id,
+    shown_id,
 )
 
 log = logging.getLogger("kong-ship")
@@ -343,7 +343,7 @@ def verify(files: tuple[str, ...], **kw: Any) -> None:
         result = audit_signature.check(record, key)
         counts[result] += 1
         if result == audit_signature.INVALID or (result == audit_signature.UNSIGNED and kw["require_signed"]):
-            item = {"result": result, "kind": endpoint[:-1], "id": _shown_id(record_id(endpoint, record))}
+            item = {"result": result, "kind": endpoint[:-1], "id": shown_id(record_id(endpoint, record))}
             if where:
                 item["where"] = where
             bad.append(item)
@@ -364,16 +364,6 @@ def verify(files: tuple[str, ...], **kw: Any) -> None:
             click.echo(f"{item['result']}: {item['kind']} {item['id'] or '(no id)'}{where}")
     if failed:
         sys.exit(1)
-
-
-def _shown_id(rid: str | None) -> str | None:
-    """A record's id as it may be printed: a forged one is the attacker's text, and its control characters (`\x1b[`
-    sequences, a newline that adds a line of its own) or bytes that are no UTF-8 would reach the terminal, or stop
-    the report (UnicodeEncodeError); they are escaped as JSON escapes them."""
-    if rid is None:
-        return None
-    text = printable(rid)
-    return text if text.isprintable() else orjson.dumps(text).decode()[1:-1]
 
 
 def _from_admin(client: AdminClient) -> Iterator[tuple[str, dict[str, Any], str | None]]:

@@ -43,6 +43,7 @@ import orjson
 
 from shipper.delivery.trust import tls_context
 from shipper.errors import ConfigError, FatalError
+from shipper.output import printable
 from shipper.formats import audit_signature
 from shipper.formats.audit import audit_masker, entities_stripped, lenient_json, mask_credential_path, storable
 from shipper.formats.values import to_int
@@ -103,6 +104,16 @@ def placed_at(record: dict[str, Any], now: float) -> int | None:
     if ts is None or ts <= 0 or ts > now + FUTURE_SLACK:
         return None
     return ts
+
+
+def shown_id(rid: str | None) -> str | None:
+    """A record's id as it may be printed: a forged one is the attacker's text, and its control characters (`\x1b[`
+    sequences, a newline that adds a line of its own) or bytes that are no UTF-8 would reach the terminal or our log,
+    or stop `audit verify`'s report (UnicodeEncodeError); they are escaped as JSON escapes them."""
+    if rid is None:
+        return None
+    text = printable(rid)
+    return text if text.isprintable() else orjson.dumps(text).decode()[1:-1]
 
 
 class AdminClient:
@@ -404,7 +415,7 @@ class Poller:
             if check == audit_signature.INVALID:
                 log.warning(
                     "audit: %s %s: the signature does not verify; dead-lettered (reason bad_signature)",
-                    endpoint[:-1], record_id(endpoint, record) or "(no id)",
+                    endpoint[:-1], shown_id(record_id(endpoint, record)) or "(no id)",
                 )
         else:
             check = audit_signature.UNSIGNED if record.get("signature") in (None, "") else None
