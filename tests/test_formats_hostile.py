@@ -409,3 +409,49 @@ def test_a_repeated_authorization_header_gives_the_basic_user_of_its_first_basic
                       request_headers={"authorization": repeated})  # fmt: skip
     txn = Identify()(txn)
     assert txn.basic_user == "bob" and txn.user_id == "bob" and txn.user_source == "basic"
+
+
+# -- property: tokens of any shape ------------------------------------------------------------------------------------
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)  # fmt: skip
+CLAIMS = st.dictionaries(st.sampled_from(["sub", "iss", "aud", "user", "jti", "x", ""]), JSON_VALUES, max_size=5)
+SEGMENT_TEXT = st.text(alphabet="ABCDEFabcdef0123456789-_=+/.!", max_size=12)
+
+
+@st.composite
+def token_texts(draw: Any) -> str:
+    """Well-formed tokens of any claims and headers, and texts that only look like tokens."""
+    how = draw(st.sampled_from(["claims", "claims", "raw_payload", "segments", "prefix"]))
+    header = draw(st.one_of(st.just({"alg": "HS256"}), st.dictionaries(st.sampled_from(["alg", "kid", "crit", "b64",
+                                                                                          "typ"]), JSON_VALUES)))
+    if how == "claims":
+        text = token(draw(CLAIMS), header, signature=SECRET)
+    elif how == "raw_payload":
+        payload = draw(st.binary(max_size=40) | st.sampled_from([b"NaN", b"[1]", b'"s"', b"{" * 50, b'{"sub":1e999}']))
+        text = f"{b64(header)}.{b64(payload)}.{SECRET}"
+    elif how == "segments":
+        text = ".".join(draw(st.lists(SEGMENT_TEXT, min_size=1, max_size=4))) + SECRET
+    else:
+        text = draw(st.sampled_from(["Bearer ", "bearer  ", "BEARER\t", "Basic ", " ", ""])) + token(
+            draw(CLAIMS), signature=SECRET)
+    return text
+
+
+IDENTITY_SINKS = {name: sink for name, sink in fuzzlines.build_sinks().items()}
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(token_texts(), st.sampled_from(["http_authorization", "jwt"]), st.booleans())
+def test_no_token_crashes_identity_or_leaves_in_an_event(text, place, as_list):
+    record = nginx(1, **{place: [text] if as_list else text})
+    data = line(record)
+    for name, sink in IDENTITY_SINKS.items():
+        transform = Transformer(Parser(), build_chain(), sink, sink.flat_path(Parser(), build_chain()))
+        fate, payload, _ = transform("f", data, 0, len(data) + 1)
+        assert fate in (EVENT, FILTERED), (name, fate, payload)
+        if fate == EVENT:
+            assert SECRET.encode() not in payload, (name, payload[:2000])
+            assert fuzzlines_numbers_sane(orjson.loads(payload)), (name, payload[:2000])
