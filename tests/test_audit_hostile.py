@@ -471,3 +471,70 @@ def test_tail_logs_a_forged_id_escaped(tmp_path, keys):
     err = result.stderr.decode()
     assert "\x1b" not in err and "\nkong-ship: INFO: all good" not in err
     assert "request evil\\u001b[2J\\nkong-ship: INFO: all good" in err
+
+
+class BreaksPageTwo(FakeKongAdmin):
+    """The Admin API restarting (connection reset) or answering broken JSON on the second page, `breaks` times."""
+
+    breaks = 0
+    how = "reset"
+
+    def respond(self, req):
+        if "offset=" in req.path and self.breaks > 0:
+            self.breaks -= 1
+            if self.how == "truncated":
+                return Response(200, {"Content-Type": "application/json"}, b'{"data": [{"request_id": "x", "req')
+            if self.how == "reset":  # the connection closed with no answer, as by a restarting Kong
+                raise ConnectionResetError("restarting")
+            return Response(502, {}, b"<html>Bad Gateway</html>")
+        return super().respond(req)
+
+
+@pytest.mark.parametrize("how", ["reset", "truncated", "bad-gateway"])
+def test_a_broken_page_mid_poll_is_retried_and_every_record_ships_once(tmp_path, token_file, how):
+    """Held before: the poll is all or nothing (nothing spooled, the cursor unmoved), retried at the next interval."""
+    with BreaksPageTwo(TOKEN) as admin, FakeSegment() as segment:
+        records = [admin.add_request(T0 + i, signed=False) for i in range(7)]
+        admin.how, admin.breaks = how, 3
+        args = tail_args(admin, segment.url, tmp_path, token_file, "--page-size", "3", "--interval", "0.2")
+        proc = subprocess.Popen([sys.executable, "-m", "shipper", *args], env=env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+        with reaped(proc):
+            segment.wait_for(lambda: set(message_ids(segment)) == expected_ids(records), timeout=20)
+            os.killpg(proc.pid, signal.SIGTERM)
+            _, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err.decode()
+        assert admin.breaks == 0 and message_ids(segment) == collections.Counter(expected_ids(records))
+        assert err.decode().count("trying again every") == 1, err.decode()
+
+
+def test_verify_signature_odd_cases(tmp_path, keys):
+    """Held before: a signature of the wrong length, not base64, not a string, made with another key, or a record
+    changed after signing is invalid (exit 1); an absent or empty one is unsigned (exit 0 unless --require-signed)."""
+    private, public_pem, _ = keys
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    with FakeKongAdmin(None, private_key=private) as admin:
+        good = admin.add_request(T0)
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    cases = {
+        "short": dict(good, signature=base64.b64encode(b"x" * 10).decode()),
+        "long": dict(good, signature=base64.b64encode(b"x" * 1024).decode()),
+        "not-base64": dict(good, signature="!!not base64!!"),
+        "number": dict(good, signature=12345),
+        "other-key": dict(good, signature=base64.b64encode(other.sign(
+            sig.canonical_bytes(good), padding.PKCS1v15(), hashes.SHA256())).decode()),
+        "changed": dict(good, path="/consumers/someone-else"),
+        "absent": {k: v for k, v in good.items() if k != "signature"},
+        "empty": dict(good, signature=""),
+    }  # fmt: skip
+    key = sig.load_public_key(str(public_pem))
+    verdicts = {name: sig.check(record, key) for name, record in cases.items()}
+    invalid = {name: sig.INVALID for name in list(cases)[:6]}
+    assert verdicts == {**invalid, "absent": sig.UNSIGNED, "empty": sig.UNSIGNED}
+    assert sig.check(good, key) == sig.VERIFIED
+    path = tmp_path / "records.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in cases.values()))
+    result = ship("audit", "verify", "--public-key", str(public_pem), str(path), env=env())
+    assert result.returncode == 1
+    assert result.stdout.decode().splitlines()[0] == "8 records: 0 verified, 2 unsigned, 6 invalid"
