@@ -33,10 +33,11 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import click
+import httpx
 
 from shipper.counters import ROUTED_ELSEWHERE, UNROUTED
 from shipper.errors import ConfigError
@@ -44,7 +45,7 @@ from shipper.model import Transaction
 from shipper.processors import Dropped
 from shipper.processors.redact import redact_url, url_has_userinfo
 from shipper.sinks import sink_class
-from shipper.sinks.base import FlatEncode, OptionList, Sink, WrappedSink
+from shipper.sinks.base import FATAL, FlatEncode, OptionList, Sink, Verdict, WrappedSink
 from shipper.sinks.credentials import env_suffix
 
 if TYPE_CHECKING:
@@ -277,9 +278,21 @@ def lane_chain(sink: Any, chain: list[Processor]) -> list[Processor]:
 class RoutedSink(WrappedSink):
     """A sink under its lane's name (`segment@team-a`), whose lane keeps only its records (`lane_chain`)."""
 
-    def __init__(self, inner: Sink, name: str, select: Selector):
+    def __init__(self, inner: Sink, name: str, select: Selector, credential: str | None = None):
         super().__init__(inner, name)
         self.select = select
+        self.credential = credential  # where a route's credential comes from, for its fatal line
+
+    def judge(self, response: httpx.Response) -> Verdict:
+        """A route's fatal answer names its lane, and a refused credential the route's own (the sink's line names
+        the default's, which a route never uses)."""
+        verdict = self.inner.judge(response)
+        if verdict.kind != FATAL or self.credential is None:
+            return verdict
+        reason = f"{self.name}: {verdict.reason}"
+        if response.status_code in (401, 403):  # the sinks' lines end ": check <the default's credential>"
+            reason = f"{reason.split(': check ', 1)[0]}: check this route's credential, {self.credential}"
+        return replace(verdict, reason=reason)
 
     def flat_path(self, parser: Parser, chain: Sequence[Processor]) -> FlatEncode | None:
         return None  # a flat path runs only the processors it knows: it must never skip the RouteFilter
@@ -303,8 +316,15 @@ def build_sinks(routing: Routing, plain: Sequence[str], sink_options: Mapping[st
     for i, route in enumerate(routing.routes):
         inner = build_route_sink(routing.path, route, sink_options, urls.get(route.sink))
         others = matches[:i] + matches[i + 1 :]
-        sinks.append(RoutedSink(inner, route.lane, Selector(route.match, others, has_default)))
+        sinks.append(RoutedSink(inner, route.lane, Selector(route.match, others, has_default), credential(route)))
     return sinks
+
+
+def credential(route: Route) -> str:
+    """Where the route's credential comes from, as its fatal line says it (the file's path, never the value)."""
+    key, env = CREDENTIALS[route.sink]
+    given = route.options.get(f"{route.sink}_{key}")
+    return f"{key} {os.path.abspath(given)} in its [[route]] table" if given else f"{env}_{route.env_suffix}"
 
 
 def build_route_sink(path: str, route: Route, sink_options: Mapping[str, Any], url: str | None) -> Sink:
