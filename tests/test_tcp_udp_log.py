@@ -323,6 +323,62 @@ def test_a_client_reconnecting_for_each_few_garbage_lines_is_limited_too(shipper
         assert shipped(fake) == collections.Counter({1: 1})
 
 
+def peak_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as handle:
+        return next(int(row.split()[1]) / 1024 for row in handle if row.startswith("VmHWM:"))
+
+
+def test_unfinished_lines_and_lines_parsed_at_once_are_bounded_across_connections(shippers, tmp_path):
+    """Each connection (1,024 at once) held an unfinished line of up to --max-body-bytes, and each thread parsed
+    its own lines, up to ~32 times their size: 200 connections with 1 MiB unterminated and 10 lines of 1 MiB of
+    `[]`s grew the peak RSS by 365 MiB (1,024 connections: gigabytes). Past 64 KiB an unfinished line takes a
+    place in a shared budget (16 lines of --max-body-bytes), whole, and a connection waits for one unread; lines
+    are parsed one at a time. Large records sent in two halves on 32 connections at once (twice the places) all
+    arrive: a connection with a place always finishes its line."""
+    with FakeSegment() as fake:
+        rx = Listening(shippers, tmp_path, fake, http=False)
+        pid = rx.proc.proc.pid
+        before = peak_rss_mib(pid)
+        held = [rx.connect() for _ in range(200)]
+        for sock in held:
+            sock.sendall(b"x" * ((1 << 20) - 100))  # never finished
+        crowded = [rx.connect() for _ in range(10)]
+        for sock in crowded:
+            sock.sendall(b'{"request": {"a": [' + b"[]," * 340_000 + b"[]]}}\n")
+        time.sleep(2)  # all of it sent and read (or waiting, unread, in the kernel's buffers)
+        grown = peak_rss_mib(pid) - before
+        for sock in held + crowded:
+            sock.close()
+        assert grown < 150, f"unfinished and crowded lines grew the peak RSS by {grown:.0f} MiB"  # was 365
+        big = [socket.create_connection(("127.0.0.1", rx.tcp_port), timeout=60) for _ in range(32)]
+        records = [line(1000 + n)[:-1][:-1] + b', "pad": "' + b"p" * 300_000 + b'"}\n' for n in range(32)]
+        for sock, record in zip(big, records):
+            sock.sendall(record[:150_000])
+        time.sleep(0.5)
+        for sock, record in zip(big, records):
+            sock.sendall(record[150_000:])
+        for sock in big:
+            close_and_wait(sock)  # behind the crowded lines, parsed one at a time (~0.3 s each)
+        with rx.connect() as sock:
+            sock.sendall(line(1))
+        def seqs() -> set:
+            found = set()
+            for message in messages(fake):
+                try:
+                    found.add(gen.seq_of_segment_message(message))
+                except ValueError:  # a crowded record, shipped: it has no URL
+                    pass
+            return found
+
+        fake.wait_for(lambda: 1 in seqs(), timeout=20)
+        code, _, err = rx.proc.stop()
+        assert code == 0 and "Traceback" not in err, err[-3000:]
+        # Every record spooled (the 10 crowded, the 32 large, the last; shipped or dead-lettered since, pruned),
+        # and each unfinished line dead-lettered when its connection closed.
+        # (244 connections: and the start-up check's)
+        assert "tcp-log: received 43 records on 244 connections; 200 dead-lettered" in err, err[-3000:]
+
+
 # -- the listeners in-process: back-pressure and drops, observed through the `overloaded` they consult ---------
 class Overload:
     """The listeners' `overloaded()`: the test says whether the backlog is full and sees who asked."""

@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator
 
 from shipper.deadletter import PREFIX_BYTES
 from shipper.sources import sockets
-from shipper.sources.http_limits import Throttled, accept_failed
+from shipper.sources.http_limits import Budget, Throttled, accept_failed
 from shipper.sources.intake import Intake
 from shipper.threads import start_thread
 
@@ -51,6 +51,12 @@ HANDSHAKE_TIMEOUT = 10.0  # Kong's own send timeout default
 POLL = 0.2  # seconds between looks at the stop flag and the backlog while a connection is quiet
 READ_BYTES = 65536
 LISTEN_BACKLOG = 1024
+# Memory: each connection (1,024 at once) could hold an unfinished line of --max-body-bytes, and each thread parse
+# one, up to ~32 times its size in Python objects: 100 connections with 1 MiB unterminated grew RSS by 113 MiB,
+# 30 lines of 1 MiB of `[]`s by 240 MiB. So:
+FREE_LINE_BYTES = 64 << 10  # of an unfinished line, held by any connection without charge (Kong's: 1-3 KB)
+UNFINISHED_LINES = 16  # lines of --max-body-bytes all connections' unfinished lines may hold beyond that, together
+DECODING_LINES = 1  # lines of --max-body-bytes being decoded at once, in all (the GIL runs one at a time anyway)
 
 
 class LineFramer:
@@ -92,6 +98,10 @@ class LineFramer:
                 self._skipping = (bytes(self.buffer[:PREFIX_BYTES]), len(self.buffer))
                 self.buffer = bytearray()
 
+    def pending(self) -> int:
+        """Bytes of an unfinished line held."""
+        return len(self.buffer)
+
     def leftover(self) -> tuple[bytes, int] | None:
         """What the stream ended in the middle of: (first bytes, length), or None."""
         if self._skipping is not None:
@@ -99,6 +109,35 @@ class LineFramer:
         if self.buffer.strip():
             return bytes(self.buffer), len(self.buffer)
         return None
+
+
+class Charge:
+    """One connection's unfinished line, charged to the listener's shared budget once over `FREE_LINE_BYTES`: by
+    the whole of `limit` at once (what it may grow to), so that a connection holding a charge can always finish
+    its line. Charged bit by bit, connections each holding part of the budget and waiting for more would wait
+    for one another forever."""
+
+    def __init__(self, budget: Budget, limit: int):
+        self.budget = budget
+        self.limit = limit
+        self.held = 0
+
+    def settle(self, pending: int) -> bool:
+        """Charge (or give back) for an unfinished line of `pending` bytes; False when the budget cannot cover
+        it yet: the connection is not read meanwhile (what it sends waits in the kernel's buffers)."""
+        want = self.limit if pending > FREE_LINE_BYTES else 0
+        if want == self.held:
+            return True
+        if want == 0:
+            self.budget.give(self.held)
+        elif not self.budget.take(want):
+            return False
+        self.held = want
+        return True
+
+    def release(self) -> None:
+        self.budget.give(self.held)
+        self.held = 0
 
 
 class TcpLogListener:
@@ -131,6 +170,9 @@ class TcpLogListener:
         self._overload_warnings = Throttled()
         self._cap_warnings = Throttled()
         self._accept_warnings = Throttled()
+        self._unfinished_warnings = Throttled()
+        self._unfinished = Budget(UNFINISHED_LINES * max_line_bytes)
+        self._decoding = Budget(DECODING_LINES * max_line_bytes)
         self._accepting: threading.Thread | None = None
         self._sock = sockets.bound(host, port, socket.SOCK_STREAM, listen_backlog=LISTEN_BACKLOG, timeout=POLL,
                                    options=[(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)])
@@ -192,8 +234,22 @@ class TcpLogListener:
                 return
         conn.settimeout(POLL)
         framer = LineFramer(self.max_line_bytes)
+        charge = Charge(self._unfinished, self.max_line_bytes)
+        try:
+            self._read_lines(conn, where, framer, charge)
+        finally:
+            charge.release()
+
+    def _read_lines(self, conn: socket.socket, where: str, framer: LineFramer, charge: Charge) -> None:
         last_data = time.monotonic()
         while not self._stop.is_set():
+            if not charge.settle(framer.pending()):
+                self._unfinished_warnings.warn(
+                    "receive: tcp-log: unfinished lines over %d bytes at once: connections with one wait",
+                    self._unfinished.limit)
+                self._stop.wait(POLL)
+                last_data = time.monotonic()  # not the client's idleness: ours
+                continue
             if self.overloaded():
                 # Back-pressure: not reading leaves Kong's sends in the socket buffers, then blocks them.
                 self._overload_warnings.warn(
@@ -236,7 +292,13 @@ class TcpLogListener:
     def _take(self, items: Iterator[tuple[str, bytes, int]], where: str) -> None:
         for kind, data, length in items:
             if kind == "line":
-                self.intake.take(data, where, wait=True)
+                # Parsed, a line weighs up to ~32 times its size: a bounded few bytes of them at once.
+                while not self._decoding.take(len(data)):
+                    time.sleep(0.005)  # its holders are parsing (CPU), never waiting for a client
+                try:
+                    self.intake.take(data, where, wait=True)
+                finally:
+                    self._decoding.give(len(data))
             else:
                 self.intake.reject("too_long", f"tcp-log record from {where}: {length} bytes, over --max-body-bytes "
                                    f"({self.max_line_bytes})", data, truncated=True, peer=where)
