@@ -249,10 +249,9 @@ def test_docker_entries_split_anywhere_and_odd_entries_are_accounted_for(tmp_pat
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_split_line_over_max_line_bytes_is_one_too_long_dead_letter(tmp_path, workers, framing):
     """Joined pieces over the limit, and a record whose every piece is itself over the limit (possible with a
-    --max-line-bytes under the runtime's 16 KiB): each piece of a CRI record was a dead letter of its own, and
-    its last piece a fragment (read 7, 4 dead letters, for 5 records). A Docker entry cannot say it is a piece
-    from its first 4 KiB (container.py's known limit): such a record is lost all the same, one dead letter a
-    piece."""
+    --max-line-bytes under the runtime's 16 KiB): each piece of such a record was a dead letter of its own, and
+    its last piece a fragment (read 7, 4 dead letters, for 5 records), and a long stderr line was dead-lettered.
+    A CRI piece says what it is in its first bytes, a json-file entry in its last ones."""
     wrap = cri if framing == "cri" else docker
     lines = wrap(kong(1), piece=300)
     big = kong(2, padding="p" * 9000)
@@ -260,15 +259,11 @@ def test_a_split_line_over_max_line_bytes_is_one_too_long_dead_letter(tmp_path, 
     lines += wrap(kong(3), piece=300)
     lines += wrap(kong(4, padding="q" * 12000), piece=5000)  # each piece over 4 KiB already
     lines += wrap(kong(5), piece=300)
-    if framing == "cri":
-        lines += cri(b"[error] " + b"e" * 6000, "stderr", piece=5000)  # stderr over the limit: skipped, as stderr
+    lines += wrap(b"[error] " + b"e" * 6000, "stderr", piece=5000)  # stderr over the limit: skipped, as stderr
     run = backfill(write(tmp_path / "0.log", lines), tmp_path, workers, "--max-line-bytes", "4096")
     assert sorted(run.ids()) == ["kong-1", "kong-3", "kong-5"]
-    if framing == "cri":
-        assert [d["reason"] for d in run.dead] == ["too_long", "too_long"], run.dead
-        assert run.row["read"] == 7 and run.row["skipped"] == 2, run.row
-    else:
-        assert {d["reason"] for d in run.dead} == {"too_long"} and run.row["read"] >= 5, run.dead
+    assert [d["reason"] for d in run.dead] == ["too_long", "too_long"], run.dead
+    assert run.row["read"] == 7 and run.row["skipped"] == 2, run.row
 
 
 # -- property: damaged framings of real records ---------------------------------------------------------------------
@@ -464,3 +459,47 @@ def test_parse_prints_the_joined_records_and_names_the_rest(tmp_path, framing):
         assert sorted(orjson.loads(x)["event_id"] for x in result.stdout.splitlines()) == sorted(want)
         assert SECRET.encode() not in result.stdout and SECRET not in stderr
         assert "unfinished line (not printed)" in stderr and "internal_error" not in stderr
+
+
+@pytest.mark.parametrize(("ending", "is_piece"), [
+    (b'abc\\n","stream":"stdout","time":"2026-01-01T00:00:00Z"}', False),
+    (b'abc","stream":"stdout","time":"2026-01-01T00:00:00Z"}', True),
+    (b'abc\\\\n","stream":"stdout","time":"2026-01-01T00:00:00Z"}', True),  # the text `\n`, no newline
+    (b'abc\\\\\\n","stream":"stdout","time":"2026-01-01T00:00:00Z"}', False),
+    (b'abc\\n","stream":"stdout","attrs":{"tag":"kong"},"time":"2026-01-01T00:00:00Z"}', False),
+    (b'abc","stream":"stdout","attrs":{"tag":"kong"},"time":"2026-01-01T00:00:00Z"}', True),
+])  # fmt: skip
+def test_a_json_file_entry_too_long_to_read_is_told_by_its_last_bytes(ending, is_piece):
+    from shipper.sources.container import Framer
+    from shipper.sources.reading import Oversize
+
+    framer = Framer("auto", 4096)
+    framer.start(b'{"log":')
+    made = list(framer.frame("f", Oversize(b'{"log":"{\\"a\\":', 9000, b"x" * 40 + ending), 0, 9001))
+    assert (made == [] and framer.pending_from == 0) if is_piece else type(made[0][1]) is Oversize
+    made = list(framer.frame("f", Oversize(b'{"log":"x', 9000, b"x" * 40 + ending.replace(b"stdout", b"stderr")),
+                             9001, 18002))  # fmt: skip
+    assert type(made[0][1]).__name__ == "Ignored"
+    unknown = list(Framer("docker", 4096).frame("f", Oversize(b'{"log":"x', 9000), 0, 9001))
+    assert type(unknown[0][1]) is Oversize  # no last bytes (a block's line): ends as it is
+
+
+@pytest.mark.parametrize("past_the_read", [100, 400])  # where its first piece ends: bytes into the second read
+@pytest.mark.parametrize("framing", ["cri", "docker"])
+def test_a_piece_over_the_limit_across_a_read_is_told_as_well(tmp_path, framing, past_the_read):
+    """The reader's other way to an over-long line: a read ending inside it, past the limit, so that the rest
+    is skipped as it is read (its first and last bytes kept)."""
+    from shipper.sources.reading import CHUNK
+
+    wrap = cri if framing == "cri" else docker
+    pieces = wrap(kong(2, padding="q" * 12000), piece=5000)  # three entries, the first two over 4 KiB
+    target = CHUNK - (len(pieces[0]) + 1 - past_the_read)  # where the first piece starts
+    filler: list[bytes] = []
+    while target - sum(len(x) + 1 for x in filler) > 1000:
+        filler += wrap(b"[warn] " + b"w" * 200, "stderr")
+    need = target - sum(len(x) + 1 for x in filler) - len(wrap(b"[warn] ", "stderr")[0]) - 1
+    filler += wrap(b"[warn] " + b"p" * need, "stderr")
+    assert sum(len(x) + 1 for x in filler) == target
+    lines = filler + pieces + wrap(kong(5))
+    run = backfill(write(tmp_path / "0.log", lines), tmp_path, 0, "--max-line-bytes", "4096")
+    assert run.ids() == ["kong-5"] and [d["reason"] for d in run.dead] == ["too_long"], run.dead

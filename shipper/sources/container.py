@@ -27,14 +27,17 @@ nothing else there), where every line is tried as json-file.
 Known limit: a line whose pieces the runtime wrote on both sides of a rotation (it reopened the file between
 them) is two fragments: the rotated file's is dead-lettered, as the broken JSON it is, once its compressed copy
 is read (a file that may still grow keeps it waiting); the new file's does not start like a JSON object
-(skipped, `not_access_log`). And a Docker entry longer than --max-line-bytes (only under 16 KiB, the runtime's
-split) cannot be told a piece from a whole line by its first 4 KiB: a record split into such entries is one
-dead letter for each of them (and its last entry's, if shorter, is skipped or dead-lettered as a fragment); a
-CRI piece says so in its prefix, and such a record is one dead letter.
+(skipped, `not_access_log`).
+
+A raw line over --max-line-bytes (possible for a piece only with a limit under the runtime's 16 KiB split) is
+not unwrapped, but what it is shows in its first bytes (CRI) or last bytes (json-file: the stream and whether
+the text ends with a newline), so a record split into such pieces is still one dead letter, and stderr is
+skipped.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -45,6 +48,9 @@ from shipper.formats.values import MAX_EPOCH_MS, MAX_LATENCY_MS
 from shipper.sources.reading import DOCKER_PREFIX, PREFIX_BYTES, Oversize
 
 FRAMINGS = ("auto", "cri", "docker")
+# How dockerd ends a json-file entry (jsonlog's MarshalJSONBuf: log, stream, attrs if any, time): the backslashes
+# and character that end the `log` text, the stream, the time.
+_DOCKER_END = re.compile(rb'(\\*)(.)","stream":"(stdout|stderr)"(?:,"attrs":\{[^{}]*\})?,"time":"([^"]*)"\}\s*$')
 STDERR = "stderr_lines"  # the counters (shipper/counters.py) these lines are counted in, besides `skipped`
 NOT_ACCESS_LOG = "not_access_log"
 
@@ -111,14 +117,16 @@ class Framer:
             # what it is. A piece of stdout is taken as the next piece of its record, so the record (too long
             # either way) ends as one dead letter at its last piece; stderr is skipped as ever. Anything else
             # (a Docker entry, whose `stream` and trailing newline are past the prefix) ends the record here.
-            cri = self._cri(line.prefix) if self.mode != "docker" else None
-            if cri is not None and cri[0] != "stdout":
+            told = self._cri(line.prefix) if self.mode != "docker" else None
+            if told is None and self.mode != "cri":
+                told = self._docker_ends(line)
+            if told is not None and told[0] != "stdout":
                 yield self._clamped(file_id, Ignored(STDERR), start, end)
-            elif cri is not None and cri[1]:
+            elif told is not None and told[1]:
                 if self.pending_from is None:
-                    self.pending_from, self._time, self.direct = start, cri[3], False
+                    self.pending_from, self._time, self.direct = start, told[3], False
                 self._size += line.length
-                self._pieces = [(b"".join(self._pieces) + cri[2])[:PREFIX_BYTES]]
+                self._pieces = [(b"".join(self._pieces) + told[2])[:PREFIX_BYTES]]
             else:
                 yield self._oversize(file_id, line, start, end)
             return
@@ -201,6 +209,21 @@ class Framer:
             return None
         content = b"" if tag_end < 0 else line[tag_end + 1 :]
         return stream, kind == b"P", content, line[:space]
+
+    @staticmethod
+    def _docker_ends(line: Oversize) -> tuple[str, bool, bytes, bytes] | None:
+        """(stream, partial, content's start, time) of a json-file entry too long to read, from its first and last
+        bytes; None if they do not say (not an entry, no last bytes, a run of backslashes longer than them)."""
+        if not line.prefix.startswith(DOCKER_PREFIX):
+            return None
+        end = _DOCKER_END.search(line.suffix)
+        if end is None or end.start() == 0:
+            return None
+        # The text ends with a newline when its last escape is `\n`: an odd run of backslashes before an `n`.
+        partial = not (end.group(2) == b"n" and len(end.group(1)) % 2 == 1)
+        stream = "stdout" if end.group(3) == b"stdout" else "stderr"
+        content = line.prefix[len(DOCKER_PREFIX) + 1 :]  # raw JSON text: kept for the dead letter's prefix only
+        return stream, partial, content, end.group(4)
 
     @staticmethod
     def _docker(line: bytes) -> tuple[str, bool, bytes, str | None] | None:

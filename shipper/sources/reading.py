@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # container.py builds on this module
 CHUNK = 256 * 1024
 GZIP_MAGIC = b"\x1f\x8b"
 PREFIX_BYTES = 4096  # kept of an oversize line, for the dead-letter file
+SUFFIX_BYTES = 256  # ... and its last bytes, for a container framing to tell what it was (container.py)
 # Docker's json-file writer puts `log` first, always (container.py).
 DOCKER_PREFIX = b'{"log":'
 # What reading a gzip file may raise: truncated (EOFError), corrupt (isal's or zlib's error), a bad header
@@ -39,10 +40,12 @@ log = logging.getLogger("kong-ship")
 
 @dataclass(slots=True)
 class Oversize:
-    """Stands in for a line longer than `max_line_bytes`: its first bytes and its full length."""
+    """Stands in for a line longer than `max_line_bytes`: its first bytes and its full length, and its last bytes
+    where the reader had them (b"": unknown)."""
 
     prefix: bytes
     length: int
+    suffix: bytes = b""
 
 
 @dataclass(slots=True)
@@ -87,7 +90,10 @@ def lines_in(handle: OpenFile, data: bytes, max_line_bytes: int) -> Iterator[Lin
         if newline < 0:
             return
         end = handle.read_pos - len(data) + newline + 1
-        yield from framed(handle, Oversize(handle.discard_prefix, end - handle.discard_from), handle.discard_from, end)
+        last = data[max(0, newline - SUFFIX_BYTES) : newline]
+        suffix = last if len(last) == SUFFIX_BYTES else (previous + last)[-SUFFIX_BYTES:]
+        oversize = Oversize(handle.discard_prefix, end - handle.discard_from, suffix)
+        yield from framed(handle, oversize, handle.discard_from, end)
         handle.discard_from, handle.discard_prefix = None, b""
         handle.base, handle.buf = end, b""
         handle.before = before(previous, data, newline + 1)
@@ -114,7 +120,7 @@ def at_eof(handle: OpenFile, unterminated: list[tuple[str, int]]) -> Iterator[Li
     if handle.gz is not None and handle.discard_from is not None:
         # A compressed file is final: its oversize last line is complete without a newline.
         start, end = handle.discard_from, handle.read_pos
-        oversize = Oversize(handle.discard_prefix, end - start)
+        oversize = Oversize(handle.discard_prefix, end - start, handle.recent[-SUFFIX_BYTES:])
         handle.discard_from, handle.discard_prefix, handle.base, handle.before = None, b"", end, handle.recent
         yield from framed(handle, oversize, start, end)
     elif handle.gz is not None and handle.buf:
@@ -159,7 +165,8 @@ def emit(file_id: str, lines: list[bytes], start: int, limit: int | None, framer
             if framer is None:
                 yield file_id, Oversize(line[:PREFIX_BYTES], len(line)), start, end
             else:
-                yield from framer.frame(file_id, Oversize(line[:PREFIX_BYTES], len(line)), start, end)
+                oversize = Oversize(line[:PREFIX_BYTES], len(line), line[-SUFFIX_BYTES:])
+                yield from framer.frame(file_id, oversize, start, end)
                 direct = framer.direct
         elif plain or (direct and line[:1] == b"{"):
             yield file_id, line, start, end  # the hot path: a plain line, a JSON line with a framer
