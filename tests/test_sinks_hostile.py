@@ -307,3 +307,78 @@ def test_which_patterns_are_refused():
 
     assert [p for p in REFUSED if backtracks_safely(p)] == []
     assert [p for p in KEPT if not backtracks_safely(p)] == []
+
+
+# -- fatal answers: one line, exit 1, checkpoint unmoved, a redirect never followed ------------------------------
+FATAL_ANSWERS = [401, 403, 301, 302, 303, 307, 308]
+
+
+@pytest.mark.parametrize("sink", SINKS)
+@pytest.mark.parametrize("status", FATAL_ANSWERS)
+def test_a_fatal_answer_is_one_line_exit_1_the_checkpoint_unmoved_and_a_redirect_never_followed(tmp_path, sink,
+                                                                                                 status):
+    """Every request answered `status` (a redirect to another host, a fake of its own that would take them):
+    exit 1 within the run's first requests, one line naming the answer (a redirect's Location, masked), nothing
+    dead-lettered, no checkpoint past the start, nothing at the other host, no credential in the line."""
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(50))
+    with fake_of(sink) as fake, fake_of(sink) as elsewhere:
+        where = f"{url_of(sink, elsewhere)}/v1/events/batch?access_token={CREDENTIALS[sink]}"
+        fake.script([(status, {"Location": where} if status < 400 else {})] * 1000)
+        out = backfill(sink, fake, tmp_path, log, "--batch-size", "10")
+        requests = fake.request_count
+    text = no_traceback(out.stderr)
+    # (Moesif's /v1/config, answered the same by the script, says so in a warning of its own)
+    lines = [line for line in text.strip().splitlines() if "/v1/config answered" not in line]
+    assert out.returncode == 1 and len(lines) == 1 and "fatal" in lines[0] and str(status) in lines[0], lines
+    if status < 400:
+        assert f"127.0.0.1:{elsewhere.port}" in lines[0]  # the Location named
+    assert CREDENTIALS[sink][:9] not in text
+    assert elsewhere.request_count == 0 and requests <= 10, requests
+    assert not (tmp_path / "state" / "dead-letter.jsonl").exists()
+    assert set(checkpoint_offsets(tmp_path / "state", sink)) <= {0}
+
+
+# -- Retry-After: odd values ------------------------------------------------------------------------------------
+def test_retry_after_values_that_mean_no_wait_fall_back_to_the_backoff_and_a_wait_is_a_second_at_least():
+    """None (the ordinary exponential backoff with jitter) for every value that is no usable wait: absent,
+    garbage, not finite, zero or negative, a date past. A usable wait is kept as said (the sender caps it at an
+    hour), but never under a second (RFC 9110's delay is whole seconds): `0.001` and `1e-300` were honoured as
+    they were, and a vendor refusing every request with them was retried in a tight loop, a request a
+    millisecond."""
+    import email.utils
+
+    import httpx
+
+    from shipper.sinks.base import retry_after_seconds
+
+    now = 1_700_000_000.0
+
+    def wait(value: str | None, reset: str | None = None) -> float | None:
+        headers = {k: v for k, v in (("Retry-After", value), ("X-RateLimit-Reset", reset)) if v is not None}
+        return retry_after_seconds(httpx.Response(429, headers=headers), now=now)
+
+    past, future = (email.utils.formatdate(now + d, usegmt=True) for d in (-60, 30))
+    nothing = [None, "", "  ", "garbage", "1e400", "-1e400", "nan", "inf", "-5", "0", past,
+               "Wed, 32 Foo 99999 99:99:99 GMT", "9" * 400]  # fmt: skip
+    assert [v for v in nothing if wait(v) is not None] == []
+    assert [wait(v) for v in ("0.001", "1e-300", "0.5")] == [1.0, 1.0, 1.0]
+    assert wait(None, "0.001") == 1.0 and wait(None, str(now + 0.2)) == 1.0
+    assert (wait("1"), wait("2.5"), wait(future), wait(None, "7"), wait("99999999")) == (1, 2.5, 30, 7, 99999999)
+
+
+@pytest.mark.parametrize("sink", SINKS)
+def test_429_and_503_with_odd_retry_after_values_deliver_every_record_once(tmp_path, sink):
+    """A storm of 429s and 503s whose Retry-After is each of the odd values, resets and 502s among them: every
+    record once, exit 0, the checkpoint at the file's end."""
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(60))
+    odd = ["", "-1", "garbage", "1e400", "nan", "1e-300", "Thu, 01 Jan 1970 00:00:00 GMT", "0.001"]
+    with fake_of(sink) as fake:
+        fake.script([(status, {"Retry-After": value}) for value in odd for status in (429, 503)] + ["reset", 502] * 3)
+        out = backfill(sink, fake, tmp_path, log, "--batch-size", "10", "--concurrency", "1")
+        got = arrived(sink, fake)
+    text = no_traceback(out.stderr)
+    assert out.returncode == 0, text[-2000:]
+    exactly_once(got, range(60))
+    assert checkpoint_offsets(tmp_path / "state", sink) == [log.stat().st_size]

@@ -259,7 +259,7 @@ def absolute_url(txn: Transaction, raw_path: str | None = None) -> str:
 
 
 def retry_after_seconds(response: httpx.Response, now: float | None = None) -> float | None:
-    """`Retry-After` as seconds (delta or HTTP date), else `X-RateLimit-Reset` (delta or epoch seconds).
+    """`Retry-After` as seconds (delta or HTTP date), else `X-RateLimit-Reset` (delta or epoch seconds); at least 1.
 
     None when there is no usable value: absent, garbage, not finite, zero, negative or a date already past. A
     value of "now" from a vendor that is refusing us is a mistake, not an invitation to hammer it, so the
@@ -286,7 +286,9 @@ def retry_after_seconds(response: httpx.Response, now: float | None = None) -> f
 
 
 def _usable(seconds: float) -> float | None:
-    return seconds if math.isfinite(seconds) and seconds > 0 else None
+    # At least a second (RFC 9110's delay is whole seconds): honoured as said, `0.001` had a refusing vendor retried a
+    # request a millisecond, the backoff bypassed.
+    return max(seconds, 1.0) if math.isfinite(seconds) and seconds > 0 else None
 
 
 def snippet(response: httpx.Response, limit: int = 300) -> str:
