@@ -382,3 +382,64 @@ def test_429_and_503_with_odd_retry_after_values_deliver_every_record_once(tmp_p
     assert out.returncode == 0, text[-2000:]
     exactly_once(got, range(60))
     assert checkpoint_offsets(tmp_path / "state", sink) == [log.stat().st_size]
+
+
+# -- secrets: every byte that leaves, through the webhook, with worker processes --------------------------------
+class RefusingWebhook(FakeWebhook):
+    """Answers 400 to a batch holding an event whose x-seq is in `refuse`, and every answer sets a cookie holding
+    a marker of its own (a vendor's Set-Cookie must not be written anywhere either)."""
+
+    def __init__(self, refuse: set[str], cookie: str, **kw):
+        super().__init__(**kw)
+        self.refuse_seqs, self.cookie = refuse, cookie
+
+    def respond(self, req):
+        if req.method == "POST":
+            try:
+                events = orjson.loads(req.body)
+            except orjson.JSONDecodeError:
+                events = []
+            if any(str(e.get("request_headers", {}).get("x-seq")) in self.refuse_seqs for e in events):
+                status, headers, body = self.refuse(400, "refused by the test")
+                return Response(status, {**headers, "Set-Cookie": f"sid={self.cookie}"}, body)
+        status, headers, body = super().respond(req)
+        return Response(status, {**headers, "Set-Cookie": f"sid={self.cookie}; HttpOnly"}, body)
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_no_secret_leaves_through_the_webhook_with_or_without_workers_refusals_included(tmp_path, workers):
+    """tests/test_worker_secrets.py's log (marker secrets in every shape: header-name case, Cookie, Set-Cookie
+    lists, X-Api-Key, access_token in query and fragment, percent-encoded names, form and nested JSON bodies,
+    URL userinfo, over-long lines cut in a secret) through `--sink webhook`, which ships the whole normalized
+    transaction, with --webhook-header credentials, the vendor refusing one event in 7 (halved down to it,
+    dead-lettered) and setting a marker cookie on every answer. Every byte scanned: the bodies the fake
+    received, stdout, stderr at --log-level debug, every file of the state directory. Every shipped record
+    arrived or was dead-lettered, once."""
+    from test_worker_secrets import BLOCK, MAX_LINE, everything_that_left, scan, write_log
+
+    path = tmp_path / "kong.json"
+    log = write_log(path)
+    refused = set(log.seqs[3::7])
+    cookie, header_key = "ZQ9100005VENDORCOOKIEQZ", "ZQ9100006HEADERKEYQZ"
+    state = tmp_path / "state"
+    with RefusingWebhook(refused, cookie, secret=CREDENTIALS["webhook"].encode(),
+                         require_headers={"X-Api-Key": header_key}) as fake:  # fmt: skip
+        out = ship("backfill", str(path), "--sink", "webhook", "--endpoint", fake.url + "/hook",
+                   "--webhook-header", f"X-Api-Key: {header_key}", "--state-dir", str(state), "--workers", workers,
+                   "--max-line-bytes", str(MAX_LINE), "--log-level", "debug", "--batch-size", "4", *FAST,
+                   env={**env(), "KONG_SHIP_BLOCK_BYTES": str(BLOCK)}, timeout=60)  # fmt: skip
+        letters = [orjson.loads(line) for line in (state / "dead-letter.jsonl").read_bytes().splitlines()]
+        events = fake.snapshot()
+        got = collections.Counter(str(e["request_headers"].get("x-seq")) for e in events)
+        left = everything_that_left(fake, out, state)
+    assert out.returncode == 1, out.stderr.decode()[-3000:]  # a backfill with rejected events exits 1
+    rejected = collections.Counter(str(orjson.loads(d["event"])["request_headers"].get("x-seq"))
+                                   for d in letters if d["reason"] == "rejected")  # fmt: skip
+    assert rejected == collections.Counter(refused)
+    # Each shipped record once, at the fake or dead-lettered (the Nginx lines carry no x-seq: counted).
+    assert got + rejected == collections.Counter(log.seqs) + collections.Counter({"None": log.shipped - len(log.seqs)})
+    assert len(letters) - len(rejected) == log.dead
+    found = []
+    for where, data in left.items():
+        found += scan(log.markers + [cookie, header_key, CREDENTIALS["webhook"]], where, data)
+    assert not found, found
