@@ -538,3 +538,38 @@ def test_verify_signature_odd_cases(tmp_path, keys):
     result = ship("audit", "verify", "--public-key", str(public_pem), str(path), env=env())
     assert result.returncode == 1
     assert result.stdout.decode().splitlines()[0] == "8 records: 0 verified, 2 unsigned, 6 invalid"
+
+
+def test_a_page_too_large_to_hold_is_asked_for_in_smaller_pages(tmp_path, monkeypatch):
+    """A page's answer was read whole, however large (an Admin API that never ends its answer took every byte of
+    memory; 1000 records with large payloads, ~5 times their size once parsed). Past MAX_ANSWER_BYTES (1 MiB
+    here) the same page is asked for again in pages half as large; one record too large alone is an error that
+    says so, retried at the next poll."""
+    from shipper.sources import kong_audit
+
+    monkeypatch.setattr(kong_audit, "MAX_ANSWER_BYTES", 1 << 20, raising=False)
+    with FakeKongAdmin(None) as admin:
+        blob = json.dumps({"blob": "b" * 4000})
+        records = [admin.add_request(NOW - i, signed=False, payload=blob) for i in range(600)]
+        spool = Spool(str(tmp_path / "audit"))
+        client = AdminClient(admin.url, None)
+        try:
+            assert Poller(client, Cursor(str(tmp_path / "audit" / "cursor.json"), {}), spool).poll() == 600
+        finally:
+            spool.close()
+            client.close()
+        sizes = [parse_qs(urlsplit(path).query)["size"][0] for path in admin.audit_requests() if "requests" in path]
+    assert sizes[:2] == ["1000", "500"] and sizes == sorted(sizes, key=int, reverse=True), sizes
+    ids = collections.Counter(r["request_id"] for r in spooled(tmp_path / "audit"))
+    assert ids == collections.Counter(r["request_id"] for r in records)
+
+    class Endless(FakeHTTPServer):
+        def respond(self, req):
+            return Response(200, {"Content-Type": "application/json"}, b'{"data": [' + b" " * (2 << 20) + b"]}")
+
+    with Endless() as endless:
+        client = AdminClient(endless.url, None)
+        with pytest.raises(kong_audit.AdminUnavailable, match="one audit record is larger than 1 MiB"):
+            list(client.pages("requests"))
+        client.close()
+        assert endless.request_count == 10  # sizes 1000, 500, 250, 125, 62, 31, 15, 7, 3, 1

@@ -35,7 +35,7 @@ from shipper.commands.running import drive, json_stderr, prepare_spooled, run, s
 from shipper.delivery.dry_run import DryRun
 from shipper.errors import ConfigError, FatalError
 from shipper.formats import audit_signature
-from shipper.formats.audit import audit_masker
+from shipper.formats.audit import audit_masker, shown_id
 from shipper.settings import Settings
 from shipper.sinks.credentials import read_secret
 from shipper.sources.feeder import SpoolFeeder
@@ -47,7 +47,6 @@ from shipper.sources.kong_audit import (
     Cursor,
     Poller,
     record_id,
-    shown_id,
 )
 
 log = logging.getLogger("kong-ship")

@@ -30,9 +30,11 @@ import orjson
 
 from shipper.formats.decode import ParseError
 from shipper.formats.values import (
-    epoch_ms, iso_epoch_ms, parse_query, port_field, split_target, split_url, status_field, to_number, to_str,
+    epoch_ms, iso_epoch_ms, parse_query, port_field, split_target, split_url, status_field, to_int, to_number,
+    to_str,
 )
 from shipper.model import Position, Transaction
+from shipper.output import printable
 from shipper.processors.masking import Masker, normalize
 from shipper.processors.params import MASK
 
@@ -229,3 +231,28 @@ def entities_stripped(record: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, str) and value[:1].isspace() and value.lstrip()[:1] in ("{", "["):
             out = {**out, name: value.strip()}
     return out
+
+
+# -- a record as the cursor and our messages see it (`kong_audit`) -----------------------------------------------
+# How far ahead of our clock a request_timestamp may be and still place a record in time (Kong's clock may be ahead
+# of ours; a millisecond value or 1e30 is not a second at all).
+FUTURE_SLACK = 86_400
+
+
+def placed_at(record: dict[str, Any], now: float) -> int | None:
+    """The record's `request_timestamp` as Unix seconds, or None when it places the record nowhere (see
+    `sources.kong_audit`'s docstring)."""
+    ts = to_int(record.get("request_timestamp"))
+    if ts is None or ts <= 0 or ts > now + FUTURE_SLACK:
+        return None
+    return ts
+
+
+def shown_id(rid: str | None) -> str | None:
+    """A record's id as it may be printed: a forged one is the attacker's text, and its control characters (escape
+    sequences, a newline that adds a line of its own) or bytes that are no UTF-8 would reach the terminal or our log,
+    or stop `audit verify`'s report (UnicodeEncodeError); they are escaped as JSON escapes them."""
+    if rid is None:
+        return None
+    text = printable(rid)
+    return text if text.isprintable() else orjson.dumps(text).decode()[1:-1]

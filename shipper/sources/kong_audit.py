@@ -43,10 +43,10 @@ import orjson
 
 from shipper.delivery.trust import tls_context
 from shipper.errors import ConfigError, FatalError
-from shipper.output import printable
 from shipper.formats import audit_signature
-from shipper.formats.audit import audit_masker, entities_stripped, lenient_json, mask_credential_path, storable
-from shipper.formats.values import to_int
+from shipper.formats.audit import (
+    audit_masker, entities_stripped, lenient_json, mask_credential_path, placed_at, shown_id, storable,
+)
 from shipper.processors.masking import BODY_FIELDS, DETAIL_BODIES, Masker
 from shipper.sources.checkpoints import write_atomically
 
@@ -56,13 +56,15 @@ TOKEN_ENV = "KONG_ADMIN_TOKEN"
 TOKEN_HEADER = "Kong-Admin-Token"
 MAX_PAGE_SIZE = 1000  # the Admin API's own maximum
 MAX_PAGES = 100_000  # a guard against a server that never stops answering `next`
+MAX_ANSWER_BYTES = 16 << 20  # a page's answer read at most; a larger one is asked for in smaller pages
 
 # endpoint → (spool kind, the field that identifies a record)
 ENDPOINTS = {"requests": ("audit_request", "request_id"), "objects": ("audit_object", "id")}
-# How far ahead of our clock a request_timestamp may be and still place a record in time (Kong's clock may be ahead
-# of ours; a millisecond value or 1e30 is not a second at all).
-FUTURE_SLACK = 86_400
 HELD_IN_MEMORY = 4 << 20  # bytes of a poll's new records held in memory; beyond, in a temporary file
+
+
+class AnswerTooLarge(Exception):
+    """A page's answer is larger than MAX_ANSWER_BYTES: asked again in smaller pages."""
 
 
 class AdminUnavailable(Exception):
@@ -95,25 +97,6 @@ def record_key(endpoint: str, record: dict[str, Any]) -> str:
         return rid
     content = orjson.dumps(storable(record), option=orjson.OPT_SORT_KEYS)
     return "sha256:" + hashlib.sha256(content).hexdigest()
-
-
-def placed_at(record: dict[str, Any], now: float) -> int | None:
-    """The record's `request_timestamp` as Unix seconds, or None when it places the record nowhere (see the
-    module's docstring)."""
-    ts = to_int(record.get("request_timestamp"))
-    if ts is None or ts <= 0 or ts > now + FUTURE_SLACK:
-        return None
-    return ts
-
-
-def shown_id(rid: str | None) -> str | None:
-    """A record's id as it may be printed: a forged one is the attacker's text, and its control characters (`\x1b[`
-    sequences, a newline that adds a line of its own) or bytes that are no UTF-8 would reach the terminal or our log,
-    or stop `audit verify`'s report (UnicodeEncodeError); they are escaped as JSON escapes them."""
-    if rid is None:
-        return None
-    text = printable(rid)
-    return text if text.isprintable() else orjson.dumps(text).decode()[1:-1]
 
 
 class AdminClient:
@@ -167,17 +150,27 @@ class AdminClient:
         if after is not None:
             params["after_audit_log_filter"] = str(after)
         seen: set[str] = set()
+        size = self.page_size
         for _ in range(MAX_PAGES):
-            answer = self._get(path, params)
+            try:
+                answer = self._get(path, {**params, "size": str(size)})
+            except AnswerTooLarge:
+                if size == 1:
+                    raise AdminUnavailable(
+                        f"{self.shown}{path}: one audit record is larger than {MAX_ANSWER_BYTES >> 20} MiB"
+                    ) from None
+                size //= 2  # the same page again, in smaller ones: from its offset on, the rest of this poll
+                continue
             data: list[Any] = answer["data"]  # _get checked it is there, a list
             yield [r for r in data if isinstance(r, dict)]
             link = answer.get("next")
             if not link or not isinstance(link, str):
                 return
             path, params = self._follow(link, after)
-            key = path + "?" + "&".join(f"{k}={v}" for k, v in sorted(params.items()))
+            key = path + "?" + "&".join(f"{k}={v}" for k, v in sorted(params.items()) if k != "size")
             if key in seen:
-                log.warning("audit: %s%s repeats its `next` link %s; stopping this poll there", self.shown, path, link)
+                log.warning("audit: %s%s repeats its `next` link %s; stopping this poll there", self.shown, path,
+                            shown_id(link))  # fmt: skip
                 return
             seen.add(key)
         log.warning("audit: %s: more than %d pages in one poll; the rest waits for the next poll", self.shown,
@@ -191,7 +184,6 @@ class AdminClient:
         if self.base_path and path.startswith(self.base_path + "/"):
             path = path[len(self.base_path):]
         params = dict(parse_qsl(parts.query, keep_blank_values=True))
-        params.setdefault("size", str(self.page_size))
         if after is not None:
             params.setdefault("after_audit_log_filter", str(after))
         return path, params
@@ -199,7 +191,8 @@ class AdminClient:
     def _get(self, path: str, params: dict[str, str]) -> dict[str, Any]:
         where = f"{self.shown}{path}"
         try:
-            response = self._client.get(self.base + path, params=params)
+            with self._client.stream("GET", self.base + path, params=params) as response:
+                content = _read_at_most(response, MAX_ANSWER_BYTES) if 200 <= response.status_code < 300 else b""
         except httpx.ConnectError as exc:
             text = str(exc)
             if "CERTIFICATE" in text.upper() or "SSL" in text.upper():
@@ -237,14 +230,25 @@ class AdminClient:
         if not 200 <= status < 300:
             raise AdminUnavailable(f"the Kong Admin API answered HTTP {status} for GET {where}")
         try:
-            answer = orjson.loads(response.content)
+            answer = orjson.loads(content)
         except orjson.JSONDecodeError:
-            answer = lenient_json(response.content)
+            answer = lenient_json(content)
             if answer is None:
                 raise AdminUnavailable(f"GET {where} did not answer JSON (is --admin-url the Admin API?)") from None
         if not isinstance(answer, dict) or not isinstance(answer.get("data"), list):
             raise AdminUnavailable(f"GET {where} did not answer an audit list ({{\"data\": [...]}})")
         return answer
+
+
+def _read_at_most(response: httpx.Response, limit: int) -> bytes:
+    """The answer's body, or AnswerTooLarge past `limit` bytes: a page is held whole while it is parsed (about
+    five times its size as Python objects), and an Admin API that never ends its answer would take every byte."""
+    body = bytearray()
+    for chunk in response.iter_bytes():
+        body += chunk
+        if len(body) > limit:
+            raise AnswerTooLarge
+    return bytes(body)
 
 
 def _short(text: str) -> str:
