@@ -443,3 +443,64 @@ def test_no_secret_leaves_through_the_webhook_with_or_without_workers_refusals_i
     for where, data in left.items():
         found += scan(log.markers + [cookie, header_key, CREDENTIALS["webhook"]], where, data)
     assert not found, found
+
+
+# -- accounting: every line read is shipped, dead-lettered, filtered or skipped, once ---------------------------
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_moesif_accounts_for_every_line_under_refusals_sampling_age_and_poison(tmp_path, workers):
+    """One Moesif backfill whose lines are each something else: records shipped; /health records sampled away by a
+    regex rule at 0 % (skipped); records 40 days old (filtered: Moesif's window); records the vendor refuses
+    alone (400, halved down to them: rejected, dead-lettered); lines that are no JSON (dead-lettered) and blank
+    lines; an undecodable gzip answer to a batch first (retried). The summary's columns add up to the lines read,
+    and the fake has exactly the shipped set, once each."""
+    import time
+
+    log = tmp_path / "kong.json"
+    old_ms = int(time.time() * 1000) - 40 * 86_400_000
+    expected = {"shipped": set(), "skipped": set(), "filtered": set(), "rejected": set()}
+    refuse = {33, 79, 151}
+    poison = blank = 0
+    with open(log, "wb") as handle:
+        for seq in range(200):
+            if seq % 7 == 0:
+                record, kind = gen.kong_record(seq, path="/health"), "skipped"
+            elif seq % 10 == 4:
+                record, kind = gen.kong_record(seq, path=f"/orders/{seq}", started_at=old_ms + seq), "filtered"
+            else:  # (not a random path: /health is one of them)
+                record, kind = gen.kong_record(seq, path=f"/orders/{seq}"), "rejected" if seq in refuse else "shipped"
+            expected[kind].add(seq)
+            handle.write(gen.kong_line(record))
+            if seq % 23 == 5:
+                handle.write(b"no json {\n")
+                poison += 1
+            if seq % 31 == 6:
+                handle.write(b"\n")
+                blank += 1
+    rules = [{"sample_rate": 0, "conditions": [{"path": "request.route", "value": "^/health$"}]}]
+    config = {"sample_rate": 100, "regex_config": rules}
+    with fake_of("moesif", config=config) as fake:
+        refusing = echoing("moesif", fake, refuse)
+        posts = []
+
+        def respond(req):  # the first batch answered 500 with a body no gzip reader takes: retried
+            if req.method == "POST" and not posts:
+                posts.append(req)
+                return Response(500, {"Content-Encoding": "gzip"}, b"\x1f\x8b garbage")
+            return refusing(req)
+
+        fake.respond = respond
+        out = backfill("moesif", fake, tmp_path, log, "--batch-size", "16", "--workers", workers)
+        got = arrived("moesif", fake)
+    text = no_traceback(out.stderr)
+    assert out.returncode == 1, text[-2000:]  # rejected events: a backfill exits 1
+    exactly_once(got, expected["shipped"])
+    row = summary_rows(out.stderr)["moesif"]
+    assert (row["shipped"], row["skipped"], row["filtered"], row["rejected"]) == tuple(
+        len(expected[k]) for k in ("shipped", "skipped", "filtered", "rejected")), row
+    assert (row["dead-lettered"], row["blank"]) == (poison, blank), row
+    assert row["read"] == 200 + poison + blank == sum(
+        row[c] for c in ("shipped", "filtered", "dead-lettered", "rejected", "skipped", "blank")), row
+    letters = [json.loads(line) for line in (tmp_path / "state" / "dead-letter.jsonl").read_text().splitlines()]
+    assert sorted(seq_of_event("moesif", json.loads(d["event"])) for d in letters if d["reason"] == "rejected") \
+        == sorted(refuse)
+    assert checkpoint_offsets(tmp_path / "state", "moesif") == [log.stat().st_size]
