@@ -510,6 +510,52 @@ def test_bodies_of_tiny_json_values_are_refused_before_they_weigh_a_hundred_time
         assert shipped(fake) == collections.Counter(range(1, seq))  # none of the refused bodies' records
 
 
+def posted_together(port: int, bodies: list[bytes]) -> collections.Counter:
+    """Post every body on its own connection, all of them read by the receiver at the same moment (each
+    connection sends all but its last byte first); the answers' statuses."""
+    socks = []
+    for body in bodies:
+        socks.append(socket.create_connection(("127.0.0.1", port), timeout=60))
+        socks[-1].sendall(request(body, b"Connection: close\r\n")[:-1])
+    time.sleep(0.5)
+    for sock, body in zip(socks, bodies):
+        sock.sendall(body[-1:])
+    statuses = collections.Counter(status(read_all(sock)) for sock in socks)
+    for sock in socks:
+        sock.close()
+    return statuses
+
+
+def test_bodies_dense_in_values_take_more_of_the_reading_budget_and_kongs_no_more(shippers, tmp_path):
+    """The reading budget counts a body by its length, which stands for what Kong's records weigh parsed (16
+    batches of 1 MiB: ~115 MiB). 1 MiB of 2-character strings in one record weighs 20 MiB parsed: 16 of them at
+    once grew the peak RSS by 280 MiB. Such a body takes the rest of its weight from the budget before it is
+    parsed (a 503 to come back later when there is none); Kong's own batches still all pass at once."""
+    from shipper.sources.http_limits import parsing_charge
+
+    with FakeSegment() as fake:
+        rx = Hostile(shippers, tmp_path, fake)
+        dense = [orjson.dumps(gen.kong_record(seq, extra={"x": ["ab"] * 200_000})) for seq in range(1, 17)]
+        assert all(len(body) < 1 << 20 for body in dense)
+        reset_peak_rss(rx.pid)
+        before = peak_rss_mib(rx.pid)
+        statuses = posted_together(rx.port, dense)
+        grown = peak_rss_mib(rx.pid) - before
+        assert grown < 200, f"16 dense bodies at once grew the peak RSS by {grown:.0f} MiB"  # was 280
+        assert statuses[503] >= 1 and statuses[200] + statuses[503] == 16, statuses
+        batches, seq = [], 100
+        for _ in range(16):  # Kong batches filling --max-body-bytes, charged their length only
+            batch: list = []
+            while len(orjson.dumps(batch)) < (1 << 20) - 6000:
+                batch.append(gen.kong_record(seq))
+                seq += 1
+            batches.append(orjson.dumps(batch))
+        assert {parsing_charge(body) for body in batches} == {0}
+        assert posted_together(rx.port, batches) == collections.Counter({200: 16})
+        err = rx.stop_cleanly()
+        assert f"and {statuses[200] + seq - 100:,} http-log records in" in err, err[-2000:]
+
+
 def test_ambiguous_content_lengths_and_transfer_encodings_are_400_and_closed(shippers, tmp_path):
     with FakeSegment() as fake:
         rx = Hostile(shippers, tmp_path, fake)

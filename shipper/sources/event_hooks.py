@@ -64,6 +64,8 @@ def deliver_event_hooks(handler: RequestHandler) -> None:
             return handler.refuse(401, f"bad {SIGNATURE_HEADER}")
     if (crowded := crowded_json(body, receiver.max_body_bytes)) is not None:
         return handler.refuse(413, crowded)
+    if not http_log.hold_parsing(handler, body):
+        return
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
