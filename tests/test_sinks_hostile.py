@@ -504,3 +504,27 @@ def test_moesif_accounts_for_every_line_under_refusals_sampling_age_and_poison(t
     assert sorted(seq_of_event("moesif", json.loads(d["event"])) for d in letters if d["reason"] == "rejected") \
         == sorted(refuse)
     assert checkpoint_offsets(tmp_path / "state", "moesif") == [log.stat().st_size]
+
+
+# -- a vendor's answer written to a terminal ---------------------------------------------------------------------
+@pytest.mark.parametrize("sink", SINKS)
+@pytest.mark.parametrize("status", [400, 501])
+def test_control_characters_of_a_vendors_answer_never_reach_stderr_or_the_dead_letters_raw(tmp_path, sink, status):
+    """A refusal whose body holds terminal escapes (a title set, the screen cleared), a carriage return that would
+    overwrite the line with a made-up one, a NUL and a BEL: the fatal line (501) and the dead letter's detail
+    (400; JSON escapes them anyway) show them escaped, never raw. Before, the fatal line wrote them to the
+    terminal as they came."""
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(12))
+    body = "\x1b]0;owned\x07\x1b[2J\rkong-ship: info: all delivered\x00\x9b31m".encode()
+    with fake_of(sink) as fake:
+        usual = fake.respond
+        fake.respond = lambda req: (Response(status, {"Content-Type": "text/plain"}, body)
+                                    if req.method == "POST" and (status == 501 or 5 in arrived_in(sink, req))
+                                    else usual(req))  # fmt: skip
+        out = backfill(sink, fake, tmp_path, log, "--batch-size", "4")
+    assert out.returncode == 1, out.stderr.decode()[-2000:]
+    raw = [c for c in ("\x1b", "\x07", "\r", "\x00", "\x9b") if c in out.stderr.decode()]
+    assert not raw, (raw, out.stderr.decode()[-1000:])
+    if status == 501 and sink != "webhook":  # (the webhook's 501 line names the endpoint, not the answer)
+        assert "owned" in out.stderr.decode()  # the answer is still shown

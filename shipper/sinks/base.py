@@ -11,6 +11,7 @@ from __future__ import annotations
 import email.utils
 import enum
 import math
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -291,9 +292,14 @@ def _usable(seconds: float) -> float | None:
     return max(seconds, 1.0) if math.isfinite(seconds) and seconds > 0 else None
 
 
+# C0 and C1 controls and DEL: a vendor's answer quoted in a fatal line reaches a terminal (escapes, a carriage return
+# that writes another line over ours).
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def snippet(response: httpx.Response, limit: int = 300) -> str:
-    text = response.text.strip().replace("\n", " ")
-    return text[:limit]
+    text = response.text.strip().replace("\n", " ")[:limit]
+    return _CONTROLS.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
 
 
 def without_secrets(verdict: Verdict, secrets: Iterable[str]) -> Verdict:

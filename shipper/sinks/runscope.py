@@ -23,7 +23,7 @@ from shipper.formats.values import parse_query
 from shipper.model import Transaction
 from shipper.sinks.base import (
     DEFAULT_KEEPALIVE_EXPIRY, FATAL, REJECT, EventSkipped, FlatEncode, HttpSink, OptionList, Sink, SinkLimits, Verdict,
-    absolute_url, judge_common, without_secrets,
+    absolute_url, judge_common, snippet, without_secrets,
 )
 from shipper.sinks.config import config_from_options, option, options_of
 from shipper.sinks.credentials import read_secret
@@ -174,7 +174,7 @@ class RunscopeSink(HttpSink):
         if status == 404:
             return Verdict(FATAL, "Runscope answered 404: unknown bucket (check --runscope-bucket-key and --endpoint)")
         if status == 400:
-            return Verdict(REJECT, f"Runscope answered 400: {response.text[:300]}")
+            return Verdict(REJECT, f"Runscope answered 400: {snippet(response)}")
         return judge_common(response, "Runscope", "check RUNSCOPE_ACCESS_TOKEN (or --runscope-access-token-file)")
 
 
