@@ -34,7 +34,7 @@ from shipper.sinks.moesif import MoesifSink
 from shipper.sinks.runscope import RunscopeSink
 from shipper.sinks.segment import SegmentSink
 from shipper.sinks.stdout import StdoutSink
-from shipper.sources.kong_audit import AdminClient, AdminUnavailable, Cursor, Poller
+from shipper.sources.kong_audit import LOOKBACK, AdminClient, AdminUnavailable, Cursor, Poller
 from shipper.sources.spool import Spool
 
 TOKEN = "kong-admin-token-7Qx9"
@@ -363,7 +363,7 @@ def test_records_at_the_cursors_second_are_recognized_by_id(tmp_path):
         admin.add_object(T0 + 1, signed=False)
         p = poller()
         assert p.poll() == 4 and p.counts == {"requests": 3, "objects": 1, "unsigned": 4}
-        assert f"after_audit_log_filter={T0 + 1}" in admin.audit_requests()[-4]
+        assert f"after_audit_log_filter={T0 + 1 - LOOKBACK}" in admin.audit_requests()[-4]
         assert poller().poll() == 0
         lines = [orjson.loads(line) for path in spool.segments() for line in open(path, "rb")]
         requests = [line["record"]["entry"] for line in lines if line["spool"] == "audit_request"]

@@ -573,3 +573,42 @@ def test_a_page_too_large_to_hold_is_asked_for_in_smaller_pages(tmp_path, monkey
             list(client.pages("requests"))
         client.close()
         assert endless.request_count == 10  # sizes 1000, 500, 250, 125, 62, 31, 15, 7, 3, 1
+
+
+def test_a_record_committed_late_with_an_earlier_second_is_still_shipped(tmp_path):
+    """Kong takes request_timestamp when it writes the record, and writers commit in their own order: a worker (or
+    another node) that took second T-1 may commit after one that took T, after a poll saw T. The cursor moved to T
+    and asked from T on: the record of T-1 was never fetched again (lost). Each poll asks again from a few seconds
+    before the newest it saw (LOOKBACK) and skips the records it has by id."""
+    from shipper.sources.kong_audit import LOOKBACK
+
+    with RawAdmin() as admin:
+        rounds = [
+            lambda: admin.add("requests", request_text("at-T", str(NOW - 20)), NOW - 20),
+            lambda: admin.add("requests", request_text("late-T-1", str(NOW - 21)), NOW - 21),
+            lambda: admin.add("requests", request_text(f"late-T-{LOOKBACK}", str(NOW - 20 - LOOKBACK)),
+                              NOW - 20 - LOOKBACK),
+            lambda: admin.add("requests", request_text("at-T+5", str(NOW - 15)), NOW - 15),
+            lambda: None,
+        ]  # fmt: skip
+        polls(admin, tmp_path / "audit", rounds)
+        asked = [parse_qs(urlsplit(r.path).query).get("after_audit_log_filter") for r in admin.requests]
+    ids = collections.Counter(r["request_id"] for r in spooled(tmp_path / "audit"))
+    assert ids == {"at-T": 1, "late-T-1": 1, f"late-T-{LOOKBACK}": 1, "at-T+5": 1}, ids
+    assert [str(NOW - 15 - LOOKBACK)] in asked
+    cursor = json.loads((tmp_path / "audit" / "cursor.json").read_text())
+    assert cursor["requests"]["after"] == NOW - 15 and cursor["requests"]["ids"] == ["at-T+5"]
+    assert set(cursor["requests"]["seen"]) == {"at-T", "late-T-1", "at-T+5"}  # within LOOKBACK of the newest
+
+
+def test_a_cursor_written_before_the_lookback_still_skips_what_it_shipped(tmp_path):
+    """A cursor of an earlier version names only the ids at its newest second: they are read as seen there."""
+    (tmp_path / "audit").mkdir()
+    earlier = {"version": 1, "source": {}, "requests": {"after": NOW - 20, "ids": ["old"]},
+               "objects": {"after": None, "ids": []}}  # fmt: skip
+    (tmp_path / "audit" / "cursor.json").write_text(json.dumps(earlier))
+    with RawAdmin() as admin:
+        admin.add("requests", request_text("old", str(NOW - 20)), NOW - 20)
+        admin.add("requests", request_text("new", str(NOW - 20)), NOW - 20)
+        polls(admin, tmp_path / "audit", [lambda: None])
+    assert [r["request_id"] for r in spooled(tmp_path / "audit")] == ["new"]

@@ -23,6 +23,7 @@ A record whose signature was found invalid raises `ParseError("bad_signature")`:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -246,6 +247,12 @@ def placed_at(record: dict[str, Any], now: float) -> int | None:
     if ts is None or ts <= 0 or ts > now + FUTURE_SLACK:
         return None
     return ts
+
+
+def content_key(record: dict[str, Any]) -> str:
+    """What the cursor knows a record without an id by: a digest of its content (seen again on the next poll, it is
+    the same record, not a new one)."""
+    return "sha256:" + hashlib.sha256(orjson.dumps(storable(record), option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def shown_id(rid: str | None) -> str | None:

@@ -5,10 +5,12 @@ none), with `Kong-Admin-Token` and TLS verification (on by default; `--ca-file` 
 
 `Poller.poll()` fetches what is new since the `Cursor`, appends it to the spool in chronological order (fsynced)
 and only then advances the cursor, so a crash at any point resends at most, never loses. The cursor keeps, per
-endpoint, the newest `request_timestamp` seen and the ids seen at that second: Kong's `after_audit_log_filter`
-is inclusive and has a resolution of one second, so the next poll asks from that second again and skips the
-records it already has by id (`request_id` for requests, `id` for objects) — records written later in that same
-second are still picked up. A record without an id is known by a digest of its content instead.
+endpoint, the newest `request_timestamp` seen and the ids seen within LOOKBACK seconds before it: Kong's
+`after_audit_log_filter` is inclusive and has a resolution of one second, and Kong takes a record's timestamp
+before its database commits it (a worker, or another node, that took second T-1 may commit after one that took T
+was read), so the next poll asks from LOOKBACK seconds before the newest second again and skips the records it
+already has by id (`request_id` for requests, `id` for objects): records written late are still picked up. A record
+without an id is known by a digest of its content instead.
 
 A `request_timestamp` that places no record in time — missing, not a number, not positive, or later than a day
 from now (milliseconds, `1e30`) — never moves the cursor: one such record would otherwise put it past every record
@@ -26,7 +28,6 @@ itself in place of the id) is masked (`mask_credential_path`).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import ssl
@@ -45,7 +46,7 @@ from shipper.delivery.trust import tls_context
 from shipper.errors import ConfigError, FatalError
 from shipper.formats import audit_signature
 from shipper.formats.audit import (
-    audit_masker, entities_stripped, lenient_json, mask_credential_path, placed_at, shown_id, storable,
+    audit_masker, content_key, entities_stripped, lenient_json, mask_credential_path, placed_at, shown_id, storable,
 )
 from shipper.processors.masking import BODY_FIELDS, DETAIL_BODIES, Masker
 from shipper.sources.checkpoints import write_atomically
@@ -60,6 +61,8 @@ MAX_ANSWER_BYTES = 16 << 20  # a page's answer read at most; a larger one is ask
 
 # endpoint → (spool kind, the field that identifies a record)
 ENDPOINTS = {"requests": ("audit_request", "request_id"), "objects": ("audit_object", "id")}
+# Seconds before the newest request_timestamp seen that the next poll asks from again (see the module's docstring).
+LOOKBACK = 15
 HELD_IN_MEMORY = 4 << 20  # bytes of a poll's new records held in memory; beyond, in a temporary file
 
 
@@ -87,16 +90,6 @@ def record_id(endpoint: str, record: dict[str, Any]) -> str | None:
     if value is None or isinstance(value, (dict, list)):
         return None
     return str(value)
-
-
-def record_key(endpoint: str, record: dict[str, Any]) -> str:
-    """What the cursor knows a record by: its id, else a digest of its content (a record without an id, seen again
-    on the next poll, is the same record, not a new one)."""
-    rid = record_id(endpoint, record)
-    if rid is not None:
-        return rid
-    content = orjson.dumps(storable(record), option=orjson.OPT_SORT_KEYS)
-    return "sha256:" + hashlib.sha256(content).hexdigest()
 
 
 class AdminClient:
@@ -259,8 +252,16 @@ def _short(text: str) -> str:
 @dataclass
 class Edge:
     after: int | None = None  # the newest request_timestamp seen (Unix seconds)
-    ids: set[str] = field(default_factory=set)  # the ids seen at that second
+    seen: dict[str, int] = field(default_factory=dict)  # id → request_timestamp of those within LOOKBACK of `after`
     stray: set[str] = field(default_factory=set)  # ids of records shipped whose request_timestamp places them nowhere
+
+    @property
+    def ids(self) -> set[str]:  # the ids seen at the newest second
+        return {rid for rid, ts in self.seen.items() if ts == self.after}
+
+    @property
+    def floor(self) -> int | None:  # where the next poll asks from
+        return None if self.after is None else self.after - LOOKBACK
 
 
 class Cursor:
@@ -294,16 +295,19 @@ class Cursor:
             entry = data.get(endpoint) or {}
             entry = entry if isinstance(entry, dict) else {"after": "not an object"}
             after, ids, stray = entry.get("after"), entry.get("ids") or [], entry.get("stray") or []
+            seen = entry.get("seen") or {}  # a cursor written before it (only `ids`, at `after`) is read as one
             # What this class writes, or a corrupt cursor: `"ids": "abc"` was read as three ids, `"requests": [1]`
             # stopped the command with a traceback, `"after": "x"` resent everything.
             if not (
                 (after is None or type(after) is int) and isinstance(ids, list) and isinstance(stray, list)
-                and all(isinstance(i, (str, int)) for i in ids + stray)
+                and all(isinstance(i, (str, int)) for i in ids + stray) and isinstance(seen, dict)
+                and all(type(ts) is int for ts in seen.values())
             ):  # fmt: skip
                 raise ConfigError(
                     f"the audit cursor {self.path} is not as kong-ship writes it ({endpoint}): fix or delete it"
                 )
-            self.edges[endpoint] = Edge(after, {str(i) for i in ids}, {str(i) for i in stray})
+            seen = {**({str(i): after for i in ids} if after is not None else {}), **seen}
+            self.edges[endpoint] = Edge(after, seen, {str(i) for i in stray})
         return self
 
     def save(self) -> None:
@@ -311,7 +315,8 @@ class Cursor:
             "version": 1,
             "source": self.source,
             **{
-                e: {"after": edge.after, "ids": sorted(edge.ids), **_strays(edge)}
+                e: {"after": edge.after, "ids": sorted(edge.ids), "seen": dict(sorted(edge.seen.items())),
+                    **_strays(edge)}
                 for e, edge in self.edges.items()
             },
         }
@@ -362,14 +367,14 @@ class Poller:
         seen: set[str] = set()
         stray_seen: set[str] = set()
         strays: set[str] = set()  # new ones
-        newest: int | None = None
-        at_newest: set[str] = set()
+        newest = edge.after
+        recent: dict[str, int] = {}  # new ones within LOOKBACK of the newest seen so far (pages come newest first)
         with tempfile.SpooledTemporaryFile(HELD_IN_MEMORY, dir=self.spool.directory) as held:
             pages: list[tuple[int, int]] = []  # (offset in `held`, records) of each page's new records
-            for page in self.client.pages(endpoint, edge.after):
+            for page in self.client.pages(endpoint, edge.floor):
                 fresh: list[tuple[int | None, dict[str, Any]]] = []
                 for record in page:
-                    rid = record_key(endpoint, record)
+                    rid = record_id(endpoint, record) or content_key(record)
                     if rid in seen:
                         continue  # shifted onto the next page while we paged
                     seen.add(rid)
@@ -379,12 +384,12 @@ class Poller:
                         if rid in edge.stray:
                             continue  # shipped by an earlier poll
                         strays.add(rid)
-                    elif edge.after is not None and (ts < edge.after or (ts == edge.after and rid in edge.ids)):
+                    elif rid in edge.seen or (edge.floor is not None and ts < edge.floor):
                         continue  # already shipped (the filter is inclusive), or a server that ignored it
-                    elif newest is None or ts >= newest:
-                        at_newest = at_newest if ts == newest else set()
-                        newest = ts
-                        at_newest.add(rid)
+                    else:
+                        newest = ts if newest is None else max(newest, ts)
+                        if ts >= newest - LOOKBACK:
+                            recent[rid] = ts
                     fresh.append((ts, record))
                 if fresh:
                     fresh.reverse()  # pages come newest first
@@ -395,12 +400,11 @@ class Poller:
             if not count:
                 return 0
             self._spool_held(kind, held, pages)
-        after, at_edge = edge.after, edge.ids
-        if newest is not None and (edge.after is None or newest >= edge.after):
-            after, at_edge = newest, at_newest | (edge.ids if newest == edge.after else set())
+        floor = None if newest is None else newest - LOOKBACK
+        seen_now = {rid: ts for rid, ts in {**edge.seen, **recent}.items() if floor is not None and ts >= floor}
         # Strays the Admin API no longer returns are forgotten: it holds them no more (their TTL), or it honours
         # the filter, which leaves out a record that has no request_timestamp.
-        self.cursor.edges[endpoint] = Edge(after, at_edge, (edge.stray & stray_seen) | strays)
+        self.cursor.edges[endpoint] = Edge(newest, seen_now, (edge.stray & stray_seen) | strays)
         self.cursor.save()
         self.counts[endpoint] += count
         return count
