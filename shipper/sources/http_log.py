@@ -133,7 +133,8 @@ def hold_parsing(handler: RequestHandler, body: bytes) -> bool:
         receiver.count(503, handler.delivery)
         handler.close_connection = True
         return False
-    handler.refuse(503, "too many deliveries being read, retry later", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+    handler.refuse(503, "too many deliveries being read, retry later",
+                   headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
     return False
 
 
