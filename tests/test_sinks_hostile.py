@@ -10,12 +10,15 @@ from __future__ import annotations
 import collections
 import gzip
 import json
+import signal
+import socket
+import time
 
 import orjson
 import pytest
 
 import gen
-from conftest import FAST, every_byte_under, ship, ship_env, summary_rows
+from conftest import FAST, every_byte_under, ship, ship_env, summary_rows, wait_until
 from fakes.hostile import Cut, Endless, Trickle, hostile
 from fakes.httpfake import Response
 from fakes.moesif import FakeMoesif
@@ -453,8 +456,6 @@ def test_moesif_accounts_for_every_line_under_refusals_sampling_age_and_poison(t
     alone (400, halved down to them: rejected, dead-lettered); lines that are no JSON (dead-lettered) and blank
     lines; an undecodable gzip answer to a batch first (retried). The summary's columns add up to the lines read,
     and the fake has exactly the shipped set, once each."""
-    import time
-
     log = tmp_path / "kong.json"
     old_ms = int(time.time() * 1000) - 40 * 86_400_000
     expected = {"shipped": set(), "skipped": set(), "filtered": set(), "rejected": set()}
@@ -528,3 +529,50 @@ def test_control_characters_of_a_vendors_answer_never_reach_stderr_or_the_dead_l
     assert not raw, (raw, out.stderr.decode()[-1000:])
     if status == 501 and sink != "webhook":  # (the webhook's 501 line names the endpoint, not the answer)
         assert "owned" in out.stderr.decode()  # the answer is still shown
+
+
+# -- a TLS handshake that never completes; /v1/config redirected --------------------------------------------------
+@pytest.mark.parametrize("sink", SINKS)
+def test_a_tls_handshake_that_never_completes_is_retried_and_sigterm_still_stops_the_run(tmp_path, shippers, sink):
+    """The endpoint accepts the connection and never answers the TLS handshake: each attempt ends at the connect
+    timeout and is retried (said on stderr); SIGTERM then ends the backfill once --shutdown-timeout is over
+    (143), no checkpoint moved."""
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(20))
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)  # never accepted: the kernel completes the TCP handshake, nobody the TLS one
+    url = f"https://127.0.0.1:{silent.getsockname()[1]}"
+    timeouts = {"moesif": ["--moesif-connect-timeout", "300"], "runscope": ["--runscope-timeout", "300"],
+                "webhook": ["--timeout", "0.3"]}[sink]  # fmt: skip
+    state = tmp_path / "state"
+    try:
+        endpoint = url + ("/hook" if sink == "webhook" else "")
+        proc = shippers("backfill", str(log), "--sink", sink, "--endpoint", endpoint, "--state-dir", str(state),
+                        *FAST, *timeouts, "--shutdown-timeout", "1", env=env())  # fmt: skip
+        assert wait_until(lambda: state.exists(), timeout=20)
+        time.sleep(1.5)  # a few attempts (not an assertion on time: stderr below says they were made)
+        proc.signal(signal.SIGTERM)
+        code, _, err = proc.wait(timeout=20)
+    finally:
+        silent.close()
+    assert code == 143, err[-2000:]
+    assert "Traceback" not in err and "timed out" in err.lower(), err[-2000:]
+    assert set(checkpoint_offsets(state, sink)) <= {0}
+
+
+def test_a_config_redirect_is_not_followed(tmp_path):
+    """/v1/config answered 307 to another host (which would get the application id): not followed, one warning,
+    sampling at 100 %, every record delivered once to the configured endpoint."""
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(30))
+    with fake_of("moesif") as fake, fake_of("moesif") as elsewhere:
+        usual = fake.respond
+        fake.respond = lambda req: (Response(307, {"Location": elsewhere.url + "/v1/config"}, b"")
+                                    if req.path.startswith("/v1/config") else usual(req))  # fmt: skip
+        out = backfill("moesif", fake, tmp_path, log)
+        got = arrived("moesif", fake)
+    text = no_traceback(out.stderr)
+    assert out.returncode == 0, text[-2000:]
+    exactly_once(got, range(30))
+    assert elsewhere.request_count == 0 and "/v1/config answered HTTP 307" in text
