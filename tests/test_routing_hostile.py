@@ -9,6 +9,8 @@ from __future__ import annotations
 import collections
 import json
 
+import pytest
+
 import gen
 from conftest import FAST, ship, ship_env
 from fakes.moesif import FakeMoesif
@@ -52,7 +54,8 @@ def fatal_lines(stderr: bytes) -> list[str]:
 
 
 # -- two sinks, one fatal ---------------------------------------------------------------------------------------
-def test_one_sink_fatal_mid_run_neither_loses_nor_doubles_the_others_records(tmp_path):
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_one_sink_fatal_mid_run_neither_loses_nor_doubles_the_others_records(tmp_path, workers):
     """Moesif and a webhook from one backfill; the webhook answers 401 from its fourth batch on. Exit 1 with one
     line naming the webhook; each checkpoint covers only what its own vendor acknowledged (Moesif's need not wait
     for the webhook's); the re-run with the webhook fixed delivers the rest to each, and neither gets a record
@@ -63,7 +66,7 @@ def test_one_sink_fatal_mid_run_neither_loses_nor_doubles_the_others_records(tmp
     with FakeMoesif(APP) as moesif, FakeWebhook() as hook:
         argv = ["--sink", "moesif", "--sink", "webhook", "--endpoint", f"moesif={moesif.url}",
                 "--endpoint", f"webhook={hook.url}/hook", "--state-dir", str(state), *FAST,
-                "--batch-size", "10", "--concurrency", "1"]  # fmt: skip
+                "--batch-size", "10", "--concurrency", "1", "--workers", workers]  # fmt: skip
         hook.script(["slow:0"] * 3 + [(401, {})] * 1000)
         first = ship("backfill", str(log), *argv, env=ship_env(MOESIF_APPLICATION_ID=APP))
         moesif_first, hook_first = moesif_seqs(moesif), hook_seqs(hook)
