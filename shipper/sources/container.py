@@ -113,10 +113,10 @@ class Framer:
 
     def frame(self, file_id: str, line: bytes | Oversize, start: int, end: int) -> Iterator[Item]:
         if isinstance(line, Oversize):
-            # A raw line over --max-line-bytes: its content cannot be unwrapped, but a CRI line's prefix says
-            # what it is. A piece of stdout is taken as the next piece of its record, so the record (too long
-            # either way) ends as one dead letter at its last piece; stderr is skipped as ever. Anything else
-            # (a Docker entry, whose `stream` and trailing newline are past the prefix) ends the record here.
+            # A raw line over --max-line-bytes: its content cannot be unwrapped, but a CRI line's first bytes say
+            # what it is, and a json-file entry's last ones. A piece of stdout is taken as the next piece of its
+            # record, so the record (too long either way) ends as one dead letter at its last piece; stderr is
+            # skipped as ever. Anything else (no last bytes were kept: a block's line) ends the record here.
             told = self._cri(line.prefix) if self.mode != "docker" else None
             if told is None and self.mode != "cri":
                 told = self._docker_ends(line)
