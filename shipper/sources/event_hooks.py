@@ -9,7 +9,8 @@ An event-hook delivery is POSTed. Past the listener's bounds (`http_server.Reque
 - 401 when a secret is configured and the `x-kong-signature` header is missing or wrong (`sha1=<hex>` as Kong
   sends it, or a bare hex digest; constant-time comparison);
 - 413 when the body holds more JSON objects and arrays, or more events, than a body may (as http-log's:
-  `http_limits.crowded_json`, `too_many_records`);
+  `http_limits.crowded_json`, `too_many_records`), and 503 when it cannot take from the reading budget what it
+  weighs parsed (`http_log.hold_parsing`);
 - 400 when the body is not a JSON object (one event, as Kong sends it) or a non-empty array of objects (a batch,
   as `--sink webhook` sends it), or is nested too deep to be stored;
 - 503 when the spool cannot be written (disk full);

@@ -15,6 +15,8 @@ So a request is answered, in order:
 - 413 when the body holds more JSON objects and arrays, or more records, than a body may (`http_limits.crowded_json`,
   `too_many_records`: one per 32 and per 256 bytes of --max-body-bytes; Kong's batches that fit it stay far
   under both): tiny records would otherwise weigh a hundred times their bytes in memory;
+- 503 with Retry-After when the body, denser in small values than Kong's records, cannot take from the reading
+  budget what it weighs parsed beyond its length (`hold_parsing`);
 - 400 when the body is not JSON, or is an array with an element that is not an object (the whole request is
   refused and nothing of it stored: Kong's serializer only writes objects, so such a body is not Kong's, and a
   partial acceptance would turn the sender's retry into duplicates), or is nested too deep to be stored;
