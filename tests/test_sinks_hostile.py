@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import gzip
+import hashlib
 import json
 import signal
 import socket
@@ -576,3 +577,34 @@ def test_a_config_redirect_is_not_followed(tmp_path):
     assert out.returncode == 0, text[-2000:]
     exactly_once(got, range(30))
     assert elsewhere.request_count == 0 and "/v1/config answered HTTP 307" in text
+
+
+# -- 413: a body limit halves every batch; an event over it alone is dead-lettered --------------------------------
+@pytest.mark.parametrize("sink", ["moesif", "webhook"])
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_a_body_limit_halves_batches_and_dead_letters_only_the_event_over_it_alone(tmp_path, sink, workers):
+    """The vendor answers 413 to any body over 6,000 bytes (as sent: Moesif's gzipped): batches of 16 are halved
+    until they fit; the one record padded past the limit alone is dead-lettered with the answer; every other
+    record arrives once; the checkpoint reaches the file's end."""
+    log = tmp_path / "kong.json"
+    big = 17
+    with open(log, "wb") as handle:
+        for seq in range(80):
+            record = gen.kong_record(seq, path=f"/orders/{seq}")
+            if seq == big:  # incompressible padding in a header every sink ships
+                record["request"]["headers"]["x-pad"] = "".join(hashlib.sha256(b"%d" % i).hexdigest() for i in range(300))
+            handle.write(gen.kong_line(record))
+    limit = 6_000 if sink == "webhook" else 4_000
+    with fake_of(sink) as fake:
+        usual = fake.respond
+        fake.respond = lambda req: (Response(413, {}, b"too large") if req.method == "POST" and len(req.body) > limit
+                                    else usual(req))  # fmt: skip
+        out = backfill(sink, fake, tmp_path, log, "--batch-size", "16", "--workers", workers, "--concurrency", "1")
+        got = arrived(sink, fake)
+    text = no_traceback(out.stderr)
+    assert out.returncode == 1, text[-2000:]  # a rejected event: a backfill exits 1
+    exactly_once(got, set(range(80)) - {big})
+    letters = [json.loads(line) for line in (tmp_path / "state" / "dead-letter.jsonl").read_text().splitlines()]
+    assert [(d["reason"], seq_of_event(sink, json.loads(d["event"]))) for d in letters] == [("rejected", big)]
+    assert "413" in letters[0]["detail"]
+    assert checkpoint_offsets(tmp_path / "state", sink) == [log.stat().st_size]
