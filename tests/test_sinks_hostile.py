@@ -592,7 +592,8 @@ def test_a_body_limit_halves_batches_and_dead_letters_only_the_event_over_it_alo
         for seq in range(80):
             record = gen.kong_record(seq, path=f"/orders/{seq}")
             if seq == big:  # incompressible padding in a header every sink ships
-                record["request"]["headers"]["x-pad"] = "".join(hashlib.sha256(b"%d" % i).hexdigest() for i in range(300))
+                pad = "".join(hashlib.sha256(b"%d" % i).hexdigest() for i in range(300))
+                record["request"]["headers"]["x-pad"] = pad
             handle.write(gen.kong_line(record))
     limit = 6_000 if sink == "webhook" else 4_000
     with fake_of(sink) as fake:
