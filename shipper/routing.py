@@ -324,7 +324,11 @@ def credential(route: Route) -> str:
     """Where the route's credential comes from, as its fatal line says it (the file's path, never the value)."""
     key, env = CREDENTIALS[route.sink]
     given = route.options.get(f"{route.sink}_{key}")
-    return f"{key} {os.path.abspath(given)} in its [[route]] table" if given else f"{env}_{route.env_suffix}"
+    if given:
+        return f"{key} {os.path.abspath(given)} in its [[route]] table"
+    if route.sink == "webhook":  # signed only with its own secret_file (build_route_sink): its headers, then
+        return "its header values (unsigned: no secret_file in its [[route]] table)"
+    return f"{env}_{route.env_suffix}"
 
 
 def build_route_sink(path: str, route: Route, sink_options: Mapping[str, Any], url: str | None) -> Sink:

@@ -154,3 +154,28 @@ def test_a_routes_credential_refused_names_the_route_and_its_credential_and_hold
         assert set(after[key]) == teams[key], key
         doubled = {s for s, n in after[key].items() if n > 1}
         assert not doubled & below(log, seqs, saved[lane]), (lane, sorted(doubled)[:10])
+
+
+def test_a_routes_refusal_names_its_own_credential_for_every_sink(tmp_path):
+    """What a route's 401 line tells to check: its file when it has one (by absolute path), else its own variable,
+    and for an unsigned webhook route its headers (it never reads a variable: routing.build_route_sink)."""
+    import httpx
+
+    from shipper.routing import Match, Route, RoutedSink, Selector, credential
+    from shipper.sinks.base import FATAL
+    from shipper.sinks.webhook import WebhookSink
+
+    def route(sink: str, **options) -> Route:
+        return Route("team-a", sink, Match(), options, None)
+
+    assert credential(route("moesif", moesif_application_id_file=str(tmp_path / "a.app"))) == \
+        f"application_id_file {tmp_path / 'a.app'} in its [[route]] table"
+    assert credential(route("segment")) == "SEGMENT_WRITE_KEY_TEAM_A"
+    assert credential(route("runscope")) == "RUNSCOPE_ACCESS_TOKEN_TEAM_A"
+    assert "header values" in credential(route("webhook")) and "KONG_SHIP" not in credential(route("webhook"))
+    sink = RoutedSink(WebhookSink("http://127.0.0.1:1/hook"), "webhook@team-a", Selector(Match(), [], False),
+                      credential(route("webhook")))
+    for status in (401, 403):
+        verdict = sink.judge(httpx.Response(status, request=httpx.Request("POST", sink.url)))
+        assert verdict.kind == FATAL and verdict.reason.startswith("webhook@team-a: ")
+        assert "KONG_SHIP_WEBHOOK_SECRET" not in verdict.reason and "its header values" in verdict.reason
