@@ -267,7 +267,8 @@ def test_a_vendor_quoting_our_credential_in_its_refusal_never_gets_it_written(tm
 HOSTILE_RULES = [r"(a+)+$", r"^(\w+\s?)*$", r"\d*\d*\d*x", r".*.*=x", r"(a|a)*$"]
 
 
-def test_regex_config_patterns_that_backtrack_for_ever_are_refused_and_the_others_still_apply(tmp_path):
+@pytest.mark.parametrize("workers", ["0", "2"])  # with workers, the parent's configuration is handed to them
+def test_regex_config_patterns_that_backtrack_for_ever_are_refused_and_the_others_still_apply(tmp_path, workers):
     """/v1/config's regex_config holds rules whose patterns take exponential or polynomial time on the paths
     clients send (`(a+)+$` on /aaa…a!, `\\d*\\d*\\d*x` on /111…1), each at sample rate 0, beside `^/health$` at 0.
     Each hostile pattern is refused with one line and never matches; /health is still sampled away; every
@@ -284,7 +285,7 @@ def test_regex_config_patterns_that_backtrack_for_ever_are_refused_and_the_other
              for value in [*HOSTILE_RULES, "^/health$"]]  # fmt: skip
     config = {"sample_rate": 100, "user_sample_rate": {}, "company_sample_rate": {}, "regex_config": rules}
     with fake_of("moesif", config=config) as fake:
-        out = backfill("moesif", fake, tmp_path, log, "--batch-size", "20", timeout=40)
+        out = backfill("moesif", fake, tmp_path, log, "--batch-size", "20", "--workers", workers, timeout=40)
         got = arrived("moesif", fake)
         weights = {e["weight"] for e in fake.events}
     text = no_traceback(out.stderr)
