@@ -265,6 +265,12 @@ REQUESTS = [  # (path, payload)
     ("/consumers/o/oauth2", json.dumps({"client_id": "c", "client_secret": "MK-18", "name": "app"})),
     ("/consumers/t/key-auth", base64.b64encode(json.dumps({"token": "MK-19"}).encode()).decode()),
     ("/plugins", json.dumps(json.dumps({"config": {"session_secret": "MK-31"}}))),
+    # Kong's conventions: a plugin configured by `curl -d config.x=…`, transformers' "name:value" strings
+    ("/plugins", "name=acme&config.api_key=MK-40&config.redis.password=MK-41&config.add.headers=x-api-key:MK-42"
+                 "&config.add.headers%5B2%5D=apikey%3AMK-43&config.add.querystring=token:MK-44"
+                 "&config.add.headers=x-keep:1"),
+    ("/plugins", json.dumps({"name": "request-transformer",
+                             "config": {"add": {"headers": ["Authorization:Bearer MK-45", "x-keep:2"]}}})),
 ]
 ENTITIES = [  # (dao_name, entity as the JSON text Kong stores)
     ("keyauth_credentials", json.dumps({"id": "k1", "key": "MK-21"})),
@@ -274,9 +280,10 @@ ENTITIES = [  # (dao_name, entity as the JSON text Kong stores)
     ("oauth2_credentials", json.dumps({"id": "o1", "client_secret": "MK-26"})),
     ("vaults", json.dumps({"id": "v1", "config": {"approle_secret_id": "MK-27", "token": "MK-28"}})),
     ("plugins", json.dumps({"id": "p1", "config": {"api_key": "MK-29", "headers": {"Authorization": "Bearer MK-30"}}})),
+    ("plugins", json.dumps({"id": "p2", "config": {"append": {"querystring": ["apikey:MK-46"]}}})),
 ]
 TAMPERED_MARKER = "MK-20"
-MARKERS = [f"MK-{i:02d}" for i in range(1, 32)] + [REQUESTS[12][1]]  # and the base64 body holding MK-19
+MARKERS = [f"MK-{i:02d}" for i in (*range(1, 32), *range(40, 47))] + [REQUESTS[12][1]]  # and the base64 body
 
 
 def add_credentials(admin: FakeKongAdmin) -> None:
@@ -295,7 +302,8 @@ def test_no_credential_of_an_audit_record_leaves(tmp_path, token_file, keys):
     """A marker secret in every place: JSON, form (percent-encoded and bracketed names, other case), multipart and
     base64 request bodies, nested plugin and vault configs, certificates' `key_alt`, Admin API paths that address
     a credential by its key, entity snapshots (one behind whitespace). Before, `key_alt`, `approle_secret_id`, the
-    keys in paths and the entity behind whitespace reached the vendor and the spool."""
+    keys in paths, the entity behind whitespace, a form's dotted names (`config.api_key=`) and transformers'
+    "name:value" strings reached the vendor and the spool."""
     private, public_pem, _ = keys
     with FakeKongAdmin(TOKEN, private_key=private) as admin, FakeSegment() as segment:
         add_credentials(admin)
@@ -321,6 +329,7 @@ def test_no_credential_of_an_audit_record_leaves(tmp_path, token_file, keys):
     shipped = orjson.dumps(segment.messages)
     assert b"/consumers/bob/key-auth/*****" in shipped and b"/oauth2_tokens/*****" in shipped
     assert b"/default/key-auths/*****?size=1" in shipped and b"cert_alt" in shipped and b"PUBLIC" in shipped
+    assert b"config.add.headers=x-keep:1" in shipped and b"x-keep:2" in shipped
 
 
 # -- Ctrl-C and kill -9 --------------------------------------------------------------------------------------------

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
+from urllib.parse import unquote_plus
 
 import orjson
 
@@ -221,6 +223,65 @@ def mask_credential_path(path: Any) -> Any:
             segments[i + 1] = MASK
             masked = True
     return "/".join(segments) + path[cut:] if masked else path
+
+
+# Kong's transformer plugins take headers, query arguments and body fields as arrays of "name:value" strings
+# (`config.add.headers = ["x-api-key:…"]`): a credential for the upstream under a secret name.
+PAIR_LISTS = frozenset({"headers", "querystring", "body"})
+
+
+def mask_kong_conventions(record: dict[str, Any], masker: Masker) -> dict[str, Any]:
+    """The record with the secrets masked that Kong's own conventions hide from the masks: a form body's dotted
+    names (`config.token=…`, `config.redis.password=…`, as `curl -d` configures a plugin) and "name:value" strings
+    of transformer plugins (`config.add.headers=apikey:…`, in a form, a JSON body or an entity snapshot)."""
+    out = record
+    for key in ("payload", "entity", "old_entity"):
+        value = record.get(key)
+        masked = _conventions_masked(value, masker) if isinstance(value, str) else value
+        if masked is not value:
+            out = {**out, key: masked}
+    return out
+
+
+def _conventions_masked(text: str, masker: Masker) -> str:
+    stripped = text.strip()
+    if stripped[:1] in ("{", "["):
+        try:
+            value = orjson.loads(stripped)
+        except orjson.JSONDecodeError:
+            return text
+        masked = _pairs_masked(value, masker, False, 0)
+        return text if masked is value else orjson.dumps(masked).decode()
+    if "=" not in stripped or any(c.isspace() for c in stripped):
+        return text
+    fields, changed = text.split("&"), False
+    for i, field in enumerate(fields):
+        name, eq, value = field.partition("=")
+        parts = [part for part in re.split(r"[.\[\]]+", unquote_plus(name)) if part]
+        if not eq or value == MASK or len(parts) < 2:
+            continue  # a plain name is the masks' own
+        if any(masker.names.is_secret(part) for part in parts) or (
+            PAIR_LISTS.intersection(parts) and _pair_masked(unquote_plus(value), masker) != unquote_plus(value)
+        ):
+            fields[i], changed = f"{name}={MASK}", True
+    return "&".join(fields) if changed else text
+
+
+def _pairs_masked(value: Any, masker: Masker, in_pairs: bool, depth: int) -> Any:
+    if depth > 32:
+        return value
+    if isinstance(value, dict):
+        items = {k: _pairs_masked(v, masker, k in PAIR_LISTS, depth + 1) for k, v in value.items()}
+        return value if all(items[k] is value[k] for k in value) else items
+    if isinstance(value, list):
+        masked = [_pairs_masked(v, masker, in_pairs, depth + 1) for v in value]
+        return value if all(m is v for m, v in zip(masked, value)) else masked
+    return _pair_masked(value, masker) if in_pairs and isinstance(value, str) else value
+
+
+def _pair_masked(text: str, masker: Masker) -> str:
+    name, colon, _ = text.partition(":")
+    return f"{name}:{MASK}" if colon and masker.names.is_secret(name.strip()) else text
 
 
 def entities_stripped(record: dict[str, Any]) -> dict[str, Any]:

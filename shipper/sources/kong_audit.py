@@ -46,7 +46,8 @@ from shipper.delivery.trust import tls_context
 from shipper.errors import ConfigError, FatalError
 from shipper.formats import audit_signature
 from shipper.formats.audit import (
-    audit_masker, content_key, entities_stripped, lenient_json, mask_credential_path, placed_at, shown_id, storable,
+    audit_masker, content_key, entities_stripped, lenient_json, mask_credential_path, mask_kong_conventions, placed_at,
+    shown_id, storable,
 )
 from shipper.processors.masking import BODY_FIELDS, DETAIL_BODIES, Masker
 from shipper.sources.checkpoints import write_atomically
@@ -438,7 +439,7 @@ class Poller:
             orjson.dumps(record)
         except orjson.JSONEncodeError:  # read by lenient_json: bytes that are no UTF-8, which the masks cannot read
             record = storable(record)
-        entry = self.masker.mask_value(entities_stripped(record), bodies=bodies)
+        entry = self.masker.mask_value(mask_kong_conventions(entities_stripped(record), self.masker), bodies=bodies)
         if endpoint == "requests":
             path = mask_credential_path(entry.get("path"))
             if path is not entry.get("path"):
