@@ -621,3 +621,18 @@ def test_a_cursor_written_before_the_lookback_still_skips_what_it_shipped(tmp_pa
         admin.add("requests", request_text("new", str(NOW - 20)), NOW - 20)
         polls(admin, tmp_path / "audit", [lambda: None])
     assert [r["request_id"] for r in spooled(tmp_path / "audit")] == ["new"]
+
+
+@pytest.mark.parametrize("refusal", [(401, {}), (302, {"Location": "http://elsewhere.example/"})], ids=["401", "302"])
+def test_a_vendor_refusal_is_one_line_exit_1_and_the_next_run_ships_everything_once(tmp_path, token_file, refusal):
+    """Held: the audit cursor moved (the records are in the spool), the sink's checkpoint did not."""
+    with FakeKongAdmin(TOKEN) as admin, FakeSegment() as segment:
+        records = [admin.add_request(T0 + i, signed=False) for i in range(5)]
+        segment.script([refusal])
+        args = tail_args(admin, segment.url, tmp_path, token_file, "--once", "--log-level", "warning")
+        refused = ship(*args, env=env())
+        lines = [line for line in refused.stderr.decode().splitlines() if "fatal" in line]
+        assert refused.returncode == 1 and len(lines) == 1 and f"HTTP {refusal[0]}" in lines[0], refused.stderr
+        again = ship(*args, env=env())
+        assert again.returncode == 0, again.stderr.decode()
+        assert message_ids(segment) == collections.Counter(expected_ids(records))

@@ -19,6 +19,12 @@ credential's `key`, a `password`, `apikey` in `path`, …) are masked by the mas
 
 A record whose signature was found invalid raises `ParseError("bad_signature")`: the pipeline dead-letters it
 (the whole spooled line is kept in the dead-letter file) instead of shipping it.
+
+For `sources.kong_audit`, which reads the Admin API and spools the records: answers orjson refuses that are JSON
+all the same (`lenient_json`, `storable`); the masks audit records need beyond every record's, applied before they
+are spooled (`audit_masker`: Kong's secret fields; `mask_credential_path`; `mask_kong_conventions`: dotted form
+names and "name:value" strings); and a record as the cursor and our messages see it (`placed_at`, `content_key`,
+`shown_id`).
 """
 
 from __future__ import annotations
