@@ -435,6 +435,50 @@ def test_a_full_backlog_stops_reading_tcp_and_reading_resumes_when_it_drains(tmp
         spool.close()
 
 
+def test_clients_trickling_unfinished_lines_lose_their_places_and_the_others_go_on(tmp_path):
+    """Past 64 KiB an unfinished line takes one of 16 places shared by every connection. 16 clients that took
+    them and trickled a byte now and then kept them for ever, and every other line over 64 KiB waited. A line
+    holding a place is cut off once it has been read for `unfinished_timeout` (30 s; 1 s here): its connection
+    closed, its start dead-lettered `unterminated`; the waiting record arrives."""
+    from shipper.sources.tcp_log import TcpLogListener
+
+    spool, commit, intake = _in_process(tmp_path)
+    listener = TcpLogListener("127.0.0.1", 0, intake, max_line_bytes=1 << 20, overloaded=lambda: False,
+                              unfinished_timeout=1.0)
+    listener.start(lambda reason: None)
+    stop = threading.Event()
+    hogs = [socket.create_connection(listener.address, timeout=10) for _ in range(16)]
+
+    def trickle() -> None:
+        try:
+            for sock in hogs:
+                sock.sendall(b"h" * (100 << 10))  # past 64 KiB: a place each
+            while not stop.wait(0.2):
+                for sock in hogs:
+                    sock.sendall(b"h")
+        except OSError:
+            pass  # cut off
+
+    trickling = threading.Thread(target=trickle)
+    trickling.start()
+    try:
+        time.sleep(0.5)
+        with socket.create_connection(listener.address, timeout=20) as sock:
+            big = line(7)[:-2] + b', "pad": "' + b"p" * (200 << 10) + b'"}\n'
+            sock.sendall(big)
+            close_and_wait(sock)  # waited for a place, then read, spooled and fsynced
+        assert commit.sync(10) and _spooled_seqs(spool) == [7]
+        assert wait_until(lambda: intake.snapshot()["dead_lettered"] == 16, timeout=10), intake.snapshot()
+    finally:
+        stop.set()
+        trickling.join(10)
+        for sock in hogs:
+            sock.close()
+        listener.shutdown()
+        commit.close()
+        spool.close()
+
+
 def test_a_full_backlog_drops_udp_datagrams_and_counts_them(tmp_path):
     from shipper.sources.udp_log import UdpLogListener
 

@@ -22,7 +22,9 @@ group commit: fsynced within 100 ms or 1,000 records), and:
   than having us drop silently;
 - at most `max_connections` connections are served at once (a thread each); beyond, new ones wait in the
   listen queue until one closes;
-- a connection idle for `idle_timeout` (longer than Kong's default keepalive, so Kong closes first) is closed.
+- a connection idle for `idle_timeout` (longer than Kong's default keepalive, so Kong closes first) is closed;
+- past 64 KiB, an unfinished line takes one of a few places shared by all connections (memory: see
+  `FREE_LINE_BYTES`); one that holds it for `unfinished_timeout` while read is cut off, its connection closed.
 
 When a connection ends, what it sent is fsynced before our side closes: a client that sees the close (EOF
 after its own shutdown) knows its records are durable.
@@ -56,6 +58,9 @@ LISTEN_BACKLOG = 1024
 # 30 lines of 1 MiB of `[]`s by 240 MiB. So:
 FREE_LINE_BYTES = 64 << 10  # of an unfinished line, held by any connection without charge (Kong's: 1-3 KB)
 UNFINISHED_LINES = 16  # lines of --max-body-bytes all connections' unfinished lines may hold beyond that, together
+UNFINISHED_TIMEOUT = 30.0  # seconds a line holding a place may take to arrive while read (Kong sends one in one send,
+# under its `timeout`, 10 s by default): a client trickling bytes would otherwise keep its place, and with 16 such,
+# every line over 64 KiB of every other connection waits
 DECODING_LINES = 1  # lines of --max-body-bytes being decoded at once, in all (the GIL runs one at a time anyway)
 
 
@@ -121,6 +126,7 @@ class Charge:
         self.budget = budget
         self.limit = limit
         self.held = 0
+        self.since = 0.0  # when the place was taken (or the reading paused by us resumed)
 
     def settle(self, pending: int) -> bool:
         """Charge (or give back) for an unfinished line of `pending` bytes; False when the budget cannot cover
@@ -132,8 +138,14 @@ class Charge:
             self.budget.give(self.held)
         elif not self.budget.take(want):
             return False
+        else:
+            self.since = time.monotonic()
         self.held = want
         return True
+
+    def overdue(self, timeout: float) -> bool:
+        """The line holding a place has been read for longer than `timeout`."""
+        return self.held > 0 and time.monotonic() - self.since > timeout
 
     def release(self) -> None:
         self.budget.give(self.held)
@@ -154,6 +166,7 @@ class TcpLogListener:
         tls: ssl.SSLContext | None = None,
         max_connections: int = MAX_CONNECTIONS,
         idle_timeout: float = IDLE_TIMEOUT,
+        unfinished_timeout: float = UNFINISHED_TIMEOUT,
     ):
         self.intake = intake
         self.max_line_bytes = max_line_bytes
@@ -161,6 +174,7 @@ class TcpLogListener:
         self.tls = tls
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
+        self.unfinished_timeout = unfinished_timeout
         self.connections = 0  # accepted in all
         self.failed_handshakes = 0
         self._slots = threading.BoundedSemaphore(max_connections)
@@ -242,6 +256,7 @@ class TcpLogListener:
 
     def _read_lines(self, conn: socket.socket, where: str, framer: LineFramer, charge: Charge) -> None:
         last_data = time.monotonic()
+        unfinished = "no newline"
         while not self._stop.is_set():
             if not charge.settle(framer.pending()):
                 self._unfinished_warnings.warn(
@@ -255,8 +270,11 @@ class TcpLogListener:
                 self._overload_warnings.warn(
                     "receive: tcp-log: backlog over --max-backlog-bytes: not reading until the sinks catch up")
                 self._stop.wait(POLL)
-                last_data = time.monotonic()
+                last_data = charge.since = time.monotonic()  # our pause, not the client's
                 continue
+            if charge.overdue(self.unfinished_timeout):
+                unfinished = f"not finished within {self.unfinished_timeout:g} s"
+                break
             try:
                 data = conn.recv(READ_BYTES)
             except TimeoutError:
@@ -276,7 +294,7 @@ class TcpLogListener:
         if leftover is not None:
             first, length = leftover
             self.intake.reject("unterminated", f"tcp-log from {where}: the connection ended {length} bytes into a "
-                               "record (no newline)", first, truncated=length > len(first), peer=where)
+                               f"record ({unfinished})", first, truncated=length > len(first), peer=where)
         self.intake.held_back(where)
         self.intake.commit.sync()  # durable before our side closes: the client may take the close as an ack
 
