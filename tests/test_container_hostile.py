@@ -503,3 +503,15 @@ def test_a_piece_over_the_limit_across_a_read_is_told_as_well(tmp_path, framing,
     lines = filler + pieces + wrap(kong(5))
     run = backfill(write(tmp_path / "0.log", lines), tmp_path, 0, "--max-line-bytes", "4096")
     assert run.ids() == ["kong-5"] and [d["reason"] for d in run.dead] == ["too_long"], run.dead
+
+
+
+@pytest.mark.parametrize("forced", ["cri", "docker"])
+def test_a_log_of_the_other_framing_under_format_is_dead_lettered_without_its_pieces_content(tmp_path, forced):
+    """`--format docker` on a CRI log (or the reverse): every line is dead-lettered on its own, and a piece cut
+    inside a token (`...J9.<signature>","content-type"...`) carried that token's tail, under no name a mask
+    knows, into the dead-letter file. Each line is still counted; its content stays in the file it came from."""
+    path, want = (docker_file if forced == "cri" else cri_file)(tmp_path)
+    run = backfill(path, tmp_path, 0, "--format", forced)
+    assert run.row["shipped"] == 0 and run.row["dead-lettered"] == len(run.dead) > 100, run.row
+    assert all(d["reason"] == "unknown_format" for d in run.dead)

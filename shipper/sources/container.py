@@ -137,8 +137,7 @@ class Framer:
             if self.mode == "auto":
                 yield self._clamped(file_id, line, start, end)  # no container line: the parsers decide
             else:
-                yield self._clamped(file_id, Unframed(line, f"not a {self.mode} log line (--format {self.mode})"),
-                                    start, end)  # fmt: skip
+                yield self._clamped(file_id, self._unframed(line), start, end)
             return
         stream, partial, content, when = entry
         if stream != "stdout":
@@ -156,6 +155,14 @@ class Framer:
             self._pieces = [b"".join(self._pieces)[:PREFIX_BYTES]]
         if not partial:
             yield self.finish(file_id, end)
+
+    def _unframed(self, line: bytes) -> Unframed:
+        """A line not in the forced framing. One of the other framing (`--format docker` on a CRI log) may be a
+        piece cut inside a token, which no mask can tell from text: its content is not kept (the file has it)."""
+        other = "docker" if self.mode == "cri" else "cri"
+        if (self._docker(line) if other == "docker" else self._cri(line)) is not None:
+            return Unframed(b"", f"a {other} log line, not {self.mode} (--format {self.mode}; its content is not kept)")
+        return Unframed(line, f"not a {self.mode} log line (--format {self.mode})")
 
     def finish(self, file_id: str, end: int) -> Item:
         """The pending record, ended at `end` (its last piece, or the end of a file that will not grow)."""
