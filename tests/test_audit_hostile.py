@@ -636,3 +636,21 @@ def test_a_vendor_refusal_is_one_line_exit_1_and_the_next_run_ships_everything_o
         again = ship(*args, env=env())
         assert again.returncode == 0, again.stderr.decode()
         assert message_ids(segment) == collections.Counter(expected_ids(records))
+
+
+@pytest.mark.parametrize("shape", ["answer", "lines"])
+def test_verify_reads_a_saved_answer_that_is_not_utf8(tmp_path, keys, shape):
+    """An Admin API answer saved to a file, with a binary payload's bytes as Kong writes them: it was 'not JSON',
+    exit 2; its signature verifies over those bytes."""
+    private, public_pem, _ = keys
+    record = {"method": "POST", "path": "/files", "request_id": "bin-1", "request_timestamp": NOW, "status": 201}
+    payload = b"\x89PNG\r\n\x1a\n\xff\xfe"
+    canonical = "|".join(kong_serialize({**record, "payload": "@P@"})).encode().replace(b"@P@", payload)
+    signature = base64.b64encode(private.sign(canonical, padding.PKCS1v15(), hashes.SHA256())).decode()
+    text = orjson.dumps({**record, "signature": signature})[:-1] + b',"payload":"' + payload.replace(b"\r", b"\\r")
+    text = text.replace(b"\n", b"\\n").replace(b"\x1a", b"\\u001a") + b'"}'
+    path = tmp_path / "saved.json"
+    path.write_bytes(b'{"data": [' + text + b'], "next": null}' if shape == "answer" else text + b"\n")
+    result = ship("audit", "verify", "--public-key", str(public_pem), str(path), env=env())
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().strip() == "1 records: 1 verified, 0 unsigned, 0 invalid"

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from shipper.errors import ConfigError
+from shipper.formats.audit import lenient_json
 
 
 def records_in_files(files: tuple[str, ...]) -> Iterator[tuple[str, dict[str, Any], str | None]]:
@@ -24,7 +25,7 @@ def records_in_files(files: tuple[str, ...]) -> Iterator[tuple[str, dict[str, An
         try:
             whole = orjson.loads(data)
         except orjson.JSONDecodeError:
-            whole = None
+            whole = lenient_json(data)  # a saved answer whose payload holds bytes that are no UTF-8, as Kong writes
         found: list[tuple[dict[str, Any], str]] = []
         if whole is not None:
             found = [(record, f"{path}#{i + 1}") for i, record in enumerate(records_of(whole, path))]
@@ -35,7 +36,9 @@ def records_in_files(files: tuple[str, ...]) -> Iterator[tuple[str, dict[str, An
                 try:
                     value = orjson.loads(line)
                 except orjson.JSONDecodeError as exc:
-                    raise ConfigError(f"{path}:{number}: not JSON ({exc}): expected audit records") from None
+                    value = lenient_json(line)
+                    if value is None:
+                        raise ConfigError(f"{path}:{number}: not JSON ({exc}): expected audit records") from None
                 found.extend((record, f"{path}:{number}") for record in records_of(value, f"{path}:{number}"))
         if found and not any(looks_like_audit(record) for record, _ in found):
             # e.g. an access log: "4 records: 0 verified, 4 unsigned" and exit 0 would pass it as checked
