@@ -135,7 +135,7 @@ def arrived_in(sink: str, request) -> list[int]:
 @pytest.mark.parametrize("answer", ["trickle", "endless", "endless-gzip"])
 def test_a_config_answer_that_never_ends_neither_stalls_the_events_nor_fills_memory(tmp_path, answer):
     """/v1/config answered 200 with a body trickling one byte every 0.4 s, or never ending (64 KiB chunks as fast
-    as loopback takes them; or as gzip, Content-Encoding the client decodes). The fetch gives up at its size or
+    as loopback takes them; or gzip members of 64 MiB each, Content-Encoding the client decodes). The fetch gives up at its size or
     time bound and keeps the last settings (100 %): every record arrives once, without each waiting for the
     fetch, and the fake saw the client hang up after a bounded part. Before, the whole body was read: an endless
     one filled memory at loopback speed, and while a trickle went on each event waited one fetch's timeouts
@@ -146,7 +146,7 @@ def test_a_config_answer_that_never_ends_neither_stalls_the_events_nor_fills_mem
         misbehaviour: Endless | Trickle = Trickle(200, 0.4)
     else:
         zipped = answer.endswith("gzip")
-        chunk = gzip.compress(b"{" * (8 << 20)) if zipped else b"{" * 65536
+        chunk = gzip.compress(b"{" * (64 << 20), compresslevel=1) if zipped else b"{" * 65536  # a 290 KB bomb
         misbehaviour = Endless(200, {"Content-Encoding": "gzip"} if zipped else {}, chunk=chunk)
     with fake_of("moesif") as fake:
         fake.misbehave("/v1/config", misbehaviour)

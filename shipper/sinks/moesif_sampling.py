@@ -263,7 +263,9 @@ class Sampler:
             kept = bytearray()
             for chunk in response.iter_raw():
                 kept += decoder.decompress(chunk, CONFIG_BYTES + 1 - len(kept)) if decoder else chunk
-                if len(kept) > CONFIG_BYTES or (decoder and decoder.unconsumed_tail) or time.monotonic() > deadline:
+                if len(kept) > CONFIG_BYTES or time.monotonic() > deadline:
+                    return 200, etag, None
+                if decoder and (decoder.unconsumed_tail or decoder.unused_data):  # over the bound; bytes after the end
                     return 200, etag, None
             return 200, etag, bytes(kept)
 
