@@ -610,3 +610,54 @@ def test_a_body_limit_halves_batches_and_dead_letters_only_the_event_over_it_alo
     assert [(d["reason"], seq_of_event(sink, json.loads(d["event"]))) for d in letters] == [("rejected", big)]
     assert "413" in letters[0]["detail"]
     assert checkpoint_offsets(tmp_path / "state", sink) == [log.stat().st_size]
+
+
+def refusing_with_a_cookie(sink: str, fake, refuse: set[str], cookie: str):
+    """The fake's answers with a marker cookie set on each, and a request holding a record whose x-seq is in
+    `refuse` answered 400 with a body quoting the request's headers back (its credential among them)."""
+    usual = fake.respond
+
+    def respond(req):
+        body = gzip.decompress(req.body) if req.headers.get("content-encoding") == "gzip" else req.body
+        data = orjson.loads(body) if req.method == "POST" else []
+        events = data if isinstance(data, list) else [data]
+        if any(str(e["request"]["headers"].get("x-seq")) in refuse for e in events):
+            answer = Response(400, {}, json.dumps({"error": "refused", "headers": req.headers}).encode())
+        else:
+            answer = usual(req)
+        return answer._replace(headers={**answer.headers, "Set-Cookie": f"sid={cookie}; HttpOnly"})
+
+    return respond
+
+
+@pytest.mark.parametrize("sink", ["moesif", "runscope"])
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_no_secret_leaves_through_moesif_or_runscope_refusals_included(tmp_path, sink, workers):
+    """As the webhook's test above, through Moesif (headers and bodies shipped) and Runscope (--runscope-log-body),
+    the line path and the workers': one record in 7 refused with an answer that quotes the request's headers
+    (the credential among them), a marker cookie on every answer. Every byte scanned."""
+    from test_worker_secrets import BLOCK, MAX_LINE, everything_that_left, scan, write_log
+
+    path = tmp_path / "kong.json"
+    log = write_log(path)
+    refused = set(log.seqs[3::7])
+    cookie = "ZQ9100007VENDORCOOKIEQZ"
+    state = tmp_path / "state"
+    with fake_of(sink) as fake:
+        fake.respond = refusing_with_a_cookie(sink, fake, refused, cookie)
+        out = ship("backfill", str(path), "--sink", sink, "--endpoint", fake.url, "--state-dir", str(state),
+                   "--workers", workers, "--max-line-bytes", str(MAX_LINE), "--log-level", "debug", "--batch-size",
+                   "4", "--runscope-log-body", *FAST, env={**env(), "KONG_SHIP_BLOCK_BYTES": str(BLOCK)},
+                   timeout=60)  # fmt: skip
+        letters = [orjson.loads(line) for line in (state / "dead-letter.jsonl").read_bytes().splitlines()]
+        received = len(fake.events if sink == "moesif" else fake.messages)
+        left = everything_that_left(fake, out, state)
+    assert out.returncode == 1, out.stderr.decode()[-3000:]
+    rejected = collections.Counter(str(orjson.loads(d["event"])["request"]["headers"].get("x-seq"))
+                                   for d in letters if d["reason"] == "rejected")  # fmt: skip
+    assert rejected == collections.Counter(refused)
+    assert received + len(refused) == log.shipped and len(letters) - len(refused) == log.dead
+    found = []
+    for where, data in left.items():
+        found += scan(log.markers + [cookie, CREDENTIALS[sink]], where, data)
+    assert not found, found
