@@ -166,6 +166,20 @@ def test_private_jwt_claims_and_entity_urls():
     assert record["api"]["upstream_url"].startswith("http://svc:pw@")  # the parsed record is not changed
 
 
+def test_registered_claims_of_another_shape_do_not_leave():
+    """A registered name keeps its claim only in the shape RFC 7519 gives it: an object or a list under `iss`,
+    `sub` or `jti` (and objects in `aud`) may hold anything, and reached the webhook and `parse`."""
+    m = leaks.marker(9)
+    token = gen.make_jwt({"sub": {"id": m}, "iss": {"a": m}, "aud": ["api", {m: 1}], "jti": [m], "iat": 1,
+                          "exp": 2.5, "nbf": None, "sid": "s1"})
+    txn = run_chain(build_chain(), Parser().parse(gen.kong_line(gen.kong_record(1, extra={"jwt": token})),
+                                                  Position("f", 0, 1)))
+    assert txn.jwt_claims == {"iat": 1, "exp": 2.5, "nbf": None, "sid": "s1"}
+    assert m not in orjson.dumps(txn.to_dict()).decode()
+    plain = {"sub": "u", "aud": ["a", "b"]}
+    assert Masker().kept_claims(plain) is plain  # nothing dropped: the object itself
+
+
 def test_dead_letter_lines_are_masked_structurally_or_textually():
     line = orjson.dumps({"request": {"headers": {"Authorization": "Bearer abcdefgh123"}, "uri": "/x?tok%65n=t1",
                                       "body": "plain secret text"}, "http_Cookie": "c1"})  # fmt: skip

@@ -2,7 +2,8 @@
 before the masks below): a URL's password cut by a dead letter's 4 KiB prefix before its `@`
 (redact._CUT_TAIL); secret parameters inside a query value that is itself a target, as Kong decodes it into the
 query object and as clients percent-encode it (params.mask_in_value); `;name=value` path parameters
-(params._mask_path_params); userinfo in `request.url` without a port, taken for the host (values.split_url)."""
+(params._mask_path_params); userinfo in `request.url` without a port, taken for the host (values.split_url);
+objects nested in the query object (params.ParamMasks.mask_query)."""
 
 from __future__ import annotations
 
@@ -58,15 +59,27 @@ def matrix(seq: int, m: str) -> dict:
     return rec
 
 
+def object_in_query(seq: int, m: str) -> dict:
+    """Kong writes texts, true and lists of texts into the query object; a hand-made or hostile record may nest
+    objects, whose secret names are masked as the top level's are (at any depth)."""
+    rec = gen.kong_record(seq)
+    deep: dict = {"access_token": m}
+    for level in range(12):
+        deep = {f"l{level}": deep}
+    rec["request"]["querystring"].update({"filter": {"token": m, "ok": "v"}, "list": [{"Password": m}, "x"],
+                                          "deep": deep})
+    return rec
+
+
 FAKES = {"segment": FakeSegment, "moesif": FakeMoesif, "runscope": FakeRunscope}
 
 
 @pytest.mark.parametrize("sink", ["segment", "moesif", "runscope"])
-@pytest.mark.parametrize("shape", ["query_object_url", "encoded_url_in_query", "matrix_param"])
+@pytest.mark.parametrize("shape", ["query_object_url", "encoded_url_in_query", "matrix_param", "object_in_query"])
 def test_secret_parameters_nested_in_a_query_value_or_in_path_params_are_masked(tmp_path, sink, shape):
     m = leaks.marker(2)
     rec = {"query_object_url": lambda: nested(5, m, False), "encoded_url_in_query": lambda: nested(5, m, True),
-           "matrix_param": lambda: matrix(5, m)}[shape]()
+           "matrix_param": lambda: matrix(5, m), "object_in_query": lambda: object_in_query(5, m)}[shape]()
     log = tmp_path / "kong.json"
     log.write_bytes(gen.kong_line(rec))
     with FAKES[sink](CREDENTIALS[sink]) as fake:

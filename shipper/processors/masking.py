@@ -117,17 +117,19 @@ class Masker(ParamMasks):
         return txn
 
     def kept_claims(self, claims: dict[str, Any] | None) -> dict[str, Any] | None:
-        """The JWT claims that may leave the process (JWT_KEPT_CLAIMS), `claims` itself when that is all."""
-        if claims and not claims.keys() <= JWT_KEPT_CLAIMS:
-            # identify decodes each token once (a cache): the same claims object comes again and again.
-            cached = self._claims.get(id(claims))
-            if cached is None or cached[0] is not claims:
-                if len(self._claims) >= _CACHE_MAX:
-                    self._claims.clear()
-                kept = {k: v for k, v in claims.items() if k in JWT_KEPT_CLAIMS}
-                cached = self._claims[id(claims)] = (claims, kept)
-            return cached[1]
-        return claims
+        """The JWT claims that may leave the process (JWT_KEPT_CLAIMS, each a number, a text, a boolean or null,
+        `aud` also a list of texts: an object or list under a registered name may hold anything), `claims` itself
+        when that is all."""
+        if not claims:
+            return claims
+        # identify decodes each token once (a cache): the same claims object comes again and again.
+        cached = self._claims.get(id(claims))
+        if cached is None or cached[0] is not claims:
+            if len(self._claims) >= _CACHE_MAX:
+                self._claims.clear()
+            kept = {k: v for k, v in claims.items() if k in JWT_KEPT_CLAIMS and _plain_claim(k, v)}
+            cached = self._claims[id(claims)] = (claims, claims if len(kept) == len(claims) else kept)
+        return cached[1]
 
     # -- the parts -----------------------------------------------------------------------------------------
     def mask_headers(self, headers: dict[str, Any]) -> dict[str, Any]:
@@ -321,3 +323,11 @@ def drop_raw(txn: Transaction) -> Transaction:
     travel further than the processors."""
     txn.raw = None
     return txn
+
+
+def _plain_claim(name: str, value: Any) -> bool:
+    """Whether a registered claim's value has the shape RFC 7519 gives it (`aud`: a text or a list of texts)."""
+    kind = type(value)
+    if kind is str or kind is int or kind is float or kind is bool or value is None:
+        return True
+    return name == "aud" and kind is list and all(type(item) is str for item in value)

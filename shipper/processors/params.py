@@ -67,9 +67,11 @@ class ParamMasks:
         every name seen clean, and no value that may hold a target (`next=/cb?token=x`, once decoded by Kong)."""
         return query.keys() <= self.names.clean and not _values_may_hold_targets(query)
 
-    def mask_query(self, query: dict[str, Any]) -> dict[str, Any]:
+    def mask_query(self, query: dict[str, Any], depth: int = 0) -> dict[str, Any]:
         """Kong's decoded query object with the values of secret names masked, and the secret parameters of the
-        values that are targets (`next=/cb?token=x`); `query` itself when nothing is masked."""
+        values that are targets (`next=/cb?token=x`); `query` itself when nothing is masked. Kong's values are
+        texts, `true` and lists of texts; an object in it (a hand-made or hostile record) is masked as a query
+        object of its own, at any depth (MASK whole past MAX_NESTING)."""
         names = self.names
         keys = query.keys()
         hits = keys & names.hit if keys <= names.known else names.secrets_in(keys)
@@ -83,18 +85,24 @@ class ParamMasks:
             if key in hits:
                 masked[key] = MASK  # type: ignore[index]  # made with `hits`
                 continue
-            if type(value) is str:
-                new: Any = self.mask_in_value(value)
-            elif type(value) is list:
-                items = [self.mask_in_value(item) if type(item) is str else item for item in value]
-                new = value if all(a is b for a, b in zip(items, value)) else items
-            else:
-                continue
+            new = self._mask_query_value(value, depth)
             if new is not value:
                 if masked is None:
                     masked = dict(query)
                 masked[key] = new
         return query if masked is None else masked
+
+    def _mask_query_value(self, value: Any, depth: int) -> Any:
+        """A value of a query object masked (`value` itself when nothing is): a text as a possible target, a list
+        item by item, an object as a query object one level down."""
+        if type(value) is str:
+            return self.mask_in_value(value)
+        if type(value) is list:
+            items = [self._mask_query_value(item, depth) for item in value]
+            return value if all(a is b for a, b in zip(items, value)) else items
+        if type(value) is dict:
+            return MASK if depth >= MAX_NESTING else self.mask_query(value, depth + 1)
+        return value
 
     def mask_in_value(self, value: str, depth: int = 0) -> str:
         """A value that may itself be a target: `/cb?token=x`, `https://user:pw@host/`, `/p;token=x`, or one of
@@ -282,7 +290,8 @@ class ParamMasks:
 
 def _values_may_hold_targets(query: dict[str, Any]) -> bool:
     """Whether a value of Kong's query object (a string, a list of them for a repeated name, true for a name
-    without a value) may be a target: a `?`, `#`, `;`, an encoded one, or a URL with userinfo. Looked for in the
+    without a value) may be a target: a `?`, `#`, `;`, an encoded one, or a URL with userinfo; or may hold names
+    (an object, which Kong never writes, or a `{` in a text: the longer way masks the same). Looked for in the
     object's JSON, one C call for all its values whatever their types (a name holding one of these only takes
     the callers the longer way, which masks the same)."""
     try:
@@ -293,7 +302,7 @@ def _values_may_hold_targets(query: dict[str, Any]) -> bool:
     # instructions), and one regular expression for all of it scans at every position (~13 k).
     text = data.decode()
     return (
-        "?" in text or "#" in text or ";" in text
+        "?" in text or "#" in text or ";" in text or text.find("{", 1) > 0  # an object inside: its names looked at
         or ("%" in text and _ENCODED_TARGET.search(text) is not None) or ("@" in text and "://" in text)
     )
 
