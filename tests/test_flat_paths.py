@@ -219,3 +219,19 @@ FUZZ = settings(
 @given(seed=st.integers(0, 1 << 30))
 def test_mutated_lines_give_the_same_outcome_on_both_paths(sink_name: str, seed: int) -> None:
     assert_same(PAIRS[sink_name], [mutated_line(seed)])
+
+
+@pytest.mark.parametrize("sink_name", FLAT_SINKS)
+def test_an_ipv6_host_header_keeps_its_brackets_on_both_paths(sink_name: str) -> None:
+    """Without `request.url`, the host is the Host header's: `[::1]` was cut at its last `:` into `[:`, on both
+    paths alike (values.host_of_header now, one helper for both)."""
+    lines = []
+    for seq, host in enumerate(["[::1]", "[2001:db8::1]:8443", "api.example.com:8000", "api.example.com", ""]):
+        record = gen.kong_record(seq)
+        del record["request"]["url"]
+        record["request"]["headers"]["host"] = host
+        lines.append(gen.kong_line(record))
+    all_pairs = pairs(sink_name)
+    assert_same(all_pairs, lines)
+    hosts = [orjson.loads(all_pairs[0][1]("file", line, 0, 9)[1])["properties"].get("host") for line in lines]
+    assert hosts == ["[::1]", "[2001:db8::1]", "api.example.com", "api.example.com", ""]

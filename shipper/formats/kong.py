@@ -7,8 +7,8 @@ from typing import Any
 
 from shipper.formats.kong_fields import ai_usage, entity, tls_info, trace_id, upstream_tries
 from shipper.formats.values import (
-    MAX_COUNT, MAX_LATENCY_MS, count_field, epoch_ms_field, latency_field, parse_query, port_field, split_target,
-    split_url, status_field, to_str, upstream_status_field,
+    MAX_COUNT, MAX_LATENCY_MS, count_field, epoch_ms_field, host_of_header, latency_field, parse_query, port_field,
+    split_target, split_url, status_field, to_str, upstream_status_field,
 )
 from shipper.model import Position, Transaction
 
@@ -64,8 +64,7 @@ def request_address(rget: Callable[[str], Any], text: Callable[[Any], str]) -> t
     if type(headers) is not dict:
         headers = {}
     if not host:
-        host_header = text(headers.get("host"))
-        host = host_header.rpartition(":")[0] or host_header
+        host = host_of_header(text(headers.get("host")))
     return scheme, host, port, raw_path, headers
 
 

@@ -113,6 +113,14 @@ def split_url(url: str) -> tuple[str, str, int | None, str]:
     return scheme.lower(), host, port, target or "/"
 
 
+def host_of_header(value: str) -> str:
+    """The host of a Host header's `host[:port]`: `api.example.com:8000` → `api.example.com`, `[::1]:8000` and
+    `[::1]` → `[::1]` (an IPv6 host keeps its brackets, as split_url keeps them)."""
+    if value.startswith("["):
+        return value.partition("]")[0] + "]"
+    return value.rpartition(":")[0] or value
+
+
 # -- checked fields ----------------------------------------------------------------------------------------------
 def to_number(value: Any) -> int | float | None:
     """An int or float from a number or numeric text (non-finite ones included); None for anything else.

@@ -32,7 +32,7 @@ import orjson
 
 from shipper.formats.kong_fields import ai_usage, entity, tls_info, trace_id
 from shipper.formats.values import (
-    MAX_COUNT, MAX_LATENCY_MS, count_field, latency_field, parse_query, split_url, status_field,
+    MAX_COUNT, MAX_LATENCY_MS, count_field, host_of_header, latency_field, parse_query, split_url, status_field,
     upstream_status_field,
 )
 from shipper.processors.identity import anonymous_id
@@ -143,8 +143,7 @@ class SegmentFlat(KongFlat):
         if type(headers) is not dict:
             headers = {}
         if not host:
-            host_header = plain_str(headers.get("host"))
-            host = host_header.rpartition(":")[0] or host_header
+            host = host_of_header(plain_str(headers.get("host")))
         query = rget("querystring")
         if type(query) is not dict:
             query = parse_query(query_string)
