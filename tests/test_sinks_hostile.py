@@ -137,9 +137,9 @@ def test_a_config_answer_that_never_ends_neither_stalls_the_events_nor_fills_mem
     """/v1/config answered 200 with a body trickling one byte every 0.4 s, or never ending (64 KiB chunks as fast
     as loopback takes them; or gzip members of 64 MiB each, Content-Encoding the client decodes). The fetch gives
     up at its size or time bound and keeps the last settings (100 %): every record arrives once, without each
-    waiting for the fetch, and the fake saw the client hang up after a bounded part. Before, the whole body was read: an endless
-    one filled memory at loopback speed, and while a trickle went on each event waited one fetch's timeouts
-    (3 s), 150 records for minutes."""
+    waiting for the fetch, and the fake saw the client hang up after a bounded part. Before, the whole body was
+    read: an endless one filled memory at loopback speed, and while a trickle went on each event waited one
+    fetch's timeouts (3 s), 150 records for minutes."""
     log = tmp_path / "kong.json"
     gen.write_records(log, range(150))
     if answer == "trickle":
