@@ -12,7 +12,7 @@ import json
 import pytest
 
 import gen
-from conftest import FAST, ship, ship_env
+from conftest import FAST, FAST_FOLLOW, ship, ship_env, wait_until
 from fakes.moesif import FakeMoesif
 from fakes.webhook import FakeWebhook
 
@@ -179,3 +179,26 @@ def test_a_routes_refusal_names_its_own_credential_for_every_sink(tmp_path):
         verdict = sink.judge(httpx.Response(status, request=httpx.Request("POST", sink.url)))
         assert verdict.kind == FATAL and verdict.reason.startswith("webhook@team-a: ")
         assert "KONG_SHIP_WEBHOOK_SECRET" not in verdict.reason and "its header values" in verdict.reason
+
+
+def test_a_vendor_asking_for_a_huge_pause_holds_back_only_its_own_sink_and_sigterm_still_stops(tmp_path, shippers):
+    """`tail` to Moesif and a webhook; Moesif answers 429 with Retry-After: 99999999 (the sender waits at most an
+    hour): the webhook receives every record meanwhile; SIGTERM ends the run within --shutdown-timeout with exit
+    0; Moesif's checkpoint has not moved past what it acknowledged (nothing), the webhook's is at the file's end."""
+    log, state = tmp_path / "kong.json", tmp_path / "state"
+    seqs = list(range(100))
+    gen.write_records(log, seqs)
+    with FakeMoesif(APP) as moesif, FakeWebhook() as hook:
+        moesif.script([(429, {"Retry-After": "99999999"})] * 100)
+        proc = shippers("tail", str(log), "--sink", "moesif", "--sink", "webhook", "--endpoint", f"moesif={moesif.url}",
+                        "--endpoint", f"webhook={hook.url}/hook", "--state-dir", str(state), *FAST_FOLLOW,
+                        "--shutdown-timeout", "2", env=ship_env(MOESIF_APPLICATION_ID=APP))  # fmt: skip
+        assert wait_until(lambda: len(hook.snapshot()) >= 100, timeout=30), len(hook.snapshot())
+        assert wait_until(lambda: checkpointed(state, "webhook") == log.stat().st_size, timeout=30)
+        code, _, err = proc.stop(timeout=30)
+        got = hook_seqs(hook)
+        moesif_got = moesif_seqs(moesif)
+    assert code == 0, err[-2000:]
+    assert "Traceback" not in err and "429" in err
+    assert got == collections.Counter(seqs) and not moesif_got
+    assert checkpointed(state, "moesif") == 0
