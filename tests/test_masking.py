@@ -180,6 +180,24 @@ def test_registered_claims_of_another_shape_do_not_leave():
     assert Masker().kept_claims(plain) is plain  # nothing dropped: the object itself
 
 
+def test_the_claims_remembered_are_bounded_by_their_weight():
+    """Identity does not remember large tokens, so each brings new claims: any client can send a distinct one a
+    request. The masker's memory of claims is bounded by weight as well as number."""
+    import tracemalloc
+
+    masker = Masker()
+    tracemalloc.start()
+    try:
+        for i in range(200):
+            claims = {"sub": f"u{i}", "email": "e", "blob": "x" * 100_000 + str(i)}
+            assert masker.kept_claims(claims) == {"sub": f"u{i}"}
+            del claims
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 4 << 20, held  # 200 x 100 KB remembered before
+
+
 def test_dead_letter_lines_are_masked_structurally_or_textually():
     line = orjson.dumps({"request": {"headers": {"Authorization": "Bearer abcdefgh123"}, "uri": "/x?tok%65n=t1",
                                       "body": "plain secret text"}, "http_Cookie": "c1"})  # fmt: skip

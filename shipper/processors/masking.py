@@ -62,6 +62,7 @@ DETAIL_BODIES: dict[str, frozenset[str]] = {"admin_request": BODY_FIELDS | {"pay
 WITHHELD = "body withheld by kong-ship: {size} bytes, neither JSON nor form-encoded (--ship-raw-bodies sends it)"
 _MAX_DEPTH = 64
 _CACHE_MAX = 4096  # entities and JWT claims remembered; beyond that, work is redone, not wrong
+_CLAIMS_BYTES = 1 << 20  # ... and the JWT claims remembered weigh at most this, as JSON
 _MAX_INFLATE = 10 << 20  # a gzip body is inspected up to this size; larger ones are withheld
 
 _BASE64 = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")
@@ -80,6 +81,7 @@ class Masker(ParamMasks):
         self.ship_raw_bodies = ship_raw_bodies
         self.entities: dict[str, tuple[Any, dict[str, Any]]] = {}  # id -> (version, masked): read by the flat paths too
         self._claims: dict[int, tuple[Any, Any]] = {}  # id(claims) -> (claims, their kept part)
+        self._claims_bytes = 0  # what the remembered claims weigh as JSON: bounded too (_CLAIMS_BYTES)
         self._extra = tuple(sorted(frozenset(normalize(n) for n in extra_names)))
 
     def __repr__(self) -> str:
@@ -122,13 +124,24 @@ class Masker(ParamMasks):
         when that is all."""
         if not claims:
             return claims
-        # identify decodes each token once (a cache): the same claims object comes again and again.
+        # identify decodes each token once (a cache): the same claims object comes again and again. A token it
+        # does not remember (a large one) brings new claims each time: what is remembered is bounded by weight
+        # as well as number, or distinct large tokens would each be held here.
         cached = self._claims.get(id(claims))
         if cached is None or cached[0] is not claims:
-            if len(self._claims) >= _CACHE_MAX:
-                self._claims.clear()
             kept = {k: v for k, v in claims.items() if k in JWT_KEPT_CLAIMS and _plain_claim(k, v)}
-            cached = self._claims[id(claims)] = (claims, claims if len(kept) == len(claims) else kept)
+            answer = claims if len(kept) == len(claims) else kept
+            try:
+                weight = len(orjson.dumps(claims))
+            except orjson.JSONEncodeError:
+                return answer
+            if len(self._claims) >= _CACHE_MAX or self._claims_bytes + weight > _CLAIMS_BYTES:
+                self._claims.clear()
+                self._claims_bytes = 0
+            if weight <= _CLAIMS_BYTES // 16:
+                self._claims[id(claims)] = (claims, answer)
+                self._claims_bytes += weight
+            return answer
         return cached[1]
 
     # -- the parts -----------------------------------------------------------------------------------------
