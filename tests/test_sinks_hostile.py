@@ -173,14 +173,18 @@ GARBAGE_CONFIGS = {
                      b'"value": "GET"}]}]}',
     "rule-bad-regex": b'{"regex_config": [{"sample_rate": 0, "conditions": [{"path": "request.verb", '
                       b'"value": "(("}]}]}',
+    "rules-20000": json.dumps({"regex_config": [{"sample_rate": 0, "conditions": [
+        {"path": "request.route", "value": f"^/x{i}$"}, {"path": "request.verb", "value": "GET"}]}
+        for i in range(20_000)]}).encode(),
 }  # fmt: skip
 
 
 @pytest.mark.parametrize("name", list(GARBAGE_CONFIGS))
 def test_a_garbage_config_keeps_every_event_at_100_percent(tmp_path, name):
     """Whatever /v1/config says that is no configuration (not an object, non-finite or negative rates, a rate
-    that is a boolean, JSON nested 100,000 deep): one line says so, sampling keeps 100 %, every record arrives
-    once with weight 1. A rule whose regex does not compile never matches (its rate 0 would drop everything)."""
+    that is a boolean, JSON nested 100,000 deep, 20,000 regex rules that every event would be matched against in
+    turn: refused since the limit of 1,000): one line says so, sampling keeps 100 %, every record arrives once
+    with weight 1. A rule whose regex does not compile never matches (its rate 0 would drop everything)."""
     log = tmp_path / "kong.json"
     gen.write_records(log, range(60))
     with fake_of("moesif") as fake:

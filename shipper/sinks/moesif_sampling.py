@@ -32,6 +32,7 @@ from shipper.sinks.moesif_regex import MATCH_CHARS, backtracks_safely
 log = logging.getLogger("kong-ship")
 
 CONFIG_REFRESH = 300.0  # seconds between /v1/config fetches (sooner when an answer's config ETag changes)
+MAX_REGEX_RULES = 1000  # a dashboard's handful, many times over; more would cost every event its matching
 CONFIG_BYTES = 16 << 20  # of a /v1/config answer, decoded: thousands of user and company rates fit many times
 # The plugin's request.route: the path of the absolute uri, without the query; "/" when there is none.
 _ROUTE = re.compile(r"^https?://[^/]+(/[^?]+)")
@@ -66,6 +67,8 @@ def parse_regex_config(rules: Any) -> list[RegexRule]:
         return []
     if not isinstance(rules, list):
         raise ValueError("regex_config is not a list")
+    if len(rules) > MAX_REGEX_RULES:  # every event is matched against them in turn
+        raise ValueError(f"regex_config has {len(rules):,} rules, over {MAX_REGEX_RULES:,}")
     out: list[RegexRule] = []
     for rule in rules:
         if not isinstance(rule, dict):
