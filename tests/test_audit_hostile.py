@@ -654,3 +654,32 @@ def test_verify_reads_a_saved_answer_that_is_not_utf8(tmp_path, keys, shape):
     result = ship("audit", "verify", "--public-key", str(public_pem), str(path), env=env())
     assert result.returncode == 0, result.stderr.decode()
     assert result.stdout.decode().strip() == "1 records: 1 verified, 0 unsigned, 0 invalid"
+
+
+def test_a_poll_that_fails_part_way_counts_and_warns_nothing_of_it(tmp_path, keys, caplog):
+    """Records are checked and masked as their page arrives: a poll that then failed on a later page (retried at the
+    next interval) had already counted their signatures and warned of a forged one, and did so again when retried
+    (the summary said 2 invalid for 1)."""
+    import logging
+
+    from shipper.sources.kong_audit import AdminUnavailable
+
+    private, public_pem, _ = keys
+    with BreaksPageTwo(None, private_key=private) as admin:
+        admin.add_request(T0, signed=True)
+        admin.add_request(T0 + 1, signed=True)
+        forged = admin.add_request(T0 + 2, tamper=True)
+        admin.how, admin.breaks = "bad-gateway", 1
+        client = AdminClient(admin.url, None, page_size=2)
+        spool = Spool(str(tmp_path / "audit"))
+        poller = Poller(client, Cursor(str(tmp_path / "audit" / "cursor.json"), {}), spool,
+                        verify_key=sig.load_public_key(str(public_pem)))  # fmt: skip
+        with caplog.at_level(logging.WARNING, logger="kong-ship"):
+            with pytest.raises(AdminUnavailable):
+                poller.poll()
+            assert poller.poll() == 3
+        spool.close()
+        client.close()
+    assert (poller.counts[sig.INVALID], poller.counts[sig.VERIFIED]) == (1, 2)
+    warned = [r.getMessage() for r in caplog.records if "does not verify" in r.getMessage()]
+    assert len(warned) == 1 and forged["request_id"] in warned[0], warned

@@ -317,15 +317,11 @@ class Cursor:
             "source": self.source,
             **{
                 e: {"after": edge.after, "ids": sorted(edge.ids), "seen": dict(sorted(edge.seen.items())),
-                    **_strays(edge)}
+                    **({"stray": sorted(edge.stray)} if edge.stray else {})}
                 for e, edge in self.edges.items()
             },
         }
         write_atomically(self.path, orjson.dumps(data, option=orjson.OPT_INDENT_2))
-
-
-def _strays(edge: Edge) -> dict[str, list[str]]:
-    return {"stray": sorted(edge.stray)} if edge.stray else {}
 
 
 def _describe(source: dict[str, Any]) -> str:
@@ -370,6 +366,8 @@ class Poller:
         strays: set[str] = set()  # new ones
         newest = edge.after
         recent: dict[str, int] = {}  # new ones within LOOKBACK of the newest seen so far (pages come newest first)
+        checks: Counter[str] = Counter()
+        forged: list[str] = []
         with tempfile.SpooledTemporaryFile(HELD_IN_MEMORY, dir=self.spool.directory) as held:
             pages: list[tuple[int, int]] = []  # (offset in `held`, records) of each page's new records
             for page in self.client.pages(endpoint, edge.floor):
@@ -396,7 +394,7 @@ class Poller:
                     fresh.reverse()  # pages come newest first
                     fresh.sort(key=lambda item: -1 if item[0] is None else item[0])  # stable: same-second order kept
                     pages.append((held.tell(), len(fresh)))
-                    held.write(b"".join(orjson.dumps(self._wrap(endpoint, record)) + b"\n" for _, record in fresh))
+                    held.write(b"".join(self._wrap(endpoint, record, checks, forged) + b"\n" for _, record in fresh))
             count = sum(n for _, n in pages)
             if not count:
                 return 0
@@ -408,6 +406,10 @@ class Poller:
         self.cursor.edges[endpoint] = Edge(newest, seen_now, (edge.stray & stray_seen) | strays)
         self.cursor.save()
         self.counts[endpoint] += count
+        self.counts.update(checks)
+        for rid in forged:  # told now, not as the page came: a poll that failed part-way is done again
+            log.warning("audit: %s %s: the signature does not verify; dead-lettered (reason bad_signature)",
+                        endpoint[:-1], rid)  # fmt: skip
         return count
 
     def _spool_held(self, kind: str, held: IO[bytes], pages: list[tuple[int, int]]) -> None:
@@ -418,22 +420,18 @@ class Poller:
             lines = [held.readline()[:-1] for _ in range(records)]
             self.spool.append_encoded(kind, lines)
 
-    def _wrap(self, endpoint: str, record: dict[str, Any]) -> dict[str, Any]:
+    def _wrap(self, endpoint: str, record: dict[str, Any], checks: Counter[str], forged: list[str]) -> bytes:
+        """The record as spooled; its verdict put in `checks`, its id in `forged` (`_poll` tells them once spooled)."""
         if self.verify_key is not None:
             check: str | None = audit_signature.check(record, self.verify_key)
             if check == audit_signature.INVALID:
-                log.warning(
-                    "audit: %s %s: the signature does not verify; dead-lettered (reason bad_signature)",
-                    endpoint[:-1], shown_id(record_id(endpoint, record)) or "(no id)",
-                )
+                forged.append(shown_id(record_id(endpoint, record)) or "(no id)")
         else:
             check = audit_signature.UNSIGNED if record.get("signature") in (None, "") else None
         if check is not None:
-            self.counts[check] += 1
-        # The signature is checked above, over the record as Kong signed it; the spool (state on disk) keeps the
-        # record as it will ship, secrets masked (credential keys in `entity`, passwords in `payload`, the user's
-        # names anywhere, `path`'s query included).
-        # As the masking processor masks the transaction it becomes: a request's `payload` as a body.
+            checks[check] += 1
+        # Checked above as Kong signed it; spooled (state on disk) as it will ship, masked as the masking processor
+        # masks the transaction it becomes (a request's `payload` as a body), and for Kong's conventions.
         bodies = DETAIL_BODIES["admin_request"] if endpoint == "requests" else BODY_FIELDS
         try:
             orjson.dumps(record)
@@ -444,5 +442,6 @@ class Poller:
             path = mask_credential_path(entry.get("path"))
             if path is not entry.get("path"):
                 entry = {**entry, "path": path}
-        return {"entry": entry, "signature_check": check, "admin_url": self.client.shown, "workspace": self.workspace}
+        return orjson.dumps({"entry": entry, "signature_check": check, "admin_url": self.client.shown,
+                             "workspace": self.workspace})  # fmt: skip
 
