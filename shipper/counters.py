@@ -151,6 +151,7 @@ class LaneSummary:
     bytes_read: int = 0
     unterminated: list[tuple[str, int]] = field(default_factory=list)
     filtered_by: Mapping[str, int] = field(default_factory=dict)  # `filtered` by reason (filter:<name>, sample:…)
+    unread: list[str] = field(default_factory=list)  # files whose rest could not be read (a corrupt gzip file)
 
     def __getattr__(self, name: str) -> int:
         # Only called for names that are not fields: the counters, by their name in COUNTERS.

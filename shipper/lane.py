@@ -336,7 +336,7 @@ class Lane:
     def summary(self) -> LaneSummary:
         return LaneSummary(
             self.sink.name, self.counters.snapshot(), self.source.bytes_read, list(self.source.unterminated),
-            self.counters.filtered_reasons(),
+            self.counters.filtered_reasons(), list(self.source.unread),
         )
 
     def close(self) -> None:

@@ -113,14 +113,15 @@ def final_bar(stderr: bytes) -> str:
     return bars[-1].decode()
 
 
-def line_path_and_blocks(tmp_path, paths: list[str], block: int, *more: str):
-    """(the --workers 0 run, the --workers 2 run, what the second delivered) on the same files."""
+def line_path_and_blocks(tmp_path, paths: list[str], block: int, *more: str, code: int = 0):
+    """(the --workers 0 run, the --workers 2 run, what the second delivered) on the same files, each ending with
+    exit code `code`."""
     with FakeSegment() as fake:
         lines = ship("backfill", *paths, *args(fake, tmp_path, "s0", "--workers", "0", *more), env=env(block))
-        assert lines.returncode == 0, lines.stderr
+        assert lines.returncode == code, lines.stderr
         fake.messages.clear()
         blocks = ship("backfill", *paths, *args(fake, tmp_path, "s2", "--workers", "2", *more), env=env(block))
-        assert blocks.returncode == 0, blocks.stderr
+        assert blocks.returncode == code, blocks.stderr
         return lines, blocks, counts(fake)
 
 
@@ -273,11 +274,16 @@ def damaged(tmp_path, how: str) -> tuple[str, list[int], int]:
 
 @pytest.mark.parametrize("how", ["truncated", "corrupt", "bad header"])
 def test_a_damaged_gzip_file_is_reported_and_what_came_before_shipped_once(tmp_path, how):
+    """... and the run ends with exit 1, as for any input that could not be read (it ended 0)."""
     path, line_ends, readable = damaged(tmp_path, how)
-    lines, blocks, got = line_path_and_blocks(tmp_path, [path], 70_000)
+    lines, blocks, got = line_path_and_blocks(tmp_path, [path], 70_000, code=1)
     for run in (lines, blocks):
         assert re.search(rb"ERROR: error reading " + re.escape(path.encode()) + rb" at \d+: .+ \(the rest of it is "
                          rb"skipped\)", run.stderr), run.stderr  # fmt: skip
+        assert run.stderr.rstrip().endswith(b"1 input(s) could not be read, whole or in part (said above)"), run.stderr
+    parsed = ship("parse", path)
+    whole = sum(end <= readable - CHUNK for end in line_ends)  # read before the failure, as above
+    assert parsed.returncode == 1 and whole <= parsed.stdout.count(b"\n") <= sum(end <= readable for end in line_ends)
     # Whole lines up to where decompression failed, less at most one read (CHUNK) of them, each once.
     assert max(got.values()) == 1 and set(got) == set(range(len(got)))
     assert {seq for seq, end in enumerate(line_ends) if end <= readable - CHUNK} <= set(got)

@@ -80,7 +80,9 @@ def backfill(paths: tuple[str, ...], **kw: Any) -> None:
     exit_if_unsaved(result)
     if any(lane.rejected for lane in result.lanes):
         sys.exit(1)
-    exit_if_unreadable(unreadable)
+    # A file whose rest could not be read (a corrupt or truncated gzip file: said when it happened) is an input
+    # that could not be read, as a missing one is: what came before it was shipped.
+    exit_if_unreadable(unreadable + len(result.lanes[0].unread if result.lanes else []))
 
 
 def window_scan(settings, pipeline) -> tuple[threading.Thread, list[str]]:

@@ -74,4 +74,4 @@ def parse(paths: tuple[str, ...], **kw: Any) -> None:
         click.echo(f"kong-ship: {path}: ends with {size} bytes of an unfinished line (not printed)", err=True)
     if errors.total:
         click.echo(f"kong-ship: {errors.total} line(s) not understood", err=True)
-    exit_if_unreadable(unreadable)
+    exit_if_unreadable(unreadable + len(source.unread))  # a corrupt gzip file's rest too (said when it happened)

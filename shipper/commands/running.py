@@ -119,7 +119,7 @@ def exit_if_unsaved(result: RunResult) -> None:
 
 def exit_if_unreadable(count: int) -> None:
     if count:
-        say("error", f"{count} input(s) could not be read (listed above)")
+        say("error", f"{count} input(s) could not be read, whole or in part (said above)")
         sys.exit(1)
 
 

@@ -98,6 +98,7 @@ class FileSource:
         # The file being read as blocks: it, and its read position and _bytes_read when its blocks began.
         self._in_blocks: tuple[OpenFile, int, int] | None = None
         self.unterminated: list[tuple[str, int]] = []  # (path, bytes) of last lines with no newline, backfill
+        self.unread: list[str] = []  # one-shot commands: files whose rest could not be read (read_failed said why)
         # Files held open at most: half the descriptor limit, the rest left to sockets, checkpoints, dead letters
         # (80 matching files under a limit of 64 took every descriptor: nothing could be sent or saved).
         self.max_open = open_files_cap()
@@ -274,6 +275,8 @@ class FileSource:
             else:
                 yield from self.read_file_to_end(handle)
             self._retire(key, handle, static=True)
+            if handle.read_error:
+                self.unread.append(handle.path)
 
     @property
     def bytes_read(self) -> int:

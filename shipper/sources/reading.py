@@ -69,6 +69,7 @@ class OpenFile:
     last_check: float = 0.0
     moved: bool = False  # the path no longer leads to this file (rotated, deleted, re-pointed)
     finished: bool = False  # a static file (gzip, backfill) read to its end
+    read_error: str = ""  # why the rest of it could not be read (read_failed), if it could not
     framer: Framer | None = None  # container log framing (container.py); None: plain lines only
 
 
@@ -227,6 +228,7 @@ def read_failed(handle: OpenFile, exc: Exception) -> None:
     """A read error (a corrupt or truncated gzip file, an I/O error): said once, the rest of the file skipped."""
     log.error("error reading %s at %d: %s (the rest of it is skipped)", handle.path, handle.read_pos, exc)
     handle.finished = True
+    handle.read_error = str(exc) or type(exc).__name__
 
 
 def close_file(handle: OpenFile) -> None:
