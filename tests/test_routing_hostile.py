@@ -9,12 +9,15 @@ from __future__ import annotations
 import collections
 import json
 
+import httpx
+import orjson
 import pytest
 
 import gen
 from conftest import FAST, FAST_FOLLOW, ship, ship_env, wait_until
 from fakes.moesif import FakeMoesif
 from fakes.webhook import FakeWebhook
+from receiving import free_port, start_receive
 
 APP = "ZQ9200001MOESIFAPPQZ"
 
@@ -202,3 +205,49 @@ def test_a_vendor_asking_for_a_huge_pause_holds_back_only_its_own_sink_and_sigte
     assert "Traceback" not in err and "429" in err
     assert got == collections.Counter(seqs) and not moesif_got
     assert checkpointed(state, "moesif") == 0
+
+
+# -- receive: records from the spool to two sinks, one fatal ----------------------------------------------------
+def test_receive_to_two_sinks_one_fatal_keeps_every_answered_record_for_both(tmp_path, shippers):
+    """`kong-ship receive` takes Kong http-log batches (answered 200 once spooled) for Moesif and a webhook; the
+    webhook refuses the credentials (401): receive ends with exit 1 and one line naming it. Started again with the
+    webhook fixed, each sink gets every answered record from the spool, the webhook once each, and Moesif none
+    twice that it had acknowledged before the stop."""
+    token = "ZQ9200002HTTPLOGTOKENQZ"
+    env = ship_env(MOESIF_APPLICATION_ID=APP, KONG_SHIP_HTTP_LOG_TOKEN=token)
+    state, port = tmp_path / "state", free_port()
+    with FakeMoesif(APP) as moesif, FakeWebhook() as hook:
+        hook.script([(401, {})] * 1000)
+        args = ["--listen", f"127.0.0.1:{port}", "--sink", "moesif", "--sink", "webhook",
+                "--endpoint", f"moesif={moesif.url}", "--endpoint", f"webhook={hook.url}/hook",
+                "--state-dir", str(state), *FAST]  # fmt: skip
+        first = start_receive(shippers, args, env, port)
+        answered = set()
+        with httpx.Client(timeout=10) as client:
+            for start in range(0, 100, 25):
+                seqs = range(start, start + 25)
+                try:
+                    reply = client.post(f"http://127.0.0.1:{port}/http-log",
+                                        content=orjson.dumps([gen.kong_record(s) for s in seqs]),
+                                        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+                except httpx.TransportError:
+                    break  # the receive has stopped (the webhook's 401)
+                if reply.status_code == 200:
+                    answered.update(seqs)
+        code, _, err = first.wait(timeout=30)
+        before = moesif_seqs(moesif)
+        assert code == 1 and "Traceback" not in err, err[-2000:]
+        fatal = [line for line in err.splitlines() if "fatal" in line]
+        assert len(fatal) == 1 and "webhook" in fatal[0] and "401" in fatal[0], err[-2000:]
+        assert answered, err[-2000:]
+        hook.clear_script()
+        again = start_receive(shippers, args, env, port)
+        hook.wait_for(lambda: set(hook_seqs(hook)) >= answered, timeout=30)
+        moesif.wait_for(lambda: set(moesif_seqs(moesif)) >= answered, timeout=30)
+        code, _, err = again.stop()
+        after, hooked = moesif_seqs(moesif), hook_seqs(hook)
+    assert code == 0, err[-2000:]
+    assert set(hooked) == set(after) == answered and max(hooked.values()) == 1
+    doubled = {s for s, n in after.items() if n > 1}
+    print(f"moesif: {len(before)} delivered before the stop, {len(doubled)} sent again")
+    assert doubled <= set(before)
