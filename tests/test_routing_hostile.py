@@ -229,7 +229,8 @@ def test_receive_to_two_sinks_one_fatal_keeps_every_answered_record_for_both(tmp
                 try:
                     reply = client.post(f"http://127.0.0.1:{port}/http-log",
                                         content=orjson.dumps([gen.kong_record(s) for s in seqs]),
-                                        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+                                        headers={"Authorization": f"Bearer {token}",
+                                                 "Content-Type": "application/json"})
                 except httpx.TransportError:
                     break  # the receive has stopped (the webhook's 401)
                 if reply.status_code == 200:
