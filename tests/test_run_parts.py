@@ -3,6 +3,8 @@ watcher and the checkpoint resume."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 
 from shipper.counters import COUNTERS, LaneCounters, LaneSummary
@@ -104,3 +106,24 @@ def test_resume_offers_checkpoints_and_saves_what_is_acknowledged(tmp_path):
     again.load()
     (file_id,) = {line[0] for line in lines}
     assert again.known(file_id)[file_id].offset == log.stat().st_size
+
+
+def test_file_notifications_out_of_descriptors_fall_back_to_polling(tmp_path):
+    """Importing watchdog opens files: with every descriptor taken (a flood of connections to receive, or of
+    files), it raised OSError, not ImportError, and the run ended. It is a warning and polling now."""
+    script = """
+import os, resource, sys
+from shipper.sources.watch import Watcher
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+held = []
+try:
+    while True:
+        held.append(os.open(os.devnull, os.O_RDONLY))
+except OSError:
+    pass
+Watcher([sys.argv[1] + "/kong.json"], lambda: None, poll_interval=0.5).start()
+print("started", "watchdog" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout == "started False\n", done.stderr
+    assert "file notifications unavailable" in done.stderr and "polling every 0.50 s" in done.stderr, done.stderr

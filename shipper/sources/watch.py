@@ -45,6 +45,9 @@ class Watcher:
             from watchdog.observers import Observer
         except ImportError:
             return
+        except OSError as exc:  # out of descriptors (a flood of connections): importing opens files too
+            log.warning("file notifications unavailable (%s); polling every %.2f s", exc, self.poll_interval)
+            return
         wake = self.wake
 
         class Wake(FileSystemEventHandler):
