@@ -1,4 +1,4 @@
-"""Event hooks are masked with the run's masker: the names the user gave (`--mask-body-key`, `--mask-query`, and
+"""Event hooks are masked with the run's masker (Kong's own secret fields and "name:value" lists included): the names the user gave (`--mask-body-key`, `--mask-query`, and
 the config file's `[masks] headers`) are masked in event hooks as in every other record, before the event is spooled and
 before it ships. A real `kong-ship receive` on loopback, shipping to a strict fake webhook and to stdout, is sent
 events that hold unique marker secrets under user-named keys only; no byte that leaves it (the vendor's
@@ -39,6 +39,11 @@ def marked_event(n: int, markers: list[str]) -> dict:
             "Tenant-PIN": marker("flagkey"),  # --mask-body-key tenant_pin (names compared normalised)
             "tags": [{"corp_code": marker("filekey")}],  # [masks] headers in the config file: one set of names
             "url": f"https://upstream.example.com/cb?sig_v={marker('query')}&ok=1",  # --mask-query sig_v
+            # Kong's own secret fields and conventions, which no user names: a certificate's second private key,
+            # a Vault AppRole's secret id, a transformer plugin's "name:value" header, a dotted name.
+            "key_alt": marker("keyalt"), "config": {"approle_secret_id": marker("approle"),
+                                                    "add": {"headers": [f"X-Api-Key:{marker('pair')}", "x-ok:1"]},
+                                                    "redis.password": marker("dotted")},
         },
     }  # fmt: skip
 
@@ -91,6 +96,9 @@ def test_a_user_named_secret_in_an_event_hook_leaves_in_no_byte(shippers, tmp_pa
     for entity in [e["record"]["entity"] for e in spool_lines] + [e["details"]["entity"] for e in fake.snapshot()]:
         assert entity["Tenant-PIN"] == MASK and entity["tags"] == [{"corp_code": MASK}]
         assert entity["url"] == "https://upstream.example.com/cb?sig_v=*****&ok=1"
+        assert entity["key_alt"] == MASK and entity["config"]["approle_secret_id"] == MASK
+        assert entity["config"]["add"]["headers"] == ["X-Api-Key:*****", "x-ok:1"]
+        assert entity["config"]["redis.password"] == MASK
     printed = [orjson.loads(line) for line in out.splitlines()]
     assert sorted(p["properties"]["n"] for p in printed) == [1, 2, 3]
     assert all(p["properties"]["entity"]["Tenant-PIN"] == MASK for p in printed)

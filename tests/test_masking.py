@@ -198,6 +198,24 @@ def test_the_claims_remembered_are_bounded_by_their_weight():
     assert held < 4 << 20, held  # 200 x 100 KB remembered before
 
 
+def test_kongs_dotted_names_and_name_value_lists_are_masked_everywhere():
+    """One mechanism for every record: a form's dotted names (`config.redis.password`, as `curl -d` configures a
+    plugin) and transformer plugins' "name:value" lists, in query strings, bodies, entities (audit records had
+    their own copy of these rules; event hooks and bodies had none)."""
+    masker = Masker()
+    assert masker.mask_params("config.token=s1&config.redis.password=s2&name=ok") == (
+        f"config.token={MASK}&config.redis.password={MASK}&name=ok")
+    assert orjson.loads(masker.mask_body('{"config.api_key": "s3", "config": {"remove": {"headers": ["apikey"]}}}')) == (
+        {"config.api_key": MASK, "config": {"remove": {"headers": ["apikey"]}}})
+    entity = {"config": {"add": {"headers": ["Authorization:Bearer s4", "x-ok:1", "https://h/?token=s5"],
+                                 "querystring": ["api_key:s6"], "body": ["password:s7", {"token": "s8"}]}},
+              "key_alt": "s9", "secret_id": "s10", "headers": {"x-ok": "1"}}
+    masked = orjson.dumps(masker.mask_value(entity)).decode()
+    assert not [s for s in ("s4", "s5", "s6", "s7", "s8", "s9", "s10") if f"{s}\"" in masked or f"{s}&" in masked
+                or f" {s}" in masked], masked
+    assert '"x-ok:1"' in masked and '"headers":{"x-ok":"1"}' in masked
+
+
 def test_dead_letter_lines_are_masked_structurally_or_textually():
     line = orjson.dumps({"request": {"headers": {"Authorization": "Bearer abcdefgh123"}, "uri": "/x?tok%65n=t1",
                                       "body": "plain secret text"}, "http_Cookie": "c1"})  # fmt: skip

@@ -33,7 +33,7 @@ import hashlib
 import json
 import re
 from typing import Any
-from urllib.parse import unquote_plus
+from urllib.parse import quote_plus, unquote_plus
 
 import orjson
 
@@ -44,7 +44,7 @@ from shipper.formats.values import (
 )
 from shipper.model import Position, Transaction
 from shipper.output import printable
-from shipper.processors.masking import Masker, normalize
+from shipper.processors.masking import PAIR_LISTS, Masker, normalize
 from shipper.processors.params import MASK
 
 NOT_CHECKED = "not_checked"
@@ -199,12 +199,6 @@ def storable(value: Any) -> Any:
 
 
 # -- the masks audit records need beyond every record's (`kong_audit.Poller` spools records masked with them) ---
-# Kong entity and plugin fields that hold a secret under a name none of the default secret names matches: a
-# certificate's alternate private key, a HashiCorp Vault AppRole's secret id, OpenID Connect's private JWKs, SAML's
-# signing key, ACME's EAB HMAC key, AWS Lambda's access key.
-KONG_SECRET_FIELDS = (
-    "key_alt", "approle_secret_id", "secret_id", "client_jwk", "request_signing_key", "eab_hmac_key", "aws_key",
-)  # fmt: skip
 # Admin API collections whose entities Kong also finds by their secret (their schema's endpoint_key): the path
 # segment after one of them may be the secret itself.
 CREDENTIAL_COLLECTIONS = frozenset(
@@ -213,8 +207,9 @@ CREDENTIAL_COLLECTIONS = frozenset(
 
 
 def audit_masker(names: tuple[str, ...] = (), ship_raw_bodies: bool = False) -> Masker:
-    """The masker audit records are spooled with: the user's names, the default ones and KONG_SECRET_FIELDS."""
-    return Masker((*names, *KONG_SECRET_FIELDS), ship_raw_bodies)
+    """The masker audit records are spooled with: the user's names and the default ones (Kong's own secret fields
+    among them, names.KONG_SECRET_FIELDS)."""
+    return Masker(names, ship_raw_bodies)
 
 
 def mask_credential_path(path: Any) -> Any:
@@ -231,63 +226,31 @@ def mask_credential_path(path: Any) -> Any:
     return "/".join(segments) + path[cut:] if masked else path
 
 
-# Kong's transformer plugins take headers, query arguments and body fields as arrays of "name:value" strings
-# (`config.add.headers = ["x-api-key:…"]`): a credential for the upstream under a secret name.
-PAIR_LISTS = frozenset({"headers", "querystring", "body"})
+_DOTTED = re.compile(r"[.\[\]]+")  # the parts of a form's name: `config.add.headers`, `config[add][headers]`
 
 
 def mask_kong_conventions(record: dict[str, Any], masker: Masker) -> dict[str, Any]:
-    """The record with the secrets masked that Kong's own conventions hide from the masks: a form body's dotted
-    names (`config.token=…`, `config.redis.password=…`, as `curl -d` configures a plugin) and "name:value" strings
-    of transformer plugins (`config.add.headers=apikey:…`, in a form, a JSON body or an entity snapshot)."""
-    out = record
-    for key in ("payload", "entity", "old_entity"):
-        value = record.get(key)
-        masked = _conventions_masked(value, masker) if isinstance(value, str) else value
-        if masked is not value:
-            out = {**out, key: masked}
-    return out
+    """The record with the "name:value" texts of transformer plugins masked where the masks cannot see them: in a
+    form body (`config.add.headers=x-api-key:…`, as `curl -d` configures a plugin). In JSON (a body, an entity)
+    the masks do it themselves (masking.PAIR_LISTS), as a form's dotted secret names (`config.token=…`)."""
+    value = record.get("payload")
+    masked = _form_pairs_masked(value, masker) if isinstance(value, str) else value
+    return record if masked is value else {**record, "payload": masked}
 
 
-def _conventions_masked(text: str, masker: Masker) -> str:
+def _form_pairs_masked(text: str, masker: Masker) -> str:
     stripped = text.strip()
-    if stripped[:1] in ("{", "["):
-        try:
-            value = orjson.loads(stripped)
-        except orjson.JSONDecodeError:
-            return text
-        masked = _pairs_masked(value, masker, False, 0)
-        return text if masked is value else orjson.dumps(masked).decode()
-    if "=" not in stripped or any(c.isspace() for c in stripped):
+    if stripped[:1] in ("{", "[") or "=" not in stripped or any(c.isspace() for c in stripped):
         return text
     fields, changed = text.split("&"), False
     for i, field in enumerate(fields):
         name, eq, value = field.partition("=")
-        parts = [part for part in re.split(r"[.\[\]]+", unquote_plus(name)) if part]
-        if not eq or value == MASK or len(parts) < 2:
-            continue  # a plain name is the masks' own
-        if any(masker.names.is_secret(part) for part in parts) or (
-            PAIR_LISTS.intersection(parts) and _pair_masked(unquote_plus(value), masker) != unquote_plus(value)
-        ):
-            fields[i], changed = f"{name}={MASK}", True
+        pair_name, colon, rest = unquote_plus(value).partition(":")
+        if not (eq and colon and rest) or PAIR_LISTS.isdisjoint(_DOTTED.split(unquote_plus(name))):
+            continue
+        if masker.names.is_secret(pair_name.strip()):
+            fields[i], changed = f"{name}={quote_plus(pair_name)}:{MASK}", True
     return "&".join(fields) if changed else text
-
-
-def _pairs_masked(value: Any, masker: Masker, in_pairs: bool, depth: int) -> Any:
-    if depth > 32:
-        return value
-    if isinstance(value, dict):
-        items = {k: _pairs_masked(v, masker, k in PAIR_LISTS, depth + 1) for k, v in value.items()}
-        return value if all(items[k] is value[k] for k in value) else items
-    if isinstance(value, list):
-        masked = [_pairs_masked(v, masker, in_pairs, depth + 1) for v in value]
-        return value if all(m is v for m, v in zip(masked, value)) else masked
-    return _pair_masked(value, masker) if in_pairs and isinstance(value, str) else value
-
-
-def _pair_masked(text: str, masker: Masker) -> str:
-    name, colon, _ = text.partition(":")
-    return f"{name}:{MASK}" if colon and masker.names.is_secret(name.strip()) else text
 
 
 def entities_stripped(record: dict[str, Any]) -> dict[str, Any]:

@@ -53,6 +53,9 @@ from shipper.processors.params import MASK, ParamMasks
 
 JWT_KEPT_CLAIMS = frozenset({"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "sid"})
 URL_HEADERS = frozenset({"referer", "location", "content_location"})  # masked as URLs, normalized names
+# Kong's transformer plugins take headers, query arguments and body fields as lists of "name:value" texts
+# (`config.add.headers = ["x-api-key:…"]`): a credential for the upstream under a secret name.
+PAIR_LISTS = frozenset({"headers", "querystring", "body"})
 BODY_FIELDS = frozenset({"body", "request_body", "response_body"})  # keys whose value is a body (dead letters)
 # The keys of a transaction's `details` that hold a body, by kind (`mask_value`'s `bodies` at the top level): an
 # Admin API request's `payload` (Kong's audit record) is the request body, masked as one (JSON and form by key,
@@ -220,8 +223,11 @@ class Masker(ParamMasks):
             hits = self.names.secrets_in(value.keys())
             out = None
             for k, v in value.items():
+                new: Any
                 if k in hits:
                     new = v if v is None else MASK
+                elif k in PAIR_LISTS and type(v) is list:
+                    new = self._mask_pairs(v, depth + 1)
                 elif k in bodies and v is not None:
                     new = self.mask_body(v, depth + 1)
                 else:
@@ -241,6 +247,22 @@ class Masker(ParamMasks):
                     out_list[i] = new
             return value if out_list is None else out_list
         return value
+
+    def _mask_pairs(self, items: list[Any], depth: int) -> list[Any]:
+        """A list under a PAIR_LISTS key: its "name:value" texts with a secret name masked (`x-api-key:*****`),
+        the rest as any value."""
+        out = None
+        for i, item in enumerate(items):
+            name, _, rest = item.partition(":") if type(item) is str else ("", "", "")
+            if rest and self.names.is_secret(name.strip()):
+                new = f"{name}:{MASK}"
+            else:
+                new = self.mask_value(item, depth)
+            if new is not item:
+                if out is None:
+                    out = list(items)
+                out[i] = new
+        return items if out is None else out
 
     def _mask_string(self, text: str, depth: int) -> str:
         if len(text) < 3:

@@ -2,7 +2,7 @@
 parameter names, body keys, the names in dead-lettered lines.
 
 `normalize`: percent-decoded until stable (`%6Bey`, `api%255Fkey`), `+` as a space, case-folded, `-` as `_`.
-`is_secret_name` also matches `user[password]` on `password`, a name ending like a credential (`SECRET_ENDINGS`),
+`is_secret_name` also matches `user[password]` and `config.password` on `password`, a name ending like a credential (`SECRET_ENDINGS`),
 a secret name behind `x_`, and ignores Nginx's `http_` / `sent_http_` prefixes.
 `NameSet` remembers its verdicts, so that the names of a record, which repeat from record to record, are checked
 with set operations done in C, and only a name never seen before is normalized.
@@ -36,9 +36,17 @@ def normalize(name: str) -> str:
     return name.strip().casefold().replace("-", "_")
 
 
+# Kong entity and plugin fields that hold a secret under a name nothing else here matches (in audit records and
+# event hooks): a certificate's alternate private key, a HashiCorp Vault AppRole's secret id, OpenID Connect's
+# private JWKs, SAML's signing key, ACME's EAB HMAC key, AWS Lambda's access key.
+KONG_SECRET_FIELDS = (
+    "key_alt", "approle_secret_id", "secret_id", "client_jwk", "request_signing_key", "eab_hmac_key", "aws_key",
+)  # fmt: skip
 # The one set of secret names, normalized: `key`, `secret`, `password` and the rest are secrets wherever they
 # appear (Kong entities in audit records and event hooks use it too).
-SECRET_KEYS = frozenset(normalize(n) for n in (*DEFAULT_HEADERS, *DEFAULT_QUERY, *DEFAULT_BODY_KEYS))
+SECRET_KEYS = frozenset(
+    normalize(n) for n in (*DEFAULT_HEADERS, *DEFAULT_QUERY, *DEFAULT_BODY_KEYS, *KONG_SECRET_FIELDS)
+)
 # Credentials go by many names beyond the list (`X-Vault-Token`, `Private-Token`, `X-Amz-Security-Token`,
 # `Ocp-Apim-Subscription-Key`, `X-Goog-Api-Key`, `X-Client-Secret`, `new_password`, `X-Amz-Signature`): a name
 # ending so is secret too, and one that is a secret name behind `x_`. What this masks by mistake (a pagination
@@ -47,6 +55,7 @@ SECRET_ENDINGS = (
     "_token", "_secret", "_password", "_passwd", "_api_key", "_apikey", "_access_key", "_secret_key", "_private_key",
     "subscription_key", "_signature", "_credential", "_credentials",
 )  # fmt: skip
+_NAME_PARTS = re.compile(r"[.\[\]]+")
 REMEMBERED = 4096  # names remembered per NameSet; beyond that, work is redone, not wrong
 
 
@@ -59,8 +68,10 @@ def is_secret_name(name: Any, secrets: frozenset[str]) -> bool:
     for prefix in ("http_", "sent_http_"):  # Nginx variables: `http_x_api_key` is the header `X-Api-Key`
         if norm.startswith(prefix) and norm[len(prefix) :] in secrets:
             return True
-    if "[" in norm:  # `user[password]`, `a[b][token]`
-        return any(part in secrets for part in re.split(r"[\[\]]+", norm) if part)
+    if "[" in norm or "." in norm:  # `user[password]`, `a[b][token]`, `config.redis.password` (Kong's forms)
+        return any(
+            part in secrets or part.endswith(SECRET_ENDINGS) for part in _NAME_PARTS.split(norm) if part
+        )
     return False
 
 
