@@ -176,3 +176,16 @@ def test_retry_after_forms():
 def test_iso_ms_pads_milliseconds():
     assert iso_ms(1763800000005) == "2025-11-22T08:26:40.005Z"
     assert iso_ms(0) == "1970-01-01T00:00:00.000Z"
+
+
+@pytest.mark.parametrize("status", [400, 401, 501])
+def test_a_refusal_quoting_the_write_key_back_never_carries_it(status):
+    """Segment's answer is quoted in a dead letter's detail or the fatal line: a body that quotes the write key
+    (or the Basic token made of it) back has it masked, as Moesif's, Runscope's and the webhook's have."""
+    key = "wk-ZQ77SEGMENTKEYQZ"
+    token = base64.b64encode(f"{key}:".encode()).decode()
+    sink = SegmentSink(key)
+    body = orjson.dumps({"error": f"invalid write key {key}", "headers": {"authorization": f"Basic {token}"}})
+    verdict = sink.judge(httpx.Response(status, content=body, request=httpx.Request("POST", sink.url)))
+    assert verdict.kind != OK and str(status) in verdict.reason, verdict
+    assert key not in verdict.reason and token not in verdict.reason, verdict.reason

@@ -21,7 +21,10 @@ import orjson
 from shipper import __version__
 from shipper.errors import ConfigError
 from shipper.model import Transaction
-from shipper.sinks.base import SPLIT, EventRejected, FlatEncode, HttpSink, OptionList, Sink, SinkLimits, Verdict, absolute_url, judge_common
+from shipper.sinks.base import (
+    SPLIT, EventRejected, FlatEncode, HttpSink, OptionList, Sink, SinkLimits, Verdict, absolute_url, judge_common,
+    without_secrets,
+)
 from shipper.sinks.compression import PreparedBody, gzip_body
 from shipper.sinks.config import config_from_options, option, options_of
 from shipper.sinks.credentials import read_secret
@@ -235,6 +238,7 @@ class SegmentSink(HttpSink):
         self.strip_trailing_slash = config.strip_trailing_slash
         self.gzip = gzip
         token = base64.b64encode(f"{write_key}:".encode()).decode()
+        self._secrets = (write_key, token)  # masked in refusals that quote them back (without_secrets)
         self._headers = {"Authorization": f"Basic {token}", "Content-Type": "application/json"}
         if gzip:
             self._headers["Content-Encoding"] = "gzip"
@@ -425,7 +429,8 @@ class SegmentSink(HttpSink):
     def judge(self, response: httpx.Response) -> Verdict:
         if response.status_code == 413:
             return Verdict(SPLIT, "Segment answered 413: batch too large")
-        return judge_common(response, "Segment", "check SEGMENT_WRITE_KEY (or --segment-write-key-file)")
+        verdict = judge_common(response, "Segment", "check SEGMENT_WRITE_KEY (or --segment-write-key-file)")
+        return without_secrets(verdict, self._secrets)
 
 
 OPTIONS = SegmentSink.OPTIONS  # the CLI reads each sink module's OPTIONS
