@@ -19,7 +19,7 @@ from shipper.errors import ConfigError
 from shipper.formats import Parser
 from shipper.model import Transaction
 from shipper.sinks import base
-from shipper.sinks.webhook import WebhookSink, parse_headers, sign, signature_ok
+from shipper.sinks.webhook import WebhookSink, parse_headers, shown_endpoint, sign, signature_ok
 
 SECRET = "wh-s3cr3t-value-77"
 
@@ -76,6 +76,19 @@ def test_judge(status, kind):
     assert verdict.kind == kind
     if kind == base.RETRY:
         assert verdict.retry_after == 3.0
+
+
+@pytest.mark.parametrize("status", [401, 403, 404, 501])
+def test_a_fatal_line_shows_the_endpoint_without_the_secret_in_its_path(status):
+    """Slack, Discord and Zapier put the secret in the webhook's path: a fatal line (stderr, the journal) shows the
+    origin and the first segment only, and never userinfo or the query."""
+    url = "https://bot:pw1@hooks.example.com/services/T0A1/B0C2/ZQ88PATHSECRETQZ?token=ZQ89QUERYSECRETQZ"
+    sink = WebhookSink(url)
+    verdict = sink.judge(httpx.Response(status, request=httpx.Request("POST", url)))
+    assert verdict.kind == base.FATAL and "https://hooks.example.com/services/…" in verdict.reason, verdict.reason
+    assert not [s for s in ("ZQ88", "ZQ89", "pw1", "T0A1") if s in verdict.reason], verdict.reason
+    assert shown_endpoint("http://127.0.0.1:8080") == "http://127.0.0.1:8080"
+    assert shown_endpoint("http://127.0.0.1:8080/hook") == "http://127.0.0.1:8080/hook"
 
 
 def test_encode_is_the_normalized_transaction_for_api_calls_and_event_hooks():

@@ -22,6 +22,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from urllib.parse import urlsplit
+
 import click
 import httpx
 import orjson
@@ -144,9 +146,11 @@ class WebhookSink(HttpSink):
             return Verdict(OK)
         if status in (401, 403):
             hint = "check the signing secret (KONG_SHIP_WEBHOOK_SECRET or --webhook-secret-file) and --webhook-header"
-            return Verdict(FATAL, f"the webhook endpoint {self.url} refused the request (HTTP {status}): {hint}")
+            shown = shown_endpoint(self.url)
+            return Verdict(FATAL, f"the webhook endpoint {shown} refused the request (HTTP {status}): {hint}")
         if status in (404, 405, 410, 501, 505):
-            return Verdict(FATAL, f"the webhook endpoint answered HTTP {status} for {self.url}: check --endpoint")
+            return Verdict(FATAL, f"the webhook endpoint answered HTTP {status} for {shown_endpoint(self.url)}: "
+                                  "check --endpoint")
         if 300 <= status < 400:
             where = response.headers.get("location", "?")
             return Verdict(FATAL, f"the webhook endpoint redirects (HTTP {status}) to {where}: set --endpoint to it")
@@ -159,3 +163,13 @@ class WebhookSink(HttpSink):
 
 OPTIONS = WebhookSink.OPTIONS  # the CLI reads each sink module's OPTIONS
 _CONTRACT: type[Sink] = WebhookSink  # mypy checks the class against the sink contract here
+
+
+def shown_endpoint(url: str) -> str:
+    """The endpoint as our messages show it: its origin and first path segment (`https://hooks.slack.com/services/…`).
+    Slack, Discord, Zapier and the like put the secret in the path; the user knows the rest of their URL."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]  # userinfo is a credential too
+    segments = [segment for segment in parts.path.split("/") if segment]
+    rest = "/…" if len(segments) > 1 or parts.query or parts.fragment else ""
+    return f"{parts.scheme}://{host}" + (f"/{segments[0]}" if segments else "") + rest
