@@ -25,6 +25,7 @@ from fakes.httpfake import Response
 from fakes.moesif import FakeMoesif
 from fakes.runscope import FakeRunscope
 from fakes.webhook import FakeWebhook
+from test_worker_faults import exactly_once, no_traceback
 
 CREDENTIALS = {"moesif": "ZQ9100001MOESIFAPPQZ", "runscope": "ZQ9100002RUNSCOPETKQZ", "webhook": "ZQ9100003HOOKSECRQZ"}
 PATHS = {"moesif": "/v1/events/batch", "runscope": "/buckets/", "webhook": "/hook"}
@@ -60,19 +61,6 @@ def arrived(sink: str, fake) -> collections.Counter:
 def backfill(sink: str, fake, tmp_path, log, *more: str, timeout: float = 60):
     return ship("backfill", str(log), "--sink", sink, "--endpoint", url_of(sink, fake),
                 "--state-dir", str(tmp_path / "state"), *FAST, *more, env=env(), timeout=timeout)  # fmt: skip
-
-
-def exactly_once(got: collections.Counter, seqs) -> None:
-    missing = sorted(set(seqs) - set(got))
-    doubled = sorted(s for s, n in got.items() if n > 1)
-    extra = sorted(set(got) - set(seqs))
-    assert not missing and not doubled and not extra, (missing[:10], doubled[:10], extra[:10])
-
-
-def no_traceback(stderr: bytes) -> str:
-    text = stderr.decode()
-    assert "Traceback" not in text, text[-3000:]
-    return text
 
 
 def checkpoint_offsets(state, sink: str) -> list[int]:

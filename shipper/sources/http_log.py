@@ -39,7 +39,6 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from shipper.sources.http_limits import crowded_json, parsing_charge, too_many_records
-from shipper.sources.http_server import RETRY_AFTER_SECONDS
 
 if TYPE_CHECKING:
     from shipper.sources.http_server import RequestHandler
@@ -129,14 +128,7 @@ def hold_parsing(handler: RequestHandler, body: bytes) -> bool:
     if budget.take(extra):
         handler.held = (budget, held + extra)
         return True
-    receiver = handler.server.receiver
-    receiver.warn_overload("bodies being read at once over %d bytes", budget.limit)
-    if receiver.overload == "close":
-        receiver.count(503, handler.delivery)
-        handler.close_connection = True
-        return False
-    handler.refuse(503, "too many deliveries being read, retry later",
-                   headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+    handler.over_budget(budget)
     return False
 
 

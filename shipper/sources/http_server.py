@@ -4,24 +4,21 @@ connection bounds, the request-body checks every delivery passes, the spool writ
 Each delivery kind is a `route` of the receiver: a function given the request handler, which calls `body()`
 (the checks below, in order) and then `spool()`. `body()` answers, and returns None, with:
 
-- 400 and closed, before anything else, when the headers frame the body ambiguously (several Content-Lengths
-  that differ, one not digits only, several Transfer-Encodings: `http_limits.framing_error`);
+- 400 and closed, first, when the headers frame the body ambiguously (`http_limits.framing_error`: RFC 9112 §6.3);
 - 503 and closed at once when `max_connections` connections are already being handled (each holds a thread);
-- 431 and closed when the header lines pass `MAX_HEADER_BYTES` in all (read through a bounded file, so that is
-  all a client without credentials can make us hold);
-- 411 without a Content-Length (Kong always sends one), 413 over `max_body_bytes` (the body is not read: the
-  connection is closed after the answer);
-- 503 when bodies being read or stored at once would pass `READING_BODIES` × `max_body_bytes` (a body is read
-  whole before it can be checked, so unauthenticated clients could otherwise fill the memory; it is held until
-  its route returns, as its records, parsed and encoded, take several times its size until the fsync); a sender
-  its headers authenticated (http-log's token) has a budget of its own, which unsigned hook bodies cannot fill;
+- 431 and closed when the header lines pass `MAX_HEADER_BYTES` in all (all an unauthenticated client can make us hold);
+- 411 without a Content-Length (Kong always sends one), 413 over `max_body_bytes` (not read; closed after it);
+- 503 when bodies being read or stored at once would pass `READING_BODIES` × `max_body_bytes` (a body is read whole
+  before it can be checked, so unauthenticated clients could otherwise fill the memory; it is held until its route
+  returns, as its records, parsed and encoded, take several times its size until the fsync); a sender its headers
+  authenticated (http-log's token) has a budget of its own, which unsigned hook bodies cannot fill;
 - 503 with Retry-After when the bytes the sinks have not acknowledged yet exceed `max_backlog_bytes` (or the
   connection is closed without an answer, with `overload="close"`: Kong's webhook handler retries only that).
 
-`spool()` answers 503 when the spool cannot be written (disk full), else 200 `{"accepted": N}` once every
-record of the body is durable (at most one fsync per request, shared by requests arriving together: see
-`http_commit.py`). A client that takes longer than `read_timeout` to send its request (headers and body) is
-disconnected. With a TLS context, each connection's handshake runs in its own thread, under that timeout."""
+`spool()` answers 503 when the spool cannot be written (disk full), else 200 `{"accepted": N}` once every record
+of the body is durable (at most one fsync per request, shared by requests arriving together: `http_commit.py`).
+A client that takes longer than `read_timeout` to send its request (headers and body) is disconnected. With a
+TLS context, each connection's handshake runs in its own thread, under that timeout."""
 
 from __future__ import annotations
 
@@ -123,9 +120,20 @@ class RequestHandler(BaseHTTPRequestHandler):
         except ValueError:
             return -1
 
+    def over_budget(self, budget: Budget, close: bool = False) -> bool:
+        """Bodies being read at once over `budget`: answered 503, Retry-After (True), or closed unanswered (False)."""
+        receiver = self.server.receiver
+        receiver.warn_overload("bodies being read at once over %d bytes", budget.limit)
+        if receiver.overload == "close":
+            receiver.count(503, self.delivery)
+            self.close_connection = True
+            return False
+        self.refuse(503, "too many deliveries being read, retry later",
+                    headers={"Retry-After": str(RETRY_AFTER_SECONDS)}, close=close)
+        return True
+
     def body(self, authenticated: bool = False) -> bytes | None:
-        """The request's body, once it passed the bounds (module docstring); None once refused. `authenticated`:
-        its headers proved the sender (a token)."""
+        """The body once past the bounds (module docstring), else None; `authenticated`: a token proved the sender."""
         receiver, body = self.server.receiver, None
         budget = receiver.reading_authenticated if authenticated else receiver.reading
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -142,14 +150,8 @@ class RequestHandler(BaseHTTPRequestHandler):
             self.linger(length)
             return None
         if not budget.take(length):
-            receiver.warn_overload("bodies being read at once over %d bytes", budget.limit)
-            if receiver.overload == "close":
-                receiver.count(503, self.delivery)
-                self.close_connection = True
-                return None
-            self.refuse(503, "too many deliveries being read, retry later",
-                        headers={"Retry-After": str(RETRY_AFTER_SECONDS)}, close=True)
-            self.linger(length)
+            if self.over_budget(budget, close=True):
+                self.linger(length)
             return None
         try:
             body = self._read_body(length)
@@ -424,9 +426,7 @@ class HTTPReceiver:
                 log.info("receive: the spool is written again")
                 self._spool_failing = None
             self.records_accepted[kind] = self.records_accepted.get(kind, 0) + records
-            self.counts[200] = self.counts.get(200, 0) + 1
-            if delivery:
-                self.requests[delivery, 200] = self.requests.get((delivery, 200), 0) + 1
+        self.count(200, delivery)
         self.on_accept()
 
     def count(self, status: int, delivery: str = "") -> None:
