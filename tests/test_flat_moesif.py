@@ -203,6 +203,19 @@ def test_mutated_records_are_byte_identical(frozen_clock, line):
         pair.check(line)
 
 
+@pytest.mark.parametrize("depth", [3, 9, 300, 900])
+def test_lists_nested_in_the_query_object_take_the_same_fate_on_both_paths(depth):
+    """Found by the mutations above: lists nested 500 deep in the query object were walked one frame a level by
+    the query masks (Segment ships the object, Moesif does not): the Transaction path hit Python's recursion limit
+    (too_deep) where the flat path shipped. Past MAX_NESTING a value is masked whole, lists counting as levels."""
+    text = orjson.dumps(fuzzlines.RECORDS[1]).decode()
+    nested = '{"seq":' + "[" * depth + '"a?token=s1"' + "]" * depth + ',"page":"8"}'
+    line = text.replace('"querystring":', '"querystring":' + nested + ',"was":', 1).encode()
+    for pair in MUTATION_PAIRS.values():
+        fate = pair.check(line)[0]
+        assert fate == EVENT, fate
+
+
 def test_the_fast_transaction_id_and_ipv4_test_are_the_standard_ones():
     """moesif_event's shortcuts (both paths use them): uuid5 without the UUID object, IPv4 by a pattern."""
     import ipaddress

@@ -235,3 +235,20 @@ def test_an_ipv6_host_header_keeps_its_brackets_on_both_paths(sink_name: str) ->
     assert_same(all_pairs, lines)
     hosts = [orjson.loads(all_pairs[0][1]("file", line, 0, 9)[1])["properties"].get("host") for line in lines]
     assert hosts == ["[::1]", "[2001:db8::1]", "api.example.com", "api.example.com", ""]
+
+
+@pytest.mark.parametrize("sink_name", FLAT_SINKS)
+def test_objects_and_lists_nested_deep_in_the_query_object_are_the_same_on_both_paths(sink_name: str) -> None:
+    """Kong writes texts, true and lists of texts there; hand-made or hostile objects and lists inside are masked
+    by name at any depth and whole past MAX_NESTING, on both paths alike (900 levels recursed past Python's limit
+    on one path only), and their secrets never shipped."""
+    lines = []
+    for seq, depth in enumerate([3, 9, 300, 900]):
+        text = gen.kong_line(gen.kong_record(seq)).decode()
+        nested = '{"deep":' + '{"k":[' * depth + '{"token":"s1","next":"/cb?access_token=s2"}' + "]}" * depth + "}"
+        lines.append(text.replace('"querystring":', '"querystring":' + nested + ',"was":', 1).encode())
+    all_pairs = pairs(sink_name)
+    assert_same(all_pairs, lines)
+    for line in lines:
+        shipped = all_pairs[0][1]("file", line, 0, 9)[1]
+        assert b"s1" not in shipped and b"s2" not in shipped, shipped

@@ -97,8 +97,10 @@ class ParamMasks:
         item by item, an object as a query object one level down."""
         if type(value) is str:
             return self.mask_in_value(value)
-        if type(value) is list:
-            items = [self._mask_query_value(item, depth) for item in value]
+        if type(value) is list:  # a list of texts (a repeated name) one level down; lists in lists further
+            if depth >= MAX_NESTING:
+                return MASK
+            items = [self._mask_query_value(item, depth + 1) for item in value]
             return value if all(a is b for a, b in zip(items, value)) else items
         if type(value) is dict:
             return MASK if depth >= MAX_NESTING else self.mask_query(value, depth + 1)
