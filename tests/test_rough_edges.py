@@ -145,6 +145,16 @@ def test_audit_verify_of_an_access_log_says_it_holds_no_audit_records(tmp_path):
     assert result.returncode == 2, (result.stdout, err)
     assert len(err.splitlines()) == 1 and "holds no Kong audit records" in err and str(log) in err
     assert b"unsigned" not in result.stdout
+    # An empty file (truncated, or the wrong one) neither: it said "0 records: 0 verified, 0 invalid", exit 0.
+    empty = tmp_path / "audit.json"
+    empty.write_bytes(b" \n")
+    result = ship("audit", "verify", "--public-key", str(pem), str(empty))
+    assert result.returncode == 2 and result.stderr.decode() == f"kong-ship: error: {empty}: is empty: expected " \
+        "what /audit/requests or /audit/objects answer\n", result.stderr
+    answer = tmp_path / "none.json"
+    answer.write_bytes(b'{"data": [], "next": null}')  # Kong had none: checked, and nothing is wrong
+    result = ship("audit", "verify", "--public-key", str(pem), str(answer))
+    assert result.returncode == 0 and result.stdout.startswith(b"0 records"), (result.stdout, result.stderr)
 
 
 # -- 6. status: rotated files, compactly ----------------------------------------------------------------------------

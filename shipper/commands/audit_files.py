@@ -1,7 +1,7 @@
 """The audit records `kong-ship audit verify FILE...` checks: read from files that hold what the Admin API answered
 (`GET /audit/requests` or `/audit/objects`), a JSON array of records, or one record per line (kong-ship's audit
-spool files too, whose envelopes are opened). A file that holds JSON but no audit record (an access log) is a
-usage error, not "0 verified"."""
+spool files too, whose envelopes are opened). A file that is empty, or holds JSON but no audit record (an access
+log), is a usage error, not "0 verified" (an answer of no records, `{"data": []}`, is 0 records)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ def records_in_files(files: tuple[str, ...]) -> Iterator[tuple[str, dict[str, An
                 data = handle.read()
         except OSError as exc:
             raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+        if not data.strip():  # truncated, or the wrong file: "0 records, 0 invalid" would pass it as checked
+            raise ConfigError(f"{path}: is empty: expected what /audit/requests or /audit/objects answer")
         try:
             whole = orjson.loads(data)
         except orjson.JSONDecodeError:
