@@ -85,6 +85,7 @@ class Lane:
             self.counters.add,
             retry_initial=settings.retry_initial,
             retry_max=settings.retry_max,
+            give_up_after=settings.give_up_after,
             timeout=settings.timeout,
             concurrency=settings.concurrency,
             max_rate=settings.max_rate,

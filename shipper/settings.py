@@ -53,6 +53,7 @@ class Settings:
     checkpoint_interval: float = 1.0
     retry_initial: float = 0.5
     retry_max: float = 60.0
+    give_up_after: float | None = None  # --give-up-after: seconds of retries without a delivery before stopping
     timeout: float = 30.0
     since_ms: int | None = None  # --since/--until: the time window, epoch ms (until exclusive)
     until_ms: int | None = None

@@ -187,6 +187,37 @@ def test_5xx_storm_then_success_every_record_once(tmp_path):
     assert [offset for offset, _ in positions(tmp_path / "state").values()] == [log.stat().st_size]
 
 
+# -- a vendor that stays down, with --give-up-after ---------------------------------------------------------------
+@pytest.mark.parametrize("down", ["503", "reset"])
+def test_give_up_after_ends_a_backfill_whose_vendor_stays_down_and_a_rerun_loses_nothing(tmp_path, down):
+    """Six batches accepted, then the vendor down for good (503 to every request, or every connection reset): with
+    --give-up-after 1 the backfill stops within a few seconds (not the retries' 0.2 s steps for ever) with one
+    fatal line and exit 1, the checkpoint covering only records that arrived; the re-run ships the rest."""
+    log = tmp_path / "kong.json"
+    seqs = range(200)
+    gen.write_records(log, seqs)
+    state = tmp_path / "state"
+    with FakeSegment() as fake:
+        fake.script(["slow:0"] * 6 + [503 if down == "503" else "reset"] * 100000)
+        started = time.monotonic()
+        out = backfill(fake, tmp_path, log, "--batch-size", "4", "--give-up-after", "1")
+        took = time.monotonic() - started
+        first = counts(fake)
+        saved = checkpointed(state)
+        fake.clear_script()
+        again = backfill(fake, tmp_path, log, "--batch-size", "4")
+        got = counts(fake)
+    text = no_traceback(out.stderr)
+    assert out.returncode == 1, text[-2000:]
+    fatal = [line for line in text.splitlines() if "fatal" in line]
+    assert len(fatal) == 1 and "nothing delivered for 1 s of retries" in fatal[0], text[-2000:]
+    assert took < 20, took
+    assert 0 < len(first) < len(seqs) and below_checkpoint(log, seqs, saved) <= set(first)
+    assert again.returncode == 0 and set(got) == set(seqs), again.stderr.decode()[-2000:]
+    doubled = {s for s, n in got.items() if n > 1}
+    assert max(got.values()) <= 2 and doubled <= set(first) - below_checkpoint(log, seqs, saved)
+
+
 # -- a fatal answer mid-run, then the vendor fixed ----------------------------------------------------------------
 FATAL = [
     (401, {}), (403, {}),

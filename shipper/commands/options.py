@@ -297,6 +297,9 @@ shipping_options = [
                   show_default=True, help="First backoff step, seconds (then exponential with full jitter)."),
     TUNING.option("--retry-max-delay", type=FiniteFloatRange(min=0.001), default=Settings.retry_max, show_default=True,
                   help="Longest backoff between retries, seconds (Retry-After is honoured beyond it)."),
+    TUNING.option("--give-up-after", type=FiniteFloatRange(min=1), default=None, metavar="SECONDS",
+                  help="Stop (exit 1, checkpoints where delivery stopped) when a sink has delivered nothing for this "
+                       "long while retrying. Default: retry for ever."),
     TUNING.option("--timeout", type=FiniteFloatRange(min=0.1), default=Settings.timeout, show_default=True,
                   help="HTTP request timeout, seconds."),
     SERVICE.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",

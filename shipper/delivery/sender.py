@@ -1,9 +1,10 @@
 """Sends batches to a sink with retries (tenacity), splitting refused batches to isolate the bad event.
 
 The rules, the same for every vendor: retry network errors, timeouts, 408, 429 and 5xx for as long as it takes
-(the log file keeps the data), honouring `Retry-After`, else exponential backoff with full jitter; split a batch
-the vendor refuses as a whole (400/413) until the offending event stands alone, then dead-letter it with the
-vendor's answer; stop the shipper on a fatal answer (401/403).
+(the log file keeps the data; `give_up_after` seconds without a delivery, if set, end the run as fatal),
+honouring `Retry-After`, else exponential backoff with full jitter; split a batch the vendor refuses as a whole
+(400/413) until the offending event stands alone, then dead-letter it with the vendor's answer; stop the shipper
+on a fatal answer (401/403).
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ class Sender:
         *,
         retry_initial: float = 0.5,
         retry_max: float = 60.0,
+        give_up_after: float | None = None,
         timeout: float = 30.0,
         concurrency: int = 2,
         max_rate: float | None = None,
@@ -112,13 +114,14 @@ class Sender:
         # A sink with requests of its own (Moesif's /v1/config) makes them with this client: the same CAs.
         sink.use_client(self.client)
         self._backoff = tenacity.wait_random_exponential(multiplier=retry_initial, max=retry_max)
+        self.give_up_after = give_up_after
         self._retrying = tenacity.Retrying(
             retry=tenacity.retry_if_result(lambda verdict: verdict.kind == RETRY),
             wait=self._wait,
-            stop=lambda state: self.abort.is_set(),
+            stop=self._stop,
             sleep=self._sleep,
             before_sleep=self._note_retry,
-            retry_error_callback=lambda state: None,
+            retry_error_callback=self._stopped,
         )
         self.limiter = TokenBucket(max_rate) if max_rate else None
         self.last_success: float | None = None
@@ -239,8 +242,29 @@ class Sender:
             wait = min(verdict.retry_after, RETRY_AFTER_CAP)
             with self._lock:
                 self._paused_until = max(self._paused_until, time.monotonic() + wait)
-            return wait
-        return self._backoff(state)
+        else:
+            wait = self._backoff(state)
+        left = self._given_up_in()
+        return wait if left is None else max(0.0, min(wait, left))  # give up on time, not a wait later
+
+    def _given_up_in(self) -> float | None:
+        """Seconds left before --give-up-after stops the retries (None: no limit, or not retrying)."""
+        since = self._retrying_since
+        if self.give_up_after is None or since is None:
+            return None
+        return since + self.give_up_after - time.monotonic()
+
+    def _stop(self, state: tenacity.RetryCallState) -> bool:
+        left = self._given_up_in()
+        return self.abort.is_set() or (left is not None and left <= 0)
+
+    def _stopped(self, state: tenacity.RetryCallState) -> Verdict | None:
+        """What retrying ends with: None (Aborted) at shutdown, a fatal verdict once --give-up-after ran out."""
+        if self.abort.is_set():
+            return None
+        verdict = state.outcome.result() if state.outcome else None
+        return Verdict(FATAL, f"{self.sink.name}: nothing delivered for {self.give_up_after:g} s of retries (last: "
+                              f"{verdict.reason if verdict else '?'}): giving up (--give-up-after)")
 
     def _hold(self) -> None:
         """Wait out a pause the vendor asked for (Retry-After) on any slot's request."""

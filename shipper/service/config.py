@@ -44,6 +44,7 @@ SECTIONS: dict[str, dict[str, str]] = {
         "shutdown_timeout": "shutdown_timeout",
         "retry_initial_delay": "retry_initial_delay",
         "retry_max_delay": "retry_max_delay",
+        "give_up_after": "give_up_after",
         "timeout": "timeout",
         "workers": "workers",
         "max_rate": "max_rate",
