@@ -14,11 +14,13 @@ import email.utils
 import itertools
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 
@@ -187,38 +189,59 @@ def test_5xx_storm_then_success_every_record_once(tmp_path):
     assert [offset for offset, _ in positions(tmp_path / "state").values()] == [log.stat().st_size]
 
 
-# -- a vendor that stays down, with --give-up-after ---------------------------------------------------------------
-@pytest.mark.parametrize("down", ["503", "reset"])
-def test_give_up_after_ends_a_backfill_whose_vendor_stays_down_and_a_rerun_loses_nothing(tmp_path, down):
-    """Six batches accepted, then the vendor down for good (503 to every request, or every connection reset): with
-    --give-up-after 1 the backfill stops within a few seconds (not the retries' 0.2 s steps for ever) with one
-    fatal line and exit 1, the checkpoint covering only records that arrived; the re-run ships the rest."""
+# -- a vendor that stops accepting mid-run, then is fixed ----------------------------------------------------------
+@dataclass
+class StoppedThenRerun:
+    out: subprocess.CompletedProcess  # the run the vendor stopped
+    took: float  # its seconds
+    first: collections.Counter  # what arrived in it
+    below: set[int]  # the seqs below its checkpoint
+    again: subprocess.CompletedProcess  # the re-run, the vendor fixed
+    got: collections.Counter  # what arrived in both
+    state: pathlib.Path
+
+
+def six_batches_then(tmp_path, then, *more: str) -> StoppedThenRerun:
+    """200 records; six batches accepted, then every request answered `then` (a scripted action) until the backfill
+    stops; then the vendor fixed and the backfill run again."""
     log = tmp_path / "kong.json"
     seqs = range(200)
     gen.write_records(log, seqs)
     state = tmp_path / "state"
     with FakeSegment() as fake:
-        fake.script(["slow:0"] * 6 + [503 if down == "503" else "reset"] * 100000)
+        fake.script(["slow:0"] * 6 + [then] * 100000)
         started = time.monotonic()
-        out = backfill(fake, tmp_path, log, "--batch-size", "4", "--give-up-after", "1")
+        out = backfill(fake, tmp_path, log, "--batch-size", "4", *more)
         took = time.monotonic() - started
         first = counts(fake)
         saved = checkpointed(state)
         fake.clear_script()
         again = backfill(fake, tmp_path, log, "--batch-size", "4")
         got = counts(fake)
+    run = StoppedThenRerun(out, took, first, below_checkpoint(log, seqs, saved), again, got, state)
     text = no_traceback(out.stderr)
     assert out.returncode == 1, text[-2000:]
+    assert 0 < len(first) < len(seqs)
+    assert run.below <= set(first)  # never past what was acknowledged
+    assert again.returncode == 0, again.stderr.decode()[-2000:]
+    assert set(got) == set(seqs)
+    # Only what was in flight past the checkpoint comes twice.
+    assert max(got.values()) <= 2 and {s for s, n in got.items() if n > 1} <= set(first) - run.below
+    return run
+
+
+@pytest.mark.parametrize("down", ["503", "reset"])
+def test_give_up_after_ends_a_backfill_whose_vendor_stays_down_and_a_rerun_loses_nothing(tmp_path, down):
+    """Six batches accepted, then the vendor down for good (503 to every request, or every connection reset): with
+    --give-up-after 1 the backfill stops within a few seconds (not the retries' 0.2 s steps for ever) with one
+    fatal line and exit 1, the checkpoint covering only records that arrived; the re-run ships the rest."""
+    run = six_batches_then(tmp_path, 503 if down == "503" else "reset", "--give-up-after", "1")
+    text = run.out.stderr.decode()
     fatal = [line for line in text.splitlines() if "fatal" in line]
     assert len(fatal) == 1 and "nothing delivered for 1 s of retries" in fatal[0], text[-2000:]
-    assert took < 20, took
-    assert 0 < len(first) < len(seqs) and below_checkpoint(log, seqs, saved) <= set(first)
-    assert again.returncode == 0 and set(got) == set(seqs), again.stderr.decode()[-2000:]
-    doubled = {s for s, n in got.items() if n > 1}
-    assert max(got.values()) <= 2 and doubled <= set(first) - below_checkpoint(log, seqs, saved)
+    assert run.took < 20, run.took
 
 
-# -- a fatal answer mid-run, then the vendor fixed ----------------------------------------------------------------
 FATAL = [
     (401, {}), (403, {}),
     (301, {"Location": "https://events.eu1.example/v1/batch"}),
@@ -231,34 +254,15 @@ def test_a_fatal_answer_mid_run_stops_with_one_line_and_a_rerun_loses_nothing(tm
     """Six batches accepted, then every request answered `status`: exit 1, one line on stderr, no dead letter;
     the checkpoint covers only records that arrived; the re-run (the vendor fixed) ships the rest, and only what
     was in flight past the checkpoint comes twice."""
-    log = tmp_path / "kong.json"
-    seqs = range(200)
-    gen.write_records(log, seqs)
-    state = tmp_path / "state"
-    with FakeSegment() as fake:
-        fake.script(["slow:0"] * 6 + [(status, headers)] * 1000)
-        out = backfill(fake, tmp_path, log, "--batch-size", "4")
-        first = counts(fake)
-        saved = checkpointed(state)
-        fake.clear_script()
-        again = backfill(fake, tmp_path, log, "--batch-size", "4")
-        got = counts(fake)
-    text = no_traceback(out.stderr)
-    assert out.returncode == 1, text[-2000:]
-    lines = text.strip().splitlines()
+    run = six_batches_then(tmp_path, (status, headers))
+    lines = run.out.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and "fatal" in lines[0] and f"HTTP {status}" in lines[0], lines
-    assert not (state / "dead-letter.jsonl").exists()
-    assert 0 < len(first) < len(seqs)
-    assert below_checkpoint(log, seqs, saved) <= set(first)  # never past what was acknowledged
-    assert again.returncode == 0, again.stderr.decode()[-2000:]
-    assert set(got) == set(seqs)
-    doubled = {s for s, n in got.items() if n > 1}
-    assert max(got.values()) <= 2 and doubled <= set(first) - below_checkpoint(log, seqs, saved)
-    # Those are batches accepted past a gap: closed batches go out while the few events left over from their
-    # blocks wait in the batcher to be merged, so they may be several blocks ahead of the checkpoint.
-    print(f"HTTP {status}: {len(first)} delivered before the stop ({sorted(first)}), "
-          f"{len(below_checkpoint(log, seqs, saved))} below the checkpoint, {len(doubled)} sent twice")
-
+    assert not (run.state / "dead-letter.jsonl").exists()
+    # Those sent twice are batches accepted past a gap: closed batches go out while the few events left over from
+    # their blocks wait in the batcher to be merged, so they may be several blocks ahead of the checkpoint.
+    doubled = {s for s, n in run.got.items() if n > 1}
+    print(f"HTTP {status}: {len(run.first)} delivered before the stop ({sorted(run.first)}), "
+          f"{len(run.below)} below the checkpoint, {len(doubled)} sent twice")
 
 
 def test_a_fatal_answer_to_the_half_of_a_refused_closed_batch(tmp_path):

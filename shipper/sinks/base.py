@@ -172,7 +172,17 @@ class Sink(Protocol):
 
 class HttpSink:
     """The parts of the contract most sinks share: they send over the sender's HTTP client (no transport of
-    their own) and make no requests of their own (nothing to do with the client)."""
+    their own) and make no requests of their own (nothing to do with the client); they judge an answer by their
+    `verdict`, with their own `credentials` masked in its reason."""
+
+    credentials: tuple[str, ...] = ()  # the sink's own secrets (its key, token, signing secret, header values)
+
+    def judge(self, response: httpx.Response) -> Verdict:
+        return without_secrets(self.verdict(response), self.credentials)
+
+    def verdict(self, response: httpx.Response) -> Verdict:
+        """The vendor's answer judged: OK, RETRY, SPLIT, REJECT or FATAL with its reason."""
+        raise NotImplementedError
 
     def transport(self) -> httpx.BaseTransport | None:
         return None

@@ -33,7 +33,7 @@ from shipper.model import Transaction
 from shipper.processors.names import normalize
 from shipper.sinks.base import (
     DEFAULT_KEEPALIVE_EXPIRY, FATAL, SPLIT, EventFiltered, EventSkipped, FlatEncode, HttpSink, OptionList, Sink, SinkLimits,
-    Verdict, judge_common, without_secrets,
+    Verdict, judge_common,
 )
 from shipper.sinks.compression import PreparedBody, gzip_body
 from shipper.sinks.config import config_from_options, option, options_of
@@ -159,6 +159,7 @@ class MoesifSink(EventBuilder, HttpSink):
         self.config = config = replace(config or MoesifConfig(), **options)
         self.base = endpoint.rstrip("/")
         self.url = self.base + "/v1/events/batch"
+        self.credentials = (application_id,)
         self._headers = {
             "X-Moesif-Application-Id": application_id,
             "Content-Type": "application/json",
@@ -244,10 +245,7 @@ class MoesifSink(EventBuilder, HttpSink):
     def prepared_request(self, body: PreparedBody) -> httpx.Request:
         return httpx.Request("POST", self.url, headers=self._headers, content=body.gzip(b""))
 
-    def judge(self, response: httpx.Response) -> Verdict:
-        return without_secrets(self._judge(response), (self._headers["X-Moesif-Application-Id"],))
-
-    def _judge(self, response: httpx.Response) -> Verdict:
+    def verdict(self, response: httpx.Response) -> Verdict:
         status = response.status_code
         self.sampler.config_changed(response.headers.get("x-moesif-config-etag"))
         if self.debug:

@@ -23,7 +23,7 @@ from shipper.formats.values import parse_query
 from shipper.model import Transaction
 from shipper.sinks.base import (
     DEFAULT_KEEPALIVE_EXPIRY, FATAL, REJECT, EventSkipped, FlatEncode, HttpSink, OptionList, Sink, SinkLimits, Verdict,
-    absolute_url, judge_common, snippet, without_secrets,
+    absolute_url, judge_common, snippet,
 )
 from shipper.sinks.config import config_from_options, option, options_of
 from shipper.sinks.credentials import read_secret
@@ -103,7 +103,7 @@ class RunscopeSink(HttpSink):
         if not bucket_key:
             raise ConfigError("RUNSCOPE_BUCKET_KEY is not set: export RUNSCOPE_BUCKET_KEY=... or pass --runscope-bucket-key")
         self.url = f"{endpoint.rstrip('/')}/buckets/{bucket_key}/messages"
-        self._token = access_token
+        self.credentials = (access_token,)
         self._headers = {"Authorization": f"Bearer {access_token}", "Content-Type": "application/json"}
         self.log_body = config.log_body
         self.limits = SinkLimits(
@@ -166,10 +166,7 @@ class RunscopeSink(HttpSink):
     def request(self, events: list[bytes]) -> httpx.Request:
         return httpx.Request("POST", self.url, headers=self._headers, content=events[0])
 
-    def judge(self, response: httpx.Response) -> Verdict:
-        return without_secrets(self._judge(response), (self._token,))
-
-    def _judge(self, response: httpx.Response) -> Verdict:
+    def verdict(self, response: httpx.Response) -> Verdict:
         status = response.status_code
         if status == 404:
             return Verdict(FATAL, "Runscope answered 404: unknown bucket (check --runscope-bucket-key and --endpoint)")

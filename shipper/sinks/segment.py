@@ -23,7 +23,6 @@ from shipper.errors import ConfigError
 from shipper.model import Transaction
 from shipper.sinks.base import (
     SPLIT, EventRejected, FlatEncode, HttpSink, OptionList, Sink, SinkLimits, Verdict, absolute_url, judge_common,
-    without_secrets,
 )
 from shipper.sinks.compression import PreparedBody, gzip_body
 from shipper.sinks.config import config_from_options, option, options_of
@@ -238,7 +237,7 @@ class SegmentSink(HttpSink):
         self.strip_trailing_slash = config.strip_trailing_slash
         self.gzip = gzip
         token = base64.b64encode(f"{write_key}:".encode()).decode()
-        self._secrets = (write_key, token)  # masked in refusals that quote them back (without_secrets)
+        self.credentials = (write_key, token)
         self._headers = {"Authorization": f"Basic {token}", "Content-Type": "application/json"}
         if gzip:
             self._headers["Content-Encoding"] = "gzip"
@@ -426,11 +425,10 @@ class SegmentSink(HttpSink):
         content = body.gzip(iso_ms(None).encode() + b'"}')
         return httpx.Request("POST", self.url, headers=self._headers, content=content)
 
-    def judge(self, response: httpx.Response) -> Verdict:
+    def verdict(self, response: httpx.Response) -> Verdict:
         if response.status_code == 413:
             return Verdict(SPLIT, "Segment answered 413: batch too large")
-        verdict = judge_common(response, "Segment", "check SEGMENT_WRITE_KEY (or --segment-write-key-file)")
-        return without_secrets(verdict, self._secrets)
+        return judge_common(response, "Segment", "check SEGMENT_WRITE_KEY (or --segment-write-key-file)")
 
 
 OPTIONS = SegmentSink.OPTIONS  # the CLI reads each sink module's OPTIONS

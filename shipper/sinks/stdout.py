@@ -56,7 +56,7 @@ class StdoutSink(HttpSink):
     def request(self, events: list[bytes]) -> httpx.Request:
         return httpx.Request("POST", self.url, content=b"\n".join(events) + b"\n")
 
-    def judge(self, response: httpx.Response) -> Verdict:
+    def verdict(self, response: httpx.Response) -> Verdict:
         if response.status_code == 200:
             return Verdict(OK)
         return Verdict(FATAL, response.text or "standard output was closed")

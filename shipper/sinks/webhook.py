@@ -32,7 +32,6 @@ from shipper.errors import ConfigError
 from shipper.model import Transaction
 from shipper.sinks.base import (
     FATAL, OK, REJECT, RETRY, SPLIT, HttpSink, OptionList, Sink, SinkLimits, Verdict, retry_after_seconds, snippet,
-    without_secrets,
 )
 from shipper.sinks.config import config_from_options, option, options_of
 from shipper.sinks.credentials import read_secret
@@ -109,6 +108,8 @@ class WebhookSink(HttpSink):
         self.url = endpoint
         self._secret = secret.encode() if secret else None
         self._headers = [("Content-Type", "application/json"), *(headers or [])]
+        # The headers' values may be credentials (X-Api-Key), and the signing secret is one.
+        self.credentials = tuple(value for _, value in self._headers[1:]) + ((secret,) if secret else ())
 
     @classmethod
     def from_options(cls, opts: Mapping[str, Any], endpoint: str | None) -> WebhookSink:
@@ -135,12 +136,7 @@ class WebhookSink(HttpSink):
             headers.append((SIGNATURE_HEADER, sign(self._secret, body)))
         return httpx.Request("POST", self.url, headers=headers, content=body)
 
-    def judge(self, response: httpx.Response) -> Verdict:
-        # The headers' values may be credentials (X-Api-Key), and the signing secret is one.
-        secrets = [value for _, value in self._headers[1:]] + ([self._secret.decode()] if self._secret else [])
-        return without_secrets(self._judge(response), secrets)
-
-    def _judge(self, response: httpx.Response) -> Verdict:
+    def verdict(self, response: httpx.Response) -> Verdict:
         status = response.status_code
         if 200 <= status < 300:
             return Verdict(OK)
