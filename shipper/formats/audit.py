@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from typing import Any
 from urllib.parse import quote_plus, unquote_plus
 
@@ -45,6 +44,7 @@ from shipper.formats.values import (
 from shipper.model import Position, Transaction
 from shipper.output import printable
 from shipper.processors.masking import PAIR_LISTS, Masker, normalize
+from shipper.processors.names import NAME_PARTS
 from shipper.processors.params import MASK
 
 NOT_CHECKED = "not_checked"
@@ -226,9 +226,6 @@ def mask_credential_path(path: Any) -> Any:
     return "/".join(segments) + path[cut:] if masked else path
 
 
-_DOTTED = re.compile(r"[.\[\]]+")  # the parts of a form's name: `config.add.headers`, `config[add][headers]`
-
-
 def mask_kong_conventions(record: dict[str, Any], masker: Masker) -> dict[str, Any]:
     """The record with the "name:value" texts of transformer plugins masked where the masks cannot see them: in a
     form body (`config.add.headers=x-api-key:…`, as `curl -d` configures a plugin). In JSON (a body, an entity)
@@ -246,7 +243,7 @@ def _form_pairs_masked(text: str, masker: Masker) -> str:
     for i, field in enumerate(fields):
         name, eq, value = field.partition("=")
         pair_name, colon, rest = unquote_plus(value).partition(":")
-        if not (eq and colon and rest) or PAIR_LISTS.isdisjoint(_DOTTED.split(unquote_plus(name))):
+        if not (eq and colon and rest) or PAIR_LISTS.isdisjoint(NAME_PARTS.split(unquote_plus(name))):
             continue
         if masker.names.is_secret(pair_name.strip()):
             fields[i], changed = f"{name}={quote_plus(pair_name)}:{MASK}", True

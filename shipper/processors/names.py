@@ -55,7 +55,7 @@ SECRET_ENDINGS = (
     "_token", "_secret", "_password", "_passwd", "_api_key", "_apikey", "_access_key", "_secret_key", "_private_key",
     "subscription_key", "_signature", "_credential", "_credentials",
 )  # fmt: skip
-_NAME_PARTS = re.compile(r"[.\[\]]+")
+NAME_PARTS = re.compile(r"[.\[\]]+")  # what separates the parts of `config.redis.password`, `user[password]`
 REMEMBERED = 4096  # names remembered per NameSet; beyond that, work is redone, not wrong
 
 
@@ -70,7 +70,7 @@ def is_secret_name(name: Any, secrets: frozenset[str]) -> bool:
             return True
     if "[" in norm or "." in norm:  # `user[password]`, `a[b][token]`, `config.redis.password` (Kong's forms)
         return any(
-            part in secrets or part.endswith(SECRET_ENDINGS) for part in _NAME_PARTS.split(norm) if part
+            part in secrets or part.endswith(SECRET_ENDINGS) for part in NAME_PARTS.split(norm) if part
         )
     return False
 
