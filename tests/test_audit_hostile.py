@@ -417,7 +417,11 @@ def test_a_poll_of_many_records_holds_them_on_disk_not_in_memory(tmp_path):
 
 
 @pytest.mark.parametrize("url", ["http://u:PW-URL-1@127.0.0.1:notaport", "http://127.0.0.1:99999", "http://[::1",
-                                 "http://u:PW-URL-1@[::1", "http://:80"])  # fmt: skip
+                                 "http://u:PW-URL-1@[::1", "http://:80",
+                                 # A query or fragment would come before the paths appended to it, and the URL is
+                                 # shown in messages and shipped with each record: refused, its text not shown.
+                                 "http://127.0.0.1:8001/?apikey=PW-URL-1", "http://127.0.0.1:8001/admin#PW-URL-1",
+                                 "http://127.0.0.1:8001?PW-URL-1"])  # fmt: skip
 def test_an_admin_url_that_is_no_url_is_one_line_and_exit_2(tmp_path, keys, url):
     """A port that is no number or out of range, an unclosed `[`: a traceback before (httpx.InvalidURL, ValueError),
     or an attempt to connect."""

@@ -50,6 +50,7 @@ from shipper.formats.audit import (
     shown_id, storable,
 )
 from shipper.processors.masking import BODY_FIELDS, DETAIL_BODIES, Masker
+from shipper.processors.redact import redact_url
 from shipper.sources.checkpoints import write_atomically
 
 log = logging.getLogger("kong-ship")
@@ -73,17 +74,6 @@ class AnswerTooLarge(Exception):
 
 class AdminUnavailable(Exception):
     """The Admin API could not be read this time (connection refused, timeout, 5xx): try again later."""
-
-
-def shown_url(url: str) -> str:
-    """The URL without any user:password@ part, for messages."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:  # `http://[::1` (the message says it is no URL): its userinfo by the text
-        return re.sub(r"//[^/@]*@", "//", url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))  # the port as given, valid or not
 
 
 def record_id(endpoint: str, record: dict[str, Any]) -> str | None:
@@ -112,11 +102,19 @@ class AdminClient:
             valid = False
         if not valid:
             raise ConfigError(
-                f"--admin-url {shown_url(admin_url)}: expected an http:// or https:// URL, e.g. http://127.0.0.1:8001"
+                f"--admin-url {redact_url(admin_url)}: expected an http:// or https:// URL, e.g. http://127.0.0.1:8001"
+            )
+        if parts.query or parts.fragment or "?" in admin_url or "#" in admin_url:
+            # The paths are appended to it (a query would end up before them), and its text is shown in messages
+            # and shipped with every record (`admin_url`): a key in it would leave with them.
+            base = re.split(r"[?#]", admin_url, maxsplit=1)[0]
+            raise ConfigError(
+                f"--admin-url {redact_url(base)}?…: a query string or fragment is not supported; give the Admin "
+                "API's base URL (the token goes in --admin-token-file or KONG_ADMIN_TOKEN)"
             )
         self.base = admin_url.rstrip("/")
         self.base_path = parts.path.rstrip("/")
-        self.shown = shown_url(self.base)
+        self.shown = redact_url(self.base)  # userinfo masked, as in every message
         self.workspace = workspace.strip("/") if workspace else None
         self.prefix = f"/{quote(self.workspace, safe='')}" if self.workspace else ""
         self.page_size = max(1, min(page_size, MAX_PAGE_SIZE))
