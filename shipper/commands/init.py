@@ -33,19 +33,29 @@ def shared(name: str) -> str:
 
 
 def _write(path: str, text: str, force: bool, mode: int) -> None:
-    """Write `text` to `path` with `mode`, never replacing an existing file unless `force`."""
+    """Write `text` to `path` with `mode`, never replacing an existing file unless `force`. Written to a new file
+    beside it and renamed over it: with --force a symlink at `path` is replaced, not followed (its target, any
+    file, was rewritten and given our mode), a FIFO does not block the command, and a failure leaves no half file."""
     parent = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(parent, f".{os.path.basename(path)}.{os.getpid()}.tmp")
     try:
         os.makedirs(parent, exist_ok=True)
-        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL) | getattr(os, "O_CLOEXEC", 0)
-        fd = os.open(path, flags, mode)
+        if not force and os.path.lexists(path):
+            raise FileExistsError
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), mode)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                os.fchmod(handle.fileno(), mode)  # the umask narrowed `mode` at creation; 0644 units are meant
+                handle.write(text)
+            # Without --force, link(2) fails on anything at `path`, a file created meanwhile too; rename replaces.
+            os.replace(tmp, path) if force else os.link(tmp, path)
+        finally:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
     except FileExistsError:
         raise ConfigError(f"{path} exists: not replaced (--force replaces it)") from None
     except OSError as exc:
         raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        os.fchmod(handle.fileno(), mode)  # an existing file replaced with --force gets the mode too
-        handle.write(text)
     click.echo(f"kong-ship: wrote {path}", err=True)
 
 

@@ -8,12 +8,13 @@ import click
 import orjson
 
 from shipper.commands import SUMMARIES
-from shipper.errors import ConfigError
+from shipper.errors import ConfigError, FatalError
 from shipper.settings import default_state_dir
 
 
 @click.command(short_help=SUMMARIES["status"])
-@click.option("--state-dir", envvar="KONG_SHIP_STATE_DIR", type=click.Path(file_okay=False),
+# readable=False: a directory we may not read is a failure (exit 1, below), not a wrong flag (click's exit 2)
+@click.option("--state-dir", envvar="KONG_SHIP_STATE_DIR", type=click.Path(file_okay=False, readable=False),
               help="The state directory [env KONG_SHIP_STATE_DIR; default as for tail].")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON, for scripts.")
 def status(state_dir: str | None, as_json: bool) -> None:
@@ -27,7 +28,13 @@ def status(state_dir: str | None, as_json: bool) -> None:
     state_dir = state_dir or default_state_dir()
     if not os.path.isdir(state_dir):
         raise ConfigError(f"state directory {state_dir} does not exist (set --state-dir)")
-    rows = collect(state_dir)
+    try:
+        os.listdir(state_dir)
+        rows = collect(state_dir)
+    except OSError as exc:
+        raise FatalError(f"cannot read {exc.filename or state_dir}: {exc.strerror}") from None
+    except ConfigError as exc:  # a checkpoint file it cannot make sense of: the state is broken, not the flags
+        raise FatalError(str(exc)) from None
     dropped = filtered(state_dir)  # filters and sampling, by reason, over every run (issue 17)
     nowhere = unrouted(state_dir)  # records no route matched, over every run (routing.py)
     if as_json:

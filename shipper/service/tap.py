@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs
-from wsgiref.simple_server import WSGIRequestHandler, make_server
+from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, make_server
 
 import orjson
 from prometheus_client.exposition import ThreadingWSGIServer
@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 
 DEFAULT_RATE = 10.0
 BUFFER_EVENTS = 10_000  # per reader; beyond it a batch is lost to that reader, never waited for
+BUFFER_BYTES = 16 << 20  # and in bytes, as the queue is: 10,000 large events held for a stalled reader were a GiB
+MAX_CONNECTIONS = 64  # served at once (scrapes, taps); more are closed at once: a thread each, never unbounded
+IDLE_TIMEOUT = 30.0  # seconds a connection may send no request, or a reader take none of the bytes sent to it
 STATS_INTERVAL = 1.0  # seconds between the {"tap": ...} lines
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -110,25 +113,28 @@ class Allowance:
 class Reader:
     """One attached reader: the batches handed over since it last looked, bounded."""
 
-    def __init__(self, sink: str | None, capacity: int = BUFFER_EVENTS):
+    def __init__(self, sink: str | None, capacity: int = BUFFER_EVENTS, capacity_bytes: int = BUFFER_BYTES):
         self.sink = sink  # None: every sink
         self.capacity = capacity
+        self.capacity_bytes = capacity_bytes
         self.lock = threading.Lock()
         self.batches: deque[tuple[str, list[bytes]]] = deque()
         self.pending = 0
+        self.pending_bytes = 0
         self.lost = 0
         self.ready = threading.Event()
 
-    def offer(self, sink: str, events: list[bytes]) -> None:
-        """A sender's thread: append or lose, never wait."""
+    def offer(self, sink: str, events: list[bytes], nbytes: int) -> None:
+        """A sender's thread: append or lose, never wait. `nbytes`: the events' size, counted once per batch."""
         if self.sink is not None and self.sink != sink:
             return
         with self.lock:
-            if self.pending + len(events) > self.capacity:
+            if self.pending + len(events) > self.capacity or self.pending_bytes + nbytes > self.capacity_bytes:
                 self.lost += len(events)
                 return
             self.batches.append((sink, events))
             self.pending += len(events)
+            self.pending_bytes += nbytes
         self.ready.set()
 
     def take(self, timeout: float) -> list[tuple[str, list[bytes]]]:
@@ -136,7 +142,7 @@ class Reader:
         with self.lock:
             taken = list(self.batches)
             self.batches.clear()
-            self.pending = 0
+            self.pending = self.pending_bytes = 0
             self.ready.clear()
         return taken
 
@@ -166,8 +172,9 @@ class TapHub:
 
     def offer(self, sink: str, items: list[Item]) -> None:
         events = [item[3] for item in items]
+        nbytes = sum(map(len, events))
         for reader in self.readers:
-            reader.offer(sink, events)
+            reader.offer(sink, events, nbytes)
 
     def close(self) -> None:
         self.closed.set()
@@ -240,22 +247,69 @@ def tap_app(hub: TapHub) -> WSGIApp:
     return app
 
 
+class _QuietServerHandler(ServerHandler):
+    def log_exception(self, exc_info: Any) -> None:
+        if isinstance(exc_info[1], OSError):
+            return  # a reader that went silent (IDLE_TIMEOUT) or away: no traceback in the journal for that
+        super().log_exception(exc_info)
+
+
 class _QuietHandler(WSGIRequestHandler):
+    timeout = IDLE_TIMEOUT  # a socket timeout on every read and write of the connection (StreamRequestHandler)
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         pass  # a scrape every 15 s is not worth a log line
 
+    def handle(self) -> None:
+        """wsgiref's, with a handler that keeps quiet about a reader gone away, and a connection that sent no
+        request within the timeout (or sent bytes that end in an error) closed without a traceback."""
+        try:
+            self.raw_requestline = self.rfile.readline(65537)
+            if len(self.raw_requestline) > 65536:
+                self.requestline = self.request_version = self.command = ""
+                self.send_error(414)
+                return
+            if not self.parse_request():  # an error answer is sent
+                return
+            handler = _QuietServerHandler(self.rfile, cast(Any, self.wfile), self.get_stderr(), self.get_environ(),
+                                          multithread=False)
+            handler.request_handler = self  # type: ignore[attr-defined]  # wsgiref's back-pointer for logging
+            handler.run(self.server.get_app())  # type: ignore[attr-defined]
+        except OSError:
+            self.close_connection = True
+
 
 class TapServer(ThreadingWSGIServer):
-    """The metrics endpoint's server: /tap to the hub, every other path to the metrics; shut down with the hub."""
+    """The metrics endpoint's server: /tap to the hub, every other path to the metrics; shut down with the hub.
+    At most `slots` connections at once, each a thread: one more is closed at once (whoever can reach the port
+    could otherwise open thousands, each holding a thread, however long it likes)."""
 
     hub: TapHub
+    slots: threading.BoundedSemaphore
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)  # type: ignore[misc]
+        finally:
+            self.slots.release()
 
     def shutdown(self) -> None:
         self.hub.close()
         super().shutdown()
 
 
-def serve_http(host: str, port: int, metrics: WSGIApp, hub: TapHub) -> TapServer:
+def serve_http(host: str, port: int, metrics: WSGIApp, hub: TapHub, *, connections: int = MAX_CONNECTIONS,
+               idle_timeout: float = IDLE_TIMEOUT) -> TapServer:
     """Listen on host:port (IPv4 or IPv6, as the host says) in a daemon thread. OSError when it cannot."""
     tap = tap_app(hub)
 
@@ -264,7 +318,9 @@ def serve_http(host: str, port: int, metrics: WSGIApp, hub: TapHub) -> TapServer
 
     family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
     server_class = type("TapServer", (TapServer,), {"address_family": family})
-    server = cast(TapServer, make_server(str(sockaddr[0]), port, app, server_class, handler_class=_QuietHandler))
+    handler_class = type("TapHandler", (_QuietHandler,), {"timeout": idle_timeout})
+    server = cast(TapServer, make_server(str(sockaddr[0]), port, app, server_class, handler_class=handler_class))
     server.hub = hub
+    server.slots = threading.BoundedSemaphore(connections)
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     return server
