@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -208,3 +209,35 @@ def test_a_log_whose_name_is_not_utf8_is_shipped_once_and_checkpointed(tmp_path,
     status = subprocess.run([sys.executable, "-m", "shipper", "status", "--state-dir", str(tmp_path / "state"),
                              "--json"], capture_output=True, env=ship_env(), timeout=60)  # fmt: skip
     assert status.returncode == 0 and orjson.loads(status.stdout)["files"][0]["lag"] == 0, status.stderr
+
+
+def test_a_checkpoint_file_it_may_not_read_stops_the_run_not_the_checkpoints(tmp_path):
+    """A permission problem is no corrupt file: before, a backfill recovered the previous copy (and shipped again
+    all since it), or without one said "move it aside to start over" (everything shipped again). Now: one line
+    naming the file and the cause, exit 1, nothing shipped, the files left as they are."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: root reads a file of mode 0")
+    log = str(tmp_path / "kong.json")
+    gen.write_records(log, range(5))
+    state = tmp_path / "state"
+    args = [sys.executable, "-m", "shipper", "backfill", log, "--sink", "stdout", "--state-dir", str(state)]
+    first = subprocess.run(args, capture_output=True, env=ship_env(), timeout=60)
+    assert first.returncode == 0 and len(first.stdout.splitlines()) == 5, first.stderr
+    gen.write_records(log, range(5, 8))
+    store = CheckpointStore(str(state), "stdout")
+    if not os.path.exists(store.previous):
+        shutil.copyfile(store.path, store.previous)  # a good previous copy, which must not stand in for it either
+    saved = open(store.path, "rb").read()
+    os.chmod(store.path, 0)
+    unprivileged = [setpriv, "--inh-caps=-all", "--bounding-set=-all", "--"]
+    for previous in (True, False):
+        if not previous:
+            os.unlink(store.previous)
+        result = subprocess.run([*unprivileged, *args], capture_output=True, env=ship_env(), timeout=60)
+        err = [line for line in result.stderr.decode().splitlines() if "INFO" not in line]
+        assert result.returncode == 1 and result.stdout == b"", result.stderr
+        assert len(err) == 1 and f"cannot read the checkpoint file {store.path}: Permission denied" in err[0], err
+        assert "move it aside" not in err[0]
+    os.chmod(store.path, 0o600)
+    assert open(store.path, "rb").read() == saved

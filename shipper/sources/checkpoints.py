@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from shipper.errors import ConfigError
+from shipper.errors import ConfigError, FatalError
 from shipper.output import printable
 
 log = logging.getLogger("kong-ship")
@@ -58,6 +58,13 @@ class CheckpointStore:
             self.entries = self._read(self.path)
         except FileNotFoundError:
             main_error = "missing"
+        except (IsADirectoryError, PermissionError) as exc:
+            # Not a corrupt file: its content is good, and the advice to move it aside would throw every checkpoint
+            # away (everything shipped again); nor may the previous copy stand in for it while it is there.
+            raise FatalError(
+                f"cannot read the checkpoint file {self.path}: {exc.strerror or exc}: kong-ship needs to read and "
+                "write its state directory"
+            ) from None
         except (ValueError, TypeError, KeyError, OSError) as exc:
             main_error = f"unreadable ({exc})"
         if main_error is None:
