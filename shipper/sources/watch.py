@@ -48,6 +48,12 @@ class Watcher:
         except OSError as exc:  # out of descriptors (a flood of connections): importing opens files too
             log.warning("file notifications unavailable (%s); polling every %.2f s", exc, self.poll_interval)
             return
+        # watchdog logs a race of its own shutdown ("InotifyEmitter.queue_events() called when the thread is
+        # inactive", seen in about 1 of 40 stops) as an error through a logger with no handler: Python's last-resort
+        # handler wrote it to stderr, a line in none of our formats. Polling covers whatever it could report.
+        library_log = logging.getLogger("watchdog")
+        library_log.addHandler(logging.NullHandler())
+        library_log.propagate = False
         wake = self.wake
 
         class Wake(FileSystemEventHandler):
