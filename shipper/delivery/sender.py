@@ -21,6 +21,7 @@ import tenacity
 from shipper.deadletter import DeadLetter, Unwritten
 from shipper.delivery.acks import AckTracker
 from shipper.delivery.closed import ClosedBatch, Item
+from shipper.delivery.deadline import Attempt, with_deadlines
 from shipper.delivery.ratelimit import TokenBucket
 from shipper.delivery.trust import tls_context
 from shipper.sinks.base import FATAL, OK, REJECT, RETRY, SPLIT, Sink, Verdict
@@ -69,6 +70,15 @@ def bounded_answer(response: httpx.Response, deadline: float) -> httpx.Response:
     return httpx.Response(response.status_code, headers=headers, content=body, request=response.request)
 
 
+def attempt_seconds(timeout: httpx.Timeout) -> float:
+    """An attempt's whole time: connect + write + read timeouts (70 s with --timeout 30, whose connect is 10 s).
+    Each phase is given its per-operation timeout once, as a whole: a vendor that connected, took the request
+    and answered each within its timeout is never cut (a tighter bound would retry a slow, honest vendor for
+    ever), and one that trickles bytes to reset them is, at most that long after the attempt began."""
+    read = timeout.read or 30.0
+    return (timeout.connect or read) + (timeout.write or read) + read
+
+
 class Aborted(Exception):
     """Shutdown ran out of time: the batch stays unacknowledged and is read again after a restart."""
 
@@ -111,6 +121,8 @@ class Sender:
                 keepalive_expiry=limits.keepalive_expiry,
             ),
         )
+        with_deadlines(self.client)  # before any request, the sink's own included
+        self.attempt_seconds = attempt_seconds(self.client.timeout)
         # A sink with requests of its own (Moesif's /v1/config) makes them with this client: the same CAs.
         sink.use_client(self.client)
         self._backoff = tenacity.wait_random_exponential(multiplier=retry_initial, max=retry_max)
@@ -217,23 +229,29 @@ class Sender:
         else:
             request = self.sink.request(events)  # type: ignore[arg-type]
         started = time.monotonic()
-        try:
-            response = self.client.send(request, stream=True)
-        except httpx.TransportError as exc:
-            failure = _tls_failure(exc)
-            if failure is not None:  # retrying cannot make a certificate verify
-                return Verdict(FATAL, f"{self.sink.name}: the TLS certificate of {request.url.host} does not verify "
-                                      f"({failure.verify_message or failure}): pass its CA certificate with --ca-file")
-            return Verdict(RETRY, f"{type(exc).__name__}: {exc or 'connection failed'}")
-        except RuntimeError:
-            if self._closed or self.abort.is_set():  # httpx: "the client has been closed"
-                raise Aborted() from None
-            raise
-        finally:
-            self.count("attempted", len(events))
-            if self.observe is not None:
-                self.observe(len(events), time.monotonic() - started)
-        return self.sink.judge(bounded_answer(response, started + (self.client.timeout.read or 30.0)))
+        # One deadline for the whole attempt, the answer's body included (deadline.py: httpx's are per read/write).
+        with Attempt(started + self.attempt_seconds) as attempt:
+            try:
+                response = self.client.send(request, stream=True)
+            except httpx.TransportError as exc:
+                failure = _tls_failure(exc)
+                if failure is not None:  # retrying cannot make a certificate verify
+                    return Verdict(FATAL, f"{self.sink.name}: the TLS certificate of {request.url.host} does not "
+                                          f"verify ({failure.verify_message or failure}): pass its CA certificate "
+                                          "with --ca-file")  # fmt: skip
+                if attempt.timed_out(exc):
+                    return Verdict(RETRY, f"{type(exc).__name__}: timed out after {self.attempt_seconds:g} s")
+                return Verdict(RETRY, f"{type(exc).__name__}: {exc or 'connection failed'}")
+            except RuntimeError:
+                if self._closed or self.abort.is_set():  # httpx: "the client has been closed"
+                    raise Aborted() from None
+                raise
+            finally:
+                self.count("attempted", len(events))
+                if self.observe is not None:
+                    self.observe(len(events), time.monotonic() - started)
+            answer = bounded_answer(response, started + (self.client.timeout.read or 30.0))
+        return self.sink.judge(answer)
 
     # -- tenacity hooks ----------------------------------------------------------------------------------------
     def _wait(self, state: tenacity.RetryCallState) -> float:
