@@ -346,3 +346,4 @@ class Lane:
         self.batcher.shutdown()
         self.sender.close()
         self.source.close()
+        self.resume.close()

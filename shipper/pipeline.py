@@ -165,8 +165,13 @@ class Pipeline:
     # -- the run ---------------------------------------------------------------------------------------------
     def run(self) -> RunResult:
         started = time.monotonic()
-        for lane in self.lanes:
-            lane.resume.load()
+        try:
+            for lane in self.lanes:
+                lane.resume.load()
+        except BaseException:  # another run holds one sink's checkpoints, or they cannot be read
+            for lane in self.lanes:
+                lane.resume.close()
+            raise
         self._install_signals()
         if self.follow:
             self._watcher.start()

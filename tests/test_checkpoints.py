@@ -241,3 +241,44 @@ def test_a_checkpoint_file_it_may_not_read_stops_the_run_not_the_checkpoints(tmp
         assert "move it aside" not in err[0]
     os.chmod(store.path, 0o600)
     assert open(store.path, "rb").read() == saved
+
+
+def test_a_second_run_on_the_same_checkpoints_is_refused_while_the_first_runs(tmp_path):
+    """A `backfill` by hand beside the `tail` service, same state directory and sink: before, both shipped every
+    record (40 for 20 here), and each saved its positions over the other's. Now the second is one line, exit 2,
+    nothing shipped; once the first has stopped, the same run works (and finds everything acknowledged)."""
+    log = str(tmp_path / "kong.json")
+    gen.write_records(log, range(20))
+    state = str(tmp_path / "state")
+    common = ["--state-dir", state, "--flush-interval", "0.05"]
+    tail = subprocess.Popen([sys.executable, "-m", "shipper", "tail", log, "--sink", "stdout", *common,
+                             "--start-at", "beginning", "--poll-interval", "0.05"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ship_env())  # fmt: skip
+    try:
+        shipped = [tail.stdout.readline() for _ in range(20)]  # type: ignore[union-attr]
+        assert all(shipped)
+        backfill = [sys.executable, "-m", "shipper", "backfill", log, "--sink", "stdout", *common]
+        second = subprocess.run(backfill, capture_output=True, env=ship_env(), timeout=60)
+        err = second.stderr.decode().splitlines()
+        assert (second.returncode, second.stdout, len(err)) == (2, b"", 1), second.stderr
+        assert "another kong-ship is shipping with the checkpoints in" in err[0] and "--state-dir" in err[0]
+    finally:
+        tail.send_signal(signal.SIGTERM)
+        rest, tail_err = tail.communicate(timeout=30)
+    assert tail.returncode == 0 and rest == b"", tail_err
+    again = subprocess.run(backfill, capture_output=True, env=ship_env(), timeout=60)
+    assert again.returncode == 0 and again.stdout == b"", again.stderr  # all 20 acknowledged by the tail
+
+
+def test_each_sinks_checkpoints_are_locked_on_their_own(tmp_path):
+    first, other = CheckpointStore(str(tmp_path), "segment"), CheckpointStore(str(tmp_path), "moesif")
+    first.lock()
+    other.lock()  # another sink in the same state directory: no conflict
+    with pytest.raises(ConfigError, match="another kong-ship is shipping"):
+        CheckpointStore(str(tmp_path), "segment").lock()
+    first.unlock()
+    again = CheckpointStore(str(tmp_path), "segment")
+    again.lock()  # released
+    assert oct(os.stat(tmp_path / "checkpoints-segment.lock").st_mode & 0o777) == "0o600"
+    again.unlock()
+    other.unlock()

@@ -7,6 +7,7 @@ and with no good copy at all kong-ship refuses to start rather than resend every
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import math
 import os
@@ -50,6 +51,30 @@ class CheckpointStore:
         self.entries: dict[str, Checkpoint] = {}
         self._saved_snapshot: dict[str, int] = {}
         self._last_error: str | None = None
+        self._lock_fd: int | None = None
+
+    # -- one run at a time ------------------------------------------------------------------------------------
+    def lock(self) -> None:
+        """Take this sink's checkpoints for the run. Two runs on them at once (a `backfill` by hand beside the
+        `tail` service) each shipped every record, and each saved its own positions over the other's, so a
+        restart shipped again what the other had acknowledged. The lock goes with the process (or `unlock`)."""
+        if self._lock_fd is not None:
+            return
+        fd = open_private(self.path[: -len(".json")] + ".lock", os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise ConfigError(
+                f"another kong-ship is shipping with the checkpoints in {self.path}: stop it first, or give this "
+                "run its own --state-dir"
+            ) from None
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     # -- reading ------------------------------------------------------------------------------------------
     def load(self) -> dict[str, Checkpoint]:

@@ -59,7 +59,16 @@ class Resume:
         self.acks = acks
 
     def load(self) -> None:
-        self.store.load()
+        """Take the sink's checkpoints for this run (one run at a time: ConfigError otherwise) and read them."""
+        self.store.lock()
+        try:
+            self.store.load()
+        except BaseException:
+            self.store.unlock()
+            raise
+
+    def close(self) -> None:
+        self.store.unlock()
 
     def known(self, fingerprint: str) -> dict[str, Known]:
         """The checkpoints of the identities with this fingerprint (the `known` of `FileSource`)."""
