@@ -12,6 +12,7 @@ import ssl
 import threading
 from collections.abc import Callable, Iterator
 
+import httpx
 import pytest
 
 import gen
@@ -20,7 +21,9 @@ from fakes.segment import FakeSegment
 from fakes.tls import private_ca
 from shipper.deadletter import DeadLetter
 from shipper.delivery.acks import AckTracker
+from shipper.delivery.deadline import with_deadlines
 from shipper.delivery.sender import Aborted, Sender
+from shipper.sinks.moesif_sampling import Sampler
 from shipper.sinks.webhook import WebhookSink
 
 TIMEOUT = 0.5  # the sender's --timeout: connect, write and read 0.5 s each, so an attempt ends within 1.5 s
@@ -297,3 +300,29 @@ def pump(source: socket.socket, sink: socket.socket) -> None:
                 end.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+
+def test_moesifs_configuration_fetch_ends_at_its_deadline_too(servers, caplog):
+    """Moesif's /v1/config is fetched on a thread of its own with the sender's client: a status line trickled a byte
+    at a time held that fetch for ever (only the body read was bounded), and with it every refresh after."""
+    def status_line_for_ever_to_a_get(conn: socket.socket, stop: threading.Event) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:  # a GET: no body to read
+            head += conn.recv(65536) or b"\r\n\r\n"
+        drip(conn, stop, b"HTTP/1.1 200 OK", b"K")
+
+    vendor = servers(status_line_for_ever_to_a_get)
+    client = httpx.Client()
+    assert with_deadlines(client)
+    # enabled=False: the sender's client without the timer thread; the one fetch is this test's.
+    sampler = Sampler(vendor.url.rpartition("/")[0], "app", httpx.Timeout(0.5), enabled=False)
+    sampler.use_client(client)
+    fetched = threading.Thread(target=sampler.refresh, daemon=True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="kong-ship"):
+            fetched.start()
+            fetched.join(10)
+            assert not fetched.is_alive(), "the fetch is still held by the trickle"
+        assert "cannot fetch /v1/config" in caplog.text and "sampling keeps its last settings" in caplog.text
+    finally:
+        client.close()

@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 
+from shipper.delivery.deadline import Attempt
 from shipper.sinks.moesif_regex import MATCH_CHARS, backtracks_safely
 
 log = logging.getLogger("kong-ship")
@@ -249,7 +250,8 @@ class Sampler:
         timeout), must neither fill memory nor hold the events that wait for this fetch."""
         deadline = time.monotonic() + self._wait
         headers = {**headers, "Accept-Encoding": "gzip"}
-        with client.stream("GET", self.url, headers=headers, timeout=self.timeout) as response:
+        # Attempt: a status line or headers trickled a byte at a time reset the timeouts at every byte.
+        with Attempt(deadline), client.stream("GET", self.url, headers=headers, timeout=self.timeout) as response:
             etag = response.headers.get("x-moesif-config-etag") or response.headers.get("etag")
             if response.status_code != 200:
                 return response.status_code, etag, b""
