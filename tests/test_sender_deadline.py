@@ -181,6 +181,22 @@ def deliver_in_thread(sender: Sender, items: list) -> dict:
     return outcome
 
 
+def retried_then_delivered(url: str, caplog, **options) -> tuple[dict, collections.Counter, AckTracker]:
+    """Three items delivered by a Sender to `url` that retries (a trickled first answer) until delivered: its
+    outcome, counts and acknowledgements, once the attempt has ended."""
+    acks = AckTracker()
+    acks.start("f", 0)
+    abort, counted = threading.Event(), collections.Counter()
+    sender = make_sender(url, acks, abort, counted, stop_at_retry=False, **options)
+    caplog.set_level(logging.WARNING, logger="kong-ship")
+    try:
+        outcome = deliver_in_thread(sender, items(3))
+        assert wait_until(lambda: "result" in outcome, timeout=ENDED_WITHIN), "the attempt held its slot"
+    finally:
+        sender.close()
+    return outcome, counted, acks
+
+
 @pytest.mark.parametrize(("vendor", "timeout", "batch", "timed_out"), [
     (status_line_for_ever, TIMEOUT, items(3), TIMED_OUT),
     (headers_for_ever, TIMEOUT, items(3), TIMED_OUT),
@@ -229,17 +245,7 @@ def test_over_tls_a_trickled_first_answer_is_retried_and_the_next_delivered(serv
         return lambda conn, stop: handler(context.wrap_socket(conn, server_side=True), stop)
 
     server = servers(over_tls(status_line_for_ever), over_tls(answers_ok))
-    acks = AckTracker()
-    acks.start("f", 0)
-    abort, counted = threading.Event(), collections.Counter()
-    sender = make_sender(server.url.replace("http:", "https:"), acks, abort, counted, stop_at_retry=False,
-                         ca_file=str(ca_pem))  # fmt: skip
-    caplog.set_level(logging.WARNING, logger="kong-ship")
-    try:
-        outcome = deliver_in_thread(sender, items(3))
-        assert wait_until(lambda: "result" in outcome, timeout=ENDED_WITHIN), "the attempt held its slot"
-    finally:
-        sender.close()
+    outcome, counted, acks = retried_then_delivered(server.url.replace("http:", "https:"), caplog, ca_file=str(ca_pem))
     assert outcome["result"] == "delivered" and counted["retries"] == 1 and counted["sent"] == 3
     assert TIMED_OUT in caplog.text and acks.committed() == {"f": 3}
 
@@ -250,16 +256,7 @@ def test_through_a_proxy_from_the_environment_too(servers, caplog, monkeypatch):
     for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "http_proxy"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HTTP_PROXY", proxy.url.rsplit("/", 1)[0])
-    acks = AckTracker()
-    acks.start("f", 0)
-    abort, counted = threading.Event(), collections.Counter()
-    sender = make_sender("http://vendor.test/hook", acks, abort, counted, stop_at_retry=False)
-    caplog.set_level(logging.WARNING, logger="kong-ship")
-    try:
-        outcome = deliver_in_thread(sender, items(3))
-        assert wait_until(lambda: "result" in outcome, timeout=ENDED_WITHIN), "the attempt held its slot"
-    finally:
-        sender.close()
+    outcome, counted, _ = retried_then_delivered("http://vendor.test/hook", caplog)
     assert outcome["result"] == "delivered" and counted["retries"] == 1 and len(proxy.connections) == 2
     assert TIMED_OUT in caplog.text
 
