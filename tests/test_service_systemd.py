@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import shutil
 import signal
 import socket
@@ -15,7 +16,7 @@ import time
 import pytest
 
 import gen
-from conftest import FAST_FOLLOW, ship_env
+from conftest import FAST_FOLLOW, ship_env, wait_until
 from shipper.service.notify import Notifier
 
 UNITS = pathlib.Path(__file__).resolve().parents[1] / "systemd"
@@ -87,3 +88,43 @@ def test_units_pass_systemd_analyze_verify(tmp_path, unit, name):
     result = subprocess.run(["systemd-analyze", "verify", str(tmp_path / name)], capture_output=True, text=True)
     problems = [line for line in result.stderr.splitlines() if name.split("@")[0] in line or "kong-ship" in line]
     assert result.returncode == 0 and not problems, result.stderr
+
+
+def shipped_patterns() -> dict[str, str]:
+    """The log pattern each shipped way of running `tail` follows: the unit's ExecStart, the DaemonSet's command."""
+    unit = next(line for line in (UNITS / "kong-ship.service").read_text().splitlines() if line.startswith("ExecStart="))
+    daemonset = (UNITS.parent / "examples" / "kubernetes" / "daemonset.yaml").read_text()
+    return {"unit": unit.split()[2], "daemonset": daemonset.split("exec kong-ship tail '", 1)[1].split("'", 1)[0]}
+
+
+@pytest.mark.parametrize("way", ["unit", "daemonset"])
+def test_the_shipped_pattern_finds_what_was_rotated_while_kong_ship_was_down(tmp_path, way):
+    """Stopped (a restart, an upgrade, a crash loop) while Kong wrote more and logrotate renamed the file: the
+    next start must find the renamed file by the pattern, or what was written before the rotation is lost (the
+    pattern `/var/log/kong/*.json` did not match `kong.json.1`: 5 records of 18 never shipped)."""
+    folder = tmp_path / "kong"
+    folder.mkdir()
+    pattern = str(folder / os.path.basename(shipped_patterns()[way]))
+    log = folder / "kong.json"
+    args = [sys.executable, "-m", "shipper", "tail", pattern, "--sink", "stdout", "--state-dir", str(tmp_path / "state"),
+            *FAST_FOLLOW]  # fmt: skip
+
+    def run_until(count: int) -> list[bytes]:
+        """Run until `count` events are out (or 20 s have gone by), stop, and return every event it printed."""
+        out = tmp_path / "out.jsonl"
+        with open(out, "wb") as stdout:
+            proc = subprocess.Popen(args, stdout=stdout, stderr=subprocess.PIPE, env=ship_env())
+            wait_until(lambda: len(out.read_bytes().splitlines()) >= count, timeout=20)
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        return out.read_bytes().splitlines()
+
+    gen.write_records(log, range(10))
+    first = run_until(10)
+    gen.write_records(log, range(10, 15))  # written while kong-ship is down …
+    os.rename(log, folder / "kong.json.1")  # … then rotated away
+    gen.write_records(log, range(100, 103))
+    second = run_until(8)
+    seqs = sorted(int(re.search(rb"[?&]seq=(\d+)", line).group(1)) for line in first + second)  # type: ignore[union-attr]
+    assert seqs == [*range(15), *range(100, 103)]
