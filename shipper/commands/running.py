@@ -19,7 +19,7 @@ import click
 import orjson
 
 from shipper.commands.options import RUN_OPTIONS, SETTINGS_FIELD, SINK_OPTION_NAMES, Endpoint
-from shipper.commands.stderr import json_stderr, say, use_json_stderr, utc_stamp
+from shipper.commands.stderr import json_stderr, say, stderr_lost, use_json_stderr, utc_stamp
 from shipper.counters import COUNTERS
 from shipper.errors import ConfigError
 from shipper.formats import Parser
@@ -66,9 +66,20 @@ class RedactFilter(logging.Filter):
         return True
 
 
+class StderrHandler(logging.StreamHandler):
+    """Log lines to stderr; when it cannot be written (its reader gone), stderr goes to /dev/null (stderr.py:
+    `stderr_lost`) instead of logging's "--- Logging error ---" and a traceback at each line after."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if isinstance(sys.exc_info()[1], OSError):
+            stderr_lost()
+            return
+        super().handleError(record)
+
+
 def setup_logging(level: str, fmt: str = "text") -> None:
     use_json_stderr(fmt == "json")
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler(sys.stderr)
     handler.addFilter(RedactFilter())
     if fmt == "json":
         formatter: logging.Formatter = JSONFormatter()
@@ -321,7 +332,18 @@ def skipped_by_kind(result) -> dict[str, int]:
 
 def summary(result, stream) -> None:
     """The end of a run as a small table, one row per sink, then the totals (--log-format json: one JSON
-    object with the same counts). On a terminal, columns that are all zero go first when it is too narrow."""
+    object with the same counts). On a terminal, columns that are all zero go first when it is too narrow.
+    A stream that cannot be written (stderr's reader gone) loses the table, and the exit code stays the run's."""
+    try:
+        write_summary(result, stream)
+    except OSError:
+        if stream is sys.stderr:
+            stderr_lost()
+        else:
+            raise
+
+
+def write_summary(result, stream) -> None:
     read = sum(lane.read for lane in result.lanes[:1])
     rate = read / result.elapsed if result.elapsed > 0 else 0.0
     mb = sum(lane.bytes_read for lane in result.lanes[:1]) / 1e6

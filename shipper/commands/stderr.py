@@ -5,6 +5,8 @@ import the shipping machinery (httpx and the sinks: ~0.3 s)."""
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from typing import Any
 
@@ -34,12 +36,36 @@ def use_json_stderr(on: bool) -> None:
 def say(level: str, message: str, **fields: Any) -> None:
     """A line on stderr that is not a log record (an input error, a fatal end): `kong-ship: LEVEL: message`, or
     with --log-format json one JSON object, like the log lines."""
-    if _stderr.json:
-        message = printable(message)  # a file name that is not UTF-8
-        click.echo(orjson.dumps({"time": utc_stamp(time.time()), "level": level, "message": message, **fields}).decode(),
-                   err=True)
-    else:
-        click.echo(f"kong-ship: {level}: {message}", err=True)
+    try:
+        if _stderr.json:
+            message = printable(message)  # a file name that is not UTF-8
+            click.echo(orjson.dumps({"time": utc_stamp(time.time()), "level": level, "message": message,
+                                     **fields}).decode(), err=True)
+        else:
+            click.echo(f"kong-ship: {level}: {message}", err=True)
+    except OSError:
+        stderr_lost()
+
+
+def stderr_lost() -> None:
+    """Standard error cannot be written (its reader is gone: `2>&1 | head -1`, a journal that went away, a
+    terminal hung up): descriptor 2 is pointed at /dev/null, so that what kong-ship writes there later (a log
+    line, the summary, the fatal line, Python's flush at exit) is dropped rather than raising. A message nobody
+    can read must never change the run's exit code: a tail stopped by SIGTERM exits 0, not 1 (a BrokenPipeError
+    out of the summary) or 120 (the flush at exit); the run's own outcome decides it."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return
+    try:
+        os.dup2(null, 2)
+    finally:
+        os.close(null)
+    try:
+        if sys.stderr is not None:
+            sys.stderr.flush()  # what the failed write left in the buffer goes to /dev/null now
+    except (OSError, ValueError):
+        pass
 
 
 def utc_stamp(now: float) -> str:
