@@ -154,25 +154,52 @@ class Pipeline:
                 self.forced_by = signum
                 self.abort.set()
 
-    def _install_signals(self) -> None:
+    def _install_signals(self) -> dict[int, object]:
+        """Our handlers in place; the ones they replace, for `_restore_signals` (none off the main thread)."""
         if threading.current_thread() is not threading.main_thread():
-            return
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
-        if hasattr(signal, "SIGHUP"):
-            signal.signal(signal.SIGHUP, self._on_hup)
+            return {}
+        previous: dict[int, object] = {}
+        for signum, handler in ((signal.SIGTERM, self._on_signal), (signal.SIGINT, self._on_signal),
+                                (getattr(signal, "SIGHUP", None), self._on_hup)):
+            if signum is not None:
+                previous[signum] = signal.signal(signum, handler)
+        return previous
+
+    @staticmethod
+    def _restore_signals(previous: dict[int, object]) -> None:
+        """The handlers from before the run: a signal after it (a Ctrl-C while the summary prints, or in a
+        process that runs pipelines one after the other) is no longer taken by a run that is over and ignored."""
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)  # type: ignore[arg-type]
 
     # -- the run ---------------------------------------------------------------------------------------------
     def run(self) -> RunResult:
         started = time.monotonic()
+        # Before the checkpoints are taken: a signal from here on is the run's to apply (it stops the run once it
+        # starts), never a KeyboardInterrupt between taking a sink's checkpoints and the `finally` below.
+        previous = self._install_signals()
         try:
             for lane in self.lanes:
                 lane.resume.load()
         except BaseException:  # another run holds one sink's checkpoints, or they cannot be read
             for lane in self.lanes:
                 lane.resume.close()
+                if lane.pool is not None:
+                    lane.pool.close()  # its worker processes (forked with the lane) too: nothing left running
+            self._restore_signals(previous)
             raise
-        self._install_signals()
+        try:
+            self._start()
+            return self._run(started)
+        finally:
+            # Whatever way the run ends (a fatal answer, a dead thread or worker, a signal, the shutdown timeout, a
+            # close that raised): every sink's checkpoints are let go, so a next run, in this process or another,
+            # can take them; and the handlers from before the run are back.
+            for lane in self.lanes:
+                lane.resume.close()
+            self._restore_signals(previous)
+
+    def _start(self) -> None:
         if self.follow:
             self._watcher.start()
         for lane in self.lanes:
@@ -183,6 +210,8 @@ class Pipeline:
                 "started: following %s → %s (state in %s)",
                 " ".join(self.settings.paths), ", ".join(lane.sink.name for lane in self.lanes), self.settings.state_dir,
             )
+
+    def _run(self, started: float) -> RunResult:
         stop_deadline: float | None = None
         last_save = time.monotonic()
         try:
