@@ -589,3 +589,14 @@ def test_inputs_that_cannot_be_read_are_named_as_what_they_are(tmp_path):
     assert "--config: expected a file name" in one_error(ship("parse", "x.json", "--config="))
     missing = one_error(ship("parse", "x.json", "--max-line-bytes"))
     assert "requires an argument" in missing and "'kong-ship parse --help'" in missing
+
+
+def test_a_ctrl_c_while_the_command_line_loads_is_quiet_and_exit_130():
+    """A SIGINT in the first ~0.1 s, while `shipper.cli` and click load (before `main` catches it), ended in a
+    KeyboardInterrupt traceback. Delivered here, by a real signal, right after the package is imported."""
+    script = "import os, signal, shipper; os.kill(os.getpid(), signal.SIGINT); import shipper.cli"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, env=ship_env(), timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (-signal.SIGINT, b"", b"")
+    # Other exceptions keep their report.
+    done = subprocess.run([sys.executable, "-c", "import shipper; 1 / 0"], capture_output=True, env=ship_env(), timeout=60)
+    assert done.returncode == 1 and b"ZeroDivisionError" in done.stderr
