@@ -326,9 +326,11 @@ def credential(route: Route) -> str:
     given = route.options.get(f"{route.sink}_{key}")
     if given:
         return f"{key} {os.path.abspath(given)} in its [[route]] table"
-    if route.sink == "webhook":  # signed only with its own secret_file (build_route_sink): its headers, then
+    own_env = f"{env}_{route.env_suffix}"
+    if route.sink == "webhook" and not (os.environ.get(env, "").strip() and os.environ.get(own_env, "").strip()):
+        # Signed by its own variable only while the default's is set too (build_route_sink); else unsigned.
         return "its header values (unsigned: no secret_file in its [[route]] table)"
-    return f"{env}_{route.env_suffix}"
+    return own_env
 
 
 def build_route_sink(path: str, route: Route, sink_options: Mapping[str, Any], url: str | None) -> Sink:

@@ -260,3 +260,17 @@ secret_file = "{tmp_path / 'pay.secret'}"
     rows = summary_rows(done.stderr)
     assert rows["webhook@payments"]["unrouted"] == 20  # teams b and c: no route, no default
     assert rows["segment@team-a"]["unrouted"] == 20 and rows["segment@team-a"]["routed-elsewhere"] == 10
+
+
+def test_a_webhook_routes_fatal_line_names_the_secret_it_was_signed_with(monkeypatch):
+    """A webhook route is signed with KONG_SHIP_WEBHOOK_SECRET_<ROUTE> when the default's variable is set too
+    (build_route_sink); its fatal line said "unsigned: no secret_file" even then, pointing away from the cause."""
+    from shipper.routing import credential, parse_route
+
+    route = parse_route("c.toml", 0, {"name": "payments", "sink": "webhook", "match": {"service": "payments"}})
+    monkeypatch.delenv("KONG_SHIP_WEBHOOK_SECRET", raising=False)
+    monkeypatch.delenv("KONG_SHIP_WEBHOOK_SECRET_PAYMENTS", raising=False)
+    assert "unsigned" in credential(route)
+    monkeypatch.setenv("KONG_SHIP_WEBHOOK_SECRET", "the-default's")
+    monkeypatch.setenv("KONG_SHIP_WEBHOOK_SECRET_PAYMENTS", "its own")
+    assert credential(route) == "KONG_SHIP_WEBHOOK_SECRET_PAYMENTS"
