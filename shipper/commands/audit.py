@@ -32,6 +32,7 @@ from shipper.commands.options import (
     understanding_options,
 )
 from shipper.commands.running import drive, json_stderr, prepare_spooled, run, say, setup_logging, summary
+from shipper.commands.stderr import stderr_lost
 from shipper.delivery.dry_run import DryRun
 from shipper.errors import ConfigError, FatalError
 from shipper.formats import audit_signature
@@ -299,8 +300,11 @@ def _poll_summary(poller: Poller) -> None:
         )
         if counts[audit_signature.INVALID]:
             line += " (dead-lettered, reason bad_signature)"
-    sys.stderr.write(line + "\n")
-    sys.stderr.flush()
+    try:  # after the summary: a stderr nobody reads (its reader gone) must not turn the run's exit code into 1
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):  # ValueError: stderr closed
+        stderr_lost()
 
 
 # -- verify ----------------------------------------------------------------------------------------------------

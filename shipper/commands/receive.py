@@ -26,6 +26,7 @@ from shipper.commands.options import (
     understanding_options,
 )
 from shipper.commands.running import drive, prepare_spooled, say, summary
+from shipper.commands.stderr import json_stderr, stderr_lost
 from shipper.delivery.dry_run import DryRun
 from shipper.errors import ConfigError
 from shipper.service.notify import Notifier
@@ -265,17 +266,30 @@ def receive(**kw: Any) -> None:
     if receiver is not None:
         refused = ", ".join(f"{n} × {status}" for status, n in sorted(receiver.counts.items()) if status != 200)
         kong_records = receiver.records_accepted.get("kong_log", 0)
-        sys.stderr.write(
+        tell(
             f"received {receiver.events_accepted:,} events"
             + (f" and {kong_records:,} http-log records" if kong_records else "")
             + f" in {receiver.counts.get(200, 0):,} deliveries"
-            + (f"; refused {refused}" if refused else "") + "\n"
+            + (f"; refused {refused}" if refused else "")
         )
     for line in listeners.summary():
-        sys.stderr.write(line + "\n")
+        tell(line)
     dry_run.report(say)
     if pipeline.forced_by:
         sys.exit(128 + pipeline.forced_by)
+
+
+def tell(line: str) -> None:
+    """A closing line after the summary: with --log-format json a JSON object (`say`); never an exception when
+    stderr cannot be written (its reader gone), which would turn a clean stop into exit 1 and a traceback."""
+    if json_stderr():
+        say("info", line)
+        return
+    try:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):  # ValueError: stderr closed
+        stderr_lost()
 
 
 class _Serving:

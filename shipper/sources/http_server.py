@@ -9,16 +9,15 @@ Each delivery kind is a `route` of the receiver: a function given the request ha
 - 431 and closed when the header lines pass `MAX_HEADER_BYTES` in all (all an unauthenticated client can make us hold);
 - 411 without a Content-Length (Kong always sends one), 413 over `max_body_bytes` (not read; closed after it);
 - 503 when bodies being read or stored at once would pass `READING_BODIES` × `max_body_bytes` (a body is read whole
-  before it can be checked, so unauthenticated clients could otherwise fill the memory; it is held until its route
-  returns, as its records, parsed and encoded, take several times its size until the fsync); a sender its headers
-  authenticated (http-log's token) has a budget of its own, which unsigned hook bodies cannot fill;
+  before it can be checked, and held, parsed and encoded, until its fsync: unauthenticated clients could fill the
+  memory); a sender its headers authenticated (http-log's token) has a budget of its own, which unsigned hooks cannot fill;
 - 503 with Retry-After when the bytes the sinks have not acknowledged yet exceed `max_backlog_bytes` (or the
   connection is closed without an answer, with `overload="close"`: Kong's webhook handler retries only that).
 
-`spool()` answers 503 when the spool cannot be written (disk full), else 200 `{"accepted": N}` once every record
-of the body is durable (at most one fsync per request, shared by requests arriving together: `http_commit.py`).
-A client that takes longer than `read_timeout` to send its request (headers and body) is disconnected. With a
-TLS context, each connection's handshake runs in its own thread, under that timeout."""
+`spool()` answers 503 when the spool cannot be written (disk full) or a stop began (the client retries), else 200
+`{"accepted": N}` once every record of the body is durable (at most one fsync per request, shared by requests
+arriving together: `http_commit.py`). A client taking longer than `read_timeout` to send its request (headers and
+body) is disconnected; with a TLS context, each connection's handshake runs in its own thread, under that timeout."""
 
 from __future__ import annotations
 
@@ -176,19 +175,21 @@ class RequestHandler(BaseHTTPRequestHandler):
         return body
 
     def spool(self, kind: str, records: list[dict[str, Any]], nbytes: int, **answer: Any) -> None:
-        """Append the records (an fsync shared with the requests writing at the same moment: http_commit.py)
-        and answer 200 `{"accepted": N, **answer}`, or 503 if the spool
-        cannot be written (then nothing of them is kept)."""
+        """Append the records (an fsync shared with the requests writing at the same moment: http_commit.py) and
+        answer 200 `{"accepted": N, **answer}`; 503 if the spool cannot be written (nothing of them kept) or stopping."""
         receiver = self.server.receiver
+        if receiver.stopping:  # once a stop began, a record spooled would wait for the next start: the client retries
+            self.refuse(503, "stopping, retry later", headers={"Retry-After": str(RETRY_AFTER_SECONDS)}, close=True)
+            return
         try:
             receiver.committer.append(kind, records)
         except orjson.JSONEncodeError:  # parsed (orjson reads 1024 levels) but too deep to write (254)
             self.refuse(400, "the body is nested too deep to be stored")
             return
-        except (OSError, ValueError) as exc:  # ValueError: the spool was closed during shutdown
-            receiver.spool_failed(exc)
-            self.refuse(503, "cannot store the records", headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-                        close=True)
+        except (OSError, ValueError) as exc:  # ValueError: the spool was closed by a stop (not a failure: unlogged)
+            if isinstance(exc, OSError):
+                receiver.spool_failed(exc)
+            self.refuse(503, "cannot store the records", headers={"Retry-After": str(RETRY_AFTER_SECONDS)}, close=True)
             return
         receiver.accepted(kind, len(records), nbytes + ENVELOPE_BYTES * len(records), self.delivery)
         self.reply(200, {"accepted": len(records), **answer})
@@ -326,19 +327,9 @@ class HTTPReceiver:
     serves is `route(path, method)`'s, a subclass's; `allowed(path)` is the Allow header of a 405 there."""
 
     def __init__(
-        self,
-        host: str,
-        port: int,
-        spool: Spool,
-        *,
-        max_body_bytes: int,
-        max_backlog_bytes: int,
-        backlog: Callable[[], int],
-        on_accept: Callable[[], None] = lambda: None,
-        overload: str = "503",
-        max_connections: int = MAX_CONNECTIONS,
-        read_timeout: float = READ_TIMEOUT,
-        tls: ssl.SSLContext | None = None,
+        self, host: str, port: int, spool: Spool, *, max_body_bytes: int, max_backlog_bytes: int,
+        backlog: Callable[[], int], on_accept: Callable[[], None] = lambda: None, overload: str = "503",
+        max_connections: int = MAX_CONNECTIONS, read_timeout: float = READ_TIMEOUT, tls: ssl.SSLContext | None = None,
     ):
         self.spool = spool
         self.committer = Committer(spool)
@@ -370,6 +361,7 @@ class HTTPReceiver:
         self._thread: threading.Thread | None = None
         self._shutdown_lock = threading.Lock()
         self._closed = False
+        self.stopping = False  # set by shutdown: requests still being handled are answered 503, not spooled
 
     def route(self, path: str, method: str) -> Route:
         raise NotImplementedError
@@ -397,7 +389,8 @@ class HTTPReceiver:
         self._thread = start_thread(lambda: self._server.serve_forever(poll_interval=0.1), "receive", on_death)
 
     def shutdown(self) -> None:
-        """Stop accepting (idempotent). A request being handled finishes (durable, or 503 if the spool closed)."""
+        """Stop accepting (idempotent): connections and requests; a request being stored finishes (200 once durable)."""
+        self.stopping = True
         with self._shutdown_lock:
             if self._thread is not None:
                 self._server.shutdown()
