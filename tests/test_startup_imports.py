@@ -102,7 +102,8 @@ def test_backfill_help_imports_no_other_command(tmp_path):
     assert code == 0
     assert "shipper.commands.backfill" in modules
     assert not {name for name in modules if name.startswith("shipper.commands.")
-                } - {"shipper.commands.backfill", "shipper.commands.options", "shipper.commands.running", "shipper.commands.stderr"}
+                } - {"shipper.commands.backfill", "shipper.commands.options", "shipper.commands.running", "shipper.commands.stderr",
+                      "shipper.commands.summary"}
     assert "prometheus_client" not in modules and "rich" not in modules
 
 

@@ -31,7 +31,9 @@ from shipper.commands.options import (
     FiniteFloatRange, apply_options, config_option, option_names, shipping_options, spooled_dry_run_option,
     understanding_options,
 )
-from shipper.commands.running import drive, json_stderr, prepare_spooled, run, say, setup_logging, summary
+from shipper.commands.running import drive, prepare_spooled, run, say, setup_logging
+from shipper.commands.stderr import json_stderr
+from shipper.commands.summary import summary
 from shipper.commands.stderr import stderr_lost
 from shipper.delivery.dry_run import DryRun
 from shipper.errors import ConfigError, FatalError

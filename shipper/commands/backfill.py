@@ -26,14 +26,14 @@ from shipper.commands.running import (
     drive,
     exit_if_unreadable,
     exit_if_unsaved,
-    json_stderr,
     need_a_match,
     need_paths,
     prepare,
     report_inputs,
     say,
-    summary,
 )
+from shipper.commands.stderr import json_stderr
+from shipper.commands.summary import summary
 from shipper.delivery.dry_run import DryRun
 from shipper.errors import FatalError
 from shipper.sources.files import expand

@@ -9,7 +9,8 @@ import click
 
 from shipper.commands import SUMMARIES
 from shipper.commands.options import apply_options, tail_options
-from shipper.commands.running import json_stderr, prepare, routing_of_command, say, sink_urls
+from shipper.commands.running import prepare, routing_of_command, say, sink_urls
+from shipper.commands.stderr import json_stderr
 from shipper.errors import ConfigError
 from shipper.processors import chain_for, describe_chain
 from shipper.processors.redact import redact_url

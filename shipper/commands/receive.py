@@ -25,7 +25,8 @@ from shipper.commands.options import (
     FiniteFloatRange, apply_options, config_option, option_names, shipping_options, spooled_dry_run_option,
     understanding_options,
 )
-from shipper.commands.running import drive, prepare_spooled, say, summary
+from shipper.commands.running import drive, prepare_spooled, say
+from shipper.commands.summary import summary
 from shipper.commands.stderr import json_stderr, stderr_lost
 from shipper.delivery.dry_run import DryRun
 from shipper.errors import ConfigError

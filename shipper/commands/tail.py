@@ -9,7 +9,8 @@ import click
 
 from shipper.commands import SUMMARIES
 from shipper.commands.options import apply_options, dry_run_option, tail_options
-from shipper.commands.running import exit_if_unsaved, prepare, run, say, summary
+from shipper.commands.running import exit_if_unsaved, prepare, run, say
+from shipper.commands.summary import summary
 from shipper.delivery.dry_run import DryRun
 
 
