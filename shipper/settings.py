@@ -15,6 +15,12 @@ from shipper.processors.filters import Filter
 from shipper.processors.identity import DEFAULT_JWT_PLACES
 from shipper.processors.sampling import SampleRule
 
+# The longest any duration setting may be (seconds): a year. Python's waits and socket timeouts refuse much more
+# than that (threading.TIMEOUT_MAX, ~292 years; a socket's ~317 years), which surfaced deep in the run as a dead
+# thread (`--poll-interval 1e308`); past a year is a typo, not a setting.
+MAX_SECONDS = 31_536_000.0
+MAX_MILLISECONDS = int(MAX_SECONDS * 1000)  # the same, for the sinks' options in ms
+
 
 def default_state_dir() -> str:
     """KONG_SHIP_STATE_DIR is read by the CLI; then systemd's $STATE_DIRECTORY, then the XDG state folder."""

@@ -211,6 +211,55 @@ def test_a_value_that_is_not_a_finite_number_is_a_usage_error(tmp_path):
     _all_usage_errors(cases)
 
 
+def test_a_duration_past_a_year_is_a_usage_error(tmp_path):
+    """A finite duration too long for Python's waits and socket timeouts (~292 years) surfaced deep in the run: `tail
+    --poll-interval 1e308` or `--flush-interval 1e308` ended in a dead thread (exit 1, OverflowError), a timeout in
+    a socket's. Any duration past a year is refused as it is read, from a flag or the file alike."""
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(2))
+    state = ("--state-dir", str(tmp_path / "state"))
+    tail = ("tail", str(log), "--sink", "stdout", *state)
+    in_file = tmp_path / "timeout.toml"
+    in_file.write_text("[delivery]\ntimeout = 1e308\n")
+    cases: list[Case] = [
+        *[((*tail, flag, value), flag) for flag, value in (
+            ("--poll-interval", "1e308"), ("--flush-interval", "1e308"), ("--rotate-wait", "1e12"),
+            ("--timeout", "1e10"), ("--shutdown-timeout", "1e308"), ("--retry-initial-delay", "1e308"),
+            ("--retry-max-delay", "1e308"), ("--give-up-after", "1e308"))],
+        (("backfill", str(log), "--sink", "moesif", *state, "--moesif-connect-timeout", "10" * 15),
+         "--moesif-connect-timeout"),
+        (("backfill", str(log), "--sink", "runscope", *state, "--runscope-timeout", "10" * 15), "--runscope-timeout"),
+        (("receive", "--sink", "stdout", *state, "--read-timeout", "1e12"), "--read-timeout"),
+        (("audit", "tail", "--sink", "stdout", "--once", *state, "--interval", "1e12"), "--interval"),
+        (("audit", "verify", "--timeout", "1e12"), "--timeout"),
+        ((*tail, "--config", str(in_file)), "timeout"),
+    ]  # fmt: skip
+    _all_usage_errors(cases, env={"MOESIF_APPLICATION_ID": "app", "RUNSCOPE_TOKEN": "token"})
+
+
+def test_every_duration_option_is_bounded():
+    """The cases above stand for every duration: one declared later without the bound would take 1e308 again."""
+    import click
+
+    from shipper.cli import cli
+    from shipper.commands.options import Seconds
+    from shipper.settings import MAX_MILLISECONDS
+
+    def unbounded(command: click.Command, path: str) -> list[str]:
+        found = []
+        for p in command.params:
+            if not any(word in (p.name or "") for word in ("timeout", "interval", "delay", "wait", "after")):
+                continue
+            milliseconds = isinstance(p.type, click.IntRange) and p.type.max is not None and p.type.max <= MAX_MILLISECONDS
+            if not (isinstance(p.type, Seconds) or milliseconds):
+                found.append(f"{path} {p.name}: {p.type!r}")
+        for name, sub in getattr(command, "commands", {}).items():
+            found += unbounded(sub, f"{path} {name}")
+        return found
+
+    assert not unbounded(cli, "kong-ship")
+
+
 def test_every_float_option_refuses_numbers_that_are_not_finite():
     """The cases above stand for every float option: one declared later with click's own FloatRange (or a bare
     float) would take `inf` and `nan` again."""

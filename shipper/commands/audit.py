@@ -28,7 +28,7 @@ import orjson
 from shipper.commands import SUMMARIES
 from shipper.commands.audit_files import records_in_files
 from shipper.commands.options import (
-    FiniteFloatRange, apply_options, config_option, option_names, shipping_options, spooled_dry_run_option,
+    Seconds, apply_options, config_option, option_names, shipping_options, spooled_dry_run_option,
     understanding_options,
 )
 from shipper.commands.running import drive, prepare_spooled, run, say, setup_logging
@@ -78,7 +78,7 @@ _ca_option = click.option(
 _ADMIN_KEYS = ("admin_url", "admin_token_file", "no_admin_token", "workspace")
 
 _tail_options = [
-    click.option("--interval", type=FiniteFloatRange(min=0.1), default=10.0, show_default=True,
+    click.option("--interval", type=Seconds(min=0.1), default=10.0, show_default=True,
                  help="Seconds between polls."),
     click.option("--once", is_flag=True,
                  help="Poll once, ship everything, wait for every acknowledgement and exit (cron, tests)."),
@@ -317,7 +317,7 @@ def _poll_summary(poller: Poller) -> None:
 @apply_options(_admin_options + [_ca_option])
 @click.option("--require-signed", is_flag=True, help="Unsigned records fail too.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON, for scripts.")
-@click.option("--timeout", type=FiniteFloatRange(min=0.1), default=Settings.timeout, show_default=True,
+@click.option("--timeout", type=Seconds(min=0.1), default=Settings.timeout, show_default=True,
               help="HTTP request timeout, seconds.")
 @config_option
 def verify(files: tuple[str, ...], **kw: Any) -> None:

@@ -30,7 +30,7 @@ from shipper.processors.identity import DEFAULT_JWT_PLACES
 from shipper.processors.redact import redact_url
 from shipper.processors.sampling import SampleRule
 from shipper.processors.window import parse_time
-from shipper.settings import Settings
+from shipper.settings import MAX_SECONDS, Settings
 from shipper.sinks import SINK_NAMES, sink_class
 
 
@@ -64,6 +64,13 @@ class FiniteFloatRange(click.FloatRange):
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number.", param, ctx)
         return super().convert(number, param, ctx)
+
+
+class Seconds(FiniteFloatRange):
+    """A duration option's type: finite, at least `min`, at most MAX_SECONDS (a year)."""
+
+    def __init__(self, min: float) -> None:  # noqa: A002 - click's own name for it
+        super().__init__(min=min, max=MAX_SECONDS)
 
 
 class Moment(NamedTuple):
@@ -285,22 +292,22 @@ shipping_options = [
     STATE.option("--dead-letter", type=click.Path(dir_okay=False),
                  help="Dead-letter file [default: STATE_DIR/dead-letter.jsonl]."),
     TUNING.option("--batch-size", type=click.IntRange(min=1), help="Events per request (default: the vendor's maximum)."),
-    TUNING.option("--flush-interval", type=FiniteFloatRange(min=0.001), default=Settings.flush_interval,
+    TUNING.option("--flush-interval", type=Seconds(min=0.001), default=Settings.flush_interval,
                   show_default=True, help="Seconds before a partial batch is sent."),
     TUNING.option("--queue-size", type=click.IntRange(min=1), default=Settings.queue_size, show_default=True,
                   help="Events queued per sink; when full, reading pauses (the file is the buffer)."),
     TUNING.option("--concurrency", type=click.IntRange(min=1, max=64), default=Settings.concurrency, show_default=True,
                   help="Requests in flight per sink."),
-    TUNING.option("--shutdown-timeout", type=FiniteFloatRange(min=0), default=Settings.shutdown_timeout,
+    TUNING.option("--shutdown-timeout", type=Seconds(min=0), default=Settings.shutdown_timeout,
                   show_default=True, help="Seconds to deliver what is in flight after SIGTERM/SIGINT."),
-    TUNING.option("--retry-initial-delay", type=FiniteFloatRange(min=0.001), default=Settings.retry_initial,
+    TUNING.option("--retry-initial-delay", type=Seconds(min=0.001), default=Settings.retry_initial,
                   show_default=True, help="First backoff step, seconds (then exponential with full jitter)."),
-    TUNING.option("--retry-max-delay", type=FiniteFloatRange(min=0.001), default=Settings.retry_max, show_default=True,
+    TUNING.option("--retry-max-delay", type=Seconds(min=0.001), default=Settings.retry_max, show_default=True,
                   help="Longest backoff between retries, seconds (Retry-After is honoured beyond it)."),
-    TUNING.option("--give-up-after", type=FiniteFloatRange(min=1), default=None, metavar="SECONDS",
+    TUNING.option("--give-up-after", type=Seconds(min=1), default=None, metavar="SECONDS",
                   help="Stop (exit 1, checkpoints where delivery stopped) when a sink has delivered nothing for this "
                        "long while retrying. Default: retry for ever."),
-    TUNING.option("--timeout", type=FiniteFloatRange(min=0.1), default=Settings.timeout, show_default=True,
+    TUNING.option("--timeout", type=Seconds(min=0.1), default=Settings.timeout, show_default=True,
                   help="HTTP request timeout, seconds."),
     SERVICE.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
                    show_default=True),
@@ -328,9 +335,9 @@ shipping_options = [
 following_options = [
     INPUT.option("--start-at", type=click.Choice(["beginning", "end"]), default=Settings.start_at, show_default=True,
                  help="Where to start files that have no checkpoint (files appearing later always start at the beginning)."),
-    INPUT.option("--poll-interval", type=FiniteFloatRange(min=0.01), default=Settings.poll_interval, show_default=True,
+    INPUT.option("--poll-interval", type=Seconds(min=0.01), default=Settings.poll_interval, show_default=True,
                  help="Seconds between looks for new data and new files (inotify wakes it sooner)."),
-    INPUT.option("--rotate-wait", type=FiniteFloatRange(min=0), default=Settings.rotate_wait, show_default=True,
+    INPUT.option("--rotate-wait", type=Seconds(min=0), default=Settings.rotate_wait, show_default=True,
                  help="Seconds a rotated-away file must stay quiet before it is let go."),
 ]
 

@@ -22,7 +22,7 @@ import click
 from shipper.commands import SUMMARIES
 from shipper.commands.listeners import LISTENER_KEYS, Listeners, listener_options
 from shipper.commands.options import (
-    FiniteFloatRange, apply_options, config_option, option_names, shipping_options, spooled_dry_run_option,
+    Seconds, apply_options, config_option, option_names, shipping_options, spooled_dry_run_option,
     understanding_options,
 )
 from shipper.commands.running import drive, prepare_spooled, say
@@ -75,7 +75,7 @@ _receiving = [
     # hostile clients (unauthenticated until their body is read) cannot exhaust the unit's MemoryMax.
     click.option("--max-connections", type=click.IntRange(min=1, max=4096), default=64, show_default=True,
                  help="Connections handled at once; more are refused (503, or closed with --on-overload close)."),
-    click.option("--read-timeout", type=FiniteFloatRange(min=0.1), default=10.0, show_default=True,
+    click.option("--read-timeout", type=Seconds(min=0.1), default=10.0, show_default=True,
                  help="Seconds a client may take to send a request (and stay idle between requests)."),
 ]
 

@@ -31,6 +31,7 @@ import orjson
 
 from shipper.model import Transaction
 from shipper.processors.names import normalize
+from shipper.settings import MAX_MILLISECONDS
 from shipper.sinks.base import (
     DEFAULT_KEEPALIVE_EXPIRY, FATAL, SPLIT, EventFiltered, EventSkipped, FlatEncode, HttpSink, OptionList, Sink, SinkLimits,
     Verdict, judge_common,
@@ -126,9 +127,9 @@ class MoesifConfig:
     disable_gzip_payload_decompression: bool = option(
         "--moesif-disable-gzip-payload-decompression", default=False, is_flag=True,
         help="Moesif: send gzip-encoded bodies as they are (base64) instead of decompressing them.")
-    connect_timeout: int = option("--moesif-connect-timeout", default=1000, type=click.IntRange(min=1),
+    connect_timeout: int = option("--moesif-connect-timeout", default=1000, type=click.IntRange(min=1, max=MAX_MILLISECONDS),
                                   help="Moesif: connect timeout, ms.")
-    send_timeout: int = option("--moesif-send-timeout", default=2000, type=click.IntRange(min=1),
+    send_timeout: int = option("--moesif-send-timeout", default=2000, type=click.IntRange(min=1, max=MAX_MILLISECONDS),
                                help="Moesif: send and read timeout, ms.")
     keepalive: int = option("--moesif-keepalive", default=5000, type=click.IntRange(min=0),
                             help="Moesif: idle connection keep-alive, ms.")

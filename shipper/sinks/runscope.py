@@ -21,6 +21,7 @@ import orjson
 from shipper.errors import ConfigError
 from shipper.formats.values import parse_query
 from shipper.model import Transaction
+from shipper.settings import MAX_MILLISECONDS
 from shipper.sinks.base import (
     DEFAULT_KEEPALIVE_EXPIRY, FATAL, REJECT, EventSkipped, FlatEncode, HttpSink, OptionList, Sink, SinkLimits, Verdict,
     absolute_url, judge_common, snippet,
@@ -46,7 +47,7 @@ class RunscopeConfig:
                                     help="Runscope bucket key [env RUNSCOPE_BUCKET_KEY].")
     log_body: bool = option("--runscope-log-body", default=False, is_flag=True,
                             help="Runscope: include request and response bodies (when the log has them).")
-    timeout: int = option("--runscope-timeout", default=10_000, type=click.IntRange(min=1),
+    timeout: int = option("--runscope-timeout", default=10_000, type=click.IntRange(min=1, max=MAX_MILLISECONDS),
                           help="Runscope: request timeout, ms.")
     keepalive: int = option("--runscope-keepalive", default=30_000, type=click.IntRange(min=0),
                             help="Runscope: idle connection keep-alive, ms.")
