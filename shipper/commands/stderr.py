@@ -5,6 +5,7 @@ import the shipping machinery (httpx and the sinks: ~0.3 s)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import time
@@ -47,12 +48,22 @@ def say(level: str, message: str, **fields: Any) -> None:
         stderr_lost()
 
 
+# Errors of a stderr whose reader is still there: a non-blocking pipe or terminal full for a moment (EAGAIN), a
+# file on a disk that is full now and may not be in a minute. The line is lost, stderr kept: pointed at /dev/null
+# a service that runs for months would log nothing more, ever.
+_PASSING = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ENOSPC, errno.EDQUOT})
+
+
 def stderr_lost() -> None:
-    """Standard error cannot be written (its reader is gone: `2>&1 | head -1`, a journal that went away, a
-    terminal hung up): descriptor 2 is pointed at /dev/null, so that what kong-ship writes there later (a log
-    line, the summary, the fatal line, Python's flush at exit) is dropped rather than raising. A message nobody
-    can read must never change the run's exit code: a tail stopped by SIGTERM exits 0, not 1 (a BrokenPipeError
-    out of the summary) or 120 (the flush at exit); the run's own outcome decides it."""
+    """Called in the `except` of a write to stderr that failed. Its reader gone (`2>&1 | head -1`, a journal
+    that went away, a terminal hung up): descriptor 2 is pointed at /dev/null, so that what kong-ship writes
+    there later (a log line, the summary, the fatal line, Python's flush at exit) is dropped rather than raising.
+    A message nobody can read must never change the run's exit code: a tail stopped by SIGTERM exits 0, not 1 (a
+    BrokenPipeError out of the summary) or 120 (the flush at exit); the run's own outcome decides it. A passing
+    error (`_PASSING`) loses the line only (Python's flush of stderr at exit does not change the exit code)."""
+    failure = sys.exc_info()[1]
+    if isinstance(failure, OSError) and failure.errno in _PASSING:
+        return
     try:
         null = os.open(os.devnull, os.O_WRONLY)
     except OSError:
