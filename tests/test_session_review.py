@@ -93,3 +93,48 @@ def test_a_full_disk_under_stderr_does_not_silence_every_later_line():
                                 timeout=30)  # fmt: skip
     assert result.returncode == 0
     assert result.stdout == b"/dev/full"
+
+
+def test_give_up_after_ends_an_attempt_in_flight_on_time():
+    """--give-up-after 0.5 with an attempt whose deadline is 9 s (--timeout 3) and a vendor trickling its status
+    line: the run gave up only once the attempt's own deadline had passed (9 s, 70 s with --timeout 30), not when
+    the time without a delivery ran out."""
+    import threading
+
+    from conftest import wait_until
+    from test_sender_deadline import RawServer, items, read_request, status_line_for_ever
+
+    from shipper.deadletter import DeadLetter
+    from shipper.delivery.acks import AckTracker
+    from shipper.delivery.sender import FatalDelivery, Sender
+    from shipper.sinks.webhook import WebhookSink
+
+    def unavailable(conn, stop) -> None:
+        read_request(conn)
+        conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        conn.close()
+
+    server = RawServer(unavailable, status_line_for_ever)
+    acks = AckTracker()
+    acks.start("f", 0)
+    sender = Sender(WebhookSink(server.url), acks, DeadLetter(None), threading.Event(),
+                    lambda key, n: None, timeout=3.0, retry_initial=0.01, retry_max=0.05,
+                    give_up_after=0.5)  # fmt: skip
+    outcome: dict = {}
+
+    def deliver() -> None:
+        try:
+            sender.deliver(items(3))
+            outcome["result"] = "delivered"
+        except FatalDelivery as exc:
+            outcome["result"] = str(exc)
+
+    try:
+        threading.Thread(target=deliver, daemon=True).start()
+        # Generous for a loaded machine, and well under the attempt's own 9 s.
+        assert wait_until(lambda: "result" in outcome, timeout=6.0), "gave up only at the attempt's deadline"
+        assert "giving up (--give-up-after)" in outcome["result"], outcome
+        assert len(server.connections) == 2, server.connections
+    finally:
+        sender.close()
+        server.close()

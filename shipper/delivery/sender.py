@@ -229,8 +229,12 @@ class Sender:
         else:
             request = self.sink.request(events)  # type: ignore[arg-type]
         started = time.monotonic()
-        # One deadline for the whole attempt, the answer's body included (deadline.py: httpx's are per read/write).
-        with Attempt(started + self.attempt_seconds) as attempt:
+        # One deadline for the whole attempt, the answer's body included (deadline.py: httpx's are per read/write),
+        # and never past --give-up-after's end: an attempt in flight then would hold the give-up for its whole time.
+        budget, given_up_in = self.attempt_seconds, self._given_up_in()
+        if given_up_in is not None and given_up_in < budget:
+            budget = max(0.0, given_up_in)
+        with Attempt(started + budget) as attempt:
             try:
                 response = self.client.send(request, stream=True)
             except httpx.TransportError as exc:
@@ -240,7 +244,7 @@ class Sender:
                                           f"verify ({failure.verify_message or failure}): pass its CA certificate "
                                           "with --ca-file")  # fmt: skip
                 if attempt.timed_out(exc):
-                    return Verdict(RETRY, f"{type(exc).__name__}: timed out after {self.attempt_seconds:g} s")
+                    return Verdict(RETRY, f"{type(exc).__name__}: timed out after {round(budget, 1):g} s")
                 return Verdict(RETRY, f"{type(exc).__name__}: {exc or 'connection failed'}")
             except RuntimeError:
                 if self._closed or self.abort.is_set():  # httpx: "the client has been closed"
