@@ -138,3 +138,18 @@ def test_give_up_after_ends_an_attempt_in_flight_on_time():
     finally:
         sender.close()
         server.close()
+
+
+def test_a_sinks_keepalive_is_a_bounded_duration_too(tmp_path):
+    """--moesif-keepalive / --runscope-keepalive (ms) had no bound: 10**400 was a traceback (OverflowError at
+    the sink's construction) and exit 1; now a usage error, one line, exit 2, as every other duration."""
+    log = tmp_path / "kong.json"
+    log.write_text("{}\n")
+    huge = "1" + "0" * 400
+    for sink, option in (("moesif", "--moesif-keepalive"), ("runscope", "--runscope-keepalive")):
+        result = subprocess.run(
+            [sys.executable, "-m", "shipper", "backfill", str(log), "--sink", sink, "--dry-run", option, huge],
+            capture_output=True, env=ship_env(MOESIF_APPLICATION_ID="app", RUNSCOPE_BUCKET_KEY="bucket"), timeout=60,
+        )
+        err = result.stderr.decode().splitlines()
+        assert result.returncode == 2 and len(err) == 1 and option in err[0], result.stderr

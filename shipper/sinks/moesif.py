@@ -131,7 +131,7 @@ class MoesifConfig:
                                   help="Moesif: connect timeout, ms.")
     send_timeout: int = option("--moesif-send-timeout", default=2000, type=click.IntRange(min=1, max=MAX_MILLISECONDS),
                                help="Moesif: send and read timeout, ms.")
-    keepalive: int = option("--moesif-keepalive", default=5000, type=click.IntRange(min=0),
+    keepalive: int = option("--moesif-keepalive", default=5000, type=click.IntRange(min=0, max=MAX_MILLISECONDS),
                             help="Moesif: idle connection keep-alive, ms.")
     debug: bool = option("--moesif-debug", default=False, is_flag=True,
                          help="Moesif: log every batch sent and the configuration fetched.")

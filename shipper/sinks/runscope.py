@@ -49,7 +49,7 @@ class RunscopeConfig:
                             help="Runscope: include request and response bodies (when the log has them).")
     timeout: int = option("--runscope-timeout", default=10_000, type=click.IntRange(min=1, max=MAX_MILLISECONDS),
                           help="Runscope: request timeout, ms.")
-    keepalive: int = option("--runscope-keepalive", default=30_000, type=click.IntRange(min=0),
+    keepalive: int = option("--runscope-keepalive", default=30_000, type=click.IntRange(min=0, max=MAX_MILLISECONDS),
                             help="Runscope: idle connection keep-alive, ms.")
 
 
