@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import re
 import socket
 import ssl
 import threading
@@ -22,7 +23,7 @@ from fakes.tls import private_ca
 from shipper.deadletter import DeadLetter
 from shipper.delivery.acks import AckTracker
 from shipper.delivery.deadline import with_deadlines
-from shipper.delivery.sender import Aborted, Sender
+from shipper.delivery.sender import MIN_UPLOAD_RATE, Aborted, Sender
 from shipper.sinks.moesif_sampling import Sampler
 from shipper.sinks.webhook import WebhookSink
 
@@ -154,14 +155,15 @@ def items(count: int, size: int = 100) -> list:
 
 
 def make_sender(url: str, acks: AckTracker, abort: threading.Event, counted: collections.Counter,
-                timeout: float = TIMEOUT, stop_at_retry: bool = True, ca_file: str | None = None) -> Sender:
+                timeout: float = TIMEOUT, stop_at_retry: bool = True, ca_file: str | None = None,
+                min_upload_rate: float = MIN_UPLOAD_RATE) -> Sender:
     def count(key: str, n: int) -> None:
         counted.update({key: n})
         if key == "retries" and stop_at_retry:
             abort.set()  # the first attempt's verdict is what we judge: stop at its retry
 
     return Sender(WebhookSink(url), acks, DeadLetter(None), abort, count, timeout=timeout, retry_initial=0.01,
-                  retry_max=0.05, ca_file=ca_file)  # fmt: skip
+                  retry_max=0.05, ca_file=ca_file, min_upload_rate=min_upload_rate)  # fmt: skip
 
 
 def deliver_in_thread(sender: Sender, items: list) -> dict:
@@ -197,17 +199,21 @@ def retried_then_delivered(url: str, caplog, **options) -> tuple[dict, collectio
     return outcome, counted, acks
 
 
-@pytest.mark.parametrize(("vendor", "timeout", "batch", "timed_out"), [
-    (status_line_for_ever, TIMEOUT, items(3), TIMED_OUT),
-    (headers_for_ever, TIMEOUT, items(3), TIMED_OUT),
-    (body_taken_slowly, SLOW_TIMEOUT, items(960, 50_000), "timed out after 3 s"),
+# The slow reader: 24 MB taken at 4 MB/s at most (6 s), where an attempt may take 3 s plus the body at 16 MB/s
+# (1.5 s): a reader slower than the floor it is given is cut. (The floor is 16 KiB/s in a run: a test cannot wait
+# for a reader under it to be cut.)
+@pytest.mark.parametrize(("vendor", "timeout", "batch", "upload_rate", "timed_out"), [
+    (status_line_for_ever, TIMEOUT, items(3), MIN_UPLOAD_RATE, TIMED_OUT),
+    (headers_for_ever, TIMEOUT, items(3), MIN_UPLOAD_RATE, TIMED_OUT),
+    (body_taken_slowly, SLOW_TIMEOUT, items(480, 50_000), 16_000_000, "timed out after 4.5 s"),
 ], ids=["status-line", "headers", "slow-body-reader"])  # fmt: skip
-def test_a_trickling_vendor_ends_the_attempt_as_a_retry(servers, caplog, vendor, timeout, batch, timed_out):
+def test_a_trickling_vendor_ends_the_attempt_as_a_retry(servers, caplog, vendor, timeout, batch, upload_rate,
+                                                         timed_out):  # fmt: skip
     server = servers(vendor, answers_ok)
     acks = AckTracker()
     acks.start("f", 0)
     abort, counted = threading.Event(), collections.Counter()
-    sender = make_sender(server.url, acks, abort, counted, timeout)
+    sender = make_sender(server.url, acks, abort, counted, timeout, min_upload_rate=upload_rate)
     caplog.set_level(logging.WARNING, logger="kong-ship")
     try:
         outcome = deliver_in_thread(sender, batch)
@@ -218,6 +224,34 @@ def test_a_trickling_vendor_ends_the_attempt_as_a_retry(servers, caplog, vendor,
         assert acks.committed() == {"f": 0}
     finally:
         sender.close()
+
+
+def body_taken_slowly_then_ok(conn: socket.socket, stop: threading.Event) -> None:
+    """An honest vendor behind a slow link: the whole body, at most SLOW_READ every SLOW_READ_EVERY, then 200."""
+    _, left = read_head(conn)
+    while left > 0 and not stop.wait(SLOW_READ_EVERY):
+        chunk = conn.recv(min(left, SLOW_READ))
+        if not chunk:
+            return
+        left -= len(chunk)
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+def test_a_body_slower_than_the_write_timeout_on_an_honest_link_is_delivered(servers):
+    """16 MB taken at 4 MB/s at most: 4 s, more than the attempt's connect + write + read (3 s). Cut there, it was
+    retried for ever (a Moesif batch of a megabyte over a slow uplink, with its 2 s write timeout); the deadline
+    now grows by the body at MIN_UPLOAD_RATE."""
+    server = servers(body_taken_slowly_then_ok)
+    acks = AckTracker()
+    acks.start("f", 0)
+    abort, counted = threading.Event(), collections.Counter()
+    sender = make_sender(server.url, acks, abort, counted, SLOW_TIMEOUT)
+    try:
+        outcome = deliver_in_thread(sender, items(320, 50_000))
+        assert wait_until(lambda: "result" in outcome, timeout=60), "still sending"
+    finally:
+        sender.close()
+    assert outcome["result"] == "delivered" and counted["retries"] == 0 and counted["sent"] == 320
 
 
 def test_a_normal_vendor_still_gets_its_batch(servers):
@@ -280,7 +314,8 @@ def test_backfill_through_a_vendor_that_trickles_its_first_answer(servers, tmp_p
                       str(tmp_path / "state"), "--timeout", str(TIMEOUT), *FAST, env=ship_env(SEGMENT_WRITE_KEY="test-key"),
                       timeout=20)  # fmt: skip
         assert result.returncode == 0, result.stderr.decode()
-        assert TIMED_OUT in result.stderr.decode(), result.stderr.decode()
+        # 1.5 s, and the body's time at MIN_UPLOAD_RATE (a few KB: 0.2 s)
+        assert re.search(r"ReadTimeout: timed out after 1\.[5-9] s", result.stderr.decode()), result.stderr.decode()
         seqs = collections.Counter(gen.seq_of_segment_message(m) for m in list(segment.messages))
         assert sorted(seqs) == list(range(20)) and set(seqs.values()) == {1}
 

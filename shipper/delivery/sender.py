@@ -32,6 +32,11 @@ log = logging.getLogger("kong-ship")
 RETRY_AFTER_CAP = 3600.0  # a vendor asking for more than an hour is more likely wrong than right
 RETRY_SAY_EVERY = 60.0  # seconds between the lines that say a sink is still retrying
 ANSWER_BYTES = 65_536  # of an answer's body read at most: enough for any vendor's error message
+# The slowest a vendor may take our request body, bytes a second, beyond the write timeout: an attempt's deadline
+# grows by its body's size at this rate. An honest uplink slower than a batch's write timeout (a 1 MB Moesif body
+# over a 2 s write timeout) must not be cut on every attempt and retried for ever; one reading a few bytes at a
+# time is still cut, at most that long later (a 1 MB body: a minute).
+MIN_UPLOAD_RATE = 16_384
 
 
 def _tls_failure(exc: BaseException) -> ssl.SSLCertVerificationError | None:
@@ -103,6 +108,7 @@ class Sender:
         concurrency: int = 2,
         max_rate: float | None = None,
         ca_file: str | None = None,
+        min_upload_rate: float = MIN_UPLOAD_RATE,
     ):
         self.sink = sink
         self.acks = acks
@@ -123,6 +129,7 @@ class Sender:
         )
         with_deadlines(self.client)  # before any request, the sink's own included
         self.attempt_seconds = attempt_seconds(self.client.timeout)
+        self.min_upload_rate = min_upload_rate
         # A sink with requests of its own (Moesif's /v1/config) makes them with this client: the same CAs.
         sink.use_client(self.client)
         self._backoff = tenacity.wait_random_exponential(multiplier=retry_initial, max=retry_max)
@@ -230,8 +237,11 @@ class Sender:
             request = self.sink.request(events)  # type: ignore[arg-type]
         started = time.monotonic()
         # One deadline for the whole attempt, the answer's body included (deadline.py: httpx's are per read/write),
-        # and never past --give-up-after's end: an attempt in flight then would hold the give-up for its whole time.
-        budget, given_up_in = self.attempt_seconds, self._given_up_in()
+        # longer by the time the body takes at MIN_UPLOAD_RATE, and never past --give-up-after's end: an attempt in
+        # flight then would hold the give-up for its whole time.
+        body = request.headers.get("content-length")
+        budget = self.attempt_seconds + (int(body) / self.min_upload_rate if body and body.isdigit() else 0.0)
+        given_up_in = self._given_up_in()
         if given_up_in is not None and given_up_in < budget:
             budget = max(0.0, given_up_in)
         with Attempt(started + budget) as attempt:
