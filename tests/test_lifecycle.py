@@ -7,13 +7,15 @@ leaves behind: the checkpoints' lock, its worker processes, its signal handlers.
 from __future__ import annotations
 
 import collections
+import contextlib
 import fcntl
 import os
+import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -139,35 +141,33 @@ def test_sighup_to_a_backfill_is_taken_and_the_run_goes_to_its_end(tmp_path):
 
 
 # -- kill -9 ------------------------------------------------------------------------------------------------------
-def test_kill_9_of_the_main_process_leaves_no_worker_and_frees_the_checkpoints(tmp_path):
+@contextlib.contextmanager
+def backfill_under_way(tmp_path) -> Iterator[tuple[FakeSegment, subprocess.Popen, list[int], pathlib.Path]]:
+    """A backfill with two workers to a slow fake, once 100 records have arrived: the fake, the process, its
+    workers and the log. Afterwards (the test has ended the process its way), the re-run ships the rest once."""
     log = tmp_path / "kong.json"
     gen.write_records(log, SEQS)
     with FakeSegment() as fake:
         fake.script(["slow:0.05"] * 1000)
         with reaped(start_backfill(fake, tmp_path, log, *SLOW, "--workers", "2")) as proc:
             fake.wait_for(lambda: len(fake.messages) >= 100, timeout=30)
-            workers_seen = children(proc.pid)
-            os.kill(proc.pid, signal.SIGKILL)  # the main process only: the workers must not outlive it
-            proc.wait(10)
-            assert len(workers_seen) == 2
-            assert wait_until(lambda: not running(workers_seen), timeout=10), running(workers_seen)
+            workers = children(proc.pid)
+            yield fake, proc, workers, log
         fake.wait_for(lambda: fake.open_connections == 0, timeout=10)
-        rerun_ships_the_rest(fake, tmp_path, log, counts(fake))
+        assert len(workers) == 2 and wait_until(lambda: not running(workers), timeout=10), running(workers)
+        rerun_ships_the_rest(fake, tmp_path, log, counts(fake))  # a new run takes the checkpoints: lock freed
+
+
+def test_kill_9_of_the_main_process_leaves_no_worker_and_frees_the_checkpoints(tmp_path):
+    with backfill_under_way(tmp_path) as (_, proc, _, _):
+        os.kill(proc.pid, signal.SIGKILL)  # the main process only: the workers must not outlive it
+        proc.wait(10)
 
 
 def test_kill_9_of_one_worker_is_exit_1_one_line_and_the_rerun_ships_the_rest(tmp_path):
-    log = tmp_path / "kong.json"
-    gen.write_records(log, SEQS)
-    with FakeSegment() as fake:
-        fake.script(["slow:0.05"] * 1000)
-        with reaped(start_backfill(fake, tmp_path, log, *SLOW, "--workers", "2")) as proc:
-            fake.wait_for(lambda: len(fake.messages) >= 100, timeout=30)
-            workers_seen = children(proc.pid)
-            os.kill(workers_seen[0], signal.SIGKILL)
-            _, err = proc.communicate(timeout=30)
-        fake.wait_for(lambda: fake.open_connections == 0, timeout=10)
-        assert not running(workers_seen)
-        rerun_ships_the_rest(fake, tmp_path, log, counts(fake))  # a new run takes the checkpoints: lock freed
+    with backfill_under_way(tmp_path) as (_, proc, workers, _):
+        os.kill(workers[0], signal.SIGKILL)
+        _, err = proc.communicate(timeout=30)
     text = no_traceback(err)
     assert proc.returncode == 1, text[-2000:]
     (line,) = text.strip().splitlines()
@@ -183,12 +183,7 @@ def test_a_tail_frozen_while_the_vendor_drops_its_connections_resumes_and_delive
         # acknowledged, not only arrived: a reply cut off with its connection would be a resend (at-least-once)
         assert wait_until(lambda: checkpointed(tmp_path / "state") == log.stat().st_size, timeout=15)
         tail.freeze()  # a VM pause: the vendor times its keep-alive connections out meanwhile
-        with fake._lock:
-            for connection in list(fake._connections):
-                try:
-                    connection.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+        fake.drop_connections()
         gen.write_records(log, range(100, 200))
         fake.wait_for(lambda: fake.open_connections == 0, timeout=10)
         tail.thaw()

@@ -209,13 +209,7 @@ class FakeHTTPServer:
         self._stopping.set()
         self._server.shutdown()
         self._server.server_close()
-        # Idle keep-alive connections would otherwise stay open; clients should see the server go away.
-        with self._lock:
-            for conn in list(self._connections):
-                try:
-                    conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+        self.drop_connections()  # idle keep-alive ones would stay open; clients should see the server go away
         self._thread.join(timeout=5)
         self._server = None
 
@@ -269,6 +263,15 @@ class FakeHTTPServer:
         return json_response(status, {"error": error})
 
     # -- inspection ---------------------------------------------------------------------------------------
+    def drop_connections(self) -> None:
+        """Cut every open connection, as a vendor's idle timeout or a restart does (the clients see them close)."""
+        with self._lock:
+            for conn in list(self._connections):
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
     @property
     def open_connections(self) -> int:
         """Client connections open right now (keep-alive reuse shows as 1 for a sequential client)."""
