@@ -102,6 +102,7 @@ def test_resume_offers_checkpoints_and_saves_what_is_acknowledged(tmp_path):
         acks.ack(file_id, acks.issue(file_id), end)
     assert resume.behind(source) == {str(log): 0}
     resume.save(source)
+    resume.close()  # its run's end: the checkpoints' lock let go
     again = Resume(str(tmp_path / "state"), "segment", AckTracker())
     again.load()
     (file_id,) = {line[0] for line in lines}

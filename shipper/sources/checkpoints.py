@@ -60,7 +60,13 @@ class CheckpointStore:
         restart shipped again what the other had acknowledged. The lock goes with the process (or `unlock`)."""
         if self._lock_fd is not None:
             return
-        fd = open_private(self.path[: -len(".json")] + ".lock", os.O_RDWR)
+        path = self.path[: -len(".json")] + ".lock"
+        try:
+            # Read-only: flock needs no more, and a descriptor open for writing would keep the state's filesystem
+            # from being remounted read-only under a running kong-ship (which the saves then wait out).
+            fd = open_private(path, os.O_RDONLY)
+        except OSError as exc:
+            raise FatalError(f"cannot create the lock file {path}: {exc.strerror or exc}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
