@@ -91,13 +91,16 @@ def test_units_pass_systemd_analyze_verify(tmp_path, unit, name):
 
 
 def shipped_patterns() -> dict[str, str]:
-    """The log pattern each shipped way of running `tail` follows: the unit's ExecStart, the DaemonSet's command."""
+    """The log pattern each shipped way of running `tail` follows: the unit's ExecStart, the manifests' commands."""
     unit = next(line for line in (UNITS / "kong-ship.service").read_text().splitlines() if line.startswith("ExecStart="))
-    daemonset = (UNITS.parent / "examples" / "kubernetes" / "daemonset.yaml").read_text()
-    return {"unit": unit.split()[2], "daemonset": daemonset.split("exec kong-ship tail '", 1)[1].split("'", 1)[0]}
+    kubernetes = UNITS.parent / "examples" / "kubernetes"
+    found = {"unit": unit.split()[2]}
+    for name in ("daemonset", "sidecar"):
+        found[name] = (kubernetes / f"{name}.yaml").read_text().split("exec kong-ship tail '", 1)[1].split("'", 1)[0]
+    return found
 
 
-@pytest.mark.parametrize("way", ["unit", "daemonset"])
+@pytest.mark.parametrize("way", ["unit", "daemonset", "sidecar"])
 def test_the_shipped_pattern_finds_what_was_rotated_while_kong_ship_was_down(tmp_path, way):
     """Stopped (a restart, an upgrade, a crash loop) while Kong wrote more and logrotate renamed the file: the
     next start must find the renamed file by the pattern, or what was written before the rotation is lost (the
