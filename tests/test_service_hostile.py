@@ -11,6 +11,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from types import SimpleNamespace
 
@@ -66,7 +67,8 @@ def test_connections_that_send_nothing_are_bounded_and_closed(server, capfd):
     scrape answers, and nothing was said on stderr."""
     port, _ = server
     idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(4)]
-    time.sleep(0.1)  # accepted, each in its thread
+    # accepted, each in its thread (the server's, in this process): only then is the next one beyond the cap
+    assert wait_until(lambda: sum("process_request_thread" in t.name for t in threading.enumerate()) >= 4, timeout=10)
     extra = socket.create_connection(("127.0.0.1", port), timeout=5)
     try:
         assert closed_by_peer(extra, timeout=0.4)  # at once, well before the idle timeout

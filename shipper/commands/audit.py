@@ -32,9 +32,8 @@ from shipper.commands.options import (
     understanding_options,
 )
 from shipper.commands.running import drive, prepare_spooled, run, say, setup_logging
-from shipper.commands.stderr import json_stderr
+from shipper.commands.stderr import json_stderr, write_line
 from shipper.commands.summary import summary
-from shipper.commands.stderr import stderr_lost
 from shipper.delivery.dry_run import DryRun
 from shipper.errors import ConfigError, FatalError
 from shipper.formats import audit_signature
@@ -302,11 +301,7 @@ def _poll_summary(poller: Poller) -> None:
         )
         if counts[audit_signature.INVALID]:
             line += " (dead-lettered, reason bad_signature)"
-    try:  # after the summary: a stderr nobody reads (its reader gone) must not turn the run's exit code into 1
-        sys.stderr.write(line + "\n")
-        sys.stderr.flush()
-    except (OSError, ValueError):  # ValueError: stderr closed
-        stderr_lost()
+    write_line(line)  # after the summary: a stderr nobody reads must not turn the run's exit code into 1
 
 
 # -- verify ----------------------------------------------------------------------------------------------------

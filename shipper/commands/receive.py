@@ -27,7 +27,7 @@ from shipper.commands.options import (
 )
 from shipper.commands.running import drive, prepare_spooled, say
 from shipper.commands.summary import summary
-from shipper.commands.stderr import json_stderr, stderr_lost
+from shipper.commands.stderr import json_stderr, write_line
 from shipper.delivery.dry_run import DryRun
 from shipper.errors import ConfigError
 from shipper.service.notify import Notifier
@@ -282,15 +282,11 @@ def receive(**kw: Any) -> None:
 
 def tell(line: str) -> None:
     """A closing line after the summary: with --log-format json a JSON object (`say`); never an exception when
-    stderr cannot be written (its reader gone), which would turn a clean stop into exit 1 and a traceback."""
+    stderr cannot be written (either way)."""
     if json_stderr():
         say("info", line)
-        return
-    try:
-        sys.stderr.write(line + "\n")
-        sys.stderr.flush()
-    except (OSError, ValueError):  # ValueError: stderr closed
-        stderr_lost()
+    else:
+        write_line(line)
 
 
 class _Serving:

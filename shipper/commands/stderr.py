@@ -48,6 +48,16 @@ def say(level: str, message: str, **fields: Any) -> None:
         stderr_lost()
 
 
+def write_line(line: str) -> None:
+    """`line` as it is on stderr (a closing line after the summary), never an exception when stderr cannot be
+    written: a message nobody can read must not turn a clean stop into exit 1 and a traceback (`stderr_lost`)."""
+    try:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):  # ValueError: stderr closed
+        stderr_lost()
+
+
 # Errors of a stderr whose reader is still there: a non-blocking pipe or terminal full for a moment (EAGAIN), a
 # file on a disk that is full now and may not be in a minute. The line is lost, stderr kept: pointed at /dev/null
 # a service that runs for months would log nothing more, ever.

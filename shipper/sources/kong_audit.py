@@ -104,7 +104,7 @@ class AdminClient:
             raise ConfigError(
                 f"--admin-url {redact_url(admin_url)}: expected an http:// or https:// URL, e.g. http://127.0.0.1:8001"
             )
-        if parts.query or parts.fragment or "?" in admin_url or "#" in admin_url:
+        if "?" in admin_url or "#" in admin_url:
             # The paths are appended to it (a query would end up before them), and its text is shown in messages
             # and shipped with every record (`admin_url`): a key in it would leave with them.
             base = re.split(r"[?#]", admin_url, maxsplit=1)[0]
