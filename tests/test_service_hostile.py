@@ -143,7 +143,8 @@ def test_status_on_a_state_it_cannot_read_fails_in_one_line(tmp_path):
     checkpoints.chmod(0)
     code, err, out = run_status("--state-dir", str(state), prefix=unprivileged())
     assert (code, len(err), out) == (1, 1, b""), err
-    assert f"cannot read {checkpoints}: Permission denied" in err[0] and "move it aside" not in err[0]
+    assert f"cannot read the checkpoint file {checkpoints}: Permission denied" in err[0]
+    assert "move it aside" not in err[0]
     checkpoints.chmod(0o600)
     state.chmod(0)
     try:

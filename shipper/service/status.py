@@ -82,11 +82,6 @@ def collect(state_dir: str) -> list[dict[str, Any]]:
     for path in sorted(glob.glob(os.path.join(state_dir, "checkpoints-*.json"))):
         sink = os.path.basename(path)[len("checkpoints-") : -len(".json")]
         store = CheckpointStore(state_dir, sink)
-        try:  # a permission problem said as one: the store's "unreadable, move it aside" would lose every checkpoint
-            with open(path, "rb"):
-                pass
-        except OSError as exc:
-            raise OSError(exc.errno, exc.strerror, path) from None
         for file_id, entry in sorted(store.load().items(), key=lambda kv: kv[1].path):
             size, state = _current_size(entry.path, file_id) if entry.path else (None, "gone")
             now_at = None
