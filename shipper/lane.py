@@ -110,6 +110,7 @@ class Lane:
             known=self.resume.known,
             follow=follow,
             start_at_end=settings.start_at == "end",
+            ignore_older=settings.ignore_older,
             max_line_bytes=settings.max_line_bytes,
             rotate_wait=settings.rotate_wait,
             on_opened=self.acks.start,

@@ -47,6 +47,7 @@ class Settings:
     workers: int = 0  # transform processes; 0 transforms in the reader thread
     shutdown_timeout: float = 10.0
     start_at: str = "beginning"
+    ignore_older: float | None = None  # --ignore-older: seconds; files with no checkpoint modified before: history
     max_line_bytes: int = 1 << 20
     jwt_places: tuple[str, ...] = DEFAULT_JWT_PLACES
     jwt_claim: str = "sub"

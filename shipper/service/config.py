@@ -31,6 +31,7 @@ SECTIONS: dict[str, dict[str, str]] = {
         "jwt_claim": "jwt_claim",
         "max_line_bytes": "max_line_bytes",
         "start_at": "start_at",
+        "ignore_older": "ignore_older",
         "poll_interval": "poll_interval",
         "rotate_wait": "rotate_wait",
     },

@@ -30,6 +30,7 @@ from typing import overload
 from shipper.sources.blocks import Block, Keep, fits_blocks, read_blocks
 from shipper.sources.container import Framer
 from shipper.sources.identity import HEAD_BYTES, Known, choose, family, identity, new_id, tail_hash
+from shipper.sources.ignore_older import older_than
 from shipper.sources.inputs import expand, input_problems, mtime, open_files_cap
 from shipper.sources.resume import Stopped
 from shipper.sources.reading import (
@@ -55,9 +56,10 @@ class FileSource:
 
     `known(fingerprint)` gives the checkpointed positions of the identities with that fingerprint; a newly
     opened file resumes at the one it confirms (see `identity.choose`). Without one a file is read from its
-    start, except with `start_at_end` for files already there when the source starts. `follow=False` is for
-    one-shot commands: `read_all()` reads each file once to its end, oldest first. `framing` (None, `auto`, `cri`,
-    `docker`): container runtime lines are unwrapped, `data` is then what `container.py` makes of them.
+    start, except with `start_at_end` for files already there when the source starts, and with `ignore_older`
+    for a file last modified before that (ignore_older.py). `follow=False` is for one-shot commands: `read_all()`
+    reads each file once to its end, oldest first. `framing` (None, `auto`, `cri`, `docker`): container runtime
+    lines are unwrapped, `data` is then what `container.py` makes of them.
     """
 
     def __init__(
@@ -67,6 +69,7 @@ class FileSource:
         known: KnownFn,
         follow: bool = True,
         start_at_end: bool = False,
+        ignore_older: float | None = None,
         max_line_bytes: int = 1 << 20,
         rotate_wait: float = 5.0,
         idle_close: float = 300.0,
@@ -94,6 +97,7 @@ class FileSource:
         self._warned: set[str] = set()
         self._paths: dict[str, str] = {}  # identity -> the last path it was seen at, for closed files too
         self._start_at_end = start_at_end  # applies to the first discovery only
+        self.ignore_older = ignore_older  # seconds: older files with no checkpoint hold history (ignore_older.py)
         self._bytes_read = 0  # of the files read as blocks to their end, and of every chunk of the line path
         # The file being read as blocks: it, and its read position and _bytes_read when its blocks began.
         self._in_blocks: tuple[OpenFile, int, int] | None = None
@@ -152,10 +156,8 @@ class FileSource:
             matched = expand([pattern])
             if not matched and self.follow:
                 # Said once: the file may well appear later (first start before Kong wrote anything).
-                self._warn_once(
-                    pattern, "%s: %s yet; watching for it", pattern,
-                    "no file matches" if glob.has_magic(pattern) else "no such file",
-                )
+                self._warn_once(pattern, "%s: %s yet; watching for it", pattern,
+                                "no file matches" if glob.has_magic(pattern) else "no such file")
             paths.extend(matched)
         if not self.follow:
             paths.sort(key=mtime)
@@ -226,10 +228,14 @@ class FileSource:
                 log.info("%s holds what was read from %s (renamed, copied or compressed): going on at offset %d",
                          handle.path, was, offset)  # fmt: skip
         else:
+            old = older_than(handle, self.ignore_older)  # history: started at its end, as with --start-at end
+            if old is not None and handle.gz is not None:  # never grows: not read, nor looked at again this run
+                self._done.add((old.st_dev, old.st_ino, old.st_size))
+                return False
             taken = held | known.keys() | self._read_to.keys()
             file_id = new_id(fingerprint, handle.key, taken.__contains__)
             offset = 0
-            if self._start_at_end and handle.gz is None and size is not None:
+            if (self._start_at_end or old is not None) and handle.gz is None and size is not None:
                 offset = end_of_last_line(handle.fd, size)
         self._read_to.pop(file_id, None)
         handle.file_id = file_id
@@ -324,9 +330,7 @@ class FileSource:
         yield from lines_in(handle, data, self.max_line_bytes)
 
     def _reidentify(self, handle: OpenFile) -> bool:
-        if not read_head(handle):
-            return False
-        return self._assign(handle, os.fstat(handle.fd).st_size)
+        return read_head(handle) and self._assign(handle, os.fstat(handle.fd).st_size)
 
     # -- rotation and housekeeping -------------------------------------------------------------------------
     def check(self, now: float | None = None) -> None:
@@ -363,15 +367,11 @@ class FileSource:
                 self._retire(key, handle, static=True)
 
     def _truncated(self, handle: OpenFile) -> None:
-        log.warning(
-            "%s was truncated (we had read %d bytes): reading it again from the start (copytruncate rotation)",
-            handle.path,
-            handle.read_pos,
-        )
+        log.warning("%s was truncated (we had read %d bytes): reading it again from the start (copytruncate "
+                    "rotation)", handle.path, handle.read_pos)
         if handle.file_id is not None:
             # The old content's identity is released where we stopped: a copy of it (the rotated file) goes on
-            # from there.
-            # (No inode: the bytes before that position are gone from this one.)
+            # from there. (No inode: the bytes before that position are gone from this one.)
             self._read_to[handle.file_id] = Stopped(handle.base, tail_hash(handle.before), None)
         handle.file_id, handle.head = None, b""
         handle.discard_from, handle.discard_prefix = None, b""
