@@ -217,7 +217,9 @@ def test_gzip_rotation_keeps_identity_and_offsets(tmp_path):
 def test_start_at_end_skips_history_of_existing_files_only(tmp_path):
     old = tmp_path / "old.json"
     append(old, b"history-1", b"history-2")
-    reader = Reader([tmp_path / "*.json"], start_at_end=True)
+    with gzip.open(tmp_path / "old.json.2.gz", "wb") as packed:  # a compressed rotation's history too
+        packed.write(b"history-gz-1\nhistory-gz-2\n")
+    reader = Reader([tmp_path / "*.json*"], start_at_end=True)
     reader.step()
     append(old, b"fresh")
     append(tmp_path / "new.json", b"new-file-line")

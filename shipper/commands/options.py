@@ -337,8 +337,8 @@ following_options = [
                  help="Where to start files that have no checkpoint (files appearing later always start at the beginning)."),
     INPUT.option("--ignore-older", type=Seconds(min=1), default=None, metavar="SECONDS",
                  help="A file with no checkpoint last modified more than SECONDS ago holds history (a Kong plugin "
-                      "shipped it): it starts at its end, and only what is appended is shipped; a .gz one is not "
-                      "read. Checked whenever such a file is found; files with a checkpoint resume at it. "
+                      "shipped it): it starts at its end (a .gz one too), and only what is appended is shipped. "
+                      "Checked whenever such a file is found; files with a checkpoint resume at it. "
                       "Default: off."),
     INPUT.option("--poll-interval", type=Seconds(min=0.01), default=Settings.poll_interval, show_default=True,
                  help="Seconds between looks for new data and new files (inotify wakes it sooner)."),

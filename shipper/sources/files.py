@@ -228,15 +228,13 @@ class FileSource:
                 log.info("%s holds what was read from %s (renamed, copied or compressed): going on at offset %d",
                          handle.path, was, offset)  # fmt: skip
         else:
-            old = older_than(handle, self.ignore_older)  # history: started at its end, as with --start-at end
-            if old is not None and handle.gz is not None:  # never grows: not read, nor looked at again this run
-                self._done.add((old.st_dev, old.st_ino, old.st_size))
-                return False
             taken = held | known.keys() | self._read_to.keys()
             file_id = new_id(fingerprint, handle.key, taken.__contains__)
             offset = 0
-            if (self._start_at_end or old is not None) and handle.gz is None and size is not None:
-                offset = end_of_last_line(handle.fd, size)
+            # History (--start-at end, --ignore-older): started at its end, saved there; a .gz's whole text is final.
+            if self._start_at_end or older_than(handle, self.ignore_older):
+                gz = handle.gz
+                offset = end_of_last_line(handle.fd, size or 0) if gz is None else gz.seek(0, os.SEEK_END)
         self._read_to.pop(file_id, None)
         handle.file_id = file_id
         seek(handle, offset)

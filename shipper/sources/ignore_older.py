@@ -3,8 +3,8 @@
 The unit follows `/var/log/kong/*.json*`: on a first start every rotated file matches too, 14 days of history that
 a Kong plugin may have shipped already. A file found with no checkpoint and last modified longer ago than this is
 history: it starts at its end, as `--start-at end` starts the files present at the first start (what is appended
-later is shipped, and the position saved is that end, so a restart reads none of it either); a `.gz`, which never
-grows, is not read at all. A file with a checkpoint resumes at it whatever its age, and a file made by rotation is
+later is shipped, and the position saved is that end, so a restart reads none of it either); a `.gz` too, its end
+found by decompressing it once. A file with a checkpoint resumes at it whatever its age, and a file made by rotation is
 fresh, so it is read from its start as ever. The test is made at every discovery of an unknown file (one moved in
 while running too), by `FileSource._assign`.
 """
@@ -30,9 +30,8 @@ def older_than(handle: OpenFile, seconds: float | None) -> os.stat_result | None
     if age <= seconds:
         return None
     log.info(
-        "%s: no checkpoint and last modified %s ago (--ignore-older %g): %s", handle.path, _age(age), seconds,
-        "not read (a .gz file does not grow)" if handle.gz is not None
-        else "started at its end; what is appended from now on is shipped",
+        "%s: no checkpoint and last modified %s ago (--ignore-older %g): started at its end%s", handle.path,
+        _age(age), seconds, "" if handle.gz is not None else "; what is appended from now on is shipped",
     )  # fmt: skip
     return st
 
