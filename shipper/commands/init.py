@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import sys
 from importlib import resources
 
@@ -32,12 +33,36 @@ def shared(name: str) -> str:
     return resources.files("shipper").joinpath("share", SHARED[name]).read_text(encoding="utf-8")
 
 
+_NOT_FILES = {stat.S_IFCHR: "character device", stat.S_IFBLK: "block device", stat.S_IFSOCK: "socket"}
+
+
+def _not_a_file(path: str) -> str | None:
+    """Why what is at `path` is nothing init may replace, even with --force: a device or a socket (`init --force
+    /dev/null` as root replaced the machine's /dev/null with a regular file), a link to one, or a link to a
+    process's descriptor (/dev/stdout -> /proc/self/fd/1). A regular file, a FIFO or any other link is replaced."""
+    try:
+        here = os.lstat(path)
+        if stat.S_ISLNK(here.st_mode):
+            target = os.readlink(path)
+            if target.startswith("/proc/"):
+                return f"a link to a process's descriptor ({target})"
+            here = os.stat(path)
+    except OSError:
+        return None  # nothing there, a dangling link, or unreadable: the write below says what fails
+    kind = _NOT_FILES.get(stat.S_IFMT(here.st_mode))
+    return f"a {kind}" if kind else None
+
+
 def _write(path: str, text: str, force: bool, mode: int) -> None:
-    """Write `text` to `path` with `mode`, never replacing an existing file unless `force`. Written to a new file
-    beside it and renamed over it: with --force a symlink at `path` is replaced, not followed (its target, any
-    file, was rewritten and given our mode), a FIFO does not block the command, and a failure leaves no half file."""
+    """Write `text` to `path` with `mode`, never replacing an existing file unless `force`, never a device
+    (`_not_a_file`). Written to a new file beside it and renamed over it: with --force a symlink at `path` is
+    replaced, not followed (its target, any file, was rewritten and given our mode), a FIFO does not block the
+    command, and a failure leaves no half file."""
     parent = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(parent, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    refused = _not_a_file(path)
+    if refused:
+        raise ConfigError(f"{path} is {refused}, not a file: not replaced")
     try:
         os.makedirs(parent, exist_ok=True)
         if not force and os.path.lexists(path):
@@ -75,8 +100,8 @@ def _installed_binary() -> str | None:
               help="Also write the logrotate snippet for Kong's log there (e.g. /etc/logrotate.d/kong).")
 def init(file: str, force: bool, show: str | None, systemd_dir: str | None, logrotate_file: str | None) -> None:
     """Write a commented configuration to FILE [default: ./kong-ship.toml; for the service:
-    /etc/kong-ship/kong-ship.toml], mode 0600, and say what comes next. An existing file is not replaced
-    unless --force.
+    /etc/kong-ship/kong-ship.toml; `-`: standard output], mode 0600, and say what comes next. An existing file
+    is not replaced unless --force.
 
     The example configuration, the systemd units and the logrotate snippet ship with the package:
     `--print unit` prints the unit, `--systemd-dir DIR` and `--logrotate FILE` write them.
@@ -86,13 +111,18 @@ def init(file: str, force: bool, show: str | None, systemd_dir: str | None, logr
         if show in UNITS:
             _binary_note()
         return
-    _write(file, shared("config"), force, 0o600)
+    if file == "-":  # standard output, as for any Unix tool (it was a file named '-')
+        click.echo(shared("config"), nl=False)
+    else:
+        _write(file, shared("config"), force, 0o600)
     if systemd_dir:
         for name in UNITS:
             _write(os.path.join(systemd_dir, SHARED[name]), shared(name), force, 0o644)
         _binary_note()
     if logrotate_file:
         _write(logrotate_file, shared("logrotate"), force, 0o644)
+    if file == "-":
+        return
     click.echo(
         f"kong-ship: next: edit [input] paths and the [sinks.*] tables in {file}, give the credentials "
         f"(environment or *_file keys), then: kong-ship check-config --config {file}",

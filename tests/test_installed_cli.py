@@ -1,0 +1,67 @@
+"""kong-ship judged as a Unix tool, the way a platform engineer meets it after `pip install .`: what each command
+does with odd files (a device, a link to a process's descriptor, `-`), a closed standard output, a dumb terminal,
+file names that are not UTF-8. Every case runs the real command line (`python -m shipper`) in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ship, ship_env
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "kong-3x.jsonl"
+
+
+def one_error(result: subprocess.CompletedProcess, code: int) -> str:
+    """The run's only stderr line, after checking its exit code and that it printed no data and no traceback."""
+    err = result.stderr.decode()
+    assert result.returncode == code, (result.returncode, err)
+    assert "Traceback" not in err and result.stdout == b"", err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+# -- init: what it may replace -----------------------------------------------------------------------------------
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="making a device node needs root")
+
+
+@needs_root
+@pytest.mark.parametrize("force", [(), ("--force",)])
+def test_init_never_replaces_a_device(tmp_path, force):
+    """`kong-ship init --force /dev/null` as root replaced the machine's /dev/null with a regular file of 0600
+    (every later `> /dev/null` of every user then failed, or filled it); without --force it suggested --force."""
+    null = tmp_path / "null"
+    os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))  # a /dev/null of our own
+    link = tmp_path / "link.toml"
+    link.symlink_to(null)
+    for target in (null, link):
+        line = one_error(ship("init", *force, str(target)), code=2)
+        assert line == f"kong-ship: error: {target} is a character device, not a file: not replaced", line
+        assert stat.S_ISCHR(null.stat().st_mode) and link.is_symlink()
+
+
+def test_init_does_not_replace_a_link_to_a_descriptor(tmp_path):
+    """/dev/stdout is a link to /proc/self/fd/1: `init --force /dev/stdout > kong-ship.toml` replaced the
+    system's /dev/stdout with a file."""
+    link = tmp_path / "stdout"
+    link.symlink_to("/proc/self/fd/1")
+    line = one_error(ship("init", "--force", str(link)), code=2)
+    assert line == (f"kong-ship: error: {link} is a link to a process's descriptor (/proc/self/fd/1), not a file: "
+                    "not replaced"), line
+    assert os.readlink(link) == "/proc/self/fd/1"
+
+
+def test_init_dash_prints_the_configuration(tmp_path):
+    """`kong-ship init -` wrote a file named '-' in the current directory; `-` is standard output."""
+    result = subprocess.run([sys.executable, "-m", "shipper", "init", "-"], cwd=tmp_path, capture_output=True,
+                            env={**ship_env(), "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode() == (ROOT / "shipper" / "share" / "kong-ship.toml").read_text()
+    assert result.stderr == b"" and list(tmp_path.iterdir()) == []
