@@ -11,10 +11,11 @@ vendor permanently rejected; 2 a usage or configuration error. Errors are one li
 from __future__ import annotations
 
 import importlib
+import io
 import os
 import sys
 from collections.abc import Iterator, Mapping, MutableMapping
-from typing import Any
+from typing import Any, NoReturn
 
 # httpx's __init__ imports its own command-line client (`httpx.main`, which kong-ship never calls) whenever click,
 # rich and pygments happen to be installed: rich and pygments, ~60 ms of CPU at every start. A module marked
@@ -189,11 +190,42 @@ def _json_from_the_start(args: list[str], defaults: Mapping[str, Any] | None) ->
     use_json_stderr(isinstance(level, Mapping) and level.get("log_format") == "json")
 
 
+class _ClosedStdout(io.TextIOBase):
+    """sys.stdout when kong-ship started with descriptor 1 closed (`>&-`). Python leaves it None, and click
+    writes nothing at all to a None stdout: `status`, `init --print`, `--help` exited 0 having printed nothing.
+    Here the first write of any text, or any use of the binary layer (`output.whole_writes`, before a `parse` or
+    a `--sink stdout` run reads anything), is the one-line usage error; a command that prints nothing runs."""
+
+    encoding = "utf-8"
+    errors = "strict"
+
+    def _refuse(self) -> NoReturn:
+        raise ConfigError("standard output is closed: this command writes its output there (redirect it to a file "
+                          "or to /dev/null)")
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError("write() argument must be str")  # click's probe for a binary stream: this is not one
+        if text:
+            self._refuse()
+        return 0
+
+    @property
+    def buffer(self) -> NoReturn:
+        self._refuse()
+
+    def isatty(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+
 def _standard_descriptors() -> None:
     """Descriptors 0-2 held open (on /dev/null where one was closed: `2>&-` in a cron line), so that no file
     kong-ship opens later becomes standard error and takes our messages; sys.stderr then writes there rather
-    than being None (an AttributeError at the first message). A closed standard output stays None for
-    `output.whole_writes` to refuse in one line."""
+    than being None (an AttributeError at the first message). A closed standard output refuses what is written
+    to it, in one line (`_ClosedStdout`)."""
     for fd in (0, 1, 2):
         try:
             os.fstat(fd)
@@ -201,6 +233,8 @@ def _standard_descriptors() -> None:
             os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: this one
     if sys.stderr is None:
         sys.stderr = open(2, "w", closefd=False, errors="backslashreplace")  # noqa: SIM115  # the process's own
+    if sys.stdout is None:
+        sys.stdout = _ClosedStdout()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -244,6 +278,7 @@ def main(argv: list[str] | None = None) -> None:
         # the commands' own writes say so themselves.
         from shipper.output import cannot_write
 
-        say("fatal", cannot_write(sys.stdout.buffer, exc) if sys.stdout is not None else str(exc))
+        open_stdout = sys.stdout is not None and not isinstance(sys.stdout, _ClosedStdout)
+        say("fatal", cannot_write(sys.stdout.buffer, exc) if open_stdout else str(exc))
         sys.exit(EXIT_FAILED)
     sys.exit(code if isinstance(code, int) else EXIT_OK)

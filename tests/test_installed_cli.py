@@ -65,3 +65,42 @@ def test_init_dash_prints_the_configuration(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.decode() == (ROOT / "shipper" / "share" / "kong-ship.toml").read_text()
     assert result.stderr == b"" and list(tmp_path.iterdir()) == []
+
+
+# -- a closed standard output ------------------------------------------------------------------------------------
+CLOSED = ("kong-ship: error: standard output is closed: this command writes its output there (redirect it to a file "
+          "or to /dev/null)")
+
+
+def closed_stdout(*args: str, cwd: pathlib.Path | None = None) -> subprocess.CompletedProcess:
+    """`kong-ship ARGS >&-`."""
+    return subprocess.run([sys.executable, "-m", "shipper", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          cwd=cwd, env={**ship_env(), "PYTHONPATH": str(ROOT)}, preexec_fn=lambda: os.close(1),
+                          timeout=60)  # fmt: skip
+
+
+@pytest.mark.parametrize("args", [("--help",), ("--version",), ("tail", "--help"), ("init", "--print", "unit"),
+                                  ("init", "-"), ("status", "--state-dir", "{tmp}"), ("status", "--json", "--state-dir",
+                                  "{tmp}"), ("audit", "verify", "--public-key", "{tmp}/key.pem", "{tmp}/audit.json")],
+                         ids=lambda args: " ".join(args))
+def test_output_into_a_closed_standard_output_is_an_error(tmp_path, args):
+    """`kong-ship status >&-`, `kong-ship init --print unit >&-`, `kong-ship --help >&-` exited 0 having printed
+    nothing (click writes nothing at all when sys.stdout is None), as `parse` and `backfill --sink stdout` do not."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    (tmp_path / "key.pem").write_bytes(key.public_bytes(serialization.Encoding.PEM,
+                                                        serialization.PublicFormat.SubjectPublicKeyInfo))
+    (tmp_path / "audit.json").write_text('{"data": [{"request_id": "r1", "request_timestamp": 1}]}')
+    result = closed_stdout(*(arg.format(tmp=tmp_path) for arg in args), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.decode().splitlines() == [CLOSED]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["audit.json", "key.pem"]
+
+
+def test_commands_that_print_nothing_run_with_standard_output_closed(tmp_path):
+    """A command that writes files, not standard output, does not need it (a cron line's `>&-`)."""
+    result = closed_stdout("init", str(tmp_path / "kong-ship.toml"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "kong-ship.toml").read_text() == (ROOT / "shipper" / "share" / "kong-ship.toml").read_text()
