@@ -104,3 +104,17 @@ def test_commands_that_print_nothing_run_with_standard_output_closed(tmp_path):
     result = closed_stdout("init", str(tmp_path / "kong-ship.toml"))
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "kong-ship.toml").read_text() == (ROOT / "shipper" / "share" / "kong-ship.toml").read_text()
+
+
+# -- stderr: one form for every line -----------------------------------------------------------------------------
+def test_every_line_parse_writes_to_stderr_is_kong_ships(tmp_path):
+    """`parse` set up no logging: what its file reader logs (a truncated .gz) came out through Python's last-resort
+    handler, bare ('cannot read x.gz: ... (skipped)'), among lines that all begin 'kong-ship: '."""
+    import gzip
+
+    (tmp_path / "kong.json.1.gz").write_bytes(gzip.compress(EXAMPLE.read_bytes())[:-3])  # its end cut off
+    result = ship("parse", str(tmp_path / "kong.json.1.gz"))
+    assert result.returncode == 1
+    lines = result.stderr.decode().splitlines()
+    assert any("kong.json.1.gz" in line and "end-of-stream marker" in line for line in lines), lines
+    assert all(line.startswith("kong-ship: ") for line in lines), lines

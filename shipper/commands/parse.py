@@ -15,7 +15,9 @@ from shipper.commands.running import (
     need_paths,
     report_inputs,
     settings_fields,
+    setup_logging,
 )
+from shipper.commands.stderr import json_stderr
 from shipper.deadletter import DeadLetter
 from shipper.errors import FatalError
 from shipper.output import cannot_write, whole_writes
@@ -34,6 +36,9 @@ def parse(paths: tuple[str, ...], **kw: Any) -> None:
 
     Lines that cannot be understood are reported on stderr, one line each. Masks apply, as when shipping.
     """
+    # What the file reader logs (a gzip file cut short) in the run's form, `kong-ship: ERROR: ...`, not bare
+    # through Python's last-resort handler.
+    setup_logging("warning", "json" if json_stderr() else "text")
     need_paths(paths)
     need_a_match(paths)
     parser = make_parser(kw["fmt"], dict(kw["nginx_field"]))
