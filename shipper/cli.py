@@ -10,6 +10,7 @@ vendor permanently rejected; 2 a usage or configuration error. Errors are one li
 
 from __future__ import annotations
 
+import codecs
 import importlib
 import io
 import os
@@ -221,6 +222,25 @@ class _ClosedStdout(io.TextIOBase):
         return True
 
 
+def _as_printable(exc: UnicodeError) -> tuple[str, int]:
+    """stderr's encoding errors: a file name's byte that is not UTF-8 (Python's surrogate escape, U+DC80-U+DCFF)
+    as `\\xff`, as `output.printable` shows it in `status`, the JSON lines and the dead-letter file (stderr's own
+    backslashreplace wrote `\\udcff`); any other character the encoding lacks, backslash-escaped."""
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    return "".join(_escaped(c) for c in exc.object[exc.start : exc.end]), exc.end
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:
+        return f"\\x{code - 0xDC00:02x}"
+    return char.encode("ascii", "backslashreplace").decode("ascii")
+
+
+codecs.register_error("kong-ship-printable", _as_printable)
+
+
 def _standard_descriptors() -> None:
     """Descriptors 0-2 held open (on /dev/null where one was closed: `2>&-` in a cron line), so that no file
     kong-ship opens later becomes standard error and takes our messages; sys.stderr then writes there rather
@@ -232,7 +252,9 @@ def _standard_descriptors() -> None:
         except OSError:
             os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: this one
     if sys.stderr is None:
-        sys.stderr = open(2, "w", closefd=False, errors="backslashreplace")  # noqa: SIM115  # the process's own
+        sys.stderr = open(2, "w", closefd=False, errors="kong-ship-printable")  # noqa: SIM115  # the process's own
+    elif isinstance(sys.stderr, io.TextIOWrapper):
+        sys.stderr.reconfigure(errors="kong-ship-printable")
     if sys.stdout is None:
         sys.stdout = _ClosedStdout()
 

@@ -118,3 +118,17 @@ def test_every_line_parse_writes_to_stderr_is_kong_ships(tmp_path):
     lines = result.stderr.decode().splitlines()
     assert any("kong.json.1.gz" in line and "end-of-stream marker" in line for line in lines), lines
     assert all(line.startswith("kong-ship: ") for line in lines), lines
+
+
+def test_a_file_name_that_is_not_utf8_is_shown_as_status_shows_it(tmp_path):
+    """A name with the byte 0xff was '\\udcff' (Python's surrogate escape, leaking through stderr's backslashreplace)
+    in text lines, and '\\xff' in `status`, in --log-format json and in the dead-letter file."""
+    name = os.fsdecode(b"kong\xff")
+    (tmp_path / f"{name}.d").mkdir()  # said by `say`
+    (tmp_path / f"{name}.json").write_bytes(EXAMPLE.read_bytes() + b'{"unfinished')  # said by the log and the summary
+    (tmp_path / f"{name}.json.1.gz").write_bytes(b"\x1f\x8b" + b"\x00" * 30)  # said by the file reader's log
+    result = ship("backfill", str(tmp_path / f"{name}.d"), str(tmp_path / f"{name}.json*"), "--sink", "stdout",
+                  "--state-dir", str(tmp_path / "state"))
+    assert result.returncode == 1
+    err = result.stderr.decode()  # valid UTF-8
+    assert "\\udc" not in err and err.count("kong\\xff") >= 3, err
