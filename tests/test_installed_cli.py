@@ -132,3 +132,40 @@ def test_a_file_name_that_is_not_utf8_is_shown_as_status_shows_it(tmp_path):
     assert result.returncode == 1
     err = result.stderr.decode()  # valid UTF-8
     assert "\\udc" not in err and err.count("kong\\xff") >= 3, err
+
+
+# -- terminals ---------------------------------------------------------------------------------------------------
+def stderr_on_a_terminal(tmp_path: pathlib.Path, **env: str) -> bytes:
+    """What `backfill --sink stdout` writes to a terminal (a pseudo-terminal) that is its stderr."""
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        result = subprocess.run([sys.executable, "-m", "shipper", "backfill", str(EXAMPLE), "--sink", "stdout",
+                                 "--state-dir", str(tmp_path / env.get("TERM", "none"))],
+                                stdout=subprocess.DEVNULL, stderr=slave, env=ship_env(**env), timeout=60)  # fmt: skip
+        assert result.returncode == 0
+        os.close(slave)
+        slave = -1
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: every writer gone and all read
+                break
+            if not chunk:
+                break
+            seen += chunk
+        return seen
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+
+
+def test_a_dumb_terminal_gets_no_progress_bar(tmp_path):
+    """TERM=dumb (Emacs' shell, some CI consoles) cannot erase a line: backfill drew its bar with ESC [ K there
+    (as cargo and pip, no bar on a dumb terminal). Any other terminal has it."""
+    assert b"\x1b[K" in stderr_on_a_terminal(tmp_path, TERM="xterm")
+    dumb = stderr_on_a_terminal(tmp_path, TERM="dumb")
+    assert b"\x1b" not in dumb and b"\r" not in dumb.replace(b"\r\n", b"\n") and b"shipped" in dumb, dumb

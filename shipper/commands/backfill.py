@@ -60,7 +60,8 @@ def backfill(paths: tuple[str, ...], **kw: Any) -> None:
     unreadable = report_inputs(paths)
     progress = kw["progress"]
     if progress is None:
-        progress = sys.stderr.isatty() and not json_stderr()  # a bar is not JSON
+        # a bar is not JSON; a dumb terminal cannot erase the line it redraws (ESC [ K)
+        progress = sys.stderr.isatty() and os.environ.get("TERM") != "dumb" and not json_stderr()
     from shipper.pipeline import Pipeline
 
     pipeline = Pipeline(settings, sinks, follow=False)  # its worker processes fork here
