@@ -169,3 +169,12 @@ def test_a_dumb_terminal_gets_no_progress_bar(tmp_path):
     assert b"\x1b[K" in stderr_on_a_terminal(tmp_path, TERM="xterm")
     dumb = stderr_on_a_terminal(tmp_path, TERM="dumb")
     assert b"\x1b" not in dumb and b"\r" not in dumb.replace(b"\r\n", b"\n") and b"shipped" in dumb, dumb
+
+
+# -- odd paths ---------------------------------------------------------------------------------------------------
+def test_status_on_a_state_dir_that_is_not_a_directory(tmp_path):
+    """`status --state-dir FIFO` said the state directory does not exist."""
+    fifo = tmp_path / "state"
+    os.mkfifo(fifo)
+    line = one_error(ship("status", "--state-dir", str(fifo)), code=2)
+    assert line == f"kong-ship: error: state directory {fifo} is not a directory (set --state-dir)", line

@@ -27,7 +27,8 @@ def status(state_dir: str | None, as_json: bool) -> None:
 
     state_dir = state_dir or default_state_dir()
     if not os.path.isdir(state_dir):
-        raise ConfigError(f"state directory {state_dir} does not exist (set --state-dir)")
+        what = "is not a directory" if os.path.exists(state_dir) else "does not exist"  # a FIFO, a socket
+        raise ConfigError(f"state directory {state_dir} {what} (set --state-dir)")
     try:
         os.listdir(state_dir)
         rows = collect(state_dir)
