@@ -178,3 +178,29 @@ def test_status_on_a_state_dir_that_is_not_a_directory(tmp_path):
     os.mkfifo(fifo)
     line = one_error(ship("status", "--state-dir", str(fifo)), code=2)
     assert line == f"kong-ship: error: state directory {fifo} is not a directory (set --state-dir)", line
+
+
+def test_audit_verify_reads_standard_input_for_dash(tmp_path):
+    """`curl .../audit/requests | kong-ship audit verify --public-key k.pem -` said 'cannot read -: No such file or
+    directory'; `-` is standard input, as for any Unix tool that reads a file whole."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    (tmp_path / "key.pem").write_bytes(key.public_bytes(serialization.Encoding.PEM,
+                                                        serialization.PublicFormat.SubjectPublicKeyInfo))
+    answer = b'{"data": [{"request_id": "r1", "request_timestamp": 1}, {"request_id": "r2", "request_timestamp": 2}]}'
+    result = subprocess.run([sys.executable, "-m", "shipper", "audit", "verify", "--public-key",
+                             str(tmp_path / "key.pem"), "--require-signed", "-"], input=answer, capture_output=True,
+                            env=ship_env(), timeout=60)  # fmt: skip
+    assert result.returncode == 1, result.stderr  # unsigned, with --require-signed
+    assert result.stdout.decode().splitlines() == [
+        "2 records: 0 verified, 2 unsigned, 0 invalid",
+        "unsigned: request r1 (standard input#1)",
+        "unsigned: request r2 (standard input#2)",
+    ]
+    empty = subprocess.run([sys.executable, "-m", "shipper", "audit", "verify", "--public-key",
+                            str(tmp_path / "key.pem"), "-"], stdin=subprocess.DEVNULL, capture_output=True,
+                           env=ship_env(), timeout=60)  # fmt: skip
+    assert one_error(empty, code=2) == ("kong-ship: error: standard input: is empty: expected what /audit/requests or "
+                                        "/audit/objects answer")

@@ -318,8 +318,8 @@ def _poll_summary(poller: Poller) -> None:
 def verify(files: tuple[str, ...], **kw: Any) -> None:
     """Check the signature of each audit record, from the Admin API (--admin-url) or from FILEs.
 
-    A FILE holds what `GET /audit/requests` (or /audit/objects) answered, a JSON array of records, or one record
-    per line (kong-ship's spool files too). Prints the counts of verified, unsigned and invalid records and the
+    A FILE (`-`: standard input) holds what `GET /audit/requests` (or /audit/objects) answered, a JSON array of
+    records, or one record per line (kong-ship's spool files too). Prints the counts of verified, unsigned and invalid records and the
     ids of the bad ones. Exit 0 only when every signed record verifies (with --require-signed: and none is
     unsigned); 1 otherwise; 2 for a usage error.
     """

@@ -14,11 +14,17 @@ from shipper.errors import ConfigError
 from shipper.formats.audit import lenient_json
 
 
+STDIN = "standard input"  # how `-` is named in messages and `where`
+
+
 def records_in_files(files: tuple[str, ...]) -> Iterator[tuple[str, dict[str, Any], str | None]]:
-    """(endpoint, record, where: `path#n` or `path:line`) for every audit record of `files`, in order."""
-    for path in files:
+    """(endpoint, record, where: `path#n` or `path:line`) for every audit record of `files`, in order; `-` is
+    standard input (`curl .../audit/requests | kong-ship audit verify --public-key k.pem -`)."""
+    for name in files:
+        path = STDIN if name == "-" else name
         try:
-            with open(path, "rb") as handle:
+            # descriptor 0 itself: sys.stdin is None when kong-ship started without one (then /dev/null, cli.py)
+            with open(0 if name == "-" else name, "rb", closefd=name != "-") as handle:
                 data = handle.read()
         except OSError as exc:
             raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
