@@ -204,3 +204,52 @@ def test_audit_verify_reads_standard_input_for_dash(tmp_path):
                            env=ship_env(), timeout=60)  # fmt: skip
     assert one_error(empty, code=2) == ("kong-ship: error: standard input: is empty: expected what /audit/requests or "
                                         "/audit/objects answer")
+
+
+# -- what a source distribution holds ----------------------------------------------------------------------------
+def build_backend(tmp_path: pathlib.Path) -> str:
+    """A directory for PYTHONPATH that gives the build backend pyproject.toml asks for (setuptools>=68, as pip's
+    isolated build and `python -m build` fetch it): this interpreter's own when recent enough, else one installed
+    there from the package index (skipped without one)."""
+    import setuptools
+
+    if int(setuptools.__version__.split(".")[0]) >= 68:
+        return ""
+    target = tmp_path / "backend"
+    got = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
+                          "setuptools>=68"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    if got.returncode != 0:
+        pytest.skip(f"no package index to fetch setuptools>=68 from: {got.stderr.strip()[-200:]}")
+    return str(target)
+
+
+def test_the_source_distribution_holds_the_package_not_the_tests(tmp_path):
+    """setuptools put tests/test_*.py (92 files) in the sdist, without conftest.py, tests/corpus or the examples they
+    read: a test suite that cannot run, shipped to every install from source. The sdist is the package, its data
+    files (the links under shipper/share/ as the files they point to) and its metadata. Built from a copy of the
+    tree (the build writes beside its sources)."""
+    import shutil
+    import tarfile
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for name in ("pyproject.toml", "README.md", "MANIFEST.in"):
+        if (ROOT / name).exists():
+            shutil.copy(ROOT / name, tree / name)
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".hypothesis", "results")
+    for name in ("shipper", "tests", "bench"):
+        shutil.copytree(ROOT / name, tree / name, ignore=skip)  # shipper/share/'s links copied as their files
+    built = subprocess.run([sys.executable, "-c", "import sys; from setuptools import build_meta; "
+                            "print(build_meta.build_sdist(sys.argv[1]))", str(tmp_path / "dist")],
+                           cwd=tree, capture_output=True, text=True, timeout=120,
+                           env={**ship_env(), "PYTHONPATH": build_backend(tmp_path)})  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    with tarfile.open(tmp_path / "dist" / built.stdout.split()[-1]) as sdist:
+        members = {m.name.split("/", 1)[1]: m for m in sdist.getmembers() if "/" in m.name}
+        assert not [n for n in members if n.startswith(("tests/", "bench/"))], sorted(members)
+        for shared in (ROOT / "shipper" / "share").iterdir():
+            member = members[f"shipper/share/{shared.name}"]
+            assert member.isfile(), member.name
+            handle = sdist.extractfile(member)
+            assert handle is not None and handle.read() == shared.read_bytes(), member.name
+    assert "shipper/cli.py" in members and "shipper/commands/init.py" in members
