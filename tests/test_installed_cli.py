@@ -253,3 +253,18 @@ def test_the_source_distribution_holds_the_package_not_the_tests(tmp_path):
             handle = sdist.extractfile(member)
             assert handle is not None and handle.read() == shared.read_bytes(), member.name
     assert "shipper/cli.py" in members and "shipper/commands/init.py" in members
+
+
+def test_init_says_when_the_units_cannot_reach_this_kong_ship(tmp_path):
+    """The units run with ProtectHome=yes and PrivateTmp=yes: a kong-ship installed under /tmp, /home or /root is
+    not there for them (status=203/EXEC). `init --print unit` advised `ln -s /tmp/.../kong-ship
+    /usr/local/bin/kong-ship` all the same."""
+    bin_dir = tmp_path / "venv" / "bin"  # under /tmp, as pytest's tmp_path is
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "kong-ship").write_text("#!/bin/sh\n")
+    (bin_dir / "kong-ship").chmod(0o755)
+    result = ship("init", "--print", "unit", env=ship_env(PATH=f"{bin_dir}:/usr/bin:/bin"))
+    assert result.returncode == 0 and result.stdout.startswith(b"# kong-ship"), result.stderr
+    (line,) = result.stderr.decode().splitlines()
+    assert line.startswith(f"kong-ship: note: the units cannot run {bin_dir / 'kong-ship'}: "), line
+    assert f"ln -s {bin_dir}" not in line and "/opt/kong-ship" in line, line

@@ -130,8 +130,20 @@ def init(file: str, force: bool, show: str | None, systemd_dir: str | None, logr
     )
 
 
+# What the units' ProtectHome=yes and PrivateTmp=yes hide from the service: a kong-ship under them does not start
+# (status=203/EXEC), whatever links to it.
+HIDDEN_FROM_UNITS = ("/home/", "/root/", "/run/user/", "/tmp/", "/var/tmp/")
+
+
 def _binary_note() -> None:
     binary = _installed_binary()
-    if binary and binary != UNIT_BINARY:
+    if binary is None:
+        return
+    real = os.path.realpath(binary)
+    if real.startswith(HIDDEN_FROM_UNITS):
+        click.echo(f"kong-ship: note: the units cannot run {real}: their ProtectHome=yes and PrivateTmp=yes hide "
+                   f"/home, /root, /run/user and /tmp; install it where they can (python3 -m venv /opt/kong-ship && "
+                   f"/opt/kong-ship/bin/pip install ...; ln -sf /opt/kong-ship/bin/kong-ship {UNIT_BINARY})", err=True)
+    elif binary != UNIT_BINARY:
         click.echo(f"kong-ship: note: the units run {UNIT_BINARY}; this kong-ship is {binary} "
                    f"(ln -s {binary} {UNIT_BINARY}, or change ExecStart=)", err=True)
