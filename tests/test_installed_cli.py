@@ -268,3 +268,20 @@ def test_init_says_when_the_units_cannot_reach_this_kong_ship(tmp_path):
     (line,) = result.stderr.decode().splitlines()
     assert line.startswith(f"kong-ship: note: the units cannot run {bin_dir / 'kong-ship'}: "), line
     assert f"ln -s {bin_dir}" not in line and "/opt/kong-ship" in line, line
+
+
+def test_check_config_output_stays_a_config_file_for_a_path_that_is_not_utf8(tmp_path):
+    """check-config prints the effective configuration, 'save it and run with --config FILE': a log file whose
+    name is not UTF-8 was written as its raw bytes, which no TOML file may hold ('not UTF-8 text', exit 2)."""
+    log = tmp_path / os.fsdecode(b"kong\xff.json")
+    log.write_bytes(EXAMPLE.read_bytes())
+    args = ("--sink", "stdout", "--state-dir", str(tmp_path / "state"))
+    printed = ship("check-config", str(log), *args)
+    assert printed.returncode == 0, printed.stderr
+    printed.stdout.decode()  # UTF-8, as TOML is
+    assert f'paths = ["{tmp_path}/kong?.json"]'.encode() in printed.stdout
+    assert b"kong\\xff.json" in printed.stderr and b"glob" in printed.stderr
+    (tmp_path / "effective.toml").write_bytes(printed.stdout)
+    again = ship("check-config", "--config", str(tmp_path / "effective.toml"), *args)
+    assert again.returncode == 0, again.stderr
+    assert b"kong?.json: 1 file(s)" in again.stderr

@@ -30,7 +30,7 @@ def check_config(paths: tuple[str, ...], **kw: Any) -> None:
 
     counts = check_inputs(settings.paths)
     resolved = {
-        "paths": [os.path.abspath(p) for p in settings.paths], "nginx_field": settings.nginx_fields,
+        "paths": [toml_safe_path(os.path.abspath(p)) for p in settings.paths], "nginx_field": settings.nginx_fields,
         "jwt_from": list(settings.jwt_places), "state_dir": settings.state_dir,
         "dead_letter": os.path.abspath(settings.dead_letter_path), "ca_file": settings.ca_file,
         "workers": kw["workers"],  # `auto` as given: the file stays right on another machine
@@ -50,6 +50,17 @@ def check_config(paths: tuple[str, ...], **kw: Any) -> None:
             say("info", line)  # with --log-format json, every stderr line is JSON
         else:
             click.echo(line, err=True)
+
+
+def toml_safe_path(path: str) -> str:
+    """`path` as a TOML file can hold it (UTF-8): each byte of a file name that is not UTF-8 (Python's surrogate
+    escapes) as `?`, the glob that matches it, so that the printed configuration, saved, is still a --config that
+    reads the same file; said on stderr, since the glob may match more."""
+    safe = "".join("?" if 0xDC80 <= ord(c) <= 0xDCFF else c for c in path)
+    if safe != path:
+        say("warning", f"input {path} is not UTF-8, which a TOML file cannot hold: written as the glob "
+                       f"{safe}, which may match other files too")
+    return safe
 
 
 def check_inputs(patterns: list[str]) -> str:
