@@ -285,3 +285,32 @@ def test_check_config_output_stays_a_config_file_for_a_path_that_is_not_utf8(tmp
     again = ship("check-config", "--config", str(tmp_path / "effective.toml"), *args)
     assert again.returncode == 0, again.stderr
     assert b"kong?.json: 1 file(s)" in again.stderr
+
+
+def test_a_dead_letter_file_that_cannot_be_one_is_a_wrong_flag(tmp_path):
+    """`--dead-letter` under a regular file, on a FIFO or on a terminal (/dev/stderr) was found out at the first
+    malformed line: 'cannot write the dead-letter file ...; retrying' for ever, a backfill that never ended (a FIFO
+    nobody reads blocked it at the open). Checked before any work now: one line, exit 2. /dev/null stays usable."""
+    import pty
+
+    log = tmp_path / "kong.json"
+    log.write_bytes(EXAMPLE.read_bytes() + b"not json\n")  # one dead letter
+    (tmp_path / "file").write_text("")
+    os.mkfifo(tmp_path / "fifo")
+    master, slave = pty.openpty()
+    try:
+        terminal = os.ttyname(slave)
+        for target, why in ((tmp_path / "file" / "dead.jsonl", "Not a directory"), (tmp_path / "fifo", "a FIFO"),
+                            (terminal, "a terminal")):
+            result = ship("backfill", str(log), "--sink", "stdout", "--state-dir", str(tmp_path / "state"),
+                          "--dead-letter", str(target), timeout=30)  # fmt: skip
+            line = one_error(result, code=2)
+            assert line.startswith(f"kong-ship: error: --dead-letter {target}: ") and why in line, line
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert not (tmp_path / "state").exists() or not list((tmp_path / "state").glob("checkpoints-*.json"))
+    fine = ship("backfill", str(log), "--sink", "stdout", "--state-dir", str(tmp_path / "state"),
+                "--dead-letter", os.devnull, timeout=30)  # fmt: skip
+    assert fine.returncode == 0, fine.stderr
+    assert len(fine.stdout.splitlines()) == 4 and b"1 not_json" in fine.stderr

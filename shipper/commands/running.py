@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import sys
 import time
 from glob import has_magic
@@ -244,7 +245,41 @@ def prepare(paths: tuple[str, ...], kw: dict[str, Any], **fixed: Any) -> tuple[S
         urls = sink_urls(kw["endpoint"], settings.sinks)
         sinks = build_routed_sinks(routing, list(dict.fromkeys(kw["sinks"])), settings.sink_options, urls)
     check_state_dir(settings.state_dir)
+    check_dead_letter(settings.dead_letter_path)
     return settings, sinks
+
+
+def check_dead_letter(path: str) -> None:
+    """What the dead-letter file's first write would find out, said before any work (exit 2): a path under a
+    file, or something that cannot be appended to (a FIFO, a socket, a terminal or a pipe such as /dev/stderr, a
+    disk). It showed at the first malformed line as a write retried for ever: a backfill that never ended, a
+    FIFO nobody reads blocking the run at the open. Regular files and /dev/null pass; what may pass with time (a
+    read-only remount, a full disk) is left to the writes, which wait it out."""
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return  # created at the first dead letter, with the directories it needs
+    except OSError as exc:  # ENOTDIR: a file where a directory of the path should be
+        raise ConfigError(f"--dead-letter {path}: {exc.strerror}") from None
+    mode = found.st_mode
+    if stat.S_ISREG(mode):
+        return
+    kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a socket"
+            if stat.S_ISSOCK(mode) else "a block device" if stat.S_ISBLK(mode) else "a device")
+    if stat.S_ISCHR(mode):
+        try:  # as the writes open it: /dev/null seeks, a terminal does not
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK | os.O_NOCTTY)
+            try:
+                if os.isatty(fd):
+                    kind = "a terminal"
+                else:
+                    os.lseek(fd, 0, os.SEEK_END)
+                    return
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
+    raise ConfigError(f"--dead-letter {path}: {kind}, not a file lines can be appended to")
 
 
 def routing_of_command() -> Routing | None:
