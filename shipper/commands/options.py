@@ -334,12 +334,9 @@ shipping_options = [
 
 following_options = [
     INPUT.option("--start-at", type=click.Choice(["beginning", "end"]), default=Settings.start_at, show_default=True,
-                 help="Where to start files that have no checkpoint (files appearing later always start at the beginning)."),
+                 help="Where files found at start without a checkpoint begin."),
     INPUT.option("--ignore-older", type=Seconds(min=1), default=None, metavar="SECONDS",
-                 help="A file with no checkpoint last modified more than SECONDS ago holds history (a Kong plugin "
-                      "shipped it): it starts at its end (a .gz one too), and only what is appended is shipped. "
-                      "Checked whenever such a file is found; files with a checkpoint resume at it. "
-                      "Default: off."),
+                 help="Files with no checkpoint modified over SECONDS ago start at their end. Default: off."),
     INPUT.option("--poll-interval", type=Seconds(min=0.01), default=Settings.poll_interval, show_default=True,
                  help="Seconds between looks for new data and new files (inotify wakes it sooner)."),
     INPUT.option("--rotate-wait", type=Seconds(min=0), default=Settings.rotate_wait, show_default=True,
