@@ -207,22 +207,6 @@ def test_audit_verify_reads_standard_input_for_dash(tmp_path):
 
 
 # -- what a source distribution holds ----------------------------------------------------------------------------
-def build_backend(tmp_path: pathlib.Path) -> str:
-    """A directory for PYTHONPATH that gives the build backend pyproject.toml asks for (setuptools>=68, as pip's
-    isolated build and `python -m build` fetch it): this interpreter's own when recent enough, else one installed
-    there from the package index (skipped without one)."""
-    import setuptools
-
-    if int(setuptools.__version__.split(".")[0]) >= 68:
-        return ""
-    target = tmp_path / "backend"
-    got = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
-                          "setuptools>=68"], capture_output=True, text=True, timeout=120)  # fmt: skip
-    if got.returncode != 0:
-        pytest.skip(f"no package index to fetch setuptools>=68 from: {got.stderr.strip()[-200:]}")
-    return str(target)
-
-
 def test_the_source_distribution_holds_the_package_not_the_tests(tmp_path):
     """setuptools put tests/test_*.py (92 files) in the sdist, without conftest.py, tests/corpus or the examples they
     read: a test suite that cannot run, shipped to every install from source. The sdist is the package, its data
@@ -231,9 +215,12 @@ def test_the_source_distribution_holds_the_package_not_the_tests(tmp_path):
     import shutil
     import tarfile
 
+    import setuptools
+
+    assert int(setuptools.__version__.split(".")[0]) >= 68, "the test extra installs setuptools>=68"
     tree = tmp_path / "tree"
     tree.mkdir()
-    for name in ("pyproject.toml", "README.md", "MANIFEST.in"):
+    for name in ("pyproject.toml", "README.md", "MANIFEST.in", "LICENSE"):
         if (ROOT / name).exists():
             shutil.copy(ROOT / name, tree / name)
     skip = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".hypothesis", "results")
@@ -242,7 +229,7 @@ def test_the_source_distribution_holds_the_package_not_the_tests(tmp_path):
     built = subprocess.run([sys.executable, "-c", "import sys; from setuptools import build_meta; "
                             "print(build_meta.build_sdist(sys.argv[1]))", str(tmp_path / "dist")],
                            cwd=tree, capture_output=True, text=True, timeout=120,
-                           env={**ship_env(), "PYTHONPATH": build_backend(tmp_path)})  # fmt: skip
+                           env=ship_env())  # setuptools>=68, as pyproject.toml's build asks: the test extra
     assert built.returncode == 0, built.stderr
     with tarfile.open(tmp_path / "dist" / built.stdout.split()[-1]) as sdist:
         members = {m.name.split("/", 1)[1]: m for m in sdist.getmembers() if "/" in m.name}
@@ -252,7 +239,7 @@ def test_the_source_distribution_holds_the_package_not_the_tests(tmp_path):
             assert member.isfile(), member.name
             handle = sdist.extractfile(member)
             assert handle is not None and handle.read() == shared.read_bytes(), member.name
-    assert "shipper/cli.py" in members and "shipper/commands/init.py" in members
+    assert "shipper/cli.py" in members and "shipper/commands/init.py" in members and "LICENSE" in members
 
 
 def test_init_says_when_the_units_cannot_reach_this_kong_ship(tmp_path):
