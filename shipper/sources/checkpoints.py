@@ -7,10 +7,12 @@ and with no good copy at all kong-ship refuses to start rather than resend every
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import math
 import os
+import stat
 import time
 from dataclasses import dataclass
 
@@ -229,12 +231,25 @@ def make_dirs(path: str) -> None:
 
 
 def open_private(path: str, flags: int) -> int:
-    """os.open with FILE_MODE; a directory deleted under a running kong-ship is created again."""
+    """os.open with FILE_MODE; a directory deleted under a running kong-ship is created again. A FIFO put at the
+    path is refused, not waited on: opened without O_NONBLOCK it blocked until a reader came, in the kernel, where
+    no SIGTERM reached the run (a dead-letter path made a FIFO after the start check; O_NONBLOCK does nothing to a
+    regular file or /dev/null)."""
+    flags |= os.O_CREAT | os.O_NONBLOCK
     try:
-        return os.open(path, flags | os.O_CREAT, FILE_MODE)
-    except FileNotFoundError:
-        make_dirs(os.path.dirname(path) or ".")
-        return os.open(path, flags | os.O_CREAT, FILE_MODE)
+        try:
+            fd = os.open(path, flags, FILE_MODE)
+        except FileNotFoundError:
+            make_dirs(os.path.dirname(path) or ".")
+            fd = os.open(path, flags, FILE_MODE)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # for writing, with no reader (or a socket): say what it is, not "no device"
+            raise OSError(errno.ENXIO, "a FIFO or a socket, not a file", path) from None
+        raise
+    if stat.S_ISFIFO(os.fstat(fd).st_mode):  # opened at once: for reading, or a reader had it open
+        os.close(fd)
+        raise OSError(errno.EINVAL, "a FIFO, not a file", path)
+    return fd
 
 
 def write_all(fd: int, payload: bytes) -> None:
