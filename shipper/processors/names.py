@@ -3,7 +3,8 @@ parameter names, body keys, the names in dead-lettered lines.
 
 `normalize`: percent-decoded until stable (`%6Bey`, `api%255Fkey`), `+` as a space, case-folded, `-` as `_`.
 `is_secret_name` also matches `user[password]` and `config.password` on `password`, a name ending like a credential (`SECRET_ENDINGS`),
-a secret name behind `x_`, and ignores Nginx's `http_` / `sent_http_` prefixes.
+a secret name behind `x_`, a camelCase name by its words (`accessToken` as `access_token`), and ignores Nginx's
+`http_` / `sent_http_` prefixes.
 `NameSet` remembers its verdicts, so that the names of a record, which repeat from record to record, are checked
 with set operations done in C, and only a name never seen before is normalized.
 """
@@ -27,13 +28,17 @@ DEFAULT_BODY_KEYS = (
 
 def normalize(name: str) -> str:
     """The one form names are compared in: percent-decoded until stable, case-folded, `-` as `_`."""
+    return _decoded(name).strip().casefold().replace("-", "_")
+
+
+def _decoded(name: str) -> str:
     if "%" in name or "+" in name:
         for _ in range(4):  # `api%25255Fkey` is three decodings deep; nobody encodes deeper by accident
             decoded = unquote_plus(name)
             if decoded == name:
                 break
             name = decoded
-    return name.strip().casefold().replace("-", "_")
+    return name
 
 
 # Kong entity and plugin fields that hold a secret under a name nothing else here matches (in audit records and
@@ -54,7 +59,12 @@ SECRET_KEYS = frozenset(
 SECRET_ENDINGS = (
     "_token", "_secret", "_password", "_passwd", "_api_key", "_apikey", "_access_key", "_secret_key", "_private_key",
     "subscription_key", "_signature", "_credential", "_credentials",
+    "_authorization",  # the Authorization header forwarded or renamed: X-Forwarded-Authorization, X-Amzn-Remapped-…
 )  # fmt: skip
+# The word boundaries of a camelCase or PascalCase name (`accessToken`, `clientSecret`, `XApiKey`): JSON bodies
+# and query strings name credentials so as often as with `_`. A second form of the name, tried after the first:
+# `PassWord` and `pAsSwOrD` are still compared whole.
+_CAMEL_WORDS = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 NAME_PARTS = re.compile(r"[.\[\]]+")  # what separates the parts of `config.redis.password`, `user[password]`
 REMEMBERED = 4096  # names remembered per NameSet; beyond that, work is redone, not wrong
 
@@ -62,7 +72,15 @@ REMEMBERED = 4096  # names remembered per NameSet; beyond that, work is redone, 
 def is_secret_name(name: Any, secrets: frozenset[str]) -> bool:
     if not isinstance(name, str) or not name:
         return False
-    norm = normalize(name)
+    if _is_secret_normal(normalize(name), secrets):
+        return True
+    # camelCase: the words, percent-decoded first (`access%54oken`), compared as `access_token` is.
+    decoded = _decoded(name)
+    split = _CAMEL_WORDS.sub("_", decoded)
+    return split != decoded and _is_secret_normal(split.strip().casefold().replace("-", "_"), secrets)
+
+
+def _is_secret_normal(norm: str, secrets: frozenset[str]) -> bool:
     if norm in secrets or norm.endswith(SECRET_ENDINGS) or (norm.startswith("x_") and norm[2:] in secrets):
         return True
     for prefix in ("http_", "sent_http_"):  # Nginx variables: `http_x_api_key` is the header `X-Api-Key`
