@@ -49,7 +49,7 @@ from shipper.processors.names import (  # noqa: F401 - DEFAULT_* and normalize a
     NameSet,
     normalize,
 )
-from shipper.processors.params import MASK, ParamMasks
+from shipper.processors.params import MASK, ParamMasks, mask_jwts
 
 JWT_KEPT_CLAIMS = frozenset({"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "sid"})
 URL_HEADERS = frozenset({"referer", "location", "content_location"})  # masked as URLs, normalized names
@@ -102,6 +102,8 @@ class Masker(ParamMasks):
         if txn.fragment:
             txn.fragment = self.mask_params(txn.fragment)
         txn.query_string, txn.raw_path, txn.upstream_uri = self.mask_targets(txn.query_string, txn.raw_path, txn.upstream_uri)
+        if ";" in txn.path:  # `/x;token=…/y`: the path's own parameters, as in the raw path
+            txn.path = self.mask_target(txn.path)
         if "@" in txn.host:
             txn.host = txn.host.rpartition("@")[2]
         if txn.request_body is not None:
@@ -133,7 +135,9 @@ class Masker(ParamMasks):
         cached = self._claims.get(id(claims))
         if cached is None or cached[0] is not claims:
             kept = {k: v for k, v in claims.items() if k in JWT_KEPT_CLAIMS and _plain_claim(k, v)}
-            answer = claims if len(kept) == len(claims) else kept
+            # A kept claim's text is masked as any text is (`iss` with a password in its URL).
+            kept = self.mask_value(kept)
+            answer = claims if len(kept) == len(claims) and all(kept[k] is v for k, v in claims.items()) else kept
             try:
                 weight = len(orjson.dumps(claims))
             except orjson.JSONEncodeError:
@@ -155,7 +159,18 @@ class Masker(ParamMasks):
         names = self.header_names
         keys = headers.keys()
         hits = keys & names.hit if keys <= names.known else names.secrets_in(keys)
-        return self._mask_header_values(headers, hits) if hits else headers
+        masked = self._mask_header_values(headers, hits) if hits else headers
+        host = masked.get("host")
+        if type(host) is str and "@" in host:  # `Host: user:password@api…` from a hostile or broken client
+            masked = dict(masked) if masked is headers else masked
+            masked["host"] = host.rpartition("@")[2]
+        for k, value in masked.items():  # a JSON Web Token under any other name (`X-Goog-Iap-Jwt-Assertion`)
+            if type(value) is str and "eyJ" in value and k not in hits:
+                new = mask_jwts(value)
+                if new is not value:
+                    masked = dict(masked) if masked is headers else masked
+                    masked[k] = new
+        return masked
 
     def _mask_header_values(self, headers: dict[str, Any], hits: Any) -> dict[str, Any]:
         masked = dict(headers)
@@ -230,6 +245,8 @@ class Masker(ParamMasks):
                     new = self._mask_pairs(v, depth + 1)
                 elif k in bodies and v is not None:
                     new = self.mask_body(v, depth + 1)
+                elif k == "host" and type(v) is str and "@" in v:  # a Host header with userinfo, as mask_headers
+                    new = v.rpartition("@")[2]
                 else:
                     new = self.mask_value(v, depth + 1)
                 if new is not v:
@@ -276,6 +293,8 @@ class Masker(ParamMasks):
             else:
                 masked = self.mask_value(inner, depth + 1)
                 return text if masked is inner else orjson.dumps(masked).decode()
+        if "eyJ" in text:  # a JSON Web Token under any name (`{"assertion": "eyJ…"}`)
+            text = mask_jwts(text)
         if "=" not in text and "@" not in text and "%" not in text:
             return text
         if "://" in text:

@@ -34,6 +34,20 @@ _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s\"'<>]+@")
 # A value that is a target percent-encoded once or more, as a redirect is sent (`next=%2Fcb%3Ftoken%3Dx`,
 # `redirect_uri=https%3A%2F%2Fapp%2Fcb%23access_token%3Dx`, `%253F` twice): an encoded `?`, `#` or `://`.
 _ENCODED_TARGET = re.compile(r"%(?:25)*(?:3[Ff]|23|3[Aa]%(?:25)*2[Ff]%(?:25)*2[Ff])")
+# A JSON Web Token (JWS or JWE: a `{"`-header in base64url, then at least two more `.` parts) is a bearer credential
+# under whatever name it travels (`X-Goog-Iap-Jwt-Assertion`, `?id_token_hint=`, `{"assertion": …}`): masked
+# wherever a value holds one. Base64 of JSON alone (`eyJhIjoxfQ`, no dots) is data, not a token.
+JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*)*")
+
+
+def mask_jwts(text: str) -> str:
+    """`text` with every JSON Web Token in it masked; `text` itself when it holds none."""
+    if "eyJ" not in text:
+        return text
+    masked = JWT.sub(MASK, text)
+    return text if masked == text else masked
+
+
 # Targets inside values inside targets...: past this many, a value is masked whole (each level is a few frames
 # of recursion, and `a=?b=?c=?...` has as many levels as a client likes).
 MAX_NESTING = 8
@@ -110,7 +124,9 @@ class ParamMasks:
         """A value that may itself be a target: `/cb?token=x`, `https://user:pw@host/`, `/p;token=x`, or one of
         them percent-encoded once or more, as redirects are sent (`%2Fcb%3Ftoken%3Dx`). Its parameters and
         userinfo masked (an encoded one encoded again, `*` kept); `value` itself when nothing is; MASK whole
-        past MAX_NESTING targets inside values."""
+        past MAX_NESTING targets inside values. A JSON Web Token in it is masked too (`?id_token_hint=eyJ…`)."""
+        if "eyJ" in value:
+            value = mask_jwts(value)  # a new object when masked: the callers see a change
         if "?" in value or "#" in value or ";" in value or ("@" in value and "://" in value):
             return MASK if depth >= MAX_NESTING else self.mask_url(value, None, depth + 1)
         if "%" in value and _ENCODED_TARGET.search(value):
@@ -156,7 +172,7 @@ class ParamMasks:
         if "=" not in text:
             return text
         if (
-            ";" in text or "?" in text or "#" in text
+            ";" in text or "?" in text or "#" in text or "eyJ" in text
             or ("%" in text and _ENCODED_TARGET.search(text) is not None) or ("@" in text and "://" in text)
         ):  # _may_hold_target, inline: every query string comes here
             return text if self._params_clean(text) else self._mask_param_values(text, depth)
@@ -220,7 +236,7 @@ class ParamMasks:
 
     def _params_clean(self, text: str) -> bool:
         """Whether every parameter name in `text` was seen clean before (False: it must be looked at)."""
-        if "#" in text or _may_hold_target(text):
+        if "#" in text or "eyJ" in text or _may_hold_target(text):
             # `next=/cb#token=x`, `next=%2Fcb%3Ftoken%3Dx`, `next=https://u:pw@h`: what is secret hides from the
             # names below
             return False
@@ -305,6 +321,7 @@ def _values_may_hold_targets(query: dict[str, Any]) -> bool:
     text = data.decode()
     return (
         "?" in text or "#" in text or ";" in text or text.find("{", 1) > 0  # an object inside: its names looked at
+        or "eyJ" in text  # a JSON Web Token as a value
         or ("%" in text and _ENCODED_TARGET.search(text) is not None) or ("@" in text and "://" in text)
     )
 

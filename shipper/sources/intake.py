@@ -35,7 +35,7 @@ from shipper.formats.decode import ParseError, decode_line
 from shipper.formats.kong_fields import entity
 from shipper.formats.spooled import IDENTITY, held_exactly
 from shipper.processors.identity import Identify
-from shipper.processors.masking import JWT_KEPT_CLAIMS, MASK, Masker
+from shipper.processors.masking import MASK, Masker
 from shipper.sources.spool import GroupCommit, with_envelope_members
 
 if TYPE_CHECKING:
@@ -106,7 +106,9 @@ class KongRecords:
         if user:
             identity["user_id"], identity["user_source"] = user, source
         if claims:
-            identity["jwt_claims"] = {k: v for k, v in claims.items() if k in JWT_KEPT_CLAIMS}
+            # The masks' own choice of what of a JWT may leave (registered claims of a plain shape, their texts
+            # masked), as the masking processor makes it: an object under `sub` or a password in `iss` is not kept.
+            identity["jwt_claims"] = self.masker.kept_claims(claims)
         if basic:
             identity["basic_user"] = basic
         return identity or None
