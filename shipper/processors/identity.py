@@ -103,7 +103,7 @@ def _ident(value: Any) -> str | None:
 
 def basic_user(value: Any) -> str | None:
     """The user name of `Basic base64(user:password)`; None for anything else or anything malformed (bad
-    base64, no colon, an empty name). Kong 2.1+ logs `REDACTED`, so this sees old Kong, Nginx and custom
+    base64, no colon, an empty name), and when the password is empty (the name is then a key). Kong 2.1+ logs `REDACTED`, so this sees old Kong, Nginx and custom
     fields only."""
     if type(value) is list:  # a repeated header: the first of its values that is one (as for a token)
         return next((name for item in value if type(item) is str and (name := basic_user(item))), None)
@@ -113,8 +113,10 @@ def basic_user(value: Any) -> str | None:
         decoded = base64.b64decode(value[6:].strip(), validate=True)
     except (binascii.Error, ValueError):
         return None
-    user, colon, _password = decoded.partition(b":")
-    if not colon or not user:
+    user, colon, password = decoded.partition(b":")
+    # An empty password: the user name is the credential itself (Stripe's `sk_live_…:`, Segment's write key, a
+    # key sent with `curl -u KEY:`), no name to identify anyone by.
+    if not colon or not user or not password:
         return None
     # RFC 7617: UTF-8 is what clients send today; bytes that are not are Latin-1 (the old default).
     try:
