@@ -43,9 +43,11 @@ def _decoded(name: str) -> str:
 
 # Kong entity and plugin fields that hold a secret under a name nothing else here matches (in audit records and
 # event hooks): a certificate's alternate private key, a HashiCorp Vault AppRole's secret id, OpenID Connect's
-# private JWKs, SAML's signing key, ACME's EAB HMAC key, AWS Lambda's access key.
+# private JWKs, SAML's signing and decryption keys, ACME's EAB HMAC key, AWS Lambda's access key, the AI plugins'
+# provider credential (`auth.header_value`: "Bearer sk-…", `auth.param_value`) and Azure Content Safety key.
 KONG_SECRET_FIELDS = (
     "key_alt", "approle_secret_id", "secret_id", "client_jwk", "request_signing_key", "eab_hmac_key", "aws_key",
+    "response_encryption_key", "header_value", "param_value", "content_safety_key",
 )  # fmt: skip
 # The one set of secret names, normalized: `key`, `secret`, `password` and the rest are secrets wherever they
 # appear (Kong entities in audit records and event hooks use it too).
