@@ -51,7 +51,9 @@ class Batcher:
         deadline = 0.0
         max_events, max_bytes = self.max_events, self.max_bytes
         while True:
-            timeout = max(0.0, deadline - time.monotonic()) if batch else 0.5
+            # No batch held: nothing to flush, so no timeout (a parcel or the queue's close wakes it); it woke
+            # twice a second for nothing, on every idle lane.
+            timeout = max(0.0, deadline - time.monotonic()) if batch else None
             try:
                 parcel = self.queue.get(timeout)
             except Closed:

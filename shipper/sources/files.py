@@ -32,11 +32,12 @@ from shipper.sources.container import Framer
 from shipper.sources.identity import HEAD_BYTES, Known, choose, family, identity, new_id, tail_hash
 from shipper.sources.ignore_older import older_than
 from shipper.sources.inputs import expand, input_problems, mtime, open_files_cap
+from shipper.sources.quiet import Stamp, settled_stamp, stamp
 from shipper.sources.resume import Stopped
 from shipper.sources.reading import (
     CHUNK, GZIP_ERRORS, GZIP_MAGIC, Line, OpenFile, Oversize, at_eof, caught_up, close_file, copy_so_far,
     end_of_last_line, head_matches, lines_in, open_gzip, pread_before, progress_of, read_failed, read_head, reader,
-    resume_point, seek, still_same,
+    restart, resume_point, seek, still_same,
 )  # fmt: skip
 
 log = logging.getLogger("kong-ship")
@@ -93,6 +94,7 @@ class FileSource:
         # (dev, ino, size) of files read to the end and closed (gzip files, idle files): not opened again
         # unless their size changes.
         self._done: set[tuple[int, int, int]] = set()
+        self._headless: dict[str, Stamp | None] = {}  # path -> the settled stamp of a file with no first line yet
         self._closed_progress = 0  # disk_progress of the files close() let go
         self._warned: set[str] = set()
         self._paths: dict[str, str] = {}  # identity -> the last path it was seen at, for closed files too
@@ -128,8 +130,10 @@ class FileSource:
             if current is not None:
                 if current.path != path and current.moved:
                     current.path, current.moved = path, False  # a rotated file matched under its new name
+                if current.path == path:  # what check() and the next read round see of it (one stat, not three)
+                    current.path_seen, current.seen = time.monotonic(), st
                 continue
-            if (st.st_dev, st.st_ino, st.st_size) in self._done:
+            if (st.st_dev, st.st_ino, st.st_size) in self._done or self._headless.get(path) == stamp(st):
                 continue
             if len(self.files) >= self.max_open and not self._make_room():
                 self._warn_once("max-open", "%d files open, half the descriptor limit: the others wait for one to be "
@@ -189,7 +193,8 @@ class FileSource:
             framer = Framer(self.framing, self.max_line_bytes) if self.framing else None
             handle = OpenFile(path, key, fd, gz, framer=framer)
             if not read_head(handle) or not self._assign(handle, None if gz else st.st_size):
-                # No complete first line yet, or a copy of an open file: looked at again on the next discovery.
+                # No first line yet (not opened again until its stamp changes), or a copy of an open file: for later.
+                self._headless[path] = None if handle.head else settled_stamp(st)
                 if not self.follow and gz is None and handle.file_id is None and st.st_size:
                     self.unterminated.append((path, st.st_size))
                 close_file(handle)
@@ -245,9 +250,7 @@ class FileSource:
     # -- reading -----------------------------------------------------------------------------------------------
     def read_round(self) -> Iterator[Line]:
         """One chunk from every open file in turn (fair between a busy and a quiet file)."""
-        for handle in list(self.files.values()):
-            if handle.finished:
-                continue
+        for handle in [handle for handle in self.files.values() if not handle.finished]:
             yield from self._read_chunk(handle)
 
     @overload
@@ -302,9 +305,14 @@ class FileSource:
                 break
 
     def _read_chunk(self, handle: OpenFile) -> Iterator[Line]:
-        if handle.file_id is None and not self._reidentify(handle):
+        seen, handle.seen = handle.seen, None  # discovery's stat of it: for the round right after it only
+        if handle.file_id is None and not (read_head(handle) and self._assign(handle, os.fstat(handle.fd).st_size)):
             return
-        if handle.gz is None and self.follow and (
+        st = (seen or os.fstat(handle.fd)) if handle.gz is None and self.follow else None
+        if st is not None and st.st_size == handle.read_pos and stamp(st) == handle.quiet:
+            return  # not written, truncated or rewritten since a round that found nothing (quiet.py)
+        handle.quiet = None
+        if st is not None and (
             not head_matches(handle) or (handle.recent and pread_before(handle.fd, handle.read_pos) != handle.recent)
         ):
             # Truncated (copytruncate), perhaps already rewritten past our position: checking the first line and
@@ -321,14 +329,13 @@ class FileSource:
             read_failed(handle, exc)
             return
         if not data:
-            if handle.gz is not None or not self.follow:
+            if st is None:
                 yield from at_eof(handle, self.unterminated)
+            elif st.st_size == handle.read_pos:
+                handle.quiet = settled_stamp(st)  # the checks above held for this stamp: it stands for them
             return
         self._bytes_read += len(data)
         yield from lines_in(handle, data, self.max_line_bytes)
-
-    def _reidentify(self, handle: OpenFile) -> bool:
-        return read_head(handle) and self._assign(handle, os.fstat(handle.fd).st_size)
 
     # -- rotation and housekeeping -------------------------------------------------------------------------
     def check(self, now: float | None = None) -> None:
@@ -343,9 +350,9 @@ class FileSource:
             if now - handle.last_check < 0.2:
                 continue
             handle.last_check = now
-            try:
-                st = os.stat(handle.path)
-                same = (st.st_dev, st.st_ino) == key
+            try:  # discovery's look at the path (under 0.2 s ago) is as good as one of our own: one stat, not two
+                st = None if 0 <= now - handle.path_seen < 0.2 else os.stat(handle.path)
+                same = st is None or (st.st_dev, st.st_ino) == key
             except OSError:
                 same = False
             if not same:
@@ -356,7 +363,8 @@ class FileSource:
                     log.info("rotation: done with the old %s", handle.path)
                     self._retire(key, handle, static=False)
                 continue
-            size = os.fstat(handle.fd).st_size
+            # Quiet: the read round just before found it as long as what was read, with the stamp it had then.
+            size = handle.read_pos if handle.quiet else os.fstat(handle.fd).st_size
             if size < handle.read_pos:
                 self._truncated(handle)
             elif size == handle.read_pos and not handle.buf and now - handle.last_data >= self.idle_close:
@@ -371,12 +379,7 @@ class FileSource:
             # The old content's identity is released where we stopped: a copy of it (the rotated file) goes on
             # from there. (No inode: the bytes before that position are gone from this one.)
             self._read_to[handle.file_id] = Stopped(handle.base, tail_hash(handle.before), None)
-        handle.file_id, handle.head = None, b""
-        handle.discard_from, handle.discard_prefix = None, b""
-        if handle.framer is not None:
-            handle.framer.reset()  # the pieces of a split container line in the old content went with it
-        handle.base = handle.read_pos = 0
-        handle.buf = handle.before = handle.recent = b""  # new content: a new identity once its first line is complete
+        restart(handle)
 
     def _retire(self, key: tuple[int, int], handle: OpenFile, static: bool) -> None:
         if handle.file_id is not None:

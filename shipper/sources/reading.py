@@ -67,10 +67,14 @@ class OpenFile:
     discard_prefix: bytes = b""
     last_data: float = field(default_factory=time.monotonic)
     last_check: float = 0.0
+    path_seen: float = 0.0  # when discovery last found `path` leading to this file (check() takes its word)
+    seen: os.stat_result | None = None  # what that stat said of the file, for the read round after it
     moved: bool = False  # the path no longer leads to this file (rotated, deleted, re-pointed)
     finished: bool = False  # a static file (gzip, backfill) read to its end
     read_error: str = ""  # why the rest of it could not be read (read_failed), if it could not
     framer: Framer | None = None  # container log framing (container.py); None: plain lines only
+    # quiet.py: the file's settled stamp on the last round that found nothing to read; passed over while it holds.
+    quiet: tuple[int, int, int, int, int] | None = None
 
 
 # (file_id, line or Oversize, offset of its first byte, offset just past its newline); with a framer, the line
@@ -137,6 +141,18 @@ def at_eof(handle: OpenFile, unterminated: list[tuple[str, int]]) -> Iterator[Li
         # A compressed file is final: a split container line whose last piece never came ends with it.
         yield framer.finish(handle.file_id, handle.read_pos)
     handle.finished = True
+
+
+def restart(handle: OpenFile) -> None:
+    """Truncated (copytruncate): new content, read from its start under a new identity once its first line is
+    complete."""
+    handle.file_id, handle.head = None, b""
+    handle.discard_from, handle.discard_prefix = None, b""
+    if handle.framer is not None:
+        handle.framer.reset()  # the pieces of a split container line in the old content went with it
+    handle.base = handle.read_pos = 0
+    handle.buf = handle.before = handle.recent = b""
+    handle.quiet = None
 
 
 def resume_point(handle: OpenFile) -> tuple[int, bytes]:
