@@ -240,3 +240,24 @@ def test_event_hooks_with_kongs_encrypted_plugin_fields_leave_no_marker(shippers
     assert not found, (sorted({leak.split()[0] for leak in found}), found)
     config = fake.events[0]["details"]["entity"]["config"]
     assert config["auth"]["header_name"] == "Authorization" and config["model"]["name"] == "gpt-4o"
+
+
+def test_a_webhook_answer_quoting_the_endpoints_secret_path_is_masked(tmp_path):
+    """A Slack-style webhook URL is a credential in its path (messages show only `https://host/services/…`); an
+    answer that quotes the URL back ("Cannot POST /services/T0/B0/…") goes into the dead letter's detail and the
+    log: masked there too, as the sink's own credentials are."""
+    path_secret, query_secret = "R5HOOKPATH0001Q", "R5HOOKQUERY0002Q"
+    log = tmp_path / "kong.json"
+    gen.write_records(log, range(2))
+    state = tmp_path / "state"
+    with FakeWebhook() as fake:
+        echo = {"error": f"cannot accept POST /services/T0/B0/{path_secret}?token={query_secret}"}
+        fake.script([(400, {}, echo)] * 4)
+        result = ship("backfill", str(log), "--state-dir", str(state), "--sink", "webhook", "--log-level", "debug",
+                      "--endpoint", f"{fake.url}/services/T0/B0/{path_secret}?token={query_secret}", *FAST, env=ENV)
+        assert len(fake.requests) >= 1
+    everything = {**every_byte_under(str(state)), "stdout": result.stdout, "stderr": result.stderr}
+    found = [leak for where, data in everything.items() for leak in scan([path_secret, query_secret], where, data)]
+    assert not found, found
+    dead = [orjson.loads(line) for line in (state / "dead-letter.jsonl").read_bytes().splitlines()]
+    assert dead and all(d["reason"] == "rejected" and "cannot accept POST /services/" in d["detail"] for d in dead)

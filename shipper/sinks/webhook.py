@@ -108,8 +108,11 @@ class WebhookSink(HttpSink):
         self.url = endpoint
         self._secret = secret.encode() if secret else None
         self._headers = [("Content-Type", "application/json"), *(headers or [])]
-        # The headers' values may be credentials (X-Api-Key), and the signing secret is one.
-        self.credentials = tuple(value for _, value in self._headers[1:]) + ((secret,) if secret else ())
+        # The headers' values may be credentials (X-Api-Key), and the signing secret is one; so is what
+        # `shown_endpoint` hides of the URL (a Slack or Discord webhook's path), which an answer may quote back.
+        self.credentials = (
+            tuple(value for _, value in self._headers[1:]) + ((secret,) if secret else ()) + hidden_parts(endpoint)
+        )
 
     @classmethod
     def from_options(cls, opts: Mapping[str, Any], endpoint: str | None) -> WebhookSink:
@@ -159,6 +162,17 @@ class WebhookSink(HttpSink):
 
 OPTIONS = WebhookSink.OPTIONS  # the CLI reads each sink module's OPTIONS
 _CONTRACT: type[Sink] = WebhookSink  # mypy checks the class against the sink contract here
+
+
+def hidden_parts(url: str) -> tuple[str, ...]:
+    """What `shown_endpoint` leaves out of `url` (the path after its first segment, the query, the fragment, the
+    userinfo), as the texts a vendor's answer would quote: longest first, so that a part is masked whole."""
+    parts = urlsplit(url)
+    segments = [segment for segment in parts.path.split("/") if segment]
+    hidden = ["/".join(segments[1:]), *segments[1:], parts.query, parts.fragment, parts.netloc.rpartition("@")[0]]
+    for text in (parts.query, parts.fragment):
+        hidden += [value for _, _, value in (item.partition("=") for item in text.split("&"))]
+    return tuple(sorted({part for part in hidden if part}, key=len, reverse=True))
 
 
 def shown_endpoint(url: str) -> str:
