@@ -4,6 +4,7 @@ and JSON, `parse`, `receive` of Kong's http-log with its spool), every byte that
 decompressed, base64 inside them decoded, stdout, stderr, every file of the state directory):
 
 - names in camelCase (`accessToken`, `clientSecret`, `refreshToken`) in the query and in JSON and form bodies;
+- a GraphQL document's secret arguments written inline (`login(password: "…")`);
 - a JSON Web Token under a name no mask knows (`X-Goog-Iap-Jwt-Assertion`, `?assertion=`, `{"assertion": …}`);
 - the Authorization header forwarded or renamed (`X-Forwarded-Authorization`, `X-Amzn-Remapped-Authorization`);
 - a secret path parameter (`/orders;token=…/items`), in the `path` field (the raw path was masked);
@@ -70,6 +71,10 @@ def kong_records(m: Markers) -> list[dict[str, Any]]:
     rec["response"]["body"] = json.dumps({"data": {"sessionToken": m(), "expiresIn": 3600}})
     rec = record(len(records))
     rec["request"]["body"] = f"user=a&newPassword={m()}&apiSecret={m()}"
+    rec = record(len(records))  # GraphQL: secret arguments written inline in the document
+    rec["request"]["body"] = {"query": f'mutation {{ login(email: "a@example.com", password: "{m()}") {{ token }} }}',
+                              "variables": {}}
+    rec["response"]["body"] = {"query": f'mutation{{signup(input:{{name:"n",newPassword:"{m()}"}}){{id}}}}'}
     rec = record(len(records))  # a JWT under names nothing else masks
     rec["request"]["headers"]["x-goog-iap-jwt-assertion"] = gen.make_jwt({"sub": "u1", "email": m()})
     rec["request"]["body"] = {"grant_type": "jwt-bearer", "assertion": gen.make_jwt({"sub": "u2", "note": m()})}

@@ -69,6 +69,9 @@ _CLAIMS_BYTES = 1 << 20  # ... and the JWT claims remembered weigh at most this,
 _MAX_INFLATE = 10 << 20  # a gzip body is inspected up to this size; larger ones are withheld
 
 _BASE64 = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")
+# A GraphQL argument or input field (`password: "…"`, `token: $t` is a variable and left: its value is masked by
+# name in `variables`), its name, and its value: a string (block strings too) or a bare literal.
+_ARGUMENT = re.compile(r'((?<![\w$])([A-Za-z_]\w*)\s*:\s*)(?:"""(?:[^"\\]|\\.|"(?!""))*(?:"""|$)|"(?:[^"\\]|\\.)*"?|[^\s,(){}\[\]$"][^\s,(){}\[\]]*)')
 _NOT_JSON = object()
 
 
@@ -295,6 +298,8 @@ class Masker(ParamMasks):
                 return text if masked is inner else orjson.dumps(masked).decode()
         if "eyJ" in text:  # a JSON Web Token under any name (`{"assertion": "eyJ…"}`)
             text = mask_jwts(text)
+        if "(" in text and ":" in text:  # a GraphQL document: `login(email: "a", password: "…")`
+            text = self._mask_arguments(text)
         if "=" not in text and "@" not in text and "%" not in text:
             return text
         if "://" in text:
@@ -304,6 +309,13 @@ class Masker(ParamMasks):
         if "=" in text and not any(c.isspace() for c in text):
             return self.mask_params(text)
         return self.mask_in_value(text)  # `https%3A%2F%2Fapp%2Fcb%23access_token%3Dx`: a target encoded
+
+    def _mask_arguments(self, text: str) -> str:
+        """The values of secret-named arguments and input fields of a GraphQL document (a body's `query` text);
+        `text` itself when there are none."""
+        is_secret = self.names.is_secret
+        masked = _ARGUMENT.sub(lambda m: m.group(1) + '"' + MASK + '"' if is_secret(m.group(2)) else m.group(0), text)
+        return text if masked == text else masked
 
     def mask_entity(self, entity: dict[str, Any]) -> dict[str, Any]:
         # Kong logs the same few services and routes on every line: each is masked once per id and version.
