@@ -184,3 +184,23 @@ def test_an_idle_batcher_waits_for_work_without_a_timeout():
     runner.join(10)
     assert batcher.wait_idle(10) and delivered == [[b"e"]]
     batcher.shutdown()
+
+
+def test_a_line_written_just_before_an_idle_close_is_read_when_discovery_opens_it_again(tmp_path, settled):
+    """A file quiet for `idle_close` is let go, and opened again by discovery when its size is not the one it was
+    let go at. A line written after the read round that found it quiet and before check() let it go was taken
+    for part of what had been read (its size, looked at again when it was let go, was noted as done): discovery
+    passed it over until the file grew again, for ever if it never did (a rotated file's straggler line)."""
+    log = tmp_path / "kong.json.1"
+    log.write_bytes(b'{"n":1}\n')
+    source = FileSource([str(tmp_path / "kong.json*")], known=lambda fingerprint: {}, idle_close=0.0)
+    source.discover()
+    assert [line[1] for line in source.read_round()] == [b'{"n":1}']
+    assert not list(source.read_round())  # found nothing: quiet from here
+    with open(log, "ab") as handle:  # between that round and the check that lets the file go
+        handle.write(b'{"n":2}\n')
+    source.check(now=time.monotonic() + 60)
+    assert not source.files  # let go as idle
+    source.discover()
+    assert [line[1] for line in source.read_round()] == [b'{"n":2}']
+    source.close()

@@ -460,3 +460,23 @@ def test_a_file_logrotate_renamed_to_backup_is_read(segment, tmp_path, shippers)
     code, _, err = proc.stop()
     assert code == 0, err
     assert_exactly_once(segment, range(150))
+
+
+@pytest.mark.parametrize("command", ["parse", "backfill"])
+def test_a_gzip_file_cut_short_before_its_first_line_is_named_and_the_exit_is_1(segment, tmp_path, command):
+    """A compressed rotation cut short (a copy interrupted) that fails before its first line is complete: it was
+    said in the log, the rest was shipped, and the exit code was 0 (the README says 1 for an input not read)."""
+    good = tmp_path / "good.json"
+    gen.write_records(good, range(20))
+    whole = gzip.compress(b"".join(gen.kong_line(gen.kong_record(seq)) for seq in range(1000, 1003)))
+    cut = tmp_path / "cut.json.1.gz"
+    cut.write_bytes(whole[: len(whole) // 2])
+    args = [str(good), str(cut)] + (ship_args(segment, tmp_path) if command == "backfill" else [])
+    result = subprocess.run([sys.executable, "-m", "shipper", command, *args], capture_output=True, env=ENV,
+                            timeout=60)  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert [line for line in result.stderr.decode().splitlines() if str(cut) in line], result.stderr
+    if command == "backfill":
+        assert_exactly_once(segment, range(20))
+    else:
+        assert sorted(int(orjson.loads(line)["query"]["seq"]) for line in result.stdout.splitlines()) == list(range(20))

@@ -1,8 +1,8 @@
 """Log files as a source of lines with positions: glob discovery, plain and gzip files, rotation.
 
 Which file is which is decided by content (see `identity.py`): a fingerprint of the first line, confirmed by a
-hash of the bytes before the position we resume at. Offsets in gzip files count decompressed bytes, so positions
-survive compression.
+hash of the bytes before the position we resume at. Offsets in gzip files count decompressed bytes (positions
+survive compression). An idle file costs one look a round (quiet.py).
 
 Rotation:
 - rename-and-create: the old file stays open and is read to its end; it is let go once it has been quiet for
@@ -11,8 +11,8 @@ Rotation:
   truncated: it is read again from its start under a new identity, and a copy of the old content found under
   the patterns continues the old identity from where the truncated file had been read;
 - deleted while open: read to the end, then closed.
-A file with the fingerprint of an open file and the same bytes so far (a copy being made, a `.gz` being written
-next to its source) waits until the open file is let go, then continues from where that one stopped.
+A file with the fingerprint of an open file and the same bytes so far (a copy being made, a `.gz` written beside its
+source) waits until the open file is let go, then goes on from where that one stopped.
 """
 
 from __future__ import annotations
@@ -145,8 +145,7 @@ class FileSource:
         return opened
 
     def _make_room(self) -> bool:
-        """Close the open file read to its end that has been quiet longest (opened again when it grows, as an
-        idle one is); False when every open file still has something to read."""
+        """Close the quietest file read to its end (opened again when it grows); False if none is."""
         done = [(handle.last_data, key) for key, handle in self.files.items() if handle.gz is None and handle.file_id
                 and not handle.buf and caught_up(handle) and os.fstat(handle.fd).st_size == handle.read_pos]  # fmt: skip
         if done:
@@ -204,6 +203,8 @@ class FileSource:
             os.close(fd)
             if gz is not None:
                 self._done.add((st.st_dev, st.st_ino, st.st_size))
+            if not self.follow:  # a one-shot command exits 1 for an input it could not read (said above)
+                self.unread.append(path)
             return False
         with self._lock:
             self.files[key] = handle
@@ -385,10 +386,10 @@ class FileSource:
         if handle.file_id is not None:
             offset, before = resume_point(handle)
             self._read_to[handle.file_id] = Stopped(offset, tail_hash(before), key)
-        if static:
+        if static:  # a followed file is done as far as it was read: a line written since the last look reopens it
             try:
                 st = os.fstat(handle.fd)
-                self._done.add((st.st_dev, st.st_ino, st.st_size))
+                self._done.add((st.st_dev, st.st_ino, st.st_size if handle.finished else handle.read_pos))
             except OSError:
                 pass
         with self._lock:
@@ -423,8 +424,7 @@ class FileSource:
         return None if stopped is None else stopped.tail_at(offset, self._paths.get(file_id))
 
     def disk_progress(self) -> int:
-        """On-disk bytes consumed so far (compressed bytes for gzip files), for the backfill progress bar:
-        files read to their end and let go count whole, open files up to their read position."""
+        """On-disk bytes consumed (gzip: compressed), for backfill's bar: open files up to their read position."""
         with self._lock:
             done = sum(size for _, _, size in self._done) + self._closed_progress
             handles = list(self.files.values())
