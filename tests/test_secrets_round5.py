@@ -6,6 +6,7 @@ decompressed, base64 inside them decoded, stdout, stderr, every file of the stat
 - names in camelCase (`accessToken`, `clientSecret`, `refreshToken`) in the query and in JSON and form bodies;
 - a GraphQL document's secret arguments written inline (`login(password: "…")`);
 - a JSON Web Token under a name no mask knows (`X-Goog-Iap-Jwt-Assertion`, `?assertion=`, `{"assertion": …}`);
+- a target or URL in a header of any name (`X-Forwarded-Uri: /x?api_key=…`, `Link: <…?access_token=…>`);
 - the Authorization header forwarded or renamed (`X-Forwarded-Authorization`, `X-Amzn-Remapped-Authorization`);
 - a secret path parameter (`/orders;token=…/items`), in the `path` field (the raw path was masked);
 - a password in the URL of a kept JWT claim (`iss`);
@@ -83,6 +84,10 @@ def kong_records(m: Markers) -> list[dict[str, Any]]:
     rec["request"]["uri"] += f"&id_token_hint={jwt}"
     rec["request"]["url"] += f"&id_token_hint={jwt}"
     rec["request"]["querystring"]["id_token_hint"] = jwt
+    rec = record(len(records))  # targets and URLs in headers of any name: a proxy's, pagination links
+    rec["request"]["headers"]["x-forwarded-uri"] = f"/orders?seq=1&api_key={m()}"
+    rec["request"]["headers"]["x-original-url"] = [f"https://svc:{m()}@orders.internal/", "/b"]
+    rec["response"]["headers"]["link"] = f'<https://{gen.HOST}/orders?page=2&access_token={m()}>; rel="next"'
     rec = record(len(records))  # Authorization forwarded or renamed
     rec["request"]["headers"]["x-forwarded-authorization"] = f"Bearer {m()}"
     rec["response"]["headers"]["x-amzn-remapped-authorization"] = m()

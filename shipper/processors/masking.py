@@ -69,6 +69,7 @@ _CLAIMS_BYTES = 1 << 20  # ... and the JWT claims remembered weigh at most this,
 _MAX_INFLATE = 10 << 20  # a gzip body is inspected up to this size; larger ones are withheld
 
 _BASE64 = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")
+_BRACKETED = re.compile(r"<([^<>]*)>")  # the URLs of a `Link` header
 # A GraphQL argument or input field (`password: "…"`, `token: $t` is a variable and left: its value is masked by
 # name in `variables`), its name, and its value: a string (block strings too) or a bare literal.
 _ARGUMENT = re.compile(r'((?<![\w$])([A-Za-z_]\w*)\s*:\s*)(?:"""(?:[^"\\]|\\.|"(?!""))*(?:"""|$)|"(?:[^"\\]|\\.)*"?|[^\s,(){}\[\]$"][^\s,(){}\[\]]*)')
@@ -163,17 +164,45 @@ class Masker(ParamMasks):
         keys = headers.keys()
         hits = keys & names.hit if keys <= names.known else names.secrets_in(keys)
         masked = self._mask_header_values(headers, hits) if hits else headers
+        # Under any other name: a JSON Web Token (`X-Goog-Iap-Jwt-Assertion`), a URL or target with a query or
+        # userinfo (`X-Forwarded-Uri: /x?token=…` from a proxy in front of Kong, `Link: <…?api_key=…>; rel="next"`),
+        # userinfo in Host. Most records have none: the values (secret ones masked by now) are looked at in one C
+        # call first.
+        try:
+            text = "\n".join(masked.values())
+        except TypeError:  # a repeated header's list
+            pass
+        else:
+            if "eyJ" not in text and "@" not in text and not ("=" in text and ("?" in text or "#" in text)):
+                return masked
         host = masked.get("host")
         if type(host) is str and "@" in host:  # `Host: user:password@api…` from a hostile or broken client
             masked = dict(masked) if masked is headers else masked
             masked["host"] = host.rpartition("@")[2]
-        for k, value in masked.items():  # a JSON Web Token under any other name (`X-Goog-Iap-Jwt-Assertion`)
-            if type(value) is str and "eyJ" in value and k not in hits:
-                new = mask_jwts(value)
-                if new is not value:
-                    masked = dict(masked) if masked is headers else masked
-                    masked[k] = new
+        for k, value in masked.items():
+            if k in hits:
+                continue
+            if type(value) is str:
+                new: Any = self._mask_header_text(value)
+            elif type(value) is list:
+                items = [self._mask_header_text(v) if type(v) is str else v for v in value]
+                new = value if all(a is b for a, b in zip(items, value)) else items
+            else:
+                continue
+            if new is not value:
+                masked = dict(masked) if masked is headers else masked
+                masked[k] = new
         return masked
+
+    def _mask_header_text(self, value: str) -> str:
+        if "eyJ" in value:
+            value = mask_jwts(value)
+        if ("=" in value and ("?" in value or "#" in value)) or ("@" in value and "://" in value):
+            if "<" in value:  # `Link: <url>; rel="next"`: each URL between its brackets
+                masked = _BRACKETED.sub(lambda m: "<" + self.mask_url(m.group(1)) + ">", value)
+                return value if masked == value else masked
+            return self.mask_url(value)
+        return value
 
     def _mask_header_values(self, headers: dict[str, Any], hits: Any) -> dict[str, Any]:
         masked = dict(headers)
