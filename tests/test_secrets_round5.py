@@ -271,3 +271,29 @@ def test_a_webhook_answer_quoting_the_endpoints_secret_path_is_masked(tmp_path):
     assert not found, found
     dead = [orjson.loads(line) for line in (state / "dead-letter.jsonl").read_bytes().splitlines()]
     assert dead and all(d["reason"] == "rejected" and "cannot accept POST /services/" in d["detail"] for d in dead)
+
+
+def test_a_traceback_in_the_debug_log_is_masked_as_its_message(tmp_path):
+    """A dying thread's traceback goes to the debug log (threads.death_notice); its last line is the exception's
+    message, which may quote the record it was working on. Run in a real process through the real logging setup,
+    text and JSON."""
+    import subprocess
+    import sys
+
+    program = (
+        "import logging\n"
+        "from shipper.commands.running import setup_logging\n"
+        "setup_logging('debug', FORMAT)\n"
+        "try:\n"
+        "    raise ValueError('cannot encode {\"Authorization\": \"Bearer R5TRACE0001Q\", \"x\": \"api_key=R5TRACE0002Q\"}')\n"
+        "except ValueError as exc:\n"
+        "    logging.getLogger('kong-ship').debug('thread %s died', 'lane-1', exc_info=exc)\n"
+    )  # fmt: skip
+    for log_format in ("text", "json"):
+        result = subprocess.run([sys.executable, "-c", program.replace("FORMAT", repr(log_format))],
+                                capture_output=True, env=ENV, timeout=30)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert b"thread lane-1 died" in result.stderr
+        assert b"R5TRACE" not in result.stdout + result.stderr, result.stderr
+    assert b"Traceback" in subprocess.run([sys.executable, "-c", program.replace("FORMAT", "'text'")],
+                                          capture_output=True, env=ENV, timeout=30).stderr  # fmt: skip

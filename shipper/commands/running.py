@@ -62,7 +62,14 @@ class RedactFilter(logging.Filter):
         masked = mask_text(message)
         if masked != message:
             record.msg, record.args = masked, None
+        # A traceback (a dying thread's, at debug level) ends with its exception's message, which may quote
+        # what it was working on: masked as the message is (the formatter prints `exc_text` when it is set).
+        if record.exc_info and not record.exc_text:
+            record.exc_text = mask_text(_TRACEBACKS.formatException(record.exc_info))
         return True
+
+
+_TRACEBACKS = logging.Formatter()
 
 
 class StderrHandler(logging.StreamHandler):
