@@ -5,6 +5,7 @@ decompressed, base64 inside them decoded, stdout, stderr, every file of the stat
 
 - names in camelCase (`accessToken`, `clientSecret`, `refreshToken`) in the query and in JSON and form bodies;
 - a GraphQL document's secret arguments written inline (`login(password: "…")`);
+- JSON as a form or query value (Slack's `payload=%7B%22token%22…`), names with spaces (`"API Key"`);
 - a JSON Web Token under a name no mask knows (`X-Goog-Iap-Jwt-Assertion`, `?assertion=`, `{"assertion": …}`);
 - a target or URL in a header of any name (`X-Forwarded-Uri: /x?api_key=…`, `Link: <…?access_token=…>`);
 - the Authorization header forwarded or renamed (`X-Forwarded-Authorization`, `X-Amzn-Remapped-Authorization`);
@@ -19,6 +20,7 @@ import base64
 import gzip
 import json
 from typing import Any
+from urllib.parse import quote_plus, unquote_plus
 
 import httpx
 import orjson
@@ -72,6 +74,13 @@ def kong_records(m: Markers) -> list[dict[str, Any]]:
     rec["response"]["body"] = json.dumps({"data": {"sessionToken": m(), "expiresIn": 3600}})
     rec = record(len(records))
     rec["request"]["body"] = f"user=a&newPassword={m()}&apiSecret={m()}"
+    rec = record(len(records))  # JSON as a form or query value (Slack's `payload=`), names with spaces
+    rec["request"]["body"] = "payload=" + quote_plus(json.dumps({"type": "block_actions", "token": m(), "n": 1}))
+    rec["response"]["body"] = {"Api Key": m(), "Access Token": m()}
+    part = "filter=" + quote_plus(json.dumps({"owner": "me", "apiKey": m()}))
+    rec["request"]["uri"] += "&" + part
+    rec["request"]["url"] += "&" + part
+    rec["request"]["querystring"]["filter"] = unquote_plus(part.partition("=")[2])
     rec = record(len(records))  # GraphQL: secret arguments written inline in the document
     rec["request"]["body"] = {"query": f'mutation {{ login(email: "a@example.com", password: "{m()}") {{ token }} }}',
                               "variables": {}}

@@ -1,7 +1,7 @@
 """Secret names, and the one normal form every name is compared in — header names, query and fragment
 parameter names, body keys, the names in dead-lettered lines.
 
-`normalize`: percent-decoded until stable (`%6Bey`, `api%255Fkey`), `+` as a space, case-folded, `-` as `_`.
+`normalize`: percent-decoded until stable (`%6Bey`, `api%255Fkey`), `+` as a space, case-folded, `-` and ` ` as `_`.
 `is_secret_name` also matches `user[password]` and `config.password` on `password`, a name ending like a credential (`SECRET_ENDINGS`),
 a secret name behind `x_`, a camelCase name by its words (`accessToken` as `access_token`), and ignores Nginx's
 `http_` / `sent_http_` prefixes.
@@ -27,8 +27,9 @@ DEFAULT_BODY_KEYS = (
 
 
 def normalize(name: str) -> str:
-    """The one form names are compared in: percent-decoded until stable, case-folded, `-` as `_`."""
-    return _decoded(name).strip().casefold().replace("-", "_")
+    """The one form names are compared in: percent-decoded until stable, case-folded, `-` and ` ` as `_`
+    (`API Key`, a form's `api+key`)."""
+    return _decoded(name).strip().casefold().replace("-", "_").replace(" ", "_")
 
 
 def _decoded(name: str) -> str:
@@ -79,7 +80,7 @@ def is_secret_name(name: Any, secrets: frozenset[str]) -> bool:
     # camelCase: the words, percent-decoded first (`access%54oken`), compared as `access_token` is.
     decoded = _decoded(name)
     split = _CAMEL_WORDS.sub("_", decoded)
-    return split != decoded and _is_secret_normal(split.strip().casefold().replace("-", "_"), secrets)
+    return split != decoded and _is_secret_normal(split.strip().casefold().replace("-", "_").replace(" ", "_"), secrets)
 
 
 def _is_secret_normal(norm: str, secrets: frozenset[str]) -> bool:

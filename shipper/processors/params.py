@@ -17,7 +17,7 @@ import re
 from itertools import repeat
 from operator import itemgetter
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 import orjson
 
@@ -48,6 +48,8 @@ def mask_jwts(text: str) -> str:
     return text if masked == text else masked
 
 
+# A value that is a JSON object or array, form-encoded (`payload=%7B%22token%22%3A…`): masked by key.
+_ENCODED_JSON = re.compile(r"(?:^|(?<==))%(?:7[Bb]|5[Bb](?:%7[Bb]|%22|%5[Bb]))")
 # Targets inside values inside targets...: past this many, a value is masked whole (each level is a few frames
 # of recursion, and `a=?b=?c=?...` has as many levels as a client likes).
 MAX_NESTING = 8
@@ -127,6 +129,10 @@ class ParamMasks:
         past MAX_NESTING targets inside values. A JSON Web Token in it is masked too (`?id_token_hint=eyJ…`)."""
         if "eyJ" in value:
             value = mask_jwts(value)  # a new object when masked: the callers see a change
+        if "{" in value or "%" in value:  # JSON as a value (`payload=%7B%22token%22…`, Slack's form posts)
+            masked = self._mask_json_param(value, depth)
+            if masked is not None:
+                return masked
         if "?" in value or "#" in value or ";" in value or ("@" in value and "://" in value):
             return MASK if depth >= MAX_NESTING else self.mask_url(value, None, depth + 1)
         if "%" in value and _ENCODED_TARGET.search(value):
@@ -136,6 +142,29 @@ class ParamMasks:
             inner = self.mask_in_value(decoded, depth + 1)
             return value if inner is decoded else quote(inner, safe="*")
         return value
+
+    def mask_value(self, value: Any, depth: int = 0) -> Any:
+        raise NotImplementedError  # the Masker's: by key at any depth
+
+    def _mask_json_param(self, value: str, depth: int) -> str | None:
+        """A parameter's value that is a JSON object or array, raw or form-encoded, masked by key (`value` itself
+        when nothing is secret); None when it is not one."""
+        encoded = _ENCODED_JSON.match(value) is not None
+        if not encoded and value[:1] not in ("{", "["):
+            return None
+        if depth >= MAX_NESTING:
+            return MASK
+        try:
+            inner = orjson.loads(unquote_plus(value) if encoded else value)
+        except orjson.JSONDecodeError:
+            return None
+        if type(inner) is not dict and type(inner) is not list:
+            return None
+        masked = self.mask_value(inner, depth + 1)
+        if masked is inner:
+            return value
+        text = orjson.dumps(masked).decode()
+        return quote_plus(text, safe="*") if encoded else text
 
     def mask_targets(self, qs: str, raw: str, upstream: str | None) -> tuple[str, str, str | None]:
         """(query string, raw path, upstream URI) masked, each the same object when nothing in it is secret."""
@@ -172,8 +201,9 @@ class ParamMasks:
         if "=" not in text:
             return text
         if (
-            ";" in text or "?" in text or "#" in text or "eyJ" in text
-            or ("%" in text and _ENCODED_TARGET.search(text) is not None) or ("@" in text and "://" in text)
+            ";" in text or "?" in text or "#" in text or "eyJ" in text or "{" in text
+            or ("%" in text and (_ENCODED_TARGET.search(text) is not None or _ENCODED_JSON.search(text) is not None))
+            or ("@" in text and "://" in text)
         ):  # _may_hold_target, inline: every query string comes here
             return text if self._params_clean(text) else self._mask_param_values(text, depth)
         clean, known, secret = self._plain
@@ -236,7 +266,7 @@ class ParamMasks:
 
     def _params_clean(self, text: str) -> bool:
         """Whether every parameter name in `text` was seen clean before (False: it must be looked at)."""
-        if "#" in text or "eyJ" in text or _may_hold_target(text):
+        if "#" in text or "eyJ" in text or "{" in text or _may_hold_target(text) or _ENCODED_JSON.search(text):
             # `next=/cb#token=x`, `next=%2Fcb%3Ftoken%3Dx`, `next=https://u:pw@h`: what is secret hides from the
             # names below
             return False
