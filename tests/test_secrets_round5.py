@@ -73,7 +73,7 @@ def kong_records(m: Markers) -> list[dict[str, Any]]:
     rec["request"]["body"] = {"auth": {"refreshToken": m(), "clientSecret": m()}, "n": 1}
     rec["response"]["body"] = json.dumps({"data": {"sessionToken": m(), "expiresIn": 3600}})
     rec = record(len(records))
-    rec["request"]["body"] = f"user=a&newPassword={m()}&apiSecret={m()}"
+    rec["request"]["body"] = f"user=a&newPassword={m()}&apiSecret={m()}&passphrase={m()}&key_passphrase={m()}"
     rec = record(len(records))  # JSON as a form or query value (Slack's `payload=`), names with spaces
     rec["request"]["body"] = "payload=" + quote_plus(json.dumps({"type": "block_actions", "token": m(), "n": 1}))
     rec["response"]["body"] = {"Api Key": m(), "Access Token": m()}

@@ -23,6 +23,7 @@ DEFAULT_QUERY = ("apikey", "api_key", "key", "token", "access_token", "sig")  # 
 DEFAULT_BODY_KEYS = (
     "password", "passwd", "pwd", "secret", "client_secret", "token", "access_token", "refresh_token", "id_token",
     "auth_token", "api_key", "apikey", "jwt", "private_key", "jwk", "authorization", "cookie", "set-cookie",
+    "passphrase",  # a private key's or a wallet's (`ssl_key_passphrase`, `key_passphrase`: by the ending below)
 )  # fmt: skip
 
 
@@ -63,6 +64,7 @@ SECRET_ENDINGS = (
     "_token", "_secret", "_password", "_passwd", "_api_key", "_apikey", "_access_key", "_secret_key", "_private_key",
     "subscription_key", "_signature", "_credential", "_credentials",
     "_authorization",  # the Authorization header forwarded or renamed: X-Forwarded-Authorization, X-Amzn-Remapped-…
+    "_passphrase",
 )  # fmt: skip
 # The word boundaries of a camelCase or PascalCase name (`accessToken`, `clientSecret`, `XApiKey`): JSON bodies
 # and query strings name credentials so as often as with `_`. A second form of the name, tried after the first:
