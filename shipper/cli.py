@@ -228,14 +228,9 @@ def _as_printable(exc: UnicodeError) -> tuple[str, int]:
     backslashreplace wrote `\\udcff`); any other character the encoding lacks, backslash-escaped."""
     if not isinstance(exc, UnicodeEncodeError):
         raise exc
-    return "".join(_escaped(c) for c in exc.object[exc.start : exc.end]), exc.end
+    from shipper.output import printable
 
-
-def _escaped(char: str) -> str:
-    code = ord(char)
-    if 0xDC80 <= code <= 0xDCFF:
-        return f"\\x{code - 0xDC00:02x}"
-    return char.encode("ascii", "backslashreplace").decode("ascii")
+    return printable(exc.object[exc.start : exc.end]).encode("ascii", "backslashreplace").decode("ascii"), exc.end
 
 
 codecs.register_error("kong-ship-printable", _as_printable)

@@ -30,7 +30,11 @@ DEFAULT_BODY_KEYS = (
 def normalize(name: str) -> str:
     """The one form names are compared in: percent-decoded until stable, case-folded, `-` and ` ` as `_`
     (`API Key`, a form's `api+key`)."""
-    return _decoded(name).strip().casefold().replace("-", "_").replace(" ", "_")
+    return _folded(_decoded(name))
+
+
+def _folded(name: str) -> str:
+    return name.strip().casefold().replace("-", "_").replace(" ", "_")
 
 
 def _decoded(name: str) -> str:
@@ -82,7 +86,7 @@ def is_secret_name(name: Any, secrets: frozenset[str]) -> bool:
     # camelCase: the words, percent-decoded first (`access%54oken`), compared as `access_token` is.
     decoded = _decoded(name)
     split = _CAMEL_WORDS.sub("_", decoded)
-    return split != decoded and _is_secret_normal(split.strip().casefold().replace("-", "_").replace(" ", "_"), secrets)
+    return split != decoded and _is_secret_normal(_folded(split), secrets)
 
 
 def _is_secret_normal(norm: str, secrets: frozenset[str]) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from itertools import repeat
 from operator import itemgetter
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
@@ -66,9 +67,10 @@ def _query_of(names: list[str]) -> re.Pattern[str]:
 
 
 class ParamMasks:
-    """The parameter masks of a `Masker` (which sets `names` and calls `__init__`)."""
+    """The parameter masks of a `Masker` (which sets `names`, calls `__init__` and provides `mask_value`)."""
 
     names: NameSet
+    mask_value: Callable[..., Any]  # the Masker's: a value masked by key at any depth (JSON inside a parameter)
 
     def __init__(self) -> None:
         self._learned: dict[str, bool] = {}  # names of plain queries -> secret
@@ -142,9 +144,6 @@ class ParamMasks:
             inner = self.mask_in_value(decoded, depth + 1)
             return value if inner is decoded else quote(inner, safe="*")
         return value
-
-    def mask_value(self, value: Any, depth: int = 0) -> Any:
-        raise NotImplementedError  # the Masker's: by key at any depth
 
     def _mask_json_param(self, value: str, depth: int) -> str | None:
         """A parameter's value that is a JSON object or array, raw or form-encoded, masked by key (`value` itself
